@@ -1,0 +1,32 @@
+# jbptt: two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,experiments]"
+	touch $(STAMP)
+
+# The main job: bias/variance sweep of TBPTT and ARTBP on the default task.
+demo: venv
+	$(PY) -m experiments.bias_sweep --out results
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks.bench_grad --out benchmarks
+
+lint: venv
+	$(PY) -m ruff check jbptt tests experiments benchmarks
+	$(PY) -m ruff format --check jbptt tests experiments benchmarks
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,15 @@
+"""jbptt: backpropagation through time in JAX.
+
+Exact BPTT, truncated BPTT and unbiased randomized truncation (ARTBP) as one
+reverse scan with link weights. See DESIGN.md for the equation.
+"""
+
+from jbptt import cells as cells
+from jbptt import truncation as truncation
+from jbptt._src.api import loss as loss
+from jbptt._src.api import value_and_grad as value_and_grad
+from jbptt._src.models import Model as Model
+from jbptt._src.models import readout as readout
+from jbptt._src.scan import rnn_scan as rnn_scan
+
+__version__ = "0.1.0"

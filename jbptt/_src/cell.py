@@ -1,0 +1,74 @@
+"""The `Cell` interface: a recurrent step as a NamedTuple of pure functions.
+
+A cell is the recurrence ``h_t, out_t = step(params, h_{t-1}, x_t)``. Built-in
+cells also carry :class:`ReverseRules`, the hand-derived pieces that let
+:func:`jbptt.rnn_scan` run the forward and reverse scans with the performance
+structure of DESIGN.md: every input projection is one GEMM before the scan,
+only the recurrent part runs inside it, and every weight gradient is one GEMM
+after the reverse scan. Cells without rules (Flax modules, plain functions) go
+through a generic per-step ``jax.vjp`` reverse scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+PyTree = Any
+Params = PyTree
+State = PyTree
+
+
+class ReverseRules(NamedTuple):
+    """Hand-derived forward/backward pieces of a cell (see module docstring).
+
+    Every parameter of the cell enters through ``linear``, a map that is
+    linear in ``params`` and evaluated on all steps at once; the vjp of that
+    map gives the weight gradients as GEMMs over all steps.
+
+    Attributes:
+      project: ``(params, xs[T, ..., I]) -> xz[T, ..., G]``, the input part of
+        ``linear`` for all steps (one GEMM before the forward scan).
+      forward: ``(params, h_prev, xz_t) -> (h_t, res_t)``, the sequential part
+        of one step; ``res_t`` holds what ``backward`` needs beyond the states.
+      backward: ``(params, h_prev, h_t, res_t, dh_t, dout_t) -> (dh_prev,
+        dlin_t)``: Jacobian-transpose products of one step. ``dh_t`` is the
+        cotangent reaching state ``h_t`` from later steps, ``dout_t`` the one
+        from the loss at step t; ``dh_prev`` is (∂h_t/∂h_{t-1})ᵀ δ_t (not yet
+        scaled by the link weight) and ``dlin_t`` the cotangent of
+        ``linear``'s output at step t.
+      linear: ``(params, xs, hs_prev) -> lin``, all parameter dependence, on
+        all steps (``hs_prev`` is the stacked state h_{t-1}, t = 0..T-1).
+      output: ``state -> out``, the step output read from a (stacked) state.
+    """
+
+    project: Callable[[Params, jax.Array], Any]
+    forward: Callable[..., tuple[State, Any]]
+    backward: Callable[..., tuple[State, Any]]
+    linear: Callable[[Params, jax.Array, State], Any]
+    output: Callable[[State], jax.Array]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: pure functions, safe to close over and ``jit``.
+
+    Attributes:
+      init: ``(key, input_size, hidden_size) -> params``.
+      initial_state: ``(params, batch_shape) -> h0`` (zeros).
+      step: ``(params, h, x) -> (h_new, out)``; ``x`` may have leading batch
+        dimensions, matched by those of ``h``.
+      rules: hand-derived :class:`ReverseRules`, or ``None`` for the generic
+        per-step ``jax.vjp`` reverse scan.
+      input_size: ``params -> int``, the feature size ``x`` must have, or
+        ``None`` when it cannot be read from ``params``.
+      name: a short description used in error messages and reports.
+    """
+
+    init: Callable[..., Params]
+    initial_state: Callable[[Params, tuple[int, ...]], State]
+    step: Callable[[Params, State, jax.Array], tuple[State, jax.Array]]
+    rules: ReverseRules | None = None
+    input_size: Callable[[Params], int] | None = None
+    name: str = "cell"

@@ -1,0 +1,169 @@
+"""`rnn_scan`: the recurrence as a ``jax.custom_vjp`` whose backward is the
+explicit reverse scan with link weights (DESIGN.md, "The one equation")::
+
+    δ_t = ∂ℓ_t/∂h_t + w_{t+1} · (∂h_{t+1}/∂h_t)ᵀ δ_{t+1}
+    ĝ   = Σ_t (∂f/∂θ at t)ᵀ δ_t        (+ the loss's own ∂ℓ_t/∂θ, by autodiff)
+
+``w[0]`` scales the gradient into ``h0``. Cells with :class:`ReverseRules`
+use the hand-derived step; others a per-step ``jax.vjp``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jbptt._src import validation
+from jbptt._src.cell import Cell
+
+tree_map = jax.tree_util.tree_map
+
+
+def _scale(w_t, tree):
+    return tree_map(lambda a: (w_t * a).astype(a.dtype), tree)
+
+
+def _shift_in(h0, hs):
+    """States h_{t-1} for t = 0..T-1: ``h0`` followed by ``hs[:-1]``."""
+    return tree_map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]), h0, hs)
+
+
+def _last(hs):
+    return tree_map(lambda a: a[-1], hs)
+
+
+# ---------------------------------------------------------------- forward ---
+
+
+def _forward_rules(cell: Cell, params, h0, xs):
+    rules = cell.rules
+    xz = rules.project(params, xs)  # [T, ..., G]: all input projections, one GEMM
+
+    def body(h, xz_t):
+        h, res = rules.forward(params, h, xz_t)
+        return h, (h, res)
+
+    h_T, (hs, res) = jax.lax.scan(body, h0, xz)
+    return h_T, rules.output(hs), (hs, res)
+
+
+def _forward_generic(cell: Cell, params, h0, xs):
+    def body(h, x_t):
+        h, out = cell.step(params, h, x_t)
+        return h, (h, out)
+
+    h_T, (hs, outs) = jax.lax.scan(body, h0, xs)
+    return h_T, outs, hs
+
+
+# --------------------------------------------------------------- backward ---
+
+
+def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
+    rules = cell.rules
+    hs_prev = _shift_in(h0, hs)
+
+    def body(dh, inp):  # dh: cotangent reaching h_t from later steps, scaled
+        h_prev, h, res_t, dout_t, w_t = inp
+        dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, dh, dout_t)
+        return _scale(w_t, dh_prev), dlin_t  # × w_t: the link t → t-1
+
+    dh0, dlins = jax.lax.scan(
+        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True
+    )
+    # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
+    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
+    dparams, dxs = linear_vjp(dlins)
+    return dparams, dh0, dxs
+
+
+def _backward_generic(cell: Cell, params, h0, xs, w, hs, dh_T, douts):
+    hs_prev = _shift_in(h0, hs)
+
+    def body(carry, inp):
+        dh, dparams = carry
+        h_prev, x_t, dout_t, w_t = inp
+        _, step_vjp = jax.vjp(cell.step, params, h_prev, x_t)
+        dp_t, dh_prev, dx_t = step_vjp((dh, dout_t))
+        dparams = tree_map(jnp.add, dparams, dp_t)
+        return (_scale(w_t, dh_prev), dparams), dx_t
+
+    zeros = tree_map(jnp.zeros_like, params)
+    (dh0, dparams), dxs = jax.lax.scan(
+        body, (dh_T, zeros), (hs_prev, xs, douts, w), reverse=True
+    )
+    return dparams, dh0, dxs
+
+
+# ------------------------------------------------------------- custom_vjp ---
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rnn_scan(cell: Cell, params, h0, xs, w):
+    if cell.rules is None:
+        h_T, outs, _ = _forward_generic(cell, params, h0, xs)
+    else:
+        h_T, outs, _ = _forward_rules(cell, params, h0, xs)
+    return h_T, outs
+
+
+def _rnn_scan_fwd(cell: Cell, params, h0, xs, w):
+    if cell.rules is None:
+        h_T, outs, hs = _forward_generic(cell, params, h0, xs)
+        return (h_T, outs), (params, h0, xs, w, hs, None)
+    h_T, outs, (hs, res) = _forward_rules(cell, params, h0, xs)
+    return (h_T, outs), (params, h0, xs, w, hs, res)
+
+
+def _rnn_scan_bwd(cell: Cell, saved, cotangents):
+    params, h0, xs, w, hs, res = saved
+    dh_T, douts = cotangents
+    # Symbolic zeros arrive as zeros here; make dtypes match the primal.
+    dh_T = tree_map(lambda g, a: g.astype(a.dtype), dh_T, h0)
+    if cell.rules is None:
+        grads = _backward_generic(cell, params, h0, xs, w, hs, dh_T, douts)
+    else:
+        grads = _backward_rules(cell, params, h0, xs, w, hs, res, dh_T, douts)
+    dparams, dh0, dxs = grads
+    return dparams, dh0, dxs, jnp.zeros_like(w)
+
+
+_rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
+
+
+def rnn_scan(cell: Cell, params, h0, xs, w=None):
+    """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
+
+    Differentiating any function of the outputs with ``jax.grad`` runs the
+    explicit reverse scan of DESIGN.md with link weights ``w``: the forward
+    values do not depend on ``w``, only the backward does.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      params: the cell's params (pytree of arrays).
+      h0: initial state, batch shape matching ``xs``.
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
+      w: link weights ``[T]`` (default: ones, i.e. full BPTT). ``w[t]`` scales
+        the gradient from step t into h_{t-1}; ``w[0]`` the one into ``h0``.
+
+    Returns:
+      ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import cells, truncation
+      >>> cell = cells.elman("tanh")
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> xs = jnp.ones((6, 2))
+      >>> def f(p, w):
+      ...     h_T, outs = jbptt.rnn_scan(cell, p, cell.initial_state(p), xs, w)
+      ...     return jnp.sum(outs ** 2)
+      >>> g = jax.grad(f)(p, truncation.tbptt(6, 2))  # TBPTT(2) gradient
+      >>> g["W"].shape
+      (3, 3)
+    """
+    w = validation.check_scan_args(cell, params, h0, xs, w)
+    return _rnn_scan(cell, params, h0, xs, w)
