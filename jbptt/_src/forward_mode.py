@@ -1,0 +1,534 @@
+r"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1.
+
+Truncation estimators (:mod:`jbptt.estimators`) are link weights on a reverse
+scan. Forward-mode estimators instead carry, along the forward pass, an
+approximation of the influence matrix ``J_t = ∂h_t/∂θ`` and read a gradient
+off it at every step, so they need no backward pass through time:
+
+.. math::
+
+    J_t = D_t J_{t-1} + F_t, \qquad
+    D_t = ∂h_t/∂h_{t-1}, \quad F_t = ∂f/∂θ \text{ (one step, } h_{t-1}
+    \text{ fixed)}, \quad J_{-1} = 0,
+
+    g_t = ∂ℓ_t/∂θ|_{\text{direct}} + (∂ℓ_t/∂h_{t-1})^T J_{t-1}, \qquad
+    ĝ = Σ_t g_t.
+
+``∂ℓ_t/∂h_{t-1}`` is taken through the step that produces ``out_t``, so any
+cell whose output is any function of ``(θ, h_{t-1}, x_t)`` is covered; for an
+output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
+
+* **RTRL** (Williams & Zipser 1989) keeps ``J_t`` exactly: memory
+  ``O(S·|θ|)`` per sequence (``S`` = state size), ``O(S²·|θ|)`` FLOPs per
+  step. ``ĝ`` equals the full BPTT gradient when θ is held fixed.
+* **UORO** (Tallec & Ollivier 2017) keeps a rank-one ``h̃ θ̃ᵀ`` with
+  ``E[h̃ θ̃ᵀ] = J_t``: with random signs ``ν``,
+  ``h̃ ← ρ₀ D_t h̃ + ρ₁ ν``, ``θ̃ ← θ̃/ρ₀ + νᵀF_t/ρ₁``, where
+  ``ρ₀ = √((‖θ̃‖+ε)/(‖D_t h̃‖+ε))`` and ``ρ₁ = √((‖νᵀF_t‖+ε)/(‖ν‖+ε))``
+  minimise the variance. Unbiased: ``E[ĝ] = `` the RTRL gradient.
+* **SnAp-1** (Menick et al. 2021) keeps ``J_t`` only on the sparsity pattern
+  of the immediate Jacobian ``F_t``: ``J_t = (D_t J_{t-1}) ⊙ M + F_t``. For an
+  Elman cell, ``W_{ij}``, ``U_{ij}`` and ``b_i`` touch only unit ``i`` in one
+  step, so each parameter keeps one influence entry and ``D_t`` enters only
+  through its diagonal. Biased, exact when ``D_t`` is (block-)diagonal on
+  the pattern, e.g. a diagonal recurrent matrix.
+
+All three share one interface, :class:`OnlineEstimator`, and are pure
+functions of a PRNG key, so a sweep over keys is a ``vmap``. Parameters and
+states are any pytrees, flattened with ``jax.flatten_util.ravel_pytree``;
+with batch dimensions every example carries its own influence.
+
+References:
+  Williams & Zipser 1989, "A learning algorithm for continually running fully
+  recurrent neural networks". Tallec & Ollivier 2017, "Unbiased Online
+  Recurrent Optimization" (arXiv 1702.05043). Menick, Elsen, Evci, Osindero,
+  Simonyan & Graves 2021, "Practical real time recurrent learning with a
+  sparse approximation" (ICLR).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jbptt._src import validation
+from jbptt._src.cell import Cell
+
+DEFAULT_MAX_BYTES = 2**30  # 1 GiB for the influence state and one-step Jacobians
+
+
+class Cost(NamedTuple):
+    """What an online estimator costs on a given problem (per sequence batch).
+
+    Attributes:
+      state_bytes: the influence representation carried from step to step
+        (RTRL ``B·S·P``, UORO ``B·(S+P)``, SnAp-1 ``B·k·P`` numbers).
+      work_bytes: transient arrays of one step (dense one-step Jacobians).
+      flops_per_step: estimated FLOPs of one step's influence update and
+        gradient read-out, from ``C``, XLA's FLOP count of one cell step.
+    """
+
+    state_bytes: int
+    work_bytes: int
+    flops_per_step: float
+
+
+class OnlineState(NamedTuple):
+    """Carry of an online estimator: the cell state and the influence."""
+
+    h: Any
+    influence: Any
+
+
+class OnlineEstimator(NamedTuple):
+    """A forward-mode gradient estimator as pure functions.
+
+    Attributes:
+      name: label for tables and plots, e.g. ``"uoro"``.
+      init: ``(cell, params, h0, x) -> OnlineState``; ``x`` is one step's
+        input (only its shape and dtype are read).
+      step: ``(cell, loss_fn, key, params, state, x_t, y_t) -> (state,
+        (loss_t, grad_t))``: advance one step and return ``g_t``, this
+        step's gradient estimate (a pytree like ``params``). For online
+        training, params may change between calls.
+      estimate: ``(key, cell, loss_fn, params, h0, xs, ys) -> ((L, h_T),
+        grads)``: ``ĝ = Σ_t g_t`` over a sequence with fixed params, the same
+        return structure as :func:`jbptt.value_and_grad`.
+      cost: ``(cell, params, h0, x) -> Cost``.
+      deterministic: whether the key is ignored.
+      hparams: hyperparameters, for reports.
+    """
+
+    name: str
+    init: Callable[..., OnlineState]
+    step: Callable[..., tuple[OnlineState, tuple[jax.Array, Any]]]
+    estimate: Callable[..., tuple[tuple[jax.Array, Any], Any]]
+    cost: Callable[..., Cost]
+    deterministic: bool
+    hparams: dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# The problem, flattened: θ ∈ R^P, per-example state s ∈ R^S, batch of B.
+
+
+class _Flat(NamedTuple):
+    cell: Cell
+    theta: jax.Array  # [P]
+    unravel_p: Callable
+    batch_shape: tuple[int, ...]
+    B: int
+    S: int
+    unravel_s: Callable  # [S] -> one example's state pytree
+    f_b: Callable  # (θ[P], s[S], x_b) -> s'[S], one example, one step
+    to_flat: Callable  # batched state pytree -> [B, S]
+    from_flat: Callable  # [B, S] -> batched state pytree
+    x_examples: Callable  # x_t[batch..., I] -> [B, I]
+
+
+def _flatten(cell: Cell, params, h, x) -> _Flat:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
+    if not hasattr(x, "shape") or np.ndim(x) < 1:
+        raise ValueError(
+            f"x (one step's input) must be an array of shape (I,) or (B, I), got "
+            f"{getattr(x, 'shape', type(x).__name__)}."
+        )
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or not all(
+        jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves
+    ):
+        raise TypeError("params must be a non-empty pytree of floating arrays.")
+    batch_shape = tuple(x.shape[:-1])
+    validation.check_h0(cell, params, h, batch_shape)
+    theta, unravel_p = ravel_pytree(params)
+    B = math.prod(batch_shape)
+    nb = len(batch_shape)
+
+    def examples(tree):  # batch... -> [B, ...]
+        return jax.tree_util.tree_map(lambda a: a.reshape((B,) + a.shape[nb:]), tree)
+
+    def batched(tree):  # [B, ...] -> batch...
+        return jax.tree_util.tree_map(
+            lambda a: a.reshape(batch_shape + a.shape[1:]), tree
+        )
+
+    first = jax.tree_util.tree_map(lambda a: a[0], examples(h))
+    s0, unravel_s = ravel_pytree(first)
+
+    def f_b(theta, s, x_b):
+        new, _ = cell.step(unravel_p(theta), unravel_s(s), x_b)
+        return ravel_pytree(new)[0]
+
+    def to_flat(tree):
+        return jax.vmap(lambda e: ravel_pytree(e)[0])(examples(tree))
+
+    def from_flat(H):
+        return batched(jax.vmap(unravel_s)(H))
+
+    return _Flat(
+        cell,
+        theta,
+        unravel_p,
+        batch_shape,
+        B,
+        s0.size,
+        unravel_s,
+        f_b,
+        to_flat,
+        from_flat,
+        lambda x_t: x_t.reshape((B,) + x_t.shape[nb:]),
+    )
+
+
+def _loss_and_next(cell, loss_fn, fl: _Flat, x_t, y_t):
+    """ℓ_t and h_t as functions of (θ, H_{t-1}[B, S]), batched as the user's."""
+
+    def fn(theta, H):
+        params = fl.unravel_p(theta)
+        new, out = cell.step(params, fl.from_flat(H), x_t)
+        return loss_fn(params, out, y_t), fl.to_flat(new)
+
+    return fn
+
+
+def _step_flops(fl: _Flat, x_b) -> float:
+    """C: XLA's FLOP count of one example's cell step (a shape-only estimate
+    ``2·P`` when XLA reports none)."""
+    args = (
+        jax.ShapeDtypeStruct(fl.theta.shape, fl.theta.dtype),
+        jax.ShapeDtypeStruct((fl.S,), fl.theta.dtype),
+        jax.ShapeDtypeStruct(x_b.shape, x_b.dtype),
+    )
+    try:
+        analysis = jax.jit(fl.f_b).lower(*args).compile().cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0] if analysis else {}
+        flops = float((analysis or {}).get("flops", 0.0))
+    except Exception:  # noqa: BLE001 -- cost analysis is best-effort
+        flops = 0.0
+    return flops if flops > 0 else 2.0 * fl.theta.size
+
+
+def _check_bytes(name: str, cost: Cost, max_bytes: int, what: str) -> None:
+    need = cost.state_bytes + cost.work_bytes
+    if need > max_bytes:
+        raise ValueError(
+            f"{name}: {what} need {need:,} bytes ({need / 2**20:.1f} MiB: "
+            f"{cost.state_bytes:,} carried + {cost.work_bytes:,} per step), above "
+            f"max_bytes={max_bytes:,}. Use a smaller hidden size or batch, raise "
+            "max_bytes, or use uoro() (memory O(S + P))."
+        )
+
+
+def _check_max_bytes(max_bytes) -> int:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}.")
+    return max_bytes
+
+
+# --------------------------------------------------------------------------
+# One factory per estimator: an "influence" triple (init, read, update).
+
+
+class _Rule(NamedTuple):
+    """How an estimator represents J: init, gradient read-out, update, cost."""
+
+    init: Callable  # (fl, x_b) -> influence
+    read: Callable  # (fl, infl, gH[B, S], X[B, ...]) -> [P], Σ_b gH_bᵀ J_b
+    update: Callable  # (fl, infl, key, H_prev[B,S], X[B,...]) -> infl
+    cost: Callable  # (fl, x_b, C) -> Cost, C = FLOPs of one cell step
+    what: str  # what the memory is, for the size error
+
+
+def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
+    def prepare(cell, params, h, x):
+        fl = _flatten(cell, params, h, x)
+        x_b = fl.x_examples(x)[0]
+        _check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
+        return fl, x_b
+
+    def init(cell, params, h0, x):
+        fl, x_b = prepare(cell, params, h0, x)
+        return OnlineState(h0, rule.init(fl, x_b))
+
+    def step(cell, loss_fn, key, params, state, x_t, y_t):
+        fl, _ = prepare(cell, params, state.h, x_t)
+        H = fl.to_flat(state.h)  # [B, S]
+        # ℓ_t, ∂ℓ_t/∂θ (direct) and ∂ℓ_t/∂h_{t-1}, through the step.
+        (loss, H_new), (g_theta, g_H) = jax.value_and_grad(
+            _loss_and_next(cell, loss_fn, fl, x_t, y_t), argnums=(0, 1), has_aux=True
+        )(fl.theta, H)
+        X = fl.x_examples(x_t)  # [B, ...]
+        grad = g_theta + rule.read(fl, state.influence, g_H, X)  # g_t, [P]
+        influence = rule.update(fl, state.influence, key, H, X)
+        return OnlineState(fl.from_flat(H_new), influence), (loss, fl.unravel_p(grad))
+
+    def estimate(key, cell, loss_fn, params, h0, xs, ys):
+        validation.check_scan_args(cell, params, h0, xs, None)
+        validation.check_ys(ys, xs.shape[0])
+        state = init(cell, params, h0, xs[0])
+        keys = jax.random.split(key, xs.shape[0])
+
+        def body(carry, inp):
+            state, acc = carry
+            k, x_t, y_t = inp
+            state, (loss, g) = step(cell, loss_fn, k, params, state, x_t, y_t)
+            return (state, jax.tree_util.tree_map(jnp.add, acc, g)), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (state, grads), losses = jax.lax.scan(body, (state, zeros), (keys, xs, ys))
+        return (jnp.sum(losses), state.h), grads
+
+    def cost(cell, params, h0, x):
+        fl = _flatten(cell, params, h0, x)
+        x_b = fl.x_examples(x)[0]
+        return rule.cost(fl, x_b, _step_flops(fl, x_b))
+
+    return OnlineEstimator(name, init, step, estimate, cost, deterministic, hparams)
+
+
+def _nbytes(fl: _Flat, n: int) -> int:
+    return int(n) * fl.theta.dtype.itemsize
+
+
+def _jacobians(fl: _Flat, H, X):
+    """Dense one-step Jacobians per example: F [B, S, P], D [B, S, S]."""
+    jac = jax.jacrev(fl.f_b, argnums=(0, 1))  # S reverse passes
+    return jax.vmap(jac, in_axes=(None, 0, 0))(fl.theta, H, X)
+
+
+def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """Real-time recurrent learning: the exact influence matrix.
+
+    Memory is ``B·S·P`` numbers for ``J`` plus the one-step Jacobians
+    (``S`` = state size, ``P`` = number of parameters, ``B`` = batch): for an
+    Elman cell with ``H`` units, ``O(H³)`` memory and ``O(H⁴)`` FLOPs per
+    step. Problems above ``max_bytes`` are refused at trace time with the
+    bytes they would need.
+
+    Args:
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 4)
+      >>> h0 = model.cell.initial_state(params)
+      >>> xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 1))
+      >>> est = forward_mode.rtrl()
+      >>> (L, h_T), g = est.estimate(
+      ...     jax.random.key(1), model.cell, model.loss_fn, params, h0, xs, ys)
+      >>> (_, _), g_bptt = jbptt.value_and_grad(model.cell, model.loss_fn)(
+      ...     params, h0, xs, ys)
+      >>> bool(jnp.allclose(g["cell"]["W"], g_bptt["cell"]["W"], atol=1e-6))
+      True
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+
+    def init(fl, x_b):
+        return jnp.zeros((fl.B, fl.S, fl.theta.size), fl.theta.dtype)
+
+    def read(fl, J, g_H, X):
+        return jnp.einsum("bs,bsp->p", g_H, J)
+
+    def update(fl, J, key, H, X):
+        F, D = _jacobians(fl, H, X)
+        return jnp.einsum("bij,bjp->bip", D, J) + F  # J_t = D_t J_{t-1} + F_t
+
+    def cost(fl, x_b, C):
+        B, S, P = fl.B, fl.S, fl.theta.size
+        flops = B * ((1 + 2 * S) * C + 2 * S * S * P + 3 * S * P)
+        return Cost(_nbytes(fl, B * S * P), _nbytes(fl, B * S * (P + S)), flops)
+
+    rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
+    return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
+
+
+def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """Unbiased Online Recurrent Optimization (Tallec & Ollivier 2017).
+
+    Keeps ``J_t ≈ h̃ θ̃ᵀ`` per example, updated with fresh random signs ``ν``
+    each step (module docstring). ``ρ₁`` depends on ``ν`` only through
+    ``‖νᵀF‖``, which is even in ``ν``, so the cross terms have mean zero and
+    ``E[h̃ θ̃ᵀ] = J_t``: the estimate is unbiased for the RTRL gradient.
+    Memory ``B·(S + P)``; cost a few cell steps (one JVP, one VJP).
+
+    Args:
+      eps: the ``ε`` that keeps ``ρ₀, ρ₁`` finite when a norm is zero.
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.gru(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 4)
+      >>> h0 = model.cell.initial_state(params, (3,))
+      >>> xs, ys = jnp.ones((6, 3, 2)), jnp.zeros((6, 3, 1))
+      >>> est = forward_mode.uoro()
+      >>> keys = jax.random.split(jax.random.key(1), 8)
+      >>> _, g = jax.vmap(lambda k: est.estimate(
+      ...     k, model.cell, model.loss_fn, params, h0, xs, ys))(keys)
+      >>> g["cell"]["weight_hh"].shape
+      (8, 12, 4)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+    if not isinstance(eps, int | float) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}.")
+
+    def init(fl, x_b):
+        dt = fl.theta.dtype
+        return (jnp.zeros((fl.B, fl.S), dt), jnp.zeros((fl.B, fl.theta.size), dt))
+
+    def read(fl, infl, g_H, X):
+        h_t, th_t = infl  # Σ_b (gH_b · h̃_b) θ̃_b
+        return jnp.einsum("b,bp->p", jnp.sum(g_H * h_t, -1), th_t)
+
+    def one(theta, f_b, h_t, th_t, nu, s, x_b):
+        _, Dh = jax.jvp(lambda s_: f_b(theta, s_, x_b), (s,), (h_t,))  # D_t h̃
+        _, vjp = jax.vjp(lambda th: f_b(th, s, x_b), theta)
+        (nuF,) = vjp(nu)  # νᵀ F_t
+        norm = jnp.linalg.norm
+        rho0 = jnp.sqrt((norm(th_t) + eps) / (norm(Dh) + eps))
+        rho1 = jnp.sqrt((norm(nuF) + eps) / (norm(nu) + eps))
+        return rho0 * Dh + rho1 * nu, th_t / rho0 + nuF / rho1
+
+    def update(fl, infl, key, H, X):
+        h_t, th_t = infl
+        nu = jax.random.rademacher(key, H.shape, H.dtype)  # E[ν νᵀ] = I
+        return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0))(
+            fl.theta, fl.f_b, h_t, th_t, nu, H, X
+        )
+
+    def cost(fl, x_b, C):
+        B, S, P = fl.B, fl.S, fl.theta.size
+        return Cost(
+            _nbytes(fl, B * (S + P)),
+            _nbytes(fl, B * (2 * S + P)),
+            B * (5 * C + 12 * (S + P)),
+        )
+
+    rule = _Rule(init, read, update, cost, "the rank-one influence h̃, θ̃")
+    return _make("uoro", rule, max_bytes, False, {"eps": eps, "max_bytes": max_bytes})
+
+
+def sparsity_pattern(cell: Cell, params, h, x, *, draws: int = 3) -> np.ndarray:
+    """Boolean ``[S, P]`` pattern of the immediate Jacobian ``∂h_t/∂θ``.
+
+    Computed from the structure of one step: the union of the nonzeros of
+    ``F`` at ``draws`` random points (random state, input and parameters of
+    the right shapes), so no accidental zero (e.g. ``h_{t-1} = 0``) hides an
+    entry. Rows index one example's flattened state, columns the flattened
+    params. Runs eagerly on shapes only, so it works inside ``jit``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jbptt import cells, forward_mode
+      >>> cell = cells.elman()
+      >>> params = cell.init(jax.random.key(0), 2, 3)
+      >>> M = forward_mode.sparsity_pattern(
+      ...     cell, params, cell.initial_state(params), jnp.ones(2))
+      >>> M.shape, int(M.sum(0).max())  # every param touches one unit
+      ((3, 18), 1)
+    """
+    fl = _flatten(cell, params, h, x)
+    x_b = fl.x_examples(x)[0]
+    return _pattern(fl, x_b.shape, x_b.dtype, draws)
+
+
+def _pattern(fl: _Flat, x_shape, x_dtype, draws: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dt = fl.theta.dtype
+    theta = rng.normal(size=(draws,) + fl.theta.shape).astype(dt)
+    s = rng.normal(size=(draws, fl.S)).astype(dt)
+    x_b = rng.normal(size=(draws,) + tuple(x_shape)).astype(x_dtype)
+    jac = jax.jit(jax.vmap(jax.jacrev(fl.f_b, argnums=0)))  # [draws, S, P]
+    with jax.ensure_compile_time_eval():  # concrete even inside a trace
+        F = np.asarray(jac(theta, s, x_b))
+    return np.any(F != 0, axis=0)
+
+
+def _compress(mask: np.ndarray):
+    """rows[k, P] (row indices of each column's nonzeros, padded with 0) and
+    valid[k, P], k = the most nonzeros in one column."""
+    S, P = mask.shape
+    k = max(1, int(mask.sum(0).max()))
+    order = np.argsort(~mask, axis=0, kind="stable")[:k]  # nonzero rows first
+    valid = np.take_along_axis(mask, order, axis=0)
+    return np.where(valid, order, 0).astype(np.int32), valid
+
+
+def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """SnAp-1 (Menick et al. 2021): RTRL restricted to ``F_t``'s sparsity.
+
+    ``J_t = (D_t J_{t-1}) ⊙ M + F_t`` with ``M`` the pattern of the immediate
+    Jacobian (:func:`sparsity_pattern`). ``J`` is stored compressed, ``k``
+    numbers per parameter (``k`` = the most state entries one parameter
+    touches in one step: 1 for Elman and GRU, 2 for LSTM's ``(c, h)``), so
+    the carried memory is ``B·k·P`` like the parameters themselves. This
+    generic implementation forms the dense one-step Jacobians transiently
+    (``B·S·(S+P)``); only the ``k×k`` blocks of ``D_t`` on the pattern enter.
+
+    Args:
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.lstm(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 3)
+      >>> h0 = model.cell.initial_state(params)
+      >>> est = forward_mode.snap1()
+      >>> est.init(model.cell, params, h0, jnp.ones(2)).influence.shape  # [B, k, P]
+      (1, 2, 88)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+
+    cache: dict = {}
+
+    def compressed(fl, x_shape, x_dtype):
+        # The pattern is static (numpy), computed once per cell and shapes.
+        key = (fl.cell, fl.S, fl.theta.size, str(fl.theta.dtype), x_shape, str(x_dtype))
+        if key not in cache:
+            cache[key] = _compress(_pattern(fl, x_shape, x_dtype))
+        return cache[key]
+
+    def init(fl, x_b):
+        rows, _ = compressed(fl, x_b.shape, x_b.dtype)
+        return jnp.zeros((fl.B,) + rows.shape, fl.theta.dtype)  # [B, k, P]
+
+    def read(fl, V, g_H, X):
+        # Σ_b Σ_a gH_b[rows[a, p]] V_b[a, p]; padded entries of V stay 0.
+        rows, _ = compressed(fl, X.shape[1:], X.dtype)
+        return jnp.einsum("nap,nap->p", g_H[:, rows], V)
+
+    def update(fl, V, key, H, X):
+        rows, valid = compressed(fl, X.shape[1:], X.dtype)
+        F, D = _jacobians(fl, H, X)  # [B, S, P], [B, S, S]
+        cols = np.arange(fl.theta.size)
+        # Only the k×k block of D_t on each parameter's rows enters (D_t J_{t-1}
+        # restricted to the pattern); for Elman it is D_t's diagonal.
+        D_blk = D[:, rows[:, None, :], rows[None, :, :]]  # [B, k, k, P]
+        new = jnp.einsum("nabp,nbp->nap", D_blk, V) + F[:, rows, cols]
+        return jnp.where(valid, new, 0.0)  # keep J on the pattern M
+
+    def cost(fl, x_b, C):
+        rows, _ = compressed(fl, x_b.shape, x_b.dtype)
+        B, S, P, k = fl.B, fl.S, fl.theta.size, rows.shape[0]
+        flops = B * ((1 + 2 * S) * C + 2 * k * k * P + 3 * k * P)
+        return Cost(_nbytes(fl, B * k * P), _nbytes(fl, B * S * (P + S)), flops)
+
+    rule = _Rule(
+        init, read, update, cost, "the sparse influence and dense one-step Jacobians"
+    )
+    return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
