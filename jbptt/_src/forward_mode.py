@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import validation
@@ -532,3 +533,148 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         init, read, update, cost, "the sparse influence and dense one-step Jacobians"
     )
     return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
+
+
+# --------------------------------------------------------------------------
+# Online training: one optax update per step (or every ``update_every``).
+
+
+class OnlineHistory(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+      params: params after the last update.
+      opt_state: the optimizer state after the last update.
+      state: the estimator's :class:`OnlineState` after the last step (cell
+        state and influence; pass it back as ``state=`` to continue).
+      loss: ``[T]`` per-step loss ``ℓ_t`` under the params of that step.
+    """
+
+    params: Any
+    opt_state: Any
+    state: OnlineState
+    loss: jax.Array
+
+
+def train(
+    cell: Cell,
+    loss_fn: Callable,
+    params,
+    xs,
+    ys,
+    optimizer,
+    estimator: OnlineEstimator,
+    *,
+    key: jax.Array | None = None,
+    h0=None,
+    state: OnlineState | None = None,
+    opt_state=None,
+    update_every: int = 1,
+) -> OnlineHistory:
+    """Train online along ``xs`` with a forward-mode estimator.
+
+    At every step ``t`` the estimator returns ``g_t`` (module docstring),
+    computed with the current params and the influence carried from earlier
+    steps, which were taken under earlier params (the usual online
+    approximation of RTRL and its relatives). Every ``update_every`` steps
+    the sum of the ``g_t`` since the last update goes through ``optimizer``.
+    Runs as one ``lax.scan`` under ``jit``.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      params: initial params.
+      xs: inputs ``[T, ..., I]`` (one long sequence or a batch, time-major).
+      ys: targets, time-major, length T.
+      optimizer: an ``optax.GradientTransformation``.
+      estimator: :func:`rtrl`, :func:`uoro` or :func:`snap1`.
+      key: PRNG key (required for random estimators such as UORO).
+      h0: initial cell state (default: zeros); ignored when ``state`` given.
+      state: an :class:`OnlineState` to resume from.
+      opt_state: optimizer state to resume from (default: ``optimizer.init``).
+      update_every: steps between updates (``T`` must be a multiple).
+
+    Returns:
+      An :class:`OnlineHistory`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 1, 4)
+      >>> xs = jax.random.normal(jax.random.key(1), (32, 1))
+      >>> hist = forward_mode.train(model.cell, model.loss_fn, params, xs, xs,
+      ...                           optax.sgd(1e-2), forward_mode.snap1())
+      >>> hist.loss.shape
+      (32,)
+    """
+    if not isinstance(estimator, OnlineEstimator):
+        raise TypeError(
+            "estimator must be a forward_mode OnlineEstimator (rtrl(), uoro(), "
+            f"snap1()), got {type(estimator).__name__}."
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation, got "
+            f"{type(optimizer).__name__}."
+        )
+    if key is None:
+        if not estimator.deterministic:
+            raise ValueError(f"estimator {estimator.name} is random: pass key=.")
+        key = jax.random.key(0)
+    if state is None:
+        _, batch_shape = validation.check_xs(xs)
+        h0 = cell.initial_state(params, batch_shape) if h0 is None else h0
+    else:
+        h0 = state.h
+    validation.check_scan_args(cell, params, h0, xs, None)
+    validation.check_ys(ys, xs.shape[0])
+    T = xs.shape[0]
+    if not isinstance(update_every, int) or update_every < 1 or T % update_every:
+        raise ValueError(
+            f"update_every must be a positive int dividing T = {T}, got "
+            f"{update_every!r}."
+        )
+    if state is None:
+        state = estimator.init(cell, params, h0, xs[0])
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every)
+    params, opt_state, state, losses = run(key, params, opt_state, state, xs, ys)
+    return OnlineHistory(params, opt_state, state, losses)
+
+
+def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
+    tree_map = jax.tree_util.tree_map
+
+    @jax.jit
+    def run(key, params, opt_state, state, xs, ys):
+        def chunk(carry, inp):  # `every` steps, then one update
+            params, opt_state, state = carry
+            keys, xs_c, ys_c = inp
+
+            def one(c, i):
+                state, acc = c
+                state, (loss, g) = estimator.step(
+                    cell, loss_fn, keys[i], params, state, xs_c[i], ys_c[i]
+                )
+                return (state, tree_map(jnp.add, acc, g)), loss
+
+            zeros = tree_map(jnp.zeros_like, params)
+            (state, g), losses = jax.lax.scan(one, (state, zeros), jnp.arange(every))
+            updates, opt_state = optimizer.update(g, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state, state), losses
+
+        keys = jax.random.split(key, T).reshape((T // every, every))
+        resh = lambda a: a.reshape((T // every, every) + a.shape[1:])
+        inputs = (keys, tree_map(resh, xs), tree_map(resh, ys))
+        (params, opt_state, state), losses = jax.lax.scan(
+            chunk, (params, opt_state, state), inputs
+        )
+        return params, opt_state, state, losses.reshape(T)
+
+    return run
