@@ -371,16 +371,16 @@ def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEsti
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
       >>> from jbptt import forward_mode
-      >>> model = jbptt.readout(jbptt.cells.gru(), output_size=1)
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> params = model.init(jax.random.key(0), 2, 4)
       >>> h0 = model.cell.initial_state(params, (3,))
       >>> xs, ys = jnp.ones((6, 3, 2)), jnp.zeros((6, 3, 1))
       >>> est = forward_mode.uoro()
-      >>> keys = jax.random.split(jax.random.key(1), 8)
+      >>> keys = jax.random.split(jax.random.key(1), 8)  # a sweep is a vmap
       >>> _, g = jax.vmap(lambda k: est.estimate(
       ...     k, model.cell, model.loss_fn, params, h0, xs, ys))(keys)
-      >>> g["cell"]["weight_hh"].shape
-      (8, 12, 4)
+      >>> g["cell"]["W"].shape
+      (8, 4, 4)
     """
     max_bytes = _check_max_bytes(max_bytes)
     if not isinstance(eps, int | float) or not eps > 0:
@@ -647,7 +647,25 @@ def train(
     return OnlineHistory(params, opt_state, state, losses)
 
 
+_TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
+
+
 def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
+    """The jitted loop, reused across calls with the same parts (e.g. a long
+    stream trained chunk by chunk with ``state=``) so it compiles once."""
+    parts = (cell, loss_fn, optimizer, estimator)
+    key = tuple(map(id, parts)) + (T, every)
+    hit = _TRAIN_CACHE.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
+        return hit[1]
+    if len(_TRAIN_CACHE) >= 32:
+        _TRAIN_CACHE.pop(next(iter(_TRAIN_CACHE)))
+    run = _build_train_fn(cell, loss_fn, optimizer, estimator, T, every)
+    _TRAIN_CACHE[key] = (parts, run)  # holding parts keeps their ids unique
+    return run
+
+
+def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
     tree_map = jax.tree_util.tree_map
 
     @jax.jit
