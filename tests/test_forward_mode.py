@@ -126,12 +126,26 @@ def test_uoro_is_unbiased_at_the_root_n_rate():
 
 
 def test_uoro_vmap_over_keys_matches_single_calls():
-    model, params, h0, xs, ys = _problem(cells.gru, batch=(2,))
+    model, params, h0, xs, ys = _problem(cells.elman, batch=(2,))
     samples = _uoro_samples(model, params, h0, xs, ys, 3, seed=7)
     keys = jax.random.split(jax.random.key(7), 3)
     one = _flat(_estimate(forward_mode.uoro(), model, params, h0, xs, ys, keys[1])[1])
     np.testing.assert_allclose(samples[1], one, rtol=1e-12, atol=1e-14)
     assert not np.allclose(samples[0], samples[1])
+    # sample_estimates: the same rows, in chunks (3 = 2 + 1 padded).
+    chunked = forward_mode.sample_estimates(
+        forward_mode.uoro(),
+        model.cell,
+        model.loss_fn,
+        params,
+        h0,
+        xs,
+        ys,
+        jax.random.key(7),
+        3,
+        chunk=2,
+    )
+    np.testing.assert_allclose(chunked, samples, rtol=1e-12, atol=1e-14)
 
 
 def _diagonal_recurrence(cell_fn, params):
@@ -313,6 +327,14 @@ def test_bad_inputs():
             optax.sgd(0.1),
             est,
             update_every=4,
+        )
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        forward_mode.sample_estimates(
+            est, model.cell, model.loss_fn, params, h0, xs, ys, key, 0
+        )
+    with pytest.raises(TypeError, match="OnlineEstimator"):
+        forward_mode.sample_estimates(
+            "uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2
         )
     with pytest.raises(TypeError, match="optimizer"):
         forward_mode.train(model.cell, model.loss_fn, params, xs, ys, None, est)

@@ -536,6 +536,62 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
 
 
 # --------------------------------------------------------------------------
+# Many draws at once, for bias/variance sweeps.
+
+
+def sample_estimates(
+    estimator: OnlineEstimator,
+    cell: Cell,
+    loss_fn: Callable,
+    params,
+    h0,
+    xs,
+    ys,
+    key,
+    n: int,
+    *,
+    chunk: int = 64,
+) -> jax.Array:
+    """``n`` flattened estimates ``[n, P]`` from keys ``split(key, n)``.
+
+    A ``vmap`` of :attr:`OnlineEstimator.estimate` over keys, ``chunk`` keys
+    at a time (``lax.map``) to bound memory; row ``i`` equals
+    ``ravel_pytree(estimate(split(key, n)[i], ...)[1])[0]``. Unflatten a row
+    with ``jax.flatten_util.ravel_pytree(params)[1]``. Traceable: call it
+    inside the ``jit`` of a sweep.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> h0, xs = model.cell.initial_state(p), jnp.ones((6, 1))
+      >>> forward_mode.sample_estimates(forward_mode.uoro(), model.cell,
+      ...     model.loss_fn, p, h0, xs, xs, jax.random.key(1), 5).shape
+      (5, 29)
+    """
+    if not isinstance(estimator, OnlineEstimator):
+        raise TypeError(
+            f"estimator must be an OnlineEstimator, got {type(estimator).__name__}."
+        )
+    for name, v in (("n", n), ("chunk", chunk)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+
+    def one(k):
+        _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys)
+        return ravel_pytree(g)[0]
+
+    keys = jax.random.split(key, n)
+    chunk = min(chunk, n)
+    pad = (-n) % chunk  # padded keys are computed and dropped
+    keys = jnp.concatenate([keys, keys[:pad]])
+    out = jax.lax.map(jax.vmap(one), keys.reshape((-1, chunk)))
+    return out.reshape((-1,) + out.shape[2:])[:n]
+
+
+# --------------------------------------------------------------------------
 # Online training: one optax update per step (or every ``update_every``).
 
 
