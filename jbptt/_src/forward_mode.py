@@ -458,14 +458,32 @@ def _pattern(fl: _Flat, x_shape, x_dtype, draws: int = 3) -> np.ndarray:
     return np.any(F != 0, axis=0)
 
 
-def _compress(mask: np.ndarray):
-    """rows[k, P] (row indices of each column's nonzeros, padded with 0) and
-    valid[k, P], k = the most nonzeros in one column."""
+class _Sparse(NamedTuple):
+    """A column-compressed pattern and a row colouring for reading it."""
+
+    rows: np.ndarray  # [k, P] row index of each column's nonzeros (pad: 0)
+    valid: np.ndarray  # [k, P] which of those are real
+    colors: np.ndarray  # [C, S] indicator of the rows of each colour
+    entry_color: np.ndarray  # [k, P] colour of rows[a, p]
+
+
+def _compress(mask: np.ndarray) -> _Sparse:
+    """Compress ``mask`` [S, P] by columns (k = the most nonzeros in one
+    column) and colour its rows so that no two rows of one colour share a
+    column: then one VJP with the colour's indicator as cotangent reads every
+    pattern entry of those rows at once (Curtis, Powell & Reid 1974)."""
     S, P = mask.shape
     k = max(1, int(mask.sum(0).max()))
     order = np.argsort(~mask, axis=0, kind="stable")[:k]  # nonzero rows first
     valid = np.take_along_axis(mask, order, axis=0)
-    return np.where(valid, order, 0).astype(np.int32), valid
+    rows = np.where(valid, order, 0).astype(np.int32)
+    conflict = (mask.astype(np.int64) @ mask.T.astype(np.int64)) > 0  # [S, S]
+    color = np.full(S, -1)
+    for i in range(S):  # greedy colouring
+        used = set(color[conflict[i] & (color >= 0)].tolist())
+        color[i] = next(c for c in range(S) if c not in used)
+    colors = np.stack([color == c for c in range(color.max() + 1)])
+    return _Sparse(rows, valid, colors, color[rows].astype(np.int32))
 
 
 def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
@@ -475,9 +493,11 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     Jacobian (:func:`sparsity_pattern`). ``J`` is stored compressed, ``k``
     numbers per parameter (``k`` = the most state entries one parameter
     touches in one step: 1 for Elman and GRU, 2 for LSTM's ``(c, h)``), so
-    the carried memory is ``B·k·P`` like the parameters themselves. This
-    generic implementation forms the dense one-step Jacobians transiently
-    (``B·S·(S+P)``); only the ``k×k`` blocks of ``D_t`` on the pattern enter.
+    the carried memory is ``B·k·P`` like the parameters themselves. Each step
+    reads ``F_t`` on the pattern with one VJP per row colour (``k`` of them
+    for the built-in cells) and ``D_t`` densely (``S`` VJPs in the state
+    only; its ``k×k`` blocks on the pattern enter, for Elman its diagonal),
+    so the per-step work is ``B·(C·P + S²)`` numbers, never ``S·P``.
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
@@ -505,33 +525,41 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         return cache[key]
 
     def init(fl, x_b):
-        rows, _ = compressed(fl, x_b.shape, x_b.dtype)
-        return jnp.zeros((fl.B,) + rows.shape, fl.theta.dtype)  # [B, k, P]
+        sp = compressed(fl, x_b.shape, x_b.dtype)
+        return jnp.zeros((fl.B,) + sp.rows.shape, fl.theta.dtype)  # [B, k, P]
 
     def read(fl, V, g_H, X):
         # Σ_b Σ_a gH_b[rows[a, p]] V_b[a, p]; padded entries of V stay 0.
-        rows, _ = compressed(fl, X.shape[1:], X.dtype)
-        return jnp.einsum("nap,nap->p", g_H[:, rows], V)
+        sp = compressed(fl, X.shape[1:], X.dtype)
+        return jnp.einsum("nap,nap->p", g_H[:, sp.rows], V)
+
+    def one_step(fl, sp, s, x_b):
+        _, vjp = jax.vjp(lambda th: fl.f_b(th, s, x_b), fl.theta)
+        E = jnp.asarray(sp.colors, fl.theta.dtype)
+        F_col = jax.vmap(lambda e: vjp(e)[0])(E)  # [C, P]: Σ_{i ∈ colour} F[i]
+        D = jax.jacrev(lambda s_: fl.f_b(fl.theta, s_, x_b))(s)  # [S, S]
+        return F_col, D
 
     def update(fl, V, key, H, X):
-        rows, valid = compressed(fl, X.shape[1:], X.dtype)
-        F, D = _jacobians(fl, H, X)  # [B, S, P], [B, S, S]
+        sp = compressed(fl, X.shape[1:], X.dtype)
+        F_col, D = jax.vmap(lambda s, x: one_step(fl, sp, s, x))(H, X)
         cols = np.arange(fl.theta.size)
+        F_pat = F_col[:, sp.entry_color, cols]  # [B, k, P]: F_t on the pattern
         # Only the k×k block of D_t on each parameter's rows enters (D_t J_{t-1}
         # restricted to the pattern); for Elman it is D_t's diagonal.
-        D_blk = D[:, rows[:, None, :], rows[None, :, :]]  # [B, k, k, P]
-        new = jnp.einsum("nabp,nbp->nap", D_blk, V) + F[:, rows, cols]
-        return jnp.where(valid, new, 0.0)  # keep J on the pattern M
+        D_blk = D[:, sp.rows[:, None, :], sp.rows[None, :, :]]  # [B, k, k, P]
+        new = jnp.einsum("nabp,nbp->nap", D_blk, V) + F_pat
+        return jnp.where(sp.valid, new, 0.0)  # keep J on the pattern M
 
     def cost(fl, x_b, C):
-        rows, _ = compressed(fl, x_b.shape, x_b.dtype)
-        B, S, P, k = fl.B, fl.S, fl.theta.size, rows.shape[0]
-        flops = B * ((1 + 2 * S) * C + 2 * k * k * P + 3 * k * P)
-        return Cost(_nbytes(fl, B * k * P), _nbytes(fl, B * S * (P + S)), flops)
+        sp = compressed(fl, x_b.shape, x_b.dtype)
+        B, S, P = fl.B, fl.S, fl.theta.size
+        k, n_col = sp.rows.shape[0], sp.colors.shape[0]
+        flops = B * ((1 + 2 * n_col + 2 * S) * C + 2 * k * k * P + 3 * k * P)
+        work = B * (n_col * P + S * S + k * k * P)
+        return Cost(_nbytes(fl, B * k * P), _nbytes(fl, work), flops)
 
-    rule = _Rule(
-        init, read, update, cost, "the sparse influence and dense one-step Jacobians"
-    )
+    rule = _Rule(init, read, update, cost, "the sparse influence and its update")
     return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
 
 
