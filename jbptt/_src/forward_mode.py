@@ -1,7 +1,7 @@
 r"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1.
 
-Truncation estimators (:mod:`jbptt.estimators`) are link weights on a reverse
-scan. Forward-mode estimators instead carry, along the forward pass, an
+Truncation estimators (TBPTT, ARTBP) are link weights on a reverse scan
+(DESIGN.md). Forward-mode estimators instead carry, along the forward pass, an
 approximation of the influence matrix ``J_t = ∂h_t/∂θ`` and read a gradient
 off it at every step, so they need no backward pass through time:
 
@@ -34,9 +34,13 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
   the pattern, e.g. a diagonal recurrent matrix.
 
 All three share one interface, :class:`OnlineEstimator`, and are pure
-functions of a PRNG key, so a sweep over keys is a ``vmap``. Parameters and
-states are any pytrees, flattened with ``jax.flatten_util.ravel_pytree``;
-with batch dimensions every example carries its own influence.
+functions of a PRNG key, so a sweep over keys is a ``vmap``
+(:func:`sample_estimates`); :func:`train` is the online training loop.
+Parameters and states are any pytrees, flattened with
+``jax.flatten_util.ravel_pytree``. With batch dimensions every example
+carries its own influence (``cell.step`` is vmapped over examples, so it must
+accept one example without batch dimensions, as built-in and adapted cells
+do); the per-step loss sees the whole batch, as in :func:`jbptt.loss`.
 
 References:
   Williams & Zipser 1989, "A learning algorithm for continually running fully
@@ -70,7 +74,8 @@ class Cost(NamedTuple):
     Attributes:
       state_bytes: the influence representation carried from step to step
         (RTRL ``B·S·P``, UORO ``B·(S+P)``, SnAp-1 ``B·k·P`` numbers).
-      work_bytes: transient arrays of one step (dense one-step Jacobians).
+      work_bytes: transient arrays of one step (the one-step Jacobians, or
+        for SnAp-1 their parts on the pattern).
       flops_per_step: estimated FLOPs of one step's influence update and
         gradient read-out, from ``C``, XLA's FLOP count of one cell step.
     """
