@@ -286,6 +286,20 @@ def test_train_update_every_and_resume():
     np.testing.assert_allclose(a.loss.sum() + b.loss.sum(), L, rtol=1e-12)
     np.testing.assert_allclose(b.state.h, h_T, rtol=1e-12)
     assert _rel_err(b.params, params) == 0.0
+    # clip: sgd(1) with a clip c moves params by a step of norm ≤ c.
+    clipped = forward_mode.train(
+        model.cell,
+        model.loss_fn,
+        params,
+        xs[:4],
+        xs[:4],
+        optax.sgd(1.0),
+        est,
+        update_every=4,
+        clip=1e-3,
+    )
+    step = _flat(clipped.params) - _flat(params)
+    np.testing.assert_allclose(jnp.linalg.norm(step), 1e-3, rtol=1e-9)
 
 
 def test_bad_inputs():
@@ -341,6 +355,10 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="OnlineEstimator"):
         forward_mode.sample_estimates(
             "uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2
+        )
+    with pytest.raises(ValueError, match="clip"):
+        forward_mode.train(
+            model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), est, clip=-1.0
         )
     with pytest.raises(TypeError, match="optimizer"):
         forward_mode.train(model.cell, model.loss_fn, params, xs, ys, None, est)

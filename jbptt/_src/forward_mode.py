@@ -659,6 +659,7 @@ def train(
     state: OnlineState | None = None,
     opt_state=None,
     update_every: int = 1,
+    clip: float | None = None,
 ) -> OnlineHistory:
     """Train online along ``xs`` with a forward-mode estimator.
 
@@ -682,6 +683,9 @@ def train(
       state: an :class:`OnlineState` to resume from.
       opt_state: optimizer state to resume from (default: ``optimizer.init``).
       update_every: steps between updates (``T`` must be a multiple).
+      clip: if given, clip each update's gradient to this global norm
+        (``optax.clip_by_global_norm``) before ``optimizer``; its state is
+        empty, so ``opt_state`` stays ``optimizer``'s own.
 
     Returns:
       An :class:`OnlineHistory`.
@@ -729,9 +733,11 @@ def train(
         )
     if state is None:
         state = estimator.init(cell, params, h0, xs[0])
+    if clip is not None and (not isinstance(clip, int | float) or not clip > 0):
+        raise ValueError(f"clip must be a positive float or None, got {clip!r}.")
     if opt_state is None:
         opt_state = optimizer.init(params)
-    run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every)
+    run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every, clip)
     params, opt_state, state, losses = run(key, params, opt_state, state, xs, ys)
     return OnlineHistory(params, opt_state, state, losses)
 
@@ -739,22 +745,22 @@ def train(
 _TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
 
 
-def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
+def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
     """The jitted loop, reused across calls with the same parts (e.g. a long
     stream trained chunk by chunk with ``state=``) so it compiles once."""
     parts = (cell, loss_fn, optimizer, estimator)
-    key = tuple(map(id, parts)) + (T, every)
+    key = tuple(map(id, parts)) + (T, every, clip)
     hit = _TRAIN_CACHE.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
         return hit[1]
     if len(_TRAIN_CACHE) >= 32:
         _TRAIN_CACHE.pop(next(iter(_TRAIN_CACHE)))
-    run = _build_train_fn(cell, loss_fn, optimizer, estimator, T, every)
+    run = _build_train_fn(cell, loss_fn, optimizer, estimator, T, every, clip)
     _TRAIN_CACHE[key] = (parts, run)  # holding parts keeps their ids unique
     return run
 
 
-def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
+def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
     tree_map = jax.tree_util.tree_map
 
     @jax.jit
@@ -772,6 +778,8 @@ def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int):
 
             zeros = tree_map(jnp.zeros_like, params)
             (state, g), losses = jax.lax.scan(one, (state, zeros), jnp.arange(every))
+            if clip is not None:  # stateless: opt_state stays optimizer's own
+                g, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
             updates, opt_state = optimizer.update(g, opt_state, params)
             params = optax.apply_updates(params, updates)
             return (params, opt_state, state), losses
