@@ -300,6 +300,8 @@ def test_train_update_every_and_resume():
     )
     step = _flat(clipped.params) - _flat(params)
     np.testing.assert_allclose(jnp.linalg.norm(step), 1e-3, rtol=1e-9)
+    assert clipped.grad_norm.shape == (1,) and clipped.grad_norm[0] > 1e-3
+    assert a.grad_norm.shape == (2,)
 
 
 def test_bad_inputs():

@@ -637,12 +637,15 @@ class OnlineHistory(NamedTuple):
       state: the estimator's :class:`OnlineState` after the last step (cell
         state and influence; pass it back as ``state=`` to continue).
       loss: ``[T]`` per-step loss ``ℓ_t`` under the params of that step.
+      grad_norm: ``[T // update_every]`` global norm of each update's
+        gradient (before clipping).
     """
 
     params: Any
     opt_state: Any
     state: OnlineState
     loss: jax.Array
+    grad_norm: jax.Array
 
 
 def train(
@@ -738,8 +741,12 @@ def train(
     if opt_state is None:
         opt_state = optimizer.init(params)
     run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every, clip)
-    params, opt_state, state, losses = run(key, params, opt_state, state, xs, ys)
-    return OnlineHistory(params, opt_state, state, losses)
+    params, opt_state, state, losses, norms = run(key, params, opt_state, state, xs, ys)
+    return OnlineHistory(params, opt_state, state, losses, norms)
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(tree)))
 
 
 _TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
@@ -778,18 +785,19 @@ def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, cli
 
             zeros = tree_map(jnp.zeros_like, params)
             (state, g), losses = jax.lax.scan(one, (state, zeros), jnp.arange(every))
+            g_raw = g
             if clip is not None:  # stateless: opt_state stays optimizer's own
                 g, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
             updates, opt_state = optimizer.update(g, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state, state), losses
+            return (params, opt_state, state), (losses, _global_norm(g_raw))
 
         keys = jax.random.split(key, T).reshape((T // every, every))
         resh = lambda a: a.reshape((T // every, every) + a.shape[1:])
         inputs = (keys, tree_map(resh, xs), tree_map(resh, ys))
-        (params, opt_state, state), losses = jax.lax.scan(
+        (params, opt_state, state), (losses, norms) = jax.lax.scan(
             chunk, (params, opt_state, state), inputs
         )
-        return params, opt_state, state, losses.reshape(T)
+        return params, opt_state, state, losses.reshape(T), norms
 
     return run
