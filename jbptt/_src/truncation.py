@@ -65,8 +65,7 @@ def check_probability(name: str, c) -> None:
         return
     if not (0.0 <= lo and hi < 1.0):
         raise ValueError(
-            f"{name} (cut probability) must lie in [0, 1), got values in "
-            f"[{lo}, {hi}]."
+            f"{name} (cut probability) must lie in [0, 1), got values in [{lo}, {hi}]."
         )
 
 
@@ -98,8 +97,10 @@ def artbp(key: jax.Array, T: int, c, dtype=None) -> jax.Array:
     if c.ndim == 0:
         c = jnp.full((T,), c)
     if c.shape != (T,):
-        raise ValueError(f"c must be a float, an array of shape ({T},) or a "
-                         f"schedule; got shape {c.shape}.")
+        raise ValueError(
+            f"c must be a float, an array of shape ({T},) or a "
+            f"schedule; got shape {c.shape}."
+        )
     check_probability("c", c[1:])
     u = jax.random.uniform(key, (T,), dtype)
     w = jnp.where(u < c, 0.0, 1.0 / (1.0 - c)).astype(dtype)
