@@ -215,7 +215,8 @@ def williams_peng(k1: int, k2: int) -> Estimator:
     and backpropagates them through the k2 steps ``e_j − k2 < s ≤ e_j``: the
     link into step ``e_j − k2 + 1`` and all earlier ones are cut. In
     Williams & Peng's (1990) notation this is BPTT(h = k2; h′ = k1);
-    ``williams_peng(k, k)`` is TBPTT(k) and ``williams_peng(1, k)`` is
+    ``williams_peng(k, k)`` is TBPTT(k) when k divides T (a last, shorter
+    window still backpropagates k2 steps) and ``williams_peng(1, k)`` is
     classic truncated BPTT(k) updating every step.
 
     Args:
