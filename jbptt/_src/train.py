@@ -37,6 +37,7 @@ step compiles at most once per bucket.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -226,6 +227,20 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
     return jax.jit(step, static_argnames="bucket")
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_step(cell, loss_fn, optimizer, clip, clip_mode):
+    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode))
+
+
+def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
+    """Reuse the jitted step (and its compilations) across calls with the same
+    cell, loss and optimizer, e.g. when resuming a run chunk by chunk."""
+    try:
+        return _cached_step(cell, loss_fn, optimizer, clip, clip_mode)
+    except TypeError:  # unhashable pieces: compile afresh
+        return make_step(cell, loss_fn, tx)
+
+
 def train(
     cell: Cell,
     loss_fn: Callable,
@@ -302,6 +317,7 @@ def train(
                 f"got a leaf of shape {np.shape(leaf)}."
             )
     tx = _optimizer(optimizer, clip, clip_mode)
+    step = _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx)
     w = _link_weights(estimator, T, key)
     starts, lengths = segments(w)
     n_max = int(lengths.max())
@@ -318,7 +334,6 @@ def train(
     w_p = pad_time(jnp.asarray(w, xs.dtype))
     h = cell.initial_state(params, tuple(xs.shape[1:-1])) if h0 is None else h0
     opt_state = tx.init(params) if opt_state is None else opt_state
-    step = make_step(cell, loss_fn, tx)
 
     losses, norms = [], []
     for s, n, b in zip(starts.tolist(), lengths.tolist(), sizes, strict=True):
