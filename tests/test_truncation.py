@@ -159,6 +159,10 @@ def test_artbp_works_under_jit_and_vmap_and_is_reproducible():
             "schedule",
         ),
         (lambda: truncation.all_cut_patterns(25), "T ≤ 20"),
+        (
+            lambda: truncation.artbp(jax.random.key(0), 6, lambda d: 0.3 * d),
+            r"schedule values",
+        ),
         (lambda: truncation.poly_tail(5.0, alpha=2.0), "alpha"),
         (lambda: truncation.geometric(1.0), "mean_length"),
     ],

@@ -92,6 +92,8 @@ def artbp(key: jax.Array, T: int, c, dtype=None) -> jax.Array:
     _check_T(T)
     dtype = dtype or jnp.result_type(float)
     if callable(c):
+        # The values a schedule can take here: d = 1..T−1 steps since a cut.
+        check_probability("schedule values c(d)", c(jnp.arange(1, T, dtype=dtype)))
         return _artbp_schedule(key, T, c, dtype)
     c = jnp.asarray(c, dtype)
     if c.ndim == 0:
