@@ -5,7 +5,9 @@ reverse scan with link weights. See DESIGN.md for the equation.
 """
 
 from jbptt import cells as cells
+from jbptt import estimators as estimators
 from jbptt import forward_mode as forward_mode
+from jbptt import train as train
 from jbptt import truncation as truncation
 from jbptt._src.api import loss as loss
 from jbptt._src.api import value_and_grad as value_and_grad
