@@ -304,6 +304,19 @@ def test_train_update_every_and_resume():
     assert a.grad_norm.shape == (2,)
 
 
+def test_jbptt_train_dispatches_forward_mode_estimators():
+    model = jbptt.readout(cells.elman(), output_size=1)
+    params = model.init(jax.random.key(0), 1, 3)
+    xs = jax.random.normal(jax.random.key(1), (8, 1))
+    est, opt = forward_mode.snap1(), optax.sgd(0.1)
+    ref = forward_mode.train(model.cell, model.loss_fn, params, xs, xs, opt, est)
+    hist = jbptt.train.train(model.cell, model.loss_fn, params, xs, xs, opt, est)
+    np.testing.assert_allclose(hist.loss, ref.loss, rtol=1e-12)
+    np.testing.assert_allclose(hist.grad_norm, ref.grad_norm, rtol=1e-12)
+    assert _rel_err(hist.params, ref.params) <= 1e-12
+    assert hist.length.tolist() == [1] * 8 and hist.start.tolist() == list(range(8))
+
+
 def test_bad_inputs():
     model, params, h0, xs, ys = _problem(cells.elman, batch=(2,))
     key = jax.random.key(0)
