@@ -78,3 +78,24 @@ def test_poly_tail_matches_depth():
         e = bias_sweep.poly_tail_for_depth(k, 64)
         assert abs(e.expected_depth(64) - k) < 1e-6
     assert bias_sweep.poly_tail_for_depth(64.0, 64) is None
+
+
+def test_notebook_executes():
+    """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (nbmake)."""
+    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--nbmake", "-p", "no:cacheprovider",
+         "notebooks/artbp_vs_tbptt.ipynb"],
+        capture_output=True, text=True, cwd=root,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_notebook_is_paired():
+    """The .ipynb and its jupytext .py hold the same cells."""
+    import jupytext
+
+    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
+    nb = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.ipynb")
+    py = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.py")
+    assert [c.source for c in nb.cells] == [c.source for c in py.cells]
