@@ -2,7 +2,7 @@
 
 .. math::
 
-    h_t = f(U x_t + W h_{t-1} + b), \\qquad out_t = h_t,
+    h_t = f(U x_t + W h_{t-1} + b), \qquad out_t = h_t,
 
 with ``f`` one of tanh, identity or relu. Without bias and with the identity,
 this is exactly the linear ``U, W`` recurrence of the classic BPTT
