@@ -226,17 +226,30 @@ def print_table(rows, file=None):
               f"{r['cos_sample']:9.3f}", file=file)
 
 
-def markdown_table(rows) -> str:
-    """The headline table (one cell, one point) in Markdown."""
-    lines = ["| estimator | depth | rel. bias [95% CI] | rel. variance | "
-             "cos(E ĝ, g) | mean cos(ĝ, g) |", "|---|---:|---|---:|---:|---:|"]
-    for r in rows:
-        ci = ("exact" if np.isnan(r["rel_bias_lo"])
-              else f"[{r['rel_bias_lo']:.3f}, {r['rel_bias_hi']:.3f}]")
-        lines.append(
-            f"| {r['estimator']} | {r['expected_depth']:.1f} | "
-            f"{r['rel_bias']:.3f} {ci} | {r['rel_variance']:.3g} | "
-            f"{r['cos_mean']:.3f} | {r['cos_sample']:.3f} |")
+def headline_table(rows) -> str:
+    """Markdown, one line per k: TBPTT(k) beside ARTBP at the same depth.
+
+    ``rows`` are those of one cell at one trajectory point.
+    """
+
+    def cell(fam, k):
+        r = next((r for r in rows if r["family"] == fam and r["k"] == k), None)
+        if r is None:
+            return "–"
+        if fam == "tbptt":
+            return f"{r['rel_bias']:.3f}"
+        return (f"{r['rel_bias']:.3f} [{r['rel_bias_lo']:.3f}, "
+                f"{r['rel_bias_hi']:.3f}] / {r['rel_variance']:.3g}")
+
+    ks = sorted({r["k"] for r in rows if r["family"] == "tbptt"})
+    lines = [
+        "| k | TBPTT(k) bias | ARTBP geometric c=1/k: bias [95% CI] / variance "
+        "| ARTBP poly-tail: bias [95% CI] / variance |",
+        "|---:|---:|---|---|",
+    ]
+    for k in ks:
+        lines.append(f"| {k:g} | {cell('tbptt', k)} | {cell('artbp-geom', k)} | "
+                     f"{cell('artbp-poly', k)} |")
     return "\n".join(lines)
 
 
@@ -346,10 +359,13 @@ def main(argv=None) -> list[dict]:
                    "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
         "versions": versions(),
         "wall_time_s": wall,
-        "headline": {c: markdown_table([r for r in rows if r["cell"] == c
+        "headline": {c: headline_table([r for r in rows if r["cell"] == c
                                         and r["train_step"] == last])
                      for c in args.cells},
     }
+    for c in args.cells:
+        print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
+        print(meta["headline"][c])
     with open(base + ".json", "w") as f:
         json.dump(meta, f, indent=2)
     print(f"\nwrote {base}.csv, .json, .png in {wall:.1f} s")

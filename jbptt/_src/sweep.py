@@ -381,7 +381,25 @@ def make_sweep(
       chunk: samples per vmapped batch.
 
     Returns:
-      ``run(params, h0, xs, ys, key) -> (g_flat[D], {field: [E]})``.
+      ``run(params, h0, xs, ys, key) -> (g_flat[D], {field: [E]})``; pack it
+      with :func:`to_result`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import sweep
+      >>> from jbptt._src import estimators
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> es = [estimators.tbptt(1), estimators.tbptt(4)]
+      >>> run = sweep.make_sweep(model.cell, model.loss_fn, es)
+      >>> xs = jnp.ones((4, 1))
+      >>> for seed in range(2):  # compiled once, run at two parameter points
+      ...     p = model.init(jax.random.key(seed), 1, 3)
+      ...     g, stats = run(p, model.cell.initial_state(p), xs, xs, jax.random.key(0))
+      ...     res = sweep.to_result(es, stats, g, T=4, n_samples=256)
+      ...     print(res.rel_bias[0] > 0, res.rel_bias[1] < 1e-6)
+      True True
+      True True
     """
     estimators = _check_estimators(estimators)
     _check_n("n_samples", n_samples, 4)
@@ -476,7 +494,12 @@ def sweep(
 
 
 def to_result(estimators, stats, g, T: int, n_samples: int) -> SweepResult:
-    """Pack the output of a :func:`make_sweep` function as a :class:`SweepResult`."""
+    """Pack the output of a :func:`make_sweep` function as a :class:`SweepResult`.
+
+    ``estimators`` and ``n_samples`` must be those given to :func:`make_sweep`;
+    ``T`` is the sequence length (for the expected depths). See
+    :func:`make_sweep` for an example.
+    """
     E = len(estimators)
     return SweepResult(
         names=tuple(e.name for e in estimators),
