@@ -55,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             "truncation depth, on a delayed-sum regression task."
         ),
     )
-    p.add_argument("--cells", nargs="+", default=["elman", "lstm"],
-                   choices=sorted(tasks.CELLS), help="cells to sweep")
+    p.add_argument("--cells", nargs="+", default=None, choices=sorted(tasks.CELLS),
+                   help="cells to sweep (default: elman lstm; --quick: elman)")
     p.add_argument("--T", type=int, default=64, help="sequence length")
     p.add_argument("--hidden", type=int, default=32, help="hidden size")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch")
@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.T, args.hidden, args.batch, args.samples = 16, 8, 8, 128
         args.delays, args.train_steps, args.points = [1, 4, 12], 100, 2
         args.ks = args.ks or [1, 2, 4, 16]
+        args.cells = args.cells or ["elman"]
+    args.cells = args.cells or ["elman", "lstm"]
     for name in ("T", "hidden", "batch", "chunk"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")

