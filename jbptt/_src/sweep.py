@@ -378,7 +378,9 @@ def make_sweep(
       estimators: list of :class:`jbptt.estimators.Estimator` (unique names).
       n_samples: samples per random estimator (≥ 4); deterministic ones are
         evaluated once.
-      chunk: samples per vmapped batch.
+      chunk: samples per vmapped batch. Memory: the reverse scans of one
+        chunk, plus every sample's flattened gradient (E·N·D floats, for D
+        parameters), kept for the statistics.
 
     Returns:
       ``run(params, h0, xs, ys, key) -> (g_flat[D], {field: [E]})``; pack it
