@@ -39,10 +39,24 @@ from jbptt._src import estimators as est
 from jbptt._src import truncation
 
 COLUMNS = (
-    "cell", "train_step", "train_loss", "estimator", "family", "k",
-    "expected_depth", "windows", "n_samples", "rel_bias", "rel_bias_lo",
-    "rel_bias_hi", "rel_bias_sq", "rel_variance", "rel_mse", "cos_mean",
-    "cos_sample", "grad_norm",
+    "cell",
+    "train_step",
+    "train_loss",
+    "estimator",
+    "family",
+    "k",
+    "expected_depth",
+    "windows",
+    "n_samples",
+    "rel_bias",
+    "rel_bias_lo",
+    "rel_bias_hi",
+    "rel_bias_sq",
+    "rel_variance",
+    "rel_mse",
+    "cos_mean",
+    "cos_sample",
+    "grad_norm",
 )
 FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
 
@@ -55,28 +69,52 @@ def parse_args(argv=None) -> argparse.Namespace:
             "truncation depth, on a delayed-sum regression task."
         ),
     )
-    p.add_argument("--cells", nargs="+", default=None, choices=sorted(tasks.CELLS),
-                   help="cells to sweep (default: elman lstm; --quick: elman)")
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        choices=sorted(tasks.CELLS),
+        help="cells to sweep (default: elman lstm; --quick: elman)",
+    )
     p.add_argument("--T", type=int, default=64, help="sequence length")
     p.add_argument("--hidden", type=int, default=32, help="hidden size")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch")
-    p.add_argument("--samples", type=int, default=256,
-                   help="samples per random estimator")
-    p.add_argument("--ks", type=int, nargs="+", default=None,
-                   help="TBPTT lengths (default: powers of 2 up to T)")
-    p.add_argument("--delays", type=int, nargs="+", default=[2, 8, 24],
-                   help="delays of the delayed-sum task")
-    p.add_argument("--train-steps", type=int, default=400,
-                   help="Adam steps of full-BPTT training along the trajectory")
-    p.add_argument("--points", type=int, default=3,
-                   help="parameter points along the trajectory (evenly spaced, "
-                        "first at init)")
+    p.add_argument(
+        "--samples", type=int, default=256, help="samples per random estimator"
+    )
+    p.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="TBPTT lengths (default: powers of 2 up to T)",
+    )
+    p.add_argument(
+        "--delays",
+        type=int,
+        nargs="+",
+        default=[2, 8, 24],
+        help="delays of the delayed-sum task",
+    )
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=400,
+        help="Adam steps of full-BPTT training along the trajectory",
+    )
+    p.add_argument(
+        "--points",
+        type=int,
+        default=3,
+        help="parameter points along the trajectory (evenly spaced, first at init)",
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--chunk", type=int, default=64, help="samples per vmap batch")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
     p.add_argument("--x64", action="store_true", help="run in float64")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny settings (seconds), for tests")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings (seconds), for tests"
+    )
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bar")
     args = p.parse_args(argv)
@@ -160,7 +198,7 @@ def trajectory(model, task, params, h0, args, key, dtype):
         (params, state), losses = jax.lax.scan(
             step, (params, state), jax.random.split(key, seg)
         )
-        return params, state, jnp.mean(losses[-max(seg // 10, 1):])
+        return params, state, jnp.mean(losses[-max(seg // 10, 1) :])
 
     state = opt.init(params)
     yield 0, params, float("nan")
@@ -179,8 +217,12 @@ def run(args) -> list[dict]:
     specs = make_estimators(args.ks, args.T)
     estimators = [e for _, _, e in specs]
     rows = []
-    bar = tqdm(total=len(args.cells) * args.points, disable=args.no_progress,
-               desc="bias sweep", unit="point")
+    bar = tqdm(
+        total=len(args.cells) * args.points,
+        disable=args.no_progress,
+        desc="bias sweep",
+        unit="point",
+    )
     key = jax.random.key(args.seed)
     for cell_name in args.cells:
         cell_key = jax.random.fold_in(key, sorted(tasks.CELLS).index(cell_name))
@@ -200,8 +242,9 @@ def run(args) -> list[dict]:
             g, stats = run_sweep(params, problem.h0, problem.xs, problem.ys, k_point)
             res = sweep.to_result(estimators, stats, g, args.T, args.samples)
             for (family, k, _), r in zip(specs, res.rows(), strict=True):
-                r.update(cell=cell_name, train_step=step, train_loss=loss,
-                         family=family, k=k)
+                r.update(
+                    cell=cell_name, train_step=step, train_loss=loss, family=family, k=k
+                )
                 r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
                 rows.append({c: r[c] for c in COLUMNS})
             bar.update(1)
@@ -214,18 +257,26 @@ def run(args) -> list[dict]:
 
 def print_table(rows, file=None):
     file = file or sys.stdout
-    head = (f"{'cell':6} {'step':>5} {'estimator':24} {'depth':>6} "
-            f"{'rel_bias':>9} {'95% CI':>17} {'rel_var':>9} {'cos(Eĝ,g)':>9} "
-            f"{'cos(ĝ,g)':>9}")
+    head = (
+        f"{'cell':6} {'step':>5} {'estimator':24} {'depth':>6} "
+        f"{'rel_bias':>9} {'95% CI':>17} {'rel_var':>9} {'cos(Eĝ,g)':>9} "
+        f"{'cos(ĝ,g)':>9}"
+    )
     print(head, file=file)
     print("-" * len(head), file=file)
     for r in rows:
-        ci = ("" if np.isnan(r["rel_bias_lo"])
-              else f"[{r['rel_bias_lo']:.3f}, {r['rel_bias_hi']:.3f}]")
-        print(f"{r['cell']:6} {r['train_step']:>5} {r['estimator']:24} "
-              f"{r['expected_depth']:6.1f} {r['rel_bias']:9.3f} {ci:>17} "
-              f"{r['rel_variance']:9.3g} {r['cos_mean']:9.3f} "
-              f"{r['cos_sample']:9.3f}", file=file)
+        ci = (
+            ""
+            if np.isnan(r["rel_bias_lo"])
+            else f"[{r['rel_bias_lo']:.3f}, {r['rel_bias_hi']:.3f}]"
+        )
+        print(
+            f"{r['cell']:6} {r['train_step']:>5} {r['estimator']:24} "
+            f"{r['expected_depth']:6.1f} {r['rel_bias']:9.3f} {ci:>17} "
+            f"{r['rel_variance']:9.3g} {r['cos_mean']:9.3f} "
+            f"{r['cos_sample']:9.3f}",
+            file=file,
+        )
 
 
 def headline_table(rows) -> str:
@@ -240,8 +291,10 @@ def headline_table(rows) -> str:
             return "–"
         if fam == "tbptt":
             return f"{r['rel_bias']:.3f}"
-        return (f"{r['rel_bias']:.3f} [{r['rel_bias_lo']:.3f}, "
-                f"{r['rel_bias_hi']:.3f}] / {r['rel_variance']:.3g}")
+        return (
+            f"{r['rel_bias']:.3f} [{r['rel_bias_lo']:.3f}, "
+            f"{r['rel_bias_hi']:.3f}] / {r['rel_variance']:.3g}"
+        )
 
     ks = sorted({r["k"] for r in rows if r["family"] == "tbptt"})
     lines = [
@@ -250,8 +303,10 @@ def headline_table(rows) -> str:
         "|---:|---:|---|---|",
     ]
     for k in ks:
-        lines.append(f"| {k:g} | {cell('tbptt', k)} | {cell('artbp-geom', k)} | "
-                     f"{cell('artbp-poly', k)} |")
+        lines.append(
+            f"| {k:g} | {cell('tbptt', k)} | {cell('artbp-geom', k)} | "
+            f"{cell('artbp-poly', k)} |"
+        )
     return "\n".join(lines)
 
 
@@ -290,14 +345,27 @@ def plot(rows, path, cells):
     colors = {"tbptt": "tab:red", "artbp-geom": "tab:blue", "artbp-poly": "tab:green"}
     styles = [":", "--", "-", "-."]
     steps = sorted({r["train_step"] for r in rows})
-    fig, axes = plt.subplots(2, len(cells), figsize=(5.4 * len(cells), 8),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        2,
+        len(cells),
+        figsize=(5.4 * len(cells), 8),
+        squeeze=False,
+        constrained_layout=True,
+    )
 
     def series(cell, step, fam, field):
-        rs = sorted((r for r in rows if r["cell"] == cell and r["train_step"] == step
-                     and r["family"] == fam), key=lambda r: r["expected_depth"])
-        return (np.array([r["expected_depth"] for r in rs]),
-                np.array([r[field] for r in rs]))
+        rs = sorted(
+            (
+                r
+                for r in rows
+                if r["cell"] == cell and r["train_step"] == step and r["family"] == fam
+            ),
+            key=lambda r: r["expected_depth"],
+        )
+        return (
+            np.array([r["expected_depth"] for r in rs]),
+            np.array([r[field] for r in rs]),
+        )
 
     for j, cell in enumerate(cells):
         ax_b, ax_v = axes[0, j], axes[1, j]
@@ -310,13 +378,21 @@ def plot(rows, path, cells):
                 if fam == "tbptt":
                     ax_b.plot(x, b, "o", ls=ls, color=colors[fam])
                     big = b > 1e-3  # k = T is exact up to round-off: off the log axis
-                    ax_v.plot(x[big], b[big] ** 2, "o", ls=ls, color=colors[fam],
-                              mfc="none")
+                    ax_v.plot(
+                        x[big], b[big] ** 2, "o", ls=ls, color=colors[fam], mfc="none"
+                    )
                     continue
                 _, lo = series(cell, step, fam, "rel_bias_lo")
                 _, hi = series(cell, step, fam, "rel_bias_hi")
-                ax_b.errorbar(x, b, yerr=[b - lo, hi - b], fmt="s", ls=ls,
-                              capsize=3, color=colors[fam])
+                ax_b.errorbar(
+                    x,
+                    b,
+                    yerr=[b - lo, hi - b],
+                    fmt="s",
+                    ls=ls,
+                    capsize=3,
+                    color=colors[fam],
+                )
                 _, v = series(cell, step, fam, "rel_variance")
                 ax_v.plot(x, v, "s", ls=ls, color=colors[fam])
         for ax in (ax_b, ax_v):
@@ -329,11 +405,23 @@ def plot(rows, path, cells):
         ax_v.set_yscale("log")
         ax_v.set_ylabel("relative variance E‖ĝ − E ĝ‖² / ‖g‖²")
         ax_v.set_title(f"{cell}: variance (ARTBP) vs squared bias (TBPTT, open)")
-        handles = [Line2D([], [], color=colors[f], marker="o" if f == "tbptt" else "s",
-                          label=f) for f in FAMILIES]
+        handles = [
+            Line2D(
+                [], [], color=colors[f], marker="o" if f == "tbptt" else "s", label=f
+            )
+            for f in FAMILIES
+        ]
         if len(steps) > 1:
-            handles += [Line2D([], [], color="gray", ls=styles[i % len(styles)],
-                               label=f"train step {st}") for i, st in enumerate(steps)]
+            handles += [
+                Line2D(
+                    [],
+                    [],
+                    color="gray",
+                    ls=styles[i % len(styles)],
+                    label=f"train step {st}",
+                )
+                for i, st in enumerate(steps)
+            ]
         ax_b.legend(handles=handles, fontsize=8)
         ax_v.legend(handles=handles, fontsize=8)
     fig.savefig(path, dpi=110)
@@ -358,12 +446,15 @@ def main(argv=None) -> list[dict]:
         "seed": args.seed,
         "task": tasks.delayed_sum(tuple(args.delays)).name,
         "bias_ci": "95% normal interval of the unbiased U-statistic for "
-                   "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
+        "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
         "versions": versions(),
         "wall_time_s": wall,
-        "headline": {c: headline_table([r for r in rows if r["cell"] == c
-                                        and r["train_step"] == last])
-                     for c in args.cells},
+        "headline": {
+            c: headline_table(
+                [r for r in rows if r["cell"] == c and r["train_step"] == last]
+            )
+            for c in args.cells
+        },
     }
     for c in args.cells:
         print(f"\n{c}, after {last} training steps (relative to ‖g‖):")

@@ -64,11 +64,17 @@ def test_artbp_unbiased_tbptt_biased(quick_run):
 def test_help_and_bad_flags():
     res = subprocess.run(
         [sys.executable, "-m", "experiments.bias_sweep", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--quick" in res.stdout and "--out" in res.stdout
-    for bad in (["--T", "0"], ["--samples", "2"], ["--delays", "99"],
-                ["--cells", "transformer"]):
+    for bad in (
+        ["--T", "0"],
+        ["--samples", "2"],
+        ["--delays", "99"],
+        ["--cells", "transformer"],
+    ):
         with pytest.raises(SystemExit):
             bias_sweep.parse_args(bad)
 
@@ -85,9 +91,19 @@ def test_notebook_executes():
     """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (nbmake)."""
     root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "--nbmake", "-p", "no:cacheprovider",
-         "notebooks/artbp_vs_tbptt.ipynb"],
-        capture_output=True, text=True, cwd=root,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--nbmake",
+            "-p",
+            "no:cacheprovider",
+            "notebooks/artbp_vs_tbptt.ipynb",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 

@@ -29,8 +29,10 @@ def _problem(cell, T=T, H=3, B=2, seed=0):
 def _generic_tanh():
     def init(key, i, h):
         k1, k2 = jax.random.split(key)
-        return {"A": 0.5 * jax.random.normal(k1, (h, h)),
-                "B": jax.random.normal(k2, (h, i))}
+        return {
+            "A": 0.5 * jax.random.normal(k1, (h, h)),
+            "B": jax.random.normal(k2, (h, i)),
+        }
 
     def step(p, h, x):
         h = jnp.tanh(h @ p["A"].T + x @ p["B"].T)
@@ -155,8 +157,12 @@ def test_sweep_of_many_equals_sweeps_of_one():
         alone = sweep.sweep(problem, [e], key, 16, chunk=5)
         for field in sweep.SweepResult._fields[1:]:
             np.testing.assert_allclose(
-                getattr(together, field)[i], getattr(alone, field)[0],
-                rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=field,
+                getattr(together, field)[i],
+                getattr(alone, field)[0],
+                rtol=1e-9,
+                atol=1e-12,
+                equal_nan=True,
+                err_msg=field,
             )
 
 
@@ -174,7 +180,8 @@ def test_windows_and_loss_weights():
     assert res.rel_bias[0] < 1e-10
     rows = res.rows()
     assert rows[0]["estimator"] == "halves" and set(rows[0]) == {
-        "estimator", *sweep.SweepResult._fields[1:]
+        "estimator",
+        *sweep.SweepResult._fields[1:],
     }
 
 
@@ -206,10 +213,12 @@ def test_bad_inputs():
         sweep.sweep(problem, [est.full()], jax.random.key(0), 8, chunk=0)
     with pytest.raises(ValueError, match=r"samples must be \[N, D\]"):
         sweep.sample_stats(jnp.ones((4, 3)), jnp.ones(2))
-    bad = est.Estimator("bad", lambda k, T: (jnp.ones(T), jnp.ones(T)),
-                        lambda T: 1.0, True, {})
+    bad = est.Estimator(
+        "bad", lambda k, T: (jnp.ones(T), jnp.ones(T)), lambda T: 1.0, True, {}
+    )
     with pytest.raises(ValueError, match=r"shape \[J, 6\]"):
         sweep.sweep(problem, [bad], jax.random.key(0))
     with pytest.raises(ValueError, match="ys"):
-        sweep.sweep(problem._replace(ys=problem.ys[:3]), [est.full()],
-                    jax.random.key(0))
+        sweep.sweep(
+            problem._replace(ys=problem.ys[:3]), [est.full()], jax.random.key(0)
+        )

@@ -298,8 +298,12 @@ def sample_stats(samples: jax.Array, g: jax.Array) -> dict[str, jax.Array]:
         nan = jnp.full((), jnp.nan, g.dtype)
         zero = jnp.zeros((), g.dtype)
         return dict(
-            rel_bias=jnp.sqrt(b2 / gn2), rel_bias_lo=nan, rel_bias_hi=nan,
-            rel_bias_sq=b2 / gn2, rel_variance=zero, cos_mean=cos_mean,
+            rel_bias=jnp.sqrt(b2 / gn2),
+            rel_bias_lo=nan,
+            rel_bias_hi=nan,
+            rel_bias_sq=b2 / gn2,
+            rel_variance=zero,
+            cos_mean=cos_mean,
             cos_sample=cos_sample,
         )
     if N < 4:
@@ -327,15 +331,24 @@ def sample_stats(samples: jax.Array, g: jax.Array) -> dict[str, jax.Array]:
         return jnp.sqrt(jnp.maximum(x, 0.0) / gn2)
 
     return dict(
-        rel_bias=rel(U), rel_bias_lo=rel(U - half), rel_bias_hi=rel(U + half),
-        rel_bias_sq=U / gn2, rel_variance=variance / gn2, cos_mean=cos_mean,
+        rel_bias=rel(U),
+        rel_bias_lo=rel(U - half),
+        rel_bias_hi=rel(U + half),
+        rel_bias_sq=U / gn2,
+        rel_variance=variance / gn2,
+        cos_mean=cos_mean,
         cos_sample=cos_sample,
     )
 
 
 _STAT_FIELDS = (
-    "rel_bias", "rel_bias_lo", "rel_bias_hi", "rel_bias_sq", "rel_variance",
-    "cos_mean", "cos_sample",
+    "rel_bias",
+    "rel_bias_lo",
+    "rel_bias_hi",
+    "rel_bias_sq",
+    "rel_variance",
+    "cos_mean",
+    "cos_sample",
 )
 
 
@@ -488,9 +501,7 @@ def sweep(
     """
     _check_problem(problem)
     estimators = _check_estimators(estimators)
-    run = make_sweep(
-        problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk
-    )
+    run = make_sweep(problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk)
     g, stats = run(problem.params, problem.h0, problem.xs, problem.ys, key)
     return to_result(estimators, stats, g, problem.xs.shape[0], n_samples)
 
