@@ -236,9 +236,9 @@ def test_bad_input():
         )
     fm, fp, fh0, fxs, fys = _problem("flax_lstm")
     with pytest.raises(ValueError, match="output="):
-        diagnostics.per_lag_norms(fm.cell, fm.loss_fn, 2, output=lambda s: s[0][..., :2])(
-            fp, fh0, fxs, fys
-        )
+        diagnostics.per_lag_norms(
+            fm.cell, fm.loss_fn, 2, output=lambda s: s[0][..., :2]
+        )(fp, fh0, fxs, fys)
     with pytest.raises(ValueError, match="fraction"):
         diagnostics.memory_length(jnp.ones(3), fraction=1.5)
     with pytest.raises(ValueError, match="jacobians must have shape"):

@@ -255,7 +255,8 @@ def step_jacobians(cell: Cell, params, h0, xs) -> jax.Array:
       >>> from jbptt import cells, diagnostics
       >>> cell = cells.lstm()
       >>> p = cell.init(jax.random.key(0), 2, 3)
-      >>> J = diagnostics.step_jacobians(cell, p, cell.initial_state(p), jnp.ones((5, 2)))
+      >>> h0 = cell.initial_state(p)
+      >>> J = diagnostics.step_jacobians(cell, p, h0, jnp.ones((5, 2)))
       >>> J.shape
       (5, 6, 6)
     """
