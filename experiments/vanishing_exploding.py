@@ -47,8 +47,10 @@ FAMILIES = {
     "elman_identity": lambda: cells.elman("identity"),
     "elman_relu": lambda: cells.elman("relu"),
     "lstm": cells.lstm,
+    "lstm_fbias2": cells.lstm,  # forget-gate bias +2 (Gers et al. 2000)
     "gru": cells.gru,
 }
+FORGET_BIAS = {"lstm_fbias2": 2.0}
 
 
 def config(quick: bool) -> dict:
@@ -108,7 +110,8 @@ def set_radius(W, radius):
 def rescale_recurrent(family: str, params, radius: float, key):
     """Gaussian recurrent weights rescaled to spectral radius ``radius``.
 
-    Elman: W; LSTM/GRU: each gate's H×H block of ``weight_hh`` on its own.
+    Elman: W; LSTM/GRU: each gate's H×H block of ``weight_hh`` on its own
+    (and, for ``lstm_fbias2``, the forget-gate bias raised by 2).
     """
     if family.startswith("elman"):
         H = params["W"].shape[0]
@@ -117,7 +120,11 @@ def rescale_recurrent(family: str, params, radius: float, key):
     gh, H = params["weight_hh"].shape
     blocks = jax.random.normal(key, (gh // H, H, H), params["weight_hh"].dtype)
     W = jnp.concatenate([set_radius(b, radius) for b in blocks])
-    return {**params, "weight_hh": W}
+    params = {**params, "weight_hh": W}
+    if family in FORGET_BIAS:  # gates i, f, g, o: f is the second block
+        fb = params["bias_hh"].at[H : 2 * H].add(FORGET_BIAS[family])
+        params = {**params, "bias_hh": fb}
+    return params
 
 
 # -------------------------------------------------------- lag profiles ---
@@ -170,8 +177,8 @@ def lag_profiler(family, cfg):
 
 def plot_lags(profiles, cfg, path):
     fams = list(FAMILIES)
-    fig, axes = plt.subplots(1, len(fams), figsize=(4 * len(fams), 3.6), sharey=True)
-    for ax, fam in zip(axes, fams, strict=True):
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
+    for ax, fam in zip(axes.ravel(), fams, strict=True):
         for radius in cfg["radii"]:
             n = profiles[(fam, radius)]
             ax.semilogy(np.arange(len(n)), n / n[0], label=f"ρ(W) = {radius}")
@@ -179,7 +186,8 @@ def plot_lags(profiles, cfg, path):
         ax.set_xlabel("lag τ (steps back)")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("‖(∂h_t/∂h_{t-τ})ᵀ ∂ℓ_t/∂h_t‖ / lag-0 value")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("‖(∂h_t/∂h_{t-τ})ᵀ ∂ℓ_t/∂h_t‖ / lag 0")
     fig.suptitle(
         f"Per-lag gradient norm (T={cfg['T']}, H={cfg['H']}, mean over t, batch)"
     )
@@ -247,8 +255,8 @@ def train_adding(method, cfg, key):
             optax.apply_updates(params, updates),
             state,
             L,
-            optax.global_norm(g),
-            optax.global_norm(updates),
+            optax.tree.norm(g),
+            optax.tree.norm(updates),
         )
 
     state = opt.init(params)
@@ -282,6 +290,17 @@ def plot_training(rows, cfg, path):
         a2.semilogy(steps, [x["grad_norm"] for x in r], label=label)
     baseline = 1 / 12  # predicting the mean target: Var(u1 + u2) / 2 = 1/12
     a1.axhline(baseline, color="gray", ls="--", label="predict the mean (1/12)")
+    # zoom on the clipped runs; say in words where the unclipped one went
+    clipped = [x["loss"] for x in rows if x["method"] != "none"]
+    clipped = [v for v in clipped if np.isfinite(v)]
+    if clipped:
+        a1.set_ylim(0.5 * min(clipped + [baseline]), 10 * max(clipped))
+    none = [x for x in rows if x["method"] == "none"]
+    bad = [x["step"] for x in none if not np.isfinite(x["loss"])]
+    peak = np.nanmax([x["loss"] for x in none if np.isfinite(x["loss"])])
+    text = f"no clipping: loss peaks at {peak:.2g}"
+    text += f", non-finite from step {bad[0]}" if bad else ""
+    a1.text(0.35, 0.6, text, transform=a1.transAxes, fontsize=8, color="C0")
     a1.set_xlabel("SGD step")
     a1.set_ylabel("loss (½ squared error at the last step)")
     a2.set_xlabel("SGD step")
@@ -353,6 +372,17 @@ def plot_tie_in(results, cfg, path):
 
 
 # ----------------------------------------------------------------- main ---
+
+
+def _finite_or_none(obj):
+    """NaN/inf → None, so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _write_csv(path, rows):
@@ -455,7 +485,7 @@ def main(argv=None) -> dict:
         clipping=clip_summary,
     )
     with open(os.path.join(args.out, f"{PREFIX}.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(_finite_or_none(report), f, indent=2, allow_nan=False)
     return report
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -99,8 +101,8 @@ g = {"W": jnp.full((H, H), 1e6), "b": jnp.ones(H)}  # an exploded gradient
 for name, tx in [("global norm", optax.clip_by_global_norm(1.0)),
                  ("element-wise", optax.clip(0.1))]:
     u, _ = tx.update(g, tx.init(g))
-    print(f"{name}: ‖g‖ = {float(optax.global_norm(g)):.3g} → "
-          f"‖clipped‖ = {float(optax.global_norm(u)):.3g}")
+    print(f"{name}: ‖g‖ = {float(optax.tree.norm(g)):.3g} → "
+          f"‖clipped‖ = {float(optax.tree.norm(u)):.3g}")
 
 # %% [markdown]
 # ## The per-lag profile predicts TBPTT(k) bias
