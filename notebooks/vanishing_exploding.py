@@ -43,7 +43,7 @@ from jbptt import cells, diagnostics
 
 jax.config.update("jax_enable_x64", True)
 QUICK = os.environ.get("JBPTT_NOTEBOOK_QUICK", "1") == "1"
-T, B, H = (30, 4, 8) if QUICK else (200, 16, 32)
+T, B, H = (20, 4, 6) if QUICK else (200, 16, 32)
 key = jax.random.key(0)
 
 
