@@ -73,7 +73,7 @@ def config(quick: bool) -> dict:
             bias_T=16,
             ks=[1, 2, 4, 8, 16],
             tie_in=[("elman_tanh", 1.0)],
-            families=["elman_tanh", "elman_identity", "lstm"],
+            families=["elman_tanh", "elman_identity"],
         )
     return dict(
         T=200,
