@@ -392,5 +392,11 @@ def dropped_fraction(per_step_norms, w) -> jax.Array:
 
 
 def tbptt_ks(T: int, ks: Sequence[int]) -> jax.Array:
-    """Stacked TBPTT(k) link weights ``[len(ks), T]`` for a vmapped sweep."""
+    """Stacked TBPTT(k) link weights ``[len(ks), T]`` for a vmapped sweep.
+
+    Examples:
+      >>> from jbptt import diagnostics
+      >>> diagnostics.tbptt_ks(4, [1, 2]).tolist()
+      [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+    """
     return jnp.stack([tbptt(T, int(k)) for k in ks])
