@@ -377,3 +377,17 @@ def test_bad_inputs():
         )
     with pytest.raises(TypeError, match="optimizer"):
         forward_mode.train(model.cell, model.loss_fn, params, xs, ys, None, est)
+
+
+def test_bias_sweep_forward_mode_flag():
+    from experiments import bias_sweep
+
+    args = bias_sweep.parse_args(["--quick", "--forward-mode"])
+    specs = bias_sweep.make_estimators(args.ks, args.T, args.forward_mode)
+    fm = [(fam, k, e) for fam, k, e in specs if fam in bias_sweep.FORWARD]
+    assert [fam for fam, _, _ in fm] == ["rtrl", "snap1", "uoro"]
+    assert all(k == args.T and e.name == fam for fam, k, e in fm)
+    assert all(isinstance(e, forward_mode.OnlineEstimator) for _, _, e in fm)
+    plain = bias_sweep.parse_args(["--quick"])
+    specs = bias_sweep.make_estimators(plain.ks, plain.T, plain.forward_mode)
+    assert not any(fam in bias_sweep.FORWARD for fam, _, _ in specs)
