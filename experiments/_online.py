@@ -16,6 +16,7 @@ masked on padding) so ARTBP's random lengths compile a bounded number of times.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ def bucket(n: int, sizes=None) -> int:
     return max(8, 2 ** math.ceil(math.log2(n)))
 
 
+@functools.lru_cache(maxsize=16)
 def make_segment_update(cell, loss_fn, optimizer, probe):
     """Jitted update over a group of G same-size segments (a scan over them).
 
@@ -111,6 +113,10 @@ def _groups(segs, group, sizes):
         i += n
 
 
+def _no_probe(params):
+    return 0.0
+
+
 def train_online(
     cell,
     loss_fn: Callable,
@@ -121,7 +127,7 @@ def train_online(
     ys,
     w,
     *,
-    probe: Callable = lambda params: 0.0,
+    probe: Callable = _no_probe,
     group: int = 32,
     sizes=None,
     callback: Callable | None = None,
@@ -132,8 +138,10 @@ def train_online(
     ``probe(params)`` is recorded after every update (e.g. a parameter);
     ``callback(params, records)`` runs after every jitted call (e.g. to
     evaluate); wall-clock in the records excludes the callback's time. Runs
-    of ``group`` equal-size segments go through one jitted call; segments are
-    padded to ``sizes`` (e.g. ``[k]`` for TBPTT(k); default powers of two ≥ 8).
+    of ``group`` equal-size segments go through one jitted call (cached per
+    ``(cell, loss_fn, optimizer, probe)``: reuse them to share compilations);
+    segments are padded to ``sizes`` (e.g. ``[k]`` for TBPTT(k); default
+    powers of two ≥ 8).
     The first call of each shape is run once untimed first, so wall-clock
     excludes compilation.
 
