@@ -1,23 +1,23 @@
-"""Online training along one long stream, one optax update per truncation.
+"""A thin driver over :mod:`jbptt.train` for experiments that look inside a run.
 
-TEMPORARY: a minimal private loop used by the reproductions until the
-library's online training loop (``jbptt.train``) lands; replace its callers
-with ``jbptt.train`` then and delete this file.
+``jbptt.train.train`` runs a whole stream and returns per-segment losses.
+The reproductions also need, after each segment, a probe of the params (the
+learned θ of influence balancing) and periodic held-out evaluation (the
+bits per character of the char LM) with training wall-clock that excludes
+compilation and evaluation. This driver walks the same segments with the
+library's own jitted segment update, :func:`jbptt.train.make_step`, so the
+estimator is exactly the library's: one optax update per segment, link
+weights inside the segment, the carried state's gradient stopped.
 
-Link weights ``w`` over the whole stream (from an estimator) define the
-segments: a segment starts at every cut (``w[t] = 0``) and at t = 0. Each
-segment is run forward from the carried state with the current params, its
-losses are backpropagated with the segment's link weights (ARTBP's
-``1/(1 − c)`` reweighting included, the link into the carried state cut), the
-optimizer updates, and the final state is carried on with its gradient
-stopped. Segments are padded to a few bucket lengths (state held and loss
-masked on padding) so ARTBP's random lengths compile a bounded number of times.
+TRANSITIONAL: until ``jbptt.train`` is on the main branch, a private
+fallback with the same signature and semantics (plain ``jax.grad`` through a
+masked scan) stands in for ``make_step``, ``segments`` and ``bucket_length``.
+Delete the fallback once ``jbptt.train`` is merged.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import jbptt
+
 
 class OnlineStep(NamedTuple):
     """One segment's record: where it ended and what it measured."""
@@ -35,82 +37,70 @@ class OnlineStep(NamedTuple):
     length: int  # segment length (steps backpropagated)
     loss: float  # mean per-step loss on the segment
     grad_norm: float
-    seconds: float  # wall-clock so far, training only
+    seconds: float  # training wall-clock so far (no compilation, no callback)
 
 
-def segments(w) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the segments cut by link weights ``w`` (cuts at 0)."""
+def _fallback_segments(w):
     w = np.asarray(w)
-    starts = [0] + [int(t) for t in np.flatnonzero(w == 0) if t > 0]
-    stops = starts[1:] + [len(w)]
-    return list(zip(starts, stops, strict=True))
+    starts = np.concatenate([[0], np.flatnonzero(w[1:] == 0) + 1]).astype(int)
+    return starts, np.diff(np.concatenate([starts, [len(w)]])).astype(int)
 
 
-def bucket(n: int, sizes=None) -> int:
-    """The smallest allowed size ≥ n: ``sizes`` if given, else powers of two ≥ 8."""
-    if sizes is not None:
-        for s in sorted(sizes):
-            if s >= n:
-                return s
-    return max(8, 2 ** math.ceil(math.log2(n)))
+def _fallback_bucket_length(n, min_bucket, n_max):
+    return int(min(max(min_bucket, 1 << max(0, int(n) - 1).bit_length()), n_max))
 
 
-@functools.lru_cache(maxsize=16)
-def make_segment_update(cell, loss_fn, optimizer, probe):
-    """Jitted update over a group of G same-size segments (a scan over them).
+def _fallback_make_step(cell, loss_fn, optimizer):
+    def step(params, opt_state, h, xs, ys, w, start, n, bucket):
+        def cut(a):
+            return jax.lax.dynamic_slice_in_dim(a, start, bucket, axis=0)
 
-    ``(params, opt_state, h, xs[G,S], ys[G,S], w[G,S], mask[G,S]) ->
-    (params, opt_state, h, L[G], |g|[G], probe[G])``.
-    """
+        xs_s, ys_s, w_s = cut(xs), cut(ys), cut(w)
+        w_s = w_s.at[0].set(0.0)  # the carried state is a constant
+        real = jnp.arange(bucket) < n
 
-    def objective(params, h, xs, ys, w, mask):
-        def body(h, inp):
-            x, y, w_t, m = inp
-            # identity forward, backward scaled by the link weight w_t
-            h_in = jax.tree_util.tree_map(
-                lambda a: a + (w_t - 1) * (a - jax.lax.stop_gradient(a)), h
-            )
-            h_new, out = cell.step(params, h_in, x)
-            h_new = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(m > 0, a, b), h_new, h
-            )
-            return h_new, m * loss_fn(params, out, y)
+        def seg_loss(params):
+            def body(h, inp):
+                x, y, w_t, m = inp
+                # identity forward, backward scaled by the link weight w_t
+                h_in = jax.tree_util.tree_map(
+                    lambda a: a + (w_t - 1) * (a - jax.lax.stop_gradient(a)), h
+                )
+                h_new, out = cell.step(params, h_in, x)
+                h_new = jax.tree_util.tree_map(
+                    lambda a, b: jnp.where(m, a, b), h_new, h
+                )
+                return h_new, jnp.where(m, loss_fn(params, out, y), 0.0)
 
-        h_T, losses = jax.lax.scan(body, h, (xs, ys, w, mask))
-        return jnp.sum(losses), h_T
+            h_T, losses = jax.lax.scan(body, h, (xs_s, ys_s, w_s, real))
+            return jnp.sum(losses), h_T
 
-    grad = jax.value_and_grad(objective, has_aux=True)
-
-    def one(carry, seg):
-        params, opt_state, h = carry
-        (L, h_T), g = grad(params, h, *seg)
+        (total, h_T), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
         updates, opt_state = optimizer.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
         h_T = jax.lax.stop_gradient(h_T)
-        return (params, opt_state, h_T), (L, optax.tree.norm(g), probe(params))
+        return params, opt_state, h_T, total / n, optax.tree.norm(g)
 
-    @jax.jit
-    def update(params, opt_state, h, xs, ys, w, mask):
-        (params, opt_state, h), (L, gn, pr) = jax.lax.scan(
-            one, (params, opt_state, h), (xs, ys, w, mask)
-        )
-        return params, opt_state, h, L, gn, pr
-
-    return update
+    return jax.jit(step, static_argnames="bucket")
 
 
-def _groups(segs, group, sizes):
-    """Consecutive segments of one bucket size, in groups of ``group`` or 1."""
-    size = lambda seg: bucket(seg[1] - seg[0], sizes)
-    i = 0
-    while i < len(segs):
-        S = size(segs[i])
-        j = i
-        while j < len(segs) and j - i < group and size(segs[j]) == S:
-            j += 1
-        n = j - i if j - i == group else 1
-        yield S, segs[i : i + n]
-        i += n
+_LIB = getattr(jbptt, "train", None)
+_segments = _LIB.segments if _LIB else _fallback_segments
+_bucket_length = _LIB.bucket_length if _LIB else _fallback_bucket_length
+_make_step = _LIB.make_step if _LIB else _fallback_make_step
+
+
+def segments(w) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the segments cut by link weights ``w``."""
+    starts, lengths = _segments(np.asarray(w))
+    return [(int(s), int(s + n)) for s, n in zip(starts, lengths, strict=True)]
+
+
+@functools.lru_cache(maxsize=16)
+def _step(cell, loss_fn, optimizer):
+    # one jitted update per (cell, loss, optimizer): runs sharing them share
+    # compilations
+    return _make_step(cell, loss_fn, optimizer)
 
 
 def _no_probe(params):
@@ -128,67 +118,60 @@ def train_online(
     w,
     *,
     probe: Callable = _no_probe,
-    group: int = 32,
-    sizes=None,
     callback: Callable | None = None,
+    min_bucket: int = 8,
     progress: bool = False,
 ):
-    """Train online along ``xs``/``ys`` (time-major) with segments cut by ``w``.
+    """Train online along ``xs``/``ys`` (time-major), segments cut by ``w``.
 
-    ``probe(params)`` is recorded after every update (e.g. a parameter);
-    ``callback(params, records)`` runs after every jitted call (e.g. to
-    evaluate); wall-clock in the records excludes the callback's time. Runs
-    of ``group`` equal-size segments go through one jitted call (cached per
-    ``(cell, loss_fn, optimizer, probe)``: reuse them to share compilations);
-    segments are padded to ``sizes`` (e.g. ``[k]`` for TBPTT(k); default
-    powers of two ≥ 8).
-    The first call of each shape is run once untimed first, so wall-clock
-    excludes compilation.
+    Args:
+      probe: ``params -> value`` recorded after every update.
+      callback: ``(params, records)`` after every segment (e.g. evaluate);
+        its time is not counted as training time.
+      min_bucket: smallest static segment length (see
+        ``jbptt.train.bucket_length``).
 
     Returns:
-      ``(params, h_T, records, probes)`` with one :class:`OnlineStep` and
-      one probe value per segment.
+      ``(params, h_T, records, probes)``: one :class:`OnlineStep` and one
+      probe value per segment.
     """
-    fdt = np.dtype(jnp.result_type(float))
-    xs, ys, w = np.asarray(xs), np.asarray(ys), np.asarray(w, fdt)
-    update = make_segment_update(cell, loss_fn, optimizer, probe)
+    fdt = jnp.result_type(float)
+    xs = jnp.asarray(xs)
+    starts, lengths = _segments(np.asarray(w))
+    n_max = int(lengths.max())
+    sizes = [_bucket_length(int(n), min_bucket, n_max) for n in lengths]
+    pad = max(sizes)
+
+    def pad_time(a):  # as jbptt.train.train: repeat the last step
+        a = jnp.asarray(a)
+        return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+
+    xs_p, ys_p, w_p = pad_time(xs), pad_time(ys), pad_time(jnp.asarray(w, fdt))
+    step = _step(cell, loss_fn, optimizer)
     opt_state = optimizer.init(params)
     h = h0
-    records, probes, elapsed = [], [], 0.0
-    segs = segments(w)
+    records, probes, elapsed, seen = [], [], 0.0, set()
+    it = zip(starts.tolist(), lengths.tolist(), sizes, strict=True)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(xs), desc="steps", mininterval=1.0)
-    seen = set()
-    for S, grp in _groups(segs, group, sizes):
-        cols = [[], [], [], []]
-        for start, stop in grp:
-            n, pad = stop - start, S - (stop - start)
-            sl = slice(start, stop)
-            w_seg = w[sl].copy()
-            w_seg[0] = 0.0  # the carried state is a constant: no gradient into it
-            for c, a in zip(cols, (xs[sl], ys[sl], w_seg), strict=False):
-                c.append(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]))
-            cols[3].append(np.r_[np.ones(n), np.zeros(pad)].astype(fdt))
-        batch = [np.stack(c) for c in cols]
-        if (S, len(grp)) not in seen:  # compile outside the timed region
-            seen.add((S, len(grp)))
-            jax.block_until_ready(update(params, opt_state, h, *batch))
+    for s, n, b in it:
+        args = (params, opt_state, h, xs_p, ys_p, w_p, s, n)
+        if b not in seen:  # compile outside the timed region (step is pure)
+            seen.add(b)
+            jax.block_until_ready(step(*args, bucket=b))
         t0 = time.perf_counter()
-        params, opt_state, h, L, gn, pr = update(params, opt_state, h, *batch)
-        L, gn, pr = np.asarray(L), np.asarray(gn), np.asarray(pr)  # blocks
-        dt = time.perf_counter() - t0
-        for i, (start, stop) in enumerate(grp):
-            elapsed += dt / len(grp)
-            n = stop - start
-            records.append(OnlineStep(stop, n, float(L[i]) / n, float(gn[i]), elapsed))
-            probes.append(pr[i])
+        params, opt_state, h, loss, gn = step(*args, bucket=b)
+        loss = float(loss)  # waits for the update
+        elapsed += time.perf_counter() - t0
+        records.append(OnlineStep(s + n, n, loss, float(gn), elapsed))
+        probes.append(probe(params))
         if bar is not None:
-            bar.update(grp[-1][1] - grp[0][0])
+            bar.update(n)
         if callback is not None:
             callback(params, records)
     if bar is not None:
         bar.close()
-    return params, h, records, probes
+    return params, h, records, [np.asarray(p) for p in probes]

@@ -37,9 +37,9 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _online  # TEMPORARY: replaced by jbptt.train when it lands
+from experiments import _online  # probes and evaluation over jbptt.train
 from jbptt import cells, data, truncation
-from jbptt._src import estimators  # public as jbptt.estimators once exported
+from jbptt._src import estimators  # public as jbptt.estimators with train
 
 CELLS = {"lstm": cells.lstm, "gru": cells.gru}
 
@@ -91,7 +91,7 @@ def setup(cell_name, V, k, args):
     return model, loss_fn, opt
 
 
-QUICK_SIZE = 64  # --quick pads every segment to one size: one compilation
+QUICK_SIZE = 64  # --quick pads segments to ≥ 64 steps: few compilations
 
 
 def run_one(setup_, est, k, corpus, args, key, quick):
@@ -115,16 +115,11 @@ def run_one(setup_, est, k, corpus, args, key, quick):
             curve.append({"t": recs[-1].t_end, "seconds": recs[-1].seconds,
                           "updates": len(recs), "bpc": bpc(p)})
 
-    if quick:
-        sizes = [QUICK_SIZE]
-    elif "k" in est.hparams:
-        sizes = [k]
-    else:
-        sizes = None  # powers of two
     params, _, recs, _ = _online.train_online(
         model.cell, loss_fn, params, opt,
         model.cell.initial_state(params, (args.batch,)), xs, ys, w,
-        callback=callback, sizes=sizes, group=args.group, progress=not quick,
+        callback=callback, min_bucket=QUICK_SIZE if quick else 8,
+        progress=not quick,
     )
     return curve, recs
 
@@ -156,8 +151,6 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20_000, help="time steps per stream")
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     ap.add_argument("--clip", type=float, default=1.0, help="global-norm clip")
-    ap.add_argument("--group", type=int, default=8,
-                    help="equal-length segments per jitted call")
     ap.add_argument("--valid-chars", type=int, default=20_000)
     ap.add_argument("--eval-batch", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=1000, help="time steps")
@@ -168,7 +161,7 @@ def main(argv=None):
     if args.quick:
         args.max_chars, args.cells, args.k, args.hidden = 60_000, ["lstm"], 8, 32
         args.batch, args.steps, args.valid_chars = 8, 600, 2000
-        args.eval_every, args.eval_batch, args.lr, args.group = 200, 10, 1e-2, 1
+        args.eval_every, args.eval_batch, args.lr = 200, 10, 1e-2
     for name in ("k", "hidden", "batch", "steps", "max_chars", "eval_every"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")

@@ -56,9 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import _online  # TEMPORARY: replaced by jbptt.train when it lands
+from experiments import _online  # probes and evaluation over jbptt.train
 from jbptt import cells, truncation
-from jbptt._src import estimators  # public as jbptt.estimators once exported
+from jbptt._src import estimators  # public as jbptt.estimators with train
 
 N_UNITS, N_POS = 23, 10
 THETA0, THETA_STAR = 0.5, -1.0 / 6.0
@@ -119,8 +119,8 @@ def label(est, artbp_mean, alpha):
 
 
 def longest(w) -> int:
-    """Longest segment cut by ``w``, rounded up to a power of two."""
-    return _online.bucket(max(b - a for a, b in _online.segments(w)))
+    """Longest segment cut by ``w``."""
+    return max(b - a for a, b in _online.segments(w))
 
 
 def run_one(est, steps, eta0, key, mean_len):
@@ -135,8 +135,8 @@ def run_one(est, steps, eta0, key, mean_len):
     params, _, recs, thetas = _online.train_online(
         c, loss_fn, params, optax.sgd(lr), c.initial_state(params), xs, ys, w[0],
         probe=lambda p: p["theta"],
-        # one padded size, so one compilation per run
-        sizes=[est.hparams["k"]] if "k" in est.hparams else [longest(w[0])],
+        # every segment padded to the longest: one compilation per run
+        min_bucket=longest(w[0]),
     )
     return recs, [float(t) for t in thetas]
 

@@ -36,11 +36,11 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _online  # TEMPORARY: replaced by jbptt.train when it lands
+from experiments import _online  # probes and evaluation over jbptt.train
 from jbptt import cells, data, truncation
-from jbptt._src import estimators  # public as jbptt.estimators once exported
+from jbptt._src import estimators  # public as jbptt.estimators with train
 
-SIZE = 32  # every segment padded to one size (tiny model): one compilation
+SIZE = 32  # segments padded to ≥ 32 steps (tiny model): few compilations
 
 
 def naive_forecast(series: np.ndarray, n_train: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def rnn_forecast(setup_, est, series: np.ndarray, n_train: int, args, key):
     w, _ = est.sample(k_w, len(xs))
     params, _, recs, _ = _online.train_online(
         model.cell, loss_fn, params, opt, model.cell.initial_state(params),
-        xs, ys, np.asarray(w[0]), sizes=[SIZE], group=args.group,
+        xs, ys, np.asarray(w[0]), min_bucket=SIZE,
     )
     # read the whole series from a zero state: outs[t] predicts series[t+1]
     x_all = jnp.asarray(series[:-1, None])
@@ -109,8 +109,6 @@ def main(argv=None):
                     help="passes over the training part")
     ap.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
     ap.add_argument("--ar-order", type=int, default=9, help="p of the AR(p) baseline")
-    ap.add_argument("--group", type=int, default=32,
-                    help="equal-length segments per jitted call")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--quick", action="store_true", help="a few seconds")
@@ -118,7 +116,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds = 40, 1
-    for name in ("k", "hidden", "epochs", "ar_order", "seeds", "group"):
+    for name in ("k", "hidden", "epochs", "ar_order", "seeds"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.k > SIZE:
