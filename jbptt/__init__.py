@@ -6,6 +6,8 @@ reverse scan with link weights. See DESIGN.md for the equation.
 
 from jbptt import cells as cells
 from jbptt import data as data
+from jbptt import estimators as estimators
+from jbptt import train as train
 from jbptt import truncation as truncation
 from jbptt._src.api import loss as loss
 from jbptt._src.api import value_and_grad as value_and_grad
