@@ -8,11 +8,6 @@ compilation and evaluation. This driver walks the same segments with the
 library's own jitted segment update, :func:`jbptt.train.make_step`, so the
 estimator is exactly the library's: one optax update per segment, link
 weights inside the segment, the carried state's gradient stopped.
-
-TRANSITIONAL: until ``jbptt.train`` is on the main branch, a private
-fallback with the same signature and semantics (plain ``jax.grad`` through a
-masked scan) stands in for ``make_step``, ``segments`` and ``bucket_length``.
-Delete the fallback once ``jbptt.train`` is merged.
 """
 
 from __future__ import annotations
@@ -40,59 +35,9 @@ class OnlineStep(NamedTuple):
     seconds: float  # training wall-clock so far (no compilation, no callback)
 
 
-def _fallback_segments(w):
-    w = np.asarray(w)
-    starts = np.concatenate([[0], np.flatnonzero(w[1:] == 0) + 1]).astype(int)
-    return starts, np.diff(np.concatenate([starts, [len(w)]])).astype(int)
-
-
-def _fallback_bucket_length(n, min_bucket, n_max):
-    return int(min(max(min_bucket, 1 << max(0, int(n) - 1).bit_length()), n_max))
-
-
-def _fallback_make_step(cell, loss_fn, optimizer):
-    def step(params, opt_state, h, xs, ys, w, start, n, bucket):
-        def cut(a):
-            return jax.lax.dynamic_slice_in_dim(a, start, bucket, axis=0)
-
-        xs_s, ys_s, w_s = cut(xs), cut(ys), cut(w)
-        w_s = w_s.at[0].set(0.0)  # the carried state is a constant
-        real = jnp.arange(bucket) < n
-
-        def seg_loss(params):
-            def body(h, inp):
-                x, y, w_t, m = inp
-                # identity forward, backward scaled by the link weight w_t
-                h_in = jax.tree_util.tree_map(
-                    lambda a: a + (w_t - 1) * (a - jax.lax.stop_gradient(a)), h
-                )
-                h_new, out = cell.step(params, h_in, x)
-                h_new = jax.tree_util.tree_map(
-                    lambda a, b: jnp.where(m, a, b), h_new, h
-                )
-                return h_new, jnp.where(m, loss_fn(params, out, y), 0.0)
-
-            h_T, losses = jax.lax.scan(body, h, (xs_s, ys_s, w_s, real))
-            return jnp.sum(losses), h_T
-
-        (total, h_T), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        h_T = jax.lax.stop_gradient(h_T)
-        return params, opt_state, h_T, total / n, optax.tree.norm(g)
-
-    return jax.jit(step, static_argnames="bucket")
-
-
-_LIB = getattr(jbptt, "train", None)
-_segments = _LIB.segments if _LIB else _fallback_segments
-_bucket_length = _LIB.bucket_length if _LIB else _fallback_bucket_length
-_make_step = _LIB.make_step if _LIB else _fallback_make_step
-
-
 def segments(w) -> list[tuple[int, int]]:
     """``(start, stop)`` of the segments cut by link weights ``w``."""
-    starts, lengths = _segments(np.asarray(w))
+    starts, lengths = jbptt.train.segments(np.asarray(w))
     return [(int(s), int(s + n)) for s, n in zip(starts, lengths, strict=True)]
 
 
@@ -100,7 +45,7 @@ def segments(w) -> list[tuple[int, int]]:
 def _step(cell, loss_fn, optimizer):
     # one jitted update per (cell, loss, optimizer): runs sharing them share
     # compilations
-    return _make_step(cell, loss_fn, optimizer)
+    return jbptt.train.make_step(cell, loss_fn, optimizer)
 
 
 def _no_probe(params):
@@ -129,7 +74,7 @@ def train_online(
       callback: ``(params, records)`` after every segment (e.g. evaluate);
         its time is not counted as training time.
       min_bucket: smallest static segment length (see
-        ``jbptt.train.bucket_length``).
+        :func:`jbptt.train.bucket_length`).
 
     Returns:
       ``(params, h_T, records, probes)``: one :class:`OnlineStep` and one
@@ -137,9 +82,9 @@ def train_online(
     """
     fdt = jnp.result_type(float)
     xs = jnp.asarray(xs)
-    starts, lengths = _segments(np.asarray(w))
+    starts, lengths = jbptt.train.segments(np.asarray(w))
     n_max = int(lengths.max())
-    sizes = [_bucket_length(int(n), min_bucket, n_max) for n in lengths]
+    sizes = [jbptt.train.bucket_length(int(n), min_bucket, n_max) for n in lengths]
     pad = max(sizes)
 
     def pad_time(a):  # as jbptt.train.train: repeat the last step

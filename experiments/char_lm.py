@@ -38,8 +38,7 @@ import optax
 
 import jbptt
 from experiments import _online  # probes and evaluation over jbptt.train
-from jbptt import cells, data, truncation
-from jbptt._src import estimators  # public as jbptt.estimators with train
+from jbptt import cells, data, estimators, truncation
 
 CELLS = {"lstm": cells.lstm, "gru": cells.gru}
 

@@ -57,8 +57,7 @@ import numpy as np
 import optax
 
 from experiments import _online  # probes and evaluation over jbptt.train
-from jbptt import cells, truncation
-from jbptt._src import estimators  # public as jbptt.estimators with train
+from jbptt import cells, estimators, truncation
 
 N_UNITS, N_POS = 23, 10
 THETA0, THETA_STAR = 0.5, -1.0 / 6.0

@@ -37,8 +37,7 @@ import optax
 
 import jbptt
 from experiments import _online  # probes and evaluation over jbptt.train
-from jbptt import cells, data, truncation
-from jbptt._src import estimators  # public as jbptt.estimators with train
+from jbptt import cells, data, estimators, truncation
 
 SIZE = 32  # segments padded to ≥ 32 steps (tiny model): few compilations
 
