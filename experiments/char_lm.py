@@ -111,13 +111,26 @@ def run_one(setup_, est, k, corpus, args, key, quick):
     def callback(p, recs):
         if recs[-1].t_end >= next_eval[0] or recs[-1].t_end == T:
             next_eval[0] += args.eval_every
-            curve.append({"t": recs[-1].t_end, "seconds": recs[-1].seconds,
-                          "updates": len(recs), "bpc": bpc(p)})
+            curve.append(
+                {
+                    "t": recs[-1].t_end,
+                    "seconds": recs[-1].seconds,
+                    "updates": len(recs),
+                    "bpc": bpc(p),
+                }
+            )
 
     params, _, recs, _ = _online.train_online(
-        model.cell, loss_fn, params, opt,
-        model.cell.initial_state(params, (args.batch,)), xs, ys, w,
-        callback=callback, min_bucket=QUICK_SIZE if quick else 8,
+        model.cell,
+        loss_fn,
+        params,
+        opt,
+        model.cell.initial_state(params, (args.batch,)),
+        xs,
+        ys,
+        w,
+        callback=callback,
+        min_bucket=QUICK_SIZE if quick else 8,
         progress=not quick,
     )
     return curve, recs
@@ -136,14 +149,25 @@ def main(argv=None):
         "matched cost; validation bits per character against wall-clock and "
         "backward steps. Writes char_lm.{csv,json,png}.",
     )
-    ap.add_argument("--corpus", default=None,
-                    help="UTF-8 text file or PTB char directory (default: the "
-                    "Python standard library's *.py sources)")
-    ap.add_argument("--max-chars", type=int, default=2_000_000,
-                    help="cap on the corpus size in characters")
+    ap.add_argument(
+        "--corpus",
+        default=None,
+        help="UTF-8 text file or PTB char directory (default: the "
+        "Python standard library's *.py sources)",
+    )
+    ap.add_argument(
+        "--max-chars",
+        type=int,
+        default=2_000_000,
+        help="cap on the corpus size in characters",
+    )
     ap.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=list(CELLS))
-    ap.add_argument("--k", type=int, default=32,
-                    help="TBPTT truncation and ARTBP mean segment length")
+    ap.add_argument(
+        "--k",
+        type=int,
+        default=32,
+        help="TBPTT truncation and ARTBP mean segment length",
+    )
     ap.add_argument("--alpha", type=float, default=4.0, help="ARTBP poly-tail α")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32, help="parallel streams")
@@ -168,11 +192,15 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     corpus = data.load_corpus(args.corpus, max_chars=args.max_chars)
-    print(f"corpus: {corpus.source}, {corpus.n_chars} chars "
-          f"(train {len(corpus.train)}, valid {len(corpus.valid)}), "
-          f"vocab {len(corpus.vocab)}")
-    ests = [estimators.tbptt(args.k),
-            estimators.artbp(truncation.poly_tail(float(args.k), args.alpha))]
+    print(
+        f"corpus: {corpus.source}, {corpus.n_chars} chars "
+        f"(train {len(corpus.train)}, valid {len(corpus.valid)}), "
+        f"vocab {len(corpus.vocab)}"
+    )
+    ests = [
+        estimators.tbptt(args.k),
+        estimators.artbp(truncation.poly_tail(float(args.k), args.alpha)),
+    ]
     key = jax.random.key(args.seed)
     rows, summary = [], []
     t0 = time.perf_counter()
@@ -182,35 +210,57 @@ def main(argv=None):
             name = label(cell_name, est, args.k, args.alpha)
             curve, recs = run_one(setup_, est, args.k, corpus, args, key, args.quick)
             for c in curve:
-                rows.append({"run": name, "cell": cell_name,
-                             "estimator": "tbptt" if "k" in est.hparams else "artbp",
-                             "t": c["t"], "backward_steps": c["t"] * args.batch,
-                             "updates": c["updates"], "seconds": c["seconds"],
-                             "valid_bpc": c["bpc"]})
-            summary.append({
-                "run": name, "final_valid_bpc": curve[-1]["bpc"],
-                "best_valid_bpc": min(c["bpc"] for c in curve),
-                "initial_valid_bpc": curve[0]["bpc"],
-                "updates": len(recs),
-                "mean_segment_length": float(np.mean([r.length for r in recs])),
-                "train_seconds": recs[-1].seconds,
-            })
-            print(f"{name:28s} valid bpc {curve[0]['bpc']:.3f} -> "
-                  f"{curve[-1]['bpc']:.3f}  ({len(recs)} updates, "
-                  f"{recs[-1].seconds:.1f} s)")
+                rows.append(
+                    {
+                        "run": name,
+                        "cell": cell_name,
+                        "estimator": "tbptt" if "k" in est.hparams else "artbp",
+                        "t": c["t"],
+                        "backward_steps": c["t"] * args.batch,
+                        "updates": c["updates"],
+                        "seconds": c["seconds"],
+                        "valid_bpc": c["bpc"],
+                    }
+                )
+            summary.append(
+                {
+                    "run": name,
+                    "final_valid_bpc": curve[-1]["bpc"],
+                    "best_valid_bpc": min(c["bpc"] for c in curve),
+                    "initial_valid_bpc": curve[0]["bpc"],
+                    "updates": len(recs),
+                    "mean_segment_length": float(np.mean([r.length for r in recs])),
+                    "train_seconds": recs[-1].seconds,
+                }
+            )
+            print(
+                f"{name:28s} valid bpc {curve[0]['bpc']:.3f} -> "
+                f"{curve[-1]['bpc']:.3f}  ({len(recs)} updates, "
+                f"{recs[-1].seconds:.1f} s)"
+            )
     V = len(corpus.vocab)
     uni = unigram_bpc(corpus.train, corpus.valid[: args.valid_chars], V)
     print(f"unigram baseline: {uni:.3f} bpc")
     meta = {
         "config": vars(args),
         "unigram_valid_bpc": uni,
-        "corpus": {"source": corpus.source, "n_chars": corpus.n_chars,
-                   "train": len(corpus.train), "valid": len(corpus.valid),
-                   "test": len(corpus.test), "vocab": len(corpus.vocab)},
-        "seed": args.seed, "summary": summary,
+        "corpus": {
+            "source": corpus.source,
+            "n_chars": corpus.n_chars,
+            "train": len(corpus.train),
+            "valid": len(corpus.valid),
+            "test": len(corpus.test),
+            "vocab": len(corpus.vocab),
+        },
+        "seed": args.seed,
+        "summary": summary,
         "seconds": time.perf_counter() - t0,
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "numpy": np.__version__, "optax": optax.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+            "optax": optax.__version__,
+        },
     }
     with open(out / "char_lm.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -231,21 +281,39 @@ def plot(path, rows, summary, meta):
     for s in summary:
         r = [x for x in rows if x["run"] == s["run"]]
         ls = "-" if "TBPTT" in s["run"] else "--"
-        a1.plot([x["backward_steps"] for x in r], [x["valid_bpc"] for x in r],
-                ls, marker=".", label=s["run"])
-        a2.plot([x["seconds"] for x in r], [x["valid_bpc"] for x in r],
-                ls, marker=".", label=s["run"])
+        a1.plot(
+            [x["backward_steps"] for x in r],
+            [x["valid_bpc"] for x in r],
+            ls,
+            marker=".",
+            label=s["run"],
+        )
+        a2.plot(
+            [x["seconds"] for x in r],
+            [x["valid_bpc"] for x in r],
+            ls,
+            marker=".",
+            label=s["run"],
+        )
     a1.set_xlabel("backward steps (time steps × streams)")
     a2.set_xlabel("training wall-clock (s)")
     for a in (a1, a2):
-        a.axhline(meta["unigram_valid_bpc"], color="gray", ls=":", lw=1,
-                  label="unigram baseline")
+        a.axhline(
+            meta["unigram_valid_bpc"],
+            color="gray",
+            ls=":",
+            lw=1,
+            label="unigram baseline",
+        )
     a1.set_ylabel("validation bits per character")
     a1.legend(fontsize=8)
     a2.legend(fontsize=8)
     c = meta["corpus"]
-    fig.suptitle(f"Char LM, online TBPTT vs ARTBP — {c['source']}, "
-                 f"{c['n_chars']:,} chars, vocab {c['vocab']}", fontsize=10)
+    fig.suptitle(
+        f"Char LM, online TBPTT vs ARTBP — {c['source']}, "
+        f"{c['n_chars']:,} chars, vocab {c['vocab']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -132,7 +132,14 @@ def run_one(est, steps, eta0, key, mean_len):
     xs = np.zeros((steps, 1))
     ys = np.ones((steps,))
     params, _, recs, thetas = _online.train_online(
-        c, loss_fn, params, optax.sgd(lr), c.initial_state(params), xs, ys, w[0],
+        c,
+        loss_fn,
+        params,
+        optax.sgd(lr),
+        c.initial_state(params),
+        xs,
+        ys,
+        w[0],
         probe=lambda p: p["theta"],
         # every segment padded to the longest: one compilation per run
         min_bucket=longest(w[0]),
@@ -147,15 +154,27 @@ def main(argv=None):
         "Ollivier 2017). Writes influence_balancing.{csv,json,png}.",
     )
     ap.add_argument("--steps", type=int, default=60_000, help="time steps")
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 10, 50, 200],
-                    help="TBPTT truncation lengths")
-    ap.add_argument("--artbp-mean", type=float, default=16.0,
-                    help="ARTBP poly-tail mean segment length L0")
+    ap.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50, 200],
+        help="TBPTT truncation lengths",
+    )
+    ap.add_argument(
+        "--artbp-mean",
+        type=float,
+        default=16.0,
+        help="ARTBP poly-tail mean segment length L0",
+    )
     ap.add_argument("--alpha", type=float, default=4.0, help="poly-tail exponent")
     ap.add_argument("--eta0", type=float, default=3e-4, help="η₀ in η₀/√(1+t)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true",
-                    help="a few seconds: 3000 steps, k ∈ {1, 200}, η₀ = 3e-3")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds: 3000 steps, k ∈ {1, 200}, η₀ = 3e-3",
+    )
     ap.add_argument("--out", default="results", help="output folder")
     args = ap.parse_args(argv)
     if args.quick:
@@ -174,21 +193,32 @@ def main(argv=None):
         mean_len = est.expected_depth(args.steps)
         recs, thetas = run_one(est, args.steps, args.eta0, key, mean_len)
         for r, th in zip(recs, thetas, strict=True):
-            rows.append({"estimator": name, "t": r.t_end, "theta": th,
-                         "loss": r.loss, "segment_length": r.length})
+            rows.append(
+                {
+                    "estimator": name,
+                    "t": r.t_end,
+                    "theta": th,
+                    "loss": r.loss,
+                    "segment_length": r.length,
+                }
+            )
         tail = [r.loss for r in recs if r.t_end > 0.9 * args.steps]
-        summary.append({
-            "estimator": name,
-            "mean_segment_length": float(np.mean([r.length for r in recs])),
-            "updates": len(recs),
-            "final_theta": thetas[-1],
-            "distance_to_optimum": abs(thetas[-1] - THETA_STAR),
-            "final_loss": float(np.mean(tail)),
-            "seconds": recs[-1].seconds,
-        })
-        print(f"{name:36s} θ_T = {thetas[-1]:+.4f}  |θ_T − θ*| = "
-              f"{abs(thetas[-1] - THETA_STAR):.4f}  loss(last 10%) = "
-              f"{summary[-1]['final_loss']:.4g}")
+        summary.append(
+            {
+                "estimator": name,
+                "mean_segment_length": float(np.mean([r.length for r in recs])),
+                "updates": len(recs),
+                "final_theta": thetas[-1],
+                "distance_to_optimum": abs(thetas[-1] - THETA_STAR),
+                "final_loss": float(np.mean(tail)),
+                "seconds": recs[-1].seconds,
+            }
+        )
+        print(
+            f"{name:36s} θ_T = {thetas[-1]:+.4f}  |θ_T − θ*| = "
+            f"{abs(thetas[-1] - THETA_STAR):.4f}  loss(last 10%) = "
+            f"{summary[-1]['final_loss']:.4g}"
+        )
     write_outputs(out, args, rows, summary, time.perf_counter() - t0)
     return summary
 
@@ -200,15 +230,24 @@ def write_outputs(out, args, rows, summary, seconds):
         wr.writerows(rows)
     meta = {
         "config": {k: v for k, v in vars(args).items()},
-        "task": {"n": N_UNITS, "p": N_POS, "theta0": THETA0,
-                 "theta_star": THETA_STAR,
-                 "sensitivity": {K: truncated_sensitivity(K)
-                                 for K in (1, 10, 20, 40, 41, 80)}},
+        "task": {
+            "n": N_UNITS,
+            "p": N_POS,
+            "theta0": THETA0,
+            "theta_star": THETA_STAR,
+            "sensitivity": {
+                K: truncated_sensitivity(K) for K in (1, 10, 20, 40, 41, 80)
+            },
+        },
         "seed": args.seed,
         "summary": summary,
         "seconds": seconds,
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "numpy": np.__version__, "optax": optax.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+            "optax": optax.__version__,
+        },
     }
     (out / "influence_balancing.json").write_text(json.dumps(meta, indent=2))
     plot(out / "influence_balancing.png", rows, summary, args)
@@ -229,7 +268,7 @@ def plot(path, rows, summary, args):
         # running mean over ~1% of the run, per segment
         win = max(1, len(loss) // 100)
         sm = np.convolve(loss, np.ones(win) / win, mode="valid")
-        a2.plot(t[win - 1:], sm, label=s["estimator"])
+        a2.plot(t[win - 1 :], sm, label=s["estimator"])
     a1.axhline(THETA_STAR, color="k", ls="--", lw=1, label="θ* = −1/6")
     a1.set_xlabel("time step t")
     a1.set_ylabel("θ")

@@ -80,15 +80,22 @@ def rnn_forecast(setup_, est, series: np.ndarray, n_train: int, args, key):
     ys = np.tile(y_tr, (args.epochs, 1))
     w, _ = est.sample(k_w, len(xs))
     params, _, recs, _ = _online.train_online(
-        model.cell, loss_fn, params, opt, model.cell.initial_state(params),
-        xs, ys, np.asarray(w[0]), min_bucket=SIZE,
+        model.cell,
+        loss_fn,
+        params,
+        opt,
+        model.cell.initial_state(params),
+        xs,
+        ys,
+        np.asarray(w[0]),
+        min_bucket=SIZE,
     )
     # read the whole series from a zero state: outs[t] predicts series[t+1]
     x_all = jnp.asarray(series[:-1, None])
     h0 = model.cell.initial_state(params)
     _, outs = jbptt.rnn_scan(model.cell, params, h0, x_all)
     pred = np.asarray(model.predict(params, outs))[:, 0]
-    train_loss = float(np.mean([r.loss for r in recs[-max(1, len(recs) // 20):]]))
+    train_loss = float(np.mean([r.loss for r in recs[-max(1, len(recs) // 20) :]]))
     return pred[n_train - 1 :], pred[: n_train - 1], train_loss, len(recs)
 
 
@@ -100,12 +107,17 @@ def main(argv=None):
         "tail). Writes sunspots.{csv,json,png}.",
     )
     ap.add_argument("--test-size", type=int, default=60, help="held-out final years")
-    ap.add_argument("--k", type=int, default=8,
-                    help="TBPTT truncation and ARTBP mean segment length")
+    ap.add_argument(
+        "--k",
+        type=int,
+        default=8,
+        help="TBPTT truncation and ARTBP mean segment length",
+    )
     ap.add_argument("--alpha", type=float, default=4.0, help="ARTBP poly-tail α")
     ap.add_argument("--hidden", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=150,
-                    help="passes over the training part")
+    ap.add_argument(
+        "--epochs", type=int, default=150, help="passes over the training part"
+    )
     ap.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
     ap.add_argument("--ar-order", type=int, default=9, help="p of the AR(p) baseline")
     ap.add_argument("--seeds", type=int, default=3)
@@ -126,47 +138,75 @@ def main(argv=None):
     s = data.load_sunspots(args.test_size)
     y, n = s.values, s.n_train
     target = y[n:]
-    preds = {"naive": naive_forecast(y, n),
-             f"AR({args.ar_order})": ar_forecast(y, n, args.ar_order)}
-    summary = [{"model": m, "test_rmse": rmse(p, target, s.std), "seed": None}
-               for m, p in preds.items()]
-    ests = {f"GRU TBPTT(k={args.k})": estimators.tbptt(args.k),
-            f"GRU ARTBP(L0={args.k}, a={args.alpha:g})":
-                estimators.artbp(truncation.poly_tail(float(args.k), args.alpha))}
+    preds = {
+        "naive": naive_forecast(y, n),
+        f"AR({args.ar_order})": ar_forecast(y, n, args.ar_order),
+    }
+    summary = [
+        {"model": m, "test_rmse": rmse(p, target, s.std), "seed": None}
+        for m, p in preds.items()
+    ]
+    ests = {
+        f"GRU TBPTT(k={args.k})": estimators.tbptt(args.k),
+        f"GRU ARTBP(L0={args.k}, a={args.alpha:g})": estimators.artbp(
+            truncation.poly_tail(float(args.k), args.alpha)
+        ),
+    }
     setup_ = setup(args.hidden, args.lr)
     t0 = time.perf_counter()
     for name, est in ests.items():
         runs = []
         for seed in range(args.seed, args.seed + args.seeds):
             pred, _, train_loss, updates = rnn_forecast(
-                setup_, est, y, n, args, jax.random.key(seed))
+                setup_, est, y, n, args, jax.random.key(seed)
+            )
             runs.append(pred)
-            summary.append({"model": name, "test_rmse": rmse(pred, target, s.std),
-                            "seed": seed, "train_loss": train_loss,
-                            "updates": updates})
+            summary.append(
+                {
+                    "model": name,
+                    "test_rmse": rmse(pred, target, s.std),
+                    "seed": seed,
+                    "train_loss": train_loss,
+                    "updates": updates,
+                }
+            )
         preds[name] = np.mean(runs, axis=0)
     table = {}
     for r in summary:
         table.setdefault(r["model"], []).append(r["test_rmse"])
     for m, v in table.items():
-        print(f"{m:28s} test RMSE {np.mean(v):7.2f}" +
-              (f" ± {np.std(v):.2f} ({len(v)} seeds)" if len(v) > 1 else ""))
+        print(
+            f"{m:28s} test RMSE {np.mean(v):7.2f}"
+            + (f" ± {np.std(v):.2f} ({len(v)} seeds)" if len(v) > 1 else "")
+        )
 
     with open(out / "sunspots.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["model", "seed", "test_rmse", "train_loss",
-                                           "updates"])
+        wr = csv.DictWriter(
+            f, fieldnames=["model", "seed", "test_rmse", "train_loss", "updates"]
+        )
         wr.writeheader()
         wr.writerows(summary)
     meta = {
-        "config": vars(args), "seed": args.seed,
-        "data": {"source": "statsmodels.datasets.sunspots", "years": [
-            int(s.years[0]), int(s.years[-1])], "n_train": n,
-            "n_test": len(target), "train_mean": s.mean, "train_std": s.std},
+        "config": vars(args),
+        "seed": args.seed,
+        "data": {
+            "source": "statsmodels.datasets.sunspots",
+            "years": [int(s.years[0]), int(s.years[-1])],
+            "n_train": n,
+            "n_test": len(target),
+            "train_mean": s.mean,
+            "train_std": s.std,
+        },
         "test_rmse": {m: float(np.mean(v)) for m, v in table.items()},
         "test_rmse_std": {m: float(np.std(v)) for m, v in table.items()},
-        "rows": summary, "seconds": time.perf_counter() - t0,
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "numpy": np.__version__, "optax": optax.__version__},
+        "rows": summary,
+        "seconds": time.perf_counter() - t0,
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+            "optax": optax.__version__,
+        },
     }
     (out / "sunspots.json").write_text(json.dumps(meta, indent=2))
     plot(out / "sunspots.png", s, preds, meta)
@@ -184,8 +224,13 @@ def plot(path, s, preds, meta):
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(s.years[n - 20 :], raw[n - 20 :], "k-", lw=2, label="observed")
     for m, p in preds.items():
-        ax.plot(s.years[n:], p * s.std + s.mean, marker=".", ms=3,
-                label=f"{m} (RMSE {meta['test_rmse'][m]:.1f})")
+        ax.plot(
+            s.years[n:],
+            p * s.std + s.mean,
+            marker=".",
+            ms=3,
+            label=f"{m} (RMSE {meta['test_rmse'][m]:.1f})",
+        )
     ax.axvline(s.years[n] - 0.5, color="gray", ls=":", lw=1)
     ax.set_xlabel("year")
     ax.set_ylabel("yearly sunspot number")

@@ -12,8 +12,15 @@ import jbptt
 from experiments import influence_balancing as ib
 
 # DESIGN.md: S(K) = Σ_{k<K} (Aᵏv)₁ for K = 1, 10, 20, 40, 41, ≥80.
-SENSITIVITY = [(1, 1.0, 0.0), (10, 10.0, 0.0), (20, 16.5, 0.05), (40, 0.57, 0.01),
-               (41, -0.22, 0.01), (80, -6.0, 1e-3), (200, -6.0, 1e-9)]
+SENSITIVITY = [
+    (1, 1.0, 0.0),
+    (10, 10.0, 0.0),
+    (20, 16.5, 0.05),
+    (40, 0.57, 0.01),
+    (41, -0.22, 0.01),
+    (80, -6.0, 1e-3),
+    (200, -6.0, 1e-9),
+]
 
 
 @pytest.mark.parametrize("K, expected, tol", SENSITIVITY)
