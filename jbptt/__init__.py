@@ -5,6 +5,7 @@ reverse scan with link weights. See DESIGN.md for the equation.
 """
 
 from jbptt import cells as cells
+from jbptt import data as data
 from jbptt import diagnostics as diagnostics
 from jbptt import estimators as estimators
 from jbptt import forward_mode as forward_mode
