@@ -136,7 +136,7 @@ def geometric(mean_length: float) -> Schedule:
 def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     """``c_d = (α − 1)/((α − 2) L₀ + d)``: polynomial-tailed truncation lengths.
 
-    Mean length ``L₀``; the reweighting grows polynomially, with finite
+    Mean length ``L₀ > 1``; the reweighting grows polynomially, with finite
     variance for ``α > 3`` (Tallec & Ollivier 2017). ``α`` = 4 or 6 in the
     paper.
 
@@ -148,8 +148,11 @@ def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     """
     if not alpha > 2:
         raise ValueError(f"alpha must be > 2, got {alpha!r}.")
-    if not mean_length > 0:
-        raise ValueError(f"mean_length must be > 0, got {mean_length!r}.")
+    # c_1 = (α − 1)/((α − 2) L₀ + 1) < 1 needs L₀ > 1.
+    if not mean_length > 1:
+        raise ValueError(
+            f"mean_length must be > 1 (else c(1) ≥ 1), got {mean_length!r}."
+        )
 
     def schedule(d):
         return (alpha - 1.0) / ((alpha - 2.0) * mean_length + d)
