@@ -8,8 +8,9 @@ cosines with the exact gradient g (:func:`jbptt.sweep.make_sweep`: one jit,
 forward shared, reverse scans vmapped). Estimators:
 
 * TBPTT(k), k = 1, 2, 4, …, T (deterministic, biased);
-* ARTBP with geometric truncation, c = 1/k (expected depth k, unbiased);
-* ARTBP with a poly-tail schedule (α = 4) whose expected depth is k;
+* ARTBP with geometric truncation (constant c) and with a poly-tail schedule
+  (α = 4), each solved for expected depth E[min(L, T)] = k, as TBPTT(k)
+  (unbiased; k < T only);
 * with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
   (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
   which never truncate (shown at depth T).
@@ -37,9 +38,8 @@ import optax
 
 import jbptt
 from experiments import tasks
-from jbptt import sweep
 from jbptt import estimators as est
-from jbptt._src import truncation
+from jbptt import sweep
 
 COLUMNS = (
     "cell",
@@ -154,25 +154,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def poly_tail_for_depth(k: float, T: int, alpha: float = 4.0):
-    """Poly-tail ARTBP whose expected depth (capped at T) is ``k``, or None."""
-
-    def depth(L0):
-        return est.artbp(truncation.poly_tail(L0, alpha)).expected_depth(T)
-
-    lo, hi = 1e-3, 1e3 * T
-    if not depth(lo) <= k <= depth(hi) or k >= T:
+    """Poly-tail ARTBP whose expected depth E[min(L, T)] is ``k``, or None
+    when no schedule has that depth (k ≤ 1 or k ≥ T)."""
+    if not 1 < k < T:
         return None
-    for _ in range(60):  # bisection on the mean length L0 (depth increases)
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if depth(mid) < k else (lo, mid)
-    L0 = (lo * hi) ** 0.5
-    e = est.artbp(truncation.poly_tail(L0, alpha))
-    return e._replace(name=f"artbp-poly(k={k:g})", hparams={"L0": L0, "alpha": alpha})
+    e = est.artbp_matched(float(k), "poly_tail", alpha, T=T)
+    hp = {"L0": e.hparams["L0"], "alpha": alpha}
+    return e._replace(name=f"artbp-poly(k={k:g})", hparams=hp)
+
+
+def geometric_for_depth(k: float, T: int):
+    """Constant-c ARTBP whose expected depth E[min(L, T)] is ``k``, or None
+    when 1 < k < T fails (depth T would need c = 0: full BPTT)."""
+    if not 1 < k < T:
+        return None
+    c = est.artbp_c_for_depth(float(k), T)
+    return est.artbp(c)._replace(name=f"artbp-geom(k={k:g})", hparams={"c": c})
 
 
 def make_estimators(ks, T, forward_mode=False):
     """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
-    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate."""
+    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate.
+
+    Both ARTBP families are matched to TBPTT(k) on the same convention,
+    ``expected_depth(T) = E[min(L, T)] = k``; for k ≥ T only TBPTT (= full
+    BPTT) is run."""
     out = [("full", float(T), est.full())]
     if forward_mode:
         out += [
@@ -180,13 +186,14 @@ def make_estimators(ks, T, forward_mode=False):
         ]
     for k in ks:
         out.append(("tbptt", k, est.tbptt(k)))
-    for k in ks:
-        if k >= 2:  # c = 1/k must be < 1
-            out.append(("artbp-geom", k, est.artbp(1.0 / k)))
-    for k in ks:
-        e = poly_tail_for_depth(float(k), T) if k >= 2 else None
-        if e is not None:
-            out.append(("artbp-poly", k, e))
+    for family, make in (
+        ("artbp-geom", geometric_for_depth),
+        ("artbp-poly", poly_tail_for_depth),
+    ):
+        for k in ks:
+            e = make(float(k), T)
+            if e is not None:
+                out.append((family, k, e))
     return out
 
 
@@ -313,7 +320,7 @@ def headline_table(rows) -> str:
 
     ks = sorted({r["k"] for r in rows if r["family"] == "tbptt"})
     lines = [
-        "| k | TBPTT(k) bias | ARTBP geometric c=1/k: bias [95% CI] / variance "
+        "| k | TBPTT(k) bias | ARTBP geometric: bias [95% CI] / variance "
         "| ARTBP poly-tail: bias [95% CI] / variance |",
         "|---:|---:|---|---|",
     ]
