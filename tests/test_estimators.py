@@ -235,6 +235,18 @@ def test_artbp_matched_solves_for_the_depth_on_T(schedule, T):
         estimators.artbp_matched(T, schedule, T=T)
 
 
+def test_artbp_validates_c_as_the_sampler_uses_it():
+    """c[0] is never used (the link into h0 is not cut), so it is not checked;
+    a non-numeric c is a TypeError naming c."""
+    c = jnp.array([1.0, 0.2, 0.2, 0.2])
+    w, _ = estimators.artbp(c).sample(jax.random.key(0), 4)
+    assert float(w[0, 0]) == 1.0
+    with pytest.raises(ValueError, match="cut probability"):
+        estimators.artbp(jnp.array([0.0, 1.0, 0.2]))
+    with pytest.raises(TypeError, match="c must be a float"):
+        estimators.artbp("0.2")
+
+
 def test_estimator_fields_are_stable():
     assert estimators.Estimator._fields[:5] == (
         "name",

@@ -164,7 +164,17 @@ def artbp(c) -> Estimator:
       ((1, 8), 4.0, 1.0)
     """
     if not callable(c):
-        truncation.check_probability("c", c)
+        try:
+            arr = jnp.asarray(c)
+        except TypeError:
+            arr = None
+        if arr is None or arr.ndim > 1 or not jnp.issubdtype(arr.dtype, jnp.number):
+            raise TypeError(
+                "c must be a float, an array [T] of cut probabilities or a "
+                f"schedule d -> c, got {c!r}."
+            )
+        # As in truncation.artbp, c[0] (the link into h0) is never used.
+        truncation.check_probability("c", arr[1:] if arr.ndim else arr)
     label = getattr(c, "__name__", None) if callable(c) else c
 
     def depth(T):
