@@ -531,8 +531,21 @@ def to_result(estimators, stats, g, T: int, n_samples: int) -> SweepResult:
     """Pack the output of a :func:`make_sweep` function as a :class:`SweepResult`.
 
     ``estimators`` and ``n_samples`` must be those given to :func:`make_sweep`;
-    ``T`` is the sequence length (for the expected depths). See
-    :func:`make_sweep` for an example.
+    ``T`` is the sequence length (for the expected depths).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import sweep, estimators
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 3)
+      >>> es = [estimators.full(), estimators.tbptt(2)]
+      >>> run = sweep.make_sweep(model.cell, model.loss_fn, es, 8)
+      >>> xs = jnp.ones((4, 1))
+      >>> g, stats = run(p, model.cell.initial_state(p), xs, xs, jax.random.key(1))
+      >>> res = sweep.to_result(es, stats, g, T=4, n_samples=8)
+      >>> res.names, res.expected_depth.tolist(), res.n_samples.tolist()
+      (('full', 'tbptt(k=2)'), [4.0, 2.0], [1, 1])
     """
     E = len(estimators)
     return SweepResult(

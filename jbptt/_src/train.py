@@ -202,7 +202,22 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
     ``xs[start : start + bucket]`` (``xs``, ``ys``, ``w`` padded by the
     caller), of which the first ``n`` steps are real. ``bucket`` is static;
     ``start`` and ``n`` are traced, so any segment of a bucket reuses one
-    compilation.
+    compilation. :func:`train` drives it; use it directly to interleave
+    segments with other work.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jbptt
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> opt = optax.sgd(1e-2)
+      >>> step = jbptt.train.make_step(model.cell, model.loss_fn, opt)
+      >>> xs = jnp.ones((8, 1))
+      >>> w = jbptt.truncation.tbptt(8, 4)
+      >>> h = model.cell.initial_state(p)
+      >>> p, s, h, loss, gnorm = step(p, opt.init(p), h, xs, xs, w, 4, 3, bucket=4)
+      >>> h.shape, loss.shape  # state after step 4 + 3 − 1 = 6
+      ((4,), ())
     """
     wcell = _with_states(cell)
 
@@ -365,13 +380,31 @@ def train(
     )
 
 
-def _forward_mode_history(cell, loss_fn, params, xs, ys, tx, estimator, key, h0,
-                          opt_state) -> History:
+def _forward_mode_history(
+    cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
+) -> History:
     """A forward-mode estimator's online run as a :class:`History` of
     one-step segments."""
-    hist = _train_forward_mode(cell, loss_fn, params, xs, ys, tx, estimator,
-                               key=key, h0=h0, opt_state=opt_state)
+    hist = _train_forward_mode(
+        cell,
+        loss_fn,
+        params,
+        xs,
+        ys,
+        tx,
+        estimator,
+        key=key,
+        h0=h0,
+        opt_state=opt_state,
+    )
     T = xs.shape[0]
-    return History(hist.params, hist.opt_state, hist.state.h,
-                   np.asarray(hist.loss), np.asarray(hist.grad_norm),
-                   np.ones(T, int), np.arange(T), (1,))
+    return History(
+        hist.params,
+        hist.opt_state,
+        hist.state.h,
+        np.asarray(hist.loss),
+        np.asarray(hist.grad_norm),
+        np.ones(T, int),
+        np.arange(T),
+        (1,),
+    )

@@ -126,7 +126,14 @@ def geometric(mean_length: float) -> Schedule:
     """Constant cut probability ``c = 1/L``: mean truncation length ``L``.
 
     Weights grow like ``(1 − c)^−k`` along a length-k segment: high variance
-    (Tallec & Ollivier 2017, §4).
+    (Tallec & Ollivier 2017, §4). Same law as ``artbp(key, T, 1/L)``.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import truncation
+      >>> w = truncation.artbp(jax.random.key(0), 6, truncation.geometric(4.0))
+      >>> bool(((w[1:] == 0) | (abs(w[1:] - 4 / 3) < 1e-6)).all())
+      True
     """
     if not mean_length > 1:
         raise ValueError(f"mean_length must be > 1, got {mean_length!r}.")
