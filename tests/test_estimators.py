@@ -247,6 +247,20 @@ def test_artbp_validates_c_as_the_sampler_uses_it():
         estimators.artbp("0.2")
 
 
+def test_schedule_estimators_have_distinct_names():
+    """Sweeps key samples by name and require unique names: ARTBP estimators
+    built on different schedules must not share one."""
+    es = [
+        estimators.artbp(truncation.poly_tail(4.0)),
+        estimators.artbp(truncation.poly_tail(8.0)),
+        estimators.artbp(truncation.poly_tail(8.0, alpha=6.0)),
+        estimators.artbp(truncation.geometric(4.0)),
+        estimators.artbp(truncation.geometric(8.0)),
+    ]
+    assert len({e.name for e in es}) == len(es)
+    assert es[0].name == "artbp(c=poly_tail(L=4,alpha=4))"
+
+
 def test_estimator_fields_are_stable():
     assert estimators.Estimator._fields[:5] == (
         "name",

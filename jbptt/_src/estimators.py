@@ -298,7 +298,6 @@ def artbp_matched(
             raise ValueError(f"depth {depth!r} is too close to T = {T} to match.")
         L0 = float(np.exp(_bisect(log_depth, 0.0, hi, float(depth))))
     sched = truncation.poly_tail(L0, alpha)
-    sched.__name__ = f"poly_tail(L={L0:g},alpha={alpha})"
     return artbp(sched)._replace(hparams={"c": sched, "L0": L0, "alpha": alpha})
 
 

@@ -137,7 +137,11 @@ def geometric(mean_length: float) -> Schedule:
     """
     if not mean_length > 1:
         raise ValueError(f"mean_length must be > 1, got {mean_length!r}.")
-    return lambda d: jnp.full(jnp.shape(d), 1.0 / mean_length)
+    def schedule(d):
+        return jnp.full(jnp.shape(d), 1.0 / mean_length)
+
+    schedule.__name__ = f"geometric(L={mean_length:g})"  # labels, e.g. sweeps
+    return schedule
 
 
 def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
@@ -164,6 +168,7 @@ def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     def schedule(d):
         return (alpha - 1.0) / ((alpha - 2.0) * mean_length + d)
 
+    schedule.__name__ = f"poly_tail(L={mean_length:g},alpha={alpha:g})"
     return schedule
 
 
