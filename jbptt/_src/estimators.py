@@ -66,6 +66,20 @@ class Estimator(NamedTuple):
       backward_steps: ``T -> float``, expected reverse-scan steps of work per
         sequence for an online implementation (each window backpropagated
         only as far as its cut). ``None`` when unknown.
+
+    Examples:
+      A custom estimator: TBPTT(2) on the second half of the losses only.
+
+      >>> import jax, jax.numpy as jnp
+      >>> from jbptt import estimators, truncation
+      >>> def sample(key, T):
+      ...     m = (jnp.arange(T) >= T // 2).astype(float)
+      ...     return truncation.tbptt(T, 2)[None], m[None]
+      >>> est = estimators.Estimator("late-tbptt(2)", sample,
+      ...                            lambda T: float(min(2, T)), True, {})
+      >>> w, m = est.sample(jax.random.key(0), 4)
+      >>> w.tolist(), m.tolist()
+      ([[0.0, 1.0, 0.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]])
     """
 
     name: str
