@@ -137,6 +137,7 @@ def geometric(mean_length: float) -> Schedule:
     """
     if not mean_length > 1:
         raise ValueError(f"mean_length must be > 1, got {mean_length!r}.")
+
     def schedule(d):
         return jnp.full(jnp.shape(d), 1.0 / mean_length)
 
