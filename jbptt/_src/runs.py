@@ -393,7 +393,8 @@ class Checkpointer:
 
     def save(self, step: int, state) -> None:
         """Write ``state`` as checkpoint ``step`` (blocking until on disk)."""
-        if not isinstance(step, int | np.integer) or step < 0:
+        a = np.asarray(step)
+        if a.ndim or not np.issubdtype(a.dtype, np.integer) or a < 0:
             raise ValueError(f"step must be an int ≥ 0, got {step!r}.")
         self._manager.save(
             int(step), args=self._ocp.args.StandardSave(_to_saveable(state)),
