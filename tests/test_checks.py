@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +123,54 @@ def test_stop_ends_at_the_bad_step():
 def test_unknown_policy():
     with pytest.raises(ValueError, match=r"on_nonfinite 'ignore'.*'raise', 'stop'"):
         checks.check_policy("ignore")
+
+
+# ------------------------------------------------------- bad-input table ---
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "bad_inputs.md")
+_ROW = re.compile(r"^\| (?P<what>[^|]+) \| `(?P<code>[^`]+)` \| (?P<gets>[^|]+) \|$")
+_GETS = re.compile(r'^(?:`(?P<exc>\w+)`|exit (?P<code>\d+)) "(?P<msg>.+)"$')
+
+
+def _table():
+    with open(DOC, encoding="utf-8") as f:
+        text = f.read()
+    setup = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    rows = []
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            g = _GETS.match(m["gets"].strip())
+            assert g, f"unparsed 'gets' column: {line}"
+            rows.append((m["code"], g["exc"], g["code"], g["msg"]))
+    return setup, rows
+
+
+SETUP, ROWS = _table()
+
+
+def test_bad_input_table_is_complete():
+    # Every public function that validates input is in the table.
+    assert len(ROWS) >= 40
+    for name in ("check_finite", "ResultFile", "make_mesh", "tbptt", "artbp",
+                 "readout", "rnn_scan", "value_and_grad", "from_flax"):
+        assert any(name in code for code, *_ in ROWS), name
+
+
+@pytest.mark.parametrize("code, exc, exit_code, msg", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_table(code, exc, exit_code, msg, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if code.startswith("python -m "):
+        module, *argv = code.split()[2:]
+        parse_args = importlib.import_module(module).parse_args
+        with pytest.raises(SystemExit) as info:
+            parse_args(argv)
+        assert info.value.code == int(exit_code)
+        assert msg in capsys.readouterr().err
+        return
+    ns: dict = {}
+    exec(SETUP, ns)
+    with pytest.raises(Exception) as info:
+        eval(code, ns)
+    assert type(info.value).__name__ == exc, info.value
+    assert msg in str(info.value)
