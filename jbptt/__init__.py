@@ -8,6 +8,7 @@ from jbptt import cells as cells
 from jbptt import checks as checks
 from jbptt import estimators as estimators
 from jbptt import runs as runs
+from jbptt import sharding as sharding
 from jbptt import train as train
 from jbptt import truncation as truncation
 from jbptt._src.api import loss as loss

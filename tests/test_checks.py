@@ -174,3 +174,42 @@ def test_bad_input_table(code, exc, exit_code, msg, tmp_path, monkeypatch, capsy
         eval(code, ns)
     assert type(info.value).__name__ == exc, info.value
     assert msg in str(info.value)
+
+
+# --------------------------------------------------- jbptt.train.train ---
+
+
+def _exploding(on_nonfinite, xs=None):
+    # SGD with a step of 1e200: after the first segment the readout weights
+    # are ~1e200, so the next segment's squared loss overflows to inf.
+    from jbptt import estimators, train
+
+    model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+    params = model.init(jax.random.key(0), 1, 4)
+    xs = jnp.ones((16, 1)) if xs is None else xs
+    return train.train(model.cell, model.loss_fn, params, xs, xs, optax.sgd(1e200),
+                       estimators.tbptt(4), on_nonfinite=on_nonfinite)
+
+
+def test_train_rejects_nonfinite_data():
+    with pytest.raises(ValueError, match=r"xs contains non-finite values: xs\[3, 0\]"):
+        _exploding("raise", jnp.ones((16, 1)).at[3, 0].set(jnp.inf))
+
+
+def test_train_divergence_policies():
+    with pytest.raises(checks.DivergenceError, match="at step 1") as info:
+        _exploding("raise")
+    assert "loss" in info.value.divergence.quantities
+    stopped = _exploding("stop")
+    assert len(stopped.loss) == 2 and stopped.divergences[0].step == 1
+    skipped = _exploding("skip")
+    assert [d.step for d in skipped.divergences] == [1, 2, 3]
+    assert len(skipped.loss) == 4 and not np.isfinite(skipped.loss[1])
+    # Skipped updates were not applied: params equal those after segment 0,
+    # the same as when stopping at segment 1.
+    for a, b in zip(jax.tree_util.tree_leaves(skipped.params),
+                    jax.tree_util.tree_leaves(stopped.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert np.all(np.isfinite(a))
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        _exploding("warn")

@@ -250,3 +250,51 @@ def test_checkpointer_keeps_latest_and_refuses_other_config(tmp_path):
         runs.Checkpointer(tmp_path, config={"lr": 0.5})
     with pytest.raises(ValueError, match="max_to_keep"):
         runs.Checkpointer(tmp_path / "x", max_to_keep=0)
+
+
+def test_online_training_resumed_from_checkpoint_matches_bitwise(tmp_path):
+    # jbptt.train.train on a stream, chunk by chunk, ARTBP with a fresh key
+    # per chunk; checkpoint after each chunk; "killed" after two chunks.
+    from jbptt import estimators, train
+
+    model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+    opt, est = optax.adam(1e-2), estimators.artbp(0.25)
+    stream = jax.random.normal(jax.random.key(1), (4, 24, 2, 1))  # 4 chunks
+
+    def init_state():
+        params = model.init(jax.random.key(0), 1, 4)
+        return dict(params=params, opt=opt.init(params),
+                    h=model.cell.initial_state(params, (2,)),
+                    key=jax.random.key(3), chunk=0, losses=jnp.zeros(4))
+
+    def run_chunk(state):
+        key, sub = jax.random.split(state["key"])
+        xs = stream[state["chunk"]]
+        hist = train.train(model.cell, model.loss_fn, state["params"], xs, xs,
+                           opt, est, key=sub, h0=state["h"], opt_state=state["opt"])
+        losses = state["losses"].at[state["chunk"]].set(jnp.mean(hist.loss))
+        return dict(params=hist.params, opt=hist.opt_state, h=hist.h, key=key,
+                    chunk=state["chunk"] + 1, losses=losses)
+
+    full = init_state()
+    while full["chunk"] < 4:
+        full = run_chunk(full)
+
+    state = init_state()
+    with runs.Checkpointer(tmp_path / "ckpt", config={"c": 0.25}) as ckpt:
+        while state["chunk"] < 2:
+            state = run_chunk(state)
+            ckpt.save(state["chunk"], state)
+    with runs.Checkpointer(tmp_path / "ckpt", config={"c": 0.25}) as ckpt:
+        state = ckpt.restore(init_state())
+    assert state["chunk"] == 2
+    while state["chunk"] < 4:
+        state = run_chunk(state)
+
+    assert state["chunk"] == full["chunk"]
+    np.testing.assert_array_equal(jax.random.key_data(state["key"]),
+                                  jax.random.key_data(full["key"]))
+    for k in ("params", "opt", "h", "losses"):
+        for a, b in zip(jax.tree_util.tree_leaves(state[k]),
+                        jax.tree_util.tree_leaves(full[k]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
