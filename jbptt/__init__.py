@@ -6,9 +6,11 @@ reverse scan with link weights. See DESIGN.md for the equation.
 
 from jbptt import cells as cells
 from jbptt import checks as checks
+from jbptt import diagnostics as diagnostics
 from jbptt import estimators as estimators
 from jbptt import runs as runs
 from jbptt import sharding as sharding
+from jbptt import sweep as sweep
 from jbptt import train as train
 from jbptt import truncation as truncation
 from jbptt._src.api import loss as loss
