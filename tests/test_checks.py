@@ -19,12 +19,18 @@ from jbptt import checks
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(xs=np.array([[0.0, 1.0], [2.0, np.nan]])),
-         r"xs contains non-finite values: xs\[1, 1\] = nan \(1 of 4"),
-        (dict(xs=jnp.ones((2, 2)), ys=jnp.array([1.0, -jnp.inf, jnp.inf])),
-         r"ys contains non-finite values: ys\[1\] = -inf \(2 of 3"),
-        (dict(ys={"a": jnp.zeros(2), "b": jnp.array([[jnp.nan]])}),
-         r"ys\['b'\]\[0, 0\] = nan"),
+        (
+            dict(xs=np.array([[0.0, 1.0], [2.0, np.nan]])),
+            r"xs contains non-finite values: xs\[1, 1\] = nan \(1 of 4",
+        ),
+        (
+            dict(xs=jnp.ones((2, 2)), ys=jnp.array([1.0, -jnp.inf, jnp.inf])),
+            r"ys contains non-finite values: ys\[1\] = -inf \(2 of 3",
+        ),
+        (
+            dict(ys={"a": jnp.zeros(2), "b": jnp.array([[jnp.nan]])}),
+            r"ys\['b'\]\[0, 0\] = nan",
+        ),
         (dict(h0=jnp.array(jnp.inf)), r"h0 contains non-finite values: h0 = inf"),
     ],
 )
@@ -34,8 +40,12 @@ def test_check_finite_names_argument_and_first_index(kwargs, match):
 
 
 def test_check_finite_passes_clean_integer_and_none():
-    jbptt.check_finite(xs=jnp.ones((3, 2)), ys=jnp.array([1, 2, 3]), h0=None,
-                       labels=np.array([True, False]))
+    jbptt.check_finite(
+        xs=jnp.ones((3, 2)),
+        ys=jnp.array([1, 2, 3]),
+        h0=None,
+        labels=np.array([True, False]),
+    )
 
 
 def test_check_finite_refuses_tracers():
@@ -51,8 +61,9 @@ def test_flags_under_jit_and_vmap():
     flags = jax.jit(f)(g)
     assert checks.nonfinite_names(flags) == ["grads['W']", "loss"]
     assert not bool(checks.all_finite(flags))
-    batched = jax.vmap(f)({"W": jnp.array([[1.0, 2.0], [jnp.inf, 0.0]]),
-                           "b": jnp.zeros((2, 2))})
+    batched = jax.vmap(f)(
+        {"W": jnp.array([[1.0, 2.0], [jnp.inf, 0.0]]), "b": jnp.zeros((2, 2))}
+    )
     assert batched["loss"].tolist() == [True, False]
 
 
@@ -94,8 +105,9 @@ def _train(on_nonfinite, bad_step=2, steps=5):
 
 
 def test_raise_reports_step_and_quantity():
-    with pytest.raises(checks.DivergenceError, match="non-finite .*loss at step 2"
-                       ) as info:
+    with pytest.raises(
+        checks.DivergenceError, match="non-finite .*loss at step 2"
+    ) as info:
         _train("raise")
     div = info.value.divergence
     assert div.step == 2 and "loss" in div.quantities
@@ -109,8 +121,11 @@ def test_skip_keeps_params_finite_and_continues():
     leaves = jax.tree_util.tree_leaves(params)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in leaves)
     # The skipped step left the params exactly as they were.
-    for a, b in zip(jax.tree_util.tree_leaves(history[1]),
-                    jax.tree_util.tree_leaves(history[2]), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(history[1]),
+        jax.tree_util.tree_leaves(history[2]),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -152,8 +167,17 @@ SETUP, ROWS = _table()
 def test_bad_input_table_is_complete():
     # Every public function that validates input is in the table.
     assert len(ROWS) >= 40
-    for name in ("check_finite", "ResultFile", "make_mesh", "tbptt", "artbp",
-                 "readout", "rnn_scan", "value_and_grad", "from_flax"):
+    for name in (
+        "check_finite",
+        "ResultFile",
+        "make_mesh",
+        "tbptt",
+        "artbp",
+        "readout",
+        "rnn_scan",
+        "value_and_grad",
+        "from_flax",
+    ):
         assert any(name in code for code, *_ in ROWS), name
 
 
@@ -187,8 +211,16 @@ def _exploding(on_nonfinite, xs=None):
     model = jbptt.readout(jbptt.cells.elman(), output_size=1)
     params = model.init(jax.random.key(0), 1, 4)
     xs = jnp.ones((16, 1)) if xs is None else xs
-    return train.train(model.cell, model.loss_fn, params, xs, xs, optax.sgd(1e200),
-                       estimators.tbptt(4), on_nonfinite=on_nonfinite)
+    return train.train(
+        model.cell,
+        model.loss_fn,
+        params,
+        xs,
+        xs,
+        optax.sgd(1e200),
+        estimators.tbptt(4),
+        on_nonfinite=on_nonfinite,
+    )
 
 
 def test_train_rejects_nonfinite_data():
@@ -207,8 +239,11 @@ def test_train_divergence_policies():
     assert len(skipped.loss) == 4 and not np.isfinite(skipped.loss[1])
     # Skipped updates were not applied: params equal those after segment 0,
     # the same as when stopping at segment 1.
-    for a, b in zip(jax.tree_util.tree_leaves(skipped.params),
-                    jax.tree_util.tree_leaves(stopped.params), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(skipped.params),
+        jax.tree_util.tree_leaves(stopped.params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
         assert np.all(np.isfinite(a))
     with pytest.raises(ValueError, match="on_nonfinite"):

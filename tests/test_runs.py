@@ -74,8 +74,11 @@ def test_changed_config_is_refused_with_the_difference(tmp_path):
     "kwargs, err, match",
     [
         (dict(config={"a": 1}, key="i"), TypeError, "key must be a sequence"),
-        (dict(config={"a": 1}, key=("i",), on_mismatch="keep"), ValueError,
-         "on_mismatch"),
+        (
+            dict(config={"a": 1}, key=("i",), on_mismatch="keep"),
+            ValueError,
+            "on_mismatch",
+        ),
         (dict(config=[1], key=("i",)), TypeError, "config must be a dict"),
         (dict(config={"f": object()}, key=("i",)), TypeError, "JSON-serialisable"),
     ],
@@ -92,143 +95,7 @@ def test_foreign_file_is_refused(tmp_path):
         runs.ResultFile(path, {}, key=("i",))
 
 
-# A stand-in sweep: rows of gradient statistics of ARTBP at several cut
-# probabilities, one vmapped value_and_grad over link weights per row, each
-# row appended as soon as it is done (and announced on stdout).
-SWEEP_SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    import jax
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-    import jbptt
-    from jbptt import runs, truncation
-
-    out, delay = sys.argv[1], float(sys.argv[2])
-    config = {"T": 12, "cs": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "n": 8, "seed": 3}
-    rows = runs.ResultFile(out, config, key=("c",))
-    model = jbptt.readout(jbptt.cells.elman(), output_size=1)
-    p = model.init(jax.random.key(0), 1, 4)
-    xs = jax.random.normal(jax.random.key(1), (12, 2, 1))
-    h0 = model.cell.initial_state(p, (2,))
-    grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
-
-    @jax.jit
-    def stats(c, key):
-        ws = jax.vmap(lambda k: truncation.artbp(k, 12, c))(jax.random.split(key, 8))
-        g = jax.vmap(lambda w: grad_fn(p, h0, xs, xs, w)[1]["cell"]["W"])(ws)
-        return jnp.mean(g), jnp.var(g)
-
-    key = jax.random.key(config["seed"])
-    for i, c in enumerate(config["cs"]):
-        if rows.done({"c": c}):
-            continue
-        mean, var = stats(c, jax.random.fold_in(key, i))
-        rows.append({"c": c, "mean": float(mean), "var": float(var)})
-        print("row", i, flush=True)
-        time.sleep(delay)
-    print("done", flush=True)
-    """
-)
-
-
-def _run_script(script, *args, kill_after_rows=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    seen = 0
-    if kill_after_rows is not None:
-        for line in proc.stdout:
-            seen += line.startswith("row")
-            if seen >= kill_after_rows:
-                proc.send_signal(signal.SIGKILL)
-                break
-    out, err = proc.communicate(timeout=120)
-    return proc.returncode, seen, out, err
-
-
-def test_sweep_killed_and_restarted_equals_uninterrupted(tmp_path):
-    ref, resumed = tmp_path / "ref.jsonl", tmp_path / "resumed.jsonl"
-    rc, _, out, err = _run_script(SWEEP_SCRIPT, ref, 0)
-    assert rc == 0 and "done" in out, err
-    rc, seen, _, _ = _run_script(SWEEP_SCRIPT, resumed, 0.5, kill_after_rows=2)
-    assert rc == -signal.SIGKILL and seen == 2
-    partial = runs.read_rows(resumed)[1]
-    assert 2 <= len(partial) < 6
-    rc, _, out, err = _run_script(SWEEP_SCRIPT, resumed, 0)
-    assert rc == 0 and out.count("row") == 6 - len(partial), err
-    rows = runs.read_rows(resumed)[1]
-    assert sorted(r["c"] for r in rows) == sorted({r["c"] for r in rows})  # once
-    assert sorted(rows, key=lambda r: r["c"]) == runs.read_rows(ref)[1]
-
-
 # ------------------------------------------------------------ checkpoints ---
-
-
-def _problem():
-    model = jbptt.readout(jbptt.cells.elman(), output_size=1)
-    params = model.init(jax.random.key(0), 2, 5)
-    h0 = model.cell.initial_state(params, (3,))
-    return model, params, h0
-
-
-def _make_step(model, opt):
-    grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
-
-    @jax.jit
-    def step(state):
-        # Online training: fresh random data each step, carried hidden state.
-        key, sub = jax.random.split(state["key"])
-        xs = jax.random.normal(sub, (6, 3, 2))
-        ys = jnp.sum(xs, axis=-1, keepdims=True)
-        (L, h), g = grad_fn(state["params"], state["h"], xs, ys)
-        upd, opt_state = opt.update(g, state["opt"], state["params"])
-        return dict(params=optax.apply_updates(state["params"], upd),
-                    opt=opt_state, h=jax.lax.stop_gradient(h), key=key,
-                    step=state["step"] + 1)
-
-    return step
-
-
-def _init_state(params, h0, opt):
-    return dict(params=params, opt=opt.init(params), h=h0,
-                key=jax.random.key(7), step=jnp.zeros((), jnp.int32))
-
-
-def test_resumed_training_matches_uninterrupted_bitwise(tmp_path):
-    model, params, h0 = _problem()
-    opt = optax.adam(3e-2)
-    step = _make_step(model, opt)
-    config = {"lr": 3e-2, "steps": 6}
-
-    full = _init_state(params, h0, opt)
-    for _ in range(6):
-        full = step(full)
-
-    state = _init_state(params, h0, opt)
-    with runs.Checkpointer(tmp_path / "ckpt", config=config) as ckpt:
-        for _ in range(3):
-            state = step(state)
-            ckpt.save(state["step"], state)
-    del state  # "killed": start again from the template only
-    with runs.Checkpointer(tmp_path / "ckpt", config=config) as ckpt:
-        template = _init_state(params, h0, opt)
-        state = ckpt.restore(template)
-    assert state["step"] == 3 and state["step"].dtype == jnp.int32
-    assert jax.dtypes.issubdtype(state["key"].dtype, jax.dtypes.prng_key)
-    assert type(state["opt"]) is type(template["opt"])
-    while state["step"] < 6:
-        state = step(state)
-
-    flat_a, tree_a = jax.tree_util.tree_flatten(full)
-    flat_b, tree_b = jax.tree_util.tree_flatten(state)
-    assert tree_a == tree_b
-    for a, b in zip(flat_a, flat_b, strict=True):
-        if jax.dtypes.issubdtype(jnp.result_type(a), jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_checkpointer_keeps_latest_and_refuses_other_config(tmp_path):
@@ -242,8 +109,9 @@ def test_checkpointer_keeps_latest_and_refuses_other_config(tmp_path):
         assert ckpt.latest_step() == 3
         back = ckpt.restore(state)
         assert back["step"] == 3 and isinstance(back["step"], int)
-        np.testing.assert_array_equal(ckpt.restore(state, step=2)["w"],
-                                      np.arange(4.0) * 2)
+        np.testing.assert_array_equal(
+            ckpt.restore(state, step=2)["w"], np.arange(4.0) * 2
+        )
         with pytest.raises(ValueError, match="step must be an int"):
             ckpt.save(-1, state)
     with pytest.raises(ValueError, match=r"different configuration.*lr: 1.0 -> 0.5"):
@@ -263,18 +131,39 @@ def test_online_training_resumed_from_checkpoint_matches_bitwise(tmp_path):
 
     def init_state():
         params = model.init(jax.random.key(0), 1, 4)
-        return dict(params=params, opt=opt.init(params),
-                    h=model.cell.initial_state(params, (2,)),
-                    key=jax.random.key(3), chunk=0, losses=jnp.zeros(4))
+        return dict(
+            params=params,
+            opt=opt.init(params),
+            h=model.cell.initial_state(params, (2,)),
+            key=jax.random.key(3),
+            chunk=0,
+            losses=jnp.zeros(4),
+        )
 
     def run_chunk(state):
         key, sub = jax.random.split(state["key"])
         xs = stream[state["chunk"]]
-        hist = train.train(model.cell, model.loss_fn, state["params"], xs, xs,
-                           opt, est, key=sub, h0=state["h"], opt_state=state["opt"])
+        hist = train.train(
+            model.cell,
+            model.loss_fn,
+            state["params"],
+            xs,
+            xs,
+            opt,
+            est,
+            key=sub,
+            h0=state["h"],
+            opt_state=state["opt"],
+        )
         losses = state["losses"].at[state["chunk"]].set(jnp.mean(hist.loss))
-        return dict(params=hist.params, opt=hist.opt_state, h=hist.h, key=key,
-                    chunk=state["chunk"] + 1, losses=losses)
+        return dict(
+            params=hist.params,
+            opt=hist.opt_state,
+            h=hist.h,
+            key=key,
+            chunk=state["chunk"] + 1,
+            losses=losses,
+        )
 
     full = init_state()
     while full["chunk"] < 4:
@@ -287,14 +176,94 @@ def test_online_training_resumed_from_checkpoint_matches_bitwise(tmp_path):
             ckpt.save(state["chunk"], state)
     with runs.Checkpointer(tmp_path / "ckpt", config={"c": 0.25}) as ckpt:
         state = ckpt.restore(init_state())
-    assert state["chunk"] == 2
+    assert state["chunk"] == 2 and isinstance(state["chunk"], int)
+    assert jax.dtypes.issubdtype(state["key"].dtype, jax.dtypes.prng_key)
+    assert type(state["opt"]) is type(full["opt"])  # optax NamedTuples back
     while state["chunk"] < 4:
         state = run_chunk(state)
 
     assert state["chunk"] == full["chunk"]
-    np.testing.assert_array_equal(jax.random.key_data(state["key"]),
-                                  jax.random.key_data(full["key"]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(state["key"]), jax.random.key_data(full["key"])
+    )
     for k in ("params", "opt", "h", "losses"):
-        for a, b in zip(jax.tree_util.tree_leaves(state[k]),
-                        jax.tree_util.tree_leaves(full[k]), strict=True):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(state[k]),
+            jax.tree_util.tree_leaves(full[k]),
+            strict=True,
+        ):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------- the bias sweep, resumed ---
+
+TINY = (
+    "--quick --samples 16 --points 3 --train-steps 4 --T 8 --delays 1 3 "
+    "--ks 1 2 8 --hidden 4 --batch 2 --x64 --no-progress"
+).split()
+
+# Runs the bias sweep CLI and SIGKILLs its own process right after the
+# KILL_AT-th row reached the file: a hard kill in the middle of a point.
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from jbptt._src import runs
+
+    kill_at, argv = int(sys.argv[1]), sys.argv[2:]
+    append, count = runs.ResultFile.append, [0]
+
+    def append_then_die(self, row):
+        written = append(self, row)
+        count[0] += written
+        if count[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+    runs.ResultFile.append = append_then_die
+    from experiments import bias_sweep
+    bias_sweep.main(argv)
+    """
+)
+
+
+def _cli(args, tmp_path, script=None):
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jc"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+    cmd = (
+        [sys.executable, "-c", script]
+        if script
+        else [sys.executable, "-m", "experiments.bias_sweep"]
+    )
+    return subprocess.run(
+        cmd + list(map(str, args)), capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_bias_sweep_killed_and_restarted_equals_uninterrupted(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    proc = _cli(TINY + ["--out", ref], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, ref_rows = runs.read_rows(ref / "bias_sweep.jsonl")
+    per_point = len(ref_rows) // 3
+    kill_at = per_point + 2  # inside the second point
+    proc = _cli([kill_at] + TINY + ["--out", out], tmp_path, script=KILLED_RUN)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert len(runs.read_rows(out / "bias_sweep.jsonl")[1]) == kill_at
+    proc = _cli(TINY + ["--out", out], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming: {kill_at} rows" in proc.stdout
+    _, rows = runs.read_rows(out / "bias_sweep.jsonl")
+    keys = [(r["cell"], r["train_step"], r["estimator"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(ref_rows)  # every row exactly once
+    # Equal to the uninterrupted run, bit for bit (NaN compares via JSON text).
+    assert json.dumps(rows) == json.dumps(ref_rows)
+    with open(out / "bias_sweep.csv") as f, open(ref / "bias_sweep.csv") as g:
+        assert f.read() == g.read()
+    # A changed configuration is refused, or written beside on request.
+    proc = _cli(TINY + ["--out", out, "--seed", 1], tmp_path)
+    assert proc.returncode == 1 and "seed: 0 -> 1" in proc.stderr

@@ -36,58 +36,49 @@ def run_with_devices(script: str, n_devices: int) -> dict:
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(script)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# A stand-in sweep: ARTBP at 3 cut probabilities × 16 samples, the 48 rows
-# (configurations × samples, flattened) mapped by one reverse scan each,
-# then statistics over samples from the gathered rows.
-STANDIN = """
+# The sweep engine on 4 CPU devices against 1: estimator configurations ×
+# samples (here 1 + 1 + 2 × 16 rows) split over the devices, statistics
+# computed from the gathered rows.
+ENGINE = """
 import json
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+import numpy as np
 import jbptt
-from jbptt import sharding, truncation
+from jbptt import estimators, sweep, truncation
 
-assert len(jax.devices()) == N_DEV
 model = jbptt.readout(jbptt.cells.elman(), output_size=1)
 p = model.init(jax.random.key(0), 2, 6)
 xs = jax.random.normal(jax.random.key(1), (16, 3, 2))
 ys = jnp.sum(xs, axis=-1, keepdims=True)
 h0 = model.cell.initial_state(p, (3,))
-grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
-cs = jnp.array([0.1, 0.3, 0.5])
-
-def row(c, key):
-    w = truncation.artbp(key, 16, c)
-    return ravel_pytree(grad_fn(p, h0, xs, ys, w)[1])[0]
-
-def sweep(key, mesh=None):
-    c = jnp.repeat(cs, 16)
-    keys = jax.random.split(key, c.shape[0])
-    g = sharding.map_rows(row, (c, keys), chunk=4, mesh=mesh)  # [48, D]
-    g = g.reshape(3, 16, -1)
-    mean = jnp.mean(g, axis=1)
-    return g, mean, jnp.sum((g - mean[:, None]) ** 2, axis=(1, 2))
-
-out = {}
+es = [estimators.full(), estimators.tbptt(3), estimators.artbp(0.3),
+      estimators.artbp(truncation.poly_tail(4.0))]
+out = {"devices": len(jax.devices())}
 for name, mesh in [("single", None), ("mesh1", 1), ("all", len(jax.devices()))]:
-    g, mean, var = jax.jit(sweep, static_argnums=1)(jax.random.key(5), mesh)
-    out[name] = [np.asarray(a).tobytes().hex() for a in (g, mean, var)]
-    out[name + "_mesh"] = g.sharding.mesh.size if mesh is not None else 1
+    run = sweep.make_sweep(model.cell, model.loss_fn, es, 16, chunk=4, mesh=mesh)
+    g, stats = run(p, h0, xs, ys, jax.random.key(9))
+    out[name] = [np.asarray(g).tobytes().hex()] + [
+        np.asarray(stats[f]).tobytes().hex() for f in sorted(stats)]
+    out[name + "_rel_bias"] = np.asarray(stats["rel_bias"]).tolist()
 print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("n_dev", [4])
-def test_sharded_standin_sweep_equals_single_device(n_dev):
-    script = f"import numpy as np\nN_DEV = {n_dev}\n{STANDIN}"
-    out = run_with_devices(script, n_dev)
-    assert out["all_mesh"] == n_dev
+def test_sharded_sweep_equals_single_device():
+    out = run_with_devices(ENGINE, 4)
+    assert out["devices"] == 4
     assert out["all"] == out["single"] == out["mesh1"]  # bitwise
+    assert out["single_rel_bias"][0] < 1e-12  # full BPTT: exact
+    assert out["single_rel_bias"][1] > 1e-3  # TBPTT(3): biased
 
 
 def test_map_rows_one_device_matches_vmap():
@@ -100,8 +91,11 @@ def test_map_rows_one_device_matches_vmap():
     ref = jax.vmap(fn)(x, y)
     for mesh in (None, sharding.make_mesh(1)):
         for chunk in (4, 64):
-            out = jax.jit(lambda a, b, m=mesh, c=chunk: sharding.map_rows(
-                fn, (a, b), chunk=c, mesh=m))(x, y)
+            out = jax.jit(
+                lambda a, b, m=mesh, c=chunk: sharding.map_rows(
+                    fn, (a, b), chunk=c, mesh=m
+                )
+            )(x, y)
             np.testing.assert_allclose(out["dot"], ref["dot"], rtol=1e-14)
             np.testing.assert_allclose(out["prod"], ref["prod"], rtol=1e-14)
 
@@ -110,19 +104,36 @@ def test_map_rows_one_device_matches_vmap():
     "call, err, match",
     [
         (lambda: sharding.make_mesh(0), ValueError, "between 1 and the"),
-        (lambda: sharding.make_mesh(len(jax.devices()) + 1), ValueError,
-         "jax_num_cpu_devices"),
+        (
+            lambda: sharding.make_mesh(len(jax.devices()) + 1),
+            ValueError,
+            "jax_num_cpu_devices",
+        ),
         (lambda: sharding.make_mesh([]), TypeError, "list of jax devices"),
-        (lambda: sharding.map_rows(jnp.sin, [jnp.ones(2)]), TypeError,
-         "tuple of arrays"),
-        (lambda: sharding.map_rows(jnp.add, (jnp.ones(2), jnp.ones(3))),
-         ValueError, "one leading"),
-        (lambda: sharding.map_rows(jnp.sin, (jnp.ones(2),), chunk=0),
-         ValueError, "chunk must be an int"),
-        (lambda: sharding.map_rows(
-            jnp.sin, (jnp.ones(2),),
-            mesh=Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))),
-         ValueError, "mesh must be 1-D"),
+        (
+            lambda: sharding.map_rows(jnp.sin, [jnp.ones(2)]),
+            TypeError,
+            "tuple of arrays",
+        ),
+        (
+            lambda: sharding.map_rows(jnp.add, (jnp.ones(2), jnp.ones(3))),
+            ValueError,
+            "one leading",
+        ),
+        (
+            lambda: sharding.map_rows(jnp.sin, (jnp.ones(2),), chunk=0),
+            ValueError,
+            "chunk must be an int",
+        ),
+        (
+            lambda: sharding.map_rows(
+                jnp.sin,
+                (jnp.ones(2),),
+                mesh=Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b")),
+            ),
+            ValueError,
+            "mesh must be 1-D",
+        ),
     ],
 )
 def test_bad_arguments(call, err, match):

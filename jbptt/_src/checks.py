@@ -69,8 +69,10 @@ def check_finite(**named) -> None:
                     "checks values, so call it on concrete arrays outside jit."
                 )
             a = np.asarray(leaf)
-            if not (np.issubdtype(a.dtype, np.floating)
-                    or np.issubdtype(a.dtype, np.complexfloating)):
+            if not (
+                np.issubdtype(a.dtype, np.floating)
+                or np.issubdtype(a.dtype, np.complexfloating)
+            ):
                 continue
             bad = ~np.isfinite(a)
             if bad.any():

@@ -188,8 +188,11 @@ class ResultFile:
         self.config_hash = config_hash(config)
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        header = {"format": _FORMAT, "config_hash": self.config_hash,
-                  "config": self.config}
+        header = {
+            "format": _FORMAT,
+            "config_hash": self.config_hash,
+            "config": self.config,
+        }
         lines = self._open(path)
         if lines and lines[0].get("config_hash") != self.config_hash:
             old = lines[0].get("config", {})
@@ -397,7 +400,8 @@ class Checkpointer:
         if a.ndim or not np.issubdtype(a.dtype, np.integer) or a < 0:
             raise ValueError(f"step must be an int ≥ 0, got {step!r}.")
         self._manager.save(
-            int(step), args=self._ocp.args.StandardSave(_to_saveable(state)),
+            int(step),
+            args=self._ocp.args.StandardSave(_to_saveable(state)),
             force=True,
         )
         self._manager.wait_until_finished()
@@ -423,9 +427,7 @@ class Checkpointer:
 
         def back(t, r):
             if _is_key(t):
-                return jax.random.wrap_key_data(
-                    r, impl=jax.random.key_impl(t)
-                )
+                return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
             if isinstance(t, bool | int | float) and not isinstance(t, np.generic):
                 return type(t)(np.asarray(r).item())
             return jax.numpy.asarray(r)

@@ -99,9 +99,7 @@ def _local_map(fn, args, chunk: int):
         lambda a: a.reshape((-1, chunk) + a.shape[1:]), args
     )
     out = jax.lax.map(lambda b: jax.vmap(fn)(*b), blocks)
-    return jax.tree_util.tree_map(
-        lambda o: o.reshape((-1,) + o.shape[2:])[:S], out
-    )
+    return jax.tree_util.tree_map(lambda o: o.reshape((-1,) + o.shape[2:])[:S], out)
 
 
 def map_rows(
@@ -134,8 +132,9 @@ def map_rows(
         raise TypeError(f"args must be a non-empty tuple of arrays, got {args!r}.")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be an int ≥ 1, got {chunk!r}.")
-    sizes = {np.shape(a)[0] if np.ndim(a) else None
-             for a in jax.tree_util.tree_leaves(args)}
+    sizes = {
+        np.shape(a)[0] if np.ndim(a) else None for a in jax.tree_util.tree_leaves(args)
+    }
     if len(sizes) != 1 or None in sizes:
         raise ValueError(
             f"args must share one leading (row) axis, got leading sizes {sizes}."
@@ -151,7 +150,10 @@ def map_rows(
     spec = jax.tree_util.tree_map(lambda _: P(AXIS), args)
     mapped = jax.shard_map(
         lambda *a: _local_map(fn, a, chunk),
-        mesh=mesh, in_specs=spec, out_specs=P(AXIS), check_vma=False,
+        mesh=mesh,
+        in_specs=spec,
+        out_specs=P(AXIS),
+        check_vma=False,
     )
     out = mapped(*args)
     # Gather: later reductions (statistics) then run as on one device.

@@ -227,8 +227,11 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
 
         (total, h_last), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
         updates, new_opt_state = optimizer.update(g, opt_state, params)
-        new = (optax.apply_updates(params, updates), new_opt_state,
-               jax.lax.stop_gradient(h_last))
+        new = (
+            optax.apply_updates(params, updates),
+            new_opt_state,
+            jax.lax.stop_gradient(h_last),
+        )
         # Value-level guard (no Python `if` on tracers): a non-finite segment
         # leaves everything as it was; the caller reports it from the flags.
         finite = checks.finite_flags(loss=total, grads=g, state=h_last)
