@@ -483,12 +483,18 @@ def main(argv=None) -> list[dict]:
     base = os.path.join(args.out, "bias_sweep")
     # Finished rows go to bias_sweep.jsonl as they are done; rerunning the
     # same command after an interruption skips them (jbptt.runs).
-    results = runs.ResultFile(
-        base + ".jsonl",
-        run_config(args),
-        key=("cell", "train_step", "estimator"),
-        on_mismatch=args.on_mismatch,
-    )
+    try:
+        results = runs.ResultFile(
+            base + ".jsonl",
+            run_config(args),
+            key=("cell", "train_step", "estimator"),
+            on_mismatch=args.on_mismatch,
+        )
+    except ValueError as err:  # another configuration's rows: exit 1, say why
+        raise SystemExit(
+            f"error: {err}\nOn the command line: --out DIR, or --on-mismatch "
+            "new|overwrite."
+        ) from err
     base = os.path.splitext(results.path)[0]  # differs under --on-mismatch new
     if results.resumed:
         print(f"resuming: {results.resumed} rows already in {results.path}")

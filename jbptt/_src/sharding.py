@@ -33,12 +33,15 @@ from jax.sharding import PartitionSpec as P
 AXIS = "rows"
 
 
-def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    devices: int | Sequence[jax.Device] | None = None, *, name: str = "devices"
+) -> Mesh:
     """A 1-D mesh (axis ``"rows"``) over ``devices`` (default: all of them).
 
     Args:
       devices: ``None`` for ``jax.devices()``, an int ``n`` for the first
         ``n`` of them, or a list of devices.
+      name: the argument's name in error messages.
 
     Examples:
       >>> from jbptt import sharding
@@ -52,7 +55,7 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     elif isinstance(devices, int) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
             raise ValueError(
-                f"devices must be between 1 and the {len(available)} available "
+                f"{name} must be between 1 and the {len(available)} available "
                 f"device(s), got {devices}. On CPU, more host devices come from "
                 "XLA_FLAGS=--xla_force_host_platform_device_count=N or "
                 "jax.config.update('jax_num_cpu_devices', N) before any jax use."
@@ -62,7 +65,7 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
         devs = list(devices)
         if not devs or not all(isinstance(d, jax.Device) for d in devs):
             raise TypeError(
-                "devices must be None, a positive int or a non-empty list of "
+                f"{name} must be None, a positive int or a non-empty list of "
                 f"jax devices, got {devices!r}."
             )
     return Mesh(np.array(devs), (AXIS,))
@@ -79,7 +82,7 @@ def resolve_mesh(mesh: Mesh | int | Sequence | None) -> Mesh | None:
                 f"mesh must be 1-D (one axis for the rows), got axes {mesh.axis_names}."
             )
         return mesh
-    return make_mesh(mesh)
+    return make_mesh(mesh, name="mesh")
 
 
 def _pad_rows(a, pad: int):
