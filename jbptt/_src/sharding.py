@@ -32,6 +32,13 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "rows"
 
+if hasattr(jax, "shard_map"):  # jax ≥ 0.6
+    _shard_map, _NO_CHECK = jax.shard_map, {"check_vma": False}
+else:  # older jax: the experimental module, same semantics
+    from jax.experimental.shard_map import shard_map as _shard_map
+
+    _NO_CHECK = {"check_rep": False}
+
 
 def make_mesh(
     devices: int | Sequence[jax.Device] | None = None, *, name: str = "devices"
@@ -151,12 +158,12 @@ def map_rows(
     pad = per_dev * n_dev - S
     args = jax.tree_util.tree_map(lambda a: _pad_rows(a, pad), args)
     spec = jax.tree_util.tree_map(lambda _: P(AXIS), args)
-    mapped = jax.shard_map(
+    mapped = _shard_map(
         lambda *a: _local_map(fn, a, chunk),
         mesh=mesh,
         in_specs=spec,
         out_specs=P(AXIS),
-        check_vma=False,
+        **_NO_CHECK,
     )
     out = mapped(*args)
     # Gather: later reductions (statistics) then run as on one device.
