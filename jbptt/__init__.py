@@ -6,6 +6,7 @@ reverse scan with link weights. See DESIGN.md for the equation.
 
 from jbptt import cells as cells
 from jbptt import truncation as truncation
+from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss
 from jbptt._src.api import value_and_grad as value_and_grad
 from jbptt._src.models import Model as Model

@@ -11,6 +11,7 @@ use the hand-derived step; others a per-step ``jax.vjp``.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +71,7 @@ def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
         dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, dh, dout_t)
         return _scale(w_t, dh_prev), dlin_t  # × w_t: the link t → t-1
 
-    dh0, dlins = jax.lax.scan(
-        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True
-    )
+    dh0, dlins = jax.lax.scan(body, dh_T, (hs_prev, hs, res, douts, w), reverse=True)
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
     _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
     dparams, dxs = linear_vjp(dlins)
@@ -133,7 +132,7 @@ def _rnn_scan_bwd(cell: Cell, saved, cotangents):
 _rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
 
 
-def rnn_scan(cell: Cell, params, h0, xs, w=None):
+def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
     Differentiating any function of the outputs with ``jax.grad`` runs the
@@ -147,6 +146,11 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None):
       xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
       w: link weights ``[T]`` (default: ones, i.e. full BPTT). ``w[t]`` scales
         the gradient from step t into h_{t-1}; ``w[0]`` the one into ``h0``.
+      checkpoint: ``None`` (default) keeps every step's state for the
+        backward; ``"sqrt"`` keeps only the states at the starts of about √T
+        segments of about √T steps and recomputes each segment's forward
+        during the backward (O(√T) stored states for ~1 extra forward); an
+        int sets the segment length. Values and gradients are unchanged.
 
     Returns:
       ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
@@ -166,4 +170,68 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None):
       (3, 3)
     """
     w = validation.check_scan_args(cell, params, h0, xs, w)
-    return _rnn_scan(cell, params, h0, xs, w)
+    T = xs.shape[0]
+    S = segment_length(T, checkpoint)
+    if S is None:
+        return _rnn_scan(cell, params, h0, xs, w)
+
+    def segment(h, inp):
+        xs_s, w_s = inp
+        return _rnn_scan(cell, params, h, xs_s, w_s)
+
+    h_T, (head, body) = scan_segments(segment, h0, (xs, w), T, S)
+    outs = tree_map(lambda a: a.reshape(-1, *a.shape[2:]), body)
+    if head is not None:
+        outs = tree_map(lambda a, b: jnp.concatenate([a, b]), head, outs)
+    return h_T, outs
+
+
+# ---------------------------------------------------------- checkpointing ---
+
+
+def segment_length(T: int, checkpoint) -> int | None:
+    """Segment length for ``checkpoint`` (``None``: no checkpointing).
+
+    ``"sqrt"`` gives ⌈√T⌉, which stores ⌊T/S⌋ + 1 ≈ √T segment-start states
+    and at most S steps of residuals at a time: O(√T) in all.
+    """
+    if checkpoint is None:
+        return None
+    if checkpoint == "sqrt":
+        S = max(1, math.isqrt(T - 1) + 1)  # ⌈√T⌉
+    elif isinstance(checkpoint, int) and not isinstance(checkpoint, bool):
+        if checkpoint < 1:
+            raise ValueError(
+                f"checkpoint must be None, 'sqrt' or a segment length ≥ 1, "
+                f"got {checkpoint}."
+            )
+        S = checkpoint
+    else:
+        raise ValueError(
+            f"checkpoint must be None, 'sqrt' or a segment length (int ≥ 1), "
+            f"got {checkpoint!r}."
+        )
+    return None if S >= T else S
+
+
+def scan_segments(segment, carry, xs, T: int, S: int):
+    """Run ``segment(carry, xs_seg) -> (carry, out)`` over consecutive segments.
+
+    The first ``T mod S`` steps form a head segment, the rest ``T // S``
+    segments of ``S`` steps scanned in an outer ``lax.scan``. Each segment is
+    wrapped in ``jax.checkpoint``, so differentiating stores only the carries
+    at segment starts and re-runs a segment's forward (with its residuals)
+    just before its reverse scan.
+
+    Returns:
+      ``(carry, (out_head, outs))``: ``out_head`` is ``None`` when ``S``
+      divides ``T``; ``outs`` stacks the other segments' outputs ``[T // S, ...]``.
+    """
+    segment = jax.checkpoint(segment, prevent_cse=False)
+    r, n = T % S, T // S
+    out_head = None
+    if r:
+        carry, out_head = segment(carry, tree_map(lambda a: a[:r], xs))
+    body = tree_map(lambda a: a[r:].reshape(n, S, *a.shape[1:]), xs)
+    carry, outs = jax.lax.scan(segment, carry, body)
+    return carry, (out_head, outs)
