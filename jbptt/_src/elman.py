@@ -1,4 +1,4 @@
-"""Elman (vanilla) RNN cell with hand-derived reverse rules.
+r"""Elman (vanilla) RNN cell with hand-derived reverse rules.
 
 .. math::
 
