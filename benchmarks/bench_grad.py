@@ -61,11 +61,16 @@ def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
-def time_jitted(fn: Callable, args, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)``."""
+def time_jitted(fn: Callable, args, repeats: int, compiled_out=None):
+    """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)``.
+
+    ``compiled_out``, a list, receives the compiled executable.
+    """
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    if compiled_out is not None:
+        compiled_out.append(compiled)
     _block(compiled(*args))  # warm-up
     return compile_s, time_calls(lambda: _block(compiled(*args)), repeats)
 
@@ -79,9 +84,9 @@ def time_calls(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def memory_bytes(fn: Callable, args) -> dict:
+def memory_bytes(compiled) -> dict:
     """Compiled memory analysis: temporaries and the peak (args+out+temp)."""
-    m = jax.jit(fn).lower(*args).compile().memory_analysis()
+    m = compiled.memory_analysis()
     if m is None:
         return {"temp": float("nan"), "peak": float("nan")}
     temp = m.temp_size_in_bytes
@@ -240,8 +245,9 @@ def bench_long(
         ]
         for label, fn, a in variants:
             progress(f"long {name} {label}")
-            mem = memory_bytes(fn, a)
-            c, t = time_jitted(fn, a, repeats)
+            compiled = []
+            c, t = time_jitted(fn, a, repeats, compiled)
+            mem = memory_bytes(compiled[0])
             rows.append(
                 dict(
                     cell=name, variant=label, T=a[2].shape[0], B=B, I=I, H=H,
