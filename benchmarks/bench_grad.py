@@ -61,29 +61,6 @@ def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
-def time_jitted(fn: Callable, args, repeats: int, compiled_out=None):
-    """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)``.
-
-    ``compiled_out``, a list, receives the compiled executable.
-    """
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    if compiled_out is not None:
-        compiled_out.append(compiled)
-    _block(compiled(*args))  # warm-up
-    return compile_s, time_calls(lambda: _block(compiled(*args)), repeats)
-
-
-def time_calls(call: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def memory_bytes(compiled) -> dict:
     """Compiled memory analysis: temporaries and the peak (args+out+temp)."""
     m = compiled.memory_analysis()
@@ -146,30 +123,29 @@ def jbptt_value_and_grad(cell, checkpoint=None):
     return lambda params, h0, xs, ys: vg(params, h0, xs, ys)
 
 
-def gemm_limit(name, T, B, I, H, repeats) -> tuple[float, float]:
-    """(seconds, GFLOP/s) for the FLOPs of value+grad at the matmul rate.
+def gemm_call(name, T, B, I, H) -> tuple[float, float, Callable[[], object]]:
+    """(FLOPs of value+grad, FLOPs of the matmul, a call of the matmul).
 
     FLOPs: forward 2·T·B·G·H·(I+H); backward 2·T·B·G·H·H for the states and
     2·T·B·G·H·(I+H) for the weight gradients (input gradients are not asked).
-    The rate is that of one jitted matmul ``[T·B, I+H] @ [I+H, G·H]``.
+    The GEMM limit is these FLOPs at the rate of one jitted matmul
+    ``[T·B, I+H] @ [I+H, G·H]``.
     """
     G = CELLS[name][1]
     flops = 2.0 * T * B * G * H * (2 * (I + H) + H)
     key = jax.random.key(0)
     a = jax.random.normal(key, (T * B, I + H), jnp.float32)
     b = jax.random.normal(key, (I + H, G * H), jnp.float32)
-    mm_flops = 2.0 * T * B * (I + H) * G * H
-    _, t = time_jitted(jnp.matmul, (a, b), max(repeats, 5))
-    rate = mm_flops / t
-    return flops / rate, rate / 1e9
+    _, call, _ = compile_call(jnp.matmul, (a, b))
+    return flops, 2.0 * T * B * (I + H) * G * H, call
 
 
-def torch_time(name, T, B, I, H, repeats) -> float:
-    """Median seconds of PyTorch CPU forward+backward, or nan without torch."""
+def torch_call(name, T, B, I, H) -> Callable[[], object] | None:
+    """PyTorch CPU forward+backward as a call, or ``None`` without torch."""
     try:
         import torch
     except ImportError:
-        return float("nan")
+        return None
     torch.manual_seed(0)
     module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name]
     net = module(I, H)
@@ -183,8 +159,44 @@ def torch_time(name, T, B, I, H, repeats) -> float:
         loss = 0.5 * ((outs - ys) ** 2).mean(dim=(1, 2)).sum()
         loss.backward()
 
-    call()
-    return time_calls(call, repeats)
+    return call
+
+
+def compile_call(fn: Callable, args) -> tuple[float, Callable[[], object], object]:
+    """(compile seconds, a blocking call, the compiled executable)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    return compile_s, lambda: _block(compiled(*args)), compiled
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
+    """Wall-clock median/min and CPU-time min of each call, timed round-robin.
+
+    One warm-up call each, then ``repeats`` rounds that run every call once:
+    all variants see the same background load (the machine is shared), so
+    the ratios between them are steadier than separately timed medians. The
+    CPU time (``time.process_time``, all threads of this process) is hardly
+    affected by other processes; it counts threads that spin while waiting.
+    """
+    for call in calls.values():
+        call()
+    wall = {k: [] for k in calls}
+    cpu = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, call in calls.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            call()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {
+        k: {
+            "median": statistics.median(wall[k]),
+            "min": min(wall[k]),
+            "cpu": min(cpu[k]),
+        }
+        for k in calls
+    }
 
 
 # ------------------------------------------------------------------ parts ---
@@ -207,18 +219,40 @@ def bench_grad(shapes, names, repeats, use_torch, progress) -> list[dict]:
         for name in names:
             progress(f"grad {name} T={T} B={B} I={I} H={H}")
             cell, args = _problem(name, T, B, I, H)
-            c_j, t_j = time_jitted(jbptt_value_and_grad(cell), args, repeats)
-            c_r, t_r = time_jitted(ref_value_and_grad(cell), args, repeats)
-            t_t = torch_time(name, T, B, I, H, repeats) if use_torch else math.nan
-            t_g, rate = gemm_limit(name, T, B, I, H, repeats)
+            c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
+            c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
+            flops, mm_flops, mm = gemm_call(name, T, B, I, H)
+            calls = {"jbptt": jb, "jax": ref, "gemm": mm}
+            tc = torch_call(name, T, B, I, H) if use_torch else None
+            if tc is not None:
+                calls["torch"] = tc
+            t = interleaved(calls, repeats)
+            nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
+            t_t = t.get("torch", nan)
+            rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
+            t_g = flops / rate
+            t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time
+            t_j, t_r = t["jbptt"], t["jax"]
             rows.append(
                 dict(
                     cell=name, T=T, B=B, I=I, H=H,
-                    jbptt_ms=1e3 * t_j, jax_ms=1e3 * t_r, torch_ms=1e3 * t_t,
-                    gemm_limit_ms=1e3 * t_g, gemm_gflops=rate,
+                    jbptt_ms=1e3 * t_j["median"], jax_ms=1e3 * t_r["median"],
+                    torch_ms=1e3 * t_t["median"], gemm_limit_ms=1e3 * t_g,
+                    gemm_gflops=rate / 1e9,
                     jbptt_compile_s=c_j, jax_compile_s=c_r,
-                    speedup_vs_jax=t_r / t_j, speedup_vs_torch=t_t / t_j,
-                    over_gemm_limit=t_j / t_g,
+                    speedup_vs_jax=t_r["median"] / t_j["median"],
+                    speedup_vs_torch=t_t["median"] / t_j["median"],
+                    over_gemm_limit=t_j["median"] / t_g,
+                    jbptt_min_ms=1e3 * t_j["min"], jax_min_ms=1e3 * t_r["min"],
+                    torch_min_ms=1e3 * t_t["min"],
+                    speedup_vs_jax_min=t_r["min"] / t_j["min"],
+                    speedup_vs_torch_min=t_t["min"] / t_j["min"],
+                    over_gemm_limit_min=t_j["min"] / t_g,
+                    jbptt_cpu_ms=1e3 * t_j["cpu"], jax_cpu_ms=1e3 * t_r["cpu"],
+                    torch_cpu_ms=1e3 * t_t["cpu"], gemm_limit_cpu_ms=1e3 * t_g_cpu,
+                    speedup_vs_jax_cpu=t_r["cpu"] / t_j["cpu"],
+                    speedup_vs_torch_cpu=t_t["cpu"] / t_j["cpu"],
+                    over_gemm_limit_cpu=t_j["cpu"] / t_g_cpu,
                 )
             )  # fmt: skip
     return rows
@@ -243,16 +277,23 @@ def bench_long(
                 _problem(name, T_ref, B, I, H)[1],
             ),
         ]
+        calls, compiled = {}, {}
         for label, fn, a in variants:
-            progress(f"long {name} {label}")
-            compiled = []
-            c, t = time_jitted(fn, a, repeats, compiled)
-            mem = memory_bytes(compiled[0])
+            progress(f"long {name} {label} (compile)")
+            c, call, exe = compile_call(fn, a)
+            calls[label] = call
+            compiled[label] = (c, exe, a[2].shape[0])
+        progress(f"long {name} (run)")
+        t = interleaved(calls, repeats)
+        for label, (c, exe, T_run) in compiled.items():
+            mem = memory_bytes(exe)
             rows.append(
                 dict(
-                    cell=name, variant=label, T=a[2].shape[0], B=B, I=I, H=H,
+                    cell=name, variant=label, T=T_run, B=B, I=I, H=H,
                     temp_MB=mem["temp"] / 2**20, peak_MB=mem["peak"] / 2**20,
-                    run_s=t, compile_s=c,
+                    run_s=t[label]["median"], run_min_s=t[label]["min"],
+                    run_cpu_s=t[label]["cpu"],
+                    compile_s=c,
                 )
             )  # fmt: skip
     return rows
@@ -269,16 +310,25 @@ def bench_sweep(shapes, names, K, repeats, progress) -> list[dict]:
             )
             one = jbptt.value_and_grad(cell, loss_fn)
             vmapped = jax.vmap(one, in_axes=(None, None, None, None, 0))
-            _, t_one = time_jitted(one, (params, h0, xs, ys, ws[0]), repeats)
-            _, t_vmap = time_jitted(vmapped, (params, h0, xs, ys, ws), repeats)
             multi = functools.partial(jbptt.grads_for_weights, cell, loss_fn)
-            _, t_multi = time_jitted(multi, (params, h0, xs, ys, ws), repeats)
+            t = interleaved(
+                {
+                    "one": compile_call(one, (params, h0, xs, ys, ws[0]))[1],
+                    "vmap": compile_call(vmapped, (params, h0, xs, ys, ws))[1],
+                    "multi": compile_call(multi, (params, h0, xs, ys, ws))[1],
+                },
+                repeats,
+            )
+            t_one, t_vmap, t_multi = (t[k]["median"] for k in ("one", "vmap", "multi"))
+            c_one, c_vmap, c_multi = (t[k]["cpu"] for k in ("one", "vmap", "multi"))
             rows.append(
                 dict(
                     cell=name, T=T, B=B, I=I, H=H, K=K,
                     one_ms=1e3 * t_one, vmap_ms=1e3 * t_vmap,
                     multi_ms=1e3 * t_multi, separate_ms=1e3 * K * t_one,
                     vmap_over_one=t_vmap / t_one, multi_over_one=t_multi / t_one,
+                    vmap_over_one_cpu=c_vmap / c_one,
+                    multi_over_one_cpu=c_multi / c_one,
                 )
             )  # fmt: skip
     return rows
@@ -358,7 +408,8 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
         f"- machine: {env['machine']}; backend `{env['backend']}`",
         f"- python {env['python']}, jax {env['jax']}, numpy {env['numpy']}, "
         f"torch {env['torch']} ({env['torch_threads']} threads), jbptt {env['jbptt']}",
-        f"- float32, median of {config['repeats']} runs after one warm-up call; "
+        f"- float32; median of {config['repeats']} runs after one warm-up call, "
+        "all variants of a case timed round-robin (same background load); "
         "compile time measured separately", "",
     ]  # fmt: skip
     if grad:
@@ -387,6 +438,29 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
                     ("/ GEMM limit", "over_gemm_limit"),
                     ("compile jbptt (s)", "jbptt_compile_s"),
                     ("compile jax (s)", "jax_compile_s"),
+                ],
+                _f,
+            ),  # fmt: skip
+            "",
+        ]
+        lines += [
+            "The same ratios from the fastest of the repeats (less sensitive to "
+            "other processes on a shared machine):",
+            "",
+            _table(
+                grad,
+                [
+                    ("cell", "cell"),
+                    ("T", "T"),
+                    ("B", "B"),
+                    ("I", "I"),
+                    ("H", "H"),
+                    ("jbptt min", "jbptt_min_ms"),
+                    ("jax min", "jax_min_ms"),
+                    ("torch min", "torch_min_ms"),
+                    ("vs jax", "speedup_vs_jax_min"),
+                    ("vs torch", "speedup_vs_torch_min"),
+                    ("/ GEMM limit", "over_gemm_limit_min"),
                 ],
                 _f,
             ),  # fmt: skip

@@ -21,6 +21,10 @@ from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
 
+# Loop unrolling of the forward and reverse scans of the rules path
+# (measured by benchmarks/bench_grad.py; see benchmarks/RESULTS.md).
+UNROLL = 1
+
 
 def _scale(w_t, tree):
     return tree_map(lambda a: (w_t * a).astype(a.dtype), tree)
@@ -46,7 +50,7 @@ def _forward_rules(cell: Cell, params, h0, xs):
         h, res = rules.forward(params, h, xz_t)
         return h, (h, res)
 
-    h_T, (hs, res) = jax.lax.scan(body, h0, xz)
+    h_T, (hs, res) = jax.lax.scan(body, h0, xz, unroll=UNROLL)
     return h_T, rules.output(hs), (hs, res)
 
 
@@ -71,7 +75,9 @@ def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
         dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, dh, dout_t)
         return _scale(w_t, dh_prev), dlin_t  # × w_t: the link t → t-1
 
-    dh0, dlins = jax.lax.scan(body, dh_T, (hs_prev, hs, res, douts, w), reverse=True)
+    dh0, dlins = jax.lax.scan(
+        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True, unroll=UNROLL
+    )
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
     _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
     dparams, dxs = linear_vjp(dlins)
