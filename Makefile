@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Optional peers for cross-checks and benchmarks (never library dependencies):
+# PyTorch CPU checks LSTM/GRU weight conversion and is the benchmark peer.
+# `make test PEERS=` skips it.
+PEERS  ?= torch==2.13.0
 
 .PHONY: venv demo test bench lint clean
 
@@ -12,6 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,experiments]"
+	test -z "$(PEERS)" || $(PY) -m pip install -q $(PEERS) \
+		|| echo "optional peers ($(PEERS)) not installed; their checks are skipped"
 	touch $(STAMP)
 
 # The main job: bias/variance sweep of TBPTT and ARTBP on the default task.

@@ -1,0 +1,90 @@
+"""Shared test helpers: problems for every cell and pytree comparisons."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import jbptt
+from jbptt import cells
+
+tree_util = jax.tree_util
+
+
+def rel_err(a, b) -> float:
+    """max |a − b| / max |b| over a whole pytree (0 when both are zero)."""
+    diffs = tree_util.tree_leaves(tree_util.tree_map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
+    scale = tree_util.tree_leaves(tree_util.tree_map(lambda y: jnp.max(jnp.abs(y)), b))
+    num, den = float(max(diffs)), float(max(scale))
+    return num / den if den > 0 else num
+
+
+def tree_allclose(a, b, rtol=1e-10) -> bool:
+    same = tree_util.tree_structure(a) == tree_util.tree_structure(b)
+    return same and rel_err(a, b) <= rtol
+
+
+def _fn_init(key, input_size, hidden_size):
+    k1, k2 = jax.random.split(key)
+    return {
+        "A": 0.5 * jax.random.normal(k1, (hidden_size, hidden_size)) / hidden_size**0.5,
+        "B": jax.random.normal(k2, (hidden_size, input_size)),
+    }
+
+
+def _fn_step(params, h, x):
+    # A two-part state (a pytree): h and a leaky trace of it.
+    h, trace = h
+    h_new = jnp.tanh(h @ params["A"].T + x @ params["B"].T)
+    trace = 0.9 * trace + h_new
+    return (h_new, trace), h_new * trace
+
+
+def _fn_state(params, batch_shape=()):
+    z = jnp.zeros(tuple(batch_shape) + (params["A"].shape[0],))
+    return (z, z)
+
+
+def fn_cell():
+    return cells.from_fn(_fn_init, _fn_step, _fn_state, name="leaky_trace")
+
+
+CELLS = {
+    "elman_tanh": lambda: cells.elman("tanh"),
+    "elman_identity": lambda: cells.elman("identity"),
+    "elman_relu": lambda: cells.elman("relu"),
+    "elman_nobias": lambda: cells.elman("identity", bias=False),
+    "lstm": cells.lstm,
+    "gru": cells.gru,
+    "flax_lstm": lambda: cells.from_flax(nn.LSTMCell(5, param_dtype=jnp.float64)),
+    "flax_gru": lambda: cells.from_flax(nn.GRUCell(5, param_dtype=jnp.float64)),
+    "flax_optimized_lstm": lambda: cells.from_flax(
+        nn.OptimizedLSTMCell(5, param_dtype=jnp.float64)
+    ),
+    "from_fn": fn_cell,
+}
+
+
+def problem(cell, T=7, batch=(3,), I=4, H=5, O=2, seed=0, loss="mse"):
+    """A readout model on random data, with a non-zero h0."""
+    model = jbptt.readout(cell, O, loss)
+    keys = jax.random.split(jax.random.key(seed), 4)
+    params = model.init(keys[0], I, H)
+    xs = jax.random.normal(keys[1], (T, *batch, I))
+    if loss == "mse":
+        ys = jax.random.normal(keys[2], (T, *batch, O))
+    else:
+        ys = jax.random.randint(keys[2], (T, *batch), 0, O)
+    h0 = model.cell.initial_state(params, batch)
+    h0 = tree_util.tree_map(
+        lambda a: 0.3 * jax.random.normal(keys[3], a.shape, a.dtype), h0
+    )
+    return model, params, h0, xs, ys
+
+
+def random_w(T, seed=1):
+    """Link weights in [0, 2] with some exact zeros (cuts)."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    w = jax.random.uniform(k1, (T,), minval=0.0, maxval=2.0)
+    return jnp.where(jax.random.bernoulli(k2, 0.3, (T,)), 0.0, w)
