@@ -227,17 +227,25 @@ def scan_segments(segment, carry, xs, T: int, S: int):
     segments of ``S`` steps scanned in an outer ``lax.scan``. Each segment is
     wrapped in ``jax.checkpoint``, so differentiating stores only the carries
     at segment starts and re-runs a segment's forward (with its residuals)
-    just before its reverse scan.
+    just before its reverse scan. The outer scan runs over segment indices
+    and slices ``xs`` inside the segment, so the inputs are read in place
+    rather than saved again as per-segment residuals.
 
     Returns:
       ``(carry, (out_head, outs))``: ``out_head`` is ``None`` when ``S``
       divides ``T``; ``outs`` stacks the other segments' outputs ``[T // S, ...]``.
     """
-    segment = jax.checkpoint(segment, prevent_cse=False)
     r, n = T % S, T // S
     out_head = None
     if r:
-        carry, out_head = segment(carry, tree_map(lambda a: a[:r], xs))
-    body = tree_map(lambda a: a[r:].reshape(n, S, *a.shape[1:]), xs)
-    carry, outs = jax.lax.scan(segment, carry, body)
+        head = jax.checkpoint(segment, prevent_cse=False)
+        carry, out_head = head(carry, tree_map(lambda a: a[:r], xs))
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def body(carry, k):
+        start = r + k * S
+        xs_k = tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, S), xs)
+        return segment(carry, xs_k)
+
+    carry, outs = jax.lax.scan(body, carry, jnp.arange(n))
     return carry, (out_head, outs)
