@@ -63,7 +63,9 @@ def _problem(name, T=23, B=2, I=3, H=5):
 def _max_rel(a, b):
     errs = [
         float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-300))
-        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        for x, y in zip(
+            jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True
+        )
     ]
     return max(errs)
 
@@ -158,7 +160,7 @@ def test_grads_for_weights_matches_separate_calls(name):
         (L_k, h_T_k), g_k = vg(params, h0, xs, ys, ws[k])
         np.testing.assert_allclose(L, L_k, rtol=1e-12)
         assert _max_rel(h_T, h_T_k) <= 1e-12
-        g_row = jax.tree_util.tree_map(lambda a: a[k], grads)
+        g_row = jax.tree_util.tree_map(lambda a, k=k: a[k], grads)
         assert _max_rel(g_row, g_k) <= 1e-10
 
 
