@@ -13,6 +13,4 @@ def test_readme_python_blocks_run():
         namespace: dict = {}
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
     g_full, g_sweep = namespace["g_full"], namespace["g_sweep"]
-    assert (
-        g_sweep["cell"]["weight_hh"].shape == (6,) + g_full["cell"]["weight_hh"].shape
-    )
+    assert g_sweep["cell"]["weight_hh"].shape == (6,) + g_full["cell"]["weight_hh"].shape
