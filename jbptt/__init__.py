@@ -5,6 +5,12 @@ reverse scan with link weights. See DESIGN.md for the equation.
 """
 
 from jbptt import cells as cells
+from jbptt import data as data
+from jbptt import diagnostics as diagnostics
+from jbptt import estimators as estimators
+from jbptt import forward_mode as forward_mode
+from jbptt import sweep as sweep
+from jbptt import train as train
 from jbptt import truncation as truncation
 from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss

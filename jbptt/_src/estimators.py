@@ -9,11 +9,18 @@ where ``∇^{(w)}`` is the reverse scan with link weights ``w`` (DESIGN.md).
 Full BPTT, TBPTT(k) and ARTBP are one window with ``m ≡ 1``; Williams–Peng
 TBPTT(k1, k2) is one window per update. Because everything is arrays of
 static shape, a list of estimators is sampled and evaluated under one ``jit``
-with ``vmap``.
+with ``vmap`` (:func:`estimate`).
+
+Two costs are reported: ``expected_depth`` (mean truncation length, the
+number of steps a gradient travels back before a cut) and ``backward_steps``
+(Jacobian-transpose steps an online implementation runs per sequence: T for
+full BPTT, TBPTT and ARTBP, whose windows never overlap; more for
+Williams–Peng, whose windows do).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from jbptt._src import truncation
+from jbptt._src.cell import Cell
+from jbptt._src.scan import rnn_scan
 
 
 class Estimator(NamedTuple):
@@ -35,6 +44,9 @@ class Estimator(NamedTuple):
         on which estimators are compared.
       deterministic: whether ``sample`` ignores its key.
       hparams: hyperparameters, for reports.
+      backward_steps: ``T -> float``, expected reverse-scan steps of work per
+        sequence for an online implementation (each window backpropagated
+        only as far as its cut). ``None`` when unknown.
     """
 
     name: str
@@ -42,39 +54,93 @@ class Estimator(NamedTuple):
     expected_depth: Callable[[int], float]
     deterministic: bool
     hparams: dict[str, Any]
+    backward_steps: Callable[[int], float] | None = None
 
 
 def _one_window(w):
     return w[None], jnp.ones_like(w)[None]
 
 
+def _T_steps(T: int) -> float:
+    return float(T)
+
+
 def full() -> Estimator:
-    """Exact BPTT: one window, every link kept."""
+    """Exact BPTT: one window, every link kept.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import estimators
+      >>> w, m = estimators.full().sample(jax.random.key(0), 4)
+      >>> w.tolist(), m.tolist()
+      ([[1.0, 1.0, 1.0, 1.0]], [[1.0, 1.0, 1.0, 1.0]])
+    """
     return Estimator(
         "full",
         lambda key, T: _one_window(truncation.full(T)),
         lambda T: float(T),
         True,
         {},
+        _T_steps,
     )
 
 
-def tbptt(k: int) -> Estimator:
-    """TBPTT(k) in chunks of ``k`` starting at t = 0 (deterministic)."""
+def tbptt(k: int, random_offset: bool = False) -> Estimator:
+    """TBPTT(k): chunks of ``k`` steps (Jaeger 2002).
+
+    Args:
+      k: chunk length (positive int).
+      random_offset: if True, the chunk boundaries are shifted by an offset
+        drawn uniformly from ``{0, …, k−1}`` per sample (cuts where
+        ``(t − offset) % k == 0``); otherwise chunks start at t = 0 and the
+        estimator is deterministic.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import estimators
+      >>> w, m = estimators.tbptt(3).sample(jax.random.key(0), 6)
+      >>> w.tolist()
+      [[0.0, 1.0, 1.0, 0.0, 1.0, 1.0]]
+    """
     truncation.tbptt(1, k)  # validates k
+    if not isinstance(random_offset, bool):
+        raise TypeError(f"random_offset must be a bool, got {random_offset!r}.")
+    if random_offset:
+
+        def sample(key, T):
+            offset = jax.random.randint(key, (), 0, k)
+            return _one_window(truncation.tbptt(T, k, offset))
+
+        name = f"tbptt(k={k},random_offset)"
+    else:
+
+        def sample(key, T):
+            return _one_window(truncation.tbptt(T, k))
+
+        name = f"tbptt(k={k})"
     return Estimator(
-        f"tbptt(k={k})",
-        lambda key, T: _one_window(truncation.tbptt(T, k)),
+        name,
+        sample,
         lambda T: float(min(k, T)),
-        True,
-        {"k": k},
+        not random_offset,
+        {"k": k, "random_offset": random_offset},
+        _T_steps,
     )
 
 
 def artbp(c) -> Estimator:
     """ARTBP with cut probability ``c`` (float, ``[T]`` array or schedule).
 
-    For a float ``c`` the mean truncation length is ``1/c`` (capped at T).
+    For a float ``c`` the mean truncation length is ``1/c`` (capped at T);
+    :func:`artbp_matched` picks ``c`` for a target length.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import estimators
+      >>> est = estimators.artbp(0.25)
+      >>> w, m = est.sample(jax.random.key(0), 8)
+      >>> w.shape, est.expected_depth(100)
+      ((1, 8), 4.0)
     """
     if not callable(c):
         truncation.check_probability("c", c)
@@ -92,6 +158,119 @@ def artbp(c) -> Estimator:
         depth,
         False,
         {"c": c},
+        _T_steps,
+    )
+
+
+def artbp_c_for_depth(depth: float) -> float:
+    """Constant cut probability whose mean truncation length is ``depth``.
+
+    ``c = 1/depth``: segment lengths are geometric with mean ``1/c``. Use it
+    to compare ARTBP with TBPTT(k) at equal cost (``depth = k``).
+
+    Examples:
+      >>> from jbptt import estimators
+      >>> estimators.artbp_c_for_depth(8)
+      0.125
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int | float) or depth <= 1:
+        raise ValueError(f"depth must be a number > 1, got {depth!r}.")
+    return 1.0 / depth
+
+
+def artbp_matched(depth: float, schedule: str = "constant", alpha: float = 4.0):
+    """ARTBP with mean truncation length ``depth`` (to match TBPTT(k=depth)).
+
+    Args:
+      depth: target mean truncation length (> 1).
+      schedule: ``"constant"`` (c = 1/depth, geometric lengths) or
+        ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail` with mean length
+        ``depth``, polynomial tails, finite variance for ``alpha > 3``).
+      alpha: tail exponent of the poly-tail schedule.
+
+    Examples:
+      >>> from jbptt import estimators
+      >>> est = estimators.artbp_matched(10, "poly_tail")
+      >>> round(est.expected_depth(10_000), 1)
+      10.0
+    """
+    if schedule == "constant":
+        return artbp(artbp_c_for_depth(depth))
+    if schedule == "poly_tail":
+        artbp_c_for_depth(depth)  # validates depth
+        sched = truncation.poly_tail(float(depth), alpha)
+        sched.__name__ = f"poly_tail(L={depth},alpha={alpha})"
+        return artbp(sched)
+    raise ValueError(
+        f"Unknown schedule {schedule!r}. It needs to be one of "
+        "['constant', 'poly_tail']."
+    )
+
+
+def williams_peng(k1: int, k2: int) -> Estimator:
+    """Williams–Peng TBPTT(k1, k2): every k1 steps, backpropagate k2 steps.
+
+    Window j ends at ``e_j = min((j + 1)·k1, T) − 1`` (j = 0..⌈T/k1⌉−1). It
+    carries the losses of steps ``e_{j−1} < t ≤ e_j`` (the last ≤ k1 steps)
+    and backpropagates them through the k2 steps ``e_j − k2 < s ≤ e_j``: the
+    link into step ``e_j − k2 + 1`` and all earlier ones are cut. In
+    Williams & Peng's (1990) notation this is BPTT(h = k2; h′ = k1);
+    ``williams_peng(k, k)`` is TBPTT(k) when k divides T (a last, shorter
+    window still backpropagates k2 steps) and ``williams_peng(1, k)`` is
+    classic truncated BPTT(k) updating every step.
+
+    Args:
+      k1: steps between updates (positive int).
+      k2: backpropagation depth (int ≥ k1, so every loss is backpropagated).
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import estimators
+      >>> w, m = estimators.williams_peng(2, 3).sample(jax.random.key(0), 5)
+      >>> w.astype(int).tolist()
+      [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1]]
+      >>> m.astype(int).tolist()
+      [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
+    """
+    for name, k in (("k1", k1), ("k2", k2)):
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"{name} must be a positive int, got {k!r}.")
+    if k1 > k2:
+        raise ValueError(
+            f"k1 (steps between updates) must be ≤ k2 (backpropagation depth), "
+            f"got k1={k1} > k2={k2}: losses older than k2 steps would get no "
+            "gradient."
+        )
+
+    def ends(T):
+        J = math.ceil(T / k1)
+        return jnp.minimum((jnp.arange(J) + 1) * k1, T) - 1  # [J]
+
+    def sample(key, T):
+        truncation._check_T(T)
+        e = ends(T)[:, None]  # [J, 1]
+        first_loss = jnp.arange(e.shape[0])[:, None] * k1  # e_{j-1} + 1, [J, 1]
+        t = jnp.arange(T)[None, :]  # [1, T]
+        start = e - k2 + 1  # first step backpropagated through
+        dtype = jnp.result_type(float)
+        w = jnp.where((t <= start) & (start >= 0), 0.0, 1.0).astype(dtype)
+        m = ((t <= e) & (t >= first_loss)).astype(dtype)
+        return w, m
+
+    def window_lengths(T):
+        return [min(k2, e + 1) for e in ends(T).tolist()]
+
+    def depth(T):
+        lengths = window_lengths(T)
+        return float(sum(lengths) / len(lengths))
+
+    return Estimator(
+        f"williams_peng(k1={k1},k2={k2})",
+        sample,
+        depth,
+        True,
+        {"k1": k1, "k2": k2},
+        lambda T: float(sum(window_lengths(T))),
     )
 
 
@@ -100,3 +279,91 @@ def _mean_segment_length(schedule, T: int) -> float:
     d = jnp.arange(1, T + 1)
     survive = jnp.cumprod(1.0 - schedule(d))  # P(no cut in the first d steps)
     return float(1.0 + jnp.sum(survive[:-1]))
+
+
+def estimate(
+    cell: Cell,
+    loss_fn: Callable,
+    estimator,
+    params,
+    h0,
+    xs,
+    ys,
+    key: jax.Array | None = None,
+):
+    """The gradient estimate ``ĝ = Σ_j ∇^{(w_j)} Σ_t m_{j,t} ℓ_t``.
+
+    Windows are evaluated as one ``vmap`` over ``j``; the forward does not
+    depend on ``w``, so it is shared by all windows and only the reverse scan
+    is batched. Works under ``jit`` and ``vmap`` (e.g. over keys).
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      estimator: an :class:`Estimator` (sampled with ``key``) or windows
+        ``(w[J, T], m[J, T])`` (or a single ``w[T]``, meaning ``m ≡ 1``).
+      params, h0, xs, ys: as in :func:`jbptt.value_and_grad`.
+      key: PRNG key for random estimators (ignored by deterministic ones).
+
+    Returns:
+      The gradient estimate, a pytree like ``params``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import estimators
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 2, 3)
+      >>> xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 1))
+      >>> h0 = model.cell.initial_state(p)
+      >>> g = estimators.estimate(model.cell, model.loss_fn,
+      ...                         estimators.williams_peng(2, 4), p, h0, xs, ys)
+      >>> g["cell"]["W"].shape
+      (3, 3)
+    """
+    T = xs.shape[0]
+    if isinstance(estimator, Estimator):
+        if key is None:
+            if not estimator.deterministic:
+                raise ValueError(
+                    f"estimator {estimator.name} is random: pass a PRNG key."
+                )
+            key = jax.random.key(0)
+        w, m = estimator.sample(key, T)
+    elif isinstance(estimator, tuple | list) and len(estimator) == 2:
+        w, m = (jnp.asarray(a) for a in estimator)
+    elif hasattr(estimator, "shape"):
+        w = jnp.asarray(estimator)[None]
+        m = jnp.ones_like(w)
+    else:
+        raise TypeError(
+            "estimator must be an Estimator, a (w[J, T], m[J, T]) pair or "
+            f"link weights w[T], got {type(estimator).__name__}."
+        )
+    if w.ndim != 2 or w.shape != m.shape or w.shape[1] != T:
+        raise ValueError(
+            f"windows must be w[J, T] and m[J, T] with T = {T} (len(xs)); got "
+            f"w {tuple(w.shape)} and m {tuple(m.shape)}."
+        )
+    dtype = xs.dtype
+    w, m = w.astype(dtype), m.astype(dtype)
+
+    def window_loss(params, w_j, m_j):
+        _, outs = rnn_scan(cell, params, h0, xs, w_j)
+        losses = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys)
+        return jnp.sum(m_j * losses)
+
+    grads = jax.vmap(jax.grad(window_loss), in_axes=(None, 0, 0))(params, w, m)
+    return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
+
+
+__all__ = [
+    "Estimator",
+    "artbp",
+    "artbp_c_for_depth",
+    "artbp_matched",
+    "estimate",
+    "full",
+    "tbptt",
+    "williams_peng",
+]

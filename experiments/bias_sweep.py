@@ -1,0 +1,497 @@
+"""Main job: bias and variance of TBPTT(k) against ARTBP at matched cost.
+
+On a task with long-range dependence (:func:`experiments.tasks.delayed_sum`),
+for each cell, it trains a model a little with full BPTT and, at several
+points along that trajectory, estimates for every estimator the relative bias
+‖E ĝ − g‖/‖g‖ (95% interval), the relative variance E‖ĝ − E ĝ‖²/‖g‖² and
+cosines with the exact gradient g (:func:`jbptt.sweep.make_sweep`: one jit,
+forward shared, reverse scans vmapped). Estimators:
+
+* TBPTT(k), k = 1, 2, 4, …, T (deterministic, biased);
+* ARTBP with geometric truncation, c = 1/k (expected depth k, unbiased);
+* ARTBP with a poly-tail schedule (α = 4) whose expected depth is k;
+* with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
+  (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
+  which never truncate (shown at depth T).
+
+Writes ``bias_sweep.csv``, ``bias_sweep.json`` (config, seed, versions) and
+``bias_sweep.png`` to ``--out``. Run ``python -m experiments.bias_sweep
+--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jbptt
+from experiments import tasks
+from jbptt import sweep
+from jbptt import estimators as est
+from jbptt._src import truncation
+
+COLUMNS = (
+    "cell",
+    "train_step",
+    "train_loss",
+    "estimator",
+    "family",
+    "k",
+    "expected_depth",
+    "windows",
+    "n_samples",
+    "rel_bias",
+    "rel_bias_lo",
+    "rel_bias_hi",
+    "rel_bias_sq",
+    "rel_variance",
+    "rel_mse",
+    "cos_mean",
+    "cos_sample",
+    "grad_norm",
+)
+FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
+FORWARD = ("rtrl", "snap1", "uoro")  # --forward-mode: one estimator each
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bias_sweep",
+        description=(
+            "Bias/variance sweep of TBPTT(k) against ARTBP at matched expected "
+            "truncation depth, on a delayed-sum regression task."
+        ),
+    )
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        choices=sorted(tasks.CELLS),
+        help="cells to sweep (default: elman lstm; --quick: elman)",
+    )
+    p.add_argument("--T", type=int, default=64, help="sequence length")
+    p.add_argument("--hidden", type=int, default=32, help="hidden size")
+    p.add_argument("--batch", type=int, default=32, help="sequences per batch")
+    p.add_argument(
+        "--samples", type=int, default=256, help="samples per random estimator"
+    )
+    p.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=None,
+        help="TBPTT lengths (default: powers of 2 up to T)",
+    )
+    p.add_argument(
+        "--delays",
+        type=int,
+        nargs="+",
+        default=[2, 8, 24],
+        help="delays of the delayed-sum task",
+    )
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=400,
+        help="Adam steps of full-BPTT training along the trajectory",
+    )
+    p.add_argument(
+        "--points",
+        type=int,
+        default=3,
+        help="parameter points along the trajectory (evenly spaced, first at init)",
+    )
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--chunk", type=int, default=64, help="samples per vmap batch")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    p.add_argument("--x64", action="store_true", help="run in float64")
+    p.add_argument(
+        "--forward-mode",
+        action="store_true",
+        help="also sweep the forward-mode estimators RTRL, SnAp-1 and UORO "
+        "(jbptt.forward_mode; plotted at depth T)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings (seconds), for tests"
+    )
+    p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bar")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.T, args.hidden, args.batch, args.samples = 16, 8, 8, 128
+        args.delays, args.train_steps, args.points = [1, 4, 12], 100, 2
+        args.ks = args.ks or [1, 2, 4, 16]
+        args.cells = args.cells or ["elman"]
+    args.cells = args.cells or ["elman", "lstm"]
+    for name in ("T", "hidden", "batch", "chunk"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    if args.samples < 4:
+        p.error("--samples must be ≥ 4")
+    if args.points < 1 or args.train_steps < 0:
+        p.error("--points must be ≥ 1 and --train-steps ≥ 0")
+    if max(args.delays) >= args.T:
+        p.error(f"--delays must be < T = {args.T}")
+    if args.ks is None:
+        args.ks = [2**i for i in range(args.T.bit_length()) if 2**i <= args.T]
+    if min(args.ks) < 1:
+        p.error("--ks must be ≥ 1")
+    return args
+
+
+# ------------------------------------------------------------ estimators ---
+
+
+def poly_tail_for_depth(k: float, T: int, alpha: float = 4.0):
+    """Poly-tail ARTBP whose expected depth (capped at T) is ``k``, or None."""
+
+    def depth(L0):
+        return est.artbp(truncation.poly_tail(L0, alpha)).expected_depth(T)
+
+    lo, hi = 1e-3, 1e3 * T
+    if not depth(lo) <= k <= depth(hi) or k >= T:
+        return None
+    for _ in range(60):  # bisection on the mean length L0 (depth increases)
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if depth(mid) < k else (lo, mid)
+    L0 = (lo * hi) ** 0.5
+    e = est.artbp(truncation.poly_tail(L0, alpha))
+    return e._replace(name=f"artbp-poly(k={k:g})", hparams={"L0": L0, "alpha": alpha})
+
+
+def make_estimators(ks, T, forward_mode=False):
+    """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
+    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate."""
+    out = [("full", float(T), est.full())]
+    if forward_mode:
+        out += [
+            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in FORWARD
+        ]
+    for k in ks:
+        out.append(("tbptt", k, est.tbptt(k)))
+    for k in ks:
+        if k >= 2:  # c = 1/k must be < 1
+            out.append(("artbp-geom", k, est.artbp(1.0 / k)))
+    for k in ks:
+        e = poly_tail_for_depth(float(k), T) if k >= 2 else None
+        if e is not None:
+            out.append(("artbp-poly", k, e))
+    return out
+
+
+# ------------------------------------------------------------ trajectory ---
+
+
+def trajectory(model, task, params, h0, args, key, dtype):
+    """Params at ``args.points`` evenly spaced steps of Adam on full BPTT."""
+    grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
+    opt = optax.adam(args.lr)
+    n_seg = max(args.points - 1, 1)
+    seg = args.train_steps // n_seg if args.points > 1 else 0
+
+    @jax.jit
+    def train(params, state, key):
+        def step(carry, k):
+            params, state = carry
+            xs, ys = task.sample(k, args.T, args.batch)
+            xs, ys = xs.astype(dtype), ys.astype(dtype)
+            (L, _), g = grad_fn(params, h0, xs, ys)
+            upd, state = opt.update(g, state, params)
+            return (optax.apply_updates(params, upd), state), L / args.T
+
+        (params, state), losses = jax.lax.scan(
+            step, (params, state), jax.random.split(key, seg)
+        )
+        return params, state, jnp.mean(losses[-max(seg // 10, 1) :])
+
+    state = opt.init(params)
+    yield 0, params, float("nan")
+    for i in range(1, args.points):
+        params, state, loss = train(params, state, jax.random.fold_in(key, i))
+        yield i * seg, params, float(loss)
+
+
+# ------------------------------------------------------------------ run ---
+
+
+def run(args) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    task = tasks.delayed_sum(tuple(args.delays))
+    specs = make_estimators(args.ks, args.T, args.forward_mode)
+    estimators = [e for _, _, e in specs]
+    rows = []
+    bar = tqdm(
+        total=len(args.cells) * args.points,
+        disable=args.no_progress,
+        desc="bias sweep",
+        unit="point",
+    )
+    key = jax.random.key(args.seed)
+    for cell_name in args.cells:
+        cell_key = jax.random.fold_in(key, sorted(tasks.CELLS).index(cell_name))
+        k_prob, k_train, k_sweep = jax.random.split(cell_key, 3)
+        model, problem = tasks.make_problem(
+            task, cell_name, k_prob, args.T, args.hidden, args.batch
+        )
+        run_sweep = sweep.make_sweep(
+            model.cell, model.loss_fn, estimators, args.samples, chunk=args.chunk
+        )
+        points = trajectory(
+            model, task, problem.params, problem.h0, args, k_train, problem.xs.dtype
+        )
+        for step, params, loss in points:
+            bar.set_postfix(cell=cell_name, step=step)
+            k_point = jax.random.fold_in(k_sweep, step)  # independent per point
+            g, stats = run_sweep(params, problem.h0, problem.xs, problem.ys, k_point)
+            res = sweep.to_result(estimators, stats, g, args.T, args.samples)
+            for (family, k, _), r in zip(specs, res.rows(), strict=True):
+                r.update(
+                    cell=cell_name, train_step=step, train_loss=loss, family=family, k=k
+                )
+                r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
+                rows.append({c: r[c] for c in COLUMNS})
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+# ---------------------------------------------------------------- output ---
+
+
+def print_table(rows, file=None):
+    file = file or sys.stdout
+    head = (
+        f"{'cell':6} {'step':>5} {'estimator':24} {'depth':>6} "
+        f"{'rel_bias':>9} {'95% CI':>17} {'rel_var':>9} {'cos(Eĝ,g)':>9} "
+        f"{'cos(ĝ,g)':>9}"
+    )
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    for r in rows:
+        ci = (
+            ""
+            if np.isnan(r["rel_bias_lo"])
+            else f"[{r['rel_bias_lo']:.3f}, {r['rel_bias_hi']:.3f}]"
+        )
+        print(
+            f"{r['cell']:6} {r['train_step']:>5} {r['estimator']:24} "
+            f"{r['expected_depth']:6.1f} {r['rel_bias']:9.3f} {ci:>17} "
+            f"{r['rel_variance']:9.3g} {r['cos_mean']:9.3f} "
+            f"{r['cos_sample']:9.3f}",
+            file=file,
+        )
+
+
+def headline_table(rows) -> str:
+    """Markdown, one line per k: TBPTT(k) beside ARTBP at the same depth.
+
+    ``rows`` are those of one cell at one trajectory point.
+    """
+
+    def cell(fam, k):
+        r = next((r for r in rows if r["family"] == fam and r["k"] == k), None)
+        if r is None:
+            return "–"
+        if fam == "tbptt":
+            return f"{r['rel_bias']:.3f}"
+        return (
+            f"{r['rel_bias']:.3f} [{r['rel_bias_lo']:.3f}, "
+            f"{r['rel_bias_hi']:.3f}] / {r['rel_variance']:.3g}"
+        )
+
+    ks = sorted({r["k"] for r in rows if r["family"] == "tbptt"})
+    lines = [
+        "| k | TBPTT(k) bias | ARTBP geometric c=1/k: bias [95% CI] / variance "
+        "| ARTBP poly-tail: bias [95% CI] / variance |",
+        "|---:|---:|---|---|",
+    ]
+    for k in ks:
+        lines.append(
+            f"| {k:g} | {cell('tbptt', k)} | {cell('artbp-geom', k)} | "
+            f"{cell('artbp-poly', k)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "numpy", "optax", "matplotlib", "tqdm"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    out["jbptt"] = jbptt.__version__
+    out["backend"] = jax.default_backend()
+    return out
+
+
+def plot(rows, path, cells):
+    """Bias (top) and variance (bottom) against expected depth, per cell.
+
+    Colour: estimator family; line style: point along the trajectory. The
+    variance panel also shows TBPTT's squared bias (its variance is 0), so
+    one sample's error E‖ĝ − g‖² = bias² + variance can be compared.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    colors = {
+        "tbptt": "tab:red",
+        "artbp-geom": "tab:blue",
+        "artbp-poly": "tab:green",
+        "rtrl": "black",
+        "snap1": "tab:purple",
+        "uoro": "tab:orange",
+    }
+    present = {r["family"] for r in rows}
+    families = FAMILIES + tuple(f for f in FORWARD if f in present)
+    styles = [":", "--", "-", "-."]
+    steps = sorted({r["train_step"] for r in rows})
+    fig, axes = plt.subplots(
+        2,
+        len(cells),
+        figsize=(5.4 * len(cells), 8),
+        squeeze=False,
+        constrained_layout=True,
+    )
+
+    def series(cell, step, fam, field):
+        rs = sorted(
+            (
+                r
+                for r in rows
+                if r["cell"] == cell and r["train_step"] == step and r["family"] == fam
+            ),
+            key=lambda r: r["expected_depth"],
+        )
+        return (
+            np.array([r["expected_depth"] for r in rs]),
+            np.array([r[field] for r in rs]),
+        )
+
+    for j, cell in enumerate(cells):
+        ax_b, ax_v = axes[0, j], axes[1, j]
+        for s_i, step in enumerate(steps):
+            ls = styles[s_i % len(styles)] if len(steps) > 1 else "-"
+            for fam in families:
+                x, b = series(cell, step, fam, "rel_bias")
+                if not len(x):
+                    continue
+                if fam in ("tbptt", "rtrl", "snap1"):  # deterministic
+                    ax_b.plot(x, b, "o", ls=ls, color=colors[fam])
+                    big = b > 1e-3  # k = T is exact up to round-off: off the log axis
+                    ax_v.plot(
+                        x[big], b[big] ** 2, "o", ls=ls, color=colors[fam], mfc="none"
+                    )
+                    continue
+                _, lo = series(cell, step, fam, "rel_bias_lo")
+                _, hi = series(cell, step, fam, "rel_bias_hi")
+                ax_b.errorbar(
+                    x,
+                    b,
+                    yerr=[b - lo, hi - b],
+                    fmt="s",
+                    ls=ls,
+                    capsize=3,
+                    color=colors[fam],
+                )
+                _, v = series(cell, step, fam, "rel_variance")
+                ax_v.plot(x, v, "s", ls=ls, color=colors[fam])
+        for ax in (ax_b, ax_v):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("expected truncation depth k (steps backpropagated)")
+            ax.grid(alpha=0.3, which="both")
+        ax_b.set_ylabel("relative bias ‖E ĝ − g‖ / ‖g‖  (ARTBP: 95% CI)")
+        ax_b.set_title(f"{cell}: bias")
+        ax_b.set_ylim(-0.02, 1.05)
+        ax_v.set_yscale("log")
+        ax_v.set_ylabel("relative variance E‖ĝ − E ĝ‖² / ‖g‖²")
+        ax_v.set_title(f"{cell}: variance (ARTBP) vs squared bias (TBPTT, open)")
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=colors[f],
+                label=f,
+                marker="o" if f in ("tbptt", "rtrl", "snap1") else "s",
+            )
+            for f in families
+        ]
+        if len(steps) > 1:
+            handles += [
+                Line2D(
+                    [],
+                    [],
+                    color="gray",
+                    ls=styles[i % len(styles)],
+                    label=f"train step {st}",
+                )
+                for i, st in enumerate(steps)
+            ]
+        ax_b.legend(handles=handles, fontsize=8)
+        ax_v.legend(handles=handles, fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = run(args)
+    wall = time.perf_counter() - t0
+    print_table(rows)
+    base = os.path.join(args.out, "bias_sweep")
+    write_csv(rows, base + ".csv")
+    plot(rows, base + ".png", args.cells)
+    last = max(r["train_step"] for r in rows)
+    meta = {
+        "config": {k: v for k, v in vars(args).items()},
+        "seed": args.seed,
+        "task": tasks.delayed_sum(tuple(args.delays)).name,
+        "bias_ci": "95% normal interval of the unbiased U-statistic for "
+        "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
+        "versions": versions(),
+        "wall_time_s": wall,
+        "headline": {
+            c: headline_table(
+                [r for r in rows if r["cell"] == c and r["train_step"] == last]
+            )
+            for c in args.cells
+        },
+    }
+    for c in args.cells:
+        print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
+        print(meta["headline"][c])
+    with open(base + ".json", "w") as f:
+        json.dump(meta, f, indent=2)
+    print(f"\nwrote {base}.csv, .json, .png in {wall:.1f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

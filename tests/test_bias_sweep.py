@@ -1,0 +1,133 @@
+"""The main job's quick form: files, columns, and the headline claim."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import bias_sweep
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bias_sweep")
+    rows = bias_sweep.main(["--quick", "--out", str(out), "--no-progress"])
+    return out, rows
+
+
+def test_writes_csv_json_png(quick_run):
+    out, rows = quick_run
+    with open(out / "bias_sweep.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == bias_sweep.COLUMNS
+        csv_rows = list(reader)
+    assert len(csv_rows) == len(rows) > 0
+    assert {r["cell"] for r in csv_rows} == {"elman"}
+    assert {r["family"] for r in csv_rows} == {"full", *bias_sweep.FAMILIES}
+    assert len({r["train_step"] for r in csv_rows}) == 2  # trajectory points
+    meta = json.loads((out / "bias_sweep.json").read_text())
+    assert meta["seed"] == 0 and meta["config"]["quick"] is True
+    assert meta["versions"]["jax"] and meta["versions"]["jbptt"]
+    assert set(meta["headline"]) == {"elman"}
+    png = (out / "bias_sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_artbp_unbiased_tbptt_biased(quick_run):
+    _, rows = quick_run
+    artbp = [r for r in rows if r["family"].startswith("artbp")]
+    contains_zero = [r["rel_bias_lo"] == 0.0 for r in artbp]
+    # Nominal 95% intervals: nearly all must contain the true bias, 0.
+    assert np.mean(contains_zero) >= 0.85, [r["estimator"] for r in artbp]
+    for r in rows:
+        if r["family"] == "full":
+            assert r["rel_bias"] < 1e-5 and r["rel_variance"] == 0
+    for cell in ("elman",):
+        at_init = [r for r in rows if r["cell"] == cell and r["train_step"] == 0]
+        for k in (1, 2):
+            (tb,) = [r for r in at_init if r["estimator"] == f"tbptt(k={k})"]
+            assert tb["rel_variance"] == 0 and np.isnan(tb["rel_bias_lo"])
+            assert tb["rel_bias"] > 0.1
+            # Beyond the noise: above every ARTBP interval at the same depth.
+            for r in at_init:
+                if r["family"].startswith("artbp") and r["k"] == max(k, 2):
+                    assert tb["rel_bias"] > r["rel_bias_hi"], (cell, k, r)
+    # Bias of TBPTT falls to (float) zero at k = T.
+    for r in rows:
+        if r["family"] == "tbptt" and r["k"] == 16:
+            assert r["rel_bias"] < 1e-4
+
+
+def test_help_and_bad_flags():
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.bias_sweep", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--quick" in res.stdout and "--out" in res.stdout
+    for bad in (
+        ["--T", "0"],
+        ["--samples", "2"],
+        ["--delays", "99"],
+        ["--cells", "transformer"],
+    ):
+        with pytest.raises(SystemExit):
+            bias_sweep.parse_args(bad)
+
+
+def test_poly_tail_matches_depth():
+    for k in (2.0, 5.0, 20.0):
+        e = bias_sweep.poly_tail_for_depth(k, 64)
+        assert abs(e.expected_depth(64) - k) < 1e-6
+    assert bias_sweep.poly_tail_for_depth(64.0, 64) is None
+
+
+@pytest.mark.slow
+def test_notebook_executes():
+    """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (nbmake)."""
+    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--nbmake",
+            "-p",
+            "no:cacheprovider",
+            "notebooks/artbp_vs_tbptt.ipynb",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_notebook_is_paired():
+    """The .ipynb and its jupytext .py hold the same cells."""
+    import jupytext
+
+    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
+    nb = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.ipynb")
+    py = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.py")
+    assert [c.source for c in nb.cells] == [c.source for c in py.cells]
+
+
+def test_delayed_sum_task():
+    import jax
+
+    from experiments import tasks
+
+    task = tasks.delayed_sum((0, 3))
+    xs, ys = task.sample(jax.random.key(0), 8, 2)
+    expected = xs[:, :, 0] + np.concatenate([np.zeros((3, 2)), xs[:5, :, 1]])
+    np.testing.assert_allclose(ys[..., 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="delays"):
+        tasks.delayed_sum((-1,))
+    with pytest.raises(ValueError, match="Unknown cell"):
+        tasks.make_model("transformer", 1)

@@ -1,0 +1,177 @@
+"""Truncation as data: the exact law of ARTBP's cut patterns, and exact
+unbiasedness of ARTBP by enumerating every pattern (DESIGN.md)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jbptt
+from jbptt import cells, truncation
+
+T = 8  # 2^(T-1) = 128 cut patterns
+
+C_KINDS = {
+    "constant": 0.3,
+    # per-step probabilities, c[0] ignored
+    "per_step": jnp.array([0.9, 0.1, 0.5, 0.25, 0.05, 0.6, 0.3, 0.45]),
+    # history-dependent: steps since the last cut (Tallec & Ollivier 2017)
+    "schedule": truncation.poly_tail(3.0, alpha=4.0),
+}
+
+
+def _problem(cell_name, B=2, H=3, I=2):
+    cell = {"elman": cells.elman("tanh"), "lstm": cells.lstm()}[cell_name]
+    model = jbptt.readout(cell, output_size=2)
+    params = model.init(jax.random.key(0), I, H)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    ys = jax.random.normal(jax.random.key(2), (T, B, 2))
+    h0 = model.cell.initial_state(params, (B,))
+    return model, params, h0, xs, ys
+
+
+def _flat(tree):
+    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
+
+
+# ------------------------------------------------------------ patterns ---
+
+
+def test_all_cut_patterns_are_distinct_and_never_cut_h0():
+    cuts = truncation.all_cut_patterns(6)
+    assert cuts.shape == (32, 6) and cuts.dtype == jnp.bool_
+    assert not bool(jnp.any(cuts[:, 0]))
+    assert len({tuple(r) for r in np.asarray(cuts).tolist()}) == 32
+
+
+def test_steps_since_cut():
+    cuts = jnp.array([False, False, False, True, True, False, False])
+    assert truncation.steps_since_cut(cuts).tolist() == [0, 1, 2, 3, 1, 1, 2]
+
+
+@pytest.mark.parametrize("kind", C_KINDS)
+def test_probabilities_sum_to_one(kind):
+    _, p = truncation.enumerate_artbp(T, C_KINDS[kind])
+    assert abs(float(jnp.sum(p)) - 1.0) < 1e-13
+    assert bool(jnp.all(p > 0))
+
+
+def test_log_prob_by_hand_for_a_schedule():
+    # cuts at t=2: d = [_, 1, 2, 1], c_d = 0.1·d
+    cuts = jnp.array([False, False, True, False])
+    expected = np.log(0.9) + np.log(0.2) + np.log(0.9)
+    got = truncation.log_prob(cuts, lambda d: 0.1 * d)
+    assert abs(float(got) - expected) < 1e-14
+    assert float(truncation.log_prob(jnp.array([True, False]), 0.3)) == -np.inf
+
+
+@pytest.mark.parametrize("kind", C_KINDS)
+def test_sampler_follows_the_law(kind):
+    """Sampled patterns have the frequencies the probability helpers give."""
+    Ts, N = 5, 20_000
+    c = C_KINDS[kind]
+    c = c[:Ts] if kind == "per_step" else c
+    keys = jax.random.split(jax.random.key(7), N)
+    w = jax.vmap(lambda k: truncation.artbp(k, Ts, c))(keys)
+    cuts = w == 0
+    # A sampled w is the weight vector of the pattern it cut.
+    np.testing.assert_allclose(w, truncation.weights_from_cuts(cuts, c), rtol=1e-14)
+    index = np.asarray(cuts[:, 1:]).astype(int) @ (2 ** np.arange(Ts - 1))
+    freq = np.bincount(index, minlength=2 ** (Ts - 1)) / N
+    _, p = truncation.enumerate_artbp(Ts, c)
+    p = np.asarray(p)
+    # Binomial frequencies: |f − p| ≤ 5σ for every one of the 16 patterns.
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / N) + 1e-12)
+
+
+# ------------------------------------------------ exact unbiasedness ---
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize("cell_name", ["elman", "lstm"])
+def test_artbp_is_exactly_unbiased(cell_name):
+    """Σ_patterns p · ĝ(w) = ∇L to 1e-12, for constant c, per-step c and a
+    steps-since-cut schedule (all evaluated in one vmapped jit)."""
+    model, params, h0, xs, ys = _problem(cell_name)
+    vg = jbptt.value_and_grad(model.cell, model.loss_fn)
+    grads = jax.jit(jax.vmap(lambda w: _flat(vg(params, h0, xs, ys, w)[1])))
+
+    enum = [truncation.enumerate_artbp(T, c) for c in C_KINDS.values()]
+    w_all = jnp.concatenate([truncation.full(T)[None]] + [w for w, _ in enum])
+    g_all = grads(w_all)  # [1 + 3·2^(T−1), P]
+    full, rest = g_all[0], g_all[1:]
+    n = 2 ** (T - 1)
+    for i, (kind, (_, p)) in enumerate(zip(C_KINDS, enum, strict=True)):
+        g = rest[i * n : (i + 1) * n]
+        assert _rel(p @ g, full) < 1e-12, kind
+        # ...while single patterns are off: the estimator is genuinely random.
+        assert _rel(g[-1], full) > 1e-3, kind  # every link cut
+
+
+@pytest.mark.parametrize("cell_name", ["elman", "lstm"])
+def test_tbptt_is_biased_on_the_same_problem(cell_name):
+    model, params, h0, xs, ys = _problem(cell_name)
+    vg = jax.jit(jbptt.value_and_grad(model.cell, model.loss_fn))
+    full = _flat(vg(params, h0, xs, ys, truncation.full(T))[1])
+    for k in (1, 2, 3, T - 1):
+        g = _flat(vg(params, h0, xs, ys, truncation.tbptt(T, k))[1])
+        assert float(jnp.linalg.norm(g - full) / jnp.linalg.norm(full)) > 1e-4
+
+
+def test_tbptt_offsets_and_jit():
+    w = jax.jit(lambda o: truncation.tbptt(7, 3, o))(1)
+    assert w.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def test_artbp_works_under_jit_and_vmap_and_is_reproducible():
+    keys = jax.random.split(jax.random.key(0), 4)
+    f = jax.jit(jax.vmap(lambda k: truncation.artbp(k, 12, truncation.poly_tail(3.0))))
+    a, b = f(keys), f(keys)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4, 12) and not bool(jnp.all(a == a[0]))
+
+
+# -------------------------------------------------------------- errors ---
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: truncation.tbptt(5, 0), "k must be a positive int"),
+        (lambda: truncation.tbptt(5, 2.5), "k must be a positive int"),
+        (lambda: truncation.tbptt(0, 2), "T must be a positive int"),
+        (lambda: truncation.full(-1), "T must be a positive int"),
+        (lambda: truncation.artbp(jax.random.key(0), 4, 1.0), r"\[0, 1\)"),
+        (lambda: truncation.artbp(jax.random.key(0), 4, -0.1), r"\[0, 1\)"),
+        (
+            lambda: truncation.artbp(jax.random.key(0), 4, jnp.array([0, 0.2, 1.5, 0])),
+            r"\[0, 1\)",
+        ),
+        (lambda: truncation.artbp(jax.random.key(0), 4, jnp.ones(3) / 2), r"\(4,\)"),
+        (lambda: truncation.enumerate_artbp(4, jnp.ones(3) / 2), r"\(4,\)"),
+        (lambda: truncation.log_prob(jnp.zeros(4, bool), jnp.ones(3) / 2), "T = 4"),
+        (lambda: truncation.log_prob(jnp.zeros(3, bool), 1.2), r"\[0, 1\)"),
+        (
+            lambda: truncation.log_prob(jnp.zeros(3, bool), lambda d: 2.0 + d),
+            "schedule",
+        ),
+        (lambda: truncation.all_cut_patterns(25), "T ≤ 20"),
+        (
+            lambda: truncation.artbp(jax.random.key(0), 6, lambda d: 0.3 * d),
+            r"schedule values",
+        ),
+        (lambda: truncation.poly_tail(5.0, alpha=2.0), "alpha"),
+        (lambda: truncation.geometric(1.0), "mean_length"),
+    ],
+)
+def test_bad_inputs_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cuts_must_be_boolean():
+    with pytest.raises(TypeError, match="cuts must be a boolean"):
+        truncation.log_prob(jnp.zeros(3), 0.2)
