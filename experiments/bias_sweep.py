@@ -9,7 +9,10 @@ forward shared, reverse scans vmapped). Estimators:
 
 * TBPTT(k), k = 1, 2, 4, …, T (deterministic, biased);
 * ARTBP with geometric truncation, c = 1/k (expected depth k, unbiased);
-* ARTBP with a poly-tail schedule (α = 4) whose expected depth is k.
+* ARTBP with a poly-tail schedule (α = 4) whose expected depth is k;
+* with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
+  (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
+  which never truncate (shown at depth T).
 
 Writes ``bias_sweep.csv``, ``bias_sweep.json`` (config, seed, versions) and
 ``bias_sweep.png`` to ``--out``. Run ``python -m experiments.bias_sweep
@@ -59,6 +62,7 @@ COLUMNS = (
     "grad_norm",
 )
 FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
+FORWARD = ("rtrl", "snap1", "uoro")  # --forward-mode: one estimator each
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,6 +116,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=64, help="samples per vmap batch")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
     p.add_argument("--x64", action="store_true", help="run in float64")
+    p.add_argument(
+        "--forward-mode",
+        action="store_true",
+        help="also sweep the forward-mode estimators RTRL, SnAp-1 and UORO "
+        "(jbptt.forward_mode; plotted at depth T)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="tiny settings (seconds), for tests"
     )
@@ -190,9 +200,14 @@ def poly_tail_for_depth(k: float, T: int, alpha: float = 4.0):
     return e._replace(name=f"artbp-poly(k={k:g})", hparams={"L0": L0, "alpha": alpha})
 
 
-def make_estimators(ks, T):
-    """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k."""
+def make_estimators(ks, T, forward_mode=False):
+    """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
+    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate."""
     out = [("full", float(T), est.full())]
+    if forward_mode:
+        out += [
+            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in FORWARD
+        ]
     for k in ks:
         out.append(("tbptt", k, est.tbptt(k)))
     for k in ks:
@@ -246,7 +261,7 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     task = tasks.delayed_sum(tuple(args.delays))
-    specs = make_estimators(args.ks, args.T)
+    specs = make_estimators(args.ks, args.T, args.forward_mode)
     estimators = [e for _, _, e in specs]
     rows = []
     bar = tqdm(
@@ -389,7 +404,16 @@ def plot(rows, path, cells):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    colors = {"tbptt": "tab:red", "artbp-geom": "tab:blue", "artbp-poly": "tab:green"}
+    colors = {
+        "tbptt": "tab:red",
+        "artbp-geom": "tab:blue",
+        "artbp-poly": "tab:green",
+        "rtrl": "black",
+        "snap1": "tab:purple",
+        "uoro": "tab:orange",
+    }
+    present = {r["family"] for r in rows}
+    families = FAMILIES + tuple(f for f in FORWARD if f in present)
     styles = [":", "--", "-", "-."]
     steps = sorted({r["train_step"] for r in rows})
     fig, axes = plt.subplots(
@@ -418,11 +442,11 @@ def plot(rows, path, cells):
         ax_b, ax_v = axes[0, j], axes[1, j]
         for s_i, step in enumerate(steps):
             ls = styles[s_i % len(styles)] if len(steps) > 1 else "-"
-            for fam in FAMILIES:
+            for fam in families:
                 x, b = series(cell, step, fam, "rel_bias")
                 if not len(x):
                     continue
-                if fam == "tbptt":
+                if fam in ("tbptt", "rtrl", "snap1"):  # deterministic
                     ax_b.plot(x, b, "o", ls=ls, color=colors[fam])
                     big = b > 1e-3  # k = T is exact up to round-off: off the log axis
                     ax_v.plot(
@@ -454,9 +478,13 @@ def plot(rows, path, cells):
         ax_v.set_title(f"{cell}: variance (ARTBP) vs squared bias (TBPTT, open)")
         handles = [
             Line2D(
-                [], [], color=colors[f], marker="o" if f == "tbptt" else "s", label=f
+                [],
+                [],
+                color=colors[f],
+                label=f,
+                marker="o" if f in ("tbptt", "rtrl", "snap1") else "s",
             )
-            for f in FAMILIES
+            for f in families
         ]
         if len(steps) > 1:
             handles += [

@@ -222,3 +222,38 @@ def test_bad_inputs():
         sweep.sweep(
             problem._replace(ys=problem.ys[:3]), [est.full()], jax.random.key(0)
         )
+
+
+def test_forward_mode_estimators_in_the_sweep():
+    from jbptt import forward_mode
+
+    prob = _problem(jbptt.cells.elman())
+    fm = [forward_mode.rtrl(), forward_mode.snap1(), forward_mode.uoro()]
+    res = sweep.sweep(prob, [est.full(), *fm], jax.random.key(3), 256)
+    assert res.names == ("full", "rtrl", "snap1", "uoro")
+    np.testing.assert_array_equal(res.windows, [1, 0, 0, 0])
+    np.testing.assert_array_equal(res.expected_depth, [T] * 4)
+    np.testing.assert_array_equal(res.n_samples, [1, 1, 1, 256])
+    assert res.rel_bias[1] < 1e-10  # RTRL is exact
+    assert res.rel_bias[2] > 1e-3 and res.rel_variance[2] == 0.0  # SnAp-1 biased
+    assert res.rel_bias_lo[3] == 0.0 and res.rel_variance[3] > 0  # UORO unbiased
+    # The sweep's UORO draws are forward_mode.sample_estimates' with the
+    # estimator's folded key.
+    draws = forward_mode.sample_estimates(
+        fm[2],
+        prob.cell,
+        prob.loss_fn,
+        prob.params,
+        prob.h0,
+        prob.xs,
+        prob.ys,
+        _estimator_key(jax.random.key(3), fm[2]),
+        256,
+    )
+    g = ravel_pytree(
+        jbptt.value_and_grad(prob.cell, prob.loss_fn)(
+            prob.params, prob.h0, prob.xs, prob.ys
+        )[1]
+    )[0]
+    var = jnp.sum(jnp.var(draws, axis=0, ddof=1)) / jnp.sum(g * g)
+    np.testing.assert_allclose(res.rel_variance[3], var, rtol=1e-8)

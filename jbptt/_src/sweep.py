@@ -46,6 +46,8 @@ from jax.flatten_util import ravel_pytree
 from jbptt._src import sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
+from jbptt._src.forward_mode import OnlineEstimator
+from jbptt._src.forward_mode import sample_estimates as _online_samples
 from jbptt._src.scan import (
     _backward_generic,
     _backward_rules,
@@ -355,14 +357,18 @@ _STAT_FIELDS = (
 # ----------------------------------------------------------------- sweep ---
 
 
-def _check_estimators(estimators) -> tuple[Estimator, ...]:
-    if isinstance(estimators, Estimator) or not isinstance(estimators, Sequence):
+def _check_estimators(estimators) -> tuple[Estimator | OnlineEstimator, ...]:
+    kinds = (Estimator, OnlineEstimator)
+    if isinstance(estimators, kinds) or not isinstance(estimators, Sequence):
         raise TypeError("estimators must be a list of jbptt Estimators.")
     if not estimators:
         raise ValueError("estimators is empty; give at least one Estimator.")
     for e in estimators:
-        if not isinstance(e, Estimator):
-            raise TypeError(f"estimators must hold Estimators, got {type(e).__name__}.")
+        if not isinstance(e, kinds):
+            raise TypeError(
+                "estimators must hold Estimators or forward_mode "
+                f"OnlineEstimators, got {type(e).__name__}."
+            )
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):
         raise ValueError(f"estimator names must be unique, got {names}.")
@@ -434,19 +440,34 @@ def make_sweep(
         window_sum = _flat_window_sum(grad)
         ones = jnp.ones((1, T), xs.dtype)
         g = window_sum(ones, ones)
-        draws = []
-        for e in estimators:
-            ws, ms = _draw(e, key, T, 1 if e.deterministic else n_samples)
+        samples = [None] * len(estimators)
+        draws = {}  # link-weight estimators, by index
+        for i, e in enumerate(estimators):
+            n = 1 if e.deterministic else n_samples
+            if isinstance(e, OnlineEstimator):  # forward mode: its own scan
+                samples[i] = _online_samples(
+                    e,
+                    cell,
+                    loss_fn,
+                    params,
+                    h0,
+                    xs,
+                    ys,
+                    _estimator_key(key, e),
+                    n,
+                    chunk=chunk,
+                )
+                continue
+            ws, ms = _draw(e, key, T, n)
             if ws.ndim != 3 or ws.shape[2] != T or ms.shape != ws.shape:
                 raise ValueError(
                     f"estimator {e.name!r}: sample must return w and m of shape "
                     f"[J, {T}]; got {ws.shape[1:]} and {ms.shape[1:]}."
                 )
-            draws.append((ws.astype(xs.dtype), ms.astype(xs.dtype)))
+            draws[i] = (ws.astype(xs.dtype), ms.astype(xs.dtype))
         # Group estimators by window count J: one stacked reverse scan each.
-        samples = [None] * len(estimators)
-        for J in sorted({ws.shape[1] for ws, _ in draws}):
-            idx = [i for i, (ws, _) in enumerate(draws) if ws.shape[1] == J]
+        for J in sorted({ws.shape[1] for ws, _ in draws.values()}):
+            idx = [i for i, (ws, _) in draws.items() if ws.shape[1] == J]
             ws = jnp.concatenate([draws[i][0] for i in idx])
             ms = jnp.concatenate([draws[i][1] for i in idx])
             if mesh is None:
@@ -530,7 +551,7 @@ def to_result(estimators, stats, g, T: int, n_samples: int) -> SweepResult:
     E = len(estimators)
     return SweepResult(
         names=tuple(e.name for e in estimators),
-        expected_depth=np.array([float(e.expected_depth(T)) for e in estimators]),
+        expected_depth=np.array([_depth(e, T) for e in estimators]),
         windows=np.array([_windows(e, T) for e in estimators]),
         n_samples=np.array([1 if e.deterministic else n_samples for e in estimators]),
         grad_norm=np.full(E, float(jnp.linalg.norm(g))),
@@ -538,6 +559,14 @@ def to_result(estimators, stats, g, T: int, n_samples: int) -> SweepResult:
     )
 
 
-def _windows(e: Estimator, T: int) -> int:
+def _depth(e, T: int) -> float:
+    # Forward-mode estimators never truncate: depth T (their cost is
+    # OnlineEstimator.cost, not a depth).
+    return float(T) if isinstance(e, OnlineEstimator) else float(e.expected_depth(T))
+
+
+def _windows(e, T: int) -> int:
+    if isinstance(e, OnlineEstimator):
+        return 0  # no reverse scan
     ws, _ = jax.eval_shape(lambda k: e.sample(k, T), jax.random.key(0))
     return int(ws.shape[0])

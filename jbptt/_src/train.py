@@ -49,6 +49,8 @@ import optax
 from jbptt._src import checks
 from jbptt._src.cell import Cell, ReverseRules
 from jbptt._src.estimators import Estimator
+from jbptt._src.forward_mode import OnlineEstimator
+from jbptt._src.forward_mode import train as _train_forward_mode
 from jbptt._src.scan import rnn_scan
 
 tree_map = jax.tree_util.tree_map
@@ -291,6 +293,11 @@ def train(
       estimator: a single-window :class:`jbptt.estimators.Estimator`
         (``full()``, ``tbptt(k)``, ``tbptt(k, random_offset=True)``,
         ``artbp(c)``) or link weights ``w[T]``; its cuts delimit segments.
+        Or a forward-mode estimator (``jbptt.forward_mode.rtrl()``,
+        ``uoro()``, ``snap1()``): one update per step, run by
+        :func:`jbptt.forward_mode.train` (segments of length 1; the
+        influence is not carried across calls, use that function to resume
+        with it).
       key: PRNG key for random estimators.
       h0: initial state (default: zeros from ``cell.initial_state``).
       opt_state: optimizer state to resume from (default: ``optimizer.init``).
@@ -343,6 +350,10 @@ def train(
     checks.check_policy(on_nonfinite)
     checks.check_finite(xs=xs, ys=ys, h0=h0)
     tx = _optimizer(optimizer, clip, clip_mode)
+    if isinstance(estimator, OnlineEstimator):
+        return _forward_mode_history(
+            cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
+        )
     step = _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx)
     w = _link_weights(estimator, T, key)
     starts, lengths = segments(w)
@@ -387,3 +398,15 @@ def train(
         tuple(sorted(set(sizes))),
         tuple(divergences),
     )
+
+
+def _forward_mode_history(cell, loss_fn, params, xs, ys, tx, estimator, key, h0,
+                          opt_state) -> History:
+    """A forward-mode estimator's online run as a :class:`History` of
+    one-step segments."""
+    hist = _train_forward_mode(cell, loss_fn, params, xs, ys, tx, estimator,
+                               key=key, h0=h0, opt_state=opt_state)
+    T = xs.shape[0]
+    return History(hist.params, hist.opt_state, hist.state.h,
+                   np.asarray(hist.loss), np.asarray(hist.grad_norm),
+                   np.ones(T, int), np.arange(T), (1,))

@@ -1,0 +1,803 @@
+r"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1.
+
+Truncation estimators (TBPTT, ARTBP) are link weights on a reverse scan
+(DESIGN.md). Forward-mode estimators instead carry, along the forward pass, an
+approximation of the influence matrix ``J_t = ∂h_t/∂θ`` and read a gradient
+off it at every step, so they need no backward pass through time:
+
+.. math::
+
+    J_t = D_t J_{t-1} + F_t, \qquad
+    D_t = ∂h_t/∂h_{t-1}, \quad F_t = ∂f/∂θ \text{ (one step, } h_{t-1}
+    \text{ fixed)}, \quad J_{-1} = 0,
+
+    g_t = ∂ℓ_t/∂θ|_{\text{direct}} + (∂ℓ_t/∂h_{t-1})^T J_{t-1}, \qquad
+    ĝ = Σ_t g_t.
+
+``∂ℓ_t/∂h_{t-1}`` is taken through the step that produces ``out_t``, so any
+cell whose output is any function of ``(θ, h_{t-1}, x_t)`` is covered; for an
+output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
+
+* **RTRL** (Williams & Zipser 1989) keeps ``J_t`` exactly: memory
+  ``O(S·|θ|)`` per sequence (``S`` = state size), ``O(S²·|θ|)`` FLOPs per
+  step. ``ĝ`` equals the full BPTT gradient when θ is held fixed.
+* **UORO** (Tallec & Ollivier 2017) keeps a rank-one ``h̃ θ̃ᵀ`` with
+  ``E[h̃ θ̃ᵀ] = J_t``: with random signs ``ν``,
+  ``h̃ ← ρ₀ D_t h̃ + ρ₁ ν``, ``θ̃ ← θ̃/ρ₀ + νᵀF_t/ρ₁``, where
+  ``ρ₀ = √((‖θ̃‖+ε)/(‖D_t h̃‖+ε))`` and ``ρ₁ = √((‖νᵀF_t‖+ε)/(‖ν‖+ε))``
+  minimise the variance. Unbiased: ``E[ĝ] = `` the RTRL gradient.
+* **SnAp-1** (Menick et al. 2021) keeps ``J_t`` only on the sparsity pattern
+  of the immediate Jacobian ``F_t``: ``J_t = (D_t J_{t-1}) ⊙ M + F_t``. For an
+  Elman cell, ``W_{ij}``, ``U_{ij}`` and ``b_i`` touch only unit ``i`` in one
+  step, so each parameter keeps one influence entry and ``D_t`` enters only
+  through its diagonal. Biased, exact when ``D_t`` is (block-)diagonal on
+  the pattern, e.g. a diagonal recurrent matrix.
+
+All three share one interface, :class:`OnlineEstimator`, and are pure
+functions of a PRNG key, so a sweep over keys is a ``vmap``
+(:func:`sample_estimates`); :func:`train` is the online training loop.
+Parameters and states are any pytrees, flattened with
+``jax.flatten_util.ravel_pytree``. With batch dimensions every example
+carries its own influence (``cell.step`` is vmapped over examples, so it must
+accept one example without batch dimensions, as built-in and adapted cells
+do); the per-step loss sees the whole batch, as in :func:`jbptt.loss`.
+
+References:
+  Williams & Zipser 1989, "A learning algorithm for continually running fully
+  recurrent neural networks". Tallec & Ollivier 2017, "Unbiased Online
+  Recurrent Optimization" (arXiv 1702.05043). Menick, Elsen, Evci, Osindero,
+  Simonyan & Graves 2021, "Practical real time recurrent learning with a
+  sparse approximation" (ICLR).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jbptt._src import validation
+from jbptt._src.cell import Cell
+
+DEFAULT_MAX_BYTES = 2**30  # 1 GiB for the influence state and one-step Jacobians
+
+
+class Cost(NamedTuple):
+    """What an online estimator costs on a given problem (per sequence batch).
+
+    Attributes:
+      state_bytes: the influence representation carried from step to step
+        (RTRL ``B·S·P``, UORO ``B·(S+P)``, SnAp-1 ``B·k·P`` numbers).
+      work_bytes: transient arrays of one step (the one-step Jacobians, or
+        for SnAp-1 their parts on the pattern).
+      flops_per_step: estimated FLOPs of one step's influence update and
+        gradient read-out, from ``C``, XLA's FLOP count of one cell step.
+    """
+
+    state_bytes: int
+    work_bytes: int
+    flops_per_step: float
+
+
+class OnlineState(NamedTuple):
+    """Carry of an online estimator: the cell state and the influence."""
+
+    h: Any
+    influence: Any
+
+
+class OnlineEstimator(NamedTuple):
+    """A forward-mode gradient estimator as pure functions.
+
+    Attributes:
+      name: label for tables and plots, e.g. ``"uoro"``.
+      init: ``(cell, params, h0, x) -> OnlineState``; ``x`` is one step's
+        input (only its shape and dtype are read).
+      step: ``(cell, loss_fn, key, params, state, x_t, y_t) -> (state,
+        (loss_t, grad_t))``: advance one step and return ``g_t``, this
+        step's gradient estimate (a pytree like ``params``). For online
+        training, params may change between calls.
+      estimate: ``(key, cell, loss_fn, params, h0, xs, ys) -> ((L, h_T),
+        grads)``: ``ĝ = Σ_t g_t`` over a sequence with fixed params, the same
+        return structure as :func:`jbptt.value_and_grad`.
+      cost: ``(cell, params, h0, x) -> Cost``.
+      deterministic: whether the key is ignored.
+      hparams: hyperparameters, for reports.
+    """
+
+    name: str
+    init: Callable[..., OnlineState]
+    step: Callable[..., tuple[OnlineState, tuple[jax.Array, Any]]]
+    estimate: Callable[..., tuple[tuple[jax.Array, Any], Any]]
+    cost: Callable[..., Cost]
+    deterministic: bool
+    hparams: dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# The problem, flattened: θ ∈ R^P, per-example state s ∈ R^S, batch of B.
+
+
+class _Flat(NamedTuple):
+    cell: Cell
+    theta: jax.Array  # [P]
+    unravel_p: Callable
+    batch_shape: tuple[int, ...]
+    B: int
+    S: int
+    unravel_s: Callable  # [S] -> one example's state pytree
+    f_b: Callable  # (θ[P], s[S], x_b) -> s'[S], one example, one step
+    to_flat: Callable  # batched state pytree -> [B, S]
+    from_flat: Callable  # [B, S] -> batched state pytree
+    x_examples: Callable  # x_t[batch..., I] -> [B, I]
+
+
+def _flatten(cell: Cell, params, h, x) -> _Flat:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
+    if not hasattr(x, "shape") or np.ndim(x) < 1:
+        raise ValueError(
+            f"x (one step's input) must be an array of shape (I,) or (B, I), got "
+            f"{getattr(x, 'shape', type(x).__name__)}."
+        )
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or not all(
+        jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves
+    ):
+        raise TypeError("params must be a non-empty pytree of floating arrays.")
+    batch_shape = tuple(x.shape[:-1])
+    validation.check_h0(cell, params, h, batch_shape)
+    theta, unravel_p = ravel_pytree(params)
+    B = math.prod(batch_shape)
+    nb = len(batch_shape)
+
+    def examples(tree):  # batch... -> [B, ...]
+        return jax.tree_util.tree_map(lambda a: a.reshape((B,) + a.shape[nb:]), tree)
+
+    def batched(tree):  # [B, ...] -> batch...
+        return jax.tree_util.tree_map(
+            lambda a: a.reshape(batch_shape + a.shape[1:]), tree
+        )
+
+    first = jax.tree_util.tree_map(lambda a: a[0], examples(h))
+    s0, unravel_s = ravel_pytree(first)
+
+    def f_b(theta, s, x_b):
+        new, _ = cell.step(unravel_p(theta), unravel_s(s), x_b)
+        return ravel_pytree(new)[0]
+
+    def to_flat(tree):
+        return jax.vmap(lambda e: ravel_pytree(e)[0])(examples(tree))
+
+    def from_flat(H):
+        return batched(jax.vmap(unravel_s)(H))
+
+    return _Flat(
+        cell,
+        theta,
+        unravel_p,
+        batch_shape,
+        B,
+        s0.size,
+        unravel_s,
+        f_b,
+        to_flat,
+        from_flat,
+        lambda x_t: x_t.reshape((B,) + x_t.shape[nb:]),
+    )
+
+
+def _loss_and_next(cell, loss_fn, fl: _Flat, x_t, y_t):
+    """ℓ_t and h_t as functions of (θ, H_{t-1}[B, S]), batched as the user's."""
+
+    def fn(theta, H):
+        params = fl.unravel_p(theta)
+        new, out = cell.step(params, fl.from_flat(H), x_t)
+        return loss_fn(params, out, y_t), fl.to_flat(new)
+
+    return fn
+
+
+def _step_flops(fl: _Flat, x_b) -> float:
+    """C: XLA's FLOP count of one example's cell step (a shape-only estimate
+    ``2·P`` when XLA reports none)."""
+    args = (
+        jax.ShapeDtypeStruct(fl.theta.shape, fl.theta.dtype),
+        jax.ShapeDtypeStruct((fl.S,), fl.theta.dtype),
+        jax.ShapeDtypeStruct(x_b.shape, x_b.dtype),
+    )
+    try:
+        analysis = jax.jit(fl.f_b).lower(*args).compile().cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0] if analysis else {}
+        flops = float((analysis or {}).get("flops", 0.0))
+    except Exception:  # noqa: BLE001 -- cost analysis is best-effort
+        flops = 0.0
+    return flops if flops > 0 else 2.0 * fl.theta.size
+
+
+def _check_bytes(name: str, cost: Cost, max_bytes: int, what: str) -> None:
+    need = cost.state_bytes + cost.work_bytes
+    if need > max_bytes:
+        raise ValueError(
+            f"{name}: {what} need {need:,} bytes ({need / 2**20:.1f} MiB: "
+            f"{cost.state_bytes:,} carried + {cost.work_bytes:,} per step), above "
+            f"max_bytes={max_bytes:,}. Use a smaller hidden size or batch, raise "
+            "max_bytes, or use uoro() (memory O(S + P))."
+        )
+
+
+def _check_max_bytes(max_bytes) -> int:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}.")
+    return max_bytes
+
+
+# --------------------------------------------------------------------------
+# One factory per estimator: an "influence" triple (init, read, update).
+
+
+class _Rule(NamedTuple):
+    """How an estimator represents J: init, gradient read-out, update, cost."""
+
+    init: Callable  # (fl, x_b) -> influence
+    read: Callable  # (fl, infl, gH[B, S], X[B, ...]) -> [P], Σ_b gH_bᵀ J_b
+    update: Callable  # (fl, infl, key, H_prev[B,S], X[B,...]) -> infl
+    cost: Callable  # (fl, x_b, C) -> Cost, C = FLOPs of one cell step
+    what: str  # what the memory is, for the size error
+
+
+def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
+    def prepare(cell, params, h, x):
+        fl = _flatten(cell, params, h, x)
+        x_b = fl.x_examples(x)[0]
+        _check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
+        return fl, x_b
+
+    def init(cell, params, h0, x):
+        fl, x_b = prepare(cell, params, h0, x)
+        return OnlineState(h0, rule.init(fl, x_b))
+
+    def step(cell, loss_fn, key, params, state, x_t, y_t):
+        fl, _ = prepare(cell, params, state.h, x_t)
+        H = fl.to_flat(state.h)  # [B, S]
+        # ℓ_t, ∂ℓ_t/∂θ (direct) and ∂ℓ_t/∂h_{t-1}, through the step.
+        (loss, H_new), (g_theta, g_H) = jax.value_and_grad(
+            _loss_and_next(cell, loss_fn, fl, x_t, y_t), argnums=(0, 1), has_aux=True
+        )(fl.theta, H)
+        X = fl.x_examples(x_t)  # [B, ...]
+        grad = g_theta + rule.read(fl, state.influence, g_H, X)  # g_t, [P]
+        influence = rule.update(fl, state.influence, key, H, X)
+        return OnlineState(fl.from_flat(H_new), influence), (loss, fl.unravel_p(grad))
+
+    def estimate(key, cell, loss_fn, params, h0, xs, ys):
+        validation.check_scan_args(cell, params, h0, xs, None)
+        validation.check_ys(ys, xs.shape[0])
+        state = init(cell, params, h0, xs[0])
+        keys = jax.random.split(key, xs.shape[0])
+
+        def body(carry, inp):
+            state, acc = carry
+            k, x_t, y_t = inp
+            state, (loss, g) = step(cell, loss_fn, k, params, state, x_t, y_t)
+            return (state, jax.tree_util.tree_map(jnp.add, acc, g)), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (state, grads), losses = jax.lax.scan(body, (state, zeros), (keys, xs, ys))
+        return (jnp.sum(losses), state.h), grads
+
+    def cost(cell, params, h0, x):
+        fl = _flatten(cell, params, h0, x)
+        x_b = fl.x_examples(x)[0]
+        return rule.cost(fl, x_b, _step_flops(fl, x_b))
+
+    return OnlineEstimator(name, init, step, estimate, cost, deterministic, hparams)
+
+
+def _nbytes(fl: _Flat, n: int) -> int:
+    return int(n) * fl.theta.dtype.itemsize
+
+
+def _jacobians(fl: _Flat, H, X):
+    """Dense one-step Jacobians per example: F [B, S, P], D [B, S, S]."""
+    jac = jax.jacrev(fl.f_b, argnums=(0, 1))  # S reverse passes
+    return jax.vmap(jac, in_axes=(None, 0, 0))(fl.theta, H, X)
+
+
+def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """Real-time recurrent learning: the exact influence matrix.
+
+    Memory is ``B·S·P`` numbers for ``J`` plus the one-step Jacobians
+    (``S`` = state size, ``P`` = number of parameters, ``B`` = batch): for an
+    Elman cell with ``H`` units, ``O(H³)`` memory and ``O(H⁴)`` FLOPs per
+    step. Problems above ``max_bytes`` are refused at trace time with the
+    bytes they would need.
+
+    Args:
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 4)
+      >>> h0 = model.cell.initial_state(params)
+      >>> xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 1))
+      >>> est = forward_mode.rtrl()
+      >>> (L, h_T), g = est.estimate(
+      ...     jax.random.key(1), model.cell, model.loss_fn, params, h0, xs, ys)
+      >>> (_, _), g_bptt = jbptt.value_and_grad(model.cell, model.loss_fn)(
+      ...     params, h0, xs, ys)
+      >>> bool(jnp.allclose(g["cell"]["W"], g_bptt["cell"]["W"], atol=1e-6))
+      True
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+
+    def init(fl, x_b):
+        return jnp.zeros((fl.B, fl.S, fl.theta.size), fl.theta.dtype)
+
+    def read(fl, J, g_H, X):
+        return jnp.einsum("bs,bsp->p", g_H, J)
+
+    def update(fl, J, key, H, X):
+        F, D = _jacobians(fl, H, X)
+        return jnp.einsum("bij,bjp->bip", D, J) + F  # J_t = D_t J_{t-1} + F_t
+
+    def cost(fl, x_b, C):
+        B, S, P = fl.B, fl.S, fl.theta.size
+        flops = B * ((1 + 2 * S) * C + 2 * S * S * P + 3 * S * P)
+        return Cost(_nbytes(fl, B * S * P), _nbytes(fl, B * S * (P + S)), flops)
+
+    rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
+    return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
+
+
+def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """Unbiased Online Recurrent Optimization (Tallec & Ollivier 2017).
+
+    Keeps ``J_t ≈ h̃ θ̃ᵀ`` per example, updated with fresh random signs ``ν``
+    each step (module docstring). ``ρ₁`` depends on ``ν`` only through
+    ``‖νᵀF‖``, which is even in ``ν``, so the cross terms have mean zero and
+    ``E[h̃ θ̃ᵀ] = J_t``: the estimate is unbiased for the RTRL gradient.
+    Memory ``B·(S + P)``; cost a few cell steps (one JVP, one VJP).
+
+    Args:
+      eps: the ``ε`` that keeps ``ρ₀, ρ₁`` finite when a norm is zero.
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 4)
+      >>> h0 = model.cell.initial_state(params, (3,))
+      >>> xs, ys = jnp.ones((6, 3, 2)), jnp.zeros((6, 3, 1))
+      >>> est = forward_mode.uoro()
+      >>> keys = jax.random.split(jax.random.key(1), 8)  # a sweep is a vmap
+      >>> _, g = jax.vmap(lambda k: est.estimate(
+      ...     k, model.cell, model.loss_fn, params, h0, xs, ys))(keys)
+      >>> g["cell"]["W"].shape
+      (8, 4, 4)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+    if not isinstance(eps, int | float) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}.")
+
+    def init(fl, x_b):
+        dt = fl.theta.dtype
+        return (jnp.zeros((fl.B, fl.S), dt), jnp.zeros((fl.B, fl.theta.size), dt))
+
+    def read(fl, infl, g_H, X):
+        h_t, th_t = infl  # Σ_b (gH_b · h̃_b) θ̃_b
+        return jnp.einsum("b,bp->p", jnp.sum(g_H * h_t, -1), th_t)
+
+    def one(theta, f_b, h_t, th_t, nu, s, x_b):
+        _, Dh = jax.jvp(lambda s_: f_b(theta, s_, x_b), (s,), (h_t,))  # D_t h̃
+        _, vjp = jax.vjp(lambda th: f_b(th, s, x_b), theta)
+        (nuF,) = vjp(nu)  # νᵀ F_t
+        norm = jnp.linalg.norm
+        rho0 = jnp.sqrt((norm(th_t) + eps) / (norm(Dh) + eps))
+        rho1 = jnp.sqrt((norm(nuF) + eps) / (norm(nu) + eps))
+        return rho0 * Dh + rho1 * nu, th_t / rho0 + nuF / rho1
+
+    def update(fl, infl, key, H, X):
+        h_t, th_t = infl
+        nu = jax.random.rademacher(key, H.shape, H.dtype)  # E[ν νᵀ] = I
+        return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0))(
+            fl.theta, fl.f_b, h_t, th_t, nu, H, X
+        )
+
+    def cost(fl, x_b, C):
+        B, S, P = fl.B, fl.S, fl.theta.size
+        return Cost(
+            _nbytes(fl, B * (S + P)),
+            _nbytes(fl, B * (2 * S + P)),
+            B * (5 * C + 12 * (S + P)),
+        )
+
+    rule = _Rule(init, read, update, cost, "the rank-one influence h̃, θ̃")
+    return _make("uoro", rule, max_bytes, False, {"eps": eps, "max_bytes": max_bytes})
+
+
+def sparsity_pattern(cell: Cell, params, h, x, *, draws: int = 3) -> np.ndarray:
+    """Boolean ``[S, P]`` pattern of the immediate Jacobian ``∂h_t/∂θ``.
+
+    Computed from the structure of one step: the union of the nonzeros of
+    ``F`` at ``draws`` random points (random state, input and parameters of
+    the right shapes), so no accidental zero (e.g. ``h_{t-1} = 0``) hides an
+    entry. Rows index one example's flattened state, columns the flattened
+    params. Runs eagerly on shapes only, so it works inside ``jit``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jbptt import cells, forward_mode
+      >>> cell = cells.elman()
+      >>> params = cell.init(jax.random.key(0), 2, 3)
+      >>> M = forward_mode.sparsity_pattern(
+      ...     cell, params, cell.initial_state(params), jnp.ones(2))
+      >>> M.shape, int(M.sum(0).max())  # every param touches one unit
+      ((3, 18), 1)
+    """
+    fl = _flatten(cell, params, h, x)
+    x_b = fl.x_examples(x)[0]
+    return _pattern(fl, x_b.shape, x_b.dtype, draws)
+
+
+def _pattern(fl: _Flat, x_shape, x_dtype, draws: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dt = fl.theta.dtype
+    theta = rng.normal(size=(draws,) + fl.theta.shape).astype(dt)
+    s = rng.normal(size=(draws, fl.S)).astype(dt)
+    x_b = rng.normal(size=(draws,) + tuple(x_shape)).astype(x_dtype)
+    jac = jax.jit(jax.vmap(jax.jacrev(fl.f_b, argnums=0)))  # [draws, S, P]
+    with jax.ensure_compile_time_eval():  # concrete even inside a trace
+        F = np.asarray(jac(theta, s, x_b))
+    return np.any(F != 0, axis=0)
+
+
+class _Sparse(NamedTuple):
+    """A column-compressed pattern and a row colouring for reading it."""
+
+    rows: np.ndarray  # [k, P] row index of each column's nonzeros (pad: 0)
+    valid: np.ndarray  # [k, P] which of those are real
+    colors: np.ndarray  # [C, S] indicator of the rows of each colour
+    entry_color: np.ndarray  # [k, P] colour of rows[a, p]
+
+
+def _compress(mask: np.ndarray) -> _Sparse:
+    """Compress ``mask`` [S, P] by columns (k = the most nonzeros in one
+    column) and colour its rows so that no two rows of one colour share a
+    column: then one VJP with the colour's indicator as cotangent reads every
+    pattern entry of those rows at once (Curtis, Powell & Reid 1974)."""
+    S, P = mask.shape
+    k = max(1, int(mask.sum(0).max()))
+    order = np.argsort(~mask, axis=0, kind="stable")[:k]  # nonzero rows first
+    valid = np.take_along_axis(mask, order, axis=0)
+    rows = np.where(valid, order, 0).astype(np.int32)
+    conflict = (mask.astype(np.int64) @ mask.T.astype(np.int64)) > 0  # [S, S]
+    color = np.full(S, -1)
+    for i in range(S):  # greedy colouring
+        used = set(color[conflict[i] & (color >= 0)].tolist())
+        color[i] = next(c for c in range(S) if c not in used)
+    colors = np.stack([color == c for c in range(color.max() + 1)])
+    return _Sparse(rows, valid, colors, color[rows].astype(np.int32))
+
+
+def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+    """SnAp-1 (Menick et al. 2021): RTRL restricted to ``F_t``'s sparsity.
+
+    ``J_t = (D_t J_{t-1}) ⊙ M + F_t`` with ``M`` the pattern of the immediate
+    Jacobian (:func:`sparsity_pattern`). ``J`` is stored compressed, ``k``
+    numbers per parameter (``k`` = the most state entries one parameter
+    touches in one step: 1 for Elman and GRU, 2 for LSTM's ``(c, h)``), so
+    the carried memory is ``B·k·P`` like the parameters themselves. Each step
+    reads ``F_t`` on the pattern with one VJP per row colour (``k`` of them
+    for the built-in cells) and ``D_t`` densely (``S`` VJPs in the state
+    only; its ``k×k`` blocks on the pattern enter, for Elman its diagonal),
+    so the per-step work is ``B·(C·P + S²)`` numbers, never ``S·P``.
+
+    Args:
+      max_bytes: largest influence state plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.lstm(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 3)
+      >>> h0 = model.cell.initial_state(params)
+      >>> est = forward_mode.snap1()
+      >>> est.init(model.cell, params, h0, jnp.ones(2)).influence.shape  # [B, k, P]
+      (1, 2, 88)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+
+    cache: dict = {}
+
+    def compressed(fl, x_shape, x_dtype):
+        # The pattern is static (numpy), computed once per cell and shapes.
+        key = (fl.cell, fl.S, fl.theta.size, str(fl.theta.dtype), x_shape, str(x_dtype))
+        if key not in cache:
+            cache[key] = _compress(_pattern(fl, x_shape, x_dtype))
+        return cache[key]
+
+    def init(fl, x_b):
+        sp = compressed(fl, x_b.shape, x_b.dtype)
+        return jnp.zeros((fl.B,) + sp.rows.shape, fl.theta.dtype)  # [B, k, P]
+
+    def read(fl, V, g_H, X):
+        # Σ_b Σ_a gH_b[rows[a, p]] V_b[a, p]; padded entries of V stay 0.
+        sp = compressed(fl, X.shape[1:], X.dtype)
+        return jnp.einsum("nap,nap->p", g_H[:, sp.rows], V)
+
+    def one_step(fl, sp, s, x_b):
+        _, vjp = jax.vjp(lambda th: fl.f_b(th, s, x_b), fl.theta)
+        E = jnp.asarray(sp.colors, fl.theta.dtype)
+        F_col = jax.vmap(lambda e: vjp(e)[0])(E)  # [C, P]: Σ_{i ∈ colour} F[i]
+        D = jax.jacrev(lambda s_: fl.f_b(fl.theta, s_, x_b))(s)  # [S, S]
+        return F_col, D
+
+    def update(fl, V, key, H, X):
+        sp = compressed(fl, X.shape[1:], X.dtype)
+        F_col, D = jax.vmap(lambda s, x: one_step(fl, sp, s, x))(H, X)
+        cols = np.arange(fl.theta.size)
+        F_pat = F_col[:, sp.entry_color, cols]  # [B, k, P]: F_t on the pattern
+        # Only the k×k block of D_t on each parameter's rows enters (D_t J_{t-1}
+        # restricted to the pattern); for Elman it is D_t's diagonal.
+        D_blk = D[:, sp.rows[:, None, :], sp.rows[None, :, :]]  # [B, k, k, P]
+        new = jnp.einsum("nabp,nbp->nap", D_blk, V) + F_pat
+        return jnp.where(sp.valid, new, 0.0)  # keep J on the pattern M
+
+    def cost(fl, x_b, C):
+        sp = compressed(fl, x_b.shape, x_b.dtype)
+        B, S, P = fl.B, fl.S, fl.theta.size
+        k, n_col = sp.rows.shape[0], sp.colors.shape[0]
+        flops = B * ((1 + 2 * n_col + 2 * S) * C + 2 * k * k * P + 3 * k * P)
+        work = B * (n_col * P + S * S + k * k * P)
+        return Cost(_nbytes(fl, B * k * P), _nbytes(fl, work), flops)
+
+    rule = _Rule(init, read, update, cost, "the sparse influence and its update")
+    return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
+
+
+# --------------------------------------------------------------------------
+# Many draws at once, for bias/variance sweeps.
+
+
+def sample_estimates(
+    estimator: OnlineEstimator,
+    cell: Cell,
+    loss_fn: Callable,
+    params,
+    h0,
+    xs,
+    ys,
+    key,
+    n: int,
+    *,
+    chunk: int = 64,
+) -> jax.Array:
+    """``n`` flattened estimates ``[n, P]`` from keys ``split(key, n)``.
+
+    A ``vmap`` of :attr:`OnlineEstimator.estimate` over keys, ``chunk`` keys
+    at a time (``lax.map``) to bound memory; row ``i`` equals
+    ``ravel_pytree(estimate(split(key, n)[i], ...)[1])[0]``. Unflatten a row
+    with ``jax.flatten_util.ravel_pytree(params)[1]``. Traceable: call it
+    inside the ``jit`` of a sweep.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> h0, xs = model.cell.initial_state(p), jnp.ones((6, 1))
+      >>> forward_mode.sample_estimates(forward_mode.uoro(), model.cell,
+      ...     model.loss_fn, p, h0, xs, xs, jax.random.key(1), 5).shape
+      (5, 29)
+    """
+    if not isinstance(estimator, OnlineEstimator):
+        raise TypeError(
+            f"estimator must be an OnlineEstimator, got {type(estimator).__name__}."
+        )
+    for name, v in (("n", n), ("chunk", chunk)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+
+    def one(k):
+        _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys)
+        return ravel_pytree(g)[0]
+
+    keys = jax.random.split(key, n)
+    chunk = min(chunk, n)
+    pad = (-n) % chunk  # padded keys are computed and dropped
+    keys = jnp.concatenate([keys, keys[:pad]])
+    out = jax.lax.map(jax.vmap(one), keys.reshape((-1, chunk)))
+    return out.reshape((-1,) + out.shape[2:])[:n]
+
+
+# --------------------------------------------------------------------------
+# Online training: one optax update per step (or every ``update_every``).
+
+
+class OnlineHistory(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+      params: params after the last update.
+      opt_state: the optimizer state after the last update.
+      state: the estimator's :class:`OnlineState` after the last step (cell
+        state and influence; pass it back as ``state=`` to continue).
+      loss: ``[T]`` per-step loss ``ℓ_t`` under the params of that step.
+      grad_norm: ``[T // update_every]`` global norm of each update's
+        gradient (before clipping).
+    """
+
+    params: Any
+    opt_state: Any
+    state: OnlineState
+    loss: jax.Array
+    grad_norm: jax.Array
+
+
+def train(
+    cell: Cell,
+    loss_fn: Callable,
+    params,
+    xs,
+    ys,
+    optimizer,
+    estimator: OnlineEstimator,
+    *,
+    key: jax.Array | None = None,
+    h0=None,
+    state: OnlineState | None = None,
+    opt_state=None,
+    update_every: int = 1,
+    clip: float | None = None,
+) -> OnlineHistory:
+    """Train online along ``xs`` with a forward-mode estimator.
+
+    At every step ``t`` the estimator returns ``g_t`` (module docstring),
+    computed with the current params and the influence carried from earlier
+    steps, which were taken under earlier params (the usual online
+    approximation of RTRL and its relatives). Every ``update_every`` steps
+    the sum of the ``g_t`` since the last update goes through ``optimizer``.
+    Runs as one ``lax.scan`` under ``jit``.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      params: initial params.
+      xs: inputs ``[T, ..., I]`` (one long sequence or a batch, time-major).
+      ys: targets, time-major, length T.
+      optimizer: an ``optax.GradientTransformation``.
+      estimator: :func:`rtrl`, :func:`uoro` or :func:`snap1`.
+      key: PRNG key (required for random estimators such as UORO).
+      h0: initial cell state (default: zeros); ignored when ``state`` given.
+      state: an :class:`OnlineState` to resume from.
+      opt_state: optimizer state to resume from (default: ``optimizer.init``).
+      update_every: steps between updates (``T`` must be a multiple).
+      clip: if given, clip each update's gradient to this global norm
+        (``optax.clip_by_global_norm``) before ``optimizer``; its state is
+        empty, so ``opt_state`` stays ``optimizer``'s own.
+
+    Returns:
+      An :class:`OnlineHistory`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 1, 4)
+      >>> xs = jax.random.normal(jax.random.key(1), (32, 1))
+      >>> hist = forward_mode.train(model.cell, model.loss_fn, params, xs, xs,
+      ...                           optax.sgd(1e-2), forward_mode.snap1())
+      >>> hist.loss.shape
+      (32,)
+    """
+    if not isinstance(estimator, OnlineEstimator):
+        raise TypeError(
+            "estimator must be a forward_mode OnlineEstimator (rtrl(), uoro(), "
+            f"snap1()), got {type(estimator).__name__}."
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation, got "
+            f"{type(optimizer).__name__}."
+        )
+    if key is None:
+        if not estimator.deterministic:
+            raise ValueError(f"estimator {estimator.name} is random: pass key=.")
+        key = jax.random.key(0)
+    if state is None:
+        _, batch_shape = validation.check_xs(xs)
+        h0 = cell.initial_state(params, batch_shape) if h0 is None else h0
+    else:
+        h0 = state.h
+    validation.check_scan_args(cell, params, h0, xs, None)
+    validation.check_ys(ys, xs.shape[0])
+    T = xs.shape[0]
+    if not isinstance(update_every, int) or update_every < 1 or T % update_every:
+        raise ValueError(
+            f"update_every must be a positive int dividing T = {T}, got "
+            f"{update_every!r}."
+        )
+    if state is None:
+        state = estimator.init(cell, params, h0, xs[0])
+    if clip is not None and (not isinstance(clip, int | float) or not clip > 0):
+        raise ValueError(f"clip must be a positive float or None, got {clip!r}.")
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every, clip)
+    params, opt_state, state, losses, norms = run(key, params, opt_state, state, xs, ys)
+    return OnlineHistory(params, opt_state, state, losses, norms)
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(tree)))
+
+
+_TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
+
+
+def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
+    """The jitted loop, reused across calls with the same parts (e.g. a long
+    stream trained chunk by chunk with ``state=``) so it compiles once."""
+    parts = (cell, loss_fn, optimizer, estimator)
+    key = tuple(map(id, parts)) + (T, every, clip)
+    hit = _TRAIN_CACHE.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
+        return hit[1]
+    if len(_TRAIN_CACHE) >= 32:
+        _TRAIN_CACHE.pop(next(iter(_TRAIN_CACHE)))
+    run = _build_train_fn(cell, loss_fn, optimizer, estimator, T, every, clip)
+    _TRAIN_CACHE[key] = (parts, run)  # holding parts keeps their ids unique
+    return run
+
+
+def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
+    tree_map = jax.tree_util.tree_map
+
+    @jax.jit
+    def run(key, params, opt_state, state, xs, ys):
+        def chunk(carry, inp):  # `every` steps, then one update
+            params, opt_state, state = carry
+            keys, xs_c, ys_c = inp
+
+            def one(c, i):
+                state, acc = c
+                state, (loss, g) = estimator.step(
+                    cell, loss_fn, keys[i], params, state, xs_c[i], ys_c[i]
+                )
+                return (state, tree_map(jnp.add, acc, g)), loss
+
+            zeros = tree_map(jnp.zeros_like, params)
+            (state, g), losses = jax.lax.scan(one, (state, zeros), jnp.arange(every))
+            g_raw = g
+            if clip is not None:  # stateless: opt_state stays optimizer's own
+                g, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
+            updates, opt_state = optimizer.update(g, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state, state), (losses, _global_norm(g_raw))
+
+        keys = jax.random.split(key, T).reshape((T // every, every))
+        resh = lambda a: a.reshape((T // every, every) + a.shape[1:])
+        inputs = (keys, tree_map(resh, xs), tree_map(resh, ys))
+        (params, opt_state, state), (losses, norms) = jax.lax.scan(
+            chunk, (params, opt_state, state), inputs
+        )
+        return params, opt_state, state, losses.reshape(T), norms
+
+    return run

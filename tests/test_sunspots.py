@@ -1,0 +1,44 @@
+"""Sunspots experiment: baselines and the quick run's claim (the RNN beats the
+naive forecast on the held-out tail)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from experiments import sunspots
+
+
+def test_ar_forecast_recovers_an_ar_process():
+    rng = np.random.default_rng(0)
+    y = np.zeros(400)
+    for t in range(2, 400):
+        y[t] = 0.3 + 1.2 * y[t - 1] - 0.5 * y[t - 2] + 0.01 * rng.standard_normal()
+    pred = sunspots.ar_forecast(y, 300, 2)
+    truth = 0.3 + 1.2 * y[299:399] - 0.5 * y[298:398]
+    np.testing.assert_allclose(pred, truth, atol=0.01)
+
+
+def test_naive_forecast_is_previous_value():
+    y = np.arange(10.0)
+    np.testing.assert_array_equal(sunspots.naive_forecast(y, 7), [6.0, 7.0, 8.0])
+
+
+def test_quick_run_beats_naive(tmp_path):
+    meta = sunspots.main(["--quick", "--out", str(tmp_path)])
+    for ext in ("csv", "json", "png"):
+        assert (tmp_path / f"sunspots.{ext}").stat().st_size > 0
+    with open(tmp_path / "sunspots.csv") as f:
+        models = {r["model"] for r in csv.DictReader(f)}
+    assert len(models) == 4
+    rmse = meta["test_rmse"]
+    assert meta["data"]["n_test"] == 60
+    for name, value in rmse.items():
+        if name.startswith("GRU"):
+            assert value < 0.9 * rmse["naive"], name
+    assert rmse["AR(9)"] < rmse["naive"]
+
+
+def test_bad_flag(tmp_path):
+    with pytest.raises(SystemExit):
+        sunspots.main(["--k", "100", "--out", str(tmp_path)])
