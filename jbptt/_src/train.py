@@ -199,17 +199,24 @@ def _optimizer(optimizer, clip, clip_mode):
     return optax.chain(_CLIPS[clip_mode](clip), optimizer)
 
 
-def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransformation):
+def make_step(
+    cell: Cell,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    guard: bool = False,
+):
     """The jitted online update on one segment.
 
     Returns ``step(params, opt_state, h, xs, ys, w, start, n, bucket) ->
-    (params, opt_state, h, mean_loss, grad_norm, finite)``: the segment is
+    (params, opt_state, h, mean_loss, grad_norm)``: the segment is
     ``xs[start : start + bucket]`` (``xs``, ``ys``, ``w`` padded by the
     caller), of which the first ``n`` steps are real. ``bucket`` is static;
     ``start`` and ``n`` are traced, so any segment of a bucket reuses one
-    compilation. ``finite`` holds :func:`jbptt.checks.finite_flags` of the
-    loss, the gradients and the new state; if any is not finite, the update
-    is not applied (params, optimizer state and state stay as they were).
+    compilation. With ``guard=True`` it also returns ``finite``, the
+    :func:`jbptt.checks.finite_flags` of the loss, the gradients and the new
+    state, and if any is not finite the update is not applied (params,
+    optimizer state and state stay as they were).
     """
     wcell = _with_states(cell)
 
@@ -234,6 +241,8 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
             new_opt_state,
             jax.lax.stop_gradient(h_last),
         )
+        if not guard:
+            return *new, total / n, _global_norm(g)
         # Value-level guard (no Python `if` on tracers): a non-finite segment
         # leaves everything as it was; the caller reports it from the flags.
         finite = checks.finite_flags(loss=total, grads=g, state=h_last)
@@ -247,7 +256,7 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
 
 @functools.lru_cache(maxsize=32)
 def _cached_step(cell, loss_fn, optimizer, clip, clip_mode):
-    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode))
+    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode), guard=True)
 
 
 def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
@@ -256,7 +265,7 @@ def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
     try:
         return _cached_step(cell, loss_fn, optimizer, clip, clip_mode)
     except TypeError:  # unhashable pieces: compile afresh
-        return make_step(cell, loss_fn, tx)
+        return make_step(cell, loss_fn, tx, guard=True)
 
 
 def train(
@@ -312,7 +321,8 @@ def train(
         quantities, ``"stop"`` and return the history so far, or ``"skip"``
         the segment and go on. Either way it is listed in
         ``History.divergences``. The data are checked up front with
-        :func:`jbptt.check_finite`.
+        :func:`jbptt.check_finite`. (Forward-mode estimators get the data
+        check only.)
 
     Returns:
       A :class:`History`.
@@ -400,13 +410,31 @@ def train(
     )
 
 
-def _forward_mode_history(cell, loss_fn, params, xs, ys, tx, estimator, key, h0,
-                          opt_state) -> History:
+def _forward_mode_history(
+    cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
+) -> History:
     """A forward-mode estimator's online run as a :class:`History` of
     one-step segments."""
-    hist = _train_forward_mode(cell, loss_fn, params, xs, ys, tx, estimator,
-                               key=key, h0=h0, opt_state=opt_state)
+    hist = _train_forward_mode(
+        cell,
+        loss_fn,
+        params,
+        xs,
+        ys,
+        tx,
+        estimator,
+        key=key,
+        h0=h0,
+        opt_state=opt_state,
+    )
     T = xs.shape[0]
-    return History(hist.params, hist.opt_state, hist.state.h,
-                   np.asarray(hist.loss), np.asarray(hist.grad_norm),
-                   np.ones(T, int), np.arange(T), (1,))
+    return History(
+        hist.params,
+        hist.opt_state,
+        hist.state.h,
+        np.asarray(hist.loss),
+        np.asarray(hist.grad_norm),
+        np.ones(T, int),
+        np.arange(T),
+        (1,),
+    )
