@@ -17,7 +17,7 @@ the rows per device), each row runs the same compiled arithmetic.
 
 Multi-host: call ``jax.distributed.initialize()`` on every host first; then
 ``jax.devices()`` lists the devices of all hosts and :func:`make_mesh`
-spans them (see docs/scale_readme_section.md).
+spans them (see docs/scale.md).
 """
 
 from __future__ import annotations
