@@ -39,7 +39,7 @@ import optax
 import jbptt
 from experiments import tasks
 from jbptt import estimators as est
-from jbptt import sweep
+from jbptt import runs, sweep
 
 COLUMNS = (
     "cell",
@@ -127,6 +127,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bar")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="split the samples over this many devices (default: one; "
+        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_"
+        "count=N first)",
+    )
+    p.add_argument(
+        "--on-mismatch",
+        default="raise",
+        choices=runs.MISMATCH,
+        help="if --out holds rows of another configuration: refuse "
+        "(raise), write beside them (new) or start afresh "
+        "(overwrite)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.T, args.hidden, args.batch, args.samples = 16, 8, 8, 128
@@ -147,7 +163,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.ks = [2**i for i in range(args.T.bit_length()) if 2**i <= args.T]
     if min(args.ks) < 1:
         p.error("--ks must be ≥ 1")
+    if args.devices is not None and not 1 <= args.devices <= jax.device_count():
+        p.error(
+            f"--devices must be between 1 and the {jax.device_count()} "
+            "available device(s)"
+        )
     return args
+
+
+# Arguments that do not change the numbers, left out of the config hash.
+NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch")
+
+
+def run_config(args) -> dict:
+    """The configuration that identifies the rows (hashed by jbptt.runs)."""
+    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
 
 
 # ------------------------------------------------------------ estimators ---
@@ -232,7 +262,9 @@ def trajectory(model, task, params, h0, args, key, dtype):
 # ------------------------------------------------------------------ run ---
 
 
-def run(args) -> list[dict]:
+def run(args, results: runs.ResultFile | None = None) -> list[dict]:
+    """All rows; with ``results``, each point's rows are appended as soon as
+    they are done and points already there are skipped (resume)."""
     from tqdm.auto import tqdm
 
     task = tasks.delayed_sum(tuple(args.delays))
@@ -252,26 +284,41 @@ def run(args) -> list[dict]:
         model, problem = tasks.make_problem(
             task, cell_name, k_prob, args.T, args.hidden, args.batch
         )
+        jbptt.check_finite(xs=problem.xs, ys=problem.ys)
         run_sweep = sweep.make_sweep(
-            model.cell, model.loss_fn, estimators, args.samples, chunk=args.chunk
+            model.cell,
+            model.loss_fn,
+            estimators,
+            args.samples,
+            chunk=args.chunk,
+            mesh=args.devices,
         )
         points = trajectory(
             model, task, problem.params, problem.h0, args, k_train, problem.xs.dtype
         )
         for step, params, loss in points:
+            if results is not None and all(
+                results.done((cell_name, step, e.name)) for e in estimators
+            ):
+                bar.update(1)
+                continue
             bar.set_postfix(cell=cell_name, step=step)
             k_point = jax.random.fold_in(k_sweep, step)  # independent per point
             g, stats = run_sweep(params, problem.h0, problem.xs, problem.ys, k_point)
             res = sweep.to_result(estimators, stats, g, args.T, args.samples)
+            point_rows = []
             for (family, k, _), r in zip(specs, res.rows(), strict=True):
                 r.update(
                     cell=cell_name, train_step=step, train_loss=loss, family=family, k=k
                 )
                 r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
-                rows.append({c: r[c] for c in COLUMNS})
+                point_rows.append({c: r[c] for c in COLUMNS})
+            if results is not None:
+                results.extend(point_rows)
+            rows.extend(point_rows)
             bar.update(1)
     bar.close()
-    return rows
+    return rows if results is None else results.rows()
 
 
 # ---------------------------------------------------------------- output ---
@@ -468,11 +515,28 @@ def main(argv=None) -> list[dict]:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, "bias_sweep")
+    # Finished rows go to bias_sweep.jsonl as they are done; rerunning the
+    # same command after an interruption skips them (jbptt.runs).
+    try:
+        results = runs.ResultFile(
+            base + ".jsonl",
+            run_config(args),
+            key=("cell", "train_step", "estimator"),
+            on_mismatch=args.on_mismatch,
+        )
+    except ValueError as err:  # another configuration's rows: exit 1, say why
+        raise SystemExit(
+            f"error: {err}\nOn the command line: --out DIR, or --on-mismatch "
+            "new|overwrite."
+        ) from err
+    base = os.path.splitext(results.path)[0]  # differs under --on-mismatch new
+    if results.resumed:
+        print(f"resuming: {results.resumed} rows already in {results.path}")
     t0 = time.perf_counter()
-    rows = run(args)
+    rows = run(args, results)
     wall = time.perf_counter() - t0
     print_table(rows)
-    base = os.path.join(args.out, "bias_sweep")
     write_csv(rows, base + ".csv")
     plot(rows, base + ".png", args.cells)
     last = max(r["train_step"] for r in rows)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import validation
+from jbptt._src import sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
 from jbptt._src.forward_mode import OnlineEstimator
@@ -389,6 +389,7 @@ def make_sweep(
     n_samples: int = 256,
     *,
     chunk: int = 64,
+    mesh=None,
 ):
     """Compile-once sweep: ``(params, h0, xs, ys, key) -> (g, stats)``.
 
@@ -407,6 +408,11 @@ def make_sweep(
       chunk: samples per vmapped batch. Memory: the reverse scans of one
         chunk, plus every sample's flattened gradient (E·N·D floats, for D
         parameters), kept for the statistics.
+      mesh: ``None`` (one device), or the devices over which to split the
+        rows (estimator configurations × samples): a count, a list of
+        devices or a :func:`jbptt.sharding.make_mesh` mesh. Same numbers as
+        on one device, bitwise when ``chunk`` divides the rows per device
+        (see :mod:`jbptt.sharding`).
 
     Returns:
       ``run(params, h0, xs, ys, key) -> (g_flat[D], {field: [E]})``; pack it
@@ -432,6 +438,7 @@ def make_sweep(
     estimators = _check_estimators(estimators)
     _check_n("n_samples", n_samples, 4)
     _check_n("chunk", chunk)
+    mesh = sharding.resolve_mesh(mesh)
 
     def run(params, h0, xs, ys, key):
         problem = Problem(cell, loss_fn, params, h0, xs, ys)
@@ -470,7 +477,10 @@ def make_sweep(
             idx = [i for i, (ws, _) in draws.items() if ws.shape[1] == J]
             ws = jnp.concatenate([draws[i][0] for i in idx])
             ms = jnp.concatenate([draws[i][1] for i in idx])
-            flat = _map_chunks(window_sum, ws, ms, chunk)
+            if mesh is None:
+                flat = _map_chunks(window_sum, ws, ms, chunk)
+            else:  # rows split over devices, gathered before the statistics
+                flat = sharding.map_rows(window_sum, (ws, ms), chunk, mesh)
             start = 0
             for i in idx:
                 n = draws[i][0].shape[0]
@@ -497,6 +507,7 @@ def sweep(
     n_samples: int = 256,
     *,
     chunk: int = 64,
+    mesh=None,
 ) -> SweepResult:
     """Bias, variance and cosines of each estimator on one problem.
 
@@ -506,6 +517,7 @@ def sweep(
       key: PRNG key; each estimator uses ``fold_in(key, crc32(name))``.
       n_samples: samples per random estimator (≥ 4).
       chunk: samples per vmapped batch (memory bound).
+      mesh: devices to split the samples over (see :func:`make_sweep`).
 
     Returns:
       A :class:`SweepResult`; ``result.rows()`` gives CSV rows.
@@ -529,7 +541,9 @@ def sweep(
     """
     _check_problem(problem)
     estimators = _check_estimators(estimators)
-    run = make_sweep(problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk)
+    run = make_sweep(
+        problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk, mesh=mesh
+    )
     g, stats = run(problem.params, problem.h0, problem.xs, problem.ys, key)
     return to_result(estimators, stats, g, problem.xs.shape[0], n_samples)
 
