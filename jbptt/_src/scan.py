@@ -152,6 +152,7 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
       xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
       w: link weights ``[T]`` (default: ones, i.e. full BPTT). ``w[t]`` scales
         the gradient from step t into h_{t-1}; ``w[0]`` the one into ``h0``.
+        ``w`` is a constant of the backward: its own cotangent is zero.
       checkpoint: ``None`` (default) keeps every step's state for the
         backward; ``"sqrt"`` keeps only the states at the starts of about √T
         segments of about √T steps and recomputes each segment's forward
