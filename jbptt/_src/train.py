@@ -174,10 +174,6 @@ def _link_weights(estimator, T: int, key) -> np.ndarray:
     )
 
 
-def _global_norm(tree) -> jax.Array:
-    """‖g‖₂ over all leaves (what ``optax.clip_by_global_norm`` bounds)."""
-    return jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(tree)))
-
 
 _CLIPS = {"global_norm": optax.clip_by_global_norm, "value": optax.clip}
 
@@ -258,14 +254,14 @@ def make_step(
             jax.lax.stop_gradient(h_last),
         )
         if not guard:
-            return *new, total / n, _global_norm(g)
+            return *new, total / n, optax.tree.norm(g)
         # Value-level guard (no Python `if` on tracers): a non-finite segment
         # leaves everything as it was; the caller reports it from the flags.
         finite = checks.finite_flags(loss=total, grads=g, state=h_last)
         params, opt_state, h_last = checks.select_if(
             checks.all_finite(finite), new, (params, opt_state, h)
         )
-        return params, opt_state, h_last, total / n, _global_norm(g), finite
+        return params, opt_state, h_last, total / n, optax.tree.norm(g), finite
 
     return jax.jit(step, static_argnames="bucket")
 
