@@ -8,8 +8,9 @@ cosines with the exact gradient g (:func:`jbptt.sweep.make_sweep`: one jit,
 forward shared, reverse scans vmapped). Estimators:
 
 * TBPTT(k), k = 1, 2, 4, …, T (deterministic, biased);
-* ARTBP with geometric truncation, c = 1/k (expected depth k, unbiased);
-* ARTBP with a poly-tail schedule (α = 4) whose expected depth is k;
+* ARTBP with geometric truncation (constant c) and with a poly-tail schedule
+  (α = 4), each solved for expected depth E[min(L, T)] = k, as TBPTT(k)
+  (unbiased; k < T only);
 * with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
   (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
   which never truncate (shown at depth T).
@@ -37,9 +38,8 @@ import optax
 
 import jbptt
 from experiments import tasks
-from jbptt import sweep
 from jbptt import estimators as est
-from jbptt._src import truncation
+from jbptt import runs, sweep
 
 COLUMNS = (
     "cell",
@@ -127,6 +127,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bar")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="split the samples over this many devices (default: one; "
+        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_"
+        "count=N first)",
+    )
+    p.add_argument(
+        "--on-mismatch",
+        default="raise",
+        choices=runs.MISMATCH,
+        help="if --out holds rows of another configuration: refuse "
+        "(raise), write beside them (new) or start afresh "
+        "(overwrite)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.T, args.hidden, args.batch, args.samples = 16, 8, 8, 128
@@ -147,32 +163,52 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.ks = [2**i for i in range(args.T.bit_length()) if 2**i <= args.T]
     if min(args.ks) < 1:
         p.error("--ks must be ≥ 1")
+    if args.devices is not None and not 1 <= args.devices <= jax.device_count():
+        p.error(
+            f"--devices must be between 1 and the {jax.device_count()} "
+            "available device(s)"
+        )
     return args
+
+
+# Arguments that do not change the numbers, left out of the config hash.
+NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch")
+
+
+def run_config(args) -> dict:
+    """The configuration that identifies the rows (hashed by jbptt.runs)."""
+    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
 
 
 # ------------------------------------------------------------ estimators ---
 
 
 def poly_tail_for_depth(k: float, T: int, alpha: float = 4.0):
-    """Poly-tail ARTBP whose expected depth (capped at T) is ``k``, or None."""
-
-    def depth(L0):
-        return est.artbp(truncation.poly_tail(L0, alpha)).expected_depth(T)
-
-    lo, hi = 1e-3, 1e3 * T
-    if not depth(lo) <= k <= depth(hi) or k >= T:
+    """Poly-tail ARTBP whose expected depth E[min(L, T)] is ``k``, or None
+    when no schedule has that depth (k ≤ 1 or k ≥ T)."""
+    if not 1 < k < T:
         return None
-    for _ in range(60):  # bisection on the mean length L0 (depth increases)
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if depth(mid) < k else (lo, mid)
-    L0 = (lo * hi) ** 0.5
-    e = est.artbp(truncation.poly_tail(L0, alpha))
-    return e._replace(name=f"artbp-poly(k={k:g})", hparams={"L0": L0, "alpha": alpha})
+    e = est.artbp_matched(float(k), "poly_tail", alpha, T=T)
+    hp = {"L0": e.hparams["L0"], "alpha": alpha}
+    return e._replace(name=f"artbp-poly(k={k:g})", hparams=hp)
+
+
+def geometric_for_depth(k: float, T: int):
+    """Constant-c ARTBP whose expected depth E[min(L, T)] is ``k``, or None
+    when 1 < k < T fails (depth T would need c = 0: full BPTT)."""
+    if not 1 < k < T:
+        return None
+    c = est.artbp_c_for_depth(float(k), T)
+    return est.artbp(c)._replace(name=f"artbp-geom(k={k:g})", hparams={"c": c})
 
 
 def make_estimators(ks, T, forward_mode=False):
     """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
-    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate."""
+    (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate.
+
+    Both ARTBP families are matched to TBPTT(k) on the same convention,
+    ``expected_depth(T) = E[min(L, T)] = k``; for k ≥ T only TBPTT (= full
+    BPTT) is run."""
     out = [("full", float(T), est.full())]
     if forward_mode:
         out += [
@@ -180,13 +216,14 @@ def make_estimators(ks, T, forward_mode=False):
         ]
     for k in ks:
         out.append(("tbptt", k, est.tbptt(k)))
-    for k in ks:
-        if k >= 2:  # c = 1/k must be < 1
-            out.append(("artbp-geom", k, est.artbp(1.0 / k)))
-    for k in ks:
-        e = poly_tail_for_depth(float(k), T) if k >= 2 else None
-        if e is not None:
-            out.append(("artbp-poly", k, e))
+    for family, make in (
+        ("artbp-geom", geometric_for_depth),
+        ("artbp-poly", poly_tail_for_depth),
+    ):
+        for k in ks:
+            e = make(float(k), T)
+            if e is not None:
+                out.append((family, k, e))
     return out
 
 
@@ -225,7 +262,9 @@ def trajectory(model, task, params, h0, args, key, dtype):
 # ------------------------------------------------------------------ run ---
 
 
-def run(args) -> list[dict]:
+def run(args, results: runs.ResultFile | None = None) -> list[dict]:
+    """All rows; with ``results``, each point's rows are appended as soon as
+    they are done and points already there are skipped (resume)."""
     from tqdm.auto import tqdm
 
     task = tasks.delayed_sum(tuple(args.delays))
@@ -245,26 +284,41 @@ def run(args) -> list[dict]:
         model, problem = tasks.make_problem(
             task, cell_name, k_prob, args.T, args.hidden, args.batch
         )
+        jbptt.check_finite(xs=problem.xs, ys=problem.ys)
         run_sweep = sweep.make_sweep(
-            model.cell, model.loss_fn, estimators, args.samples, chunk=args.chunk
+            model.cell,
+            model.loss_fn,
+            estimators,
+            args.samples,
+            chunk=args.chunk,
+            mesh=args.devices,
         )
         points = trajectory(
             model, task, problem.params, problem.h0, args, k_train, problem.xs.dtype
         )
         for step, params, loss in points:
+            if results is not None and all(
+                results.done((cell_name, step, e.name)) for e in estimators
+            ):
+                bar.update(1)
+                continue
             bar.set_postfix(cell=cell_name, step=step)
             k_point = jax.random.fold_in(k_sweep, step)  # independent per point
             g, stats = run_sweep(params, problem.h0, problem.xs, problem.ys, k_point)
             res = sweep.to_result(estimators, stats, g, args.T, args.samples)
+            point_rows = []
             for (family, k, _), r in zip(specs, res.rows(), strict=True):
                 r.update(
                     cell=cell_name, train_step=step, train_loss=loss, family=family, k=k
                 )
                 r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
-                rows.append({c: r[c] for c in COLUMNS})
+                point_rows.append({c: r[c] for c in COLUMNS})
+            if results is not None:
+                results.extend(point_rows)
+            rows.extend(point_rows)
             bar.update(1)
     bar.close()
-    return rows
+    return rows if results is None else results.rows()
 
 
 # ---------------------------------------------------------------- output ---
@@ -313,7 +367,7 @@ def headline_table(rows) -> str:
 
     ks = sorted({r["k"] for r in rows if r["family"] == "tbptt"})
     lines = [
-        "| k | TBPTT(k) bias | ARTBP geometric c=1/k: bias [95% CI] / variance "
+        "| k | TBPTT(k) bias | ARTBP geometric: bias [95% CI] / variance "
         "| ARTBP poly-tail: bias [95% CI] / variance |",
         "|---:|---:|---|---|",
     ]
@@ -461,11 +515,28 @@ def main(argv=None) -> list[dict]:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, "bias_sweep")
+    # Finished rows go to bias_sweep.jsonl as they are done; rerunning the
+    # same command after an interruption skips them (jbptt.runs).
+    try:
+        results = runs.ResultFile(
+            base + ".jsonl",
+            run_config(args),
+            key=("cell", "train_step", "estimator"),
+            on_mismatch=args.on_mismatch,
+        )
+    except ValueError as err:  # another configuration's rows: exit 1, say why
+        raise SystemExit(
+            f"error: {err}\nOn the command line: --out DIR, or --on-mismatch "
+            "new|overwrite."
+        ) from err
+    base = os.path.splitext(results.path)[0]  # differs under --on-mismatch new
+    if results.resumed:
+        print(f"resuming: {results.resumed} rows already in {results.path}")
     t0 = time.perf_counter()
-    rows = run(args)
+    rows = run(args, results)
     wall = time.perf_counter() - t0
     print_table(rows)
-    base = os.path.join(args.out, "bias_sweep")
     write_csv(rows, base + ".csv")
     plot(rows, base + ".png", args.cells)
     last = max(r["train_step"] for r in rows)

@@ -5,15 +5,20 @@ reverse scan with link weights. See DESIGN.md for the equation.
 """
 
 from jbptt import cells as cells
+from jbptt import checks as checks
 from jbptt import data as data
 from jbptt import diagnostics as diagnostics
 from jbptt import estimators as estimators
 from jbptt import forward_mode as forward_mode
+from jbptt import runs as runs
+from jbptt import sharding as sharding
 from jbptt import sweep as sweep
 from jbptt import train as train
 from jbptt import truncation as truncation
+from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss
 from jbptt._src.api import value_and_grad as value_and_grad
+from jbptt._src.checks import check_finite as check_finite
 from jbptt._src.models import Model as Model
 from jbptt._src.models import readout as readout
 from jbptt._src.scan import rnn_scan as rnn_scan

@@ -52,8 +52,8 @@ print(task.name, problem.xs.shape, problem.ys.shape)
 # %% [markdown]
 # ## The estimators
 # TBPTT(k) for k = 1, 2, 4, 8, 16 = T, and ARTBP matched to the same expected
-# depth: geometric truncation with `c = 1/k`, and a poly-tail schedule
-# (α = 4, Tallec & Ollivier 2017) tuned so that its mean depth is k.
+# depth E[min(L, T)] = k (k < T): geometric truncation (constant c), and a
+# poly-tail schedule (α = 4, Tallec & Ollivier 2017).
 
 # %%
 specs = bias_sweep.make_estimators([1, 2, 4, 8, 16], T)

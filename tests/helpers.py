@@ -21,7 +21,9 @@ tree_util = jax.tree_util
 
 def rel_err(a, b) -> float:
     """max |a − b| / max |b| over a whole pytree (0 when both are zero)."""
-    diffs = tree_util.tree_leaves(tree_util.tree_map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
+    diffs = tree_util.tree_leaves(
+        tree_util.tree_map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b)
+    )
     scale = tree_util.tree_leaves(tree_util.tree_map(lambda y: jnp.max(jnp.abs(y)), b))
     num, den = float(max(diffs)), float(max(scale))
     return num / den if den > 0 else num

@@ -86,6 +86,19 @@ def test_poly_tail_matches_depth():
     assert bias_sweep.poly_tail_for_depth(64.0, 64) is None
 
 
+def test_artbp_families_are_matched_to_tbptt_depth():
+    """Every ARTBP row sits at the depth of the TBPTT(k) it is compared with,
+    on the same convention E[min(L, T)] (k < T only)."""
+    T = 16
+    specs = bias_sweep.make_estimators([1, 2, 4, 8, 16], T)
+    for family, k, e in specs:
+        if family.startswith("artbp"):
+            assert 1 < k < T
+            assert e.expected_depth(T) == pytest.approx(k, rel=1e-9), e.name
+    fams = {f for f, _, _ in specs}
+    assert {"tbptt", "artbp-geom", "artbp-poly"} <= fams
+
+
 @pytest.mark.slow
 def test_notebook_executes():
     """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (in a kernel of its own,

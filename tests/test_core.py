@@ -63,9 +63,7 @@ def test_zero_weights_truncate_everything():
 
     def one_step_losses(p):  # every step's input state treated as a constant
         forward = jbptt.loss(model.cell, model.loss_fn)
-        _, hs = jax.lax.scan(
-            lambda h, x: model.cell.step(params, h, x), h0, xs[:-1]
-        )
+        _, hs = jax.lax.scan(lambda h, x: model.cell.step(params, h, x), h0, xs[:-1])
         h_prev = jnp.concatenate([h0[None], hs])
         return sum(
             forward(p, h_prev[t], xs[t : t + 1], ys[t : t + 1])[0] for t in range(T)
@@ -128,9 +126,11 @@ def test_grad_of_vmap_equals_vmap_of_grad(cell_name):
         h0_b, xs_b, ys_b
     )
     vmap_of_grad = jax.tree_util.tree_map(lambda a: a.sum(0), grads)
-    grad_of_vmap = jax.jit(jax.grad(
-        lambda p: jnp.sum(jax.vmap(loss_one, (None, 0, 0, 0))(p, h0_b, xs_b, ys_b))
-    ))(params)
+    grad_of_vmap = jax.jit(
+        jax.grad(
+            lambda p: jnp.sum(jax.vmap(loss_one, (None, 0, 0, 0))(p, h0_b, xs_b, ys_b))
+        )
+    )(params)
     assert rel_err(grad_of_vmap, vmap_of_grad) <= 1e-10
 
 

@@ -196,10 +196,69 @@ def test_costs():
     assert wp.backward_steps(T) == 2 + 3 + 3
     assert wp.expected_depth(T) == pytest.approx(8 / 3)
     assert estimators.tbptt(8).expected_depth(T) == 5
-    assert estimators.artbp_matched(8).expected_depth(100) == pytest.approx(8)
+    assert estimators.artbp_matched(8).expected_depth(1000) == pytest.approx(8)
+    assert estimators.artbp_matched(8, T=20).expected_depth(20) == pytest.approx(8)
     assert estimators.artbp_matched(8, "poly_tail").expected_depth(
         100_000
     ) == pytest.approx(8, rel=0.02)
+
+
+def test_expected_depth_is_one_convention_for_floats_arrays_and_schedules():
+    """E[min(L, T)] whatever form c takes: a float, the same value as an
+    array, or as a (scalar-valued) schedule; and it is what the sampler
+    draws (first segment's length, Monte Carlo)."""
+    T, c = 12, 0.2
+    closed = (1 - (1 - c) ** T) / c  # Σ_{d<T} (1 − c)^d
+    forms = [c, jnp.full(T, c), truncation.geometric(1 / c), lambda d: c]
+    for form in forms:
+        assert estimators.artbp(form).expected_depth(T) == pytest.approx(closed)
+    for form in (c, truncation.poly_tail(3.0)):
+        est = estimators.artbp(form)
+        w = jax.vmap(lambda k, est=est: est.sample(k, T)[0][0])(
+            jax.random.split(jax.random.key(0), 20_000)
+        )
+        cut = np.asarray(w[:, 1:] == 0)
+        first = np.where(cut.any(1), cut.argmax(1) + 1, T)  # min(L, T)
+        se = first.std() / np.sqrt(len(first))
+        assert abs(first.mean() - est.expected_depth(T)) < 5 * se
+    assert estimators.tbptt(4).expected_depth(T) == 4
+
+
+@pytest.mark.parametrize("schedule", ["constant", "poly_tail"])
+@pytest.mark.parametrize("T", [6, 16, 64])
+def test_artbp_matched_solves_for_the_depth_on_T(schedule, T):
+    for k in (2, 4.5, T - 1):
+        est = estimators.artbp_matched(k, schedule, T=T)
+        assert est.expected_depth(T) == pytest.approx(k, rel=1e-9)
+        assert est.expected_depth(T + 50) >= k  # longer sequences: deeper
+    with pytest.raises(ValueError, match="depth must be < T"):
+        estimators.artbp_matched(T, schedule, T=T)
+
+
+def test_artbp_validates_c_as_the_sampler_uses_it():
+    """c[0] is never used (the link into h0 is not cut), so it is not checked;
+    a non-numeric c is a TypeError naming c."""
+    c = jnp.array([1.0, 0.2, 0.2, 0.2])
+    w, _ = estimators.artbp(c).sample(jax.random.key(0), 4)
+    assert float(w[0, 0]) == 1.0
+    with pytest.raises(ValueError, match="cut probability"):
+        estimators.artbp(jnp.array([0.0, 1.0, 0.2]))
+    with pytest.raises(TypeError, match="c must be a float"):
+        estimators.artbp("0.2")
+
+
+def test_schedule_estimators_have_distinct_names():
+    """Sweeps key samples by name and require unique names: ARTBP estimators
+    built on different schedules must not share one."""
+    es = [
+        estimators.artbp(truncation.poly_tail(4.0)),
+        estimators.artbp(truncation.poly_tail(8.0)),
+        estimators.artbp(truncation.poly_tail(8.0, alpha=6.0)),
+        estimators.artbp(truncation.geometric(4.0)),
+        estimators.artbp(truncation.geometric(8.0)),
+    ]
+    assert len({e.name for e in es}) == len(es)
+    assert es[0].name == "artbp(c=poly_tail(L=4,alpha=4))"
 
 
 def test_estimator_fields_are_stable():
@@ -286,6 +345,8 @@ def test_estimate_accepts_windows_and_flax_cells():
         (lambda: estimators.artbp(-0.5), r"\[0, 1\)"),
         (lambda: estimators.artbp_matched(0.5), "depth must be a number > 1"),
         (lambda: estimators.artbp_matched(4, "cubic"), "Unknown schedule"),
+        (lambda: estimators.artbp_c_for_depth(4, T=0), "T must be"),
+        (lambda: estimators.artbp(jnp.full(5, 0.1)).expected_depth(6), "shape"),
         (
             lambda: estimators.williams_peng(2, 3).sample(jax.random.key(0), 0),
             "T must be a positive int",

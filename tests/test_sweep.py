@@ -9,9 +9,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jbptt
-from jbptt import sweep, truncation
 from jbptt import estimators as est
-from jbptt._src.sweep import _estimator_key
+from jbptt import sweep, truncation
+from jbptt._src.sweep import Z95, _estimator_key
 
 T = 6  # 2^(T-1) = 32 cut patterns
 
@@ -195,6 +195,28 @@ def test_sample_stats_interval_for_unbiased_noise():
     dev2 = np.sum((np.asarray(noise) - np.asarray(noise).mean(0)) ** 2, axis=1)
     np.testing.assert_allclose(float(s["rel_variance"]), dev2.sum() / 63 / 5)
     assert float(s["cos_mean"]) == pytest.approx(1.0)
+
+
+def test_interval_width_matches_hoeffding_variance():
+    """The estimated Var(U) agrees on average with Hoeffding's
+    (4(N−2)ζ₁ + 2ζ₂)/(N(N−1)) for Gaussian samples with a small bias, where
+    ζ₁ = μᵀΣμ must be estimated well: a noisy estimate clipped at 0
+    overstates it (it did, about 4×)."""
+    D, N, R = 5, 64, 500
+    A = 0.5 * jax.random.normal(jax.random.key(9), (D, D))
+    mu = jnp.array([0.3, 0.0, 0.0, 0.0, 0.1])
+    g = jnp.ones(D)
+    S = A @ A.T
+    z1 = mu @ S @ mu
+    var_U = (4 * (N - 2) * z1 + 2 * (jnp.trace(S @ S) + 2 * z1)) / (N * (N - 1))
+
+    def half_width_sq(k):
+        s = sweep.sample_stats(jax.random.normal(k, (N, D)) @ A.T + g + mu, g)
+        U = s["rel_bias_sq"] * D  # ‖g‖² = D
+        return ((s["rel_bias_hi"] ** 2 * D - U) / Z95) ** 2
+
+    est = jax.jit(jax.vmap(half_width_sq))(jax.random.split(jax.random.key(0), R))
+    assert 0.7 < float(jnp.mean(est) / var_U) < 1.5
 
 
 def test_bad_inputs():

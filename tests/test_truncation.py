@@ -164,6 +164,7 @@ def test_artbp_works_under_jit_and_vmap_and_is_reproducible():
             r"schedule values",
         ),
         (lambda: truncation.poly_tail(5.0, alpha=2.0), "alpha"),
+        (lambda: truncation.poly_tail(1.0), "mean_length must be > 1"),
         (lambda: truncation.geometric(1.0), "mean_length"),
     ],
 )

@@ -136,9 +136,13 @@ def test_not_a_cell(elman_problem):
 
 
 def test_from_flax_rejects_non_cells_and_wrong_size():
-    with pytest.raises(TypeError, match="from_flax expects a flax.linen recurrent cell"):
+    with pytest.raises(
+        TypeError, match="from_flax expects a flax.linen recurrent cell"
+    ):
         cells.from_flax(nn.Dense(3))
-    with pytest.raises(ValueError, match="hidden_size=4 but the Flax module has features=5"):
+    with pytest.raises(
+        ValueError, match="hidden_size=4 but the Flax module has features=5"
+    ):
         cells.from_flax(nn.LSTMCell(5)).init(jax.random.key(0), 3, 4)
 
 

@@ -38,7 +38,9 @@ def from_fn(
       >>> def step(p, h, x):
       ...     h = jnp.tanh(h @ p["A"].T + x @ p["B"].T)
       ...     return h, h
-      >>> cell = cells.from_fn(init, step, lambda p, b=(): jnp.zeros(b + (p["A"].shape[0],)))
+      >>> def initial_state(p, batch_shape=()):
+      ...     return jnp.zeros(batch_shape + (p["A"].shape[0],))
+      >>> cell = cells.from_fn(init, step, initial_state)
       >>> p = cell.init(jax.random.key(0), 2, 3)
       >>> cell.step(p, cell.initial_state(p, ()), jnp.ones(2))[0].shape
       (3,)
@@ -115,6 +117,15 @@ def scoped(cell: Cell, key: str) -> Cell:
 
     Lets a model keep more than the cell in one params dict (e.g. a readout),
     while gradients keep the full dict's structure.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import cells
+      >>> inner = cells.gru()
+      >>> cell = cells.scoped(inner, "rnn")
+      >>> params = {"rnn": inner.init(jax.random.key(0), 2, 3), "other": 1.0}
+      >>> cell.initial_state(params, (4,)).shape
+      (4, 3)
     """
 
     def sub(fn):

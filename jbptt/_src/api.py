@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jbptt._src import scan as _scan
 from jbptt._src import validation
 from jbptt._src.cell import Cell
 from jbptt._src.scan import rnn_scan
@@ -68,7 +69,7 @@ def loss(cell: Cell, loss_fn: LossFn):
     return forward
 
 
-def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0):
+def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0, checkpoint=None):
     """``(params, h0, xs, ys, w=None) -> ((L, h_T), grads)`` by the reverse scan.
 
     Same values and, for ``w = None`` (full BPTT), the same gradients as
@@ -83,6 +84,11 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0):
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
       argnums: which of ``(params, h0)`` to differentiate: ``0`` (default),
         ``1`` or ``(0, 1)``, as in ``jax.value_and_grad``.
+      checkpoint: ``None`` (default) stores every step's state; ``"sqrt"``
+        (or an int segment length) runs the sequence in segments of about
+        √T steps, evaluating the loss inside each segment, and stores only
+        the segment-start states: memory O(√T) states instead of O(T), for
+        about one extra forward pass. Values and gradients are unchanged.
 
     Returns:
       A pure function; ``w`` is an ordinary (traceable, vmappable) argument.
@@ -105,9 +111,25 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0):
             f"argnums must be 0 (params), 1 (h0) or (0, 1), got {argnums!r}."
         )
 
+    _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
+
     def objective(params, h0, xs, ys, w):
-        h_T, outs = rnn_scan(cell, params, h0, xs, w)
-        return sum_of_losses(loss_fn, params, outs, ys), h_T
+        S = _scan.segment_length(xs.shape[0], checkpoint)
+        if S is None:
+            h_T, outs = rnn_scan(cell, params, h0, xs, w)
+            return sum_of_losses(loss_fn, params, outs, ys), h_T
+
+        # Checkpointed: each segment computes its own losses, so neither the
+        # states nor the outputs of all T steps are ever stored at once.
+        def segment(h, inp):
+            xs_s, ys_s, w_s = inp
+            h, outs = rnn_scan(cell, params, h, xs_s, w_s)
+            return h, sum_of_losses(loss_fn, params, outs, ys_s)
+
+        T = xs.shape[0]
+        h_T, (head, losses) = _scan.scan_segments(segment, h0, (xs, ys, w), T, S)
+        L = jnp.sum(losses)
+        return (L if head is None else head + L), h_T
 
     vg = jax.value_and_grad(objective, argnums=argnums, has_aux=True)
 
@@ -117,3 +139,59 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0):
         return vg(params, h0, xs, ys, w)
 
     return grad_fn
+
+
+def grads_for_weights(cell: Cell, loss_fn: LossFn, params, h0, xs, ys, ws):
+    """Gradients for K link-weight vectors from one shared forward pass.
+
+    The forward values, the loss and the loss's own cotangents do not depend
+    on ``w`` (DESIGN.md: only the reverse scan does), so they are computed
+    once; the K reverse scans run batched (``vmap`` over ``ws``), which also
+    turns each step's ``[B, H] @ [H, G·H]`` product into a K-times larger one.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      params, h0, xs, ys: as for :func:`value_and_grad`.
+      ws: link weights ``[K, T]``, one row per estimator configuration.
+
+    Returns:
+      ``((L, h_T), grads)``: the loss and final state (shared), and the
+      params gradients stacked over K (each leaf ``[K, ...]``); row k equals
+      ``value_and_grad(cell, loss_fn)(params, h0, xs, ys, ws[k])[1]``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import truncation
+      >>> model = jbptt.readout(jbptt.cells.gru(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 2, 4)
+      >>> xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 1))
+      >>> h0 = model.cell.initial_state(params)
+      >>> ws = jnp.stack([truncation.tbptt(6, k) for k in (1, 2, 6)])
+      >>> (L, h_T), g = jbptt.grads_for_weights(
+      ...     model.cell, model.loss_fn, params, h0, xs, ys, ws)
+      >>> g["readout"]["V"].shape
+      (3, 1, 4)
+    """
+    validation.check_scan_args(cell, params, h0, xs, None)
+    validation.check_ys(ys, xs.shape[0])
+    T = xs.shape[0]
+    if getattr(ws, "ndim", None) != 2 or ws.shape[1] != T:
+        raise ValueError(
+            f"ws must have shape (K, T) = (K, {T}), got "
+            f"{getattr(ws, 'shape', type(ws).__name__)}."
+        )
+    validation.check_w(ws[0], T, xs.dtype)  # floating dtype
+    ws = jnp.asarray(ws, xs.dtype)
+    (h_T, outs), residuals = _scan._rnn_scan_fwd(cell, params, h0, xs, ws[0])
+    L, loss_vjp = jax.vjp(lambda p, o: sum_of_losses(loss_fn, p, o, ys), params, outs)
+    dparams_loss, douts = loss_vjp(jnp.ones_like(L))
+    dh_T = jax.tree_util.tree_map(jnp.zeros_like, h_T)
+
+    def backward(w):
+        saved = (*residuals[:3], w, *residuals[4:])
+        dparams, _, _, _ = _scan._rnn_scan_bwd(cell, saved, (dh_T, douts))
+        return jax.tree_util.tree_map(jnp.add, dparams, dparams_loss)
+
+    return (L, h_T), jax.vmap(backward)(ws)

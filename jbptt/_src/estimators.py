@@ -12,10 +12,27 @@ static shape, a list of estimators is sampled and evaluated under one ``jit``
 with ``vmap`` (:func:`estimate`).
 
 Two costs are reported: ``expected_depth`` (mean truncation length, the
-number of steps a gradient travels back before a cut) and ``backward_steps``
+number of steps a gradient travels back before a cut, see below) and
+``backward_steps``
 (Jacobian-transpose steps an online implementation runs per sequence: T for
 full BPTT, TBPTT and ARTBP, whose windows never overlap; more for
 Williams–Peng, whose windows do).
+
+Expected depth, one convention for every estimator: ``E[min(L, T)]``, where
+``L`` is the length of a truncation segment (from a cut, or the sequence
+start, to the next cut) and ``T`` the sequence length. With ``P(L > d) =
+∏_{i=1}^{d} (1 − c_i)`` (``c_i`` the cut probability i steps after the
+segment start),
+
+    E[min(L, T)] = Σ_{d=0}^{T−1} P(L > d).
+
+So TBPTT(k) has depth ``min(k, T)``, full BPTT ``T``, ARTBP with a constant
+``c`` ``(1 − (1 − c)^T)/c`` (→ ``1/c`` as T → ∞), with a schedule the same sum
+of its survival function, and with an array ``c[T]`` that of the first
+segment (``c_i = c[i]``). Williams–Peng reports the mean backpropagation
+depth of its windows. :func:`artbp_matched` with ``T`` solves
+``E[min(L, T)] = depth`` exactly, so ARTBP and TBPTT(k) can be compared at
+equal depth on finite sequences.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jbptt._src import truncation
 from jbptt._src.cell import Cell
@@ -40,13 +58,28 @@ class Estimator(NamedTuple):
       sample: ``(key, T) -> (w[J, T], m[J, T])`` link and loss weights;
         traceable, so it can be vmapped over keys.
       expected_depth: ``T -> float``, mean number of steps a gradient is
-        backpropagated before a cut (mean truncation length), the cost axis
-        on which estimators are compared.
+        backpropagated before a cut: ``E[min(L, T)]`` for the truncation
+        length ``L`` (module docstring), the cost axis on which estimators
+        are compared.
       deterministic: whether ``sample`` ignores its key.
       hparams: hyperparameters, for reports.
       backward_steps: ``T -> float``, expected reverse-scan steps of work per
         sequence for an online implementation (each window backpropagated
         only as far as its cut). ``None`` when unknown.
+
+    Examples:
+      A custom estimator: TBPTT(2) on the second half of the losses only.
+
+      >>> import jax, jax.numpy as jnp
+      >>> from jbptt import estimators, truncation
+      >>> def sample(key, T):
+      ...     m = (jnp.arange(T) >= T // 2).astype(float)
+      ...     return truncation.tbptt(T, 2)[None], m[None]
+      >>> est = estimators.Estimator("late-tbptt(2)", sample,
+      ...                            lambda T: float(min(2, T)), True, {})
+      >>> w, m = est.sample(jax.random.key(0), 4)
+      >>> w.tolist(), m.tolist()
+      ([[0.0, 1.0, 0.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]])
     """
 
     name: str
@@ -131,26 +164,35 @@ def tbptt(k: int, random_offset: bool = False) -> Estimator:
 def artbp(c) -> Estimator:
     """ARTBP with cut probability ``c`` (float, ``[T]`` array or schedule).
 
-    For a float ``c`` the mean truncation length is ``1/c`` (capped at T);
-    :func:`artbp_matched` picks ``c`` for a target length.
+    ``expected_depth(T)`` is ``E[min(L, T)]`` for the truncation length L
+    (module docstring): ``(1 − (1 − c)^T)/c`` for a float ``c``, which tends
+    to ``1/c`` for long sequences. :func:`artbp_matched` picks ``c`` for a
+    target depth.
 
     Examples:
       >>> import jax
       >>> from jbptt import estimators
       >>> est = estimators.artbp(0.25)
       >>> w, m = est.sample(jax.random.key(0), 8)
-      >>> w.shape, est.expected_depth(100)
-      ((1, 8), 4.0)
+      >>> w.shape, round(est.expected_depth(100), 6), est.expected_depth(1)
+      ((1, 8), 4.0, 1.0)
     """
     if not callable(c):
-        truncation.check_probability("c", c)
+        try:
+            arr = jnp.asarray(c)
+        except TypeError:
+            arr = None
+        if arr is None or arr.ndim > 1 or not jnp.issubdtype(arr.dtype, jnp.number):
+            raise TypeError(
+                "c must be a float, an array [T] of cut probabilities or a "
+                f"schedule d -> c, got {c!r}."
+            )
+        # As in truncation.artbp, c[0] (the link into h0) is never used.
+        truncation.check_probability("c", arr[1:] if arr.ndim else arr)
     label = getattr(c, "__name__", None) if callable(c) else c
 
     def depth(T):
-        if callable(c):
-            return _mean_segment_length(c, T)
-        mean_c = float(jnp.mean(jnp.asarray(c)))
-        return float(min(T, 1.0 / mean_c)) if mean_c > 0 else float(T)
+        return _mean_segment_length(c, T)
 
     return Estimator(
         f"artbp(c={label})",
@@ -162,49 +204,115 @@ def artbp(c) -> Estimator:
     )
 
 
-def artbp_c_for_depth(depth: float) -> float:
-    """Constant cut probability whose mean truncation length is ``depth``.
+def _check_depth(depth, T):
+    if isinstance(depth, bool) or not isinstance(depth, int | float) or depth <= 1:
+        raise ValueError(f"depth must be a number > 1, got {depth!r}.")
+    if T is None:
+        return
+    truncation._check_T(T)
+    if not depth < T:
+        raise ValueError(
+            f"depth must be < T = {T} for ARTBP (depth T needs c = 0, i.e. full "
+            f"BPTT), got {depth!r}."
+        )
 
-    ``c = 1/depth``: segment lengths are geometric with mean ``1/c``. Use it
-    to compare ARTBP with TBPTT(k) at equal cost (``depth = k``).
+
+def _bisect(f, lo, hi, target, iters=200):
+    """Root of the increasing ``f(x) = target`` in ``[lo, hi]`` (float64)."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def artbp_c_for_depth(depth: float, T: int | None = None) -> float:
+    """Constant cut probability whose expected depth is ``depth``.
+
+    With ``T``, solves ``E[min(L, T)] = (1 − (1 − c)^T)/c = depth`` (the
+    convention of ``Estimator.expected_depth``; needs ``1 < depth < T``).
+    Without ``T``, the long-sequence limit ``c = 1/depth``. Use it to compare
+    ARTBP with TBPTT(k) at equal depth (``depth = k``).
+
+    Args:
+      depth: target mean truncation length, > 1.
+      T: sequence length, or None for an unbounded sequence.
 
     Examples:
       >>> from jbptt import estimators
       >>> estimators.artbp_c_for_depth(8)
       0.125
+      >>> c = estimators.artbp_c_for_depth(8, T=16)
+      >>> round(c, 4), round(estimators.artbp(c).expected_depth(16), 9)
+      (0.1031, 8.0)
     """
-    if isinstance(depth, bool) or not isinstance(depth, int | float) or depth <= 1:
-        raise ValueError(f"depth must be a number > 1, got {depth!r}.")
-    return 1.0 / depth
+    _check_depth(depth, T)
+    if T is None:
+        return 1.0 / depth
+    # E[min(L, T)] decreases from T (c → 0) to 1 (c → 1): bisect on c.
+    c = _bisect(lambda c: -_geometric_depth(c, T), 0.0, 1.0, -float(depth))
+    return float(c)
 
 
-def artbp_matched(depth: float, schedule: str = "constant", alpha: float = 4.0):
-    """ARTBP with mean truncation length ``depth`` (to match TBPTT(k=depth)).
+def _geometric_depth(c: float, T: int) -> float:
+    # Σ_{d<T} (1 − c)^d = (1 − (1 − c)^T)/c, written to stay exact as c → 0.
+    return float(-np.expm1(T * np.log1p(-c)) / c) if c > 0 else float(T)
+
+
+def artbp_matched(
+    depth: float,
+    schedule: str = "constant",
+    alpha: float = 4.0,
+    T: int | None = None,
+) -> Estimator:
+    """ARTBP with expected depth ``depth`` (to match TBPTT(k = depth)).
+
+    With ``T``, ``expected_depth(T) == depth`` holds exactly (up to float
+    round-off): the parameter is solved for on sequences of length ``T``.
+    Without ``T`` it holds for long sequences (``T → ∞``).
 
     Args:
-      depth: target mean truncation length (> 1).
-      schedule: ``"constant"`` (c = 1/depth, geometric lengths) or
-        ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail` with mean length
-        ``depth``, polynomial tails, finite variance for ``alpha > 3``).
+      depth: target mean truncation length (> 1, and < T when T is given).
+      schedule: ``"constant"`` (geometric lengths, c = 1/depth without T) or
+        ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail`, mean length
+        ``depth`` without T; polynomial tails, finite variance for
+        ``alpha > 3``).
       alpha: tail exponent of the poly-tail schedule.
+      T: sequence length to match the depth on, or None.
 
     Examples:
       >>> from jbptt import estimators
       >>> est = estimators.artbp_matched(10, "poly_tail")
       >>> round(est.expected_depth(10_000), 1)
       10.0
+      >>> est = estimators.artbp_matched(10, "poly_tail", T=32)
+      >>> round(est.expected_depth(32), 9)
+      10.0
     """
+    if schedule not in ("constant", "poly_tail"):
+        raise ValueError(
+            f"Unknown schedule {schedule!r}. It needs to be one of "
+            "['constant', 'poly_tail']."
+        )
+    _check_depth(depth, T)
     if schedule == "constant":
-        return artbp(artbp_c_for_depth(depth))
-    if schedule == "poly_tail":
-        artbp_c_for_depth(depth)  # validates depth
-        sched = truncation.poly_tail(float(depth), alpha)
-        sched.__name__ = f"poly_tail(L={depth},alpha={alpha})"
-        return artbp(sched)
-    raise ValueError(
-        f"Unknown schedule {schedule!r}. It needs to be one of "
-        "['constant', 'poly_tail']."
-    )
+        return artbp(artbp_c_for_depth(depth, T))
+    if T is None:
+        L0 = float(depth)
+    else:
+        # Depth increases with L0, from 1 at L0 = 1 (c_1 = 1) towards T.
+        def log_depth(log_L0):
+            return _mean_segment_length(truncation.poly_tail(np.exp(log_L0), alpha), T)
+
+        hi = np.log(float(depth))
+        for _ in range(64):
+            if log_depth(hi) >= depth:
+                break
+            hi += np.log(4.0)
+        else:
+            raise ValueError(f"depth {depth!r} is too close to T = {T} to match.")
+        L0 = float(np.exp(_bisect(log_depth, 0.0, hi, float(depth))))
+    sched = truncation.poly_tail(L0, alpha)
+    return artbp(sched)._replace(hparams={"c": sched, "L0": L0, "alpha": alpha})
 
 
 def williams_peng(k1: int, k2: int) -> Estimator:
@@ -274,11 +382,25 @@ def williams_peng(k1: int, k2: int) -> Estimator:
     )
 
 
-def _mean_segment_length(schedule, T: int) -> float:
-    """E[steps between cuts] under a steps-since-cut schedule, capped at T."""
-    d = jnp.arange(1, T + 1)
-    survive = jnp.cumprod(1.0 - schedule(d))  # P(no cut in the first d steps)
-    return float(1.0 + jnp.sum(survive[:-1]))
+def _mean_segment_length(c, T: int) -> float:
+    """``E[min(L, T)] = 1 + Σ_{d=1}^{T−1} ∏_{i=1}^{d} (1 − c_i)`` in float64.
+
+    ``c_i``: the cut probability i steps after a segment start: ``c(i)`` for a
+    schedule, ``c[i]`` for an array (the first segment), ``c`` for a float.
+    """
+    truncation._check_T(T)
+    d = np.arange(1, T)
+    if callable(c):
+        ci = np.broadcast_to(np.asarray(c(jnp.asarray(d)), np.float64), d.shape)
+    elif np.ndim(c) == 0:
+        ci = np.full(d.shape, float(c))
+    else:
+        c = np.asarray(c, np.float64)
+        if c.shape != (T,):
+            raise ValueError(f"c has shape {c.shape} but T = {T}; expected ({T},).")
+        ci = c[1:]
+    survive = np.cumprod(1.0 - ci)  # P(L > d), d = 1..T−1
+    return float(1.0 + np.sum(survive))
 
 
 def estimate(

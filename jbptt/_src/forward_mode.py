@@ -745,9 +745,6 @@ def train(
     return OnlineHistory(params, opt_state, state, losses, norms)
 
 
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(tree)))
-
 
 _TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
 
@@ -790,7 +787,7 @@ def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, cli
                 g, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
             updates, opt_state = optimizer.update(g, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state, state), (losses, _global_norm(g_raw))
+            return (params, opt_state, state), (losses, optax.tree.norm(g_raw))
 
         keys = jax.random.split(key, T).reshape((T // every, every))
         resh = lambda a: a.reshape((T // every, every) + a.shape[1:])

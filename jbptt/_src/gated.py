@@ -43,7 +43,8 @@ def lstm() -> Cell:
 
     .. math::
 
-        i, f, g, o &= σ, σ, \\tanh, σ\\,(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}) \\\\
+        a_t &= W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh} \\\\
+        i, f, g, o &= σ(a^i_t), σ(a^f_t), \\tanh(a^g_t), σ(a^o_t) \\\\
         c_t &= f ⊙ c_{t-1} + i ⊙ g, \\qquad h_t = o ⊙ \\tanh(c_t), \\qquad out_t = h_t.
 
     The state is the tuple ``(c, h)`` (cell first, as in ``flax.linen``).
@@ -165,9 +166,7 @@ def gru() -> Cell:
         return dh * z + dhh @ params["weight_hh"], (dx, dhh)
 
     def linear(params, xs, hs_prev):
-        return project(params, xs), hs_prev @ params["weight_hh"].T + params[
-            "bias_hh"
-        ]
+        return project(params, xs), hs_prev @ params["weight_hh"].T + params["bias_hh"]
 
     def step(params, h, x):
         h_new, _ = forward(params, h, project(params, x))
@@ -216,7 +215,8 @@ def lstm_params_from_torch(state_dict) -> dict:
       >>> import numpy as np
       >>> from jbptt import cells
       >>> H, I = 2, 3
-      >>> sd = {"weight_ih_l0": np.zeros((4 * H, I)), "weight_hh_l0": np.zeros((4 * H, H))}
+      >>> sd = {"weight_ih_l0": np.zeros((4 * H, I)),
+      ...       "weight_hh_l0": np.zeros((4 * H, H))}
       >>> sorted(cells.lstm_params_from_torch(sd))
       ['bias_hh', 'bias_ih', 'weight_hh', 'weight_ih']
     """
@@ -227,5 +227,13 @@ def gru_params_from_torch(state_dict) -> dict:
     """Params for :func:`gru` from a one-layer ``torch.nn.GRU`` state_dict.
 
     Same conventions as :func:`lstm_params_from_torch` (gates r, z, n).
+
+    Examples:
+      >>> import numpy as np
+      >>> from jbptt import cells
+      >>> sd = {"weight_ih_l0": np.ones((6, 3)), "weight_hh_l0": np.ones((6, 2)),
+      ...       "bias_ih_l0": np.zeros(6), "bias_hh_l0": np.zeros(6)}
+      >>> cells.gru_params_from_torch(sd)["weight_ih"].shape
+      (6, 3)
     """
     return _params_from_torch(state_dict, 3, "GRU")

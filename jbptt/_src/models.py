@@ -64,7 +64,9 @@ def readout(cell: Cell, output_size: int, loss: str = "mse") -> Model:
       (['cell', 'readout'], (5, 16))
     """
     if loss not in _LOSSES:
-        raise ValueError(f"Unknown loss {loss!r}. It needs to be one of {sorted(_LOSSES)}.")
+        raise ValueError(
+            f"Unknown loss {loss!r}. It needs to be one of {sorted(_LOSSES)}."
+        )
     if not isinstance(output_size, int) or output_size <= 0:
         raise ValueError(f"output_size must be a positive int, got {output_size!r}.")
     per_step = _LOSSES[loss]
@@ -74,8 +76,10 @@ def readout(cell: Cell, output_size: int, loss: str = "mse") -> Model:
         cell_params = cell.init(k_cell, input_size, hidden_size, **kwargs)
         dtype = jax.tree_util.tree_leaves(cell_params)[0].dtype
         ro = _init.torch_style(
-            k_out, {"V": (output_size, hidden_size), "c": (output_size,)},
-            hidden_size, dtype,
+            k_out,
+            {"V": (output_size, hidden_size), "c": (output_size,)},
+            hidden_size,
+            dtype,
         )
         return {"cell": cell_params, "readout": ro}
 

@@ -11,6 +11,7 @@ use the hand-derived step; others a per-step ``jax.vjp``.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,10 @@ from jbptt._src import validation
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
+
+# Loop unrolling of the forward and reverse scans of the rules path
+# (measured by benchmarks/bench_grad.py; see benchmarks/RESULTS.md).
+UNROLL = 1
 
 
 def _scale(w_t, tree):
@@ -45,7 +50,7 @@ def _forward_rules(cell: Cell, params, h0, xs):
         h, res = rules.forward(params, h, xz_t)
         return h, (h, res)
 
-    h_T, (hs, res) = jax.lax.scan(body, h0, xz)
+    h_T, (hs, res) = jax.lax.scan(body, h0, xz, unroll=UNROLL)
     return h_T, rules.output(hs), (hs, res)
 
 
@@ -71,7 +76,7 @@ def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
         return _scale(w_t, dh_prev), dlin_t  # × w_t: the link t → t-1
 
     dh0, dlins = jax.lax.scan(
-        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True
+        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True, unroll=UNROLL
     )
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
     _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
@@ -133,7 +138,7 @@ def _rnn_scan_bwd(cell: Cell, saved, cotangents):
 _rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
 
 
-def rnn_scan(cell: Cell, params, h0, xs, w=None):
+def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
     Differentiating any function of the outputs with ``jax.grad`` runs the
@@ -147,6 +152,12 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None):
       xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
       w: link weights ``[T]`` (default: ones, i.e. full BPTT). ``w[t]`` scales
         the gradient from step t into h_{t-1}; ``w[0]`` the one into ``h0``.
+        ``w`` is a constant of the backward: its own cotangent is zero.
+      checkpoint: ``None`` (default) keeps every step's state for the
+        backward; ``"sqrt"`` keeps only the states at the starts of about √T
+        segments of about √T steps and recomputes each segment's forward
+        during the backward (O(√T) stored states for ~1 extra forward); an
+        int sets the segment length. Values and gradients are unchanged.
 
     Returns:
       ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
@@ -166,4 +177,76 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None):
       (3, 3)
     """
     w = validation.check_scan_args(cell, params, h0, xs, w)
-    return _rnn_scan(cell, params, h0, xs, w)
+    T = xs.shape[0]
+    S = segment_length(T, checkpoint)
+    if S is None:
+        return _rnn_scan(cell, params, h0, xs, w)
+
+    def segment(h, inp):
+        xs_s, w_s = inp
+        return _rnn_scan(cell, params, h, xs_s, w_s)
+
+    h_T, (head, body) = scan_segments(segment, h0, (xs, w), T, S)
+    outs = tree_map(lambda a: a.reshape(-1, *a.shape[2:]), body)
+    if head is not None:
+        outs = tree_map(lambda a, b: jnp.concatenate([a, b]), head, outs)
+    return h_T, outs
+
+
+# ---------------------------------------------------------- checkpointing ---
+
+
+def segment_length(T: int, checkpoint) -> int | None:
+    """Segment length for ``checkpoint`` (``None``: no checkpointing).
+
+    ``"sqrt"`` gives ⌈√T⌉, which stores ⌊T/S⌋ + 1 ≈ √T segment-start states
+    and at most S steps of residuals at a time: O(√T) in all.
+    """
+    if checkpoint is None:
+        return None
+    if checkpoint == "sqrt":
+        S = max(1, math.isqrt(T - 1) + 1)  # ⌈√T⌉
+    elif isinstance(checkpoint, int) and not isinstance(checkpoint, bool):
+        if checkpoint < 1:
+            raise ValueError(
+                f"checkpoint must be None, 'sqrt' or a segment length ≥ 1, "
+                f"got {checkpoint}."
+            )
+        S = checkpoint
+    else:
+        raise ValueError(
+            f"checkpoint must be None, 'sqrt' or a segment length (int ≥ 1), "
+            f"got {checkpoint!r}."
+        )
+    return None if S >= T else S
+
+
+def scan_segments(segment, carry, xs, T: int, S: int):
+    """Run ``segment(carry, xs_seg) -> (carry, out)`` over consecutive segments.
+
+    The first ``T mod S`` steps form a head segment, the rest ``T // S``
+    segments of ``S`` steps scanned in an outer ``lax.scan``. Each segment is
+    wrapped in ``jax.checkpoint``, so differentiating stores only the carries
+    at segment starts and re-runs a segment's forward (with its residuals)
+    just before its reverse scan. The outer scan runs over segment indices
+    and slices ``xs`` inside the segment, so the inputs are read in place
+    rather than saved again as per-segment residuals.
+
+    Returns:
+      ``(carry, (out_head, outs))``: ``out_head`` is ``None`` when ``S``
+      divides ``T``; ``outs`` stacks the other segments' outputs ``[T // S, ...]``.
+    """
+    r, n = T % S, T // S
+    out_head = None
+    if r:
+        head = jax.checkpoint(segment, prevent_cse=False)
+        carry, out_head = head(carry, tree_map(lambda a: a[:r], xs))
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def body(carry, k):
+        start = r + k * S
+        xs_k = tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, S), xs)
+        return segment(carry, xs_k)
+
+    carry, outs = jax.lax.scan(body, carry, jnp.arange(n))
+    return carry, (out_head, outs)

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jbptt._src import checks
 from jbptt._src.cell import Cell, ReverseRules
 from jbptt._src.estimators import Estimator
 from jbptt._src.forward_mode import OnlineEstimator
@@ -68,6 +69,9 @@ class History(NamedTuple):
       length: ``[S]`` number of steps in each segment.
       start: ``[S]`` first step of each segment.
       buckets: the static lengths the step was compiled for.
+      divergences: the segments whose loss, gradients or state were not
+        finite (:class:`jbptt.checks.Divergence`: segment index and the
+        offending quantities); their updates were not applied.
     """
 
     params: Any
@@ -78,6 +82,7 @@ class History(NamedTuple):
     length: np.ndarray
     start: np.ndarray
     buckets: tuple[int, ...]
+    divergences: tuple[checks.Divergence, ...] = ()
 
 
 def segments(w) -> tuple[np.ndarray, np.ndarray]:
@@ -169,10 +174,6 @@ def _link_weights(estimator, T: int, key) -> np.ndarray:
     )
 
 
-def _global_norm(tree) -> jax.Array:
-    """‖g‖₂ over all leaves (what ``optax.clip_by_global_norm`` bounds)."""
-    return jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(tree)))
-
 
 _CLIPS = {"global_norm": optax.clip_by_global_norm, "value": optax.clip}
 
@@ -194,7 +195,13 @@ def _optimizer(optimizer, clip, clip_mode):
     return optax.chain(_CLIPS[clip_mode](clip), optimizer)
 
 
-def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransformation):
+def make_step(
+    cell: Cell,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    guard: bool = False,
+):
     """The jitted online update on one segment.
 
     Returns ``step(params, opt_state, h, xs, ys, w, start, n, bucket) ->
@@ -202,7 +209,26 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
     ``xs[start : start + bucket]`` (``xs``, ``ys``, ``w`` padded by the
     caller), of which the first ``n`` steps are real. ``bucket`` is static;
     ``start`` and ``n`` are traced, so any segment of a bucket reuses one
-    compilation.
+    compilation. With ``guard=True`` it also returns ``finite``, the
+    :func:`jbptt.checks.finite_flags` of the loss, the gradients and the new
+    state, and if any is not finite the update is not applied (params,
+    optimizer state and state stay as they were). :func:`train` drives it
+    (with ``guard=True``); use it directly to interleave segments with other
+    work.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jbptt
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> opt = optax.sgd(1e-2)
+      >>> step = jbptt.train.make_step(model.cell, model.loss_fn, opt)
+      >>> xs = jnp.ones((8, 1))
+      >>> w = jbptt.truncation.tbptt(8, 4)
+      >>> h = model.cell.initial_state(p)
+      >>> p, s, h, loss, gnorm = step(p, opt.init(p), h, xs, xs, w, 4, 3, bucket=4)
+      >>> h.shape, loss.shape  # state after step 4 + 3 − 1 = 6
+      ((4,), ())
     """
     wcell = _with_states(cell)
 
@@ -221,17 +247,28 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer: optax.GradientTransforma
             return total, h_last
 
         (total, h_last), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        h_last = jax.lax.stop_gradient(h_last)
-        return params, opt_state, h_last, total / n, _global_norm(g)
+        updates, new_opt_state = optimizer.update(g, opt_state, params)
+        new = (
+            optax.apply_updates(params, updates),
+            new_opt_state,
+            jax.lax.stop_gradient(h_last),
+        )
+        if not guard:
+            return *new, total / n, optax.tree.norm(g)
+        # Value-level guard (no Python `if` on tracers): a non-finite segment
+        # leaves everything as it was; the caller reports it from the flags.
+        finite = checks.finite_flags(loss=total, grads=g, state=h_last)
+        params, opt_state, h_last = checks.select_if(
+            checks.all_finite(finite), new, (params, opt_state, h)
+        )
+        return params, opt_state, h_last, total / n, optax.tree.norm(g), finite
 
     return jax.jit(step, static_argnames="bucket")
 
 
 @functools.lru_cache(maxsize=32)
 def _cached_step(cell, loss_fn, optimizer, clip, clip_mode):
-    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode))
+    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode), guard=True)
 
 
 def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
@@ -240,7 +277,7 @@ def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
     try:
         return _cached_step(cell, loss_fn, optimizer, clip, clip_mode)
     except TypeError:  # unhashable pieces: compile afresh
-        return make_step(cell, loss_fn, tx)
+        return make_step(cell, loss_fn, tx, guard=True)
 
 
 def train(
@@ -258,6 +295,7 @@ def train(
     clip: float | None = None,
     clip_mode: str = "global_norm",
     min_bucket: int = 8,
+    on_nonfinite: str = "raise",
 ) -> History:
     """Train online along ``xs``, one optax update per truncation segment.
 
@@ -289,6 +327,14 @@ def train(
         ``optax.clip(clip)`` (``clip_mode="value"``).
       clip_mode: ``"global_norm"`` or ``"value"``.
       min_bucket: smallest static segment length compiled.
+      on_nonfinite: what to do when a segment's loss, gradients or state are
+        NaN or inf (its update is never applied): ``"raise"`` a
+        :class:`jbptt.checks.DivergenceError` naming the segment and the
+        quantities, ``"stop"`` and return the history so far, or ``"skip"``
+        the segment and go on. Either way it is listed in
+        ``History.divergences``. The data are checked up front with
+        :func:`jbptt.check_finite`. (Forward-mode estimators get the data
+        check only.)
 
     Returns:
       A :class:`History`.
@@ -323,6 +369,8 @@ def train(
                 f"ys must be time-major with length T = {T} (the length of xs), "
                 f"got a leaf of shape {np.shape(leaf)}."
             )
+    checks.check_policy(on_nonfinite)
+    checks.check_finite(xs=xs, ys=ys, h0=h0)
     tx = _optimizer(optimizer, clip, clip_mode)
     if isinstance(estimator, OnlineEstimator):
         return _forward_mode_history(
@@ -346,13 +394,21 @@ def train(
     h = cell.initial_state(params, tuple(xs.shape[1:-1])) if h0 is None else h0
     opt_state = tx.init(params) if opt_state is None else opt_state
 
-    losses, norms = [], []
-    for s, n, b in zip(starts.tolist(), lengths.tolist(), sizes, strict=True):
-        params, opt_state, h, loss, norm = step(
+    losses, norms, divergences = [], [], []
+    for i, (s, n, b) in enumerate(
+        zip(starts.tolist(), lengths.tolist(), sizes, strict=True)
+    ):
+        params, opt_state, h, loss, norm, finite = step(
             params, opt_state, h, xs_p, ys_p, w_p, s, n, bucket=b
         )
         losses.append(loss)
         norms.append(norm)
+        div = checks.handle_nonfinite(i, finite, on_nonfinite)
+        if div is not None:
+            divergences.append(div)
+            if div.action == "stopped":
+                lengths, starts = lengths[: i + 1], starts[: i + 1]
+                break
     return History(
         params,
         opt_state,
@@ -362,16 +418,35 @@ def train(
         lengths,
         starts,
         tuple(sorted(set(sizes))),
+        tuple(divergences),
     )
 
 
-def _forward_mode_history(cell, loss_fn, params, xs, ys, tx, estimator, key, h0,
-                          opt_state) -> History:
+def _forward_mode_history(
+    cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
+) -> History:
     """A forward-mode estimator's online run as a :class:`History` of
     one-step segments."""
-    hist = _train_forward_mode(cell, loss_fn, params, xs, ys, tx, estimator,
-                               key=key, h0=h0, opt_state=opt_state)
+    hist = _train_forward_mode(
+        cell,
+        loss_fn,
+        params,
+        xs,
+        ys,
+        tx,
+        estimator,
+        key=key,
+        h0=h0,
+        opt_state=opt_state,
+    )
     T = xs.shape[0]
-    return History(hist.params, hist.opt_state, hist.state.h,
-                   np.asarray(hist.loss), np.asarray(hist.grad_norm),
-                   np.ones(T, int), np.arange(T), (1,))
+    return History(
+        hist.params,
+        hist.opt_state,
+        hist.state.h,
+        np.asarray(hist.loss),
+        np.asarray(hist.grad_norm),
+        np.ones(T, int),
+        np.arange(T),
+        (1,),
+    )

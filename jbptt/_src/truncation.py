@@ -126,17 +126,29 @@ def geometric(mean_length: float) -> Schedule:
     """Constant cut probability ``c = 1/L``: mean truncation length ``L``.
 
     Weights grow like ``(1 − c)^−k`` along a length-k segment: high variance
-    (Tallec & Ollivier 2017, §4).
+    (Tallec & Ollivier 2017, §4). Same law as ``artbp(key, T, 1/L)``.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import truncation
+      >>> w = truncation.artbp(jax.random.key(0), 6, truncation.geometric(4.0))
+      >>> bool(((w[1:] == 0) | (abs(w[1:] - 4 / 3) < 1e-6)).all())
+      True
     """
     if not mean_length > 1:
         raise ValueError(f"mean_length must be > 1, got {mean_length!r}.")
-    return lambda d: jnp.full(jnp.shape(d), 1.0 / mean_length)
+
+    def schedule(d):
+        return jnp.full(jnp.shape(d), 1.0 / mean_length)
+
+    schedule.__name__ = f"geometric(L={mean_length:g})"  # labels, e.g. sweeps
+    return schedule
 
 
 def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     """``c_d = (α − 1)/((α − 2) L₀ + d)``: polynomial-tailed truncation lengths.
 
-    Mean length ``L₀``; the reweighting grows polynomially, with finite
+    Mean length ``L₀ > 1``; the reweighting grows polynomially, with finite
     variance for ``α > 3`` (Tallec & Ollivier 2017). ``α`` = 4 or 6 in the
     paper.
 
@@ -148,12 +160,16 @@ def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     """
     if not alpha > 2:
         raise ValueError(f"alpha must be > 2, got {alpha!r}.")
-    if not mean_length > 0:
-        raise ValueError(f"mean_length must be > 0, got {mean_length!r}.")
+    # c_1 = (α − 1)/((α − 2) L₀ + 1) < 1 needs L₀ > 1.
+    if not mean_length > 1:
+        raise ValueError(
+            f"mean_length must be > 1 (else c(1) ≥ 1), got {mean_length!r}."
+        )
 
     def schedule(d):
         return (alpha - 1.0) / ((alpha - 2.0) * mean_length + d)
 
+    schedule.__name__ = f"poly_tail(L={mean_length:g},alpha={alpha:g})"
     return schedule
 
 

@@ -69,7 +69,10 @@ def check_h0(cell: Cell, params, h0, batch_shape) -> None:
             f"{_describe(expected)}, got {_describe(got)}. Use "
             f"cell.initial_state(params, {batch_shape})."
         )
-    for e, g in zip(tree_util.tree_leaves(expected), tree_util.tree_leaves(got)):
+    leaves = zip(
+        tree_util.tree_leaves(expected), tree_util.tree_leaves(got), strict=True
+    )
+    for e, g in leaves:
         if e.shape != g.shape:
             raise ValueError(
                 f"h0 has shape {_describe(got)} but xs has batch shape "
@@ -124,7 +127,9 @@ def _check_step_runs(cell: Cell, params, h0, xs) -> None:
         ) from err
     if tree_util.tree_structure(new_h) != tree_util.tree_structure(h0) or any(
         a.shape != b.shape
-        for a, b in zip(tree_util.tree_leaves(new_h), tree_util.tree_leaves(h0))
+        for a, b in zip(
+            tree_util.tree_leaves(new_h), tree_util.tree_leaves(h0), strict=True
+        )
     ):
         raise ValueError(
             f"{cell.name}.step returns a state {_describe(new_h)} that differs "

@@ -1,0 +1,676 @@
+"""Speed and memory of jbptt's value+grad against its references.
+
+Three parts, all measured in one run so the ratios are comparable:
+
+1. **grad**: jitted value+grad of Elman (tanh), LSTM and GRU at the shapes of
+   DESIGN.md against (a) ``jax.value_and_grad`` of the same ``lax.scan``
+   forward, (b) PyTorch CPU ``nn.RNN``/``nn.LSTM``/``nn.GRU`` forward+backward
+   when torch is importable, (c) the GEMM-rate limit: the FLOPs of the whole
+   value+grad at the rate a jitted matmul of matching shape reaches here.
+2. **long**: T = 100 000, H = 256, B = 1 with ``checkpoint="sqrt"`` against
+   the uncheckpointed run and ``jax.checkpoint`` on the reference; peak memory
+   from the compiled memory analysis.
+3. **sweep**: a ``vmap`` over K = 8 link-weight vectors against K calls.
+
+Run ``python -m benchmarks.bench_grad --out benchmarks`` (``make bench``);
+``--quick`` uses tiny shapes and finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jbptt
+from jbptt import cells, truncation
+
+SHAPES = [
+    (100, 32, 64, 128),
+    (1000, 32, 64, 128),
+    (1000, 8, 32, 64),
+    (200, 64, 128, 512),
+]
+QUICK_SHAPES = [(20, 4, 3, 8)]
+CELLS = {"elman": (cells.elman, 1), "lstm": (cells.lstm, 4), "gru": (cells.gru, 3)}
+
+
+def loss_fn(params, out_t, y_t):
+    """ℓ_t = ½·mean((h_t − y_t)²), the same in every implementation."""
+    del params
+    return 0.5 * jnp.mean((out_t - y_t) ** 2)
+
+
+# ----------------------------------------------------------------- timing ---
+
+
+def _block(tree):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def memory_bytes(compiled) -> dict:
+    """Compiled memory analysis: temporaries and the peak (args+out+temp)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {"temp": float("nan"), "peak": float("nan")}
+    temp = m.temp_size_in_bytes
+    peak = m.argument_size_in_bytes + m.output_size_in_bytes + temp
+    return {"temp": temp, "peak": peak - m.alias_size_in_bytes}
+
+
+# ------------------------------------------------------------- references ---
+
+
+def reference_loss(cell, remat: str | None = None, segment: int | None = None):
+    """The same forward as a plain ``lax.scan`` (no link weights).
+
+    ``remat="step"`` wraps each step in ``jax.checkpoint``; ``remat="sqrt"``
+    nests an outer scan over segments of ``segment`` steps around a
+    checkpointed inner scan (the classic √T remat of the reference).
+    """
+
+    def run(params, h0, xs):
+        def step(h, x_t):
+            return cell.step(params, h, x_t)
+
+        if remat == "step":
+            step = jax.checkpoint(step)
+        if remat == "sqrt":
+            T = xs.shape[0]
+            n = T // segment
+
+            @jax.checkpoint
+            def seg(h, xs_seg):
+                return jax.lax.scan(step, h, xs_seg)
+
+            xs_seg = xs.reshape(n, segment, *xs.shape[1:])
+            h_T, outs = jax.lax.scan(seg, h0, xs_seg)
+            return h_T, outs.reshape(T, *outs.shape[2:])
+        return jax.lax.scan(step, h0, xs)
+
+    def forward(params, h0, xs, ys):
+        h_T, outs = run(params, h0, xs)
+        return jbptt_sum(params, outs, ys), h_T
+
+    return forward
+
+
+def jbptt_sum(params, outs, ys):
+    return jnp.sum(jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys))
+
+
+def ref_value_and_grad(cell, **kw):
+    vg = jax.value_and_grad(reference_loss(cell, **kw), has_aux=True)
+    return lambda params, h0, xs, ys: vg(params, h0, xs, ys)
+
+
+def jbptt_value_and_grad(cell, checkpoint=None):
+    kw = {} if checkpoint is None else {"checkpoint": checkpoint}
+    vg = jbptt.value_and_grad(cell, loss_fn, **kw)
+    return lambda params, h0, xs, ys: vg(params, h0, xs, ys)
+
+
+def gemm_call(name, T, B, I, H) -> tuple[float, float, Callable[[], object]]:
+    """(FLOPs of value+grad, FLOPs of the matmul, a call of the matmul).
+
+    FLOPs: forward 2·T·B·G·H·(I+H); backward 2·T·B·G·H·H for the states and
+    2·T·B·G·H·(I+H) for the weight gradients (input gradients are not asked).
+    The GEMM limit is these FLOPs at the rate of one jitted matmul
+    ``[T·B, I+H] @ [I+H, G·H]``.
+    """
+    G = CELLS[name][1]
+    flops = 2.0 * T * B * G * H * (2 * (I + H) + H)
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (T * B, I + H), jnp.float32)
+    b = jax.random.normal(key, (I + H, G * H), jnp.float32)
+    _, call, _ = compile_call(jnp.matmul, (a, b))
+    return flops, 2.0 * T * B * (I + H) * G * H, call
+
+
+def torch_call(name, T, B, I, H) -> Callable[[], object] | None:
+    """PyTorch CPU forward+backward as a call, or ``None`` without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name]
+    net = module(I, H)
+    xs = torch.randn(T, B, I)
+    ys = torch.randn(T, B, H)
+
+    def call():
+        net.zero_grad()
+        outs, _ = net(xs)
+        # Σ_t ½·mean_t((h−y)²) = ½·T·mean((h−y)²), same loss as loss_fn.
+        loss = 0.5 * ((outs - ys) ** 2).mean(dim=(1, 2)).sum()
+        loss.backward()
+
+    return call
+
+
+def compile_call(fn: Callable, args) -> tuple[float, Callable[[], object], object]:
+    """(compile seconds, a blocking call, the compiled executable)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    return compile_s, lambda: _block(compiled(*args)), compiled
+
+
+def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
+    """Wall-clock median/min and CPU-time min of each call, timed round-robin.
+
+    One warm-up call each, then ``repeats`` rounds that run every call once:
+    all variants see the same background load (the machine is shared), so
+    the ratios between them are steadier than separately timed medians. The
+    CPU time (``time.process_time``, all threads of this process) is hardly
+    affected by other processes; it counts threads that spin while waiting.
+    """
+    for call in calls.values():
+        call()
+    wall = {k: [] for k in calls}
+    cpu = {k: [] for k in calls}
+    for _ in range(repeats):
+        for k, call in calls.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            call()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return {
+        k: {
+            "median": statistics.median(wall[k]),
+            "min": min(wall[k]),
+            "cpu": min(cpu[k]),
+        }
+        for k in calls
+    }
+
+
+# ------------------------------------------------------------------ parts ---
+
+
+def _problem(name, T, B, I, H, dtype=jnp.float32, seed=0):
+    cell = CELLS[name][0]()
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    params = cell.init(k1, I, H, dtype=dtype)
+    batch = (B,) if B else ()
+    h0 = cell.initial_state(params, batch)
+    xs = jax.random.normal(k2, (T, *batch, I), dtype)
+    ys = jax.random.normal(k3, (T, *batch, H), dtype)
+    return cell, (params, h0, xs, ys)
+
+
+def bench_grad(shapes, names, repeats, use_torch, progress) -> list[dict]:
+    rows = []
+    for T, B, I, H in shapes:
+        for name in names:
+            progress(f"grad {name} T={T} B={B} I={I} H={H}")
+            cell, args = _problem(name, T, B, I, H)
+            c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
+            c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
+            flops, mm_flops, mm = gemm_call(name, T, B, I, H)
+            calls = {"jbptt": jb, "jax": ref, "gemm": mm}
+            tc = torch_call(name, T, B, I, H) if use_torch else None
+            if tc is not None:
+                calls["torch"] = tc
+            t = interleaved(calls, repeats)
+            nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
+            t_t = t.get("torch", nan)
+            rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
+            t_g = flops / rate
+            t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time
+            t_j, t_r = t["jbptt"], t["jax"]
+            rows.append(
+                dict(
+                    cell=name, T=T, B=B, I=I, H=H,
+                    jbptt_ms=1e3 * t_j["median"], jax_ms=1e3 * t_r["median"],
+                    torch_ms=1e3 * t_t["median"], gemm_limit_ms=1e3 * t_g,
+                    gemm_gflops=rate / 1e9,
+                    jbptt_compile_s=c_j, jax_compile_s=c_r,
+                    speedup_vs_jax=t_r["median"] / t_j["median"],
+                    speedup_vs_torch=t_t["median"] / t_j["median"],
+                    over_gemm_limit=t_j["median"] / t_g,
+                    jbptt_min_ms=1e3 * t_j["min"], jax_min_ms=1e3 * t_r["min"],
+                    torch_min_ms=1e3 * t_t["min"],
+                    speedup_vs_jax_min=t_r["min"] / t_j["min"],
+                    speedup_vs_torch_min=t_t["min"] / t_j["min"],
+                    over_gemm_limit_min=t_j["min"] / t_g,
+                    jbptt_cpu_ms=1e3 * t_j["cpu"], jax_cpu_ms=1e3 * t_r["cpu"],
+                    torch_cpu_ms=1e3 * t_t["cpu"], gemm_limit_cpu_ms=1e3 * t_g_cpu,
+                    speedup_vs_jax_cpu=t_r["cpu"] / t_j["cpu"],
+                    speedup_vs_torch_cpu=t_t["cpu"] / t_j["cpu"],
+                    over_gemm_limit_cpu=t_j["cpu"] / t_g_cpu,
+                )
+            )  # fmt: skip
+    return rows
+
+
+def bench_long(
+    T, H, B, I, repeats, progress, cell_names=("elman", "lstm")
+) -> list[dict]:
+    rows = []
+    seg = int(round(math.sqrt(T)))
+    T_ref = (T // seg) * seg  # the reference's √T remat needs whole segments
+    for name in cell_names:
+        cell, args = _problem(name, T, B, I, H)
+        variants = [
+            ("jbptt", jbptt_value_and_grad(cell), args),
+            ("jbptt checkpoint='sqrt'", jbptt_value_and_grad(cell, "sqrt"), args),
+            ("jax.value_and_grad", ref_value_and_grad(cell), args),
+            ("jax + checkpoint per step", ref_value_and_grad(cell, remat="step"), args),
+            (
+                "jax + checkpoint √T segments",
+                ref_value_and_grad(cell, remat="sqrt", segment=seg),
+                _problem(name, T_ref, B, I, H)[1],
+            ),
+        ]
+        calls, compiled = {}, {}
+        for label, fn, a in variants:
+            progress(f"long {name} {label} (compile)")
+            c, call, exe = compile_call(fn, a)
+            calls[label] = call
+            compiled[label] = (c, exe, a[2].shape[0])
+        progress(f"long {name} (run)")
+        t = interleaved(calls, repeats)
+        for label, (c, exe, T_run) in compiled.items():
+            mem = memory_bytes(exe)
+            rows.append(
+                dict(
+                    cell=name, variant=label, T=T_run, B=B, I=I, H=H,
+                    temp_MB=mem["temp"] / 2**20, peak_MB=mem["peak"] / 2**20,
+                    run_s=t[label]["median"], run_min_s=t[label]["min"],
+                    run_cpu_s=t[label]["cpu"],
+                    compile_s=c,
+                )
+            )  # fmt: skip
+    return rows
+
+
+def bench_sweep(shapes, names, K, repeats, progress) -> list[dict]:
+    rows = []
+    for T, B, I, H in shapes:
+        for name in names:
+            progress(f"sweep {name} T={T} B={B} H={H} K={K}")
+            cell, (params, h0, xs, ys) = _problem(name, T, B, I, H)
+            ws = jnp.stack(
+                [truncation.tbptt(T, 1 + k * max(1, T // K)) for k in range(K)]
+            )
+            one = jbptt.value_and_grad(cell, loss_fn)
+            vmapped = jax.vmap(one, in_axes=(None, None, None, None, 0))
+            multi = functools.partial(jbptt.grads_for_weights, cell, loss_fn)
+            t = interleaved(
+                {
+                    "one": compile_call(one, (params, h0, xs, ys, ws[0]))[1],
+                    "vmap": compile_call(vmapped, (params, h0, xs, ys, ws))[1],
+                    "multi": compile_call(multi, (params, h0, xs, ys, ws))[1],
+                },
+                repeats,
+            )
+            t_one, t_vmap, t_multi = (t[k]["median"] for k in ("one", "vmap", "multi"))
+            c_one, c_vmap, c_multi = (t[k]["cpu"] for k in ("one", "vmap", "multi"))
+            rows.append(
+                dict(
+                    cell=name, T=T, B=B, I=I, H=H, K=K,
+                    one_ms=1e3 * t_one, vmap_ms=1e3 * t_vmap,
+                    multi_ms=1e3 * t_multi, separate_ms=1e3 * K * t_one,
+                    vmap_over_one=t_vmap / t_one, multi_over_one=t_multi / t_one,
+                    vmap_over_one_cpu=c_vmap / c_one,
+                    multi_over_one_cpu=c_multi / c_one,
+                )
+            )  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- writing ---
+
+
+def environment() -> dict:
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        torch_threads = torch.get_num_threads()
+    except ImportError:
+        torch_version, torch_threads = None, None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [
+                ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")
+            ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} logical cores",
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "jbptt": jbptt.__version__,
+        "numpy": np.__version__,
+        "torch": torch_version,
+        "torch_threads": torch_threads,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def _table(rows, cols, fmt) -> str:
+    head = "| " + " | ".join(c for c, _ in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    body = [
+        "| "
+        + " | ".join(fmt(r[k]) if callable(fmt) else str(r[k]) for _, k in cols)
+        + " |"
+        for r in rows
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def _f(x) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return str(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> None:
+    lines = ["# jbptt benchmark results", ""]
+    lines += [
+        f"Regenerated by `{config['command']}` on {env['date_utc']} UTC.", "",
+        f"- machine: {env['machine']}; backend `{env['backend']}`",
+        f"- python {env['python']}, jax {env['jax']}, numpy {env['numpy']}, "
+        f"torch {env['torch']} ({env['torch_threads']} threads), jbptt {env['jbptt']}",
+        f"- float32; median of {config['repeats']} runs after one warm-up call, "
+        "all variants of a case timed round-robin (same background load); "
+        "compile time measured separately", "",
+    ]  # fmt: skip
+    if grad:
+        lines += [
+            "## value+grad: jbptt against jax.value_and_grad, PyTorch CPU, GEMM limit",
+            "",
+            "Times in ms. `vs jax` and `vs torch` are speed-ups of jbptt "
+            "(their time / jbptt's time, > 1 is faster); `/ GEMM limit` is jbptt's "
+            "time over the time the same FLOPs take at the rate of one big jitted "
+            "matmul (1 is the hardware limit).",
+            "",
+            _table(
+                grad,
+                [
+                    ("cell", "cell"),
+                    ("T", "T"),
+                    ("B", "B"),
+                    ("I", "I"),
+                    ("H", "H"),
+                    ("jbptt", "jbptt_ms"),
+                    ("jax", "jax_ms"),
+                    ("torch", "torch_ms"),
+                    ("GEMM limit", "gemm_limit_ms"),
+                    ("vs jax", "speedup_vs_jax"),
+                    ("vs torch", "speedup_vs_torch"),
+                    ("/ GEMM limit", "over_gemm_limit"),
+                    ("compile jbptt (s)", "jbptt_compile_s"),
+                    ("compile jax (s)", "jax_compile_s"),
+                ],
+                _f,
+            ),  # fmt: skip
+            "",
+        ]
+        lines += [
+            "The same ratios in CPU time (fastest repeat; `time.process_time`, "
+            "all threads of the process), hardly affected by other processes on "
+            "a shared machine; the GEMM limit is the matmul's CPU time scaled "
+            "to the FLOPs:",
+            "",
+            _table(
+                grad,
+                [
+                    ("cell", "cell"),
+                    ("T", "T"),
+                    ("B", "B"),
+                    ("I", "I"),
+                    ("H", "H"),
+                    ("jbptt cpu", "jbptt_cpu_ms"),
+                    ("jax cpu", "jax_cpu_ms"),
+                    ("torch cpu", "torch_cpu_ms"),
+                    ("GEMM limit cpu", "gemm_limit_cpu_ms"),
+                    ("vs jax", "speedup_vs_jax_cpu"),
+                    ("vs torch", "speedup_vs_torch_cpu"),
+                    ("/ GEMM limit", "over_gemm_limit_cpu"),
+                ],
+                _f,
+            ),  # fmt: skip
+            "",
+        ]
+    if long:
+        lines += [
+            "## Long sequences: checkpoint='sqrt'",
+            "",
+            "Peak = arguments + outputs + temporaries of the compiled value+grad "
+            "(XLA memory analysis), in MiB; run time in seconds.",
+            "",
+            _table(
+                long,
+                [
+                    ("cell", "cell"),
+                    ("variant", "variant"),
+                    ("T", "T"),
+                    ("H", "H"),
+                    ("B", "B"),
+                    ("temp MiB", "temp_MB"),
+                    ("peak MiB", "peak_MB"),
+                    ("run s", "run_s"),
+                    ("run cpu s", "run_cpu_s"),
+                    ("compile s", "compile_s"),
+                ],
+                _f,
+            ),  # fmt: skip
+            "",
+        ]
+    if sweep:
+        lines += [
+            f"## Sweep: K = {sweep[0]['K']} link-weight vectors",
+            "",
+            "`vmap`: `jax.vmap` of `jbptt.value_and_grad` over `w`; `multi`: "
+            "`jbptt.grads_for_weights` (one forward, K reverse scans batched); "
+            "times in ms and as a multiple of one call (target ≤ 3).",
+            "",
+            _table(
+                sweep,
+                [
+                    ("cell", "cell"),
+                    ("T", "T"),
+                    ("B", "B"),
+                    ("H", "H"),
+                    ("one call", "one_ms"),
+                    ("K calls", "separate_ms"),
+                    ("vmap", "vmap_ms"),
+                    ("multi", "multi_ms"),
+                    ("vmap / one", "vmap_over_one"),
+                    ("vmap / one (cpu)", "vmap_over_one_cpu"),
+                    ("multi / one (cpu)", "multi_over_one_cpu"),
+                    ("multi / one", "multi_over_one"),
+                ],
+                _f,
+            ),  # fmt: skip
+            "",
+        ]
+    if notes:
+        lines += [notes.strip(), ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, grad: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['cell']}\n{r['T']},{r['B']},{r['I']},{r['H']}" for r in grad]
+    x = np.arange(len(grad))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(grad)), 4))
+    width = 0.27
+    ax.bar(
+        x - width,
+        [r["speedup_vs_jax"] for r in grad],
+        width,
+        label="vs jax.value_and_grad",
+    )
+    ax.bar(x, [r["speedup_vs_torch"] for r in grad], width, label="vs PyTorch CPU")
+    ax.bar(
+        x + width,
+        [1 / r["over_gemm_limit"] for r in grad],
+        width,
+        label="fraction of GEMM limit",
+    )
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("speed-up of jbptt (× faster)")
+    ax.set_xlabel("cell and (T, B, I, H)")
+    ax.set_title("jbptt value+grad, float32 CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- main ---
+
+
+def _default_notes() -> str:
+    """benchmarks/NOTES.md (the analysis of the numbers), when present."""
+    path = Path(__file__).parent / "NOTES.md"
+    return path.read_text() if path.exists() else ""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_grad",
+        description="Benchmark jbptt value+grad against jax.grad, PyTorch CPU and "
+        "the GEMM limit; checkpointed long sequences; vmapped sweeps.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
+    p.add_argument("--out", default="results", help="output directory")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per case")
+    p.add_argument("--parts", default="grad,long,sweep", help="comma list of parts")
+    p.add_argument("--cells", default="elman,lstm,gru", help="comma list of cells")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--long-T", type=int, default=None, help="T of the long part")
+    p.add_argument(
+        "--from-json", default=None, help="rewrite RESULTS.md from a results.json"
+    )
+    p.add_argument("--notes", default=None, help="markdown file appended to RESULTS.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        r = json.loads(Path(args.from_json).read_text())
+        notes = Path(args.notes).read_text() if args.notes else _default_notes()
+        write_markdown(
+            out / "RESULTS.md", r["environment"], r["config"], r["grad"],
+            r["long"], r["sweep"], notes,
+        )  # fmt: skip
+        return r
+    parts = set(args.parts.split(","))
+    unknown = parts - {"grad", "long", "sweep"}
+    if unknown:
+        raise ValueError(f"--parts takes grad, long, sweep; got {sorted(unknown)}.")
+    names = args.cells.split(",")
+    if set(names) - set(CELLS):
+        raise ValueError(f"--cells takes {sorted(CELLS)}; got {names}.")
+    repeats = args.repeats or (2 if args.quick else 7)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    long_T = args.long_T or (64 if args.quick else 100_000)
+    long_H = 8 if args.quick else 256
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, disable=args.quick, unit="case")
+        progress = lambda s: (bar.set_description(s), bar.update(1))  # noqa: E731
+    except ImportError:
+        progress = lambda s: None  # noqa: E731
+
+    grad = (
+        bench_grad(shapes, names, repeats, not args.no_torch, progress)
+        if "grad" in parts
+        else []
+    )
+    long = (
+        bench_long(
+            long_T,
+            long_H,
+            1,
+            4 if args.quick else 32,
+            repeats,
+            progress,
+            [n for n in names if n in ("elman", "lstm")],
+        )
+        if "long" in parts
+        else []
+    )
+    sweep_shapes = shapes[:1] if args.quick else [SHAPES[1], SHAPES[3]]
+    sweep = (
+        bench_sweep(sweep_shapes, names, 8, repeats, progress)
+        if "sweep" in parts
+        else []
+    )
+
+    env = environment()
+    command = "python -m benchmarks.bench_grad " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    config = {"command": command.strip(), "repeats": repeats, "quick": args.quick,
+              "shapes": shapes, "long": [long_T, long_H], "seed": 0}  # fmt: skip
+    result = {
+        "config": config,
+        "environment": env,
+        "grad": grad,
+        "long": long,
+        "sweep": sweep,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_csv(out / "results_grad.csv", grad)
+    write_csv(out / "results_long.csv", long)
+    write_csv(out / "results_sweep.csv", sweep)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    if not notes and not args.quick:
+        notes = _default_notes()
+    write_markdown(out / "RESULTS.md", env, config, grad, long, sweep, notes)
+    if grad:
+        plot(out / "speedups.png", grad)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Resumable runs: append-only result files (JSON lines, config hash) and
+training checkpoints (orbax)."""
+
+from jbptt._src.runs import MISMATCH as MISMATCH
+from jbptt._src.runs import Checkpointer as Checkpointer
+from jbptt._src.runs import ResultFile as ResultFile
+from jbptt._src.runs import canonical as canonical
+from jbptt._src.runs import config_hash as config_hash
+from jbptt._src.runs import read_rows as read_rows

@@ -1,0 +1,31 @@
+"""The benchmark's ``--quick`` form runs and writes its outputs."""
+
+import json
+
+import pytest
+
+from benchmarks import bench_grad
+
+
+def test_bench_quick_runs(tmp_path):
+    result = bench_grad.main(
+        ["--quick", "--no-torch", "--cells", "elman", "--out", str(tmp_path)]
+    )
+    for name in ("RESULTS.md", "results.json", "results_grad.csv", "speedups.png"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["quick"] is True
+    assert {r["cell"] for r in result["grad"]} == {"elman"}
+    for r in result["grad"]:
+        assert r["jbptt_ms"] > 0 and r["jax_ms"] > 0 and r["gemm_limit_ms"] > 0
+    variants = {r["variant"] for r in result["long"]}
+    assert "jbptt checkpoint='sqrt'" in variants
+    assert all(r["peak_MB"] > 0 for r in result["long"])
+    assert result["sweep"] and result["sweep"][0]["K"] == 8
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "vs jax" in text and "checkpoint" in text
+
+
+def test_bench_rejects_unknown_part(tmp_path):
+    with pytest.raises(ValueError, match="--parts"):
+        bench_grad.main(["--quick", "--parts", "nope", "--out", str(tmp_path)])
