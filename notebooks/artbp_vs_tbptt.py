@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,7 +44,7 @@ import numpy as np
 from experiments import bias_sweep, tasks
 from jbptt import sweep
 
-T, HIDDEN, BATCH, SAMPLES = 16, 16, 16, 128
+T, HIDDEN, BATCH, SAMPLES = 16, 8, 8, 128
 task = tasks.delayed_sum((1, 4, 12))
 model, problem = tasks.make_problem(task, "elman", jax.random.key(0), T, HIDDEN, BATCH)
 print(task.name, problem.xs.shape, problem.ys.shape)

@@ -33,7 +33,8 @@ from IPython.display import Image, display
 
 from experiments import char_lm, influence_balancing, sunspots
 
-out = tempfile.mkdtemp()
+# tests pass JBPTT_NOTEBOOK_OUT to check these files; otherwise a fresh folder
+out = os.environ.get("JBPTT_NOTEBOOK_OUT") or tempfile.mkdtemp()
 
 # %% [markdown]
 # ## 1. Influence balancing (Tallec & Ollivier 2017)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,3 +97,32 @@ def random_w(T, seed=1):
     k1, k2 = jax.random.split(jax.random.key(seed))
     w = jax.random.uniform(k1, (T,), minval=0.0, maxval=2.0)
     return jnp.where(jax.random.bernoulli(k2, 0.3, (T,)), 0.0, w)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def reproductions_notebook():
+    """Executes notebooks/reproductions.ipynb once per test process.
+
+    The notebook runs the quick forms of influence_balancing, char_lm and
+    sunspots through their `main(argv)` into a folder given by
+    JBPTT_NOTEBOOK_OUT; the notebook test and each experiment's test check that
+    one run instead of running every quick experiment twice.
+
+    Returns:
+        (executed notebook, output folder as a Path).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    out = Path(tempfile.mkdtemp(prefix="jbptt_reproductions_"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    nb_path = ROOT / "notebooks" / "reproductions.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    resources = {"metadata": {"path": str(nb_path.parent)}}
+    NotebookClient(nb, timeout=600, resources=resources).execute(
+        env={**os.environ, "JBPTT_NOTEBOOK_OUT": str(out)}
+    )
+    return nb, out

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import char_lm
+from tests.helpers import reproductions_notebook
 
 
 def test_unigram_bpc():
@@ -17,14 +18,17 @@ def test_unigram_bpc():
     assert np.isfinite(char_lm.unigram_bpc(train, np.array([4]), 5))
 
 
-def test_quick_run(tmp_path):
-    meta = char_lm.main(["--quick", "--out", str(tmp_path)])
+def test_quick_run():
+    # `char_lm.main(["--quick", "--out", out])`, run once by the reproductions
+    # notebook (tests/helpers.py); its JSON is the dict main returns.
+    _, out = reproductions_notebook()
+    meta = json.loads((out / "char_lm.json").read_text())
     for ext in ("csv", "json", "png"):
-        assert (tmp_path / f"char_lm.{ext}").stat().st_size > 0
-    with open(tmp_path / "char_lm.csv") as f:
+        assert (out / f"char_lm.{ext}").stat().st_size > 0
+    with open(out / "char_lm.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"run", "backward_steps", "seconds", "valid_bpc"} <= set(rows[0])
-    saved = json.loads((tmp_path / "char_lm.json").read_text())
+    saved = json.loads((out / "char_lm.json").read_text())
     assert saved["corpus"]["n_chars"] == 60_000 and "jax" in saved["versions"]
     runs = {s["run"]: s for s in meta["summary"]}
     assert len(runs) == 2

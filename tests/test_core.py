@@ -150,7 +150,9 @@ def test_gradient_wrt_h0_and_final_state_cotangent():
     assert rel_err(g(params, h0, True), g(params, h0, False)) <= 1e-10
 
 
-@settings(max_examples=10, deadline=None)
+# 6 random problems: test_matches_autodiff already covers every cell, batch shape
+# and weight kind on a fixed problem; this one varies the shapes.
+@settings(max_examples=6, deadline=None)
 @given(
     T=st.integers(1, 9),
     batch=st.sampled_from([(), (1,), (2,), (2, 3)]),
