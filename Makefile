@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m experiments.bias_sweep --out results
 
+# Two workers: CI has 2 cores; tests sharing one notebook run stay together.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks

@@ -18,6 +18,7 @@ def test_unigram_bpc():
     assert np.isfinite(char_lm.unigram_bpc(train, np.array([4]), 5))
 
 
+@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
 def test_quick_run():
     # `char_lm.main(["--quick", "--out", out])`, run once by the reproductions
     # notebook (tests/helpers.py); its JSON is the dict main returns.

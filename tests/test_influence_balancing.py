@@ -51,6 +51,7 @@ def test_steady_state_optimum():
     assert s1 == pytest.approx(-6.0) and 1 / s1 == pytest.approx(ib.THETA_STAR)
 
 
+@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
 def test_quick_run_outputs_and_claim():
     # `ib.main(["--quick", "--out", out])`, run once by the reproductions
     # notebook (tests/helpers.py); the JSON holds the summary main returns.

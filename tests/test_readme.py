@@ -13,5 +13,7 @@ def test_readme_python_blocks_run():
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
     g_full, g_sweep = namespace["g_full"], namespace["g_sweep"]
-    assert g_sweep["cell"]["weight_hh"].shape == (6,) + g_full["cell"]["weight_hh"].shape
+    assert (
+        g_sweep["cell"]["weight_hh"].shape == (6,) + g_full["cell"]["weight_hh"].shape
+    )
     assert len(namespace["hist"].loss) == len(namespace["hist"].length) > 1

@@ -20,6 +20,7 @@ def test_pair_in_sync():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
 def test_notebook_executes():
     nb, out = reproductions_notebook()  # one run, shared with the experiments' tests
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -26,6 +26,7 @@ def test_naive_forecast_is_previous_value():
     np.testing.assert_array_equal(sunspots.naive_forecast(y, 7), [6.0, 7.0, 8.0])
 
 
+@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
 def test_quick_run_beats_naive():
     # `sunspots.main(["--quick", "--out", out])`, run once by the reproductions
     # notebook (tests/helpers.py); its JSON is the dict main returns.

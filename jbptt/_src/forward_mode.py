@@ -745,7 +745,6 @@ def train(
     return OnlineHistory(params, opt_state, state, losses, norms)
 
 
-
 _TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
 
 

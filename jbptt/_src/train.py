@@ -174,7 +174,6 @@ def _link_weights(estimator, T: int, key) -> np.ndarray:
     )
 
 
-
 _CLIPS = {"global_norm": optax.clip_by_global_norm, "value": optax.clip}
 
 
