@@ -100,7 +100,7 @@ def test_artbp_families_are_matched_to_tbptt_depth():
 
 
 @pytest.mark.slow
-def test_notebook_executes():
+def test_notebook_executes(monkeypatch):
     """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (in a kernel of its own,
     without a second pytest process)."""
     import nbformat
@@ -109,6 +109,9 @@ def test_notebook_executes():
     root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
     nb = nbformat.read(f"{root}/notebooks/artbp_vs_tbptt.ipynb", as_version=4)
     resources = {"metadata": {"path": f"{root}/notebooks"}}
+    # The kernel must use its inline backend to emit figures, whatever the
+    # caller's MPLBACKEND (e.g. Agg on a headless CI machine).
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     NotebookClient(nb, timeout=600, resources=resources).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
