@@ -126,3 +126,25 @@ def reproductions_notebook():
         env={**os.environ, "JBPTT_NOTEBOOK_OUT": str(out)}
     )
     return nb, out
+
+
+SEEDED_CELLS = {
+    "elman": lambda: cells.elman("tanh"),
+    "gru": cells.gru,
+    "lstm": cells.lstm,
+}
+
+
+def seeded_problem(cell_name, T, B=2, H=3, I=2):
+    """A readout model (MSE, output 2) on fixed-seed data with a zero h0."""
+    model = jbptt.readout(SEEDED_CELLS[cell_name](), output_size=2)
+    params = model.init(jax.random.key(0), I, H)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    ys = jax.random.normal(jax.random.key(2), (T, B, 2))
+    h0 = model.cell.initial_state(params, (B,))
+    return model, params, h0, xs, ys
+
+
+def flat(tree):
+    """All leaves of a pytree as one vector."""
+    return jnp.concatenate([jnp.ravel(a) for a in tree_util.tree_leaves(tree)])

@@ -8,24 +8,7 @@ import pytest
 
 import jbptt
 from jbptt import cells, estimators, truncation
-
-
-def _problem(cell_name, T, B=2, H=3, I=2):
-    cell = {
-        "elman": cells.elman("tanh"),
-        "gru": cells.gru(),
-        "lstm": cells.lstm(),
-    }[cell_name]
-    model = jbptt.readout(cell, output_size=2)
-    params = model.init(jax.random.key(0), I, H)
-    xs = jax.random.normal(jax.random.key(1), (T, B, I))
-    ys = jax.random.normal(jax.random.key(2), (T, B, 2))
-    h0 = model.cell.initial_state(params, (B,))
-    return model, params, h0, xs, ys
-
-
-def _flat(tree):
-    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
+from tests.helpers import flat, seeded_problem
 
 
 def _rel(a, b):
@@ -69,7 +52,7 @@ def _williams_peng_loop(cell, loss_fn, params, h0, xs, ys, k1, k2):
     [("elman", 1, 3, 7), ("elman", 3, 5, 10), ("gru", 2, 3, 8), ("lstm", 4, 4, 9)],
 )
 def test_williams_peng_matches_loop_reference(cell_name, k1, k2, T):
-    model, params, h0, xs, ys = _problem(cell_name, T)
+    model, params, h0, xs, ys = seeded_problem(cell_name, T)
     est = estimators.williams_peng(k1, k2)
     got = jax.jit(
         lambda p: estimators.estimate(model.cell, model.loss_fn, est, p, h0, xs, ys)
@@ -77,7 +60,7 @@ def test_williams_peng_matches_loop_reference(cell_name, k1, k2, T):
     ref = jax.jit(
         lambda p: _williams_peng_loop(model.cell, model.loss_fn, p, h0, xs, ys, k1, k2)
     )(params)
-    assert _rel(_flat(got), _flat(ref)) < 1e-10
+    assert _rel(flat(got), flat(ref)) < 1e-10
 
 
 def test_williams_peng_windows_count_each_loss_once():
@@ -93,7 +76,7 @@ def _estimates(model, params, h0, xs, ys, ests):
     @jax.jit
     def run(p):
         return [
-            _flat(estimators.estimate(model.cell, model.loss_fn, e, p, h0, xs, ys))
+            flat(estimators.estimate(model.cell, model.loss_fn, e, p, h0, xs, ys))
             for e in ests
         ]
 
@@ -103,7 +86,7 @@ def _estimates(model, params, h0, xs, ys, ests):
 def test_williams_peng_k_k_is_tbptt_k():
     # when k divides T (otherwise the last, short window still goes k deep)
     T, k = 12, 3
-    model, params, h0, xs, ys = _problem("lstm", T)
+    model, params, h0, xs, ys = seeded_problem("lstm", T)
     a, b = _estimates(
         model, params, h0, xs, ys, [estimators.williams_peng(k, k), estimators.tbptt(k)]
     )
@@ -116,11 +99,11 @@ def test_williams_peng_k_k_is_tbptt_k():
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 def test_tbptt_with_k_at_least_T_is_full_bptt_exactly(cell_name):
     T = 6
-    model, params, h0, xs, ys = _problem(cell_name, T)
+    model, params, h0, xs, ys = seeded_problem(cell_name, T)
     ests = [estimators.full(), estimators.tbptt(T), estimators.tbptt(T + 3)]
     full, *tbptts = _estimates(model, params, h0, xs, ys, ests)
     ref = jax.jit(jbptt.value_and_grad(model.cell, model.loss_fn))(params, h0, xs, ys)
-    assert _rel(full, _flat(ref[1])) < 1e-12
+    assert _rel(full, flat(ref[1])) < 1e-12
     for g in tbptts:
         np.testing.assert_array_equal(g, full)
 
@@ -151,19 +134,19 @@ def test_artbp_monte_carlo_error_decays_as_one_over_sqrt_n():
     to 1 within 5 standard errors, at every N: the error shrinks as 1/√N
     (a bias would make it stop shrinking)."""
     T, c, R = 8, truncation.poly_tail(2.0), 150
-    model, params, h0, xs, ys = _problem("elman", T)
+    model, params, h0, xs, ys = seeded_problem("elman", T)
     est = estimators.artbp(c)
     vg = jbptt.value_and_grad(model.cell, model.loss_fn)
-    full = _flat(vg(params, h0, xs, ys)[1])
+    full = flat(vg(params, h0, xs, ys)[1])
 
     w, p = truncation.enumerate_artbp(T, c)
-    g_enum = jax.jit(jax.vmap(lambda w_: _flat(vg(params, h0, xs, ys, w_)[1])))(w)
+    g_enum = jax.jit(jax.vmap(lambda w_: flat(vg(params, h0, xs, ys, w_)[1])))(w)
     V = float(p @ jnp.sum((g_enum - full) ** 2, axis=1))
     assert V > 0
 
     sample = jax.jit(
         jax.vmap(
-            lambda key: _flat(
+            lambda key: flat(
                 estimators.estimate(
                     model.cell, model.loss_fn, est, params, h0, xs, ys, key
                 )
@@ -275,7 +258,7 @@ def test_estimator_fields_are_stable():
 
 def test_a_list_of_estimators_under_one_jit_and_vmap_over_keys():
     T = 9
-    model, params, h0, xs, ys = _problem("elman", T)
+    model, params, h0, xs, ys = seeded_problem("elman", T)
     ests = [
         estimators.full(),
         estimators.tbptt(3),
@@ -288,7 +271,7 @@ def test_a_list_of_estimators_under_one_jit_and_vmap_over_keys():
     def run(keys):
         return [
             jax.vmap(
-                lambda k, e=e: _flat(
+                lambda k, e=e: flat(
                     estimators.estimate(
                         model.cell, model.loss_fn, e, params, h0, xs, ys, k
                     )
@@ -323,7 +306,7 @@ def test_estimate_accepts_windows_and_flax_cells():
             model.cell, model.loss_fn, (w[None], jnp.ones((1, T))), p, h0, xs, ys
         )
         c = jbptt.value_and_grad(model.cell, model.loss_fn)(p, h0, xs, ys, w)[1]
-        return _flat(a), _flat(b), _flat(c)
+        return flat(a), flat(b), flat(c)
 
     a, b, c = run(params)
     assert _rel(a, c) < 1e-12
@@ -360,7 +343,7 @@ def test_bad_inputs_raise_value_error(call, match):
 
 def test_estimate_bad_inputs():
     T = 5
-    model, params, h0, xs, ys = _problem("elman", T)
+    model, params, h0, xs, ys = seeded_problem("elman", T)
 
     def est(e, key=None):
         return estimators.estimate(

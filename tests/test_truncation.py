@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jbptt
-from jbptt import cells, truncation
+from jbptt import truncation
+from tests.helpers import flat, seeded_problem
 
 T = 8  # 2^(T-1) = 128 cut patterns
 
@@ -18,20 +19,6 @@ C_KINDS = {
     # history-dependent: steps since the last cut (Tallec & Ollivier 2017)
     "schedule": truncation.poly_tail(3.0, alpha=4.0),
 }
-
-
-def _problem(cell_name, B=2, H=3, I=2):
-    cell = {"elman": cells.elman("tanh"), "lstm": cells.lstm()}[cell_name]
-    model = jbptt.readout(cell, output_size=2)
-    params = model.init(jax.random.key(0), I, H)
-    xs = jax.random.normal(jax.random.key(1), (T, B, I))
-    ys = jax.random.normal(jax.random.key(2), (T, B, 2))
-    h0 = model.cell.initial_state(params, (B,))
-    return model, params, h0, xs, ys
-
-
-def _flat(tree):
-    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
 
 
 # ------------------------------------------------------------ patterns ---
@@ -95,9 +82,9 @@ def _rel(a, b):
 def test_artbp_is_exactly_unbiased(cell_name):
     """Σ_patterns p · ĝ(w) = ∇L to 1e-12, for constant c, per-step c and a
     steps-since-cut schedule (all evaluated in one vmapped jit)."""
-    model, params, h0, xs, ys = _problem(cell_name)
+    model, params, h0, xs, ys = seeded_problem(cell_name, T)
     vg = jbptt.value_and_grad(model.cell, model.loss_fn)
-    grads = jax.jit(jax.vmap(lambda w: _flat(vg(params, h0, xs, ys, w)[1])))
+    grads = jax.jit(jax.vmap(lambda w: flat(vg(params, h0, xs, ys, w)[1])))
 
     enum = [truncation.enumerate_artbp(T, c) for c in C_KINDS.values()]
     w_all = jnp.concatenate([truncation.full(T)[None]] + [w for w, _ in enum])
@@ -113,11 +100,11 @@ def test_artbp_is_exactly_unbiased(cell_name):
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 def test_tbptt_is_biased_on_the_same_problem(cell_name):
-    model, params, h0, xs, ys = _problem(cell_name)
+    model, params, h0, xs, ys = seeded_problem(cell_name, T)
     vg = jax.jit(jbptt.value_and_grad(model.cell, model.loss_fn))
-    full = _flat(vg(params, h0, xs, ys, truncation.full(T))[1])
+    full = flat(vg(params, h0, xs, ys, truncation.full(T))[1])
     for k in (1, 2, 3, T - 1):
-        g = _flat(vg(params, h0, xs, ys, truncation.tbptt(T, k))[1])
+        g = flat(vg(params, h0, xs, ys, truncation.tbptt(T, k))[1])
         assert float(jnp.linalg.norm(g - full) / jnp.linalg.norm(full)) > 1e-4
 
 
