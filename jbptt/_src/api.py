@@ -16,9 +16,14 @@ from jbptt._src.scan import rnn_scan
 LossFn = Callable  # (params, out_t, y_t) -> scalar, reduced over the batch
 
 
+def per_step_losses(loss_fn: LossFn, params, outs, ys) -> jax.Array:
+    """[T]: ℓ_t(θ, out_t, y_t) for every step, evaluated as one batch."""
+    return jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys)
+
+
 def sum_of_losses(loss_fn: LossFn, params, outs, ys) -> jax.Array:
-    """L = Σ_t ℓ_t(θ, out_t, y_t), all steps evaluated as one batch."""
-    return jnp.sum(jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys))
+    """L = Σ_t ℓ_t(θ, out_t, y_t)."""
+    return jnp.sum(per_step_losses(loss_fn, params, outs, ys))
 
 
 def link(h, w_t):

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import truncation
+from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.scan import rnn_scan
 
@@ -472,7 +473,7 @@ def estimate(
 
     def window_loss(params, w_j, m_j):
         _, outs = rnn_scan(cell, params, h0, xs, w_j)
-        losses = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys)
+        losses = per_step_losses(loss_fn, params, outs, ys)
         return jnp.sum(m_j * losses)
 
     grads = jax.vmap(jax.grad(window_loss), in_axes=(None, 0, 0))(params, w, m)

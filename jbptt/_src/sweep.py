@@ -44,6 +44,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import sharding, validation
+from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
 from jbptt._src.forward_mode import OnlineEstimator
@@ -170,7 +171,7 @@ def gradient_fn(problem: Problem):
         _, outs, (hs, res) = _forward_rules(cell, params, h0, xs)
 
     def step_losses(p, o):  # [T]: ℓ_t for every step
-        return jax.vmap(loss_fn, in_axes=(None, 0, 0))(p, o, ys)
+        return per_step_losses(loss_fn, p, o, ys)
 
     # ∂(Σ_t m_t ℓ_t) = vjp of the loss vector with cotangent m: linear in m.
     _, loss_vjp = jax.vjp(step_losses, params, outs)

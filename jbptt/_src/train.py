@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from jbptt._src import checks
+from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell, ReverseRules
 from jbptt._src.estimators import Estimator
 from jbptt._src.forward_mode import OnlineEstimator
@@ -240,7 +241,7 @@ def make_step(
 
         def seg_loss(params):
             _, (hs, outs) = rnn_scan(wcell, params, h, xs_s, w_s)
-            losses = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys_s)
+            losses = per_step_losses(loss_fn, params, outs, ys_s)
             total = jnp.sum(jnp.where(real, losses, 0.0))
             h_last = tree_map(lambda a: a[n - 1], hs)  # state after step e
             return total, h_last
