@@ -139,6 +139,7 @@ def scoped(cell: Cell, key: str) -> Cell:
             backward=sub(rules.backward),
             linear=sub(rules.linear),
             output=rules.output,
+            states=rules.states,
         )
     return Cell(
         init=cell.init,

@@ -42,6 +42,11 @@ class ReverseRules(NamedTuple):
       linear: ``(params, xs, hs_prev) -> lin``, all parameter dependence, on
         all steps (``hs_prev`` is the stacked state h_{t-1}, t = 0..T-1).
       output: ``state -> out``, the step output read from a (stacked) state.
+      states: optional ``res[T] -> hs[T]``, the stacked states h_1..h_T read
+        back from the stacked residuals. When given, the forward scan stacks
+        only ``res`` (one write per step instead of one per state leaf plus
+        one for ``res``), which keeps XLA's per-step loop body short; ``res``
+        must then hold (or determine) the states.
     """
 
     project: Callable[[Params, jax.Array], Any]
@@ -49,6 +54,7 @@ class ReverseRules(NamedTuple):
     backward: Callable[..., tuple[State, Any]]
     linear: Callable[[Params, jax.Array, State], Any]
     output: Callable[[State], jax.Array]
+    states: Callable[[Any], State] | None = None
 
 
 class Cell(NamedTuple):

@@ -72,30 +72,36 @@ def lstm() -> Cell:
     def project(params, xs):
         return xs @ params["weight_ih"].T + (params["bias_ih"] + params["bias_hh"])
 
+    # Per step one packed residual [..., 6·H] = (i, f, g, o, c_t, tanh c_t): the
+    # scan then writes one array per step, which keeps XLA's loop body short
+    # (see ReverseRules.states). Gates are handled as a [..., 4, H] view.
     def forward(params, state, xz_t):
         c_prev, h_prev = state
-        acts = _lstm_acts(xz_t + h_prev @ params["weight_hh"].T)
-        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        lead = xz_t.shape[:-1]
+        a = _lstm_acts(xz_t + h_prev @ params["weight_hh"].T)  # [..., 4, H]
+        i, f, g, o = _gates(a)
         c = f * c_prev + i * g
-        return (c, o * jnp.tanh(c)), acts
+        tc = jnp.tanh(c)
+        res = jnp.concatenate([a, c[..., None, :], tc[..., None, :]], axis=-2)
+        return (c, o * tc), res.reshape(*lead, 6 * c.shape[-1])
 
-    def backward(params, state_prev, state, acts, dstate, dout):
+    def states(res):
+        r = _split_heads(res, 6)
+        return r[..., 4, :], r[..., 3, :] * r[..., 5, :]  # (c_t, h_t = o ⊙ tanh c_t)
+
+    def backward(params, state_prev, state, res, dstate, dout):
         c_prev, _ = state_prev
-        c, _ = state
         dc, dh = dstate
         dh = dh + dout
-        i, f, g, o = jnp.split(acts, 4, axis=-1)
-        tc = jnp.tanh(c)
+        r = _split_heads(res, 6)
+        i, f, g, o = _gates(r)
+        tc = r[..., 5, :]
         dc = dc + dh * o * (1.0 - tc * tc)  # total ∂/∂c_t
-        dpre = jnp.concatenate(  # back through each gate's nonlinearity
-            [
-                dc * g * i * (1.0 - i),
-                dc * c_prev * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tc * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
+        dact = jnp.stack([dc * g, dc * c_prev, dc * i, dh * tc], axis=-2)
+        # back through each gate's nonlinearity: σ' = a(1 − a), tanh' = 1 − a²
+        a = r[..., :4, :]
+        dpre = dact * jnp.where(_LSTM_TANH_GATE, 1.0 - a * a, a * (1.0 - a))
+        dpre = dpre.reshape(*res.shape[:-1], -1)
         return (dc * f, dpre @ params["weight_hh"]), dpre
 
     def linear(params, xs, states_prev):
@@ -105,13 +111,29 @@ def lstm() -> Cell:
         new, _ = forward(params, state, project(params, x))
         return new, new[1]
 
-    rules = ReverseRules(project, forward, backward, linear, output=lambda s: s[1])
+    rules = ReverseRules(
+        project, forward, backward, linear, output=lambda s: s[1], states=states
+    )
     return Cell(init, initial_state, step, rules, _input_size, name="lstm()")
 
 
+# Gate g (third of i, f, g, o) is the tanh one; the others are logistic.
+_LSTM_TANH_GATE = np.array([False, False, True, False])[:, None]
+
+
+def _split_heads(a, n):
+    """[..., n·H] -> [..., n, H] (a free reshape)."""
+    return a.reshape(*a.shape[:-1], n, a.shape[-1] // n)
+
+
+def _gates(a):
+    return tuple(a[..., k, :] for k in range(4))
+
+
 def _lstm_acts(pre):
-    i, f, g, o = jnp.split(pre, 4, axis=-1)
-    return jnp.concatenate([sigmoid(i), sigmoid(f), jnp.tanh(g), sigmoid(o)], -1)
+    """σ on gates i, f, o and tanh on g: one elementwise op on [..., 4, H]."""
+    pre = _split_heads(pre, 4)
+    return jnp.where(_LSTM_TANH_GATE, jnp.tanh(pre), sigmoid(pre))
 
 
 def gru() -> Cell:
@@ -147,32 +169,52 @@ def gru() -> Cell:
     def project(params, xs):
         return xs @ params["weight_ih"].T + params["bias_ih"]
 
+    # Per step one packed residual [..., 5·H] = (r, z, n, W_hn h + b_hn, h_t),
+    # one write per step (see ReverseRules.states).
     def forward(params, h_prev, xz_t):
-        hz = h_prev @ params["weight_hh"].T + params["bias_hh"]
-        xr, xz, xn = jnp.split(xz_t, 3, axis=-1)
-        hr, hzz, hn = jnp.split(hz, 3, axis=-1)
-        r, z = sigmoid(xr + hr), sigmoid(xz + hzz)
-        n = jnp.tanh(xn + r * hn)
-        return (1.0 - z) * n + z * h_prev, jnp.concatenate([r, z, n, hn], -1)
+        lead = xz_t.shape[:-1]
+        hz = _split_heads(h_prev @ params["weight_hh"].T + params["bias_hh"], 3)
+        xz = _split_heads(xz_t, 3)
+        rz = sigmoid(xz[..., :2, :] + hz[..., :2, :])
+        r, z, hn = rz[..., 0, :], rz[..., 1, :], hz[..., 2, :]
+        n = jnp.tanh(xz[..., 2, :] + r * hn)
+        h = (1.0 - z) * n + z * h_prev
+        res = jnp.stack([r, z, n, hn, h], axis=-2)
+        return h, res.reshape(*lead, 5 * h.shape[-1])
+
+    def states(res):
+        return _split_heads(res, 5)[..., 4, :]
 
     def backward(params, h_prev, h, res, dh, dout):
         dh = dh + dout
-        r, z, n, hn = jnp.split(res, 4, axis=-1)
+        q = _split_heads(res, 5)
+        r, z, n, hn = (q[..., k, :] for k in range(4))
         dpre_n = dh * (1.0 - z) * (1.0 - n * n)
         dpre_r = dpre_n * hn * r * (1.0 - r)
         dpre_z = dh * (h_prev - n) * z * (1.0 - z)
-        dx = jnp.concatenate([dpre_r, dpre_z, dpre_n], -1)  # input-side pre-acts
-        dhh = jnp.concatenate([dpre_r, dpre_z, dpre_n * r], -1)  # recurrent side
-        return dh * z + dhh @ params["weight_hh"], (dx, dhh)
+        # Cotangent of linear's [..., 4·H] = (x_n, a_r, a_z, W_hn h + b_hn):
+        # the last 3·H are the recurrent side, contiguous for one product.
+        dlin = jnp.stack([dpre_n, dpre_r, dpre_z, dpre_n * r], axis=-2)
+        dlin = dlin.reshape(*res.shape[:-1], -1)
+        H = h_prev.shape[-1]
+        return dh * z + dlin[..., H:] @ params["weight_hh"], dlin
 
     def linear(params, xs, hs_prev):
-        return project(params, xs), hs_prev @ params["weight_hh"].T + params["bias_hh"]
+        # (W_in x + b_in, r/z pre-activations, W_hn h + b_hn): every parameter
+        # enters once, and r, z sum their input and recurrent parts.
+        H = hs_prev.shape[-1]
+        x = project(params, xs)
+        hh = hs_prev @ params["weight_hh"].T + params["bias_hh"]
+        rz = x[..., : 2 * H] + hh[..., : 2 * H]
+        return jnp.concatenate([x[..., 2 * H :], rz, hh[..., 2 * H :]], -1)
 
     def step(params, h, x):
         h_new, _ = forward(params, h, project(params, x))
         return h_new, h_new
 
-    rules = ReverseRules(project, forward, backward, linear, output=lambda h: h)
+    rules = ReverseRules(
+        project, forward, backward, linear, output=lambda h: h, states=states
+    )
     return Cell(init, initial_state, step, rules, _input_size, name="gru()")
 
 

@@ -11,6 +11,7 @@ use the hand-derived step; others a per-step ``jax.vjp``.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
@@ -48,9 +49,10 @@ def _forward_rules(cell: Cell, params, h0, xs):
 
     def body(h, xz_t):
         h, res = rules.forward(params, h, xz_t)
-        return h, (h, res)
+        return h, (res if rules.states else (h, res))
 
-    h_T, (hs, res) = jax.lax.scan(body, h0, xz, unroll=UNROLL)
+    h_T, stacked = jax.lax.scan(body, h0, xz, unroll=UNROLL)
+    hs, res = (rules.states(stacked), stacked) if rules.states else stacked
     return h_T, rules.output(hs), (hs, res)
 
 
@@ -66,18 +68,43 @@ def _forward_generic(cell: Cell, params, h0, xs):
 # --------------------------------------------------------------- backward ---
 
 
+def _packer(tree):
+    """(pack, unpack) between a state pytree and one array along the last axis.
+
+    A multi-leaf state (e.g. the LSTM's ``(c, h)``) is carried through the
+    reverse scan as one array: one carry buffer instead of one per leaf,
+    which spares XLA a copy per leaf and step. Identity for one leaf, or
+    when the leaves cannot be concatenated (different dtypes or batch shapes).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    same = {(a.dtype, a.shape[:-1]) for a in leaves}
+    if len(leaves) < 2 or len(same) != 1 or any(a.ndim == 0 for a in leaves):
+        return (lambda t: t), (lambda t: t)
+    splits = list(itertools.accumulate(a.shape[-1] for a in leaves))[:-1]
+
+    def pack(t):
+        return jnp.concatenate(jax.tree_util.tree_leaves(t), axis=-1)
+
+    def unpack(a):
+        return jax.tree_util.tree_unflatten(treedef, jnp.split(a, splits, axis=-1))
+
+    return pack, unpack
+
+
 def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
     rules = cell.rules
     hs_prev = _shift_in(h0, hs)
+    pack, unpack = _packer(dh_T)
 
     def body(dh, inp):  # dh: cotangent reaching h_t from later steps, scaled
         h_prev, h, res_t, dout_t, w_t = inp
-        dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, dh, dout_t)
-        return _scale(w_t, dh_prev), dlin_t  # × w_t: the link t → t-1
+        dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, unpack(dh), dout_t)
+        return _scale(w_t, pack(dh_prev)), dlin_t  # × w_t: the link t → t-1
 
     dh0, dlins = jax.lax.scan(
-        body, dh_T, (hs_prev, hs, res, douts, w), reverse=True, unroll=UNROLL
+        body, pack(dh_T), (hs_prev, hs, res, douts, w), reverse=True, unroll=UNROLL
     )
+    dh0 = unpack(dh0)
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
     _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
     dparams, dxs = linear_vjp(dlins)

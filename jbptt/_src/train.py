@@ -142,6 +142,7 @@ def _with_states(cell: Cell) -> Cell:
             backward=backward,
             linear=base.linear,
             output=lambda hs: (hs, base.output(hs)),
+            states=base.states,
         )
     return cell._replace(step=step, rules=rules)
 
