@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -213,49 +214,95 @@ def _problem(name, T, B, I, H, dtype=jnp.float32, seed=0):
     return cell, (params, h0, xs, ys)
 
 
-def bench_grad(shapes, names, repeats, use_torch, progress) -> list[dict]:
+def bench_grad(
+    shapes, names, repeats, use_torch, progress, processes: int = 1
+) -> list[dict]:
+    """Rows of the grad part; with ``processes > 1`` each case is timed in that
+    many fresh processes and every figure is the median over them.
+
+    The XLA CPU runtime's speed differs between processes of the same
+    program (thread placement, allocation), by up to ~1.5x for the
+    reference here, while round-robin ratios within one process are steady:
+    the median over processes of the within-process figures is what is
+    reported, with the range of the `vs jax` ratio across processes.
+    """
     rows = []
     for T, B, I, H in shapes:
         for name in names:
             progress(f"grad {name} T={T} B={B} I={I} H={H}")
-            cell, args = _problem(name, T, B, I, H)
-            c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
-            c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
-            flops, mm_flops, mm = gemm_call(name, T, B, I, H)
-            calls = {"jbptt": jb, "jax": ref, "gemm": mm}
-            tc = torch_call(name, T, B, I, H) if use_torch else None
-            if tc is not None:
-                calls["torch"] = tc
-            t = interleaved(calls, repeats)
-            nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
-            t_t = t.get("torch", nan)
-            rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
-            t_g = flops / rate
-            t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time
-            t_j, t_r = t["jbptt"], t["jax"]
-            rows.append(
-                dict(
-                    cell=name, T=T, B=B, I=I, H=H,
-                    jbptt_ms=1e3 * t_j["median"], jax_ms=1e3 * t_r["median"],
-                    torch_ms=1e3 * t_t["median"], gemm_limit_ms=1e3 * t_g,
-                    gemm_gflops=rate / 1e9,
-                    jbptt_compile_s=c_j, jax_compile_s=c_r,
-                    speedup_vs_jax=t_r["median"] / t_j["median"],
-                    speedup_vs_torch=t_t["median"] / t_j["median"],
-                    over_gemm_limit=t_j["median"] / t_g,
-                    jbptt_min_ms=1e3 * t_j["min"], jax_min_ms=1e3 * t_r["min"],
-                    torch_min_ms=1e3 * t_t["min"],
-                    speedup_vs_jax_min=t_r["min"] / t_j["min"],
-                    speedup_vs_torch_min=t_t["min"] / t_j["min"],
-                    over_gemm_limit_min=t_j["min"] / t_g,
-                    jbptt_cpu_ms=1e3 * t_j["cpu"], jax_cpu_ms=1e3 * t_r["cpu"],
-                    torch_cpu_ms=1e3 * t_t["cpu"], gemm_limit_cpu_ms=1e3 * t_g_cpu,
-                    speedup_vs_jax_cpu=t_r["cpu"] / t_j["cpu"],
-                    speedup_vs_torch_cpu=t_t["cpu"] / t_j["cpu"],
-                    over_gemm_limit_cpu=t_j["cpu"] / t_g_cpu,
-                )
-            )  # fmt: skip
+            if processes <= 1:
+                rows.append(grad_case(name, T, B, I, H, repeats, use_torch))
+                continue
+            runs = [
+                _case_in_subprocess(name, (T, B, I, H), repeats, use_torch)
+                for _ in range(processes)
+            ]
+            rows.append(_median_row(runs))
     return rows
+
+
+def _case_in_subprocess(name, shape, repeats, use_torch) -> dict:
+    case = f"{name}:{','.join(map(str, shape))}"
+    cmd = [sys.executable, "-m", "benchmarks.bench_grad", "--case", case,
+           "--repeats", str(repeats)]  # fmt: skip
+    if not use_torch:
+        cmd.append("--no-torch")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    if done.returncode:
+        raise RuntimeError(f"benchmark case {name} {shape} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median_row(runs: list[dict]) -> dict:
+    row = {}
+    for k, v in runs[0].items():
+        vals = [r[k] for r in runs]
+        num = isinstance(v, float) and not any(math.isnan(x) for x in vals)
+        row[k] = statistics.median(vals) if num else v
+    ratios = [r["speedup_vs_jax"] for r in runs]
+    row["processes"] = len(runs)
+    row["speedup_vs_jax_range"] = f"{min(ratios):.2f}–{max(ratios):.2f}"
+    return row
+
+
+def grad_case(name, T, B, I, H, repeats, use_torch) -> dict:
+    """One case of the grad part, timed round-robin in this process."""
+    cell, args = _problem(name, T, B, I, H)
+    c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
+    c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
+    flops, mm_flops, mm = gemm_call(name, T, B, I, H)
+    calls = {"jbptt": jb, "jax": ref, "gemm": mm}
+    tc = torch_call(name, T, B, I, H) if use_torch else None
+    if tc is not None:
+        calls["torch"] = tc
+    t = interleaved(calls, repeats)
+    nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
+    t_t = t.get("torch", nan)
+    rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
+    t_g = flops / rate
+    t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time
+    t_j, t_r = t["jbptt"], t["jax"]
+    return dict(
+        cell=name, T=T, B=B, I=I, H=H,
+        jbptt_ms=1e3 * t_j["median"], jax_ms=1e3 * t_r["median"],
+        torch_ms=1e3 * t_t["median"], gemm_limit_ms=1e3 * t_g,
+        gemm_gflops=rate / 1e9,
+        jbptt_compile_s=c_j, jax_compile_s=c_r,
+        speedup_vs_jax=t_r["median"] / t_j["median"],
+        speedup_vs_torch=t_t["median"] / t_j["median"],
+        over_gemm_limit=t_j["median"] / t_g,
+        jbptt_min_ms=1e3 * t_j["min"], jax_min_ms=1e3 * t_r["min"],
+        torch_min_ms=1e3 * t_t["min"],
+        speedup_vs_jax_min=t_r["min"] / t_j["min"],
+        speedup_vs_torch_min=t_t["min"] / t_j["min"],
+        over_gemm_limit_min=t_j["min"] / t_g,
+        jbptt_cpu_ms=1e3 * t_j["cpu"], jax_cpu_ms=1e3 * t_r["cpu"],
+        torch_cpu_ms=1e3 * t_t["cpu"], gemm_limit_cpu_ms=1e3 * t_g_cpu,
+        speedup_vs_jax_cpu=t_r["cpu"] / t_j["cpu"],
+        speedup_vs_torch_cpu=t_t["cpu"] / t_j["cpu"],
+        over_gemm_limit_cpu=t_j["cpu"] / t_g_cpu,
+    )  # fmt: skip
 
 
 def bench_long(
@@ -401,6 +448,13 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _processes_note(config) -> str:
+    n = config.get("processes", 1)
+    if n <= 1:
+        return ""
+    return f"; each grad case in {n} fresh processes, figures are medians over them"
+
+
 def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> None:
     lines = ["# jbptt benchmark results", ""]
     lines += [
@@ -410,7 +464,7 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
         f"torch {env['torch']} ({env['torch_threads']} threads), jbptt {env['jbptt']}",
         f"- float32; median of {config['repeats']} runs after one warm-up call, "
         "all variants of a case timed round-robin (same background load); "
-        "compile time measured separately", "",
+        "compile time measured separately" + _processes_note(config), "",
     ]  # fmt: skip
     if grad:
         lines += [
@@ -438,7 +492,12 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
                     ("/ GEMM limit", "over_gemm_limit"),
                     ("compile jbptt (s)", "jbptt_compile_s"),
                     ("compile jax (s)", "jax_compile_s"),
-                ],
+                ]
+                + (
+                    [("vs jax, range over processes", "speedup_vs_jax_range")]
+                    if "speedup_vs_jax_range" in grad[0]
+                    else []
+                ),
                 _f,
             ),  # fmt: skip
             "",
@@ -587,6 +646,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--from-json", default=None, help="rewrite RESULTS.md from a results.json"
     )
     p.add_argument("--notes", default=None, help="markdown file appended to RESULTS.md")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="fresh processes per grad case, figures are medians over them "
+        "(default 3; 1 with --quick)",
+    )
+    p.add_argument(
+        "--case", default=None, help="time one grad case NAME:T,B,I,H, print JSON"
+    )
     return p.parse_args(argv)
 
 
@@ -602,6 +671,12 @@ def main(argv=None) -> dict:
             r["long"], r["sweep"], notes,
         )  # fmt: skip
         return r
+    if args.case:
+        name, shape = args.case.split(":")
+        T, B, I, H = map(int, shape.split(","))
+        row = grad_case(name, T, B, I, H, args.repeats or 7, not args.no_torch)
+        print(json.dumps(row))
+        return row
     parts = set(args.parts.split(","))
     unknown = parts - {"grad", "long", "sweep"}
     if unknown:
@@ -622,7 +697,14 @@ def main(argv=None) -> dict:
         progress = lambda s: None  # noqa: E731
 
     grad = (
-        bench_grad(shapes, names, repeats, not args.no_torch, progress)
+        bench_grad(
+            shapes,
+            names,
+            repeats,
+            not args.no_torch,
+            progress,
+            processes=args.processes or (1 if args.quick else 3),
+        )  # fmt: skip
         if "grad" in parts
         else []
     )
@@ -651,7 +733,8 @@ def main(argv=None) -> dict:
         sys.argv[1:] if argv is None else argv
     )
     config = {"command": command.strip(), "repeats": repeats, "quick": args.quick,
-              "shapes": shapes, "long": [long_T, long_H], "seed": 0}  # fmt: skip
+              "shapes": shapes, "long": [long_T, long_H], "seed": 0,
+              "processes": args.processes or (1 if args.quick else 3)}  # fmt: skip
     result = {
         "config": config,
         "environment": env,
