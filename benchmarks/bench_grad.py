@@ -272,13 +272,12 @@ def grad_case(name, T, B, I, H, repeats, use_torch) -> dict:
     c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
     c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
     flops, mm_flops, mm = gemm_call(name, T, B, I, H)
-    calls = {"jbptt": jb, "jax": ref, "gemm": mm}
+    t = interleaved({"jbptt": jb, "jax": ref, "gemm": mm}, repeats)
+    # PyTorch last and on its own: its OpenMP threads spin for a while after
+    # each call and would steal the second core from whatever ran next.
     tc = torch_call(name, T, B, I, H) if use_torch else None
-    if tc is not None:
-        calls["torch"] = tc
-    t = interleaved(calls, repeats)
     nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
-    t_t = t.get("torch", nan)
+    t_t = interleaved({"torch": tc}, repeats)["torch"] if tc else nan
     rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
     t_g = flops / rate
     t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time

@@ -47,3 +47,32 @@ def test_median_row_takes_the_median_of_each_figure():
     row = bench_grad._median_row(runs)
     assert row["jbptt_ms"] == 2.0 and row["speedup_vs_jax"] == 5.0
     assert row["T"] == 5 and row["speedup_vs_jax_range"] == "2.50–10.00"
+
+
+def test_profile_loops_counts_loop_thunks_and_temporaries(capsys):
+    from benchmarks import profile_loops
+
+    result = profile_loops.main(["--cell", "gru", "--shape", "6,2,3,4"])
+    for label in ("jbptt", "jax.value_and_grad"):
+        r = result[label]
+        assert len(r["loop_bodies"]) >= 2  # a forward and a reverse loop
+        assert all(len(ops) > 0 for ops in r["loop_bodies"])
+        assert r["temp_MiB"] >= 0 and r["minor_faults"] >= 0
+    assert "thunks" in capsys.readouterr().out
+
+
+def test_loop_bodies_reads_while_bodies_from_hlo():
+    from benchmarks import profile_loops
+
+    hlo = """%body.1 (p: (s32[], f32[2])) -> (s32[], f32[2]) {
+  %p = (s32[], f32[2]) parameter(0)
+  %g = f32[2]{0} get-tuple-element(%p), index=1
+  %f = f32[2]{0} fusion(%g), kind=kLoop, calls=%fc
+  %c = s32[] copy(%i)
+  ROOT %t = (s32[], f32[2]) tuple(%c, %f)
+}
+
+ENTRY %main (a: f32[2]) -> f32[2] {
+  %w = (s32[], f32[2]) while(%init), condition=%cond.1, body=%body.1
+}"""
+    assert profile_loops.loop_bodies(hlo) == [["fusion", "copy"]]

@@ -169,52 +169,32 @@ def gru() -> Cell:
     def project(params, xs):
         return xs @ params["weight_ih"].T + params["bias_ih"]
 
-    # Per step one packed residual [..., 5·H] = (r, z, n, W_hn h + b_hn, h_t),
-    # one write per step (see ReverseRules.states).
     def forward(params, h_prev, xz_t):
-        lead = xz_t.shape[:-1]
-        hz = _split_heads(h_prev @ params["weight_hh"].T + params["bias_hh"], 3)
-        xz = _split_heads(xz_t, 3)
-        rz = sigmoid(xz[..., :2, :] + hz[..., :2, :])
-        r, z, hn = rz[..., 0, :], rz[..., 1, :], hz[..., 2, :]
-        n = jnp.tanh(xz[..., 2, :] + r * hn)
-        h = (1.0 - z) * n + z * h_prev
-        res = jnp.stack([r, z, n, hn, h], axis=-2)
-        return h, res.reshape(*lead, 5 * h.shape[-1])
-
-    def states(res):
-        return _split_heads(res, 5)[..., 4, :]
+        hz = h_prev @ params["weight_hh"].T + params["bias_hh"]
+        xr, xz, xn = jnp.split(xz_t, 3, axis=-1)
+        hr, hzz, hn = jnp.split(hz, 3, axis=-1)
+        r, z = sigmoid(xr + hr), sigmoid(xz + hzz)
+        n = jnp.tanh(xn + r * hn)
+        return (1.0 - z) * n + z * h_prev, jnp.concatenate([r, z, n, hn], -1)
 
     def backward(params, h_prev, h, res, dh, dout):
         dh = dh + dout
-        q = _split_heads(res, 5)
-        r, z, n, hn = (q[..., k, :] for k in range(4))
+        r, z, n, hn = jnp.split(res, 4, axis=-1)
         dpre_n = dh * (1.0 - z) * (1.0 - n * n)
         dpre_r = dpre_n * hn * r * (1.0 - r)
         dpre_z = dh * (h_prev - n) * z * (1.0 - z)
-        # Cotangent of linear's [..., 4·H] = (x_n, a_r, a_z, W_hn h + b_hn):
-        # the last 3·H are the recurrent side, contiguous for one product.
-        dlin = jnp.stack([dpre_n, dpre_r, dpre_z, dpre_n * r], axis=-2)
-        dlin = dlin.reshape(*res.shape[:-1], -1)
-        H = h_prev.shape[-1]
-        return dh * z + dlin[..., H:] @ params["weight_hh"], dlin
+        dx = jnp.concatenate([dpre_r, dpre_z, dpre_n], -1)  # input-side pre-acts
+        dhh = jnp.concatenate([dpre_r, dpre_z, dpre_n * r], -1)  # recurrent side
+        return dh * z + dhh @ params["weight_hh"], (dx, dhh)
 
     def linear(params, xs, hs_prev):
-        # (W_in x + b_in, r/z pre-activations, W_hn h + b_hn): every parameter
-        # enters once, and r, z sum their input and recurrent parts.
-        H = hs_prev.shape[-1]
-        x = project(params, xs)
-        hh = hs_prev @ params["weight_hh"].T + params["bias_hh"]
-        rz = x[..., : 2 * H] + hh[..., : 2 * H]
-        return jnp.concatenate([x[..., 2 * H :], rz, hh[..., 2 * H :]], -1)
+        return project(params, xs), hs_prev @ params["weight_hh"].T + params["bias_hh"]
 
     def step(params, h, x):
         h_new, _ = forward(params, h, project(params, x))
         return h_new, h_new
 
-    rules = ReverseRules(
-        project, forward, backward, linear, output=lambda h: h, states=states
-    )
+    rules = ReverseRules(project, forward, backward, linear, output=lambda h: h)
     return Cell(init, initial_state, step, rules, _input_size, name="gru()")
 
 
