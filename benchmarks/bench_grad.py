@@ -462,7 +462,8 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
         f"- python {env['python']}, jax {env['jax']}, numpy {env['numpy']}, "
         f"torch {env['torch']} ({env['torch_threads']} threads), jbptt {env['jbptt']}",
         f"- float32; median of {config['repeats']} runs after one warm-up call, "
-        "all variants of a case timed round-robin (same background load); "
+        "jbptt, jax and the matmul of a case timed round-robin (same background "
+        "load), PyTorch after them on its own; "
         "compile time measured separately" + _processes_note(config), "",
     ]  # fmt: skip
     if grad:

@@ -58,6 +58,7 @@ def test_profile_loops_counts_loop_thunks_and_temporaries(capsys):
         assert len(r["loop_bodies"]) >= 2  # a forward and a reverse loop
         assert all(len(ops) > 0 for ops in r["loop_bodies"])
         assert r["temp_MiB"] >= 0 and r["minor_faults"] >= 0
+    assert result["page_fault_us"] > 0
     assert "thunks" in capsys.readouterr().out
 
 
