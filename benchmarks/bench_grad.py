@@ -685,6 +685,7 @@ def main(argv=None) -> dict:
     if set(names) - set(CELLS):
         raise ValueError(f"--cells takes {sorted(CELLS)}; got {names}.")
     repeats = args.repeats or (2 if args.quick else 7)
+    processes = args.processes or (1 if args.quick else 3)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     long_T = args.long_T or (64 if args.quick else 100_000)
     long_H = 8 if args.quick else 256
@@ -703,7 +704,7 @@ def main(argv=None) -> dict:
             repeats,
             not args.no_torch,
             progress,
-            processes=args.processes or (1 if args.quick else 3),
+            processes=processes,
         )  # fmt: skip
         if "grad" in parts
         else []
@@ -734,7 +735,7 @@ def main(argv=None) -> dict:
     )
     config = {"command": command.strip(), "repeats": repeats, "quick": args.quick,
               "shapes": shapes, "long": [long_T, long_H], "seed": 0,
-              "processes": args.processes or (1 if args.quick else 3)}  # fmt: skip
+              "processes": processes}  # fmt: skip
     result = {
         "config": config,
         "environment": env,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import jax
 
 from jbptt._src import _init
-from jbptt._src.cell import Cell, ReverseRules
+from jbptt._src.cell import Cell
 
 
 def from_fn(
@@ -133,13 +133,11 @@ def scoped(cell: Cell, key: str) -> Cell:
 
     rules = cell.rules
     if rules is not None:
-        rules = ReverseRules(
+        rules = rules._replace(  # output and states read no params: kept
             project=sub(rules.project),
             forward=sub(rules.forward),
             backward=sub(rules.backward),
             linear=sub(rules.linear),
-            output=rules.output,
-            states=rules.states,
         )
     return Cell(
         init=cell.init,

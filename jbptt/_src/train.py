@@ -48,7 +48,7 @@ import optax
 
 from jbptt._src import checks
 from jbptt._src.api import per_step_losses
-from jbptt._src.cell import Cell, ReverseRules
+from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
 from jbptt._src.forward_mode import OnlineEstimator
 from jbptt._src.forward_mode import train as _train_forward_mode
@@ -136,13 +136,8 @@ def _with_states(cell: Cell) -> Cell:
             dh = tree_map(jnp.add, dh, dh_state)
             return base.backward(params, h_prev, h, res, dh, dout)
 
-        rules = ReverseRules(
-            project=base.project,
-            forward=base.forward,
-            backward=backward,
-            linear=base.linear,
-            output=lambda hs: (hs, base.output(hs)),
-            states=base.states,
+        rules = base._replace(
+            backward=backward, output=lambda hs: (hs, base.output(hs))
         )
     return cell._replace(step=step, rules=rules)
 
