@@ -21,6 +21,9 @@ from jbptt._src.api import value_and_grad as value_and_grad
 from jbptt._src.checks import check_finite as check_finite
 from jbptt._src.models import Model as Model
 from jbptt._src.models import readout as readout
+from jbptt._src.scan import Residuals as Residuals
+from jbptt._src.scan import backward as backward
+from jbptt._src.scan import forward as forward
 from jbptt._src.scan import rnn_scan as rnn_scan
 
 __version__ = "0.1.0"

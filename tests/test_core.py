@@ -189,12 +189,11 @@ def test_packed_reverse_carry_round_trips_and_skips_unpackable_states():
 @pytest.mark.parametrize("cell_name", ["lstm", "gru"])
 def test_forward_scan_states_match_the_step(cell_name):
     """LSTM reads its states back from packed residuals; GRU stacks them."""
-    from jbptt._src.scan import _forward_rules
-
     model, params, h0, xs, _ = problem(CELLS[cell_name](), T=5, batch=(2,))
     cell = model.cell  # the readout model's scoped cell keeps the rules' states
     assert (cell.rules.states is not None) == (cell_name == "lstm")
-    h_T, outs, (hs, _) = _forward_rules(cell, params, h0, xs)
+    h_T, outs, residuals = jbptt.forward(cell, params, h0, xs)
+    hs = residuals.hs
     h, steps = h0, []
     for x in xs:
         h, _ = cell.step(params, h, x)

@@ -212,7 +212,7 @@ def test_sparsity_pattern_and_costs():
         assert (a[: 3 * H] == 2).all() and (a[3 * H :] == 1).all(), name
     assert (M[:H] <= M[H:]).all()  # whatever touches c_j touches h_j
     costs = {
-        e.name: e.cost(cell, params, h0, x)
+        e.name: e.footprint(cell, params, h0, x)
         for e in (forward_mode.rtrl(), forward_mode.uoro(), forward_mode.snap1())
     }
     assert costs["rtrl"].state_bytes == 2 * S * P * 8  # B·S·P float64

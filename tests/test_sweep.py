@@ -11,7 +11,8 @@ from jax.flatten_util import ravel_pytree
 import jbptt
 from jbptt import estimators as est
 from jbptt import sweep, truncation
-from jbptt._src.sweep import Z95, _estimator_key
+from jbptt._src.protocol import estimator_key as _estimator_key
+from jbptt._src.sweep import Z95
 
 T = 6  # 2^(T-1) = 32 cut patterns
 

@@ -80,7 +80,7 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0, checkpoint=None):
     Same values and, for ``w = None`` (full BPTT), the same gradients as
     ``jax.value_and_grad(jbptt.loss(cell, loss_fn), argnums, has_aux=True)``,
     computed by jbptt's explicit reverse scan (:func:`jbptt.rnn_scan`). With
-    link weights ``w`` it returns the estimator ĝ of DESIGN.md: truncated
+    link weights ``w`` it returns the estimator ĝ of docs/design.md: truncated
     (TBPTT), randomly truncated and reweighted (ARTBP), or anything else
     expressible as weights on the links between steps.
 
@@ -150,7 +150,7 @@ def grads_for_weights(cell: Cell, loss_fn: LossFn, params, h0, xs, ys, ws):
     """Gradients for K link-weight vectors from one shared forward pass.
 
     The forward values, the loss and the loss's own cotangents do not depend
-    on ``w`` (DESIGN.md: only the reverse scan does), so they are computed
+    on ``w`` (only the reverse scan does), so they are computed
     once; the K reverse scans run batched (``vmap`` over ``ws``), which also
     turns each step's ``[B, H] @ [H, G·H]`` product into a K-times larger one.
 
@@ -189,14 +189,14 @@ def grads_for_weights(cell: Cell, loss_fn: LossFn, params, h0, xs, ys, ws):
         )
     validation.check_w(ws[0], T, xs.dtype)  # floating dtype
     ws = jnp.asarray(ws, xs.dtype)
-    (h_T, outs), residuals = _scan._rnn_scan_fwd(cell, params, h0, xs, ws[0])
+    # One forward and one loss vjp, then K reverse scans: a vmap of backward.
+    h_T, outs, residuals = _scan.forward(cell, params, h0, xs)
     L, loss_vjp = jax.vjp(lambda p, o: sum_of_losses(loss_fn, p, o, ys), params, outs)
     dparams_loss, douts = loss_vjp(jnp.ones_like(L))
     dh_T = jax.tree_util.tree_map(jnp.zeros_like, h_T)
 
-    def backward(w):
-        saved = (*residuals[:3], w, *residuals[4:])
-        dparams, _, _, _ = _scan._rnn_scan_bwd(cell, saved, (dh_T, douts))
+    def one(w):
+        dparams, _, _ = _scan._backward(cell, params, residuals, w, dh_T, douts)
         return jax.tree_util.tree_map(jnp.add, dparams, dparams_loss)
 
-    return (L, h_T), jax.vmap(backward)(ws)
+    return (L, h_T), jax.vmap(one)(ws)

@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jbptt._src import validation
 from jbptt._src.api import sum_of_losses, value_and_grad
 from jbptt._src.cell import Cell
-from jbptt._src.scan import _forward_generic, _forward_rules, _shift_in
+from jbptt._src.scan import forward, states_before, step_transpose
 from jbptt._src.truncation import tbptt
 
 tree_map = jax.tree_util.tree_map
@@ -132,12 +132,11 @@ def per_lag_norms(
             raise ValueError(f"max_lag={max_lag} exceeds the T={T} steps of xs.")
         L = max_lag
 
-        if cell.rules is not None:
-            _, outs, (hs, res) = _forward_rules(cell, params, h0, xs)
+        _, outs, r = forward(cell, params, h0, xs)
+        hs = r.hs
+        if cell.rules is not None:  # built-in cells know their output map
             out_of = cell.rules.output
         else:
-            _, outs, hs = _forward_generic(cell, params, h0, xs)
-            res = None
             out_of = output or _last_leaf
             got = jax.eval_shape(out_of, hs)
             if got.shape != outs.shape:
@@ -146,22 +145,15 @@ def per_lag_norms(
                     f"returns outputs of shape {outs.shape}; pass output= to map "
                     "a state to the step output."
                 )
-        hs_prev = _shift_in(h0, hs)
+        hs_prev = states_before(r)
         # ∂ℓ_t/∂out_t for all t at once, then through out_t = output(h_t).
         douts = jax.grad(lambda o: sum_of_losses(loss_fn, params, o, ys))(outs)
         gs = jax.vjp(out_of, hs)[1](douts)[0]  # ∂ℓ_t/∂h_t, stacked like hs
+        transpose = step_transpose(cell, params)  # d ↦ J_tᵀ d, one step
 
         def jac_t_product(h_prev, h, res_t, x_t):
             """d ↦ J_tᵀ d for one step, vmapped over the lag axis of d."""
-            if cell.rules is not None:
-                dout0 = jnp.zeros_like(out_of(h))
-                back = lambda d: cell.rules.backward(  # noqa: E731
-                    params, h_prev, h, res_t, d, dout0
-                )[0]
-            else:
-                _, vjp = jax.vjp(lambda hp: cell.step(params, hp, x_t)[0], h_prev)
-                back = lambda d: vjp(d)[0]  # noqa: E731
-            return jax.vmap(back)
+            return jax.vmap(lambda d: transpose(h_prev, h, res_t, x_t, d))
 
         def body(buf, inp):
             # buf[τ] (τ ≥ 1): u_{t+τ,τ}, the cotangent at h_t of loss t+τ.
@@ -175,7 +167,7 @@ def per_lag_norms(
 
         buf0 = tree_map(lambda a: jnp.zeros((L,) + a.shape, a.dtype), h0)
         _, norms = jax.lax.scan(
-            body, buf0, (hs_prev, hs, res, xs, gs), reverse=True
+            body, buf0, (hs_prev, hs, r.res, xs, gs), reverse=True
         )  # [T, L, *batch], indexed by the state step s = t − τ
         counts = (T - jnp.arange(L)).astype(norms.dtype)  # steps t ≥ τ per lag
         mean = jnp.sum(norms, 0) / counts.reshape((L,) + (1,) * len(batch_shape))
@@ -262,8 +254,7 @@ def step_jacobians(cell: Cell, params, h0, xs) -> jax.Array:
     """
     validation.check_scan_args(cell, params, h0, xs, None)
     batch_ndim = xs.ndim - 2
-    _, _, hs = _forward_generic(cell, params, h0, xs)
-    hs_prev = _shift_in(h0, hs)
+    hs_prev = states_before(forward(cell, params, h0, xs)[2])
 
     def jac(h_prev, x):  # one sequence, one step
         flat, unravel = ravel_pytree(h_prev)

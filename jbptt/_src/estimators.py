@@ -44,11 +44,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
-from jbptt._src import truncation
+from jbptt._src import protocol, sharding, truncation
 from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
+from jbptt._src.protocol import Cost, OnlineRule, Problem
 from jbptt._src.scan import rnn_scan
+
+tree_map = jax.tree_util.tree_map
 
 
 class Estimator(NamedTuple):
@@ -89,6 +93,105 @@ class Estimator(NamedTuple):
     deterministic: bool
     hparams: dict[str, Any]
     backward_steps: Callable[[int], float] | None = None
+
+    # ------------------------------------------ the estimator protocol ---
+
+    def samples(
+        self, problem: Problem, key, n: int, *, chunk: int = 64, mesh=None
+    ) -> jax.Array:
+        """``[n, D]`` flattened estimates from keys ``split(key, n)``.
+
+        The forward is shared (:func:`jbptt.sweep.gradient_fn`); what is
+        vmapped, ``chunk`` draws at a time, is the reverse scan of each
+        window.
+        """
+        T = protocol.check_problem(problem)
+        grad = protocol.gradient_fn(problem)
+        ws, ms = jax.vmap(lambda k: self.sample(k, T))(jax.random.split(key, n))
+        if ws.ndim != 3 or ws.shape[2] != T or ms.shape != ws.shape:
+            raise ValueError(
+                f"estimator {self.name!r}: sample must return w and m of shape "
+                f"[J, {T}]; got {ws.shape[1:]} and {ms.shape[1:]}."
+            )
+
+        def window_sum(w, m):  # [J, T] -> Σ_j ĝ_j, flattened [D]
+            flat = jax.vmap(lambda w_j, m_j: ravel_pytree(grad(w_j, m_j))[0])
+            return jnp.sum(flat(w, m), axis=0)
+
+        dtype = problem.xs.dtype
+        args = (ws.astype(dtype), ms.astype(dtype))
+        return sharding.map_rows(window_sum, args, chunk, mesh)
+
+    def cost(self, problem: Problem) -> Cost:
+        """Depth, reverse-scan steps and windows of one estimate."""
+        T = problem.xs.shape[0]
+        ws, _ = jax.eval_shape(lambda k: self.sample(k, T), jax.random.key(0))
+        steps = self.backward_steps(T) if self.backward_steps else float("nan")
+        return Cost(
+            depth=float(self.expected_depth(T)),
+            backward_steps=float(steps),
+            forward_steps=float(T),
+            reverse_scans=int(ws.shape[0]),
+        )
+
+    def online(self) -> OnlineRule:
+        """Segments between the cuts of one sampled window (module
+        :mod:`jbptt.train`); estimators with overlapping windows refuse at
+        planning time."""
+        return OnlineRule(_no_state, self._plan, _truncation_segment)
+
+    def _plan(self, key, T: int):
+        w, m = self.sample(key, T)
+        w, m = np.asarray(w), np.asarray(m)
+        if w.shape[0] != 1 or not np.all(m == 1):
+            raise ValueError(
+                f"estimator {self.name} has {w.shape[0]} overlapping "
+                "windows; online training needs one window of link weights "
+                "with every loss counted once (full, tbptt, artbp)."
+            )
+        return protocol.segments(w[0])[1], w[0]
+
+
+def _no_state(cell, params, h0, x0):
+    return ()
+
+
+def _with_states(cell: Cell) -> Cell:
+    """The same cell whose output is ``(h_t, out_t)``, to read any state."""
+
+    def step(params, h, x):
+        h, out = cell.step(params, h, x)
+        return h, (h, out)
+
+    rules = cell.rules
+    if rules is not None:
+        base = rules
+
+        def backward(params, h_prev, h, res, dh, dout):
+            dh_state, dout = dout
+            dh = tree_map(jnp.add, dh, dh_state)
+            return base.backward(params, h_prev, h, res, dh, dout)
+
+        rules = base._replace(
+            backward=backward, output=lambda hs: (hs, base.output(hs))
+        )
+    return cell._replace(step=step, rules=rules)
+
+
+def _truncation_segment(cell, loss_fn, params, h, est_state, xs, ys, w, mask, key):
+    """One online segment: the reverse scan with the segment's link weights
+    ``w`` (1 for TBPTT, ARTBP's ``1/(1 − c_t)`` compensation) and the carried
+    state entering with its gradient stopped (the cut before the segment)."""
+    n = jnp.sum(mask).astype(int)
+
+    def seg_loss(params):
+        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w)
+        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
+        h_last = tree_map(lambda a: a[n - 1], hs)  # state after the last real step
+        return jnp.sum(losses), (losses, h_last)
+
+    (_, (losses, h_last)), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
+    return losses, g, jax.lax.stop_gradient(h_last), est_state
 
 
 def _one_window(w):

@@ -1,7 +1,7 @@
 r"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1.
 
 Truncation estimators (TBPTT, ARTBP) are link weights on a reverse scan
-(DESIGN.md). Forward-mode estimators instead carry, along the forward pass, an
+(docs/design.md). Forward-mode estimators instead carry, along the forward pass, an
 approximation of the influence matrix ``J_t = ∂h_t/∂θ`` and read a gradient
 off it at every step, so they need no backward pass through time:
 
@@ -33,9 +33,12 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
   through its diagonal. Biased, exact when ``D_t`` is (block-)diagonal on
   the pattern, e.g. a diagonal recurrent matrix.
 
-All three share one interface, :class:`OnlineEstimator`, and are pure
-functions of a PRNG key, so a sweep over keys is a ``vmap``
-(:func:`sample_estimates`); :func:`train` is the online training loop.
+All three share one interface, :class:`OnlineEstimator`, which implements
+the estimator protocol (docs/design.md, "The estimator protocol"), and are
+pure functions of a PRNG key, so a sweep over keys is a ``vmap``
+(:func:`sample_estimates`); they train online through
+:func:`jbptt.train.train` like every other estimator. The sparsity pattern
+SnAp-1 keeps lives in :mod:`jbptt._src.sparsity`.
 Parameters and states are any pytrees, flattened with
 ``jax.flatten_util.ravel_pytree``. With batch dimensions every example
 carries its own influence (``cell.step`` is vmapped over examples, so it must
@@ -59,17 +62,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import validation
+from jbptt._src import protocol, sharding, sparsity, validation
 from jbptt._src.cell import Cell
+from jbptt._src.protocol import Cost, OnlineRule, Problem
+
+tree_map = jax.tree_util.tree_map
 
 DEFAULT_MAX_BYTES = 2**30  # 1 GiB for the influence state and one-step Jacobians
 
 
-class Cost(NamedTuple):
-    """What an online estimator costs on a given problem (per sequence batch).
+class Footprint(NamedTuple):
+    """What an online estimator's memory and work are on a given problem (per
+    sequence batch).
 
     Attributes:
       state_bytes: the influence representation carried from step to step
@@ -106,18 +112,55 @@ class OnlineEstimator(NamedTuple):
       estimate: ``(key, cell, loss_fn, params, h0, xs, ys) -> ((L, h_T),
         grads)``: ``ĝ = Σ_t g_t`` over a sequence with fixed params, the same
         return structure as :func:`jbptt.value_and_grad`.
-      cost: ``(cell, params, h0, x) -> Cost``.
+      footprint: ``(cell, params, h0, x) -> Footprint``: memory and FLOPs.
       deterministic: whether the key is ignored.
       hparams: hyperparameters, for reports.
+      segment: the online segment gradient (:class:`OnlineRule`'s
+        ``segment``), built once with the estimator so that training
+        compiles once per segment length.
     """
 
     name: str
     init: Callable[..., OnlineState]
     step: Callable[..., tuple[OnlineState, tuple[jax.Array, Any]]]
     estimate: Callable[..., tuple[tuple[jax.Array, Any], Any]]
-    cost: Callable[..., Cost]
+    footprint: Callable[..., Footprint]
     deterministic: bool
     hparams: dict[str, Any]
+    segment: Callable[..., Any] | None = None
+
+    # ------------------------------------------ the estimator protocol ---
+
+    def samples(
+        self, problem: Problem, key, n: int, *, chunk: int = 64, mesh=None
+    ) -> jax.Array:
+        """``[n, P]`` flattened estimates from keys ``split(key, n)``
+        (:func:`sample_estimates`)."""
+        protocol.check_problem(problem)
+        return sample_estimates(self, *problem, key, n, chunk=chunk, mesh=mesh)
+
+    def cost(self, problem: Problem) -> Cost:
+        """No truncation (depth T) and no reverse scan; the carried influence
+        is ``state_bytes``."""
+        T = protocol.check_problem(problem)
+        fp = self.footprint(problem.cell, problem.params, problem.h0, problem.xs[0])
+        return Cost(
+            depth=float(T),
+            backward_steps=0.0,
+            forward_steps=float(T),
+            state_bytes=int(fp.state_bytes),
+        )
+
+    def online(self) -> OnlineRule:
+        """One update per step; the influence is the carried state."""
+        return OnlineRule(self._init_influence, _every_step, self.segment)
+
+    def _init_influence(self, cell, params, h0, x0):
+        return self.init(cell, params, h0, x0).influence
+
+
+def _every_step(key, T: int):
+    return np.ones(T, int), None
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +265,7 @@ def _step_flops(fl: _Flat, x_b) -> float:
     return flops if flops > 0 else 2.0 * fl.theta.size
 
 
-def _check_bytes(name: str, cost: Cost, max_bytes: int, what: str) -> None:
+def _check_bytes(name: str, cost: Footprint, max_bytes: int, what: str) -> None:
     need = cost.state_bytes + cost.work_bytes
     if need > max_bytes:
         raise ValueError(
@@ -249,7 +292,7 @@ class _Rule(NamedTuple):
     init: Callable  # (fl, x_b) -> influence
     read: Callable  # (fl, infl, gH[B, S], X[B, ...]) -> [P], Σ_b gH_bᵀ J_b
     update: Callable  # (fl, infl, key, H_prev[B,S], X[B,...]) -> infl
-    cost: Callable  # (fl, x_b, C) -> Cost, C = FLOPs of one cell step
+    cost: Callable  # (fl, x_b, C) -> Footprint, C = FLOPs of one cell step
     what: str  # what the memory is, for the size error
 
 
@@ -297,7 +340,26 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         x_b = fl.x_examples(x)[0]
         return rule.cost(fl, x_b, _step_flops(fl, x_b))
 
-    return OnlineEstimator(name, init, step, estimate, cost, deterministic, hparams)
+    def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key):
+        # Σ_t g_t over the segment's real steps, params fixed within it.
+        def body(carry, inp):
+            state, acc = carry
+            k, x_t, y_t, m_t = inp
+            new, (loss, g) = step(cell, loss_fn, k, params, state, x_t, y_t)
+            keep = m_t > 0  # padded steps leave state and gradient alone
+            state = tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+            acc = tree_map(lambda a, b: a + jnp.where(keep, b, 0.0), acc, g)
+            return (state, acc), jnp.where(keep, loss, 0.0)
+
+        keys = jax.random.split(key, xs.shape[0])
+        zeros = tree_map(jnp.zeros_like, params)
+        carry = (OnlineState(h, influence), zeros)
+        (state, g), losses = jax.lax.scan(body, carry, (keys, xs, ys, mask))
+        return losses, g, state.h, state.influence
+
+    return OnlineEstimator(
+        name, init, step, estimate, cost, deterministic, hparams, segment
+    )
 
 
 def _nbytes(fl: _Flat, n: int) -> int:
@@ -353,7 +415,7 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     def cost(fl, x_b, C):
         B, S, P = fl.B, fl.S, fl.theta.size
         flops = B * ((1 + 2 * S) * C + 2 * S * S * P + 3 * S * P)
-        return Cost(_nbytes(fl, B * S * P), _nbytes(fl, B * S * (P + S)), flops)
+        return Footprint(_nbytes(fl, B * S * P), _nbytes(fl, B * S * (P + S)), flops)
 
     rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
     return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
@@ -417,7 +479,7 @@ def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEsti
 
     def cost(fl, x_b, C):
         B, S, P = fl.B, fl.S, fl.theta.size
-        return Cost(
+        return Footprint(
             _nbytes(fl, B * (S + P)),
             _nbytes(fl, B * (2 * S + P)),
             B * (5 * C + 12 * (S + P)),
@@ -427,77 +489,13 @@ def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEsti
     return _make("uoro", rule, max_bytes, False, {"eps": eps, "max_bytes": max_bytes})
 
 
-def sparsity_pattern(cell: Cell, params, h, x, *, draws: int = 3) -> np.ndarray:
-    """Boolean ``[S, P]`` pattern of the immediate Jacobian ``∂h_t/∂θ``.
-
-    Computed from the structure of one step: the union of the nonzeros of
-    ``F`` at ``draws`` random points (random state, input and parameters of
-    the right shapes), so no accidental zero (e.g. ``h_{t-1} = 0``) hides an
-    entry. Rows index one example's flattened state, columns the flattened
-    params. Runs eagerly on shapes only, so it works inside ``jit``.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> from jbptt import cells, forward_mode
-      >>> cell = cells.elman()
-      >>> params = cell.init(jax.random.key(0), 2, 3)
-      >>> M = forward_mode.sparsity_pattern(
-      ...     cell, params, cell.initial_state(params), jnp.ones(2))
-      >>> M.shape, int(M.sum(0).max())  # every param touches one unit
-      ((3, 18), 1)
-    """
-    fl = _flatten(cell, params, h, x)
-    x_b = fl.x_examples(x)[0]
-    return _pattern(fl, x_b.shape, x_b.dtype, draws)
-
-
-def _pattern(fl: _Flat, x_shape, x_dtype, draws: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    dt = fl.theta.dtype
-    theta = rng.normal(size=(draws,) + fl.theta.shape).astype(dt)
-    s = rng.normal(size=(draws, fl.S)).astype(dt)
-    x_b = rng.normal(size=(draws,) + tuple(x_shape)).astype(x_dtype)
-    jac = jax.jit(jax.vmap(jax.jacrev(fl.f_b, argnums=0)))  # [draws, S, P]
-    with jax.ensure_compile_time_eval():  # concrete even inside a trace
-        F = np.asarray(jac(theta, s, x_b))
-    return np.any(F != 0, axis=0)
-
-
-class _Sparse(NamedTuple):
-    """A column-compressed pattern and a row colouring for reading it."""
-
-    rows: np.ndarray  # [k, P] row index of each column's nonzeros (pad: 0)
-    valid: np.ndarray  # [k, P] which of those are real
-    colors: np.ndarray  # [C, S] indicator of the rows of each colour
-    entry_color: np.ndarray  # [k, P] colour of rows[a, p]
-
-
-def _compress(mask: np.ndarray) -> _Sparse:
-    """Compress ``mask`` [S, P] by columns (k = the most nonzeros in one
-    column) and colour its rows so that no two rows of one colour share a
-    column: then one VJP with the colour's indicator as cotangent reads every
-    pattern entry of those rows at once (Curtis, Powell & Reid 1974)."""
-    S, P = mask.shape
-    k = max(1, int(mask.sum(0).max()))
-    order = np.argsort(~mask, axis=0, kind="stable")[:k]  # nonzero rows first
-    valid = np.take_along_axis(mask, order, axis=0)
-    rows = np.where(valid, order, 0).astype(np.int32)
-    conflict = (mask.astype(np.int64) @ mask.T.astype(np.int64)) > 0  # [S, S]
-    color = np.full(S, -1)
-    for i in range(S):  # greedy colouring
-        used = set(color[conflict[i] & (color >= 0)].tolist())
-        color[i] = next(c for c in range(S) if c not in used)
-    colors = np.stack([color == c for c in range(color.max() + 1)])
-    return _Sparse(rows, valid, colors, color[rows].astype(np.int32))
-
-
 def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     """SnAp-1 (Menick et al. 2021): RTRL restricted to ``F_t``'s sparsity.
 
     ``J_t = (D_t J_{t-1}) ⊙ M + F_t`` with ``M`` the pattern of the immediate
-    Jacobian (:func:`sparsity_pattern`). ``J`` is stored compressed, ``k``
-    numbers per parameter (``k`` = the most state entries one parameter
-    touches in one step: 1 for Elman and GRU, 2 for LSTM's ``(c, h)``), so
+    Jacobian (:func:`jbptt.forward_mode.sparsity_pattern`). ``J`` is stored
+    compressed, ``k`` numbers per parameter (``k`` = the most state entries
+    one parameter touches in one step: 1 for Elman and GRU, 2 for LSTM's ``(c, h)``), so
     the carried memory is ``B·k·P`` like the parameters themselves. Each step
     reads ``F_t`` on the pattern with one VJP per row colour (``k`` of them
     for the built-in cells) and ``D_t`` densely (``S`` VJPs in the state
@@ -526,7 +524,7 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         # The pattern is static (numpy), computed once per cell and shapes.
         key = (fl.cell, fl.S, fl.theta.size, str(fl.theta.dtype), x_shape, str(x_dtype))
         if key not in cache:
-            cache[key] = _compress(_pattern(fl, x_shape, x_dtype))
+            cache[key] = sparsity.compress(sparsity.pattern(fl, x_shape, x_dtype))
         return cache[key]
 
     def init(fl, x_b):
@@ -562,7 +560,7 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         k, n_col = sp.rows.shape[0], sp.colors.shape[0]
         flops = B * ((1 + 2 * n_col + 2 * S) * C + 2 * k * k * P + 3 * k * P)
         work = B * (n_col * P + S * S + k * k * P)
-        return Cost(_nbytes(fl, B * k * P), _nbytes(fl, work), flops)
+        return Footprint(_nbytes(fl, B * k * P), _nbytes(fl, work), flops)
 
     rule = _Rule(init, read, update, cost, "the sparse influence and its update")
     return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
@@ -584,11 +582,13 @@ def sample_estimates(
     n: int,
     *,
     chunk: int = 64,
+    mesh=None,
 ) -> jax.Array:
     """``n`` flattened estimates ``[n, P]`` from keys ``split(key, n)``.
 
     A ``vmap`` of :attr:`OnlineEstimator.estimate` over keys, ``chunk`` keys
-    at a time (``lax.map``) to bound memory; row ``i`` equals
+    at a time (:func:`jbptt.sharding.map_rows`, split over ``mesh`` if
+    given) to bound memory; row ``i`` equals
     ``ravel_pytree(estimate(split(key, n)[i], ...)[1])[0]``. Unflatten a row
     with ``jax.flatten_util.ravel_pytree(params)[1]``. Traceable: call it
     inside the ``jit`` of a sweep.
@@ -616,184 +616,4 @@ def sample_estimates(
         _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys)
         return ravel_pytree(g)[0]
 
-    keys = jax.random.split(key, n)
-    chunk = min(chunk, n)
-    pad = (-n) % chunk  # padded keys are computed and dropped
-    keys = jnp.concatenate([keys, keys[:pad]])
-    out = jax.lax.map(jax.vmap(one), keys.reshape((-1, chunk)))
-    return out.reshape((-1,) + out.shape[2:])[:n]
-
-
-# --------------------------------------------------------------------------
-# Online training: one optax update per step (or every ``update_every``).
-
-
-class OnlineHistory(NamedTuple):
-    """What :func:`train` returns.
-
-    Attributes:
-      params: params after the last update.
-      opt_state: the optimizer state after the last update.
-      state: the estimator's :class:`OnlineState` after the last step (cell
-        state and influence; pass it back as ``state=`` to continue).
-      loss: ``[T]`` per-step loss ``ℓ_t`` under the params of that step.
-      grad_norm: ``[T // update_every]`` global norm of each update's
-        gradient (before clipping).
-    """
-
-    params: Any
-    opt_state: Any
-    state: OnlineState
-    loss: jax.Array
-    grad_norm: jax.Array
-
-
-def train(
-    cell: Cell,
-    loss_fn: Callable,
-    params,
-    xs,
-    ys,
-    optimizer,
-    estimator: OnlineEstimator,
-    *,
-    key: jax.Array | None = None,
-    h0=None,
-    state: OnlineState | None = None,
-    opt_state=None,
-    update_every: int = 1,
-    clip: float | None = None,
-) -> OnlineHistory:
-    """Train online along ``xs`` with a forward-mode estimator.
-
-    At every step ``t`` the estimator returns ``g_t`` (module docstring),
-    computed with the current params and the influence carried from earlier
-    steps, which were taken under earlier params (the usual online
-    approximation of RTRL and its relatives). Every ``update_every`` steps
-    the sum of the ``g_t`` since the last update goes through ``optimizer``.
-    Runs as one ``lax.scan`` under ``jit``.
-
-    Args:
-      cell: a :class:`jbptt.cells.Cell`.
-      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      params: initial params.
-      xs: inputs ``[T, ..., I]`` (one long sequence or a batch, time-major).
-      ys: targets, time-major, length T.
-      optimizer: an ``optax.GradientTransformation``.
-      estimator: :func:`rtrl`, :func:`uoro` or :func:`snap1`.
-      key: PRNG key (required for random estimators such as UORO).
-      h0: initial cell state (default: zeros); ignored when ``state`` given.
-      state: an :class:`OnlineState` to resume from.
-      opt_state: optimizer state to resume from (default: ``optimizer.init``).
-      update_every: steps between updates (``T`` must be a multiple).
-      clip: if given, clip each update's gradient to this global norm
-        (``optax.clip_by_global_norm``) before ``optimizer``; its state is
-        empty, so ``opt_state`` stays ``optimizer``'s own.
-
-    Returns:
-      An :class:`OnlineHistory`.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, optax
-      >>> import jbptt
-      >>> from jbptt import forward_mode
-      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
-      >>> params = model.init(jax.random.key(0), 1, 4)
-      >>> xs = jax.random.normal(jax.random.key(1), (32, 1))
-      >>> hist = forward_mode.train(model.cell, model.loss_fn, params, xs, xs,
-      ...                           optax.sgd(1e-2), forward_mode.snap1())
-      >>> hist.loss.shape
-      (32,)
-    """
-    if not isinstance(estimator, OnlineEstimator):
-        raise TypeError(
-            "estimator must be a forward_mode OnlineEstimator (rtrl(), uoro(), "
-            f"snap1()), got {type(estimator).__name__}."
-        )
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
-    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-        raise TypeError(
-            f"optimizer must be an optax.GradientTransformation, got "
-            f"{type(optimizer).__name__}."
-        )
-    if key is None:
-        if not estimator.deterministic:
-            raise ValueError(f"estimator {estimator.name} is random: pass key=.")
-        key = jax.random.key(0)
-    if state is None:
-        _, batch_shape = validation.check_xs(xs)
-        h0 = cell.initial_state(params, batch_shape) if h0 is None else h0
-    else:
-        h0 = state.h
-    validation.check_scan_args(cell, params, h0, xs, None)
-    validation.check_ys(ys, xs.shape[0])
-    T = xs.shape[0]
-    if not isinstance(update_every, int) or update_every < 1 or T % update_every:
-        raise ValueError(
-            f"update_every must be a positive int dividing T = {T}, got "
-            f"{update_every!r}."
-        )
-    if state is None:
-        state = estimator.init(cell, params, h0, xs[0])
-    if clip is not None and (not isinstance(clip, int | float) or not clip > 0):
-        raise ValueError(f"clip must be a positive float or None, got {clip!r}.")
-    if opt_state is None:
-        opt_state = optimizer.init(params)
-    run = _train_fn(cell, loss_fn, optimizer, estimator, T, update_every, clip)
-    params, opt_state, state, losses, norms = run(key, params, opt_state, state, xs, ys)
-    return OnlineHistory(params, opt_state, state, losses, norms)
-
-
-_TRAIN_CACHE: dict = {}  # compiled loops, keyed by the identity of their parts
-
-
-def _train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
-    """The jitted loop, reused across calls with the same parts (e.g. a long
-    stream trained chunk by chunk with ``state=``) so it compiles once."""
-    parts = (cell, loss_fn, optimizer, estimator)
-    key = tuple(map(id, parts)) + (T, every, clip)
-    hit = _TRAIN_CACHE.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
-        return hit[1]
-    if len(_TRAIN_CACHE) >= 32:
-        _TRAIN_CACHE.pop(next(iter(_TRAIN_CACHE)))
-    run = _build_train_fn(cell, loss_fn, optimizer, estimator, T, every, clip)
-    _TRAIN_CACHE[key] = (parts, run)  # holding parts keeps their ids unique
-    return run
-
-
-def _build_train_fn(cell, loss_fn, optimizer, estimator, T: int, every: int, clip):
-    tree_map = jax.tree_util.tree_map
-
-    @jax.jit
-    def run(key, params, opt_state, state, xs, ys):
-        def chunk(carry, inp):  # `every` steps, then one update
-            params, opt_state, state = carry
-            keys, xs_c, ys_c = inp
-
-            def one(c, i):
-                state, acc = c
-                state, (loss, g) = estimator.step(
-                    cell, loss_fn, keys[i], params, state, xs_c[i], ys_c[i]
-                )
-                return (state, tree_map(jnp.add, acc, g)), loss
-
-            zeros = tree_map(jnp.zeros_like, params)
-            (state, g), losses = jax.lax.scan(one, (state, zeros), jnp.arange(every))
-            g_raw = g
-            if clip is not None:  # stateless: opt_state stays optimizer's own
-                g, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
-            updates, opt_state = optimizer.update(g, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state, state), (losses, optax.tree.norm(g_raw))
-
-        keys = jax.random.split(key, T).reshape((T // every, every))
-        resh = lambda a: a.reshape((T // every, every) + a.shape[1:])
-        inputs = (keys, tree_map(resh, xs), tree_map(resh, ys))
-        (params, opt_state, state), (losses, norms) = jax.lax.scan(
-            chunk, (params, opt_state, state), inputs
-        )
-        return params, opt_state, state, losses.reshape(T), norms
-
-    return run
+    return sharding.map_rows(one, (jax.random.split(key, n),), chunk, mesh)

@@ -1,11 +1,16 @@
-"""`rnn_scan`: the recurrence as a ``jax.custom_vjp`` whose backward is the
-explicit reverse scan with link weights (DESIGN.md, "The one equation")::
+"""The core: the recurrence's forward scan and its reverse scan with link
+weights (docs/design.md, "The one equation")::
 
     δ_t = ∂ℓ_t/∂h_t + w_{t+1} · (∂h_{t+1}/∂h_t)ᵀ δ_{t+1}
     ĝ   = Σ_t (∂f/∂θ at t)ᵀ δ_t        (+ the loss's own ∂ℓ_t/∂θ, by autodiff)
 
-``w[0]`` scales the gradient into ``h0``. Cells with :class:`ReverseRules`
-use the hand-derived step; others a per-step ``jax.vjp``.
+``w[0]`` scales the gradient into ``h0``. Two public pieces,
+:func:`forward` and :func:`backward`, meet in an explicit
+:class:`Residuals`; everything else (``rnn_scan``, ``value_and_grad``,
+``grads_for_weights``, the sweep's shared forward, the diagnostics,
+checkpointed segments) is built from them. Whether a cell runs the
+hand-derived path (:class:`~jbptt.cells.ReverseRules`) or the generic
+per-step ``jax.vjp`` is decided in one place, :func:`_path`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,20 +34,39 @@ tree_map = jax.tree_util.tree_map
 UNROLL = 1
 
 
+class Residuals(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`.
+
+    Attributes:
+      h0: the initial state.
+      xs: the inputs ``[T, ..., I]``.
+      hs: the states ``h_1..h_T`` stacked on a leading ``[T]`` axis.
+      res: the hand-derived path's per-step residuals (stacked), or ``None``
+        for cells that go through the generic per-step ``jax.vjp``.
+    """
+
+    h0: Any
+    xs: jax.Array
+    hs: Any
+    res: Any = None
+
+
 def _scale(w_t, tree):
     return tree_map(lambda a: (w_t * a).astype(a.dtype), tree)
 
 
-def _shift_in(h0, hs):
-    """States h_{t-1} for t = 0..T-1: ``h0`` followed by ``hs[:-1]``."""
-    return tree_map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]), h0, hs)
+def states_before(residuals: Residuals):
+    """States ``h_{t-1}`` for t = 0..T-1: ``h0`` followed by ``hs[:-1]``."""
+    return tree_map(
+        lambda a0, a: jnp.concatenate([a0[None], a[:-1]]), residuals.h0, residuals.hs
+    )
 
 
 def _last(hs):
     return tree_map(lambda a: a[-1], hs)
 
 
-# ---------------------------------------------------------------- forward ---
+# ------------------------------------------------- hand-derived rules path ---
 
 
 def _forward_rules(cell: Cell, params, h0, xs):
@@ -53,19 +79,7 @@ def _forward_rules(cell: Cell, params, h0, xs):
 
     h_T, stacked = jax.lax.scan(body, h0, xz, unroll=UNROLL)
     hs, res = (rules.states(stacked), stacked) if rules.states else stacked
-    return h_T, rules.output(hs), (hs, res)
-
-
-def _forward_generic(cell: Cell, params, h0, xs):
-    def body(h, x_t):
-        h, out = cell.step(params, h, x_t)
-        return h, (h, out)
-
-    h_T, (hs, outs) = jax.lax.scan(body, h0, xs)
-    return h_T, outs, hs
-
-
-# --------------------------------------------------------------- backward ---
+    return h_T, rules.output(hs), Residuals(h0, xs, hs, res)
 
 
 def _packer(tree):
@@ -91,9 +105,9 @@ def _packer(tree):
     return pack, unpack
 
 
-def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
+def _backward_rules(cell: Cell, params, r: Residuals, w, dh_T, douts):
     rules = cell.rules
-    hs_prev = _shift_in(h0, hs)
+    hs_prev = states_before(r)
     pack, unpack = _packer(dh_T)
 
     def body(dh, inp):  # dh: cotangent reaching h_t from later steps, scaled
@@ -102,18 +116,32 @@ def _backward_rules(cell: Cell, params, h0, xs, w, hs, res, dh_T, douts):
         return _scale(w_t, pack(dh_prev)), dlin_t  # × w_t: the link t → t-1
 
     dh0, dlins = jax.lax.scan(
-        body, pack(dh_T), (hs_prev, hs, res, douts, w), reverse=True, unroll=UNROLL
+        body, pack(dh_T), (hs_prev, r.hs, r.res, douts, w), reverse=True, unroll=UNROLL
     )
-    dh0 = unpack(dh0)
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
-    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, xs)
+    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, r.xs)
     dparams, dxs = linear_vjp(dlins)
-    return dparams, dh0, dxs
+    return dparams, unpack(dh0), dxs
 
 
-def _backward_generic(cell: Cell, params, h0, xs, w, hs, dh_T, douts):
-    hs_prev = _shift_in(h0, hs)
+def _transpose_rules(cell: Cell, params, h_prev, h, res_t, x_t, d):
+    dout0 = jnp.zeros_like(cell.rules.output(h))
+    return cell.rules.backward(params, h_prev, h, res_t, d, dout0)[0]
 
+
+# ------------------------------------------------- generic per-step path ---
+
+
+def _forward_generic(cell: Cell, params, h0, xs):
+    def body(h, x_t):
+        h, out = cell.step(params, h, x_t)
+        return h, (h, out)
+
+    h_T, (hs, outs) = jax.lax.scan(body, h0, xs)
+    return h_T, outs, Residuals(h0, xs, hs, None)
+
+
+def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
     def body(carry, inp):
         dh, dparams = carry
         h_prev, x_t, dout_t, w_t = inp
@@ -124,9 +152,119 @@ def _backward_generic(cell: Cell, params, h0, xs, w, hs, dh_T, douts):
 
     zeros = tree_map(jnp.zeros_like, params)
     (dh0, dparams), dxs = jax.lax.scan(
-        body, (dh_T, zeros), (hs_prev, xs, douts, w), reverse=True
+        body, (dh_T, zeros), (states_before(r), r.xs, douts, w), reverse=True
     )
     return dparams, dh0, dxs
+
+
+def _transpose_generic(cell: Cell, params, h_prev, h, res_t, x_t, d):
+    _, vjp = jax.vjp(lambda hp: cell.step(params, hp, x_t)[0], h_prev)
+    return vjp(d)[0]
+
+
+class _Path(NamedTuple):
+    forward: Callable
+    backward: Callable
+    transpose: Callable
+
+
+_RULES = _Path(_forward_rules, _backward_rules, _transpose_rules)
+_GENERIC = _Path(_forward_generic, _backward_generic, _transpose_generic)
+
+
+def _path(cell: Cell) -> _Path:
+    """The one place where the hand-derived and generic paths part."""
+    return _GENERIC if cell.rules is None else _RULES
+
+
+# ------------------------------------------------------------ public core ---
+
+
+def forward(cell: Cell, params, h0, xs):
+    """Run ``cell`` over ``xs`` and keep what the reverse scan needs.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      params: the cell's params (pytree of arrays).
+      h0: initial state, batch shape matching ``xs``.
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
+
+    Returns:
+      ``(h_T, outs, residuals)``: the final state, the step outputs
+      ``[T, ..., H]`` and a :class:`Residuals` for :func:`backward`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> cell = jbptt.cells.lstm()
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> h0, xs = cell.initial_state(p), jnp.ones((5, 2))
+      >>> h_T, outs, res = jbptt.forward(cell, p, h0, xs)
+      >>> outs.shape, res.hs[1].shape  # LSTM states are (c, h)
+      ((5, 3), (5, 3))
+    """
+    validation.check_scan_args(cell, params, h0, xs, None)
+    return _path(cell).forward(cell, params, h0, xs)
+
+
+def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
+    """The reverse scan with link weights ``w`` (docs/design.md, "The one equation").
+
+    Args:
+      cell: the cell given to :func:`forward`.
+      params: the params given to :func:`forward`.
+      residuals: the :class:`Residuals` returned by :func:`forward`.
+      w: link weights ``[T]``: ``w[t]`` scales the gradient from step t into
+        h_{t-1}, ``w[0]`` the one into ``h0`` (ones: full BPTT).
+      dh_T: cotangent of the final state (``None``: zero).
+      douts: cotangents of the step outputs, shaped like ``outs``.
+
+    Returns:
+      ``(dparams, dh0, dxs)``: the cell's parameter gradient (without the
+      loss's own ∂ℓ/∂θ), the cotangent of ``h0`` (scaled by ``w[0]``) and of
+      ``xs``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> cell = jbptt.cells.elman()
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> xs = jnp.ones((6, 2))
+      >>> h_T, outs, res = jbptt.forward(cell, p, cell.initial_state(p), xs)
+      >>> douts = 2 * outs  # L = Σ_t ‖out_t‖²
+      >>> dp, dh0, dxs = jbptt.backward(cell, p, res, jnp.ones(6), None, douts)
+      >>> loss = lambda p: jnp.sum(jbptt.rnn_scan(cell, p, res.h0, xs)[1] ** 2)
+      >>> ref = jax.grad(loss)(p)
+      >>> bool(jnp.allclose(dp["W"], ref["W"]))
+      True
+    """
+    if not isinstance(residuals, Residuals):
+        raise TypeError(
+            "residuals must be the jbptt.Residuals returned by jbptt.forward, got "
+            f"{type(residuals).__name__}."
+        )
+    T = residuals.xs.shape[0]
+    w = validation.check_w(w, T, residuals.xs.dtype)
+    if dh_T is None:
+        dh_T = tree_map(jnp.zeros_like, residuals.h0)
+    return _backward(cell, params, residuals, w, dh_T, douts)
+
+
+def _backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
+    # Symbolic zeros arrive as zeros here; make dtypes match the primal.
+    dh_T = tree_map(lambda g, a: g.astype(a.dtype), dh_T, residuals.h0)
+    return _path(cell).backward(cell, params, residuals, w, dh_T, douts)
+
+
+def step_transpose(cell: Cell, params):
+    """``(h_prev, h, res_t, x_t, d) -> J_tᵀ d``, one step's state Jacobian
+    transposed (``J_t = ∂h_t/∂h_{t-1}``), unscaled by any link weight.
+
+    ``res_t`` is step t of :attr:`Residuals.res` (``None`` on the generic
+    path). Used by :mod:`jbptt.diagnostics` to follow cotangents lag by lag.
+    """
+    transpose = _path(cell).transpose
+    return functools.partial(transpose, cell, params)
 
 
 # ------------------------------------------------------------- custom_vjp ---
@@ -134,31 +272,19 @@ def _backward_generic(cell: Cell, params, h0, xs, w, hs, dh_T, douts):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _rnn_scan(cell: Cell, params, h0, xs, w):
-    if cell.rules is None:
-        h_T, outs, _ = _forward_generic(cell, params, h0, xs)
-    else:
-        h_T, outs, _ = _forward_rules(cell, params, h0, xs)
+    h_T, outs, _ = _path(cell).forward(cell, params, h0, xs)
     return h_T, outs
 
 
 def _rnn_scan_fwd(cell: Cell, params, h0, xs, w):
-    if cell.rules is None:
-        h_T, outs, hs = _forward_generic(cell, params, h0, xs)
-        return (h_T, outs), (params, h0, xs, w, hs, None)
-    h_T, outs, (hs, res) = _forward_rules(cell, params, h0, xs)
-    return (h_T, outs), (params, h0, xs, w, hs, res)
+    h_T, outs, residuals = _path(cell).forward(cell, params, h0, xs)
+    return (h_T, outs), (params, residuals, w)
 
 
 def _rnn_scan_bwd(cell: Cell, saved, cotangents):
-    params, h0, xs, w, hs, res = saved
+    params, residuals, w = saved
     dh_T, douts = cotangents
-    # Symbolic zeros arrive as zeros here; make dtypes match the primal.
-    dh_T = tree_map(lambda g, a: g.astype(a.dtype), dh_T, h0)
-    if cell.rules is None:
-        grads = _backward_generic(cell, params, h0, xs, w, hs, dh_T, douts)
-    else:
-        grads = _backward_rules(cell, params, h0, xs, w, hs, res, dh_T, douts)
-    dparams, dh0, dxs = grads
+    dparams, dh0, dxs = _backward(cell, params, residuals, w, dh_T, douts)
     return dparams, dh0, dxs, jnp.zeros_like(w)
 
 
@@ -169,7 +295,7 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
     Differentiating any function of the outputs with ``jax.grad`` runs the
-    explicit reverse scan of DESIGN.md with link weights ``w``: the forward
+    explicit reverse scan (docs/design.md) with link weights ``w``: the forward
     values do not depend on ``w``, only the backward does.
 
     Args:

@@ -1,14 +1,18 @@
 """Bias and variance of gradient estimators, all sampled under one ``jit``.
 
-For a problem (cell, per-step loss, params, h0, xs, ys) and estimators that
+For a problem (cell, per-step loss, params, h0, xs, ys), every estimator of
+the protocol (docs/design.md, "The estimator protocol") is asked for its
+samples (``estimator.samples``) and its cost (``estimator.cost``); the sweep
+never asks what kind of estimator it holds. For truncation estimators, which
 sample windows ``(w_j, m_j)`` (:mod:`jbptt.estimators`), each sample is
 
     ĝ = Σ_j ∇^{(w_j)} Σ_t m_{j,t} ℓ_t.
 
 Link weights ``w`` enter only the reverse scan, and loss weights ``m`` only
 the cotangents fed into it, so the forward scan and the per-step loss vjp are
-computed once and shared by every estimator, window and sample; what is
-vmapped is the reverse scan alone (DESIGN.md, "Performance structure").
+computed once (:func:`gradient_fn` under :func:`jbptt.estimators.shared_forward`)
+and shared by every estimator, window and sample; what is vmapped is the
+reverse scan alone (docs/design.md, "Performance structure").
 
 Statistics, per estimator, from N iid samples ĝ_i with ``d_i = ĝ_i − g``
 (``g`` the exact gradient, computed by the same reverse scan with ``w ≡ 1``):
@@ -34,51 +38,21 @@ NaN interval bounds.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from jbptt._src import sharding, validation
-from jbptt._src.api import per_step_losses
+from jbptt._src import protocol, sharding
 from jbptt._src.cell import Cell
-from jbptt._src.estimators import Estimator
-from jbptt._src.forward_mode import OnlineEstimator
-from jbptt._src.forward_mode import sample_estimates as _online_samples
-from jbptt._src.scan import (
-    _backward_generic,
-    _backward_rules,
-    _forward_generic,
-    _forward_rules,
-)
-
-tree_map = jax.tree_util.tree_map
+from jbptt._src.protocol import Problem, check_problem, estimator_key, gradient_fn
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
-
-class Problem(NamedTuple):
-    """A gradient problem: L(θ) = Σ_t ℓ_t(θ, out_t, y_t) along one sequence.
-
-    Attributes:
-      cell: a :class:`jbptt.cells.Cell`.
-      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      params: the point θ at which gradients are estimated (pytree).
-      h0: initial state.
-      xs: inputs ``[T, I]`` or ``[T, B, I]``.
-      ys: targets, time-major.
-    """
-
-    cell: Cell
-    loss_fn: Any
-    params: Any
-    h0: Any
-    xs: jax.Array
-    ys: Any
+__all__ = ["Problem", "gradient_fn"]  # re-exported from the protocol
 
 
 class SweepResult(NamedTuple):
@@ -126,116 +100,14 @@ class SweepResult(NamedTuple):
 # ------------------------------------------------------------- estimates ---
 
 
-def _check_problem(problem: Problem) -> int:
-    if not isinstance(problem, Problem):
-        raise TypeError(
-            f"problem must be a jbptt.sweep.Problem, got {type(problem).__name__}."
-        )
-    validation.check_scan_args(
-        problem.cell, problem.params, problem.h0, problem.xs, None
-    )
-    validation.check_ys(problem.ys, problem.xs.shape[0])
-    return problem.xs.shape[0]
-
-
-def gradient_fn(problem: Problem):
-    """One shared forward; returns ``(w[T], m[T]) -> ∇^{(w)} Σ_t m_t ℓ_t``.
-
-    The forward scan and the vjp of the per-step losses run once (when this
-    is called, typically inside ``jit``); the returned function runs only the
-    reverse scan, so vmapping it over ``(w, m)`` batches reverse scans that
-    share one forward.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> import jbptt
-      >>> from jbptt import sweep, truncation
-      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
-      >>> p = model.init(jax.random.key(0), 1, 4)
-      >>> xs, ys = jnp.ones((6, 1)), jnp.zeros((6, 1))
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
-      ...                      model.cell.initial_state(p), xs, ys)
-      >>> grad = sweep.gradient_fn(prob)
-      >>> g = grad(truncation.full(6), jnp.ones(6))
-      >>> ref = jax.grad(lambda p: jbptt.loss(model.cell, model.loss_fn)(
-      ...     p, prob.h0, xs, ys)[0])(p)
-      >>> bool(jnp.allclose(g["cell"]["W"], ref["cell"]["W"], atol=1e-6))
-      True
-    """
-    _check_problem(problem)
-    cell, loss_fn, params, h0, xs, ys = problem
-    if cell.rules is None:
-        _, outs, hs = _forward_generic(cell, params, h0, xs)
-        res = None
-    else:
-        _, outs, (hs, res) = _forward_rules(cell, params, h0, xs)
-
-    def step_losses(p, o):  # [T]: ℓ_t for every step
-        return per_step_losses(loss_fn, p, o, ys)
-
-    # ∂(Σ_t m_t ℓ_t) = vjp of the loss vector with cotangent m: linear in m.
-    _, loss_vjp = jax.vjp(step_losses, params, outs)
-    dh_T = tree_map(jnp.zeros_like, h0)
-
-    def grad(w, m):
-        dp_loss, douts = loss_vjp(m.astype(xs.dtype))
-        w = w.astype(xs.dtype)
-        if cell.rules is None:
-            dp_cell, _, _ = _backward_generic(cell, params, h0, xs, w, hs, dh_T, douts)
-        else:
-            dp_cell, _, _ = _backward_rules(
-                cell, params, h0, xs, w, hs, res, dh_T, douts
-            )
-        return tree_map(jnp.add, dp_cell, dp_loss)
-
-    return grad
-
-
-def _flat_window_sum(grad):
-    """``(w[J, T], m[J, T]) -> Σ_j ĝ_j`` flattened to ``[D]``."""
-
-    def one(w, m):
-        return ravel_pytree(grad(w, m))[0]
-
-    def windows(ws, ms):
-        return jnp.sum(jax.vmap(one)(ws, ms), axis=0)
-
-    return windows
-
-
-def _estimator_key(key, estimator: Estimator):
-    # Keyed by name, so an estimator's samples do not depend on which other
-    # estimators share the sweep (sweep([a, b]) == sweep([a]) ⊕ sweep([b])).
-    return jax.random.fold_in(key, zlib.crc32(estimator.name.encode()) & 0x7FFFFFFF)
-
-
-def _draw(estimator: Estimator, key, T: int, n: int):
-    keys = jax.random.split(_estimator_key(key, estimator), n)
-    ws, ms = jax.vmap(lambda k: estimator.sample(k, T))(keys)  # [n, J, T]
-    return ws, ms
-
-
-def _map_chunks(fn, ws, ms, chunk: int):
-    """``vmap(fn)`` over the leading axis, ``chunk`` rows at a time."""
-    S = ws.shape[0]
-    chunk = max(1, min(chunk, S))
-    pad = (-S) % chunk  # zero weights: padded rows give zero gradients
-    ws = jnp.concatenate([ws, jnp.zeros((pad,) + ws.shape[1:], ws.dtype)])
-    ms = jnp.concatenate([ms, jnp.zeros((pad,) + ms.shape[1:], ms.dtype)])
-    shape = (-1, chunk) + ws.shape[1:]
-    out = jax.lax.map(
-        lambda wm: jax.vmap(fn)(*wm), (ws.reshape(shape), ms.reshape(shape))
-    )
-    return out.reshape((-1,) + out.shape[2:])[:S]
-
-
 def sample_estimates(
-    problem: Problem, estimator: Estimator, key, n: int, *, chunk: int = 64
+    problem: Problem, estimator, key, n: int, *, chunk: int = 64, mesh=None
 ) -> jax.Array:
-    """``n`` flattened estimates ``[n, D]`` of ``estimator`` (shared forward).
+    """``n`` flattened estimates ``[n, D]`` of any estimator of the protocol.
 
-    Samples are drawn from ``fold_in(key, crc32(estimator.name))``, exactly as
-    :func:`sweep` draws them. Unflatten a row with
+    Samples are drawn by ``estimator.samples`` from
+    ``fold_in(key, crc32(estimator.name))``, exactly as :func:`sweep` draws
+    them. Unflatten a row with
     ``jax.flatten_util.ravel_pytree(problem.params)[1]``.
 
     Examples:
@@ -251,11 +123,12 @@ def sample_estimates(
       ...                        jax.random.key(1), 5).shape
       (5, 29)
     """
-    T = _check_problem(problem)
+    check_problem(problem)
+    estimator = protocol.check_estimator(estimator)
     _check_n("n", n)
-    fn = _flat_window_sum(gradient_fn(problem))
-    ws, ms = _draw(estimator, key, T, n)
-    return _map_chunks(fn, ws, ms, chunk)
+    _check_n("chunk", chunk)
+    key = estimator_key(key, estimator)
+    return estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
 
 
 # ------------------------------------------------------------ statistics ---
@@ -365,28 +238,22 @@ _STAT_FIELDS = (
 # ----------------------------------------------------------------- sweep ---
 
 
-def _check_estimators(estimators) -> tuple[Estimator | OnlineEstimator, ...]:
-    kinds = (Estimator, OnlineEstimator)
-    if isinstance(estimators, kinds) or not isinstance(estimators, Sequence):
+def _check_estimators(estimators) -> tuple:
+    if hasattr(estimators, "samples") or not isinstance(estimators, Sequence):
         raise TypeError("estimators must be a list of jbptt Estimators.")
     if not estimators:
         raise ValueError("estimators is empty; give at least one Estimator.")
-    for e in estimators:
-        if not isinstance(e, kinds):
-            raise TypeError(
-                "estimators must hold Estimators or forward_mode "
-                f"OnlineEstimators, got {type(e).__name__}."
-            )
+    estimators = tuple(protocol.check_estimator(e) for e in estimators)
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):
-        raise ValueError(f"estimator names must be unique, got {names}.")
-    return tuple(estimators)
+        raise ValueError(f"estimators must have unique names, got {names}.")
+    return estimators
 
 
 def make_sweep(
     cell: Cell,
     loss_fn,
-    estimators: Sequence[Estimator],
+    estimators: Sequence,
     n_samples: int = 256,
     *,
     chunk: int = 64,
@@ -395,15 +262,16 @@ def make_sweep(
     """Compile-once sweep: ``(params, h0, xs, ys, key) -> (g, stats)``.
 
     One ``jit``: the forward is shared, the exact gradient is the reverse scan
-    with ``w ≡ 1``, and the samples of all estimators with the same number of
-    windows are stacked and run as one vmapped reverse scan, ``chunk`` samples
-    at a time (``lax.map``) to bound memory. Reuse the returned function for
-    several parameter points: it compiles once per shape.
+    with ``w ≡ 1``, and each estimator's samples are vmapped, ``chunk`` at a
+    time (:func:`jbptt.sharding.map_rows`), to bound memory. Reuse the
+    returned function for several parameter points: it compiles once per
+    shape.
 
     Args:
       cell: a :class:`jbptt.cells.Cell`.
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      estimators: list of :class:`jbptt.estimators.Estimator` (unique names).
+      estimators: list of estimators of the protocol (unique names):
+        truncation, forward-mode or your own.
       n_samples: samples per random estimator (≥ 4); deterministic ones are
         evaluated once.
       chunk: samples per vmapped batch. Memory: the reverse scans of one
@@ -443,50 +311,21 @@ def make_sweep(
 
     def run(params, h0, xs, ys, key):
         problem = Problem(cell, loss_fn, params, h0, xs, ys)
-        T = _check_problem(problem)
-        grad = gradient_fn(problem)
-        window_sum = _flat_window_sum(grad)
-        ones = jnp.ones((1, T), xs.dtype)
-        g = window_sum(ones, ones)
-        samples = [None] * len(estimators)
-        draws = {}  # link-weight estimators, by index
-        for i, e in enumerate(estimators):
-            n = 1 if e.deterministic else n_samples
-            if isinstance(e, OnlineEstimator):  # forward mode: its own scan
-                samples[i] = _online_samples(
-                    e,
-                    cell,
-                    loss_fn,
-                    params,
-                    h0,
-                    xs,
-                    ys,
-                    _estimator_key(key, e),
-                    n,
+        T = check_problem(problem)
+        with protocol.shared_forward():  # one forward for every estimator
+            grad = gradient_fn(problem)
+            ones = jnp.ones((T,), xs.dtype)
+            g = jax.flatten_util.ravel_pytree(grad(ones, ones))[0]
+            samples = [
+                e.samples(
+                    problem,
+                    estimator_key(key, e),
+                    1 if e.deterministic else n_samples,
                     chunk=chunk,
+                    mesh=mesh,
                 )
-                continue
-            ws, ms = _draw(e, key, T, n)
-            if ws.ndim != 3 or ws.shape[2] != T or ms.shape != ws.shape:
-                raise ValueError(
-                    f"estimator {e.name!r}: sample must return w and m of shape "
-                    f"[J, {T}]; got {ws.shape[1:]} and {ms.shape[1:]}."
-                )
-            draws[i] = (ws.astype(xs.dtype), ms.astype(xs.dtype))
-        # Group estimators by window count J: one stacked reverse scan each.
-        for J in sorted({ws.shape[1] for ws, _ in draws.values()}):
-            idx = [i for i, (ws, _) in draws.items() if ws.shape[1] == J]
-            ws = jnp.concatenate([draws[i][0] for i in idx])
-            ms = jnp.concatenate([draws[i][1] for i in idx])
-            if mesh is None:
-                flat = _map_chunks(window_sum, ws, ms, chunk)
-            else:  # rows split over devices, gathered before the statistics
-                flat = sharding.map_rows(window_sum, (ws, ms), chunk, mesh)
-            start = 0
-            for i in idx:
-                n = draws[i][0].shape[0]
-                samples[i] = flat[start : start + n]
-                start += n
+                for e in estimators
+            ]
         # Statistics vmapped over estimators with equal sample counts (1 or N).
         stats = [None] * len(estimators)
         for n in sorted({s.shape[0] for s in samples}):
@@ -496,14 +335,19 @@ def make_sweep(
             )
             for j, i in enumerate(idx):
                 stats[i] = {f: batch[f][j] for f in _STAT_FIELDS}
-        return g, {f: jnp.stack([s[f] for s in stats]) for f in _STAT_FIELDS}
+        out = {f: jnp.stack([s[f] for s in stats]) for f in _STAT_FIELDS}
+        with jax.ensure_compile_time_eval():  # costs are static numbers
+            costs = [e.cost(problem) for e in estimators]
+        out["expected_depth"] = jnp.array([c.depth for c in costs])
+        out["windows"] = jnp.array([c.reverse_scans for c in costs])
+        return g, out
 
     return jax.jit(run)
 
 
 def sweep(
     problem: Problem,
-    estimators: Sequence[Estimator],
+    estimators: Sequence,
     key,
     n_samples: int = 256,
     *,
@@ -514,7 +358,8 @@ def sweep(
 
     Args:
       problem: a :class:`Problem`.
-      estimators: list of :class:`jbptt.estimators.Estimator` (unique names).
+      estimators: list of estimators of the protocol (unique names):
+        truncation, forward-mode or your own.
       key: PRNG key; each estimator uses ``fold_in(key, crc32(name))``.
       n_samples: samples per random estimator (≥ 4).
       chunk: samples per vmapped batch (memory bound).
@@ -540,7 +385,7 @@ def sweep(
       >>> float(res.rel_bias[0]) < 1e-5, float(res.rel_variance[1])
       (True, 0.0)
     """
-    _check_problem(problem)
+    check_problem(problem)
     estimators = _check_estimators(estimators)
     run = make_sweep(
         problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk, mesh=mesh
@@ -572,22 +417,9 @@ def to_result(estimators, stats, g, T: int, n_samples: int) -> SweepResult:
     E = len(estimators)
     return SweepResult(
         names=tuple(e.name for e in estimators),
-        expected_depth=np.array([_depth(e, T) for e in estimators]),
-        windows=np.array([_windows(e, T) for e in estimators]),
+        expected_depth=np.asarray(stats["expected_depth"], dtype=np.float64),
+        windows=np.asarray(stats["windows"]).astype(int),
         n_samples=np.array([1 if e.deterministic else n_samples for e in estimators]),
         grad_norm=np.full(E, float(jnp.linalg.norm(g))),
         **{f: np.asarray(stats[f], dtype=np.float64) for f in _STAT_FIELDS},
     )
-
-
-def _depth(e, T: int) -> float:
-    # Forward-mode estimators never truncate: depth T (their cost is
-    # OnlineEstimator.cost, not a depth).
-    return float(T) if isinstance(e, OnlineEstimator) else float(e.expected_depth(T))
-
-
-def _windows(e, T: int) -> int:
-    if isinstance(e, OnlineEstimator):
-        return 0  # no reverse scan
-    ws, _ = jax.eval_shape(lambda k: e.sample(k, T), jax.random.key(0))
-    return int(ws.shape[0])

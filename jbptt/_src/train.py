@@ -7,7 +7,11 @@ delimited by the cuts of a link-weight vector ``w`` (a cut is ``w_t = 0``):
 * ARTBP (Tallec & Ollivier 2017): cuts drawn at random with probability c_t
   (constant or a schedule of the steps since the last cut), so segments have
   random lengths;
-* any single-window estimator of :mod:`jbptt.estimators`, or raw ``w``.
+* any single-window estimator of :mod:`jbptt.estimators`, or raw ``w``;
+* forward-mode estimators (RTRL, UORO, SnAp-1), one update per step, and any
+  estimator implementing the protocol (docs/design.md, "The estimator
+  protocol"): the loop asks each for its :class:`~jbptt.estimators.OnlineRule`
+  (segment plan and segment gradient) and never for its kind.
 
 At the end of each segment ``[s, e]`` (just before the next cut) one optax
 update is applied with the gradient
@@ -46,13 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbptt._src import checks
-from jbptt._src.api import per_step_losses
+from jbptt._src import checks, protocol
 from jbptt._src.cell import Cell
-from jbptt._src.estimators import Estimator
-from jbptt._src.forward_mode import OnlineEstimator
-from jbptt._src.forward_mode import train as _train_forward_mode
-from jbptt._src.scan import rnn_scan
+from jbptt._src.estimators import _truncation_segment
 
 tree_map = jax.tree_util.tree_map
 
@@ -73,6 +73,11 @@ class History(NamedTuple):
       divergences: the segments whose loss, gradients or state were not
         finite (:class:`jbptt.checks.Divergence`: segment index and the
         offending quantities); their updates were not applied.
+      est_state: what the estimator carries between segments (forward
+        mode's influence; ``()`` for truncation estimators); pass it back as
+        ``est_state=`` to continue.
+      step_loss: ``[sum(length)]`` the per-step losses ``ℓ_t``, each under
+        the params of its segment.
     """
 
     params: Any
@@ -84,27 +89,8 @@ class History(NamedTuple):
     start: np.ndarray
     buckets: tuple[int, ...]
     divergences: tuple[checks.Divergence, ...] = ()
-
-
-def segments(w) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the segments between the cuts of ``w``.
-
-    A cut is ``w_t = 0`` for t ≥ 1 (``w_0``, the link into the initial
-    state, never starts a new segment).
-
-    Examples:
-      >>> from jbptt import train, truncation
-      >>> starts, lengths = train.segments(truncation.tbptt(7, 3))
-      >>> starts.tolist(), lengths.tolist()
-      ([0, 3, 6], [3, 3, 1])
-    """
-    w = np.asarray(w)
-    if w.ndim != 1 or w.shape[0] == 0:
-        raise ValueError(f"w must be link weights of shape (T,), got {w.shape}.")
-    cuts = np.flatnonzero(w[1:] == 0) + 1
-    starts = np.concatenate([[0], cuts]).astype(int)
-    lengths = np.diff(np.concatenate([starts, [w.shape[0]]])).astype(int)
-    return starts, lengths
+    est_state: Any = ()
+    step_loss: np.ndarray | None = None
 
 
 def bucket_length(n: int, min_bucket: int, n_max: int) -> int:
@@ -120,61 +106,10 @@ def bucket_length(n: int, min_bucket: int, n_max: int) -> int:
     return int(min(b, n_max))
 
 
-def _with_states(cell: Cell) -> Cell:
-    """The same cell whose output is ``(h_t, out_t)``, to read any state."""
-
-    def step(params, h, x):
-        h, out = cell.step(params, h, x)
-        return h, (h, out)
-
-    rules = cell.rules
-    if rules is not None:
-        base = rules
-
-        def backward(params, h_prev, h, res, dh, dout):
-            dh_state, dout = dout
-            dh = tree_map(jnp.add, dh, dh_state)
-            return base.backward(params, h_prev, h, res, dh, dout)
-
-        rules = base._replace(
-            backward=backward, output=lambda hs: (hs, base.output(hs))
-        )
-    return cell._replace(step=step, rules=rules)
-
-
-def _link_weights(estimator, T: int, key) -> np.ndarray:
-    if isinstance(estimator, Estimator):
-        if key is None:
-            if not estimator.deterministic:
-                raise ValueError(f"estimator {estimator.name} is random: pass key=.")
-            key = jax.random.key(0)
-        w, m = estimator.sample(key, T)
-        w, m = np.asarray(w), np.asarray(m)
-        if w.shape[0] != 1 or not np.all(m == 1):
-            raise ValueError(
-                f"estimator {estimator.name} has {w.shape[0]} overlapping "
-                "windows; online training needs one window of link weights "
-                "with every loss counted once (full, tbptt, artbp)."
-            )
-        return w[0]
-    if hasattr(estimator, "shape"):
-        w = np.asarray(estimator)
-        if w.shape != (T,):
-            raise ValueError(
-                f"w (link weights) must have shape (T,) = ({T},) matching xs, "
-                f"got {w.shape}."
-            )
-        return w
-    raise TypeError(
-        "estimator must be a jbptt Estimator or link weights w[T], got "
-        f"{type(estimator).__name__}."
-    )
-
-
 _CLIPS = {"global_norm": optax.clip_by_global_norm, "value": optax.clip}
 
 
-def _optimizer(optimizer, clip, clip_mode):
+def _check_optimizer(optimizer, clip, clip_mode) -> None:
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be an optax.GradientTransformation (e.g. "
@@ -184,11 +119,79 @@ def _optimizer(optimizer, clip, clip_mode):
         raise ValueError(
             f"Unknown clip_mode {clip_mode!r}. It needs to be one of {sorted(_CLIPS)}."
         )
+    if clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0
+    ):
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}.")
+
+
+def _transform(optimizer, clip, clip_mode) -> optax.GradientTransformation:
+    """``optimizer``, after clipping when ``clip`` is given (``optax.chain``)."""
     if clip is None:
         return optimizer
-    if isinstance(clip, bool) or not isinstance(clip, int | float) or clip <= 0:
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}.")
     return optax.chain(_CLIPS[clip_mode](clip), optimizer)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "cell",
+        "loss_fn",
+        "optimizer",
+        "clip",
+        "clip_mode",
+        "segment",
+        "bucket",
+        "guard",
+    ),
+)
+def _update(
+    params,
+    opt_state,
+    h,
+    est_state,
+    xs,
+    ys,
+    w,
+    start,
+    n,
+    key,
+    *,
+    cell,
+    loss_fn,
+    optimizer,
+    clip,
+    clip_mode,
+    segment,
+    bucket,
+    guard,
+):
+    """One segment ``[start, start + n)`` run in a static ``bucket``, then one
+    optimizer update. Module-level ``jit`` keyed on the static pieces (cell,
+    loss, optimizer, the estimator's segment function, bucket): every call
+    of :func:`train` with the same pieces reuses its compilations."""
+
+    def cut(a):
+        return jax.lax.dynamic_slice_in_dim(a, start, bucket, axis=0)
+
+    mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
+    xs_s, ys_s, w_s = cut(xs), tree_map(cut, ys), cut(w)
+    losses, g, h_new, est_new = segment(
+        cell, loss_fn, params, h, est_state, xs_s, ys_s, w_s, mask, key
+    )
+    tx = _transform(optimizer, clip, clip_mode)
+    updates, new_opt_state = tx.update(g, opt_state, params)
+    new = (optax.apply_updates(params, updates), new_opt_state, h_new, est_new)
+    total, norm = jnp.sum(losses), optax.tree.norm(g)
+    if not guard:
+        return *new, losses, total / n, norm
+    # Value-level guard (no Python `if` on tracers): a non-finite segment
+    # leaves everything as it was; the caller reports it from the flags.
+    finite = checks.finite_flags(loss=total, grads=g, state=h_new)
+    kept = checks.select_if(
+        checks.all_finite(finite), new, (params, opt_state, h, est_state)
+    )
+    return *kept, losses, total / n, norm, finite
 
 
 def make_step(
@@ -198,7 +201,7 @@ def make_step(
     *,
     guard: bool = False,
 ):
-    """The jitted online update on one segment.
+    """The jitted online update on one segment of a link-weight estimator.
 
     Returns ``step(params, opt_state, h, xs, ys, w, start, n, bucket) ->
     (params, opt_state, h, mean_loss, grad_norm)``: the segment is
@@ -208,9 +211,8 @@ def make_step(
     compilation. With ``guard=True`` it also returns ``finite``, the
     :func:`jbptt.checks.finite_flags` of the loss, the gradients and the new
     state, and if any is not finite the update is not applied (params,
-    optimizer state and state stay as they were). :func:`train` drives it
-    (with ``guard=True``); use it directly to interleave segments with other
-    work.
+    optimizer state and state stay as they were). :func:`train` drives the
+    same update; use this directly to interleave segments with other work.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -226,54 +228,48 @@ def make_step(
       >>> h.shape, loss.shape  # state after step 4 + 3 − 1 = 6
       ((4,), ())
     """
-    wcell = _with_states(cell)
+    _check_optimizer(optimizer, None, "global_norm")
+    static = dict(
+        cell=cell,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        clip=None,
+        clip_mode="global_norm",
+        segment=_truncation_segment,
+        guard=guard,
+    )
 
     def step(params, opt_state, h, xs, ys, w, start, n, bucket):
-        def cut(a):
-            return jax.lax.dynamic_slice_in_dim(a, start, bucket, axis=0)
-
-        xs_s, ys_s, w_s = cut(xs), tree_map(cut, ys), cut(w)
-        real = jnp.arange(bucket) < n  # [bucket]: padded steps carry no loss
-
-        def seg_loss(params):
-            _, (hs, outs) = rnn_scan(wcell, params, h, xs_s, w_s)
-            losses = per_step_losses(loss_fn, params, outs, ys_s)
-            total = jnp.sum(jnp.where(real, losses, 0.0))
-            h_last = tree_map(lambda a: a[n - 1], hs)  # state after step e
-            return total, h_last
-
-        (total, h_last), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
-        updates, new_opt_state = optimizer.update(g, opt_state, params)
-        new = (
-            optax.apply_updates(params, updates),
-            new_opt_state,
-            jax.lax.stop_gradient(h_last),
+        out = _update(
+            params, opt_state, h, (), xs, ys, w, start, n, None, bucket=bucket, **static
         )
-        if not guard:
-            return *new, total / n, optax.tree.norm(g)
-        # Value-level guard (no Python `if` on tracers): a non-finite segment
-        # leaves everything as it was; the caller reports it from the flags.
-        finite = checks.finite_flags(loss=total, grads=g, state=h_last)
-        params, opt_state, h_last = checks.select_if(
-            checks.all_finite(finite), new, (params, opt_state, h)
+        params, opt_state, h, _, _, mean, norm = out[:7]
+        return (params, opt_state, h, mean, norm, *out[7:])
+
+    return step
+
+
+def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    is_int = isinstance(min_bucket, int) and not isinstance(min_bucket, bool)
+    if not is_int or min_bucket <= 0:
+        raise ValueError(f"min_bucket must be a positive int, got {min_bucket!r}.")
+    if not hasattr(xs, "shape") or xs.ndim < 2:
+        raise ValueError(
+            "xs must be an array of shape (T, I) or (T, B, I), got "
+            f"{getattr(xs, 'shape', type(xs).__name__)}."
         )
-        return params, opt_state, h_last, total / n, optax.tree.norm(g), finite
-
-    return jax.jit(step, static_argnames="bucket")
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_step(cell, loss_fn, optimizer, clip, clip_mode):
-    return make_step(cell, loss_fn, _optimizer(optimizer, clip, clip_mode), guard=True)
-
-
-def _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx):
-    """Reuse the jitted step (and its compilations) across calls with the same
-    cell, loss and optimizer, e.g. when resuming a run chunk by chunk."""
-    try:
-        return _cached_step(cell, loss_fn, optimizer, clip, clip_mode)
-    except TypeError:  # unhashable pieces: compile afresh
-        return make_step(cell, loss_fn, tx, guard=True)
+    T = xs.shape[0]
+    for leaf in jax.tree_util.tree_leaves(ys):
+        if np.shape(leaf)[:1] != (T,):
+            raise ValueError(
+                f"ys must be time-major with length T = {T} (the length of xs), "
+                f"got a leaf of shape {np.shape(leaf)}."
+            )
+    return T
 
 
 def train(
@@ -288,12 +284,13 @@ def train(
     key: jax.Array | None = None,
     h0=None,
     opt_state=None,
+    est_state=None,
     clip: float | None = None,
     clip_mode: str = "global_norm",
     min_bucket: int = 8,
     on_nonfinite: str = "raise",
 ) -> History:
-    """Train online along ``xs``, one optax update per truncation segment.
+    """Train online along ``xs``, one optax update per segment.
 
     See the module docstring for the exact estimator. ``xs``/``ys`` are one
     long sequence ``[T, I]`` or a batch ``[T, B, I]`` (time-major); all batch
@@ -307,20 +304,22 @@ def train(
       xs: inputs ``[T, ..., I]``.
       ys: targets, time-major, length T.
       optimizer: any ``optax.GradientTransformation``.
-      estimator: a single-window :class:`jbptt.estimators.Estimator`
-        (``full()``, ``tbptt(k)``, ``tbptt(k, random_offset=True)``,
-        ``artbp(c)``) or link weights ``w[T]``; its cuts delimit segments.
-        Or a forward-mode estimator (``jbptt.forward_mode.rtrl()``,
-        ``uoro()``, ``snap1()``): one update per step, run by
-        :func:`jbptt.forward_mode.train` (segments of length 1; the
-        influence is not carried across calls, use that function to resume
-        with it).
+      estimator: any estimator of the protocol with an online rule: a
+        single-window :class:`jbptt.estimators.Estimator` (``full()``,
+        ``tbptt(k)``, ``tbptt(k, random_offset=True)``, ``artbp(c)``; its
+        cuts delimit segments), link weights ``w[T]``, a forward-mode
+        estimator (``jbptt.forward_mode.rtrl()``, ``uoro()``, ``snap1()``:
+        one update per step) or your own.
       key: PRNG key for random estimators.
       h0: initial state (default: zeros from ``cell.initial_state``).
-      opt_state: optimizer state to resume from (default: ``optimizer.init``).
+      opt_state: optimizer state to resume from (default: ``optimizer.init``,
+        after the clipping transformation when ``clip`` is given).
+      est_state: the estimator's carried state to resume from
+        (``History.est_state`` of the previous call; default: its ``init``).
       clip: if given, clip gradients before ``optimizer`` with
         ``optax.clip_by_global_norm(clip)`` (``clip_mode="global_norm"``) or
-        ``optax.clip(clip)`` (``clip_mode="value"``).
+        ``optax.clip(clip)`` (``clip_mode="value"``), chained by
+        ``optax.chain``.
       clip_mode: ``"global_norm"`` or ``"value"``.
       min_bucket: smallest static segment length compiled.
       on_nonfinite: what to do when a segment's loss, gradients or state are
@@ -329,8 +328,7 @@ def train(
         quantities, ``"stop"`` and return the history so far, or ``"skip"``
         the segment and go on. Either way it is listed in
         ``History.divergences``. The data are checked up front with
-        :func:`jbptt.check_finite`. (Forward-mode estimators get the data
-        check only.)
+        :func:`jbptt.check_finite`.
 
     Returns:
       A :class:`History`.
@@ -347,34 +345,24 @@ def train(
       >>> hist.loss.shape, hist.length.tolist()[:2]
       ((8,), [8, 8])
     """
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
-    if not isinstance(min_bucket, int) or min_bucket <= 0:
-        raise ValueError(f"min_bucket must be a positive int, got {min_bucket!r}.")
-    if not hasattr(xs, "shape") or xs.ndim < 2:
-        raise ValueError(
-            "xs must be an array of shape (T, I) or (T, B, I), got "
-            f"{getattr(xs, 'shape', type(xs).__name__)}."
-        )
-    T = xs.shape[0]
-    for leaf in jax.tree_util.tree_leaves(ys):
-        if np.shape(leaf)[:1] != (T,):
-            raise ValueError(
-                f"ys must be time-major with length T = {T} (the length of xs), "
-                f"got a leaf of shape {np.shape(leaf)}."
-            )
+    T = _check_data(cell, loss_fn, xs, ys, min_bucket)
     checks.check_policy(on_nonfinite)
     checks.check_finite(xs=xs, ys=ys, h0=h0)
-    tx = _optimizer(optimizer, clip, clip_mode)
-    if isinstance(estimator, OnlineEstimator):
-        return _forward_mode_history(
-            cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
+    _check_optimizer(optimizer, clip, clip_mode)
+    estimator = protocol.as_estimator(estimator)
+    rule = estimator.online()
+    if key is None:
+        if not estimator.deterministic:
+            raise ValueError(f"estimator {estimator.name} is random: pass key=.")
+        key = jax.random.key(0)
+    lengths, w = rule.plan(key, T)
+    lengths = np.asarray(lengths, int)
+    if lengths.ndim != 1 or lengths.sum() != T or np.any(lengths < 1):
+        raise ValueError(
+            f"estimator {estimator.name}: its plan must give positive segment "
+            f"lengths summing to T = {T}, got {lengths.tolist()}."
         )
-    step = _step_for(cell, loss_fn, optimizer, clip, clip_mode, tx)
-    w = _link_weights(estimator, T, key)
-    starts, lengths = segments(w)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
     n_max = int(lengths.max())
     sizes = [bucket_length(n, min_bucket, n_max) for n in lengths]
     pad = max(sizes)
@@ -385,19 +373,34 @@ def train(
         a = jnp.asarray(a)
         return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
 
-    xs_p, ys_p = pad_time(xs), tree_map(pad_time, ys)
-    w_p = pad_time(jnp.asarray(w, xs.dtype))
+    w = jnp.ones((T,), xs.dtype) if w is None else jnp.asarray(w, xs.dtype)
+    xs_p, ys_p, w_p = pad_time(xs), tree_map(pad_time, ys), pad_time(w)
     h = cell.initial_state(params, tuple(xs.shape[1:-1])) if h0 is None else h0
-    opt_state = tx.init(params) if opt_state is None else opt_state
+    if est_state is None:
+        est_state = rule.init(cell, params, h, xs[0])
+    if opt_state is None:
+        opt_state = _transform(optimizer, clip, clip_mode).init(params)
+    static = dict(
+        cell=cell,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        clip=clip,
+        clip_mode=clip_mode,
+        segment=rule.segment,
+        guard=True,
+    )
 
-    losses, norms, divergences = [], [], []
+    losses, step_losses, norms, divergences = [], [], [], []
     for i, (s, n, b) in enumerate(
         zip(starts.tolist(), lengths.tolist(), sizes, strict=True)
     ):
-        params, opt_state, h, loss, norm, finite = step(
-            params, opt_state, h, xs_p, ys_p, w_p, s, n, bucket=b
-        )
-        losses.append(loss)
+        seg_key = jax.random.fold_in(key, i)
+        params, opt_state, h, est_state, seg_losses, mean, norm, finite = _update(
+            params, opt_state, h, est_state, xs_p, ys_p, w_p, s, n, seg_key,
+            bucket=b, **static,
+        )  # fmt: skip
+        step_losses.append(seg_losses[:n])
+        losses.append(mean)
         norms.append(norm)
         div = checks.handle_nonfinite(i, finite, on_nonfinite)
         if div is not None:
@@ -415,34 +418,6 @@ def train(
         starts,
         tuple(sorted(set(sizes))),
         tuple(divergences),
-    )
-
-
-def _forward_mode_history(
-    cell, loss_fn, params, xs, ys, tx, estimator, key, h0, opt_state
-) -> History:
-    """A forward-mode estimator's online run as a :class:`History` of
-    one-step segments."""
-    hist = _train_forward_mode(
-        cell,
-        loss_fn,
-        params,
-        xs,
-        ys,
-        tx,
-        estimator,
-        key=key,
-        h0=h0,
-        opt_state=opt_state,
-    )
-    T = xs.shape[0]
-    return History(
-        hist.params,
-        hist.opt_state,
-        hist.state.h,
-        np.asarray(hist.loss),
-        np.asarray(hist.grad_norm),
-        np.ones(T, int),
-        np.arange(T),
-        (1,),
+        est_state,
+        np.asarray(jnp.concatenate(step_losses)),
     )

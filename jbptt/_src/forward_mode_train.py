@@ -1,0 +1,183 @@
+"""Online training with a forward-mode estimator, as it was spelled before
+the estimator protocol: :func:`train` returns an :class:`OnlineHistory` with
+per-step losses and resumes from an :class:`OnlineState`. The loop itself is
+:func:`jbptt.train.train`, the same for every estimator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbptt._src import validation
+from jbptt._src.cell import Cell
+from jbptt._src.forward_mode import OnlineEstimator, OnlineState
+from jbptt._src.protocol import OnlineRule
+from jbptt._src.train import train as _train
+
+
+class OnlineHistory(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+      params: params after the last update.
+      opt_state: the optimizer state after the last update.
+      state: the estimator's :class:`OnlineState` after the last step (cell
+        state and influence; pass it back as ``state=`` to continue).
+      loss: ``[T]`` per-step loss ``ℓ_t`` under the params of that step.
+      grad_norm: ``[T // update_every]`` global norm of each update's
+        gradient (before clipping).
+    """
+
+    params: Any
+    opt_state: Any
+    state: OnlineState
+    loss: jax.Array
+    grad_norm: jax.Array
+
+
+def train(
+    cell: Cell,
+    loss_fn: Callable,
+    params,
+    xs,
+    ys,
+    optimizer,
+    estimator: OnlineEstimator,
+    *,
+    key: jax.Array | None = None,
+    h0=None,
+    state: OnlineState | None = None,
+    opt_state=None,
+    update_every: int = 1,
+    clip: float | None = None,
+) -> OnlineHistory:
+    """Train online along ``xs`` with a forward-mode estimator.
+
+    At every step ``t`` the estimator returns ``g_t`` (module docstring),
+    computed with the current params and the influence carried from earlier
+    steps, which were taken under earlier params (the usual online
+    approximation of RTRL and its relatives). Every ``update_every`` steps
+    the sum of the ``g_t`` since the last update goes through ``optimizer``.
+    The loop is :func:`jbptt.train.train` with segments of ``update_every``
+    steps.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      params: initial params.
+      xs: inputs ``[T, ..., I]`` (one long sequence or a batch, time-major).
+      ys: targets, time-major, length T.
+      optimizer: an ``optax.GradientTransformation``.
+      estimator: :func:`rtrl`, :func:`uoro` or :func:`snap1`.
+      key: PRNG key (required for random estimators such as UORO).
+      h0: initial cell state (default: zeros); ignored when ``state`` given.
+      state: an :class:`OnlineState` to resume from.
+      opt_state: optimizer state to resume from (default: ``optimizer.init``).
+      update_every: steps between updates (``T`` must be a multiple).
+      clip: if given, clip each update's gradient to this global norm
+        (``optax.chain(optax.clip_by_global_norm(clip), optimizer)``; pass
+        back the returned ``opt_state``, which is that chain's).
+
+    Returns:
+      An :class:`OnlineHistory`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jbptt
+      >>> from jbptt import forward_mode
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> params = model.init(jax.random.key(0), 1, 4)
+      >>> xs = jax.random.normal(jax.random.key(1), (32, 1))
+      >>> hist = forward_mode.train(model.cell, model.loss_fn, params, xs, xs,
+      ...                           optax.sgd(1e-2), forward_mode.snap1())
+      >>> hist.loss.shape
+      (32,)
+    """
+    if not isinstance(estimator, OnlineEstimator):
+        raise TypeError(
+            "estimator must be a forward_mode OnlineEstimator (rtrl(), uoro(), "
+            f"snap1()), got {type(estimator).__name__}."
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation, got "
+            f"{type(optimizer).__name__}."
+        )
+    if key is None and not estimator.deterministic:
+        raise ValueError(f"estimator {estimator.name} is random: pass key=.")
+    if state is None:
+        _, batch_shape = validation.check_xs(xs)
+        h0 = cell.initial_state(params, batch_shape) if h0 is None else h0
+    else:
+        h0 = state.h
+    validation.check_scan_args(cell, params, h0, xs, None)
+    validation.check_ys(ys, xs.shape[0])
+    T = xs.shape[0]
+    if not isinstance(update_every, int) or update_every < 1 or T % update_every:
+        raise ValueError(
+            f"update_every must be a positive int dividing T = {T}, got "
+            f"{update_every!r}."
+        )
+    if clip is not None and (not isinstance(clip, int | float) or not clip > 0):
+        raise ValueError(f"clip must be a positive float or None, got {clip!r}.")
+    every = _EveryN(estimator, update_every)
+    hist = _train(
+        cell,
+        loss_fn,
+        params,
+        xs,
+        ys,
+        optimizer,
+        every,
+        key=key,
+        h0=h0,
+        opt_state=opt_state,
+        est_state=None if state is None else state.influence,
+        clip=clip,
+        min_bucket=update_every,
+    )
+    return OnlineHistory(
+        hist.params,
+        hist.opt_state,
+        OnlineState(hist.h, hist.est_state),
+        jnp.asarray(hist.step_loss),
+        jnp.asarray(hist.grad_norm),
+    )
+
+
+class _EveryN(NamedTuple):
+    """A forward-mode estimator updating every ``n`` steps instead of every
+    step: the same online rule with another plan."""
+
+    estimator: OnlineEstimator
+    n: int
+
+    @property
+    def name(self):
+        return self.estimator.name
+
+    @property
+    def deterministic(self):
+        return self.estimator.deterministic
+
+    @property
+    def hparams(self):
+        return {**self.estimator.hparams, "update_every": self.n}
+
+    def samples(self, problem, key, n, *, chunk=64, mesh=None):
+        return self.estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
+
+    def cost(self, problem):
+        return self.estimator.cost(problem)
+
+    def online(self) -> OnlineRule:
+        return self.estimator.online()._replace(plan=self._plan)
+
+    def _plan(self, key, T: int):
+        return np.full(T // self.n, self.n), None

@@ -1,0 +1,331 @@
+"""The estimator protocol: one way to ask any gradient estimator for samples,
+its cost, and how it trains online (docs/design.md, "The estimator protocol").
+
+Truncation estimators (full BPTT, TBPTT, Williams–Peng, ARTBP: link weights
+on the one reverse scan), forward-mode estimators (RTRL, UORO, SnAp-1) and
+any user-written estimator implement :class:`GradientEstimator`.
+:func:`jbptt.sweep.sweep` calls only ``samples`` and ``cost``;
+:func:`jbptt.train.train` calls only ``online``. Neither asks what kind of
+estimator it holds, in the spirit of diffrax's ``AbstractAdjoint``: forward
+mode is just another strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import zlib
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbptt._src import scan as _scan
+from jbptt._src import validation
+from jbptt._src.api import per_step_losses
+from jbptt._src.cell import Cell
+
+tree_map = jax.tree_util.tree_map
+
+
+class Problem(NamedTuple):
+    """A gradient problem: L(θ) = Σ_t ℓ_t(θ, out_t, y_t) along one sequence.
+
+    Attributes:
+      cell: a :class:`jbptt.cells.Cell`.
+      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
+      params: the point θ at which gradients are estimated (pytree).
+      h0: initial state.
+      xs: inputs ``[T, I]`` or ``[T, B, I]``.
+      ys: targets, time-major.
+    """
+
+    cell: Cell
+    loss_fn: Any
+    params: Any
+    h0: Any
+    xs: jax.Array
+    ys: Any
+
+
+class Cost(NamedTuple):
+    """What one gradient estimate costs, in units every estimator shares.
+
+    Attributes:
+      depth: mean backpropagation depth ``E[min(L, T)]`` for the truncation
+        length L (``T`` when nothing is truncated): the axis on which
+        truncation estimators are compared.
+      backward_steps: reverse-scan cell steps per estimate (``T`` for full
+        BPTT, TBPTT and ARTBP; more for Williams–Peng; 0 for forward mode).
+      forward_steps: forward cell steps per estimate (``T`` unless the
+        estimator re-runs the sequence, e.g. with perturbed params).
+      state_bytes: memory carried from step to step beyond the cell state
+        (forward mode's influence, per sequence batch).
+      reverse_scans: reverse scans per estimate (the number J of windows; 0
+        when the estimator runs none).
+    """
+
+    depth: float
+    backward_steps: float
+    forward_steps: float
+    state_bytes: int = 0
+    reverse_scans: int = 0
+
+
+class OnlineRule(NamedTuple):
+    """How an estimator trains online: the one hook :func:`jbptt.train.train`
+    calls.
+
+    The loop walks along the stream in segments; after each segment it applies
+    one optimizer update with the segment's gradient.
+
+    Attributes:
+      init: ``(cell, params, h0, x0) -> est_state``: what the estimator carries
+        from segment to segment besides the cell state (``()`` when nothing;
+        forward mode's influence). ``x0`` is one step's input.
+      plan: ``(key, T) -> (lengths, w)``, on the host: the segment lengths
+        (ints summing to T) and the link weights ``w[T]`` handed to the
+        segments (or ``None``).
+      segment: ``(cell, loss_fn, params, h, est_state, xs, ys, w, mask, key)
+        -> (losses, grads, h_new, est_state_new)``, traceable: one segment's
+        per-step losses ``[n]`` (zero on padding), the gradient to apply, the
+        state after the segment's last real step and the carried estimator
+        state. ``xs``, ``ys``, ``w`` and ``mask`` are the segment's steps padded
+        to a static length ``n``; ``mask[t]`` is 1 on real steps, 0 on padding.
+        Return the same function object from every ``online()`` call, so the
+        training step compiles once per segment length.
+    """
+
+    init: Callable[..., Any]
+    plan: Callable[[jax.Array, int], tuple[np.ndarray, Any]]
+    segment: Callable[..., tuple[jax.Array, Any, Any, Any]]
+
+
+@runtime_checkable
+class GradientEstimator(Protocol):
+    """What every estimator implements (duck-typed; a NamedTuple with these
+    methods is enough).
+
+    Attributes:
+      name: label for tables and plots (unique within a sweep).
+      deterministic: whether samples ignore the key (then a sweep draws one).
+      hparams: hyperparameters, for reports.
+
+    Examples:
+      A user-written estimator, as a NamedTuple with the three methods: twice
+      the exact gradient (sweep and train accept it like any other).
+
+      >>> import jax, jax.numpy as jnp
+      >>> from typing import NamedTuple
+      >>> from jax.flatten_util import ravel_pytree
+      >>> import jbptt
+      >>> from jbptt import estimators
+      >>> class Doubled(NamedTuple):  # 2 × the exact gradient, deterministic
+      ...     name: str = "doubled"
+      ...     deterministic: bool = True
+      ...     hparams: dict = {}
+      ...     def samples(self, problem, key, n, *, chunk=64, mesh=None):
+      ...         g = estimators.full().samples(problem, key, n, chunk=chunk)
+      ...         return 2.0 * g
+      ...     def cost(self, problem):
+      ...         return estimators.full().cost(problem)
+      ...     def online(self):
+      ...         return estimators.full().online()
+      >>> isinstance(Doubled(), estimators.GradientEstimator)
+      True
+    """
+
+    name: str
+    deterministic: bool
+    hparams: dict
+
+    def samples(
+        self, problem: Problem, key: jax.Array, n: int, *, chunk: int = 64, mesh=None
+    ) -> jax.Array:
+        """``[n, D]``: n flattened gradient estimates of ∇_θ L (rows in the
+        order of ``ravel_pytree(problem.params)``) from keys
+        ``split(key, n)``; traceable, vmapped over draws ``chunk`` at a time
+        with :func:`jbptt.sharding.map_rows` (split over ``mesh`` if given)."""
+        ...
+
+    def cost(self, problem: Problem) -> Cost:
+        """The :class:`Cost` of one estimate on ``problem``."""
+        ...
+
+    def online(self) -> OnlineRule:
+        """The :class:`OnlineRule` of online training; raises ``ValueError``
+        if the estimator cannot train online."""
+        ...
+
+
+def check_estimator(estimator) -> GradientEstimator:
+    """``estimator`` if it implements the protocol, else a ``TypeError``."""
+    missing = [
+        a
+        for a in ("name", "deterministic", "samples", "cost", "online")
+        if not hasattr(estimator, a)
+    ]
+    if missing:
+        raise TypeError(
+            "estimator must be a jbptt Estimator or link weights w[T]: anything "
+            "implementing jbptt.estimators.GradientEstimator (name, deterministic, "
+            "samples, cost, online), e.g. estimators.tbptt(8) or "
+            f"forward_mode.uoro(); got {type(estimator).__name__} without "
+            f"{', '.join(missing)}."
+        )
+    return estimator
+
+
+def check_problem(problem: Problem) -> int:
+    """Validate a :class:`Problem`; returns T."""
+    if not isinstance(problem, Problem):
+        raise TypeError(
+            f"problem must be a jbptt.sweep.Problem, got {type(problem).__name__}."
+        )
+    validation.check_scan_args(
+        problem.cell, problem.params, problem.h0, problem.xs, None
+    )
+    validation.check_ys(problem.ys, problem.xs.shape[0])
+    return problem.xs.shape[0]
+
+
+def estimator_key(key, estimator) -> jax.Array:
+    """``fold_in(key, crc32(name))``: an estimator's samples in a sweep do not
+    depend on which other estimators share it."""
+    return jax.random.fold_in(key, zlib.crc32(estimator.name.encode()) & 0x7FFFFFFF)
+
+
+# ------------------------------------------------- the shared forward pass ---
+
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "jbptt_shared_forward", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_forward():
+    """Within this context :func:`gradient_fn` runs the forward once per
+    :class:`Problem` object, so estimators sampled on the same problem (a
+    sweep) share it and only their reverse scans differ."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def gradient_fn(problem: Problem):
+    """One shared forward; returns ``(w[T], m[T]) -> ∇^{(w)} Σ_t m_t ℓ_t``.
+
+    The forward scan and the vjp of the per-step losses run once (when this
+    is called, typically inside ``jit``); the returned function runs only the
+    reverse scan (:func:`jbptt.backward`), so vmapping it over ``(w, m)``
+    batches reverse scans that share one forward.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import sweep, truncation
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> xs, ys = jnp.ones((6, 1)), jnp.zeros((6, 1))
+      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      ...                      model.cell.initial_state(p), xs, ys)
+      >>> grad = sweep.gradient_fn(prob)
+      >>> g = grad(truncation.full(6), jnp.ones(6))
+      >>> ref = jax.grad(lambda p: jbptt.loss(model.cell, model.loss_fn)(
+      ...     p, prob.h0, xs, ys)[0])(p)
+      >>> bool(jnp.allclose(g["cell"]["W"], ref["cell"]["W"], atol=1e-6))
+      True
+    """
+    shared = _SHARED.get()
+    if shared is not None and id(problem) in shared:
+        return shared[id(problem)][1]
+    check_problem(problem)
+    cell, loss_fn, params, h0, xs, ys = problem
+    _, outs, residuals = _scan.forward(cell, params, h0, xs)
+
+    def step_losses(p, o):  # [T]: ℓ_t for every step
+        return per_step_losses(loss_fn, p, o, ys)
+
+    # ∂(Σ_t m_t ℓ_t) = vjp of the loss vector with cotangent m: linear in m.
+    _, loss_vjp = jax.vjp(step_losses, params, outs)
+    dh_T = tree_map(jnp.zeros_like, h0)
+
+    def grad(w, m):
+        dp_loss, douts = loss_vjp(m.astype(xs.dtype))
+        dp_cell, _, _ = _scan._backward(
+            cell, params, residuals, w.astype(xs.dtype), dh_T, douts
+        )
+        return tree_map(jnp.add, dp_cell, dp_loss)
+
+    if shared is not None:
+        shared[id(problem)] = (problem, grad)  # holding problem keeps its id
+    return grad
+
+
+def segments(w) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the segments between the cuts of ``w``.
+
+    A cut is ``w_t = 0`` for t ≥ 1 (``w_0``, the link into the initial
+    state, never starts a new segment).
+
+    Examples:
+      >>> from jbptt import train, truncation
+      >>> starts, lengths = train.segments(truncation.tbptt(7, 3))
+      >>> starts.tolist(), lengths.tolist()
+      ([0, 3, 6], [3, 3, 1])
+    """
+    w = np.asarray(w)
+    if w.ndim != 1 or w.shape[0] == 0:
+        raise ValueError(f"w must be link weights of shape (T,), got {w.shape}.")
+    cuts = np.flatnonzero(w[1:] == 0) + 1
+    starts = np.concatenate([[0], cuts]).astype(int)
+    lengths = np.diff(np.concatenate([starts, [w.shape[0]]])).astype(int)
+    return starts, lengths
+
+
+class Links(NamedTuple):
+    """Fixed link weights ``w[T]`` as a (deterministic) estimator: what
+    :func:`as_estimator` makes of an array handed where an estimator goes."""
+
+    w: Any
+    name: str = "links"
+    deterministic: bool = True
+
+    @property
+    def hparams(self) -> dict:
+        return {}
+
+    def _estimator(self):
+        from jbptt._src.estimators import Estimator
+
+        w = jnp.asarray(self.w)
+
+        def sample(key, T):
+            if w.shape != (T,):
+                raise ValueError(
+                    f"w (link weights) must have shape (T,) = ({T},) matching "
+                    f"xs, got {w.shape}."
+                )
+            return w[None], jnp.ones_like(w)[None]
+
+        return Estimator(self.name, sample, lambda T: float("nan"), True, {})
+
+    def samples(self, problem, key, n, *, chunk=64, mesh=None):
+        return self._estimator().samples(problem, key, n, chunk=chunk, mesh=mesh)
+
+    def cost(self, problem):
+        return self._estimator().cost(problem)
+
+    def online(self):
+        return self._estimator().online()
+
+
+def as_estimator(estimator) -> GradientEstimator:
+    """An estimator as given, or link weights ``w[T]`` wrapped in :class:`Links`."""
+    if hasattr(estimator, "shape") and not hasattr(estimator, "online"):
+        return Links(estimator)
+    return check_estimator(estimator)
