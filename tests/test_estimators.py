@@ -207,7 +207,7 @@ def test_expected_depth_is_one_convention_for_floats_arrays_and_schedules():
     assert estimators.tbptt(4).expected_depth(T) == 4
 
 
-@pytest.mark.parametrize("schedule", ["constant", "poly_tail"])
+@pytest.mark.parametrize("schedule", ["geometric", "constant", "poly_tail"])
 @pytest.mark.parametrize("T", [6, 16, 64])
 def test_artbp_matched_solves_for_the_depth_on_T(schedule, T):
     for k in (2, 4.5, T - 1):

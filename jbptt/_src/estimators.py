@@ -364,7 +364,7 @@ def _geometric_depth(c: float, T: int) -> float:
 
 def artbp_matched(
     depth: float,
-    schedule: str = "constant",
+    schedule: str = "geometric",
     alpha: float = 4.0,
     T: int | None = None,
 ) -> Estimator:
@@ -376,8 +376,9 @@ def artbp_matched(
 
     Args:
       depth: target mean truncation length (> 1, and < T when T is given).
-      schedule: ``"constant"`` (geometric lengths, c = 1/depth without T) or
-        ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail`, mean length
+      schedule: ``"geometric"`` (a constant cut probability c, so segment
+        lengths are geometric; c = 1/depth without T; ``"constant"`` is
+        accepted as its former name) or ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail`, mean length
         ``depth`` without T; polynomial tails, finite variance for
         ``alpha > 3``).
       alpha: tail exponent of the poly-tail schedule.
@@ -392,13 +393,13 @@ def artbp_matched(
       >>> round(est.expected_depth(32), 9)
       10.0
     """
-    if schedule not in ("constant", "poly_tail"):
+    if schedule not in ("geometric", "constant", "poly_tail"):
         raise ValueError(
             f"Unknown schedule {schedule!r}. It needs to be one of "
-            "['constant', 'poly_tail']."
+            "['geometric', 'poly_tail']."
         )
     _check_depth(depth, T)
-    if schedule == "constant":
+    if schedule in ("geometric", "constant"):
         return artbp(artbp_c_for_depth(depth, T))
     if T is None:
         L0 = float(depth)

@@ -169,11 +169,11 @@ def check_estimator(estimator) -> GradientEstimator:
     ]
     if missing:
         raise TypeError(
-            "estimator must be a jbptt Estimator or link weights w[T]: anything "
-            "implementing jbptt.estimators.GradientEstimator (name, deterministic, "
-            "samples, cost, online), e.g. estimators.tbptt(8) or "
-            f"forward_mode.uoro(); got {type(estimator).__name__} without "
-            f"{', '.join(missing)}."
+            "estimator must be a jbptt Estimator or link weights w[T], got "
+            f"{type(estimator).__name__}: an estimator implements "
+            "jbptt.estimators.GradientEstimator (name, deterministic, samples, "
+            "cost, online), e.g. estimators.tbptt(8) or forward_mode.uoro(); "
+            f"this one lacks {', '.join(missing)}."
         )
     return estimator
 
