@@ -206,7 +206,10 @@ def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
     alpha = validation.real("alpha", alpha, low=2.0, low_open=True, what="> 2")
     # c_1 = (α − 1)/((α − 2) L₀ + 1) < 1 needs L₀ > 1.
     mean_length = validation.real(
-        "mean_length", mean_length, low=1.0, low_open=True,
+        "mean_length",
+        mean_length,
+        low=1.0,
+        low_open=True,
         what="> 1 (else c(1) ≥ 1)",
     )
 
