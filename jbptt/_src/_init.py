@@ -41,13 +41,15 @@ def check_params(params, names: Sequence[str], cell_name: str):
 
 def uniform(key, shape, bound, dtype=None) -> jax.Array:
     """U(-bound, bound), the PyTorch default for recurrent layers."""
-    dtype = dtype or jnp.result_type(float)
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}.")
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def torch_style(key, shapes: dict[str, tuple[int, ...]], hidden_size, dtype=None):
     """Every array U(-1/√H, 1/√H), as ``torch.nn.RNN/LSTM/GRU`` initialise."""
-    keys = jax.random.split(key, len(shapes))
+    keys = jax.random.split(validation.prng_key("key", key), len(shapes))
     bound = 1.0 / hidden_size**0.5
     return {
         name: uniform(k, shape, bound, dtype)

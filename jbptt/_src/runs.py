@@ -158,7 +158,7 @@ def _parse(path: str) -> _Parsed | None:
         data = f.read()
     if not data:
         return None
-    raw = data.splitlines(keepends=True)
+    raw = _split_lines(data)
     header = _json_object(raw[0])
     if header is None or header.get("format") != _FORMAT:
         raise ValueError(
@@ -174,6 +174,17 @@ def _parse(path: str) -> _Parsed | None:
             lines.append(obj)
             kept.append(line)
     return _Parsed(lines, b"".join(kept), corrupt)
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """Lines ending in ``\\n`` (kept), and a last one without it if any.
+
+    Only ``\\n`` ends a line: JSON escapes every control character, so a
+    ``\\r`` (which ``bytes.splitlines`` would split on) is part of damage.
+    """
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    return lines + [parts[-1]] if parts[-1] else lines
 
 
 def _json_object(line: bytes) -> dict | None:
@@ -469,6 +480,20 @@ def _from_saveable(template, raw):
     return jax.tree_util.tree_map(back, template, raw)
 
 
+def _for_orbax(saveable):
+    # orbax refuses zero-size arrays; they carry no data (their shape and
+    # dtype are in the manifest), so a one-element stand-in is stored.
+    return jax.tree_util.tree_map(
+        lambda a: a if a.size else np.zeros((1,), a.dtype), saveable
+    )
+
+
+def _from_orbax(raw, saveable):
+    return jax.tree_util.tree_map(
+        lambda r, t: r if t.size else np.zeros(t.shape, t.dtype), raw, saveable
+    )
+
+
 class Checkpointer:
     """Save and restore training state with ``orbax.checkpoint``.
 
@@ -585,7 +610,9 @@ class Checkpointer:
             raise ValueError(f"step must be an int ≥ 0, got {step!r}.")
         step = int(step)
         saveable = _to_saveable(state)
-        self._manager.save(step, args=self._ocp.args.StandardSave(saveable), force=True)
+        self._manager.save(
+            step, args=self._ocp.args.StandardSave(_for_orbax(saveable)), force=True
+        )
         self._manager.wait_until_finished()
         os.makedirs(os.path.join(self.directory, _MANIFESTS), exist_ok=True)
         manifest = {"step": step, "leaves": _describe_leaves(saveable)}
@@ -655,12 +682,13 @@ class Checkpointer:
 
     def _restore_checked(self, step, saveable, manifest):
         abstract = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saveable
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _for_orbax(saveable)
         )
         try:
             raw = self._manager.restore(
                 step, args=self._ocp.args.StandardRestore(abstract)
             )
+            raw = _from_orbax(raw, saveable)
         except Exception as e:  # orbax's own error on unreadable bytes
             return None, (
                 f"checkpoint step {step} in {self.directory} is unreadable "

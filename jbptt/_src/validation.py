@@ -394,9 +394,15 @@ def _check_step_runs(cell: Cell, params, h0, xs) -> None:
 def check_ys(ys, T: int) -> None:
     """Every leaf of ``ys`` is time-major with length ``T``.
 
-    ``ys`` is a pytree (usually one array ``[T, ...]``); ``None`` and empty
-    pytrees are left to the loss (a loss may ignore its targets).
+    ``ys`` is a pytree (usually one array ``[T, ...]``); a loss that ignores
+    its targets takes an empty tuple ``()``. ``None`` is refused, since it is
+    almost always a forgotten argument.
     """
+    if ys is None:
+        raise TypeError(
+            f"ys must be the per-step targets, time-major with length T = {T}, "
+            "got None (pass () if the loss ignores its targets)."
+        )
     for path, leaf in tree_util.tree_flatten_with_path(ys)[0]:
         if not hasattr(leaf, "shape") and not isinstance(leaf, np.generic):
             raise TypeError(
