@@ -339,8 +339,8 @@ def test_killed_during_writes_loses_no_finished_row(tmp_path):
             env={**os.environ, "JAX_PLATFORMS": "cpu"},
         )
         assert proc.stdout.readline().strip() == b"ready"
-        while os.path.getsize(path) < 200_000:
-            pass
+        while os.path.getsize(path) < 200_000:  # ~40 rows per run
+            assert proc.poll() is None, "the writer died on its own"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
