@@ -66,8 +66,11 @@ def test_changed_config_is_refused_with_the_difference(tmp_path):
     other.append({"i": 5})
     again = runs.ResultFile(path, {"T": 9, "seed": 0}, key=("i",), on_mismatch="new")
     assert again.path == other.path and again.resumed == 1
+    old_hash = runs.config_hash({"T": 8, "seed": 0})[:10]
     fresh = runs.ResultFile(path, {"T": 9}, key=("i",), on_mismatch="overwrite")
     assert len(fresh) == 0 and runs.read_rows(path)[0] == {"T": 9}
+    kept = runs.read_rows(f"{path}.replaced-{old_hash}")  # nothing deleted
+    assert kept == ({"T": 8, "seed": 0}, [{"i": 0}])
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,8 @@ class ResultFile:
       on_mismatch: what to do if the file exists with another configuration:
         ``"raise"`` (default, a ``ValueError`` naming what changed),
         ``"new"`` (use the sibling file ``<stem>-<hash[:10]>.jsonl``, itself
-        resumable) or ``"overwrite"`` (start afresh).
+        resumable) or ``"overwrite"`` (start afresh; the old file is kept
+        as ``<path>.replaced-<old hash[:10]>``).
 
     Attributes:
       path: the file actually used (differs from ``path`` under ``"new"``).
@@ -304,8 +305,11 @@ class ResultFile:
                 stem, ext = os.path.splitext(path)
                 path = f"{stem}-{self.config_hash[:10]}{ext or '.jsonl'}"
                 lines = self._open(path)
-            else:
-                lines = []  # the header below replaces the file atomically
+            else:  # keep the old results beside it: nothing is deleted
+                old_hash = str(lines[0].get("config_hash"))[:10]
+                os.replace(path, f"{path}.replaced-{old_hash}")
+                _fsync_dir(path)
+                lines = []
         self.path = path
         if not lines:
             _replace_atomically(path, _line(header))
