@@ -77,8 +77,8 @@ def tbptt(T: int, k: int, offset: int = 0, dtype=None) -> jax.Array:
     k = _int_or_traced("k", k, 1)
     offset = _int_or_traced("offset", offset, None)
     t = jnp.arange(T)
-    # jnp's % by a traced k ≤ 0 would be 0 or NaN-free garbage: guard it so an
-    # unchecked k ≤ 0 means "never cut" rather than an arbitrary pattern.
+    # A traced k cannot be checked; x % 0 is undefined and x % (−k) cuts
+    # nonsense, so an unchecked k ≤ 0 means "never cut" instead.
     k_safe = jnp.maximum(k, 1)
     cut = ((t - offset) % k_safe == 0) & (k >= 1)
     return jnp.where(cut, 0.0, 1.0).astype(_float_dtype(dtype))
