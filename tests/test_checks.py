@@ -177,6 +177,9 @@ def test_bad_input_table_is_complete():
         "rnn_scan",
         "value_and_grad",
         "from_flax",
+        "Checkpointer",
+        "initial_state",
+        "offset=",
     ):
         assert any(name in code for code, *_ in ROWS), name
 
@@ -248,3 +251,12 @@ def test_train_divergence_policies():
         assert np.all(np.isfinite(a))
     with pytest.raises(ValueError, match="on_nonfinite"):
         _exploding("warn")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_check_finite_sees_narrow_float_nan(dtype):
+    with pytest.raises(ValueError, match=r"xs\[1\] = nan"):
+        checks.check_finite(xs=jnp.array([1.0, jnp.nan], dtype))
+    with pytest.raises(ValueError, match=r"xs\[0\] = inf"):
+        checks.check_finite(xs=jnp.array([jnp.inf, 0.0], dtype))
+    checks.check_finite(xs=jnp.ones(3, dtype))

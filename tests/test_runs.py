@@ -66,8 +66,11 @@ def test_changed_config_is_refused_with_the_difference(tmp_path):
     other.append({"i": 5})
     again = runs.ResultFile(path, {"T": 9, "seed": 0}, key=("i",), on_mismatch="new")
     assert again.path == other.path and again.resumed == 1
+    old_hash = runs.config_hash({"T": 8, "seed": 0})[:10]
     fresh = runs.ResultFile(path, {"T": 9}, key=("i",), on_mismatch="overwrite")
     assert len(fresh) == 0 and runs.read_rows(path)[0] == {"T": 9}
+    kept = runs.read_rows(f"{path}.replaced-{old_hash}")  # nothing deleted
+    assert kept == ({"T": 8, "seed": 0}, [{"i": 0}])
 
 
 @pytest.mark.parametrize(
@@ -267,3 +270,146 @@ def test_bias_sweep_killed_and_restarted_equals_uninterrupted(tmp_path):
     # A changed configuration is refused, or written beside on request.
     proc = _cli(TINY + ["--out", out, "--seed", 1], tmp_path)
     assert proc.returncode == 1 and "seed: 0 -> 1" in proc.stderr
+
+
+# ------------------------------------------- nothing lost, nothing wrong ---
+
+
+def test_a_file_that_is_not_ours_is_refused_and_left_untouched(tmp_path):
+    for text in ("a,b\n1,2\n3,4\n", "not json at all", '[1, 2]\n{"x": 1}\n'):
+        path = tmp_path / "r.jsonl"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"{path} is not a jbptt results file"):
+            runs.ResultFile(path, {"T": 8}, key=("i",))
+        with pytest.raises(ValueError, match="not a jbptt results file"):
+            runs.read_rows(path)
+        assert path.read_text() == text
+    folder = tmp_path / "dir.jsonl"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is not a file"):
+        runs.ResultFile(folder, {}, key=("i",))
+
+
+def test_a_corrupt_middle_line_is_quarantined_and_its_neighbours_kept(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    f.extend({"i": i, "x": i / 7} for i in range(5))
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = b'{"i": 2, "x": \xff garbage\n'
+    lines[3] = bad  # line 4 of the file: the row i = 2
+    path.write_bytes(b"".join(lines) + b'{"i": 9, "x"')  # and a torn last line
+    with pytest.warns(RuntimeWarning, match=r"2 corrupt line\(s\) \(line 4, 7\)"):
+        g = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    assert [r["i"] for r in g.rows()] == [0, 1, 3, 4]
+    assert runs.read_rows(path)[1] == g.rows()
+    side = [
+        json.loads(x)
+        for x in (tmp_path / "r.jsonl.corrupt").read_text().split("\n")
+        if x
+    ]
+    assert [s["line"] for s in side] == [4, 7] and [s["torn"] for s in side] == [
+        False,
+        True,
+    ]
+    # The quarantined bytes come back exactly.
+    assert side[0]["text"].encode("utf-8", "surrogateescape") == bad
+    assert g.append({"i": 2, "x": 2 / 7}) and not g.append({"i": 3, "x": 0.0})
+    assert sorted(r["i"] for r in runs.read_rows(path)[1]) == [0, 1, 2, 3, 4]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from jbptt import runs
+    f = runs.ResultFile(sys.argv[1], {"seed": 3}, key=("i",))
+    print("ready", flush=True)
+    i = len(f)
+    while True:
+        f.append({"i": i, "payload": "x" * 5000})
+        i += 1
+    """
+)
+
+
+def test_killed_during_writes_loses_no_finished_row(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for _ in range(2):  # kill, reopen (resume), kill again
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path)],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
+        assert proc.stdout.readline().strip() == b"ready"
+        while os.path.getsize(path) < 200_000:  # ~40 rows per run
+            assert proc.poll() is None, "the writer died on its own"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    f = runs.ResultFile(path, {"seed": 3}, key=("i",))
+    ids = [r["i"] for r in f.rows()]
+    assert ids == list(range(len(ids))) and len(ids) >= 40  # no gap, no loss
+    assert all(r["payload"] == "x" * 5000 for r in f.rows())
+
+
+def _flip_bytes(folder):
+    # Flip bytes in the middle of the largest data file of a saved step.
+    files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
+    target = max(files, key=os.path.getsize)
+    with open(target, "rb") as f:
+        data = bytearray(f.read())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
+    with open(target, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_checkpoint_template_mismatch_is_refused_naming_the_leaf(tmp_path):
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3), "step": 1}
+    with runs.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        with pytest.raises(
+            ValueError,
+            match=r"at leaf \['w'\]: saved float64\[2, 3\], template float64\[3, 2\]",
+        ):
+            ckpt.restore({**state, "w": jnp.zeros((3, 2))})
+        with pytest.raises(
+            ValueError,
+            match=r"at leaf \['b'\]: saved float64\[3\], template float32\[3\]",
+        ):
+            ckpt.restore({**state, "b": jnp.zeros(3, jnp.float32)})
+        with pytest.raises(ValueError, match="different structure"):
+            ckpt.restore({"w": state["w"], "step": 1})
+        with pytest.raises(ValueError, match="no complete checkpoint for step 5"):
+            ckpt.restore(state, step=5)
+        back = ckpt.restore(state)
+        np.testing.assert_array_equal(back["w"], state["w"])
+
+
+def test_corrupted_checkpoint_falls_back_to_the_newest_intact_step(tmp_path):
+    state = {"w": jnp.linspace(0.0, 1.0, 4096), "key": jax.random.key(1), "step": 0}
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, {**state, "w": state["w"] * s, "step": s})
+        assert ckpt.latest_step() == 2
+    _flip_bytes(tmp_path / "2")
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        assert ckpt.latest_step() == 2  # same as before reopening
+        with pytest.warns(RuntimeWarning, match="step 2 .*(corrupted|unreadable)"):
+            back = ckpt.restore(state)
+        assert back["step"] == 1
+        np.testing.assert_array_equal(back["w"], state["w"])
+        with pytest.raises(ValueError, match="step 2 .*(corrupted|unreadable)"):
+            ckpt.restore(state, step=2)
+
+
+def test_a_step_killed_before_its_manifest_is_not_reported(tmp_path):
+    state = {"w": jnp.ones(3), "step": 0}
+    with runs.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {**state, "step": 1})
+        ckpt.save(2, {**state, "step": 2})
+    os.remove(tmp_path / "jbptt-manifests" / "2.json")  # a kill before it was written
+    with runs.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
+        assert ckpt.restore(state)["step"] == 1

@@ -163,3 +163,84 @@ def test_bad_inputs_raise_value_error(call, match):
 def test_cuts_must_be_boolean():
     with pytest.raises(TypeError, match="cuts must be a boolean"):
         truncation.log_prob(jnp.zeros(3), 0.2)
+
+
+# ------------------------------------------ traced k, degenerate and bad ---
+
+
+def test_vmap_over_k_equals_the_loop_over_k():
+    ks = jnp.arange(1, 8)
+    batched = jax.jit(jax.vmap(lambda k: truncation.tbptt(11, k, offset=2)))(ks)
+    looped = jnp.stack([truncation.tbptt(11, int(k), offset=2) for k in ks])
+    np.testing.assert_array_equal(batched, looped)
+    offsets = jnp.arange(-3, 4)
+    batched = jax.vmap(lambda o: truncation.tbptt(9, 4, o))(offsets)
+    looped = jnp.stack([truncation.tbptt(9, 4, int(o)) for o in offsets])
+    np.testing.assert_array_equal(batched, looped)
+
+
+def test_numpy_integers_are_accepted():
+    np.testing.assert_array_equal(
+        truncation.tbptt(np.int64(6), np.int32(3), offset=np.int16(1)),
+        truncation.tbptt(6, 3, offset=1),
+    )
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (
+            lambda: truncation.tbptt(6, 3, offset=2.5),
+            ValueError,
+            "offset must be an int, got 2.5",
+        ),
+        (lambda: truncation.tbptt(6, True), ValueError, "a bool is not a number"),
+        (lambda: truncation.tbptt(6, "3"), TypeError, "k must be a positive int"),
+        (
+            lambda: jax.vmap(lambda k: truncation.tbptt(6, k))(jnp.ones(2)),
+            TypeError,
+            "k must be an int",
+        ),
+        (
+            lambda: truncation.full(3, dtype=jnp.int32),
+            TypeError,
+            "dtype must be a floating",
+        ),
+        (
+            lambda: truncation.artbp(jax.random.key(0), 4, jnp.nan),
+            ValueError,
+            "got NaN",
+        ),
+        (
+            lambda: truncation.artbp(jax.random.key(0), 4, None),
+            TypeError,
+            "c must be a float",
+        ),
+        (lambda: truncation.artbp(0, 4, 0.5), TypeError, "key must be a PRNG key"),
+        (
+            lambda: truncation.geometric(float("inf")),
+            ValueError,
+            "mean_length must be > 1",
+        ),
+        (
+            lambda: truncation.poly_tail(5.0, alpha=float("nan")),
+            ValueError,
+            "alpha must be > 2",
+        ),
+    ],
+)
+def test_bad_scalars_name_the_argument(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+@pytest.mark.parametrize("c", [0.3, jnp.array([0.2]), truncation.poly_tail(4.0)])
+def test_artbp_with_one_step(c):
+    w = truncation.artbp(jax.random.key(0), 1, c)
+    assert w.tolist() == [1.0]
+
+
+def test_artbp_takes_legacy_keys():
+    typed = truncation.artbp(jax.random.key(3), 12, 0.4)
+    legacy = truncation.artbp(jax.random.PRNGKey(3), 12, 0.4)
+    np.testing.assert_array_equal(typed, legacy)

@@ -1,5 +1,7 @@
 """Every bad input gets a clear error naming the argument (trace time)."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -169,3 +171,133 @@ def test_checks_run_under_jit(elman_problem):
     model, params, h0, xs, ys = elman_problem
     with pytest.raises(ValueError, match="ys must be time-major"):
         jax.jit(grad_fn(model))(params, h0, xs, ys[:2])
+
+
+# ------------------------------------------------ the shared validators ---
+
+from jbptt._src import validation  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "value", [3, np.int64(3), np.int8(3), np.array(3), jnp.array(3)]
+)
+def test_integer_accepts_numpy_and_0d_integers(value):
+    out = validation.positive_int("k", value)
+    assert out == 3 and type(out) is int
+
+
+@pytest.mark.parametrize(
+    "value, err, match",
+    [
+        (True, ValueError, "a bool is not a number"),
+        (np.bool_(False), ValueError, "a bool is not a number"),
+        (0, ValueError, "k must be a positive int, got 0"),
+        (2.5, ValueError, "k must be a positive int, got 2.5"),
+        ("3", TypeError, "k must be a positive int, got str"),
+        (None, TypeError, "k must be a positive int, got NoneType"),
+        (np.ones(2, int), TypeError, r"got ndarray of shape \(2,\)"),
+    ],
+)
+def test_integer_refuses(value, err, match):
+    with pytest.raises(err, match=match):
+        validation.positive_int("k", value)
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -1.0, 0.0, np.float32("nan")]
+)
+def test_positive_float_refuses_nonfinite_and_nonpositive(bad):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        validation.positive_float("lr", bad)
+    assert validation.positive_float("clip", None, allow_none=True) is None
+    assert validation.positive_float("lr", np.float32(0.5)) == 0.5
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan")])
+def test_probability(bad):
+    with pytest.raises(ValueError, match=r"c must be a probability in \[0, 1\)"):
+        validation.probability("c", bad)
+    assert validation.probability("c", np.float64(0.0)) == 0.0
+
+
+def test_prng_key_typed_legacy_and_refused():
+    typed = validation.prng_key("key", jax.random.key(5))
+    legacy = validation.prng_key("key", jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(
+        jax.random.key_data(typed), jax.random.key_data(legacy)
+    )
+    batch = validation.prng_key("keys", jax.random.split(jax.random.PRNGKey(0), 3))
+    assert batch.shape == (3,)
+    for bad in (0, np.zeros(2, np.int32), "key"):
+        with pytest.raises(TypeError, match="key must be a PRNG key"):
+            validation.prng_key("key", bad)
+
+
+@pytest.mark.parametrize(
+    "w, err, match",
+    [
+        ([1.0, 1.0], ValueError, r"must have shape \(T,\) = \(3,\), got \(2,\)"),
+        ([1.0, jnp.nan, 1.0], ValueError, r"finite and ≥ 0, got w\[1\] = nan"),
+        ([1.0, 1.0, -0.5], ValueError, r"got w\[2\] = -0.5"),
+        (jnp.array([1.0, jnp.inf, 0.0]), ValueError, r"w\[1\] = inf"),
+        ("www", TypeError, "w \\(link weights\\) must be an array"),
+        ([1, 1, 1], TypeError, "must be floating"),
+    ],
+)
+def test_link_weights(w, err, match):
+    with pytest.raises(err, match=match):
+        validation.link_weights(w, 3, jnp.float64)
+
+
+def test_link_weights_values_unchecked_when_traced():
+    f = jax.jit(lambda w: validation.link_weights(w, 2, jnp.float64))
+    assert np.isnan(f(jnp.array([1.0, jnp.nan]))[1])
+
+
+def test_nan_link_weights_are_reported_by_value_and_grad(elman_problem):
+    model, params, h0, xs, ys = elman_problem
+    grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
+    w = jnp.ones(xs.shape[0]).at[2].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"w \(link weights\) must be finite"):
+        grad_fn(params, h0, xs, ys, w)
+    with pytest.raises(ValueError, match=r"w\[0\] = -1.0"):
+        jbptt.rnn_scan(model.cell, params, h0, xs, -jnp.ones(xs.shape[0]))
+
+
+@pytest.mark.parametrize("make", [cells.elman, cells.lstm, cells.gru])
+def test_missing_params_keys_name_the_cell(make):
+    cell = make()
+    params = cell.init(jax.random.key(0), 2, 3)
+    name = sorted(params)[-1]
+    broken = {k: v for k, v in params.items() if k != name}
+    with pytest.raises(
+        ValueError, match=rf"params of {re.escape(cell.name)}.*missing \['{name}'\]"
+    ):
+        cell.initial_state(broken)
+    with pytest.raises(ValueError, match=rf"missing \['{name}'\]"):
+        jbptt.rnn_scan(cell, broken, cell.initial_state(params), jnp.ones((3, 2)))
+    with pytest.raises(TypeError, match="must be a dict"):
+        cell.initial_state([1, 2])
+
+
+def test_batch_shape_checked_and_batch_zero_allowed():
+    cell = cells.gru()
+    params = cell.init(jax.random.key(0), 2, 3)
+    assert cell.initial_state(params, (0,)).shape == (0, 3)
+    with pytest.raises(TypeError, match="batch_shape must be a tuple"):
+        cell.initial_state(params, 4)
+    with pytest.raises(ValueError, match=r"batch_shape\[0\] must be an int ≥ 0"):
+        cell.initial_state(params, (-1,))
+
+
+def test_check_loss_names_ys():
+    out_t = jax.ShapeDtypeStruct((3, 4), jnp.float64)
+
+    def loss_fn(params, out, y):
+        return jnp.mean((out @ params - y) ** 2)
+
+    validation.check_loss(loss_fn, jnp.ones((4, 1)), out_t, jnp.ones((5, 3, 1)))
+    with pytest.raises(ValueError, match="check the shape of ys"):
+        validation.check_loss(loss_fn, jnp.ones((4, 1)), out_t, jnp.ones((5, 2, 7)))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        validation.check_loss(lambda p, o, y: o, None, out_t, jnp.ones((5, 3)))

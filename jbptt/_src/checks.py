@@ -69,11 +69,15 @@ def check_finite(**named) -> None:
                     "checks values, so call it on concrete arrays outside jit."
                 )
             a = np.asarray(leaf)
+            # jnp.issubdtype knows the ml_dtypes floats (bfloat16, float8_*)
+            # that NumPy's own type hierarchy does not list as floating.
             if not (
-                np.issubdtype(a.dtype, np.floating)
-                or np.issubdtype(a.dtype, np.complexfloating)
+                jnp.issubdtype(a.dtype, jnp.floating)
+                or jnp.issubdtype(a.dtype, jnp.complexfloating)
             ):
                 continue
+            if not np.issubdtype(a.dtype, np.inexact):
+                a = a.astype(np.float32)  # exact for every narrower float
             bad = ~np.isfinite(a)
             if bad.any():
                 idx = tuple(int(i) for i in np.argwhere(bad)[0])

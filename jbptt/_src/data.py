@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jbptt._src import validation
+
 # PTB character files as distributed with the Mikolov et al. (2012) data.
 PTB_CHAR_FILES = ("ptb.char.train.txt", "ptb.char.valid.txt", "ptb.char.test.txt")
 
@@ -106,15 +108,21 @@ def _ptb_text(path: Path) -> str:
     )
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+def _check_positive_int(name, value) -> int:
+    return validation.positive_int(name, value)
 
 
 def _check_fractions(valid_frac, test_frac):
     for name, f in (("valid_frac", valid_frac), ("test_frac", test_frac)):
-        if not (isinstance(f, (int, float)) and 0.0 < f < 0.5):
-            raise ValueError(f"{name} must be a float in (0, 0.5), got {f!r}.")
+        validation.real(
+            name,
+            f,
+            low=0.0,
+            high=0.5,
+            low_open=True,
+            high_open=True,
+            what="a float in (0, 0.5)",
+        )
 
 
 def encode(texts: list[str], source: str) -> Corpus:

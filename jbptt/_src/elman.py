@@ -56,17 +56,25 @@ def elman(activation: str = "tanh", *, bias: bool = True) -> Cell:
         )
     f, df_of_h = _ACTIVATIONS[activation]
 
+    name = f"elman({activation!r})"
+    keys = ("U", "W", "b") if bias else ("U", "W")
+
+    def checked(params):
+        return _init.check_params(params, keys, name)
+
     def init(key, input_size, hidden_size, *, dtype=None):
-        _init.check_sizes(input_size, hidden_size)
+        input_size, hidden_size = _init.check_sizes(input_size, hidden_size)
         shapes = {"U": (hidden_size, input_size), "W": (hidden_size, hidden_size)}
         if bias:
             shapes["b"] = (hidden_size,)
         return _init.torch_style(key, shapes, hidden_size, dtype)
 
     def initial_state(params, batch_shape=()):
+        params = checked(params)
         return _init.zeros_state(params["W"].shape[0], batch_shape, params["W"].dtype)
 
     def project(params, xs):  # U x_t + b for all t: one GEMM
+        params = checked(params)
         xz = xs @ params["U"].T
         return xz + params["b"] if bias else xz
 
@@ -91,6 +99,6 @@ def elman(activation: str = "tanh", *, bias: bool = True) -> Cell:
         initial_state,
         step,
         rules=rules,
-        input_size=lambda p: p["U"].shape[1],
-        name=f"elman({activation!r})",
+        input_size=lambda p: checked(p)["U"].shape[1],
+        name=name,
     )

@@ -18,8 +18,11 @@ from jbptt._src.cell import Cell, ReverseRules
 sigmoid = jax.nn.sigmoid
 
 
+_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
 def _gated_params(key, input_size, hidden_size, gates, dtype):
-    _init.check_sizes(input_size, hidden_size)
+    input_size, hidden_size = _init.check_sizes(input_size, hidden_size)
     gh = gates * hidden_size
     shapes = {
         "weight_ih": (gh, input_size),
@@ -30,12 +33,15 @@ def _gated_params(key, input_size, hidden_size, gates, dtype):
     return _init.torch_style(key, shapes, hidden_size, dtype)
 
 
+def _checker(name):
+    def input_size(params):
+        return _init.check_params(params, _KEYS, name)["weight_ih"].shape[1]
+
+    return input_size
+
+
 def _hidden_size(params):
     return params["weight_hh"].shape[1]
-
-
-def _input_size(params):
-    return params["weight_ih"].shape[1]
 
 
 def lstm() -> Cell:
@@ -60,16 +66,20 @@ def lstm() -> Cell:
       (2, 4)
     """
 
+    _input_size = _checker("lstm()")
+
     def init(key, input_size, hidden_size, *, dtype=None):
         return _gated_params(key, input_size, hidden_size, 4, dtype)
 
     def initial_state(params, batch_shape=()):
+        _init.check_params(params, _KEYS, "lstm()")
         z = _init.zeros_state(
             _hidden_size(params), batch_shape, params["weight_hh"].dtype
         )
         return (z, z)
 
     def project(params, xs):
+        _init.check_params(params, _KEYS, "lstm()")
         return xs @ params["weight_ih"].T + (params["bias_ih"] + params["bias_hh"])
 
     # Per step one packed residual [..., 6·H] = (i, f, g, o, c_t, tanh c_t): the
@@ -158,15 +168,19 @@ def gru() -> Cell:
       (4,)
     """
 
+    _input_size = _checker("gru()")
+
     def init(key, input_size, hidden_size, *, dtype=None):
         return _gated_params(key, input_size, hidden_size, 3, dtype)
 
     def initial_state(params, batch_shape=()):
+        _init.check_params(params, _KEYS, "gru()")
         return _init.zeros_state(
             _hidden_size(params), batch_shape, params["weight_hh"].dtype
         )
 
     def project(params, xs):
+        _init.check_params(params, _KEYS, "gru()")
         return xs @ params["weight_ih"].T + params["bias_ih"]
 
     def forward(params, h_prev, xz_t):

@@ -1,15 +1,19 @@
 """Resumable runs: append-only result files and training checkpoints.
 
 **Result files** (:class:`ResultFile`) are JSON lines. The first line is a
-header holding the run's configuration and its hash (SHA-256 of the
-canonical JSON); every other line is one finished row. A row is written with
-a single ``write`` on a file opened for appending, then flushed and
-``fsync``-ed, so a run killed at any moment leaves every earlier row intact
-and at most one torn last line, which is dropped (and cut off the file) when
-the file is opened again. Reopening with the same configuration resumes:
-rows already there are skipped by key. A different configuration is refused
-with a message saying what changed, or, if asked, written to a sibling file
-named after the new hash.
+header that identifies the file (``"format": "jbptt-results-v1"``) and holds
+the run's configuration and its hash (SHA-256 of the canonical JSON); every
+other line is one finished row. A file at the path without that header (a
+CSV, someone else's JSON lines) is refused and left untouched. A row is
+written with a single ``write`` on a file opened for appending, then
+flushed and ``fsync``-ed, so a run killed at any moment leaves every earlier
+row intact and at most one torn last line. On reopening, torn or corrupt
+lines, wherever they are, are moved to ``<path>.corrupt`` (with their line
+numbers, bytes kept) and the intact rows stay; the file itself is only ever
+rewritten by writing a temporary file, ``fsync`` and rename. Reopening with
+the same configuration resumes: rows already there are skipped by key. A
+different configuration is refused with a message saying what changed, or,
+if asked, written to a sibling file named after the new hash.
 
 **Checkpoints** (:class:`Checkpointer`) save and restore any pytree of
 training state (params, optimizer state, hidden state, PRNG key, step) with
@@ -22,11 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+
+from jbptt._src import validation
 
 MISMATCH = ("raise", "new", "overwrite")
 _FORMAT = "jbptt-results-v1"
@@ -97,9 +104,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _append_line(path: str, obj: dict) -> None:
-    """One ``write`` of one JSON line, then flush to disk."""
-    data = (json.dumps(obj, default=_jsonable, allow_nan=True) + "\n").encode()
+def _append_bytes(path: str, data: bytes) -> None:
+    """One ``write`` (completed if short) on a file opened for appending, fsync."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(fd, data)
@@ -110,20 +116,110 @@ def _append_line(path: str, obj: dict) -> None:
         os.close(fd)
 
 
-def _read_lines(path: str) -> tuple[list[dict], int]:
-    """Parsed lines and the byte length of the intact prefix of the file."""
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj, default=_jsonable, allow_nan=True) + "\n").encode()
+
+
+def _append_line(path: str, obj: dict) -> None:
+    """One ``write`` of one JSON line, then flush to disk."""
+    _append_bytes(path, _line(obj))
+
+
+def _replace_atomically(path: str, data: bytes) -> None:
+    """Make ``path`` hold ``data``: write a temp file beside it, fsync, rename,
+    fsync the folder. A kill at any moment leaves the old or the new file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+class _Parsed(NamedTuple):
+    lines: list[dict]  # header first, then rows
+    kept: bytes  # the intact lines, byte for byte
+    corrupt: list[tuple[int, bytes]]  # (1-based line number, raw bytes)
+
+
+def _parse(path: str) -> _Parsed | None:
+    """Split a result file into intact lines and corrupt ones.
+
+    A line is intact if it ends with a newline and holds a JSON object. The
+    first line must be a jbptt header, else the file is not ours: ``ValueError``
+    naming the path (nothing is changed). ``None`` for an empty file.
+    """
     with open(path, "rb") as f:
         data = f.read()
-    out, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # torn last write: dropped
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    return out, good
+    if not data:
+        return None
+    raw = _split_lines(data)
+    header = _json_object(raw[0])
+    if header is None or header.get("format") != _FORMAT:
+        raise ValueError(
+            f"{path} is not a jbptt results file (its first line is not a "
+            f"'{_FORMAT}' header); it is left untouched. Choose another path."
+        )
+    lines, kept, corrupt = [header], [raw[0]], []
+    for number, line in enumerate(raw[1:], start=2):
+        obj = _json_object(line)
+        if obj is None:
+            corrupt.append((number, line))
+        else:
+            lines.append(obj)
+            kept.append(line)
+    return _Parsed(lines, b"".join(kept), corrupt)
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """Lines ending in ``\\n`` (kept), and a last one without it if any.
+
+    Only ``\\n`` ends a line: JSON escapes every control character, so a
+    ``\\r`` (which ``bytes.splitlines`` would split on) is part of damage.
+    """
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    return lines + [parts[-1]] if parts[-1] else lines
+
+
+def _json_object(line: bytes) -> dict | None:
+    if not line.endswith(b"\n"):
+        return None  # a torn last write
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _quarantine(path: str, corrupt: list[tuple[int, bytes]]) -> str:
+    """Append the corrupt lines to ``<path>.corrupt`` (with their line numbers,
+    bytes kept exactly via surrogate escapes) before they leave ``path``."""
+    side = path + ".corrupt"
+    data = b"".join(
+        _line(
+            {
+                "line": number,
+                "text": raw.decode("utf-8", "surrogateescape"),
+                "torn": not raw.endswith(b"\n"),
+            }
+        )
+        for number, raw in corrupt
+    )
+    _append_bytes(side, data)
+    _fsync_dir(side)
+    return side
+
+
+def _read_lines(path: str) -> list[dict]:
+    """Header and intact rows (corrupt lines skipped), without changing the file."""
+    parsed = _parse(path)
+    return [] if parsed is None else parsed.lines
 
 
 class ResultFile:
@@ -138,7 +234,8 @@ class ResultFile:
       on_mismatch: what to do if the file exists with another configuration:
         ``"raise"`` (default, a ``ValueError`` naming what changed),
         ``"new"`` (use the sibling file ``<stem>-<hash[:10]>.jsonl``, itself
-        resumable) or ``"overwrite"`` (start afresh).
+        resumable) or ``"overwrite"`` (start afresh; the old file is kept
+        as ``<path>.replaced-<old hash[:10]>``).
 
     Attributes:
       path: the file actually used (differs from ``path`` under ``"new"``).
@@ -208,12 +305,14 @@ class ResultFile:
                 stem, ext = os.path.splitext(path)
                 path = f"{stem}-{self.config_hash[:10]}{ext or '.jsonl'}"
                 lines = self._open(path)
-            else:
-                os.remove(path)
+            else:  # keep the old results beside it: nothing is deleted
+                old_hash = str(lines[0].get("config_hash"))[:10]
+                os.replace(path, f"{path}.replaced-{old_hash}")
+                _fsync_dir(path)
                 lines = []
         self.path = path
         if not lines:
-            _atomic_write(path, header)
+            _replace_atomically(path, _line(header))
             lines = [header]
         self._rows = lines[1:]
         self._done = {self._key(r) for r in self._rows}
@@ -221,20 +320,30 @@ class ResultFile:
 
     @staticmethod
     def _open(path: str) -> list[dict]:
+        """Intact lines of ``path``; corrupt ones are moved to the side file."""
         if not os.path.exists(path):
             return []
-        lines, good = _read_lines(path)
-        if lines and lines[0].get("format") != _FORMAT:
-            raise ValueError(
-                f"{path} is not a jbptt results file (no '{_FORMAT}' header); "
-                "choose another path."
-            )
-        if good != os.path.getsize(path):
-            with open(path, "r+b") as f:  # cut a torn last line
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
-        return lines
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} exists and is not a file; choose another path.")
+        parsed = _parse(path)
+        if parsed is None:
+            return []
+        if parsed.corrupt:
+            side = _quarantine(path, parsed.corrupt)
+            _replace_atomically(path, parsed.kept)
+            numbers = [n for n, _ in parsed.corrupt]
+            # A torn last line is what a kill mid-write leaves: expected, so
+            # quarantined quietly. Anything else is damage worth a warning.
+            torn_last = len(numbers) == 1 and not parsed.corrupt[0][1].endswith(b"\n")
+            if not torn_last:
+                warnings.warn(
+                    f"{path}: {len(numbers)} corrupt line(s) (line "
+                    f"{', '.join(map(str, numbers))}) moved to {side}; every "
+                    "intact row is kept.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return parsed.lines
 
     def done(self, row_or_key) -> bool:
         """Whether a row with this key (given a row dict, or a key) is stored."""
@@ -276,16 +385,9 @@ def _hashable(v):
     return v
 
 
-def _atomic_write(path: str, header: dict) -> None:
-    """Create ``path`` holding the header: write a temp file, then rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    _append_line(tmp, header)
-    os.replace(tmp, path)
-    _fsync_dir(path)
-
-
 def read_rows(path: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """``(config, rows)`` of a result file (a torn last line is ignored).
+    """``(config, rows)`` of a result file (corrupt or torn lines are skipped;
+    the file is not changed).
 
     Examples:
       >>> import os, tempfile
@@ -296,9 +398,9 @@ def read_rows(path: str | os.PathLike) -> tuple[dict, list[dict]]:
       >>> runs.read_rows(path)
       ({'seed': 0}, [{'i': 0, 'x': 1.5}])
     """
-    lines, _ = _read_lines(os.fspath(path))
-    if not lines or lines[0].get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a jbptt results file.")
+    lines = _read_lines(os.fspath(path))
+    if not lines:
+        raise ValueError(f"{path} is not a jbptt results file (it is empty).")
     return lines[0]["config"], lines[1:]
 
 
@@ -316,6 +418,86 @@ def _to_saveable(state):
     )
 
 
+_MANIFESTS = "jbptt-manifests"
+
+
+def _leaf_paths(tree) -> list[tuple[str, Any]]:
+    return [
+        (jax.tree_util.keystr(path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def _describe_leaves(saveable) -> list[list]:
+    return [
+        [name, list(np.shape(a)), str(np.asarray(a).dtype)]
+        for name, a in _leaf_paths(saveable)
+    ]
+
+
+def _digest(saveable) -> str:
+    h = hashlib.sha256()
+    for name, a in _leaf_paths(saveable):
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _compare(saved: list, expected: list, step: int) -> None:
+    """Refuse a template that differs from the saved state, naming the leaf."""
+    saved_names = [n for n, *_ in saved]
+    expected_names = [n for n, *_ in expected]
+    if saved_names != expected_names:
+        pairs = zip(saved_names, expected_names, strict=False)
+        i = next(
+            (j for j, (a, b) in enumerate(pairs) if a != b),
+            min(len(saved_names), len(expected_names)),
+        )
+        got = saved_names[i] if i < len(saved_names) else "<none>"
+        want = expected_names[i] if i < len(expected_names) else "<none>"
+        raise ValueError(
+            f"template does not match checkpoint step {step}: different "
+            f"structure at leaf {i}: saved {got}, template {want} "
+            f"({len(saved_names)} saved leaves, {len(expected_names)} in the "
+            "template)."
+        )
+    for (name, shape, dtype), (_, t_shape, t_dtype) in zip(
+        saved, expected, strict=True
+    ):
+        if shape != t_shape or dtype != t_dtype:
+            raise ValueError(
+                f"template does not match checkpoint step {step} at leaf {name}: "
+                f"saved {dtype}{shape}, template {t_dtype}{t_shape}. Restore "
+                "into a template of the saved shapes and dtypes."
+            )
+
+
+def _from_saveable(template, raw):
+    def back(t, r):
+        if _is_key(t):
+            return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
+        if isinstance(t, bool | int | float) and not isinstance(t, np.generic):
+            return type(t)(np.asarray(r).item())
+        return jax.numpy.asarray(r)
+
+    return jax.tree_util.tree_map(back, template, raw)
+
+
+def _for_orbax(saveable):
+    # orbax refuses zero-size arrays; they carry no data (their shape and
+    # dtype are in the manifest), so a one-element stand-in is stored.
+    return jax.tree_util.tree_map(
+        lambda a: a if a.size else np.zeros((1,), a.dtype), saveable
+    )
+
+
+def _from_orbax(raw, saveable):
+    return jax.tree_util.tree_map(
+        lambda r, t: r if t.size else np.zeros(t.shape, t.dtype), raw, saveable
+    )
+
+
 class Checkpointer:
     """Save and restore training state with ``orbax.checkpoint``.
 
@@ -323,7 +505,11 @@ class Checkpointer:
     a typed PRNG key (stored as its key data and re-wrapped on restore),
     Python or array scalars (the step). Saving is synchronous, so a
     checkpoint that :meth:`latest_step` reports is complete on disk; orbax
-    writes each step to a temporary folder and renames it when done.
+    writes each step to a temporary folder and renames it when done, and
+    jbptt then writes the step's manifest (leaf shapes, dtypes and a
+    SHA-256 of the bytes) by temp-file-and-rename. :meth:`restore` refuses a
+    template that differs from what was saved and skips, with a warning, a
+    step whose bytes no longer match their checksum.
 
     Args:
       directory: folder of the checkpoints (created if missing).
@@ -355,8 +541,7 @@ class Checkpointer:
     ):
         import orbax.checkpoint as ocp
 
-        if not isinstance(max_to_keep, int) or max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be an int ≥ 1, got {max_to_keep!r}.")
+        validation.integer("max_to_keep", max_to_keep, minimum=1, what="an int ≥ 1")
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self.directory, exist_ok=True)
@@ -390,49 +575,135 @@ class Checkpointer:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    # Each saved step gets a manifest (leaf paths, shapes, dtypes and a
+    # SHA-256 of every leaf's bytes) written atomically after orbax has
+    # finished the step: a step without an intact manifest is incomplete.
+    def _manifest_path(self, step: int) -> str:
+        return os.path.join(self.directory, _MANIFESTS, f"{int(step)}.json")
+
+    def _manifest(self, step: int) -> dict | None:
+        try:
+            with open(self._manifest_path(step), encoding="utf-8") as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return m if isinstance(m, dict) and m.get("step") == int(step) else None
+
+    def all_steps(self) -> list[int]:
+        """Steps with a complete checkpoint and manifest, oldest first."""
+        self._manager.reload()  # see steps written by another process
+        return sorted(
+            int(s) for s in self._manager.all_steps() if self._manifest(s) is not None
+        )
+
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint's step, or ``None``."""
-        return self._manager.latest_step()
+        """The newest complete checkpoint's step, or ``None``.
+
+        Read from disk each time, so it is the same in this process and in
+        one that reopens the folder (e.g. after a kill).
+        """
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def save(self, step: int, state) -> None:
         """Write ``state`` as checkpoint ``step`` (blocking until on disk)."""
+        if isinstance(step, bool | np.bool_):
+            raise ValueError(f"step must be an int ≥ 0, got {step!r}.")
         a = np.asarray(step)
         if a.ndim or not np.issubdtype(a.dtype, np.integer) or a < 0:
             raise ValueError(f"step must be an int ≥ 0, got {step!r}.")
+        step = int(step)
+        saveable = _to_saveable(state)
         self._manager.save(
-            int(step),
-            args=self._ocp.args.StandardSave(_to_saveable(state)),
-            force=True,
+            step, args=self._ocp.args.StandardSave(_for_orbax(saveable)), force=True
         )
         self._manager.wait_until_finished()
+        os.makedirs(os.path.join(self.directory, _MANIFESTS), exist_ok=True)
+        manifest = {"step": step, "leaves": _describe_leaves(saveable)}
+        manifest["sha256"] = _digest(saveable)
+        _replace_atomically(
+            self._manifest_path(step), json.dumps(manifest).encode() + b"\n"
+        )
+        kept = {int(s) for s in self._manager.all_steps()}
+        for name in os.listdir(os.path.join(self.directory, _MANIFESTS)):
+            stem = name.removesuffix(".json")
+            if stem.isdigit() and int(stem) not in kept:  # pruned by max_to_keep
+                os.remove(os.path.join(self.directory, _MANIFESTS, name))
 
     def restore(self, template, step: int | None = None):
-        """The state saved at ``step`` (default: the latest), shaped as ``template``.
+        """The state saved at ``step`` (default: the latest intact one).
 
         ``template`` is a state of the same structure (e.g. the freshly
         initialised one): it gives pytree types (optax NamedTuples), shapes,
-        dtypes and which leaves are PRNG keys or Python scalars.
+        dtypes and which leaves are PRNG keys or Python scalars. It must
+        match what was saved exactly: a different structure, shape or dtype
+        is refused (``ValueError`` naming the first differing leaf) rather
+        than reshaped or cast.
+
+        Every step's bytes are checked against the SHA-256 stored when it was
+        saved. With ``step=None`` a corrupted step is skipped with a
+        ``RuntimeWarning`` and the newest intact one is restored; an explicit
+        corrupted ``step`` raises ``ValueError``.
+
+        Raises:
+          FileNotFoundError: no (intact) checkpoint in the folder.
+          ValueError: ``template`` does not match the saved state, or the
+            requested step is corrupted or missing.
         """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}.")
         saveable = _to_saveable(template)
+        expected = _describe_leaves(saveable)
+        if step is not None:
+            step = int(validation.nonnegative_int("step", step))
+            manifest = self._manifest(step)
+            if manifest is None or step not in self._manager.all_steps():
+                raise ValueError(
+                    f"no complete checkpoint for step {step} in {self.directory}; "
+                    f"steps: {self.all_steps()}."
+                )
+            _compare(manifest["leaves"], expected, step)
+            raw, err = self._restore_checked(step, saveable, manifest)
+            if err:
+                raise ValueError(err)
+            return _from_saveable(template, raw)
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        for s in reversed(steps):
+            manifest = self._manifest(s)
+            _compare(manifest["leaves"], expected, s)
+            raw, err = self._restore_checked(s, saveable, manifest)
+            if not err:
+                return _from_saveable(template, raw)
+            warnings.warn(
+                f"{err} Falling back to an older checkpoint.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        raise FileNotFoundError(
+            f"no intact checkpoint in {self.directory}: every step ({steps}) "
+            "failed its checksum."
+        )
+
+    def _restore_checked(self, step, saveable, manifest):
         abstract = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saveable
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _for_orbax(saveable)
         )
-        raw = self._manager.restore(
-            int(step), args=self._ocp.args.StandardRestore(abstract)
-        )
-
-        def back(t, r):
-            if _is_key(t):
-                return jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
-            if isinstance(t, bool | int | float) and not isinstance(t, np.generic):
-                return type(t)(np.asarray(r).item())
-            return jax.numpy.asarray(r)
-
-        return jax.tree_util.tree_map(back, template, raw)
+        try:
+            raw = self._manager.restore(
+                step, args=self._ocp.args.StandardRestore(abstract)
+            )
+            raw = _from_orbax(raw, saveable)
+        except Exception as e:  # orbax's own error on unreadable bytes
+            return None, (
+                f"checkpoint step {step} in {self.directory} is unreadable "
+                f"({type(e).__name__}: {str(e)[:200]})."
+            )
+        if _digest(raw) != manifest.get("sha256"):
+            return None, (
+                f"checkpoint step {step} in {self.directory} is corrupted: its "
+                "bytes do not match the SHA-256 stored when it was saved."
+            )
+        return raw, None
 
     def close(self) -> None:
         """Release orbax's resources."""

@@ -12,16 +12,37 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jbptt._src import validation
 
 
-def _check_T(T) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
-        raise ValueError(f"T must be a positive int (number of steps), got {T!r}.")
+def _check_T(T) -> int:
+    return validation.positive_int("T", T, "a positive int (number of steps)")
 
 
-def _check_k(name, k) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-        raise ValueError(f"{name} must be a positive int, got {k!r}.")
+def _check_k(name, k) -> int:
+    return validation.positive_int(name, k)
+
+
+def _int_or_traced(name: str, value, minimum: int | None):
+    """A concrete integer is checked (and made a Python int); a traced one must
+    have an integer dtype and is returned as is (its value is unknown)."""
+    if validation.is_traced(value):
+        if np.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(
+                f"{name} must be an int (a traced scalar of integer dtype under "
+                f"vmap/jit), got a traced {value.dtype}{list(np.shape(value))}."
+            )
+        return value
+    return validation.integer(name, value, minimum=minimum)
+
+
+def _float_dtype(dtype):
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}.")
+    return dtype
 
 
 def full(T: int, dtype=None) -> jax.Array:
@@ -32,37 +53,54 @@ def full(T: int, dtype=None) -> jax.Array:
       >>> truncation.full(3).tolist()
       [1.0, 1.0, 1.0]
     """
-    _check_T(T)
-    return jnp.ones((T,), dtype or jnp.result_type(float))
+    T = _check_T(T)
+    return jnp.ones((T,), _float_dtype(dtype))
 
 
 def tbptt(T: int, k: int, offset: int = 0, dtype=None) -> jax.Array:
     """TBPTT(k): chunks of ``k`` steps, cut where ``(t − offset) % k == 0``.
 
-    ``offset`` may be a traced integer (random offsets under ``vmap``).
+    ``k`` and ``offset`` may be traced integers, so one ``vmap`` covers a sweep
+    over truncation lengths or random offsets. Concrete values are checked
+    (``k ≥ 1``, both integers); a traced ``k`` must be ≥ 1 by construction
+    (a traced ``k ≤ 0`` gives no cuts, since its value cannot be checked).
 
     Examples:
+      >>> import jax, jax.numpy as jnp
       >>> from jbptt import truncation
       >>> truncation.tbptt(6, 3).tolist()
       [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+      >>> jax.vmap(lambda k: truncation.tbptt(4, k))(jnp.array([1, 2])).tolist()
+      [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
     """
-    _check_T(T)
-    _check_k("k", k)
+    T = _check_T(T)
+    k = _int_or_traced("k", k, 1)
+    offset = _int_or_traced("offset", offset, None)
     t = jnp.arange(T)
-    return jnp.where((t - offset) % k == 0, 0.0, 1.0).astype(
-        dtype or jnp.result_type(float)
-    )
+    # A traced k cannot be checked; x % 0 is undefined and x % (−k) cuts
+    # nonsense, so an unchecked k ≤ 0 means "never cut" instead.
+    k_safe = jnp.maximum(k, 1)
+    cut = ((t - offset) % k_safe == 0) & (k >= 1)
+    return jnp.where(cut, 0.0, 1.0).astype(_float_dtype(dtype))
 
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 
 def check_probability(name: str, c) -> None:
-    """Concrete ``c`` must lie in [0, 1); traced values are not checked."""
-    try:
-        lo, hi = float(jnp.min(c)), float(jnp.max(c))
-    except jax.errors.ConcretizationTypeError:
+    """Concrete ``c`` must lie in [0, 1) (NaN refused); traced values are not
+    checked, nor is an empty ``c`` (T = 1: no link can be cut)."""
+    if validation.is_traced(c):
         return
+    a = np.asarray(c, np.float64)
+    if a.size == 0:
+        return
+    if np.isnan(a).any():
+        raise ValueError(
+            f"{name} (cut probability) must lie in [0, 1), got NaN at index "
+            f"{tuple(int(i) for i in np.argwhere(np.isnan(a))[0])}."
+        )
+    lo, hi = float(a.min()), float(a.max())
     if not (0.0 <= lo and hi < 1.0):
         raise ValueError(
             f"{name} (cut probability) must lie in [0, 1), got values in [{lo}, {hi}]."
@@ -89,12 +127,18 @@ def artbp(key: jax.Array, T: int, c, dtype=None) -> jax.Array:
       >>> float(w[0]), bool(jnp.all((w[1:] == 0) | jnp.isclose(w[1:], 4 / 3)))
       (1.0, True)
     """
-    _check_T(T)
-    dtype = dtype or jnp.result_type(float)
+    T = _check_T(T)
+    key = validation.prng_key("key", key)
+    dtype = _float_dtype(dtype)
     if callable(c):
         # The values a schedule can take here: d = 1..T−1 steps since a cut.
         check_probability("schedule values c(d)", c(jnp.arange(1, T, dtype=dtype)))
         return _artbp_schedule(key, T, c, dtype)
+    if isinstance(c, bool | np.bool_ | str) or c is None:
+        raise TypeError(
+            f"c must be a float, an array of shape ({T},) or a schedule; got "
+            f"{type(c).__name__} {c!r}."
+        )
     c = jnp.asarray(c, dtype)
     if c.ndim == 0:
         c = jnp.full((T,), c)
@@ -135,8 +179,9 @@ def geometric(mean_length: float) -> Schedule:
       >>> bool(((w[1:] == 0) | (abs(w[1:] - 4 / 3) < 1e-6)).all())
       True
     """
-    if not mean_length > 1:
-        raise ValueError(f"mean_length must be > 1, got {mean_length!r}.")
+    mean_length = validation.real(
+        "mean_length", mean_length, low=1.0, low_open=True, what="> 1"
+    )
 
     def schedule(d):
         return jnp.full(jnp.shape(d), 1.0 / mean_length)
@@ -158,13 +203,15 @@ def poly_tail(mean_length: float, alpha: float = 4.0) -> Schedule:
       >>> round(float(c(1)), 4)
       0.1429
     """
-    if not alpha > 2:
-        raise ValueError(f"alpha must be > 2, got {alpha!r}.")
+    alpha = validation.real("alpha", alpha, low=2.0, low_open=True, what="> 2")
     # c_1 = (α − 1)/((α − 2) L₀ + 1) < 1 needs L₀ > 1.
-    if not mean_length > 1:
-        raise ValueError(
-            f"mean_length must be > 1 (else c(1) ≥ 1), got {mean_length!r}."
-        )
+    mean_length = validation.real(
+        "mean_length",
+        mean_length,
+        low=1.0,
+        low_open=True,
+        what="> 1 (else c(1) ≥ 1)",
+    )
 
     def schedule(d):
         return (alpha - 1.0) / ((alpha - 2.0) * mean_length + d)
@@ -336,7 +383,7 @@ def all_cut_patterns(T: int) -> jax.Array:
       >>> truncation.all_cut_patterns(3).astype(int).tolist()
       [[0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]]
     """
-    _check_T(T)
+    T = _check_T(T)
     if T > _MAX_ENUMERATE_T:
         raise ValueError(
             f"T = {T} gives 2^{T - 1} cut patterns; enumeration is limited to "

@@ -1,10 +1,26 @@
-"""Trace-time argument checks (static shapes and dtypes only).
+"""Argument checks shared by every public entry point.
 
-Every check here runs once per trace, on shapes and dtypes, never on values,
-so it costs nothing inside ``jit`` and works on tracers.
+Two kinds live here:
+
+* **Static checks** (shapes, dtypes, options) run once per trace, so they
+  cost nothing inside ``jit`` and work on tracers.
+* **Scalar and value checks** for Python-level arguments (sizes, rates,
+  probabilities, keys) and, when an array is concrete, its values (finite,
+  ≥ 0). A traced value is never inspected: it is checked where it is used
+  (e.g. the divergence policies of training).
+
+Conventions, the same everywhere: NumPy integer and float scalars (and
+concrete 0-d integer/float arrays) are accepted where a Python number is;
+``bool`` is refused as a number (``True`` is not a size); NaN and ±inf are
+refused where they are meaningless. Errors are ``TypeError`` for the wrong
+kind of value and ``ValueError`` for a value out of range, each naming the
+argument.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +29,205 @@ import numpy as np
 from jbptt._src.cell import Cell
 
 tree_util = jax.tree_util
+
+
+# ------------------------------------------------------------- scalars ---
+
+
+def is_traced(value) -> bool:
+    """Whether ``value`` (or a leaf of it) is a tracer: its values are unknown."""
+    return any(isinstance(a, jax.core.Tracer) for a in tree_util.tree_leaves(value))
+
+
+def _scalar(name: str, value, kinds: str, what: str):
+    """``value`` as a NumPy scalar of ``kinds`` ("i": integer, "if": number).
+
+    Refuses bools, arrays with a shape, strings and tracers of the wrong kind.
+    """
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(
+            f"{name} must be {what}, got {value!r} (a bool is not a number)."
+        )
+    if isinstance(value, numbers.Integral):
+        return np.int64(int(value))
+    if isinstance(value, numbers.Real) and "f" in kinds:
+        return np.float64(float(value))
+    if hasattr(value, "dtype") and hasattr(value, "shape") and not is_traced(value):
+        a = np.asarray(value)
+        if a.shape == ():
+            if np.issubdtype(a.dtype, np.integer):
+                return np.int64(a.item())
+            if np.issubdtype(a.dtype, np.floating) and "f" in kinds:
+                return np.float64(a.item())
+    return None
+
+
+def _kind_error(name: str, value, what: str) -> TypeError:
+    got = (
+        f"{type(value).__name__} of shape {tuple(np.shape(value))}"
+        if hasattr(value, "shape")
+        else f"{type(value).__name__} {value!r}"
+    )
+    return TypeError(f"{name} must be {what}, got {got}.")
+
+
+def integer(name: str, value, *, minimum: int | None = None, what: str = "") -> int:
+    """``value`` as a Python ``int`` (NumPy and 0-d integer arrays accepted).
+
+    Args:
+      name: the argument's name, for the message.
+      value: the value to check.
+      minimum: smallest allowed value, if any.
+      what: how the message describes a valid value (default derived from
+        ``minimum``), e.g. ``"a positive int (number of steps)"``.
+
+    Raises:
+      ValueError: for an int below ``minimum``, a number that is not an
+        integer (e.g. ``2.5``) or a bool.
+      TypeError: for a string, an array with a shape, or None.
+
+    Examples:
+      >>> import numpy as np
+      >>> from jbptt._src import validation
+      >>> validation.integer("k", np.int64(3), minimum=1)
+      3
+      >>> validation.integer("k", True, minimum=1)
+      Traceback (most recent call last):
+      ...
+      ValueError: k must be a positive int, got True (a bool is not a number).
+    """
+    if not what:
+        what = {None: "an int", 0: "an int ≥ 0", 1: "a positive int"}.get(
+            minimum, f"an int ≥ {minimum}"
+        )
+    v = _scalar(name, value, "if", what)
+    if v is None:
+        raise _kind_error(name, value, what)
+    if isinstance(v, np.floating):
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return int(v)
+
+
+def positive_int(name: str, value, what: str = "a positive int") -> int:
+    """``integer(name, value, minimum=1)``: sizes, lengths, counts."""
+    return integer(name, value, minimum=1, what=what)
+
+
+def nonnegative_int(name: str, value) -> int:
+    """``integer(name, value, minimum=0)``: steps, offsets from a start."""
+    return integer(name, value, minimum=0)
+
+
+def real(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "",
+) -> float:
+    """``value`` as a finite Python ``float`` within optional bounds.
+
+    NaN and ±inf are always refused (they are meaningless as a rate, a
+    probability or a length). ``*_open`` makes a bound strict.
+
+    Examples:
+      >>> from jbptt._src import validation
+      >>> validation.real("lr", 0.1, low=0.0, low_open=True)
+      0.1
+      >>> validation.real("lr", float("nan"))
+      Traceback (most recent call last):
+      ...
+      ValueError: lr must be a finite number, got nan.
+    """
+    if not what:
+        lo = "" if low is None else ("> " if low_open else "≥ ") + f"{low:g}"
+        hi = "" if high is None else ("< " if high_open else "≤ ") + f"{high:g}"
+        what = "a finite number" + (f" {lo}" if lo else "")
+        what += (" and " if lo else " ") + hi if hi else ""
+    v = _scalar(name, value, "if", what)
+    if v is None:
+        raise _kind_error(name, value, what)
+    v = float(v)
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad |= v <= low if low_open else v < low
+    if high is not None:
+        bad |= v >= high if high_open else v > high
+    if bad:
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return v
+
+
+def finite_float(name: str, value) -> float:
+    """Any finite number."""
+    return real(name, value)
+
+
+def positive_float(name: str, value, *, allow_none: bool = False) -> float | None:
+    """A finite number > 0 (e.g. a learning rate or clip norm); ``None`` if allowed."""
+    if value is None and allow_none:
+        return None
+    what = "a finite number > 0" + (" or None" if allow_none else "")
+    return real(name, value, low=0.0, low_open=True, what=what)
+
+
+def probability(name: str, value) -> float:
+    """A cut probability in [0, 1)."""
+    return real(
+        name, value, low=0.0, high=1.0, high_open=True, what="a probability in [0, 1)"
+    )
+
+
+def prng_key(name: str, key) -> jax.Array:
+    """A typed PRNG key from a typed key or a legacy ``uint32[2]`` key.
+
+    Legacy keys (``jax.random.PRNGKey(0)``) are wrapped with
+    ``jax.random.wrap_key_data``; batches of keys (``[..., 2]``) too.
+
+    Raises:
+      TypeError: for anything that is not a key, naming ``name``.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt._src import validation
+      >>> k = validation.prng_key("key", jax.random.PRNGKey(0))
+      >>> jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
+      True
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    if dtype is not None and dtype == jnp.uint32 and np.ndim(key) >= 1:
+        try:
+            return jax.random.wrap_key_data(key)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} is a uint32 array of shape {tuple(np.shape(key))}, which "
+                f"is not raw key data of the default PRNG ({err}); pass "
+                "jax.random.key(seed)."
+            ) from None
+    raise _kind_error(
+        name,
+        key,
+        "a PRNG key (jax.random.key(seed), or a legacy jax.random.PRNGKey(seed))",
+    )
+
+
+def option(name: str, value, options) -> str:
+    """``value`` if it is one of ``options``, else the optax-style ValueError."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(
+            f"Unknown {name} {value!r}. It needs to be one of {list(options)}."
+        )
+    return value
+
+
+# -------------------------------------------------------------- arrays ---
 
 
 def _shape_dtype(a):
@@ -39,16 +254,55 @@ def check_xs(xs) -> tuple[int, tuple[int, ...]]:
 
 
 def check_w(w, T: int, dtype):
-    """Default link weights to ones; check shape ``(T,)`` and floating dtype."""
+    """Default link weights to ones; see :func:`link_weights`."""
     if w is None:
         return jnp.ones((T,), dtype)
+    return link_weights(w, T, dtype)
+
+
+def link_weights(w, T: int, dtype, name: str = "w (link weights)") -> jax.Array:
+    """Check link weights: shape ``(T,)``, floating, and (when concrete) ≥ 0.
+
+    Lists and NumPy arrays are accepted and converted to ``dtype``. The values
+    are inspected only when ``w`` is concrete (not a tracer): NaN, ±inf and
+    negative weights are refused, since a link weight scales a gradient by a
+    probability ratio and none of those can be one.
+
+    Raises:
+      TypeError: ``w`` is not an array of numbers or is not floating.
+      ValueError: wrong shape, or a non-finite or negative concrete value
+        (the message gives the first bad index).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jbptt._src import validation
+      >>> validation.link_weights([1.0, 0.0, 2.0], 3, jnp.float32).dtype
+      dtype('float32')
+      >>> validation.link_weights(jnp.array([1.0, -1.0]), 2, jnp.float32)
+      Traceback (most recent call last):
+      ...
+      ValueError: w (link weights) must be finite and ≥ 0, got w[1] = -1.0.
+    """
+    if isinstance(w, list | tuple):
+        try:
+            w = np.asarray(w)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be an array of shape ({T},): {err}") from None
+    if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+        raise TypeError(
+            f"{name} must be an array of shape ({T},), got {type(w).__name__}."
+        )
     shape, w_dtype = _shape_dtype(w)
     if shape != (T,):
-        raise ValueError(
-            f"w (link weights) must have shape (T,) = ({T},), got {shape}."
-        )
+        raise ValueError(f"{name} must have shape (T,) = ({T},), got {shape}.")
     if not jnp.issubdtype(w_dtype, jnp.floating):
-        raise TypeError(f"w (link weights) must be floating, got {w_dtype}.")
+        raise TypeError(f"{name} must be floating, got {w_dtype}.")
+    if not is_traced(w):
+        a = np.asarray(w, np.float64)
+        bad = ~(np.isfinite(a) & (a >= 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name} must be finite and ≥ 0, got w[{i}] = {a[i]}.")
     return jnp.asarray(w, dtype)
 
 
@@ -138,10 +392,52 @@ def _check_step_runs(cell: Cell, params, h0, xs) -> None:
 
 
 def check_ys(ys, T: int) -> None:
-    for leaf in tree_util.tree_leaves(ys):
+    """Every leaf of ``ys`` is time-major with length ``T``.
+
+    ``ys`` is a pytree (usually one array ``[T, ...]``); a loss that ignores
+    its targets takes an empty tuple ``()``. ``None`` is refused, since it is
+    almost always a forgotten argument.
+    """
+    if ys is None:
+        raise TypeError(
+            f"ys must be the per-step targets, time-major with length T = {T}, "
+            "got None (pass () if the loss ignores its targets)."
+        )
+    for path, leaf in tree_util.tree_flatten_with_path(ys)[0]:
+        if not hasattr(leaf, "shape") and not isinstance(leaf, np.generic):
+            raise TypeError(
+                f"ys{tree_util.keystr(path)} must be an array (time-major, length "
+                f"T = {T}), got {type(leaf).__name__}."
+            )
         shape = np.shape(leaf)
         if not shape or shape[0] != T:
             raise ValueError(
                 f"ys must be time-major with length T = {T} (the length of xs), "
                 f"got a leaf of shape {shape}."
             )
+
+
+def check_loss(loss_fn, params, out_t, ys) -> None:
+    """One abstract call of the per-step loss on step 0; errors name ``ys``.
+
+    ``out_t`` is a ``jax.ShapeDtypeStruct`` pytree of one step's output (e.g.
+    from ``jax.eval_shape``). The loss must accept ``ys[0]`` and return a
+    scalar; a shape mismatch between targets and outputs is reported here,
+    at trace time, instead of deep inside the scan.
+    """
+    y_0 = tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], jnp.result_type(a)), ys
+    )
+    try:
+        value = jax.eval_shape(loss_fn, params, out_t, y_0)
+    except (TypeError, ValueError, IndexError, KeyError) as err:
+        raise ValueError(
+            f"loss_fn failed on one step's outputs {_describe(out_t)} and targets "
+            f"ys[t] {_describe(y_0)}; check the shape of ys. Original error: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not hasattr(value, "shape") or value.shape != ():
+        raise ValueError(
+            f"loss_fn must return a scalar per step, got {_describe(value)} for "
+            f"outputs {_describe(out_t)} and targets ys[t] {_describe(y_0)}."
+        )
