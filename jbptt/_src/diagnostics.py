@@ -68,8 +68,7 @@ def _state_norm(tree):
 
 
 def _check_max_lag(max_lag) -> None:
-    if not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag <= 0:
-        raise ValueError(f"max_lag must be a positive int, got {max_lag!r}.")
+    validation.positive_int("max_lag", max_lag)
 
 
 def per_lag_norms(

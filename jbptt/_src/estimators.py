@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sharding, truncation
+from jbptt._src import protocol, sharding, truncation, validation
 from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
@@ -309,8 +309,7 @@ def artbp(c) -> Estimator:
 
 
 def _check_depth(depth, T):
-    if isinstance(depth, bool) or not isinstance(depth, int | float) or depth <= 1:
-        raise ValueError(f"depth must be a number > 1, got {depth!r}.")
+    depth = validation.real("depth", depth, low=1, low_open=True, what="a number > 1")
     if T is None:
         return
     truncation._check_T(T)
@@ -378,9 +377,9 @@ def artbp_matched(
       depth: target mean truncation length (> 1, and < T when T is given).
       schedule: ``"geometric"`` (a constant cut probability c, so segment
         lengths are geometric; c = 1/depth without T; ``"constant"`` is
-        accepted as its former name) or ``"poly_tail"`` (:func:`jbptt.truncation.poly_tail`, mean length
-        ``depth`` without T; polynomial tails, finite variance for
-        ``alpha > 3``).
+        accepted as its former name) or ``"poly_tail"``
+        (:func:`jbptt.truncation.poly_tail`, mean length ``depth`` without T;
+        polynomial tails, finite variance for ``alpha > 3``).
       alpha: tail exponent of the poly-tail schedule.
       T: sequence length to match the depth on, or None.
 
@@ -445,9 +444,7 @@ def williams_peng(k1: int, k2: int) -> Estimator:
       >>> m.astype(int).tolist()
       [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
     """
-    for name, k in (("k1", k1), ("k2", k2)):
-        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"{name} must be a positive int, got {k!r}.")
+    k1, k2 = validation.positive_int("k1", k1), validation.positive_int("k2", k2)
     if k1 > k2:
         raise ValueError(
             f"k1 (steps between updates) must be ≤ k2 (backpropagation depth), "

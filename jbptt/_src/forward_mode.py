@@ -277,9 +277,7 @@ def _check_bytes(name: str, cost: Footprint, max_bytes: int, what: str) -> None:
 
 
 def _check_max_bytes(max_bytes) -> int:
-    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}.")
-    return max_bytes
+    return validation.positive_int("max_bytes", max_bytes)
 
 
 # --------------------------------------------------------------------------
@@ -450,8 +448,7 @@ def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEsti
       (8, 4, 4)
     """
     max_bytes = _check_max_bytes(max_bytes)
-    if not isinstance(eps, int | float) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}.")
+    eps = validation.positive_float("eps", eps)
 
     def init(fl, x_b):
         dt = fl.theta.dtype
@@ -608,9 +605,9 @@ def sample_estimates(
         raise TypeError(
             f"estimator must be an OnlineEstimator, got {type(estimator).__name__}."
         )
-    for name, v in (("n", n), ("chunk", chunk)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+    n = validation.positive_int("n", n)
+    chunk = validation.positive_int("chunk", chunk)
+    key = validation.prng_key("key", key)
 
     def one(k):
         _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys)

@@ -119,13 +119,13 @@ def train(
     validation.check_scan_args(cell, params, h0, xs, None)
     validation.check_ys(ys, xs.shape[0])
     T = xs.shape[0]
-    if not isinstance(update_every, int) or update_every < 1 or T % update_every:
+    update_every = validation.positive_int("update_every", update_every)
+    if T % update_every:
         raise ValueError(
             f"update_every must be a positive int dividing T = {T}, got "
             f"{update_every!r}."
         )
-    if clip is not None and (not isinstance(clip, int | float) or not clip > 0):
-        raise ValueError(f"clip must be a positive float or None, got {clip!r}.")
+    clip = validation.positive_float("clip", clip, allow_none=True)
     every = _EveryN(estimator, update_every)
     hist = _train(
         cell,

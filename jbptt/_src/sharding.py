@@ -30,6 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jbptt._src import validation
+
 AXIS = "rows"
 
 if hasattr(jax, "shard_map"):  # jax ≥ 0.6
@@ -59,7 +61,8 @@ def make_mesh(
     available = jax.devices()
     if devices is None:
         devs = available
-    elif isinstance(devices, int) and not isinstance(devices, bool):
+    elif isinstance(devices, int | np.integer) and not isinstance(devices, bool):
+        devices = int(devices)
         if not 1 <= devices <= len(available):
             raise ValueError(
                 f"{name} must be between 1 and the {len(available)} available "
@@ -140,8 +143,7 @@ def map_rows(
     """
     if not isinstance(args, tuple) or not args:
         raise TypeError(f"args must be a non-empty tuple of arrays, got {args!r}.")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk must be an int ≥ 1, got {chunk!r}.")
+    chunk = validation.integer("chunk", chunk, minimum=1, what="an int ≥ 1")
     sizes = {
         np.shape(a)[0] if np.ndim(a) else None for a in jax.tree_util.tree_leaves(args)
     }

@@ -46,7 +46,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src import protocol, sharding
+from jbptt._src import protocol, sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Problem, check_problem, estimator_key, gradient_fn
 
@@ -125,9 +125,8 @@ def sample_estimates(
     """
     check_problem(problem)
     estimator = protocol.check_estimator(estimator)
-    _check_n("n", n)
-    _check_n("chunk", chunk)
-    key = estimator_key(key, estimator)
+    n, chunk = _check_n("n", n), _check_n("chunk", chunk)
+    key = estimator_key(validation.prng_key("key", key), estimator)
     return estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
 
 
@@ -135,8 +134,7 @@ def sample_estimates(
 
 
 def _check_n(name, n, minimum=1):
-    if not isinstance(n, int) or isinstance(n, bool) or n < minimum:
-        raise ValueError(f"{name} must be an int ≥ {minimum}, got {n!r}.")
+    return validation.integer(name, n, minimum=minimum, what=f"an int ≥ {minimum}")
 
 
 def _safe_cos(a, b):
@@ -246,7 +244,7 @@ def _check_estimators(estimators) -> tuple:
     estimators = tuple(protocol.check_estimator(e) for e in estimators)
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):
-        raise ValueError(f"estimators must have unique names, got {names}.")
+        raise ValueError(f"estimator names must be unique, got {names}.")
     return estimators
 
 
@@ -305,13 +303,14 @@ def make_sweep(
       True True
     """
     estimators = _check_estimators(estimators)
-    _check_n("n_samples", n_samples, 4)
-    _check_n("chunk", chunk)
+    n_samples = _check_n("n_samples", n_samples, 4)
+    chunk = _check_n("chunk", chunk)
     mesh = sharding.resolve_mesh(mesh)
 
     def run(params, h0, xs, ys, key):
         problem = Problem(cell, loss_fn, params, h0, xs, ys)
         T = check_problem(problem)
+        key = validation.prng_key("key", key)
         with protocol.shared_forward():  # one forward for every estimator
             grad = gradient_fn(problem)
             ones = jnp.ones((T,), xs.dtype)
