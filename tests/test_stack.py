@@ -89,3 +89,14 @@ def test_stack_rejects_wrong_number_of_hidden_sizes():
     params = cell.init(jax.random.key(0), 2, 3)
     with pytest.raises(ValueError, match="input_size=2"):
         jbptt.rnn_scan(cell, params, cell.initial_state(params, ()), jnp.ones((4, 3)))
+
+
+def test_bench_stack_quick_runs(tmp_path):
+    from benchmarks import bench_stack
+
+    rows = bench_stack.main(["--quick", "--cells", "gru", "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["stacked_ms"] > 0 and row["one_by_one_ms"] > 0
+    assert row["grad_rel_diff"] <= 1e-10  # same model, same link weights
+    assert (tmp_path / "results_stack.csv").exists()
+    assert (tmp_path / "results_stack.json").exists()
