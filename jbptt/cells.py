@@ -1,8 +1,11 @@
 """Recurrent cells: built-in Elman, LSTM and GRU with hand-derived reverse
-rules, and adapters for Flax cells and plain step functions."""
+rules, stacks of layers that keep them, and adapters for Flax (linen and
+nnx) and Equinox cells and plain step functions."""
 
+from jbptt._src.adapters import from_equinox as from_equinox
 from jbptt._src.adapters import from_flax as from_flax
 from jbptt._src.adapters import from_fn as from_fn
+from jbptt._src.adapters import from_nnx as from_nnx
 from jbptt._src.adapters import scoped as scoped
 from jbptt._src.cell import Cell as Cell
 from jbptt._src.cell import ReverseRules as ReverseRules
@@ -11,3 +14,4 @@ from jbptt._src.gated import gru as gru
 from jbptt._src.gated import gru_params_from_torch as gru_params_from_torch
 from jbptt._src.gated import lstm as lstm
 from jbptt._src.gated import lstm_params_from_torch as lstm_params_from_torch
+from jbptt._src.stack import stack as stack

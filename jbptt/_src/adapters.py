@@ -6,6 +6,7 @@ reverse scan with one ``jax.vjp`` of the step per time step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -146,4 +147,170 @@ def scoped(cell: Cell, key: str) -> Cell:
         rules=rules,
         input_size=None if cell.input_size is None else sub(cell.input_size),
         name=cell.name,
+    )
+
+
+def from_nnx(module) -> Cell:
+    """A cell from a ``flax.nnx`` recurrent cell ``(carry, x) -> (carry, y)``.
+
+    Works with ``nnx.LSTMCell``, ``nnx.OptimizedLSTMCell``, ``nnx.GRUCell``,
+    ``nnx.SimpleCell`` and any ``nnx.Module`` with the same calling convention
+    and an ``initialize_carry(input_shape)`` method. Params are the module's
+    ``nnx.Param`` state (``nnx.split(module, nnx.Param, ...)``), so gradients
+    are an ``nnx.State`` with the module's structure; other state (e.g. rngs)
+    is held fixed. The module is already initialised, so ``init`` returns its
+    current params (the key is unused) after checking the sizes.
+
+    Args:
+      module: an ``nnx.Module`` recurrent cell.
+
+    Raises:
+      TypeError: if ``module`` is not an ``nnx.Module`` with ``__call__`` and
+        ``initialize_carry``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jbptt import cells
+      >>> cell = cells.from_nnx(nnx.GRUCell(3, 4, rngs=nnx.Rngs(0)))
+      >>> params = cell.init(jax.random.key(0), 3, 4)
+      >>> h, y = cell.step(params, cell.initial_state(params, (2,)), jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 4)
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module) or not hasattr(module, "initialize_carry"):
+        raise TypeError(
+            "module must be a flax.nnx recurrent cell (an nnx.Module called as "
+            "module(carry, x) -> (carry, y), with initialize_carry), got "
+            f"{type(module).__name__}."
+        )
+    graphdef, params0, rest = nnx.split(module, nnx.Param, ...)
+    in_features = getattr(module, "in_features", None)
+    hidden = getattr(module, "hidden_features", None)
+
+    def init(key, input_size, hidden_size):
+        _init.check_sizes(input_size, hidden_size)
+        for arg, got, have, attr in (
+            ("input_size", input_size, in_features, "in_features"),
+            ("hidden_size", hidden_size, hidden, "hidden_features"),
+        ):
+            if have is not None and got != have:
+                raise ValueError(f"{arg}={got} but the nnx module has {attr}={have}.")
+        return params0
+
+    def bound(params):
+        return nnx.merge(graphdef, params, rest)
+
+    def initial_state(params, batch_shape=()):
+        size = in_features if in_features is not None else 1
+        cell = bound(params)
+        shape = tuple(batch_shape) + (size,)
+        # Flax's cells draw the carry from rngs (zeros by default: no randomness).
+        if "rngs" in inspect.signature(cell.initialize_carry).parameters:
+            carry = cell.initialize_carry(shape, rngs=nnx.Rngs(0))
+        else:
+            carry = cell.initialize_carry(shape)
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return jax.tree_util.tree_map(lambda a: a.astype(dtype), carry)
+
+    def step(params, h, x):
+        return bound(params)(h, x)
+
+    return Cell(
+        init,
+        initial_state,
+        step,
+        input_size=None if in_features is None else (lambda p: in_features),
+        name=f"from_nnx({type(module).__name__})",
+    )
+
+
+def from_equinox(module, *, initial_state: Callable | None = None) -> Cell:
+    """A cell from an Equinox recurrent cell ``(x, hidden) -> hidden``.
+
+    Works with ``equinox.nn.LSTMCell`` (state ``(h, c)``, Equinox's order),
+    ``equinox.nn.GRUCell`` and any ``eqx.Module`` with the same calling
+    convention. Equinox cells act on one example; the step maps them over
+    the batch dimensions. Params are the module's inexact arrays
+    (``eqx.partition(module, eqx.is_inexact_array)``), so gradients are a
+    module of the same structure that ``optax`` updates and
+    ``eqx.apply_updates`` applies as usual. The step output is the state, or
+    its first element for a tuple state (``h`` for the LSTM).
+
+    Args:
+      module: an ``eqx.Module`` recurrent cell.
+      initial_state: ``(params, batch_shape) -> h0``; needed for cells
+        without a ``hidden_size`` attribute. By default zeros of
+        ``hidden_size`` (a pair ``(h, c)`` for ``eqx.nn.LSTMCell``).
+
+    Raises:
+      TypeError: if ``module`` is not a callable ``eqx.Module``, or has no
+        ``hidden_size`` and no ``initial_state`` was given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import equinox as eqx
+      >>> from jbptt import cells
+      >>> cell = cells.from_equinox(eqx.nn.LSTMCell(3, 4, key=jax.random.key(0)))
+      >>> params = cell.init(jax.random.key(0), 3, 4)
+      >>> (h, c), y = cell.step(params, cell.initial_state(params, (2,)),
+      ...                       jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 4)
+    """
+    import equinox as eqx
+
+    if not isinstance(module, eqx.Module) or not callable(module):
+        raise TypeError(
+            "module must be an Equinox recurrent cell (an eqx.Module called as "
+            f"module(x, hidden) -> hidden), got {type(module).__name__}."
+        )
+    hidden = getattr(module, "hidden_size", None)
+    in_size = getattr(module, "input_size", None)
+    if initial_state is None and not isinstance(hidden, int):
+        raise TypeError(
+            f"{type(module).__name__} has no int hidden_size attribute; pass "
+            "initial_state=(params, batch_shape) -> h0 to from_equinox."
+        )
+    if initial_state is not None and not callable(initial_state):
+        raise TypeError(
+            f"initial_state must be callable, got {type(initial_state).__name__}."
+        )
+    params0, static = eqx.partition(module, eqx.is_inexact_array)
+    pair = isinstance(module, eqx.nn.LSTMCell)
+
+    def init(key, input_size, hidden_size):
+        _init.check_sizes(input_size, hidden_size)
+        for arg, got, have, attr in (
+            ("input_size", input_size, in_size, "input_size"),
+            ("hidden_size", hidden_size, hidden, "hidden_size"),
+        ):
+            if isinstance(have, int) and got != have:
+                raise ValueError(
+                    f"{arg}={got} but the Equinox module has {attr}={have}."
+                )
+        return params0
+
+    def zeros(params, batch_shape=()):
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        z = jax.numpy.zeros(tuple(batch_shape) + (hidden,), dtype)
+        return (z, z) if pair else z
+
+    def step(params, h, x):
+        cell = eqx.combine(params, static)
+        fn = cell
+        for _ in range(x.ndim - 1):  # one example per call: map the batch dims
+            fn = jax.vmap(fn)
+        h = fn(x, h)
+        return h, (h[0] if isinstance(h, tuple) else h)
+
+    state_fn = zeros if initial_state is None else initial_state
+    return Cell(
+        init,
+        lambda params, batch_shape=(): state_fn(params, tuple(batch_shape)),
+        step,
+        input_size=(lambda p: in_size) if isinstance(in_size, int) else None,
+        name=f"from_equinox({type(module).__name__})",
     )

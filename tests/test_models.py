@@ -1,0 +1,77 @@
+"""readout: token embedding and MLP head, gradients and bad arguments."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jbptt
+from jbptt import cells
+from tests.helpers import random_w, rel_err, tree_allclose
+
+V = 6
+
+
+def token_problem(cell, hidden=(7,), T=8, B=3):
+    model = jbptt.readout(cell, V, "xent", vocab_size=V, hidden=hidden)
+    params = model.init(jax.random.key(0), 4, 5)
+    tokens = jax.random.randint(jax.random.key(1), (T + 1, B), 0, V)
+    xs, ys = model.encode(tokens[:-1]), tokens[1:]
+    h0 = model.cell.initial_state(params, (B,))
+    return model, params, h0, xs, ys
+
+
+@pytest.mark.parametrize(
+    "make",
+    [cells.lstm, lambda: cells.stack([cells.lstm(), cells.lstm()]), cells.gru],
+    ids=["lstm", "stacked_lstm", "gru"],
+)
+def test_embedding_model_gradients_equal_autodiff(make):
+    model, params, h0, xs, ys = token_problem(make())
+    w = random_w(xs.shape[0])
+    forward = jbptt.loss(model.cell, model.loss_fn)
+    ref = jax.grad(lambda p: forward(p, h0, xs, ys, w)[0])(params)
+    (_, _), got = jbptt.value_and_grad(model.cell, model.loss_fn)(params, h0, xs, ys, w)
+    assert tree_allclose(got, ref, 1e-10), rel_err(got, ref)
+    assert sorted(got) == ["cell", "embed", "readout"]
+    # Rows of tokens that never occur get no gradient (a scatter-add).
+    seen = jnp.zeros(V, bool).at[xs[..., 0].astype(int)].set(True)
+    assert bool(jnp.all(jnp.where(seen[:, None], True, got["embed"] == 0)))
+
+
+def test_embedding_lookup_is_the_cell_on_embedded_inputs():
+    cell = cells.gru()
+    model, params, h0, xs, _ = token_problem(cell, hidden=())
+    _, outs = jbptt.rnn_scan(model.cell, params, h0, xs)
+    emb = params["embed"][xs[..., 0].astype(int)]
+    _, expected = jbptt.rnn_scan(cell, params["cell"], h0, emb)
+    assert rel_err(outs, expected) == 0.0
+    assert model.cell.rules is not None  # still on the hand-derived path
+
+
+def test_mlp_head():
+    model = jbptt.readout(cells.elman(), 3, hidden=(8, 6))
+    params = model.init(jax.random.key(0), 2, 5)
+    ro = params["readout"]
+    assert [lay["V"].shape for lay in ro["hidden"]] == [(8, 5), (6, 8)]
+    assert ro["V"].shape == (3, 6)
+    outs = jax.random.normal(jax.random.key(1), (4, 5))
+    z = jnp.tanh(
+        jnp.tanh(outs @ ro["hidden"][0]["V"].T + ro["hidden"][0]["c"])
+        @ ro["hidden"][1]["V"].T
+        + ro["hidden"][1]["c"]
+    )
+    assert rel_err(model.predict(params, outs), z @ ro["V"].T + ro["c"]) <= 1e-15
+
+
+def test_readout_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocab_size must be None or a positive"):
+        jbptt.readout(cells.lstm(), 3, vocab_size=0)
+    with pytest.raises(ValueError, match="hidden must be a sequence of positive"):
+        jbptt.readout(cells.lstm(), 3, hidden=8)
+    model = jbptt.readout(cells.lstm(), V, "xent", vocab_size=V)
+    with pytest.raises(TypeError, match="tokens must be integer ids"):
+        model.encode(jnp.ones((3, 2)))
+    params = model.init(jax.random.key(0), 4, 5)
+    h0 = model.cell.initial_state(params, (2,))
+    with pytest.raises(ValueError, match="feature size 3"):
+        jbptt.rnn_scan(model.cell, params, h0, jnp.ones((5, 2, 3)))
