@@ -109,14 +109,19 @@ def test_bad_budgets_are_rejected(bad, err):
         check_budget(bad)
 
 
-@pytest.mark.parametrize("M", [2, 3, 4, 7])
+@pytest.mark.parametrize("M", [2, 4, 7])
 def test_compiled_gradient_runs_exactly_the_scheduled_steps(M):
     # A host callback in each step counts the steps XLA actually executes.
     count = []
 
     def seg(c, x):
-        jax.debug.callback(lambda _: count.append(1), x)
-        return jnp.tanh(1.1 * c + jnp.sum(x)), c**2
+        n = x.shape[0]  # one segment call runs n steps
+        jax.debug.callback(lambda _: count.append(n), x)
+        total = 0.0
+        for i in range(n):
+            c, out = _one(c, x[i])
+            total = total + out
+        return c, total
 
     def f(c, xs):
         c, outs = scan_budget(seg, c, xs, 7, Budget(M))
@@ -125,17 +130,21 @@ def test_compiled_gradient_runs_exactly_the_scheduled_steps(M):
     xs = jnp.arange(7.0) / 10
     g = jax.jit(jax.grad(f))(0.3, xs)
     jax.effects_barrier()
-    assert len(count) == forward_steps(7, M)
-    g_ref = jax.grad(_plain, argnums=1)(seg, 0.3, xs)
+    assert sum(count) == forward_steps(7, M)
+    g_ref = jax.grad(_plain, argnums=1)(None, 0.3, xs)
     assert abs(float(g - g_ref)) <= 1e-10 * abs(float(g_ref))
 
 
 def _plain(seg, c, xs):
     total = 0.0
     for i in range(xs.shape[0]):
-        c, out = seg(c, xs[i : i + 1])
+        c, out = _one(c, xs[i])
         total = total + out
     return c + total
+
+
+def _one(c, x):
+    return jnp.tanh(1.1 * c + x), c**2
 
 
 def _budget_loss(cell, loss_fn, budget):
@@ -154,7 +163,7 @@ def _budget_loss(cell, loss_fn, budget):
 
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
-@pytest.mark.parametrize("T, M, unit", [(9, 2, 1), (9, 4, 1), (16, 3, 2), (13, 20, 1)])
+@pytest.mark.parametrize("T, M, unit", [(9, 2, 1), (13, 4, 1), (16, 3, 2)])
 def test_gradients_equal_uncheckpointed(cell_name, T, M, unit):
     model = jbptt.readout(getattr(jbptt.cells, cell_name)(), output_size=2)
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -184,3 +193,16 @@ def test_concat_outs_rebuilds_rnn_scan_outputs():
     h_ref, outs_ref = jbptt.rnn_scan(cell, params, h0, xs)
     assert rel_err(concat_outs(outs), outs_ref) <= 1e-14
     assert rel_err(h_T, h_ref) <= 1e-14
+
+
+def test_bench_memory_quick_runs(tmp_path):
+    from benchmarks import bench_memory
+
+    result = bench_memory.main(["--quick", "--out", str(tmp_path)])
+    for name in ("results_memory.csv", "results_memory.json", "memory.png"):
+        assert (tmp_path / name).exists(), name
+    rows = {r["variant"].split("(")[0]: r for r in result["rows"]}
+    assert set(rows) == {"none", "sqrt", "Budget"}
+    budget = [r for r in result["rows"] if r["variant"].startswith("Budget")]
+    assert [r["recomputed_steps"] for r in budget] == [2 * recomputations(6, 2), 0]
+    assert all(r["grad_rel_err"] <= 1e-5 for r in result["rows"])  # float32
