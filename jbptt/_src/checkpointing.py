@@ -167,9 +167,10 @@ def scan_budget(segment, carry, xs, T: int, budget: Budget):
     Caveat: the schedule bounds what JAX's autodiff keeps and re-runs
     (checked by executing it: the tests count the steps XLA runs). Outside a
     loop, however, XLA is free to schedule a head's re-run as soon as its
-    saved input exists; on XLA:CPU ``benchmarks/bench_memory.py`` measures
-    no drop in temporaries against M, while ``"sqrt"`` (checkpoints inside a
-    ``lax.scan``) does drop.
+    saved input exists, or to merge it with the first forward; on XLA:CPU
+    ``benchmarks/bench_memory.py`` measures no drop in temporaries against
+    M (and run times below the schedule's step count), while ``"sqrt"``
+    (checkpoints inside a ``lax.scan``) does drop.
 
     Args:
       segment: ``(carry, xs_seg) -> (carry, out)`` for any number of steps.
