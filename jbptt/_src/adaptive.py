@@ -1,0 +1,304 @@
+r"""Adaptive truncation (Aicher, Foti & Fox 2019): pick k from the decay of the
+per-lag gradient norms.
+
+With m_τ the per-lag gradient norm (``jbptt.diagnostics.per_lag_norms``: the
+norm of the part of the gradient that travelled τ steps back, averaged over
+loss steps), assume geometric decay beyond a lag τ₀: m_τ ≤ m_{τ₀} β^{τ−τ₀}
+for τ ≥ τ₀ with β < 1. A loss that is backpropagated d steps drops the lags
+τ ≥ d, whose mass is
+
+.. math::
+
+    \text{tail}(d) = \sum_{d ≤ j < τ₀} m_j + \frac{m_{τ₀} β^{\max(d, τ₀) − τ₀}}{1 − β},
+
+and the relative bias of a truncation is bounded by its dropped mass over the
+total mass tail(0) (or over a given ‖g‖). For d ≥ τ₀ this is DESIGN.md's
+‖g_τ‖ β^{k−τ} / ((1 − β)‖g‖). Sliding-window truncation (every loss keeps k
+lags) drops tail(k); jbptt's chunked TBPTT(k) backpropagates the loss at
+chunk position i by i + 1 steps and drops the mean of tail(1..k).
+:func:`choose_k` returns the smallest k whose bound is at most δ; call it
+again every N updates to follow the training (:func:`rechoose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jbptt._src import validation
+from jbptt._src.api import sum_of_losses
+
+
+class Decay(NamedTuple):
+    """Fitted geometric decay: ``m_τ ≈ m_tau0 · beta^(τ − tau0)`` for τ ≥ tau0."""
+
+    beta: float
+    tau0: int
+
+
+def fit_decay(norms, tau0: int, *, conservative: bool = True) -> Decay:
+    """Fit the decay rate β of the per-lag norms beyond lag ``tau0``.
+
+    Args:
+      norms: ``[L]`` per-lag norms (``LagNorms.mean``).
+      tau0: first lag of the geometric regime, ``0 ≤ tau0 ≤ L − 2``.
+      conservative: use the largest one-lag ratio m_{τ+1}/m_τ for τ ≥ tau0
+        (an upper bound on the decay over the measured lags); otherwise the
+        least-squares slope of log m_τ.
+
+    Returns:
+      :class:`Decay`; ``beta`` is ``inf``-free but may be ≥ 1 (no decay: then
+      no finite k meets a bound, and :func:`choose_k` returns ``None``).
+
+    Examples:
+      >>> import numpy as np
+      >>> from jbptt._src.adaptive import fit_decay
+      >>> round(fit_decay(np.array([4.0, 2.0, 1.0, 0.5]), 1).beta, 6)
+      0.5
+    """
+    m = np.asarray(norms, dtype=np.float64)
+    if m.ndim != 1:
+        raise ValueError(f"norms must be one-dimensional [L], got shape {m.shape}.")
+    if not isinstance(tau0, int | np.integer) or not 0 <= tau0 <= m.size - 2:
+        raise ValueError(
+            f"tau0 must be an int in [0, {m.size - 2}] (two lags to fit), got {tau0!r}."
+        )
+    tail = np.maximum(m[tau0:], np.finfo(np.float64).tiny)
+    if conservative:
+        beta = float(np.max(tail[1:] / tail[:-1]))
+    else:
+        slope = np.polyfit(np.arange(tail.size), np.log(tail), 1)[0]
+        beta = float(np.exp(slope))
+    return Decay(beta, int(tau0))
+
+
+def tail_mass(norms, decay: Decay, d) -> np.ndarray:
+    """tail(d): the per-lag mass at lags ≥ d under the fitted model."""
+    m = np.asarray(norms, dtype=np.float64)
+    beta, t0 = decay
+    d = np.asarray(d)
+    cum = np.concatenate([np.cumsum(m[:t0][::-1])[::-1], [0.0]])  # Σ_{j≥d, j<t0}
+    head = cum[np.minimum(d, t0)]
+    return head + m[t0] * beta ** (np.maximum(d, t0) - t0) / (1.0 - beta)
+
+
+def bias_bound(norms, decay: Decay, k, *, mode: str = "chunked", g_norm=None):
+    """Bound on the relative bias of truncation at ``k`` (see the module doc).
+
+    Args:
+      norms: ``[L]`` per-lag norms.
+      decay: from :func:`fit_decay` (β < 1).
+      k: truncation length(s) ≥ 1.
+      mode: ``"chunked"`` (jbptt's ``truncation.tbptt``: mean of tail(1..k))
+        or ``"window"`` (every loss keeps k lags: tail(k)).
+      g_norm: ‖g‖ in the norms' units; default the total mass tail(0).
+    """
+    if mode not in ("chunked", "window"):
+        raise ValueError(f"mode must be 'chunked' or 'window', got {mode!r}.")
+    if not decay.beta < 1:
+        return np.full(np.shape(k), np.inf)
+    denom = tail_mass(norms, decay, 0) if g_norm is None else float(g_norm)
+    k = np.asarray(k)
+    if mode == "window":
+        return tail_mass(norms, decay, k) / denom
+    kmax = int(np.max(k))
+    cum = np.cumsum(tail_mass(norms, decay, np.arange(1, kmax + 1)))
+    return cum[k - 1] / k / denom
+
+
+def choose_k(
+    norms, delta: float, tau0: int, *, mode="chunked", g_norm=None, k_max=None
+):
+    """Smallest k with :func:`bias_bound` ≤ ``delta`` (``None`` if none ≤ k_max).
+
+    Examples:
+      >>> import numpy as np
+      >>> from jbptt._src.adaptive import choose_k
+      >>> m = 0.8 ** np.arange(20)
+      >>> choose_k(m, 0.1, 2, mode="window")
+      11
+    """
+    if not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
+    decay = fit_decay(norms, tau0)
+    if not decay.beta < 1:
+        return None
+    if k_max is None:
+        # window bound ≤ δ by k* = τ0 + log(δ(1−β)·denom/m_τ0)/log β; the
+        # chunked mean of tail(1..k) needs at most ~k*/δ.
+        k_max = 1 + int(np.ceil(len(norms) + 4 * np.log(1e-12) / np.log(decay.beta)))
+        k_max = int(k_max / delta) + 1 if mode == "chunked" else k_max
+    b = bias_bound(norms, decay, np.arange(1, k_max + 1), mode=mode, g_norm=g_norm)
+    ok = np.nonzero(b <= delta)[0]
+    return int(ok[0]) + 1 if ok.size else None
+
+
+class ParamLags(NamedTuple):
+    """Per-lag gradient contributions in parameter space.
+
+    Attributes:
+      norms: ``[T, L]``: ``norms[s, τ]`` = ‖c_{s+τ,τ}‖, the norm of the
+        parameter gradient that loss s + τ sends through step s (τ steps
+        back); zero where s + τ ≥ T.
+      g_near: the gradient from lags < L plus the loss's own ∂ℓ/∂θ, flattened
+        (the exact gradient when L = T).
+    """
+
+    norms: jax.Array
+    g_near: jax.Array
+
+
+def param_lag_norms(cell, loss_fn, max_lag: int):
+    """``(params, h0, xs, ys) -> ParamLags``: one reverse scan with a lag buffer.
+
+    At state step s the buffer holds, for each lag τ < L, the cotangent that
+    loss s + τ sends into h_s; a ``jax.vjp`` of ``cell.step`` vmapped over τ
+    gives each one's parameter contribution c_{s+τ,τ} and moves it one step
+    (and lag) back. Unlike the state-space profile of
+    ``jbptt.diagnostics.per_lag_norms``, these norms bound the bias in
+    parameter space by the triangle inequality. Cost: L gradients.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.adaptive import param_lag_norms
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 3)
+      >>> fn = param_lag_norms(model.cell, model.loss_fn, 4)
+      >>> r = fn(p, model.cell.initial_state(p), jnp.ones((6, 1)), jnp.zeros((6, 1)))
+      >>> r.norms.shape
+      (6, 4)
+    """
+    if not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag < 1:
+        raise ValueError(f"max_lag must be a positive int, got {max_lag!r}.")
+
+    def fn(params, h0, xs, ys):
+        validation.check_scan_args(cell, params, h0, xs, None)
+        T, L = xs.shape[0], max_lag
+        if L > T:
+            raise ValueError(f"max_lag={L} exceeds the T={T} steps of xs.")
+
+        def fwd(h, x):
+            h_new, out = cell.step(params, h, x)
+            return h_new, (h, out)
+
+        _, (hs_prev, outs) = jax.lax.scan(fwd, h0, xs)
+        # The loss's own parameter dependence (readout weights), outs fixed.
+        direct, douts = jax.grad(
+            lambda p, o: sum_of_losses(loss_fn, p, o, ys), argnums=(0, 1)
+        )(params, outs)
+
+        def body(buf, inp):  # buf[τ]: cotangent at h_s from loss s + τ (τ ≥ 1)
+            h_prev, x, dout = inp
+            _, vjp = jax.vjp(lambda p, h: cell.step(p, h, x), params, h_prev)
+            douts_l = jax.tree_util.tree_map(
+                lambda d: jnp.zeros((L,) + d.shape, d.dtype).at[0].set(d), dout
+            )  # only lag 0 gets the output cotangent of loss s itself
+            dp, dh = jax.vmap(lambda b, d: vjp((b, d)))(buf, douts_l)
+            flat = jax.vmap(lambda t: ravel_pytree(t)[0])(dp)  # [L, D]
+            buf = jax.tree_util.tree_map(
+                lambda a: jnp.concatenate([jnp.zeros_like(a[:1]), a[:-1]]), dh
+            )
+            return buf, (jnp.linalg.norm(flat, axis=1), jnp.sum(flat, 0))
+
+        buf0 = jax.tree_util.tree_map(lambda a: jnp.zeros((L,) + a.shape, a.dtype), h0)
+        _, (norms, sums) = jax.lax.scan(body, buf0, (hs_prev, xs, douts), reverse=True)
+        g_near = ravel_pytree(direct)[0] + jnp.sum(sums, 0)
+        return ParamLags(norms, g_near)
+
+    return fn
+
+
+def tbptt_bias_bounds(lags: ParamLags, tau0: int | None = None) -> np.ndarray:
+    """``[T]``: bound on the relative bias of chunked ``truncation.tbptt(T, k)``
+    for k = 1..T (offset 0).
+
+    Loss t keeps lags τ ≤ t mod k, so TBPTT(k) drops c_{t,τ} for
+    τ > t mod k; the bound is the sum of their norms (plus, when L < T, the
+    geometric tail beyond lag L − 1 fitted from lags ≥ ``tau0``) over
+    ‖g_near‖ minus that tail (a lower bound on ‖g‖).
+    """
+    N = np.asarray(lags.norms, dtype=np.float64)  # [T, L] by state step s
+    T, L = N.shape
+    s, tau = np.arange(T)[:, None], np.arange(L)[None, :]
+    t = s + tau
+    mass = N.sum(0)  # per-lag mass
+    tail = 0.0
+    if L < T:
+        decay = fit_decay(mass, L - 2 if tau0 is None else tau0)
+        if not decay.beta < 1:
+            return np.full(T, np.inf)
+        tail = mass[-1] * decay.beta / (1.0 - decay.beta)
+    denom = float(np.linalg.norm(np.asarray(lags.g_near))) - tail
+    if denom <= 0:
+        return np.full(T, np.inf)
+    out = np.empty(T)
+    for k in range(1, T + 1):
+        dropped = (tau > t % k) & (t < T)
+        out[k - 1] = (N[dropped].sum() + tail) / denom
+    return out
+
+
+def choose_tbptt_k(lags: ParamLags, delta: float, tau0: int | None = None):
+    """Smallest k whose :func:`tbptt_bias_bounds` entry is ≤ ``delta``
+    (``None`` if none is).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.adaptive import choose_tbptt_k, param_lag_norms
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 3)
+      >>> xs, ys = jnp.ones((8, 1)), jnp.zeros((8, 1))
+      >>> lags = param_lag_norms(model.cell, model.loss_fn, 8)(
+      ...     p, model.cell.initial_state(p), xs, ys)
+      >>> 1 <= choose_tbptt_k(lags, 0.5) <= 8
+      True
+    """
+    if not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
+    ok = np.nonzero(tbptt_bias_bounds(lags, tau0) <= delta)[0]
+    return int(ok[0]) + 1 if ok.size else None
+
+
+class Rechooser(NamedTuple):
+    """Adaptive TBPTT for training (see :func:`adaptive_tbptt`)."""
+
+    measure: Callable  # (params, h0, xs, ys) -> ParamLags (jitted)
+    update: Callable  # (count, k, params, h0, xs, ys) -> k (host side)
+
+
+def adaptive_tbptt(
+    cell, loss_fn, *, delta: float, max_lag: int, every: int, tau0=None
+) -> Rechooser:
+    """Re-choose TBPTT's k every ``every`` updates from the current batch:
+    the smallest k with relative-bias bound ≤ ``delta`` (T if none).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.adaptive import adaptive_tbptt
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> r = adaptive_tbptt(model.cell, model.loss_fn, delta=0.2, max_lag=8,
+      ...                    every=10)
+      >>> xs, ys = jnp.ones((16, 1)), jnp.zeros((16, 1))
+      >>> 1 <= r.update(0, None, p, model.cell.initial_state(p), xs, ys) <= 16
+      True
+    """
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every must be a positive int, got {every!r}.")
+    measure = jax.jit(param_lag_norms(cell, loss_fn, max_lag))
+
+    def update(count, k, params, h0, xs, ys):
+        if k is not None and count % every:
+            return k
+        new = choose_tbptt_k(measure(params, h0, xs, ys), delta, tau0)
+        return xs.shape[0] if new is None else new
+
+    return Rechooser(measure, update)

@@ -1,0 +1,333 @@
+r"""Zeroth-order gradient estimators: antithetic ES, truncated ES, PES and NRES.
+
+All four estimate the gradient of the *Gaussian-smoothed* loss
+
+.. math::
+
+    L_σ(θ) = E_{ε∼N(0, I)}[L(θ + σε)], \qquad
+    ∇L_σ(θ) = \frac{1}{2σ} E[ε (L(θ + σε) − L(θ − σε))],
+
+from loss values alone, with antithetic pairs (±ε) of perturbed unrolls
+(plain ``lax.scan`` of ``cell.step`` at θ ± σε, vmapped over particles).
+Smoothing moves the gradient unless the loss is quadratic in θ: for linear
+dynamics and a quadratic loss (influence balancing) L(θ + σε) − L(θ − σε) =
+2σ εᵀ∇L(θ) exactly, so ∇L_σ = ∇L and the unbiased estimators below are
+unbiased for the exact gradient too. Elsewhere their bias against ∇L is the
+smoothing's, O(σ²) for smooth losses.
+
+The sequence is unrolled in truncations of K steps (the last one padded and
+masked); the estimate of ∇L is the sum of the truncations' estimates
+(Vicol, Metz & Sohl-Dickstein 2021; Li et al. 2023):
+
+* **truncated ES**: fresh ε per truncation, both particles of a pair start
+  from the unperturbed state; ignores θ's influence on that state, so it is
+  biased like TBPTT(K).
+* **PES**: fresh ε_j per truncation, each particle keeps its own perturbed
+  state and the sum ξ_j = Σ_{i≤j} ε_i of its perturbations; the truncation's
+  estimate is ξ_j (L_j⁺ − L_j⁻)/(2σ). Unbiased for the smoothed loss in which
+  every truncation has its own perturbation.
+* **NRES** (noise reuse): one ε for ``horizon`` truncations, particles keep
+  their states; the estimate is ε (L_j⁺ − L_j⁻)/(2σ). Over the whole sequence
+  it equals full-unroll ES with that ε: unbiased, with PES's state but not its
+  growing ξ.
+* **ES**: NRES with K = T, one truncation.
+
+Each factory returns a :class:`ZerothOrder` of pure functions: ``samples``
+(n estimates over a whole problem, for sweeps), ``init``/``segment`` (one
+truncation at a time, for online training) and ``forward_steps`` (the cost).
+``samples`` runs ``segment`` over the truncations, so sweeps and online
+training share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+tree_map = jax.tree_util.tree_map
+
+
+class ZerothOrder(NamedTuple):
+    """An ES-family estimator as pure functions.
+
+    Attributes:
+      name: e.g. ``"pes(sigma=0.01, pairs=4, K=10)"``.
+      hparams: ``{"sigma", "pairs", "K", ...}``.
+      samples: ``(problem, key, n, *, chunk=64) -> [n, D]`` flattened
+        estimates of ∇L (``ravel_pytree(problem.params)`` order); traceable.
+      forward_steps: ``T -> float``, cell steps per estimate over T steps.
+      state_bytes: ``(problem) -> int``, memory carried between truncations
+        beyond the cell state (particle states, accumulated perturbations).
+      init: ``(cell, params, h0, x0) -> est_state``.
+      segment: ``(cell, loss_fn, params, h, est_state, xs, ys, w, mask, key)
+        -> (loss_sum, grads, h_new, est_state_new)`` for one truncation;
+        ``w`` is ignored (zeroth order has no backward), ``mask[t] = 0`` marks
+        padding, on which states do not move and losses count zero.
+    """
+
+    name: str
+    hparams: dict
+    samples: Callable
+    forward_steps: Callable
+    state_bytes: Callable
+    init: Callable
+    segment: Callable
+
+
+class ESState(NamedTuple):
+    """Carried between truncations: particle states ``[2P, ...]`` (+ then −),
+    the perturbations ``[P, D]`` (PES: their running sum ξ; NRES: the reused
+    ε) and the number of truncations since the last noise draw."""
+
+    states: Any
+    noise: jax.Array
+    count: jax.Array
+
+
+def _check(sigma, pairs, K, horizon):
+    if not isinstance(sigma, int | float) or isinstance(sigma, bool) or sigma <= 0:
+        raise ValueError(f"sigma must be a positive float, got {sigma!r}.")
+    for name, v in (("pairs", pairs), ("K", K), ("horizon", horizon)):
+        if v is None and name != "pairs":
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+
+
+def _unroll(cell, loss_fn, params, h, xs, ys, mask):
+    """Σ_t mask_t ℓ_t and the state after the real steps: plain ``lax.scan``."""
+
+    def body(h, inp):
+        x_t, y_t, m_t = inp
+        h_new, out = cell.step(params, h, x_t)
+        h_new = tree_map(lambda a, b: jnp.where(m_t > 0, a, b), h_new, h)
+        return h_new, m_t * loss_fn(params, out, y_t)
+
+    h, losses = jax.lax.scan(body, h, (xs, ys, mask))
+    return jnp.sum(losses), h
+
+
+def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | None):
+    """Shared implementation; ``kind`` in {"truncated", "pes", "nres"}."""
+
+    def perturbed(params, eps):  # [2P] params: θ + σε then θ − σε
+        flat, unravel = ravel_pytree(params)
+        thetas = flat + sigma * jnp.concatenate([eps, -eps])  # [2P, D]
+        return jax.vmap(unravel)(thetas)
+
+    def draw(key, params):
+        D = ravel_pytree(params)[0].size
+        dtype = ravel_pytree(params)[0].dtype
+        return jax.random.normal(key, (pairs, D), dtype)
+
+    def init(cell, params, h0, x0=None):
+        D = ravel_pytree(params)[0].size
+        dtype = ravel_pytree(params)[0].dtype
+        states = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h0)
+        return ESState(states, jnp.zeros((pairs, D), dtype), jnp.zeros((), jnp.int32))
+
+    def segment(
+        cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, track_main=True
+    ):
+        del w  # zeroth order: no backward, no link weights
+        fresh = draw(key, params)
+        if kind == "truncated":
+            eps, noise = fresh, est_state.noise
+            starts = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h)
+        else:
+            # PES never resamples ε; NRES every `horizon` truncations. A reset
+            # restarts the particles from the unperturbed state (and ξ at 0).
+            reset = (
+                (est_state.count == 0)
+                if horizon is None
+                else (est_state.count % horizon == 0)
+            )
+            synced = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h)
+            starts = tree_map(
+                lambda s, a: jnp.where(reset, a, s), est_state.states, synced
+            )
+            if kind == "pes":
+                eps = fresh
+                xi = jnp.where(reset, 0.0, est_state.noise) + fresh  # ξ_j
+                noise = xi
+            else:  # nres
+                eps = jnp.where(reset, fresh, est_state.noise)
+                noise = eps
+        thetas = perturbed(params, eps)
+        L, states = jax.vmap(lambda p, s: _unroll(cell, loss_fn, p, s, xs, ys, mask))(
+            thetas, starts
+        )
+        dL = L[:pairs] - L[pairs:]  # [P]: L⁺ − L⁻ per pair
+        direction = noise if kind == "pes" else eps
+        g = dL @ direction / (2.0 * sigma * pairs)  # [D]
+        grads = ravel_pytree(params)[1](g)
+        if track_main:
+            loss_sum, h_new = _unroll(cell, loss_fn, params, h, xs, ys, mask)
+        else:
+            loss_sum, h_new = jnp.zeros((), L.dtype), h
+        new_state = ESState(
+            states if kind != "truncated" else est_state.states,
+            noise,
+            est_state.count + 1,
+        )
+        return loss_sum, grads, h_new, new_state
+
+    def truncation_length(T):
+        return T if K is None else min(K, T)
+
+    def one_sample(problem, key):
+        cell, loss_fn, params = problem.cell, problem.loss_fn, problem.params
+        h0, xs, ys = problem.h0, problem.xs, problem.ys
+        T = xs.shape[0]
+        k = truncation_length(T)
+        J = -(-T // k)
+        pad = J * k - T
+
+        def padded(a):
+            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+            return a.reshape(J, k, *a.shape[1:])
+
+        xs_j, ys_j = tree_map(padded, xs), tree_map(padded, ys)
+        mask = padded(jnp.ones((T,), ravel_pytree(params)[0].dtype))
+        state = init(cell, params, h0, xs[0])
+        main = kind == "truncated"  # only truncated ES needs the main states
+
+        def body(carry, inp):
+            h, est, acc = carry
+            j, x, y, m = inp
+            _, g, h, est = segment(
+                cell,
+                loss_fn,
+                params,
+                h,
+                est,
+                x,
+                y,
+                None,
+                m,
+                jax.random.fold_in(key, j),
+                track_main=main,
+            )
+            return (h, est, acc + ravel_pytree(g)[0]), None
+
+        acc0 = jnp.zeros_like(ravel_pytree(params)[0])
+        (_, _, acc), _ = jax.lax.scan(
+            body, (h0, state, acc0), (jnp.arange(J), xs_j, ys_j, mask)
+        )
+        return acc
+
+    def samples(problem, key, n: int, *, chunk: int = 64):
+        keys = jax.random.split(key, n)
+        return jax.lax.map(lambda k: one_sample(problem, k), keys, batch_size=chunk)
+
+    def forward_steps(T: int) -> float:
+        main = 1 if kind == "truncated" else 0
+        return float((2 * pairs + main) * T)
+
+    def state_bytes(problem) -> int:
+        flat = ravel_pytree(problem.params)[0]
+        h_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(problem.h0))
+        if kind == "truncated":
+            return 0
+        return 2 * pairs * int(h_bytes) + pairs * flat.size * flat.dtype.itemsize
+
+    name = {"truncated": "truncated_es", "pes": "pes", "nres": "nres"}[kind]
+    hparams = {"sigma": sigma, "pairs": pairs, "K": K}
+    if kind == "nres" and K is None:
+        name = "es"
+    if kind != "truncated" and horizon is not None:
+        hparams["horizon"] = horizon
+    label = ", ".join(f"{a}={b}" for a, b in hparams.items() if b is not None)
+    return ZerothOrder(
+        f"{name}({label})",
+        hparams,
+        samples,
+        forward_steps,
+        state_bytes,
+        init,
+        segment,
+    )
+
+
+def es(sigma: float = 0.01, pairs: int = 1) -> ZerothOrder:
+    """Antithetic ES on the full unroll: ε (L(θ+σε) − L(θ−σε)) / (2σ), averaged
+    over ``pairs``.
+
+    Unbiased for ∇L_σ, hence for ∇L when L is quadratic in θ. Cost 2·pairs·T
+    forward steps.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.sweep import Problem
+      >>> from jbptt._src.zeroth_order import es
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 3)
+      >>> prob = Problem(model.cell, model.loss_fn, p,
+      ...                model.cell.initial_state(p), jnp.ones((6, 1)),
+      ...                jnp.zeros((6, 1)))
+      >>> es(0.01, pairs=2).samples(prob, jax.random.key(1), 3).shape
+      (3, 19)
+    """
+    _check(sigma, pairs, None, None)
+    return _make("nres", float(sigma), pairs, None, None)
+
+
+def truncated_es(sigma: float = 0.01, pairs: int = 1, K: int = 10) -> ZerothOrder:
+    """Truncated ES: K-step antithetic unrolls from the unperturbed state,
+    fresh noise per truncation. Biased like TBPTT(K): θ's effect on the
+    state entering a truncation is ignored. Cost (2·pairs + 1)·T (the
+    unperturbed unroll supplies the truncations' starting states).
+
+    Examples:
+      >>> from jbptt._src.zeroth_order import truncated_es
+      >>> truncated_es(0.1, pairs=4, K=5).name
+      'truncated_es(sigma=0.1, pairs=4, K=5)'
+    """
+    _check(sigma, pairs, K, None)
+    return _make("truncated", float(sigma), pairs, K, None)
+
+
+def pes(
+    sigma: float = 0.01, pairs: int = 1, K: int = 10, horizon: int | None = None
+) -> ZerothOrder:
+    """Persistent ES (Vicol et al. 2021): particles keep their perturbed states
+    across truncations and weight each truncation's loss difference by the
+    accumulated perturbation ξ. Unbiased for the smoothed loss.
+
+    Args:
+      sigma: perturbation scale σ.
+      pairs: antithetic pairs (2·pairs particles).
+      K: truncation length.
+      horizon: online training only: restart particles and ξ every
+        ``horizon`` truncations (``None``: never; ξ's variance grows with the
+        number of truncations since the restart).
+
+    Examples:
+      >>> from jbptt._src.zeroth_order import pes
+      >>> pes(0.1, pairs=2, K=5).hparams
+      {'sigma': 0.1, 'pairs': 2, 'K': 5}
+    """
+    _check(sigma, pairs, K, horizon)
+    return _make("pes", float(sigma), pairs, K, horizon)
+
+
+def nres(
+    sigma: float = 0.01, pairs: int = 1, K: int = 10, horizon: int | None = None
+) -> ZerothOrder:
+    """Noise-reuse ES (Li et al. 2023): one ε per ``horizon`` truncations,
+    particles keep their states; each truncation contributes
+    ε (L_j⁺ − L_j⁻)/(2σ). Over a whole sequence (``horizon=None``) the sum
+    equals full-unroll ES with that ε: unbiased, computed K steps at a time.
+
+    Examples:
+      >>> from jbptt._src.zeroth_order import nres
+      >>> nres(0.1, pairs=2, K=5, horizon=4).name
+      'nres(sigma=0.1, pairs=2, K=5, horizon=4)'
+    """
+    _check(sigma, pairs, K, horizon)
+    return _make("nres", float(sigma), pairs, K, horizon)

@@ -1,0 +1,208 @@
+"""Budget checkpointing: optimal schedule, slots held, executed steps, gradients."""
+
+from __future__ import annotations
+
+import heapq
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jbptt
+from jbptt._src.api import sum_of_losses
+from jbptt._src.checkpointing import (
+    Budget,
+    check_budget,
+    concat_outs,
+    forward_steps,
+    recomputations,
+    scan_budget,
+    schedule,
+    simulate,
+)
+from tests.helpers import rel_err
+
+
+def brute_force(T: int, M: int) -> int:
+    """Fewest forward steps over *every* store/recompute strategy (Dijkstra).
+
+    Slots hold ("s", i) a state or ("r", i) step i's residuals (which include
+    h_i). Running step i from h_i costs 1 and gives h_{i+1} and, optionally,
+    r_i in place of h_i's slot. Step i is reversed once steps > i are, and
+    needs r_i. h_0 is never dropped (the caller owns it).
+    """
+    start = (frozenset({("s", 0)}), T)
+    dist = {start: 0}
+    queue = [(0, 0, start)]
+    tie = 0
+    while queue:
+        d, _, (held, r) = heapq.heappop(queue)
+        if r == 0:
+            return d
+        if d > dist[(held, r)]:
+            continue
+        moves = []
+        if ("r", r - 1) in held:  # reverse step r − 1 (free); drop what is past it
+            rest = frozenset(x for x in held if x[1] < r - 1)
+            if not any(x[1] == 0 for x in rest):
+                rest |= {("s", 0)}
+            moves.append((0, rest, r - 1))
+        for kind, i in held:
+            if i >= r:
+                continue
+            base = held - {(kind, i)}
+            for keep_r in (False, True):  # keep h_i, or turn it into r_i
+                mine = {("r" if keep_r else kind, i)}
+                if kind == "s" and i > 0 and not keep_r:
+                    mine_options = [mine, set()]  # a state may also be moved on
+                else:
+                    mine_options = [mine]
+                for mine_ in mine_options:
+                    for keep_next in (True, False):
+                        nxt = {("s", i + 1)} if keep_next and i + 1 < r else set()
+                        new = frozenset(base | mine_ | nxt)
+                        if len(new) <= M and new != held:
+                            moves.append((1, new, r))
+        for cost, new, r_new in moves:
+            key = (new, r_new)
+            if d + cost < dist.get(key, 1 << 60):
+                dist[key] = d + cost
+                tie += 1
+                heapq.heappush(queue, (d + cost, tie, key))
+    raise AssertionError("no strategy found")
+
+
+@pytest.mark.parametrize("T", [2, 3, 4, 5, 6, 7])
+def test_dynamic_program_is_optimal_by_brute_force(T):
+    for M in range(2, min(T, 4) + 1):
+        assert forward_steps(T, M) == brute_force(T, M), (T, M)
+
+
+@pytest.mark.parametrize("T", [1, 5, 17, 64])
+@pytest.mark.parametrize("M", [2, 3, 5, 100])
+def test_schedule_holds_at_most_M_slots_and_costs_F(T, M):
+    steps, peak = simulate(schedule(T, M))
+    assert peak <= M
+    assert steps == forward_steps(T, M)
+    if M >= T:
+        assert recomputations(T, M) == 0
+
+
+def test_recomputations_fall_as_the_budget_grows():
+    r = [recomputations(30, M) for M in range(2, 31)]
+    assert all(a >= b for a, b in zip(r, r[1:], strict=False))
+    assert r[0] == 30 * 31 // 2 - 1 - 30 and r[-1] == 0
+
+
+@pytest.mark.parametrize(
+    "bad, err",
+    [
+        (4, TypeError),
+        (Budget(1), ValueError),
+        (Budget(3, 0), ValueError),
+        (Budget(2.5), ValueError),
+        (Budget(True), ValueError),
+    ],
+)
+def test_bad_budgets_are_rejected(bad, err):
+    with pytest.raises(err, match="max_states|unit|Budget"):
+        check_budget(bad)
+
+
+@pytest.mark.parametrize("M", [2, 4, 7])
+def test_compiled_gradient_runs_exactly_the_scheduled_steps(M):
+    # A host callback in each step counts the steps XLA actually executes.
+    count = []
+
+    def seg(c, x):
+        n = x.shape[0]  # one segment call runs n steps
+        jax.debug.callback(lambda _: count.append(n), x)
+        total = 0.0
+        for i in range(n):
+            c, out = _one(c, x[i])
+            total = total + out
+        return c, total
+
+    def f(c, xs):
+        c, outs = scan_budget(seg, c, xs, 7, Budget(M))
+        return c + sum(outs)
+
+    xs = jnp.arange(7.0) / 10
+    g = jax.jit(jax.grad(f))(0.3, xs)
+    jax.effects_barrier()
+    assert sum(count) == forward_steps(7, M)
+    g_ref = jax.grad(_plain, argnums=1)(None, 0.3, xs)
+    assert abs(float(g - g_ref)) <= 1e-10 * abs(float(g_ref))
+
+
+def _plain(seg, c, xs):
+    total = 0.0
+    for i in range(xs.shape[0]):
+        c, out = _one(c, xs[i])
+        total = total + out
+    return c + total
+
+
+def _one(c, x):
+    return jnp.tanh(1.1 * c + x), c**2
+
+
+def _budget_loss(cell, loss_fn, budget):
+    """L(params, h0, xs, ys) with rnn_scan segments under ``budget``."""
+
+    def objective(params, h0, xs, ys):
+        def segment(h, inp):
+            xs_s, ys_s = inp
+            h, outs = jbptt.rnn_scan(cell, params, h, xs_s)
+            return h, sum_of_losses(loss_fn, params, outs, ys_s)
+
+        h_T, losses = scan_budget(segment, h0, (xs, ys), xs.shape[0], budget)
+        return sum(losses)
+
+    return objective
+
+
+@pytest.mark.parametrize("cell_name", ["elman", "lstm"])
+@pytest.mark.parametrize("T, M, unit", [(9, 2, 1), (13, 4, 1), (16, 3, 2)])
+def test_gradients_equal_uncheckpointed(cell_name, T, M, unit):
+    model = jbptt.readout(getattr(jbptt.cells, cell_name)(), output_size=2)
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = model.init(k1, 3, 5)
+    xs = jax.random.normal(k2, (T, 2, 3))
+    ys = jax.random.normal(k3, (T, 2, 2))
+    h0 = model.cell.initial_state(params, (2,))
+    (L_ref, _), g_ref = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, xs, ys
+    )
+    f = _budget_loss(model.cell, model.loss_fn, Budget(M, unit))
+    L, g = jax.jit(jax.value_and_grad(f))(params, h0, xs, ys)
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+    assert rel_err(g, g_ref) <= 1e-10
+
+
+def test_concat_outs_rebuilds_rnn_scan_outputs():
+    cell = jbptt.cells.elman()
+    params = cell.init(jax.random.key(1), 2, 3)
+    xs = jax.random.normal(jax.random.key(2), (10, 2))
+    h0 = cell.initial_state(params)
+
+    def seg(h, x):
+        return jbptt.rnn_scan(cell, params, h, x)
+
+    h_T, outs = scan_budget(seg, h0, xs, 10, Budget(3, 3))
+    h_ref, outs_ref = jbptt.rnn_scan(cell, params, h0, xs)
+    assert rel_err(concat_outs(outs), outs_ref) <= 1e-14
+    assert rel_err(h_T, h_ref) <= 1e-14
+
+
+def test_bench_memory_quick_runs(tmp_path):
+    from benchmarks import bench_memory
+
+    result = bench_memory.main(["--quick", "--out", str(tmp_path)])
+    for name in ("results_memory.csv", "results_memory.json", "memory.png"):
+        assert (tmp_path / name).exists(), name
+    rows = {r["variant"].split("(")[0]: r for r in result["rows"]}
+    assert set(rows) == {"none", "sqrt", "Budget"}
+    budget = [r for r in result["rows"] if r["variant"].startswith("Budget")]
+    assert [r["recomputed_steps"] for r in budget] == [2 * recomputations(6, 2), 0]
+    assert all(r["grad_rel_err"] <= 1e-5 for r in result["rows"])  # float32
