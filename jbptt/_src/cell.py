@@ -47,6 +47,10 @@ class ReverseRules(NamedTuple):
         only ``res`` (one write per step instead of one per state leaf plus
         one for ``res``), which keeps XLA's per-step loop body short; ``res``
         must then hold (or determine) the states.
+      linear_states: when True, ``linear`` is called as ``linear(params, xs,
+        hs_prev, hs)`` with ``hs`` the states h_1..h_T too (a stacked cell's
+        upper layers read their input, the lower layer's output at the same
+        step, from ``hs``).
     """
 
     project: Callable[[Params, jax.Array], Any]
@@ -55,6 +59,7 @@ class ReverseRules(NamedTuple):
     linear: Callable[[Params, jax.Array, State], Any]
     output: Callable[[State], jax.Array]
     states: Callable[[Any], State] | None = None
+    linear_states: bool = False
 
 
 class Cell(NamedTuple):

@@ -119,7 +119,8 @@ def _backward_rules(cell: Cell, params, r: Residuals, w, dh_T, douts):
         body, pack(dh_T), (hs_prev, r.hs, r.res, douts, w), reverse=True, unroll=UNROLL
     )
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
-    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, hs_prev), params, r.xs)
+    args = (hs_prev, r.hs) if rules.linear_states else (hs_prev,)
+    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, *args), params, r.xs)
     dparams, dxs = linear_vjp(dlins)
     return dparams, unpack(dh0), dxs
 
