@@ -371,11 +371,18 @@ def plot_tie_in(results, cfg, path):
     for ax, ((fam, radius), (prof, dropped, bias)) in zip(axes, items, strict=True):
         lags = np.arange(len(prof))
         ax.loglog(lags[1:], prof[1:] / prof[0], label="per-lag norm / lag 0 (x = τ)")
-        ax.loglog(cfg["ks"], dropped, "o-", label="profile mass TBPTT(k) drops (x = k)")
-        # k = T is full BPTT: its bias is 0 up to round-off, which a log axis
-        # cannot show; it is marked at the axis floor instead of at 1e-16
+        # k = T is full BPTT: its bias and dropped mass are 0 (up to
+        # round-off), which a log axis cannot show; marked at the axis floor
+        # instead of plotted at 1e-16
         ks = np.asarray(cfg["ks"])
         exact = (bias <= 1e-12) | (ks >= cfg["bias_T"])
+        ax.loglog(
+            ks[~exact],
+            dropped[~exact],
+            "o-",
+            color="C1",
+            label="profile mass TBPTT(k) drops (x = k)",
+        )
         ax.loglog(
             ks[~exact],
             bias[~exact],
@@ -383,7 +390,9 @@ def plot_tie_in(results, cfg, path):
             color="C2",
             label="exact ‖g_k − g‖/‖g‖ (x = k)",
         )
-        shown.extend(np.concatenate([prof[1:] / prof[0], dropped, bias[~exact]]))
+        shown.extend(
+            np.concatenate([prof[1:] / prof[0], dropped[~exact], bias[~exact]])
+        )
         zeros.append((ax, ks[exact]))
         ax.set_title(f"{fam}, ρ(W) = {radius}")
         ax.set_xlabel("lag τ  /  truncation length k")
@@ -397,7 +406,7 @@ def plot_tie_in(results, cfg, path):
                 np.zeros(len(kz)),
                 color="C2",
                 ms=8,
-                label="bias exactly 0 (k = T: full BPTT)",
+                label="bias and dropped mass exactly 0 (k = T: full BPTT)",
             )
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
