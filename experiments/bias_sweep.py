@@ -532,7 +532,7 @@ def plot(rows, path, cells, notes=None):
     fig.legend(
         handles=handles,
         loc="outside lower center",
-        ncol=min(len(handles), 6),
+        ncol=min(len(handles), 3 * len(cells)),
         fontsize=8,
     )
     fig.savefig(path, dpi=110)
