@@ -167,3 +167,53 @@ def test_delayed_sum_task():
         tasks.delayed_sum((-1,))
     with pytest.raises(ValueError, match="Unknown cell"):
         tasks.make_model("transformer", 1)
+
+
+def test_cli_flag_types():
+    # the experiments' shared flag types (experiments/_cli.py)
+    import argparse
+
+    from experiments import _cli
+
+    assert _cli.positive_int(np.int32(3)) == 3 and _cli.positive_int("4") == 4
+    assert _cli.positive_float(np.float32(0.5)) == 0.5
+    for fn, bad in [
+        (_cli.positive_int, True),
+        (_cli.positive_int, "0"),
+        (_cli.nonneg_int, -1),
+        (_cli.finite_float, "nan"),
+        (_cli.positive_float, float("inf")),
+        (_cli.probability, 1.5),
+        (_cli.positive_float, np.bool_(True)),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            fn(bad)
+
+
+def test_cli_finish_writes_json_when_a_step_fails(tmp_path, capsys):
+    from experiments import _cli
+
+    run = _cli.Run()
+    run.step("plot", lambda: 1 / 0)
+    with pytest.raises(SystemExit) as exc:
+        run.finish(str(tmp_path / "x.json"), {"n": 1}, config={"a": 1}, seed=5)
+    assert exc.value.code == 1
+    saved = json.loads((tmp_path / "x.json").read_text())
+    assert "plot failed: ZeroDivisionError" in saved["error"] and saved["seed"] == 5
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_cli_log_axis_falls_back_to_linear():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments import _cli
+
+    fig, ax = plt.subplots()
+    assert _cli.set_log_scale(ax, [0.0, -1.0, np.nan]) is not None
+    assert ax.get_yscale() == "linear"
+    assert _cli.set_log_scale(ax, [0.0, 1e-3, 10.0]) is None
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] == pytest.approx(5e-4)
+    plt.close(fig)
