@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `make test PEERS=` skips it.
 PEERS  ?= torch==2.13.0
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench lint clean report
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
+
+# Rerun every full-run experiment and rebuild experiments/RESULTS.md's tables.
+report: venv
+	$(PY) -m experiments.report
 
 lint: venv
 	$(PY) -m ruff check jbptt tests experiments benchmarks

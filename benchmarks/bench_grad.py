@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbptt
+from experiments import _cli  # typed flags shared with the experiments
 from jbptt import cells, truncation
+from jbptt.runs import run_metadata
 
 SHAPES = [
     (100, 32, 64, 128),
@@ -634,24 +636,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m benchmarks.bench_grad",
         description="Benchmark jbptt value+grad against jax.grad, PyTorch CPU and "
         "the GEMM limit; checkpointed long sequences; vmapped sweeps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--out", default="results", help="output directory")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per case")
+    p.add_argument(
+        "--repeats",
+        type=_cli.positive_int,
+        default=None,
+        help="timed runs per case (None: 7; 2 with --quick)",
+    )
     p.add_argument("--parts", default="grad,long,sweep", help="comma list of parts")
     p.add_argument("--cells", default="elman,lstm,gru", help="comma list of cells")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    p.add_argument("--long-T", type=int, default=None, help="T of the long part")
+    p.add_argument(
+        "--long-T",
+        type=_cli.positive_int,
+        default=None,
+        help="T of the long part (None: 100000; 64 with --quick)",
+    )
     p.add_argument(
         "--from-json", default=None, help="rewrite RESULTS.md from a results.json"
     )
     p.add_argument("--notes", default=None, help="markdown file appended to RESULTS.md")
     p.add_argument(
         "--processes",
-        type=int,
+        type=_cli.positive_int,
         default=None,
         help="fresh processes per grad case, figures are medians over them "
-        "(default 3; 1 with --quick)",
+        "(None: 3; 1 with --quick)",
     )
     p.add_argument(
         "--case", default=None, help="time one grad case NAME:T,B,I,H, print JSON"
@@ -738,6 +751,7 @@ def main(argv=None) -> dict:
               "processes": processes}  # fmt: skip
     result = {
         "config": config,
+        "metadata": run_metadata(config, seed=0),
         "environment": env,
         "grad": grad,
         "long": long,
@@ -751,8 +765,14 @@ def main(argv=None) -> dict:
     if not notes and not args.quick:
         notes = _default_notes()
     write_markdown(out / "RESULTS.md", env, config, grad, long, sweep, notes)
+    written = ["results.json", "results_grad.csv", "results_long.csv"]
+    written += ["results_sweep.csv", "RESULTS.md"]
     if grad:
         plot(out / "speedups.png", grad)
+        written.append("speedups.png")
+    print("wrote:")
+    for name in written:
+        print(f"  {out / name}")
     return result
 
 

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +34,7 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import tasks
+from experiments import _cli, tasks
 from jbptt import estimators as est
 from jbptt import runs, sweep
 
@@ -65,56 +62,77 @@ FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
 FORWARD = ("rtrl", "snap1", "uoro")  # --forward-mode: one estimator each
 
 
+# --quick sets these defaults only: flags given explicitly are kept.
+QUICK = dict(
+    T=16,
+    hidden=8,
+    batch=8,
+    samples=128,
+    delays=[1, 4, 12],
+    train_steps=100,
+    points=2,
+    cells=["elman"],
+)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.bias_sweep",
-        description=(
-            "Bias/variance sweep of TBPTT(k) against ARTBP at matched expected "
-            "truncation depth, on a delayed-sum regression task."
-        ),
+    p = _cli.parser(
+        "python -m experiments.bias_sweep",
+        "Bias/variance sweep of TBPTT(k) against ARTBP at matched expected "
+        "truncation depth, on a delayed-sum regression task.",
     )
     p.add_argument(
         "--cells",
         nargs="+",
-        default=None,
+        default=["elman", "lstm"],
         choices=sorted(tasks.CELLS),
-        help="cells to sweep (default: elman lstm; --quick: elman)",
+        help="cells to sweep",
     )
-    p.add_argument("--T", type=int, default=64, help="sequence length")
-    p.add_argument("--hidden", type=int, default=32, help="hidden size")
-    p.add_argument("--batch", type=int, default=32, help="sequences per batch")
+    p.add_argument("--T", type=_cli.positive_int, default=64, help="sequence length")
+    p.add_argument("--hidden", type=_cli.positive_int, default=32, help="hidden size")
     p.add_argument(
-        "--samples", type=int, default=256, help="samples per random estimator"
+        "--batch", type=_cli.positive_int, default=32, help="sequences per batch"
+    )
+    p.add_argument(
+        "--samples",
+        type=_cli.positive_int,
+        default=256,
+        help="samples per random estimator (≥ 4)",
     )
     p.add_argument(
         "--ks",
-        type=int,
+        type=_cli.positive_int,
         nargs="+",
         default=None,
-        help="TBPTT lengths (default: powers of 2 up to T)",
+        help="TBPTT lengths, each ≤ T (None: powers of 2 up to T; --quick: 1 2 4 T)",
     )
     p.add_argument(
         "--delays",
-        type=int,
+        type=_cli.positive_int,
         nargs="+",
         default=[2, 8, 24],
-        help="delays of the delayed-sum task",
+        help="delays of the delayed-sum task (each < T)",
     )
     p.add_argument(
         "--train-steps",
-        type=int,
+        type=_cli.nonneg_int,
         default=400,
         help="Adam steps of full-BPTT training along the trajectory",
     )
     p.add_argument(
         "--points",
-        type=int,
+        type=_cli.positive_int,
         default=3,
-        help="parameter points along the trajectory (evenly spaced, first at init)",
+        help="parameter points along the trajectory (evenly spaced, first at "
+        "init; distinct points need --train-steps ≥ points - 1)",
     )
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--chunk", type=int, default=64, help="samples per vmap batch")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    p.add_argument(
+        "--lr", type=_cli.positive_float, default=3e-3, help="Adam learning rate"
+    )
+    p.add_argument(
+        "--chunk", type=_cli.positive_int, default=64, help="samples per vmap batch"
+    )
+    p.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
     p.add_argument("--x64", action="store_true", help="run in float64")
     p.add_argument(
         "--forward-mode",
@@ -122,16 +140,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also sweep the forward-mode estimators RTRL, SnAp-1 and UORO "
         "(jbptt.forward_mode; plotted at depth T)",
     )
-    p.add_argument(
-        "--quick", action="store_true", help="tiny settings (seconds), for tests"
-    )
+    _cli.add_quick(p, QUICK)
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bar")
     p.add_argument(
         "--devices",
-        type=int,
+        type=_cli.positive_int,
         default=None,
-        help="split the samples over this many devices (default: one; "
+        help="split the samples over this many devices (None: one; "
         "on CPU set XLA_FLAGS=--xla_force_host_platform_device_"
         "count=N first)",
     )
@@ -143,26 +159,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(raise), write beside them (new) or start afresh "
         "(overwrite)",
     )
-    args = p.parse_args(argv)
-    if args.quick:
-        args.T, args.hidden, args.batch, args.samples = 16, 8, 8, 128
-        args.delays, args.train_steps, args.points = [1, 4, 12], 100, 2
-        args.ks = args.ks or [1, 2, 4, 16]
-        args.cells = args.cells or ["elman"]
-    args.cells = args.cells or ["elman", "lstm"]
-    for name in ("T", "hidden", "batch", "chunk"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    args = _cli.parse(p, argv, QUICK)
     if args.samples < 4:
-        p.error("--samples must be ≥ 4")
-    if args.points < 1 or args.train_steps < 0:
-        p.error("--points must be ≥ 1 and --train-steps ≥ 0")
+        p.error(f"--samples must be ≥ 4, got {args.samples}")
+    if args.points > 1 and args.train_steps < args.points - 1:
+        # train_steps // (points - 1) = 0 steps between points: every point
+        # would be the initial parameters again.
+        p.error(
+            f"--points {args.points} needs --train-steps ≥ {args.points - 1} "
+            f"for distinct points along the trajectory, got {args.train_steps}"
+        )
     if max(args.delays) >= args.T:
-        p.error(f"--delays must be < T = {args.T}")
+        p.error(f"--delays must be < T = {args.T}, got {args.delays}")
     if args.ks is None:
-        args.ks = [2**i for i in range(args.T.bit_length()) if 2**i <= args.T]
-    if min(args.ks) < 1:
-        p.error("--ks must be ≥ 1")
+        if args.quick:
+            args.ks = sorted({k for k in (1, 2, 4) if k < args.T} | {args.T})
+        else:
+            args.ks = [2**i for i in range(args.T.bit_length()) if 2**i <= args.T]
+    if max(args.ks) > args.T:
+        p.error(f"--ks must be ≤ T = {args.T}, got {args.ks}")
+    if len(set(args.ks)) != len(args.ks):
+        p.error(f"--ks must be distinct, got {args.ks}")
     if args.devices is not None and not 1 <= args.devices <= jax.device_count():
         p.error(
             f"--devices must be between 1 and the {jax.device_count()} "
@@ -386,19 +403,7 @@ def write_csv(rows, path):
         w.writerows(rows)
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "numpy", "optax", "matplotlib", "tqdm"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    out["jbptt"] = jbptt.__version__
-    out["backend"] = jax.default_backend()
-    return out
-
-
-def plot(rows, path, cells):
+def plot(rows, path, cells, notes=None):
     """Bias (top) and variance (bottom) against expected depth, per cell.
 
     Colour: estimator family; line style: point along the trajectory. The
@@ -447,6 +452,7 @@ def plot(rows, path, cells):
 
     for j, cell in enumerate(cells):
         ax_b, ax_v = axes[0, j], axes[1, j]
+        v_all, exact = [], [0]
         for s_i, step in enumerate(steps):
             ls = styles[s_i % len(styles)] if len(steps) > 1 else "-"
             for fam in families:
@@ -459,6 +465,8 @@ def plot(rows, path, cells):
                     ax_v.plot(
                         x[big], b[big] ** 2, "o", ls=ls, color=colors[fam], mfc="none"
                     )
+                    exact[0] += int((~big).sum())
+                    v_all.extend(b[big] ** 2)
                     continue
                 _, lo = series(cell, step, fam, "rel_bias_lo")
                 _, hi = series(cell, step, fam, "rel_bias_hi")
@@ -473,6 +481,7 @@ def plot(rows, path, cells):
                 )
                 _, v = series(cell, step, fam, "rel_variance")
                 ax_v.plot(x, v, "s", ls=ls, color=colors[fam])
+                v_all.extend(v)
         for ax in (ax_b, ax_v):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("expected truncation depth k (steps backpropagated)")
@@ -480,9 +489,24 @@ def plot(rows, path, cells):
         ax_b.set_ylabel("relative bias ‖E ĝ − g‖ / ‖g‖  (ARTBP: 95% CI)")
         ax_b.set_title(f"{cell}: bias")
         ax_b.set_ylim(-0.02, 1.05)
-        ax_v.set_yscale("log")
-        ax_v.set_ylabel("relative variance E‖ĝ − E ĝ‖² / ‖g‖²")
-        ax_v.set_title(f"{cell}: variance (ARTBP) vs squared bias (TBPTT, open)")
+        note = _cli.set_log_scale(ax_v, v_all, label=f"{cell} lower panel")
+        if note and notes is not None:
+            notes.append(note)
+        if exact[0]:
+            ax_v.text(
+                0.98,
+                0.02,
+                "deterministic estimators at k = T: exact (bias² ≈ 0, not drawn)",
+                transform=ax_v.transAxes,
+                ha="right",
+                fontsize=7,
+                color="gray",
+            )
+        ax_v.set_ylabel(
+            "ARTBP (filled): relative variance E‖ĝ − E ĝ‖² / ‖g‖²\n"
+            "TBPTT (open): relative squared bias ‖E ĝ − g‖² / ‖g‖²"
+        )
+        ax_v.set_title(f"{cell}: one sample's error, variance vs squared bias")
         handles = [
             Line2D(
                 [],
@@ -504,8 +528,13 @@ def plot(rows, path, cells):
                 )
                 for i, st in enumerate(steps)
             ]
-        ax_b.legend(handles=handles, fontsize=8)
-        ax_v.legend(handles=handles, fontsize=8)
+    # One legend below the panels, never over the data.
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 3 * len(cells)),
+        fontsize=8,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -537,30 +566,42 @@ def main(argv=None) -> list[dict]:
     rows = run(args, results)
     wall = time.perf_counter() - t0
     print_table(rows)
-    write_csv(rows, base + ".csv")
-    plot(rows, base + ".png", args.cells)
+    out = _cli.Run()
+    out.step("CSV", write_csv, rows, base + ".csv")
+    out.wrote(base + ".csv")
+    if out.step("plot", plot, rows, base + ".png", args.cells, out.notes) is None:
+        out.wrote(base + ".png")
     last = max(r["train_step"] for r in rows)
-    meta = {
-        "config": {k: v for k, v in vars(args).items()},
-        "seed": args.seed,
-        "task": tasks.delayed_sum(tuple(args.delays)).name,
-        "bias_ci": "95% normal interval of the unbiased U-statistic for "
-        "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
-        "versions": versions(),
-        "wall_time_s": wall,
-        "headline": {
-            c: headline_table(
-                [r for r in rows if r["cell"] == c and r["train_step"] == last]
-            )
-            for c in args.cells
-        },
+    headline = {
+        c: headline_table(
+            [r for r in rows if r["cell"] == c and r["train_step"] == last]
+        )
+        for c in args.cells
     }
     for c in args.cells:
         print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
-        print(meta["headline"][c])
-    with open(base + ".json", "w") as f:
-        json.dump(meta, f, indent=2)
-    print(f"\nwrote {base}.csv, .json, .png in {wall:.1f} s")
+        print(headline[c])
+    out.finish(
+        base + ".json",
+        {
+            "task": tasks.delayed_sum(tuple(args.delays)).name,
+            "bias_ci": "95% normal interval of the unbiased U-statistic for "
+            "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
+            "wall_time_s": wall,
+            "headline": headline,
+        },
+        config=dict(vars(args)),
+        seed=args.seed,
+        rows=[
+            {
+                k: r[k]
+                for k in ("cell", "train_step", "estimator", "rel_bias", "rel_variance")
+            }
+            for r in rows
+            if r["train_step"] == last
+        ],
+        title=f"summary (train step {last})",
+    )
     return rows
 
 

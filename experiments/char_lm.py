@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _online  # probes and evaluation over jbptt.train
+from experiments import _cli, _online  # probes and evaluation over jbptt.train
 from jbptt import cells, data, estimators, truncation
 
 CELLS = {"lstm": cells.lstm, "gru": cells.gru}
@@ -142,52 +140,104 @@ def label(cell_name, est, k, alpha):
     return f"{cell_name.upper()} ARTBP(L0={k}, a={alpha:g})"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.char_lm",
-        description="Character-level LM trained online with TBPTT(k) vs ARTBP at "
+# --quick sets these defaults only: flags given explicitly are kept.
+QUICK = dict(
+    max_chars=60_000,
+    cells=["lstm"],
+    k=8,
+    hidden=32,
+    batch=8,
+    steps=600,
+    valid_chars=2000,
+    eval_every=200,
+    eval_batch=10,
+    lr=1e-2,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = _cli.parser(
+        "python -m experiments.char_lm",
+        "Character-level LM trained online with TBPTT(k) vs ARTBP at "
         "matched cost; validation bits per character against wall-clock and "
         "backward steps. Writes char_lm.{csv,json,png}.",
     )
     ap.add_argument(
         "--corpus",
         default=None,
-        help="UTF-8 text file or PTB char directory (default: the "
+        help="UTF-8 text file or PTB char directory (None: the "
         "Python standard library's *.py sources)",
     )
     ap.add_argument(
         "--max-chars",
-        type=int,
+        type=_cli.positive_int,
         default=2_000_000,
         help="cap on the corpus size in characters",
     )
-    ap.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=list(CELLS))
+    ap.add_argument(
+        "--cells",
+        nargs="+",
+        default=["lstm", "gru"],
+        choices=list(CELLS),
+        help="cells to train",
+    )
     ap.add_argument(
         "--k",
-        type=int,
+        type=_cli.positive_int,
         default=32,
         help="TBPTT truncation and ARTBP mean segment length",
     )
-    ap.add_argument("--alpha", type=float, default=4.0, help="ARTBP poly-tail α")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=32, help="parallel streams")
-    ap.add_argument("--steps", type=int, default=20_000, help="time steps per stream")
-    ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    ap.add_argument("--clip", type=float, default=1.0, help="global-norm clip")
-    ap.add_argument("--valid-chars", type=int, default=20_000)
-    ap.add_argument("--eval-batch", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=1000, help="time steps")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="a few seconds, tiny model")
+    ap.add_argument(
+        "--alpha",
+        type=_cli.positive_float,
+        default=4.0,
+        help="ARTBP poly-tail α (> 1)",
+    )
+    ap.add_argument("--hidden", type=_cli.positive_int, default=128, help="hidden size")
+    ap.add_argument(
+        "--batch", type=_cli.positive_int, default=32, help="parallel streams"
+    )
+    ap.add_argument(
+        "--steps", type=_cli.positive_int, default=20_000, help="time steps per stream"
+    )
+    ap.add_argument(
+        "--lr", type=_cli.positive_float, default=3e-3, help="Adam learning rate"
+    )
+    ap.add_argument(
+        "--clip",
+        type=_cli.positive_float,
+        default=1.0,
+        help="global-norm clip (> 0)",
+    )
+    ap.add_argument(
+        "--valid-chars",
+        type=_cli.positive_int,
+        default=20_000,
+        help="validation characters",
+    )
+    ap.add_argument(
+        "--eval-batch",
+        type=_cli.positive_int,
+        default=50,
+        help="validation streams",
+    )
+    ap.add_argument(
+        "--eval-every",
+        type=_cli.positive_int,
+        default=1000,
+        help="time steps between validations",
+    )
+    ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
+    _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.max_chars, args.cells, args.k, args.hidden = 60_000, ["lstm"], 8, 32
-        args.batch, args.steps, args.valid_chars = 8, 600, 2000
-        args.eval_every, args.eval_batch, args.lr = 200, 10, 1e-2
-    for name in ("k", "hidden", "batch", "steps", "max_chars", "eval_every"):
-        if getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive")
+    args = _cli.parse(ap, argv, QUICK)
+    if args.alpha <= 1:
+        ap.error(f"--alpha must be > 1 (finite mean segment length), got {args.alpha}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -242,7 +292,6 @@ def main(argv=None):
     uni = unigram_bpc(corpus.train, corpus.valid[: args.valid_chars], V)
     print(f"unigram baseline: {uni:.3f} bpc")
     meta = {
-        "config": vars(args),
         "unigram_valid_bpc": uni,
         "corpus": {
             "source": corpus.source,
@@ -252,23 +301,39 @@ def main(argv=None):
             "test": len(corpus.test),
             "vocab": len(corpus.vocab),
         },
-        "seed": args.seed,
         "summary": summary,
         "seconds": time.perf_counter() - t0,
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "numpy": np.__version__,
-            "optax": optax.__version__,
-        },
     }
-    with open(out / "char_lm.csv", "w", newline="") as f:
+    run = _cli.Run()
+    run.step("CSV", write_csv, out / "char_lm.csv", rows)
+    run.wrote(str(out / "char_lm.csv"))
+    if run.step("plot", plot, out / "char_lm.png", rows, summary, meta) is None:
+        run.wrote(str(out / "char_lm.png"))
+    return run.finish(
+        str(out / "char_lm.json"),
+        meta,
+        config=dict(vars(args)),
+        seed=args.seed,
+        rows=[
+            {
+                "run": s["run"],
+                "initial bpc": s["initial_valid_bpc"],
+                "final bpc": s["final_valid_bpc"],
+                "best bpc": s["best_valid_bpc"],
+                "updates": s["updates"],
+                "seconds": s["train_seconds"],
+            }
+            for s in summary
+        ]
+        + [{"run": "unigram baseline", "final bpc": uni}],
+    )
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    (out / "char_lm.json").write_text(json.dumps(meta, indent=2))
-    plot(out / "char_lm.png", rows, summary, meta)
-    return meta
 
 
 def plot(path, rows, summary, meta):
@@ -277,7 +342,7 @@ def plot(path, rows, summary, meta):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for s in summary:
         r = [x for x in rows if x["run"] == s["run"]]
         ls = "-" if "TBPTT" in s["run"] else "--"
@@ -286,7 +351,7 @@ def plot(path, rows, summary, meta):
             [x["valid_bpc"] for x in r],
             ls,
             marker=".",
-            label=s["run"],
+            label=f"{s['run']}: {s['updates']} updates",
         )
         a2.plot(
             [x["seconds"] for x in r],
@@ -306,15 +371,18 @@ def plot(path, rows, summary, meta):
             label="unigram baseline",
         )
     a1.set_ylabel("validation bits per character")
-    a1.legend(fontsize=8)
-    a2.legend(fontsize=8)
+    # one legend, below the panels (runs with their parameter-update counts)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8
+    )
     c = meta["corpus"]
     fig.suptitle(
         f"Char LM, online TBPTT vs ARTBP — {c['source']}, "
         f"{c['n_chars']:,} chars, vocab {c['vocab']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 * (1 + len(summary) // 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

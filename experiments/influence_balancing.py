@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -56,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import _online  # probes and evaluation over jbptt.train
+from experiments import _cli, _online  # probes and evaluation over jbptt.train
 from jbptt import cells, estimators, truncation
 
 N_UNITS, N_POS = 23, 10
@@ -147,40 +145,56 @@ def run_one(est, steps, eta0, key, mean_len):
     return recs, [float(t) for t in thetas]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.influence_balancing",
-        description="Influence balancing: online TBPTT(k) vs ARTBP (Tallec & "
+# --quick sets these defaults only: flags given explicitly are kept.
+QUICK = dict(steps=3000, ks=[1, 200], eta0=3e-3)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = _cli.parser(
+        "python -m experiments.influence_balancing",
+        "Influence balancing: online TBPTT(k) vs ARTBP (Tallec & "
         "Ollivier 2017). Writes influence_balancing.{csv,json,png}.",
     )
-    ap.add_argument("--steps", type=int, default=60_000, help="time steps")
+    ap.add_argument(
+        "--steps", type=_cli.positive_int, default=60_000, help="time steps"
+    )
     ap.add_argument(
         "--ks",
-        type=int,
+        type=_cli.positive_int,
         nargs="+",
         default=[1, 10, 50, 200],
         help="TBPTT truncation lengths",
     )
     ap.add_argument(
         "--artbp-mean",
-        type=float,
+        type=_cli.positive_float,
         default=16.0,
-        help="ARTBP poly-tail mean segment length L0",
+        help="ARTBP poly-tail mean segment length L0 (> 1)",
     )
-    ap.add_argument("--alpha", type=float, default=4.0, help="poly-tail exponent")
-    ap.add_argument("--eta0", type=float, default=3e-4, help="η₀ in η₀/√(1+t)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few seconds: 3000 steps, k ∈ {1, 200}, η₀ = 3e-3",
+        "--alpha",
+        type=_cli.positive_float,
+        default=4.0,
+        help="poly-tail exponent (> 1)",
     )
+    ap.add_argument(
+        "--eta0", type=_cli.positive_float, default=3e-4, help="η₀ in η₀/√(1+t)"
+    )
+    ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
+    _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.steps, args.ks, args.eta0 = 3000, [1, 200], 3e-3
-    if args.steps <= 0:
-        ap.error("--steps must be positive")
+    args = _cli.parse(ap, argv, QUICK)
+    if args.alpha <= 1:
+        ap.error(f"--alpha must be > 1, got {args.alpha}")
+    if args.artbp_mean <= 1:
+        ap.error(f"--artbp-mean must be > 1, got {args.artbp_mean}")
+    if len(set(args.ks)) != len(args.ks):
+        ap.error(f"--ks must be distinct, got {args.ks}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -224,12 +238,24 @@ def main(argv=None):
 
 
 def write_outputs(out, args, rows, summary, seconds):
-    with open(out / "influence_balancing.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    """CSV, PNG and the JSON summary (always written, with any failure)."""
+    run = _cli.Run()
+    run.step("CSV", write_csv, out / "influence_balancing.csv", rows)
+    run.wrote(str(out / "influence_balancing.csv"))
+    if (
+        run.step(
+            "plot",
+            plot,
+            out / "influence_balancing.png",
+            rows,
+            summary,
+            args,
+            run.notes,
+        )
+        is None
+    ):
+        run.wrote(str(out / "influence_balancing.png"))
     meta = {
-        "config": {k: v for k, v in vars(args).items()},
         "task": {
             "n": N_UNITS,
             "p": N_POS,
@@ -239,27 +265,34 @@ def write_outputs(out, args, rows, summary, seconds):
                 K: truncated_sensitivity(K) for K in (1, 10, 20, 40, 41, 80)
             },
         },
-        "seed": args.seed,
         "summary": summary,
         "seconds": seconds,
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "numpy": np.__version__,
-            "optax": optax.__version__,
-        },
     }
-    (out / "influence_balancing.json").write_text(json.dumps(meta, indent=2))
-    plot(out / "influence_balancing.png", rows, summary, args)
+    cols = ("estimator", "updates", "final_theta", "distance_to_optimum", "final_loss")
+    return run.finish(
+        str(out / "influence_balancing.json"),
+        meta,
+        config=dict(vars(args)),
+        seed=args.seed,
+        rows=[{c: s[c] for c in cols} for s in summary],
+    )
 
 
-def plot(path, rows, summary, args):
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+
+
+def plot(path, rows, summary, args, notes=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    smoothed = []
     for s in summary:
         r = [x for x in rows if x["estimator"] == s["estimator"]]
         t = np.array([x["t"] for x in r])
@@ -269,20 +302,27 @@ def plot(path, rows, summary, args):
         win = max(1, len(loss) // 100)
         sm = np.convolve(loss, np.ones(win) / win, mode="valid")
         a2.plot(t[win - 1 :], sm, label=s["estimator"])
+        smoothed.extend(sm)
     a1.axhline(THETA_STAR, color="k", ls="--", lw=1, label="θ* = −1/6")
     a1.set_xlabel("time step t")
     a1.set_ylabel("θ")
     a1.set_title("learned parameter")
     lim = 3 * max(abs(THETA0), abs(THETA_STAR))
     a1.set_ylim(-lim, lim)
-    a1.legend(fontsize=8)
-    a2.set_yscale("log")
+    note = _cli.set_log_scale(a2, smoothed, label="loss")
+    if note and notes is not None:
+        notes.append(note)
     a2.set_xlabel("time step t")
     a2.set_ylabel("loss ½(s⁽¹⁾ − 1)² (running mean)")
     a2.set_title(f"online loss, η₀ = {args.eta0:g}")
-    a2.legend(fontsize=8)
+    # one legend below the panels, never over the curves
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8
+    )
     fig.suptitle("Influence balancing: TBPTT(k) vs ARTBP")
-    fig.tight_layout()
+    rows_ = -(-len(labels) // 3)
+    fig.tight_layout(rect=(0, 0.05 * rows_ + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

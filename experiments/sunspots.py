@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _online  # probes and evaluation over jbptt.train
+from experiments import _cli, _online  # probes and evaluation over jbptt.train
 from jbptt import cells, data, estimators, truncation
 
 SIZE = 32  # segments padded to ≥ 32 steps (tiny model): few compilations
@@ -99,39 +97,64 @@ def rnn_forecast(setup_, est, series: np.ndarray, n_train: int, args, key):
     return pred[n_train - 1 :], pred[: n_train - 1], train_loss, len(recs)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.sunspots",
-        description="Sunspots one-step-ahead forecasting: GRU trained online by "
+# --quick sets these defaults only: flags given explicitly are kept.
+QUICK = dict(epochs=40, seeds=1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = _cli.parser(
+        "python -m experiments.sunspots",
+        "Sunspots one-step-ahead forecasting: GRU trained online by "
         "TBPTT(k) and ARTBP vs naive and AR(p) baselines (RMSE on the held-out "
         "tail). Writes sunspots.{csv,json,png}.",
     )
-    ap.add_argument("--test-size", type=int, default=60, help="held-out final years")
+    ap.add_argument(
+        "--test-size", type=_cli.positive_int, default=60, help="held-out final years"
+    )
     ap.add_argument(
         "--k",
-        type=int,
+        type=_cli.positive_int,
         default=8,
-        help="TBPTT truncation and ARTBP mean segment length",
+        help=f"TBPTT truncation and ARTBP mean segment length (≤ {SIZE})",
     )
-    ap.add_argument("--alpha", type=float, default=4.0, help="ARTBP poly-tail α")
-    ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument(
-        "--epochs", type=int, default=150, help="passes over the training part"
+        "--alpha",
+        type=_cli.positive_float,
+        default=4.0,
+        help="ARTBP poly-tail α (> 1)",
     )
-    ap.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
-    ap.add_argument("--ar-order", type=int, default=9, help="p of the AR(p) baseline")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0, help="first seed")
-    ap.add_argument("--quick", action="store_true", help="a few seconds")
+    ap.add_argument("--hidden", type=_cli.positive_int, default=16, help="hidden size")
+    ap.add_argument(
+        "--epochs",
+        type=_cli.positive_int,
+        default=150,
+        help="passes over the training part",
+    )
+    ap.add_argument(
+        "--lr", type=_cli.positive_float, default=5e-3, help="Adam learning rate"
+    )
+    ap.add_argument(
+        "--ar-order",
+        type=_cli.positive_int,
+        default=9,
+        help="p of the AR(p) baseline",
+    )
+    ap.add_argument(
+        "--seeds", type=_cli.positive_int, default=3, help="seeds per RNN model"
+    )
+    ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="first seed")
+    _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.epochs, args.seeds = 40, 1
-    for name in ("k", "hidden", "epochs", "ar_order", "seeds"):
-        if getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive")
+    args = _cli.parse(ap, argv, QUICK)
     if args.k > SIZE:
-        ap.error(f"--k must be at most {SIZE}")
+        ap.error(f"--k must be at most {SIZE}, got {args.k}")
+    if args.alpha <= 1:
+        ap.error(f"--alpha must be > 1, got {args.alpha}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -180,15 +203,7 @@ def main(argv=None):
             + (f" ± {np.std(v):.2f} ({len(v)} seeds)" if len(v) > 1 else "")
         )
 
-    with open(out / "sunspots.csv", "w", newline="") as f:
-        wr = csv.DictWriter(
-            f, fieldnames=["model", "seed", "test_rmse", "train_loss", "updates"]
-        )
-        wr.writeheader()
-        wr.writerows(summary)
     meta = {
-        "config": vars(args),
-        "seed": args.seed,
         "data": {
             "source": "statsmodels.datasets.sunspots",
             "years": [int(s.years[0]), int(s.years[-1])],
@@ -201,16 +216,36 @@ def main(argv=None):
         "test_rmse_std": {m: float(np.std(v)) for m, v in table.items()},
         "rows": summary,
         "seconds": time.perf_counter() - t0,
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "numpy": np.__version__,
-            "optax": optax.__version__,
-        },
     }
-    (out / "sunspots.json").write_text(json.dumps(meta, indent=2))
-    plot(out / "sunspots.png", s, preds, meta)
-    return meta
+    run = _cli.Run()
+    run.step("CSV", write_csv, out / "sunspots.csv", summary)
+    run.wrote(str(out / "sunspots.csv"))
+    if run.step("plot", plot, out / "sunspots.png", s, preds, meta) is None:
+        run.wrote(str(out / "sunspots.png"))
+    return run.finish(
+        str(out / "sunspots.json"),
+        meta,
+        config=dict(vars(args)),
+        seed=args.seed,
+        rows=[
+            {
+                "model": m,
+                "test RMSE": meta["test_rmse"][m],
+                "± (std over seeds)": meta["test_rmse_std"][m],
+                "runs": len(v),
+            }
+            for m, v in table.items()
+        ],
+    )
+
+
+def write_csv(path, summary):
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(
+            f, fieldnames=["model", "seed", "test_rmse", "train_loss", "updates"]
+        )
+        wr.writeheader()
+        wr.writerows(summary)
 
 
 def plot(path, s, preds, meta):
@@ -221,7 +256,7 @@ def plot(path, s, preds, meta):
 
     n = s.n_train
     raw = s.values * s.std + s.mean
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     ax.plot(s.years[n - 20 :], raw[n - 20 :], "k-", lw=2, label="observed")
     for m, p in preds.items():
         ax.plot(
@@ -235,7 +270,8 @@ def plot(path, s, preds, meta):
     ax.set_xlabel("year")
     ax.set_ylabel("yearly sunspot number")
     ax.set_title("One-step-ahead forecasts on the held-out tail")
-    ax.legend(fontsize=8)
+    # legend to the right of the axes, never over the forecasts
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

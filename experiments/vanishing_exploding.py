@@ -21,11 +21,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
-import platform
 import time
 
 import jax
@@ -39,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import jbptt  # noqa: E402
+from experiments import _cli  # noqa: E402
 from jbptt import cells, diagnostics  # noqa: E402
 
 PREFIX = "vanishing_exploding"
@@ -62,14 +60,16 @@ def config(quick: bool) -> dict:
             H=6,
             max_lag=8,
             radii=[0.5, 1.0, 1.5],
-            train_T=12,
-            train_H=8,
+            # sized so that the unclipped run diverges (for seeds 0-4) while
+            # both clipped runs train: the effect the clipping figure shows
+            train_T=30,
+            train_H=16,
             train_B=8,
-            train_steps=5,
-            lr=0.01,
+            train_steps=40,
+            lr=0.02,
             clip_norm=1.0,
             clip_value=0.1,
-            train_radius=1.5,
+            train_radius=1.7,
             bias_T=16,
             ks=[1, 2, 4, 8, 16],
             tie_in=[("elman_tanh", 1.0)],
@@ -285,7 +285,10 @@ def train_adding(method, cfg, key):
 
 
 def plot_training(rows, cfg, path):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    """Loss and gradient norm per SGD step, per clipping method; steps with a
+    non-finite loss leave a gap in the unclipped curve (said in the title only
+    when there are any)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
     for method in ("none", "global_norm", "value"):
         r = [x for x in rows if x["method"] == method]
         steps = [x["step"] for x in r]
@@ -308,19 +311,21 @@ def plot_training(rows, cfg, path):
     peak = np.nanmax([x["loss"] for x in none if np.isfinite(x["loss"])])
     text = f"no clipping: loss peaks at {peak:.2g}"
     text += f", non-finite from step {bad[0]}" if bad else ""
-    a1.text(0.35, 0.6, text, transform=a1.transAxes, fontsize=8, color="C0")
+    a1.text(0.02, 0.02, text, transform=a1.transAxes, fontsize=8, color="C0")
     a1.set_xlabel("SGD step")
     a1.set_ylabel("loss (½ squared error at the last step)")
     a2.set_xlabel("SGD step")
     a2.set_ylabel("‖full-BPTT gradient‖ before clipping")
     for a in (a1, a2):
-        a.legend(fontsize=8)
         a.grid(True, alpha=0.3)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    gap = ", non-finite steps: gap" if bad else ""
     fig.suptitle(
         f"Adding problem T={cfg['train_T']}, relu Elman H={cfg['train_H']}, "
-        f"ρ(W)={cfg['train_radius']}, SGD lr={cfg['lr']} (non-finite: gap)"
+        f"ρ(W)={cfg['train_radius']}, SGD lr={cfg['lr']}{gap}"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -354,27 +359,63 @@ def tbptt_tie_in(family, radius, cfg, key):
 
 def plot_tie_in(results, cfg, path):
     fig, axes = plt.subplots(
-        1, len(results), figsize=(4.5 * len(results), 3.8), sharey=True, squeeze=False
+        1,
+        len(results),
+        figsize=(max(4.5 * len(results), 7), 4.4),
+        sharey=True,
+        squeeze=False,
     )
     axes = axes[0]
     items = results.items()
+    shown, zeros = [], []
     for ax, ((fam, radius), (prof, dropped, bias)) in zip(axes, items, strict=True):
         lags = np.arange(len(prof))
         ax.loglog(lags[1:], prof[1:] / prof[0], label="per-lag norm / lag 0 (x = τ)")
-        ax.loglog(cfg["ks"], dropped, "o-", label="profile mass TBPTT(k) drops (x = k)")
+        # k = T is full BPTT: its bias and dropped mass are 0 (up to
+        # round-off), which a log axis cannot show; marked at the axis floor
+        # instead of plotted at 1e-16
+        ks = np.asarray(cfg["ks"])
+        exact = (bias <= 1e-12) | (ks >= cfg["bias_T"])
         ax.loglog(
-            cfg["ks"],
-            np.maximum(bias, 1e-16),
+            ks[~exact],
+            dropped[~exact],
+            "o-",
+            color="C1",
+            label="profile mass TBPTT(k) drops (x = k)",
+        )
+        ax.loglog(
+            ks[~exact],
+            bias[~exact],
             "s-",
+            color="C2",
             label="exact ‖g_k − g‖/‖g‖ (x = k)",
         )
+        shown.extend(
+            np.concatenate([prof[1:] / prof[0], dropped[~exact], bias[~exact]])
+        )
+        zeros.append((ax, ks[exact]))
         ax.set_title(f"{fam}, ρ(W) = {radius}")
         ax.set_xlabel("lag τ  /  truncation length k")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    _cli.set_log_scale(axes[0], shown, label="relative size")
+    for ax, kz in zeros:
+        if len(kz):
+            _cli.mark_zeros(
+                ax,
+                kz,
+                np.zeros(len(kz)),
+                color="C2",
+                ms=8,
+                label="bias and dropped mass exactly 0 (k = T: full BPTT)",
+            )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
     axes[0].set_ylabel("relative size")
-    fig.suptitle(f"Per-lag profile predicts TBPTT(k) bias (T={cfg['bias_T']})")
-    fig.tight_layout()
+    fig.suptitle(
+        f"Per-lag profile beside TBPTT(k)'s dropped mass and exact bias "
+        f"(T={cfg['bias_T']})"
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -400,21 +441,133 @@ def _write_csv(path, rows):
         w.writerows(rows)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.vanishing_exploding",
-        description=__doc__.split("\n\n")[0],
+# Flags: every setting of ``config`` (``--quick`` sets the quick ones as
+# defaults only; flags given explicitly are kept).
+_TYPES = dict(
+    T=_cli.positive_int,
+    B=_cli.positive_int,
+    I=_cli.positive_int,
+    H=_cli.positive_int,
+    max_lag=_cli.positive_int,
+    train_T=_cli.positive_int,
+    train_H=_cli.positive_int,
+    train_B=_cli.positive_int,
+    train_steps=_cli.positive_int,
+    lr=_cli.positive_float,
+    clip_norm=_cli.positive_float,
+    clip_value=_cli.positive_float,
+    train_radius=_cli.positive_float,
+    bias_T=_cli.positive_int,
+)
+_HELP = dict(
+    T="sequence length of the per-lag profiles",
+    B="sequences per batch (profiles, tie-in)",
+    I="input size (profiles, tie-in)",
+    H="hidden size (profiles, tie-in)",
+    max_lag="lags profiled (≤ T)",
+    train_T="adding-problem length",
+    train_H="hidden size of the adding-problem network",
+    train_B="adding-problem batch",
+    train_steps="SGD steps per clipping method",
+    lr="SGD learning rate",
+    clip_norm="clip_by_global_norm threshold",
+    clip_value="element-wise clip threshold",
+    train_radius="spectral radius of the adding-problem network at init",
+    bias_T="sequence length of the TBPTT tie-in",
+)
+
+
+def _quick_defaults() -> dict:
+    q = config(True)
+    out = {k: q[k] for k in _TYPES}
+    out.update(
+        radii=q["radii"],
+        ks=q["ks"],
+        families=q["families"],
+        tie_in=[f for f, _ in q["tie_in"]],
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
-    parser.add_argument("--out", default="results", help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return out
+
+
+def parse_args(argv=None):
+    full = config(False)
+    p = _cli.parser(
+        "python -m experiments.vanishing_exploding", __doc__.split("\n\n")[0]
+    )
+    for name, typ in _TYPES.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=typ,
+            default=full[name],
+            help=_HELP[name],
+        )
+    p.add_argument(
+        "--radii",
+        type=_cli.positive_float,
+        nargs="+",
+        default=full["radii"],
+        help="spectral radii of the per-lag profiles",
+    )
+    p.add_argument(
+        "--ks",
+        type=_cli.positive_int,
+        nargs="+",
+        default=full["ks"],
+        help="TBPTT lengths of the tie-in (each ≤ bias-T)",
+    )
+    p.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILIES),
+        default=full["families"],
+        help="cells profiled",
+    )
+    p.add_argument(
+        "--tie-in",
+        nargs="+",
+        choices=list(FAMILIES),
+        default=[f for f, _ in full["tie_in"]],
+        help="cells of the TBPTT tie-in (at ρ(W) = 1)",
+    )
+    p.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
+    _cli.add_quick(p, {"(see config)": "quick"})
+    p.add_argument("--out", default="results", help="output directory")
+    args = _cli.parse(p, argv, _quick_defaults())
+    if args.max_lag > args.T:
+        p.error(f"--max-lag must be ≤ T = {args.T}, got {args.max_lag}")
+    if max(args.ks) > args.bias_T:
+        p.error(f"--ks must be ≤ bias-T = {args.bias_T}, got {args.ks}")
+    if len(set(args.ks)) != len(args.ks):
+        p.error(f"--ks must be distinct, got {args.ks}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     # float64: identity Elman at ρ = 1.5 reaches 1.5^T, beyond float32's range
     jax.config.update("jax_enable_x64", True)
-    cfg = config(args.quick)
+    cfg = {k: getattr(args, k) for k in _TYPES}
+    cfg.update(
+        radii=list(args.radii),
+        ks=sorted(args.ks),
+        families=list(args.families),
+        tie_in=[(f, 1.0) for f in args.tie_in],
+    )
     os.makedirs(args.out, exist_ok=True)
     key = jax.random.key(args.seed)
     t0 = time.time()
+    run = _cli.Run()
+
+    def path(name):
+        return os.path.join(args.out, f"{PREFIX}_{name}")
+
+    def write(name, rows):
+        run.step(name, _write_csv, path(name), rows)
+        run.wrote(path(name))
+
+    def draw(name, fn, *a):
+        if run.step(name, fn, *a, path(name)) is None:
+            run.wrote(path(name))
 
     # 1. per-lag profiles
     profiles, summary, lag_rows = {}, [], []
@@ -434,16 +587,16 @@ def main(argv=None) -> dict:
             )
             for t, n in enumerate(norms)
         ]
-    _write_csv(os.path.join(args.out, f"{PREFIX}_lags.csv"), lag_rows)
-    _write_csv(os.path.join(args.out, f"{PREFIX}_summary.csv"), summary)
-    plot_lags(profiles, cfg, os.path.join(args.out, f"{PREFIX}_lags.png"))
+    write("lags.csv", lag_rows)
+    write("summary.csv", summary)
+    draw("lags.png", plot_lags, profiles, cfg)
 
     # 2. clipping
     train_rows = []
     for method in ("none", "global_norm", "value"):
         train_rows += train_adding(method, cfg, jax.random.fold_in(key, 1000))
-    _write_csv(os.path.join(args.out, f"{PREFIX}_clipping.csv"), train_rows)
-    plot_training(train_rows, cfg, os.path.join(args.out, f"{PREFIX}_clipping.png"))
+    write("clipping.csv", train_rows)
+    draw("clipping.png", plot_training, train_rows, cfg)
     clip_summary = {}
     for method in ("none", "global_norm", "value"):
         r = [x for x in train_rows if x["method"] == method]
@@ -461,8 +614,8 @@ def main(argv=None) -> dict:
         tie[(fam, radius)] = tbptt_tie_in(
             fam, radius, cfg, jax.random.fold_in(key, 2000 + j)
         )
-    _write_csv(
-        os.path.join(args.out, f"{PREFIX}_tbptt.csv"),
+    write(
+        "tbptt.csv",
         [
             dict(
                 family=f,
@@ -475,26 +628,48 @@ def main(argv=None) -> dict:
             for k, d, b in zip(cfg["ks"], dropped, bias, strict=True)
         ],
     )
-    plot_tie_in(tie, cfg, os.path.join(args.out, f"{PREFIX}_tbptt.png"))
+    draw("tbptt.png", plot_tie_in, tie, cfg)
 
     report = dict(
         config=cfg,
-        seed=args.seed,
         quick=args.quick,
         seconds=round(time.time() - t0, 1),
-        versions=dict(
-            jbptt=jbptt.__version__,
-            jax=jax.__version__,
-            optax=optax.__version__,
-            numpy=np.__version__,
-            python=platform.python_version(),
-        ),
         summary=summary,
         clipping=clip_summary,
     )
-    with open(os.path.join(args.out, f"{PREFIX}.json"), "w") as f:
-        json.dump(_finite_or_none(report), f, indent=2, allow_nan=False)
-    return report
+    table = [
+        {
+            "study": "clipping",
+            "case": m,
+            "final loss (last 10%)": c["final_loss_mean_last_10pct"],
+            "non-finite steps": c["nonfinite_steps"],
+            "max ‖g‖": c["max_grad_norm"],
+        }
+        for m, c in clip_summary.items()
+    ] + [
+        {
+            "study": "lag profile",
+            "case": f"{s['family']} ρ={s['radius']}",
+            "log-slope": s["slope"],
+        }
+        for s in summary
+    ]
+    record = run.finish(
+        os.path.join(args.out, f"{PREFIX}.json"),
+        _finite_or_none(report),
+        config=_finite_or_none(cfg),
+        seed=args.seed,
+        rows=table,
+        columns=[
+            "study",
+            "case",
+            "final loss (last 10%)",
+            "non-finite steps",
+            "max ‖g‖",
+            "log-slope",
+        ],
+    )
+    return record
 
 
 if __name__ == "__main__":

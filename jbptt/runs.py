@@ -1,6 +1,7 @@
 """Resumable runs: append-only result files (JSON lines, config hash) and
 training checkpoints (orbax)."""
 
+from jbptt._src.provenance import run_metadata as run_metadata
 from jbptt._src.runs import MISMATCH as MISMATCH
 from jbptt._src.runs import Checkpointer as Checkpointer
 from jbptt._src.runs import ResultFile as ResultFile

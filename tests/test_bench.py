@@ -7,10 +7,14 @@ import pytest
 from benchmarks import bench_grad
 
 
-def test_bench_quick_runs(tmp_path):
-    result = bench_grad.main(
-        ["--quick", "--no-torch", "--cells", "elman", "--out", str(tmp_path)]
-    )
+def test_bench_quick_runs(tmp_path, capsys):
+    # --quick sets defaults only: the explicit --repeats is kept.
+    argv = ["--quick", "--no-torch", "--cells", "elman", "--repeats", "3"]
+    result = bench_grad.main(argv + ["--out", str(tmp_path)])
+    assert result["config"]["repeats"] == 3
+    assert result["metadata"]["versions"]["jax"]
+    stdout = capsys.readouterr().out
+    assert "wrote:" in stdout and str(tmp_path / "results.json") in stdout
     for name in ("RESULTS.md", "results.json", "results_grad.csv", "speedups.png"):
         assert (tmp_path / name).exists(), name
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -24,6 +28,13 @@ def test_bench_quick_runs(tmp_path):
     assert result["sweep"] and result["sweep"][0]["K"] == 8
     text = (tmp_path / "RESULTS.md").read_text()
     assert "vs jax" in text and "checkpoint" in text
+
+
+@pytest.mark.parametrize("bad", [["--repeats", "-1"], ["--processes", "0"]])
+def test_bench_refuses_bad_counts(bad, capsys):
+    with pytest.raises(SystemExit):
+        bench_grad.parse_args(bad)
+    assert bad[0] in capsys.readouterr().err
 
 
 def test_bench_rejects_unknown_part(tmp_path):

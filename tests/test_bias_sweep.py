@@ -14,12 +14,19 @@ from experiments import bias_sweep
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bias_sweep")
-    rows = bias_sweep.main(["--quick", "--out", str(out), "--no-progress"])
-    return out, rows
+    # --seed given with --quick is honoured (quick sets defaults only).
+    argv = ["--quick", "--seed", "3", "--out", str(out), "--no-progress"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rows = bias_sweep.main(argv)
+    return out, rows, buf.getvalue()
 
 
 def test_writes_csv_json_png(quick_run):
-    out, rows = quick_run
+    out, rows, stdout = quick_run
     with open(out / "bias_sweep.csv") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == bias_sweep.COLUMNS
@@ -29,7 +36,11 @@ def test_writes_csv_json_png(quick_run):
     assert {r["family"] for r in csv_rows} == {"full", *bias_sweep.FAMILIES}
     assert len({r["train_step"] for r in csv_rows}) == 2  # trajectory points
     meta = json.loads((out / "bias_sweep.json").read_text())
-    assert meta["seed"] == 0 and meta["config"]["quick"] is True
+    assert meta["seed"] == 3 and meta["config"]["quick"] is True
+    assert meta["config"]["T"] == 16 and meta["error"] is None
+    assert "summary (train step" in stdout and "wrote:" in stdout
+    for name in ("bias_sweep.csv", "bias_sweep.png", "bias_sweep.json"):
+        assert str(out / name) in stdout
     assert meta["versions"]["jax"] and meta["versions"]["jbptt"]
     assert set(meta["headline"]) == {"elman"}
     png = (out / "bias_sweep.png").read_bytes()
@@ -37,7 +48,7 @@ def test_writes_csv_json_png(quick_run):
 
 
 def test_artbp_unbiased_tbptt_biased(quick_run):
-    _, rows = quick_run
+    _, rows, _ = quick_run
     artbp = [r for r in rows if r["family"].startswith("artbp")]
     contains_zero = [r["rel_bias_lo"] == 0.0 for r in artbp]
     # Nominal 95% intervals: nearly all must contain the true bias, 0.
@@ -69,7 +80,12 @@ def test_help_and_bad_flags():
         check=True,
     )
     assert "--quick" in res.stdout and "--out" in res.stdout
+    assert "(default: 64)" in res.stdout  # --T's default is shown
     for bad in (
+        ["--train-steps", "1", "--points", "3"],  # would repeat the init point
+        ["--ks", "1", "128"],  # k > T
+        ["--lr", "nan"],
+        ["--seed", "-1"],
         ["--T", "0"],
         ["--samples", "2"],
         ["--delays", "99"],
@@ -77,6 +93,14 @@ def test_help_and_bad_flags():
     ):
         with pytest.raises(SystemExit):
             bias_sweep.parse_args(bad)
+
+
+def test_quick_sets_defaults_only():
+    args = bias_sweep.parse_args(["--quick", "--T", "32", "--points", "1"])
+    assert (args.T, args.points, args.hidden) == (32, 1, 8)  # hidden: quick
+    assert args.ks == [1, 2, 4, 32]
+    full = bias_sweep.parse_args([])
+    assert (full.T, full.hidden, full.points) == (64, 32, 3)
 
 
 def test_poly_tail_matches_depth():
@@ -143,3 +167,53 @@ def test_delayed_sum_task():
         tasks.delayed_sum((-1,))
     with pytest.raises(ValueError, match="Unknown cell"):
         tasks.make_model("transformer", 1)
+
+
+def test_cli_flag_types():
+    # the experiments' shared flag types (experiments/_cli.py)
+    import argparse
+
+    from experiments import _cli
+
+    assert _cli.positive_int(np.int32(3)) == 3 and _cli.positive_int("4") == 4
+    assert _cli.positive_float(np.float32(0.5)) == 0.5
+    for fn, bad in [
+        (_cli.positive_int, True),
+        (_cli.positive_int, "0"),
+        (_cli.nonneg_int, -1),
+        (_cli.finite_float, "nan"),
+        (_cli.positive_float, float("inf")),
+        (_cli.probability, 1.5),
+        (_cli.positive_float, np.bool_(True)),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            fn(bad)
+
+
+def test_cli_finish_writes_json_when_a_step_fails(tmp_path, capsys):
+    from experiments import _cli
+
+    run = _cli.Run()
+    run.step("plot", lambda: 1 / 0)
+    with pytest.raises(SystemExit) as exc:
+        run.finish(str(tmp_path / "x.json"), {"n": 1}, config={"a": 1}, seed=5)
+    assert exc.value.code == 1
+    saved = json.loads((tmp_path / "x.json").read_text())
+    assert "plot failed: ZeroDivisionError" in saved["error"] and saved["seed"] == 5
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_cli_log_axis_falls_back_to_linear():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments import _cli
+
+    fig, ax = plt.subplots()
+    assert _cli.set_log_scale(ax, [0.0, -1.0, np.nan]) is not None
+    assert ax.get_yscale() == "linear"
+    assert _cli.set_log_scale(ax, [0.0, 1e-3, 10.0]) is None
+    assert ax.get_yscale() == "log" and ax.get_ylim()[0] == pytest.approx(5e-4)
+    plt.close(fig)

@@ -47,3 +47,29 @@ def test_quick_run():
 def test_bad_flag(tmp_path):
     with pytest.raises(SystemExit):
         char_lm.main(["--k", "0", "--out", str(tmp_path)])
+
+
+def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
+    # --quick sets defaults only: the explicit seed, steps and clip are kept.
+    argv = ["--quick", "--seed", "3", "--steps", "64", "--eval-every", "32"]
+    argv += ["--clip", "0.5", "--max-chars", "20000", "--out", str(tmp_path)]
+    meta = char_lm.main(argv)
+    cfg = meta["config"]
+    assert (cfg["seed"], cfg["steps"], cfg["clip"]) == (3, 64, 0.5)
+    assert (cfg["hidden"], cfg["k"]) == (32, 8)  # quick defaults
+    assert meta["seed"] == 3 and meta["error"] is None
+    saved = json.loads((tmp_path / "char_lm.json").read_text())
+    assert saved["config"] == cfg and saved["versions"]["jax"]
+    stdout = capsys.readouterr().out
+    assert "unigram baseline" in stdout and "wrote:" in stdout
+    for ext in ("csv", "json", "png"):
+        assert str(tmp_path / f"char_lm.{ext}") in stdout
+
+
+@pytest.mark.parametrize(
+    "bad", [["--clip", "-1"], ["--lr", "inf"], ["--alpha", "1"], ["--hidden", "1.5"]]
+)
+def test_bad_flags_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        char_lm.parse_args(bad)
+    assert "--" + bad[0].lstrip("-") in capsys.readouterr().err

@@ -72,3 +72,27 @@ def test_quick_run_outputs_and_claim():
     assert shortest["final_theta"] > ib.THETA0  # pushed the wrong way
     assert artbp["distance_to_optimum"] < 0.1
     assert artbp["final_loss"] < shortest["final_loss"]
+
+
+def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
+    # --quick sets defaults only: the explicit --steps, --ks and --seed stay.
+    argv = ["--quick", "--steps", "400", "--ks", "1", "--seed", "3"]
+    summary = ib.main(argv + ["--out", str(tmp_path)])
+    meta = json.loads((tmp_path / "influence_balancing.json").read_text())
+    cfg = meta["config"]
+    assert (cfg["steps"], cfg["ks"], cfg["seed"]) == (400, [1], 3)
+    assert cfg["eta0"] == 3e-3  # the quick default
+    assert meta["seed"] == 3 and meta["error"] is None
+    assert [s["estimator"] for s in summary][0] == "TBPTT(k=1)"
+    stdout = capsys.readouterr().out
+    assert "summary:" in stdout and "wrote:" in stdout
+    for ext in ("csv", "json", "png"):
+        assert str(tmp_path / f"influence_balancing.{ext}") in stdout
+
+
+@pytest.mark.parametrize(
+    "bad", [["--steps", "0"], ["--eta0", "nan"], ["--alpha", "1"], ["--ks", "0"]]
+)
+def test_bad_flags_refused(bad):
+    with pytest.raises(SystemExit):
+        ib.parse_args(bad)

@@ -48,3 +48,23 @@ def test_quick_run_beats_naive():
 def test_bad_flag(tmp_path):
     with pytest.raises(SystemExit):
         sunspots.main(["--k", "100", "--out", str(tmp_path)])
+
+
+def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
+    # --quick sets defaults only: the explicit --epochs and --seed stay.
+    argv = ["--quick", "--epochs", "2", "--seed", "3", "--out", str(tmp_path)]
+    meta = sunspots.main(argv)
+    assert (meta["config"]["epochs"], meta["config"]["seed"]) == (2, 3)
+    assert meta["config"]["seeds"] == 1  # the quick default
+    assert meta["seed"] == 3 and meta["error"] is None
+    assert {r["seed"] for r in meta["rows"]} == {None, 3}
+    stdout = capsys.readouterr().out
+    assert "test RMSE" in stdout and "wrote:" in stdout
+    for ext in ("csv", "json", "png"):
+        assert str(tmp_path / f"sunspots.{ext}") in stdout
+
+
+@pytest.mark.parametrize("bad", [["--lr", "-1"], ["--alpha", "0.5"], ["--seeds", "0"]])
+def test_bad_flags_refused(bad):
+    with pytest.raises(SystemExit):
+        sunspots.parse_args(bad)

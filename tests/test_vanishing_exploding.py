@@ -33,10 +33,16 @@ def test_help():
         check=True,
     ).stdout
     assert "--quick" in out and "--out" in out
+    assert "(default: 600)" in out  # --train-steps' full-run default is shown
 
 
-def test_quick_writes_outputs(tmp_path):
-    report = ve.main(["--quick", "--out", str(tmp_path)])
+def test_quick_writes_outputs(tmp_path, capsys):
+    # --quick sets defaults only: the explicit --seed and --ks are kept.
+    argv = ["--quick", "--seed", "3", "--ks", "1", "4", "16", "--out", str(tmp_path)]
+    report = ve.main(argv)
+    stdout = capsys.readouterr().out
+    assert "summary:" in stdout and "wrote:" in stdout
+    assert str(tmp_path / "vanishing_exploding.json") in stdout
     for suffix in (
         "lags.csv",
         "summary.csv",
@@ -48,8 +54,10 @@ def test_quick_writes_outputs(tmp_path):
     ):
         assert (tmp_path / f"vanishing_exploding_{suffix}").stat().st_size > 0
     saved = json.loads((tmp_path / "vanishing_exploding.json").read_text())
-    assert saved["seed"] == 0 and "jax" in saved["versions"]
+    assert saved["seed"] == 3 and "jax" in saved["versions"]
+    assert saved["error"] is None
     cfg = report["config"]
+    assert cfg["ks"] == [1, 4, 16] and cfg["train_steps"] == 40  # quick default
     assert len(saved["summary"]) == len(cfg["families"]) * len(cfg["radii"])
     rows = _read_csv(tmp_path / "vanishing_exploding_lags.csv")
     assert len(rows) == len(saved["summary"]) * cfg["max_lag"]
@@ -66,6 +74,19 @@ def test_quick_writes_outputs(tmp_path):
     assert max(float(r["update_norm"]) for r in clip) <= cfg["lr"] * cfg[
         "clip_norm"
     ] * (1 + 1e-9)
+    # The quick form shows the effect: without clipping training diverges,
+    # with either clipping it does not.
+    c = saved["clipping"]
+    assert c["none"]["nonfinite_steps"] > 0 or c["none"]["max_grad_norm"] > 1e6
+    for method in ("global_norm", "value"):
+        assert c[method]["nonfinite_steps"] == 0
+
+
+def test_bad_flags_refused(capsys):
+    for bad in (["--ks", "256"], ["--lr", "nan"], ["--max-lag", "500"]):
+        with pytest.raises(SystemExit):
+            ve.parse_args(bad)
+        assert bad[0] in capsys.readouterr().err
 
 
 def _exploding_gradient():

@@ -1,0 +1,291 @@
+"""Shared command-line pieces of the experiments.
+
+* ``parser``: argparse with the defaults shown in ``--help``.
+* ``parse``: ``--quick`` sets defaults only; flags given explicitly win.
+* Flag types (``positive_int``, ``nonneg_int``, ``positive_float``,
+  ``finite_float``, ``probability``): refuse bools, NaN/inf and out-of-range
+  values with a message naming what was expected.
+* ``finish``: always writes the JSON summary (with ``error`` when a step
+  after the rows failed), prints the summary table and the files written,
+  and exits non-zero on failure.
+* ``set_log_scale``: a log axis only over positive values; exact zeros are
+  marked at the axis floor; a linear axis with a note when nothing is
+  positive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import numbers
+import os
+import traceback
+
+import numpy as np
+
+from jbptt.runs import run_metadata
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser whose ``--help`` shows every default."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def add_quick(p: argparse.ArgumentParser, quick: dict) -> None:
+    """Adds ``--quick``; ``quick`` maps destinations to their quick defaults."""
+    shown = ", ".join(f"{k}={v}" for k, v in quick.items())
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny settings (seconds), for tests; sets defaults only ({shown})",
+    )
+
+
+def parse(p: argparse.ArgumentParser, argv, quick: dict) -> argparse.Namespace:
+    """Parses ``argv``; with ``--quick``, ``quick`` replaces the defaults only.
+
+    Parsing twice keeps explicitly given flags: ``--quick --seed 3`` runs the
+    quick settings with seed 3.
+    """
+    first = p.parse_args(argv)
+    if not first.quick:
+        return first
+    saved = {k: p.get_default(k) for k in quick}
+    p.set_defaults(**quick)
+    try:
+        return p.parse_args(argv)
+    finally:
+        p.set_defaults(**saved)
+
+
+# ------------------------------------------------------------- flag types ---
+
+
+def _number(value, kind):
+    if isinstance(value, (bool, np.bool_)):
+        raise argparse.ArgumentTypeError(f"expected {kind}, got the bool {value}")
+    if isinstance(value, str):
+        try:
+            return float(value) if kind != "an integer" else int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind}, got {value!r}"
+            ) from None
+    if kind == "an integer":
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}")
+
+
+def positive_int(value) -> int:
+    """An integer ≥ 1 (Python or NumPy int, or its string; bool refused)."""
+    v = _number(value, "an integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {v}")
+    return v
+
+
+def nonneg_int(value) -> int:
+    """An integer ≥ 0 (bool refused)."""
+    v = _number(value, "an integer")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {v}")
+    return v
+
+
+def finite_float(value) -> float:
+    """A finite real number (NaN, ±inf and bool refused)."""
+    v = _number(value, "a finite number")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {v}")
+    return v
+
+
+def positive_float(value) -> float:
+    """A finite number > 0."""
+    v = finite_float(value)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {v}")
+    return v
+
+
+def nonneg_float(value) -> float:
+    """A finite number ≥ 0."""
+    v = finite_float(value)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {v}")
+    return v
+
+
+def probability(value) -> float:
+    """A number in [0, 1]."""
+    v = finite_float(value)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {v}")
+    return v
+
+
+# ----------------------------------------------------------------- finish ---
+
+
+def table(rows: list[dict], columns=None) -> str:
+    """A plain-text table of ``rows`` (dicts) over ``columns``."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)
+    ]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += [
+        "  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+    ]
+    return "\n".join(lines)
+
+
+class Run:
+    """Collects the files a run writes and the steps that failed.
+
+    ``step(name, fn, *args)`` runs one output step (CSV, plot, ...); a failure
+    is recorded and printed instead of ending the run, so the JSON summary is
+    still written by ``finish``.
+    """
+
+    def __init__(self):
+        self.files: list[str] = []
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+
+    def step(self, name: str, fn, *args, **kwargs):
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - recorded, reported, exit 1
+            msg = f"{name} failed: {type(err).__name__}: {err}"
+            self.errors.append(msg)
+            print(f"error: {msg}")
+            traceback.print_exc()
+            return None
+        return out
+
+    def wrote(self, path: str) -> None:
+        self.files.append(path)
+
+    def finish(
+        self,
+        json_path: str,
+        summary: dict,
+        *,
+        config,
+        seed,
+        rows=None,
+        columns=None,
+        title="summary",
+    ) -> dict:
+        """Writes the JSON summary, prints the table and the files written.
+
+        Args:
+          json_path: where the summary goes.
+          summary: experiment-specific fields (headline numbers, ...).
+          config: the run's settings, stored with ``run_metadata``.
+          seed: the PRNG seed.
+          rows, columns: the summary table printed (and not stored).
+          title: the table's heading.
+
+        Returns:
+          The JSON record. Raises SystemExit(1) after writing it when any
+          step failed.
+        """
+        meta = run_metadata(config, seed=seed)
+        record = {**meta, **summary}
+        record["files"] = [os.path.basename(f) for f in self.files] + [
+            os.path.basename(json_path)
+        ]
+        if self.notes:
+            record["notes"] = list(self.notes)
+        record["error"] = "; ".join(self.errors) if self.errors else None
+        with open(json_path, "w") as f:
+            json.dump(record, f, indent=2, default=_jsonable)
+        self.files.append(json_path)
+        if rows is not None:
+            print(f"\n{title}:")
+            print(table(rows, columns))
+        for note in self.notes:
+            print(f"note: {note}")
+        print("\nwrote:")
+        for path in self.files:
+            print(f"  {path}")
+        if self.errors:
+            print("FAILED: " + "; ".join(self.errors))
+            raise SystemExit(1)
+        return record
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+# --------------------------------------------------------------- plotting ---
+
+
+def set_log_scale(ax, values, axis: str = "y", label: str = "") -> str | None:
+    """Log scale on ``axis`` over the positive ``values``; a note if not.
+
+    Exact zeros (and negatives) cannot be drawn on a log axis: the limits are
+    set from the positive values only (so a round-off zero does not stretch
+    the axis to 1e-16), and the caller marks zeros with ``mark_zeros``. With
+    no positive value the axis stays linear and a note is returned (and
+    written on the axes).
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    pos = v[v > 0]
+    if pos.size == 0:
+        note = f"{label or axis}: no positive values, drawn linear"
+        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, color="gray")
+        return note
+    lo, hi = pos.min(), pos.max()
+    if axis == "y":
+        ax.set_yscale("log")
+        ax.set_ylim(lo / 2, hi * 2)
+    else:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 2, hi * 2)
+    return None
+
+
+def mark_zeros(ax, x, y, floor=None, **kw) -> int:
+    """Marks points whose ``y`` is 0 (or below ``floor``) at the axis floor.
+
+    Returns the number marked; they are drawn as downward triangles on the
+    bottom edge, labelled "exact 0" once.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    cut = 0.0 if floor is None else floor
+    zero = y <= cut
+    if not zero.any():
+        return 0
+    bottom = ax.get_ylim()[0]
+    kw.setdefault("marker", "v")
+    kw.setdefault("ls", "none")
+    kw.setdefault("clip_on", False)
+    ax.plot(x[zero], np.full(zero.sum(), bottom), **kw)
+    return int(zero.sum())

@@ -1,0 +1,242 @@
+"""The results page: rerun the full-run experiments and regenerate the
+numeric tables of ``experiments/RESULTS.md`` from their JSON files.
+
+Each generated table sits between ``<!-- report:NAME -->`` and
+``<!-- /report:NAME -->`` markers and is rebuilt from one JSON file in
+``experiments/figures/``; ``--check`` rebuilds every table without running
+anything and fails if the page differs from its JSON, so the page cannot
+drift from the data.
+
+Usage::
+
+    python -m experiments.report            # rerun everything, rewrite tables
+    python -m experiments.report --tables   # rewrite tables from the JSON only
+    python -m experiments.report --check    # verify, exit 1 on a difference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIGURES = HERE / "figures"
+RESULTS = HERE / "RESULTS.md"
+
+# Every full-run command behind RESULTS.md's figures and tables.
+RUNS = {
+    "vanishing_exploding": "experiments.vanishing_exploding",
+    "influence_balancing": "experiments.influence_balancing",
+    "char_lm": "experiments.char_lm",
+    "sunspots": "experiments.sunspots",
+}
+
+FAMILY = {
+    "elman_tanh": "Elman tanh",
+    "elman_identity": "Elman identity",
+    "elman_relu": "Elman relu",
+    "lstm": "LSTM",
+    "lstm_fbias2": "LSTM, forget bias +2",
+    "gru": "GRU",
+}
+
+
+def _f(v, spec: str) -> str:
+    """One number as the page prints it; None (NaN/inf in the run) as '—'."""
+    return "—" if v is None else format(v, spec)
+
+
+def _md(head, rows, align=None) -> list[str]:
+    align = align or ["---"] * len(head)
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def lags_table(d) -> list[str]:
+    return _md(
+        ["cell", "ρ", "slope", "Lyapunov", "‖J‖", "memory", "last lag / lag 0"],
+        [
+            [
+                FAMILY.get(s["family"], s["family"]),
+                _f(s["radius"], "g"),
+                _f(s["slope"], "+.3f"),
+                _f(s["lyapunov_max"], "+.3f"),
+                _f(s["mean_spectral_norm"], ".2f"),
+                str(s["memory_length_1pct"]),
+                _f(s["norm_ratio_last"], ".1e"),
+            ]
+            for s in d["summary"]
+        ],
+    )
+
+
+def clipping_table(d) -> list[str]:
+    c = d["config"]
+    name = {
+        "none": "none",
+        "global_norm": f"`clip_by_global_norm({c['clip_norm']})`",
+        "value": f"`clip({c['clip_value']})` element-wise",
+    }
+    steps = c["train_steps"]
+    return _md(
+        ["clipping", "‖g‖ max", "update norm max", "non-finite steps",
+         "loss, last 10 % of steps"],
+        [
+            [
+                name[m],
+                _f(v["max_grad_norm"], ".4g"),
+                _f(v["max_update_norm"], ".4g"),
+                f"{v['nonfinite_steps']} of {steps}",
+                _f(v["final_loss_mean_last_10pct"], ".3g"),
+            ]
+            for m, v in d["clipping"].items()
+        ],
+    )  # fmt: skip
+
+
+def influence_table(d) -> list[str]:
+    return _md(
+        ["estimator", "mean segment", "updates", "final θ", "abs(θ − θ*)",
+         "loss, last 10 % of steps"],
+        [
+            [
+                s["estimator"],
+                _f(s["mean_segment_length"], ".1f"),
+                str(s["updates"]),
+                _f(s["final_theta"], "+.4g"),
+                _f(s["distance_to_optimum"], ".4g"),
+                _f(s["final_loss"], ".3g"),
+            ]
+            for s in d["summary"]
+        ],
+        ["---"] + ["---:"] * 5,
+    )  # fmt: skip
+
+
+def char_lm_table(d) -> list[str]:
+    rows = [
+        [
+            s["run"],
+            str(s["updates"]),
+            _f(s["initial_valid_bpc"], ".3f"),
+            _f(s["final_valid_bpc"], ".3f"),
+            _f(s["best_valid_bpc"], ".3f"),
+            _f(s["train_seconds"], ".1f"),
+        ]
+        for s in d["summary"]
+    ]
+    rows.append(["unigram baseline", "", "", _f(d["unigram_valid_bpc"], ".3f"), "", ""])
+    return _md(
+        ["run", "updates", "valid bpc at start", "valid bpc at the end", "best",
+         "training s"],
+        rows,
+        ["---"] + ["---:"] * 5,
+    )  # fmt: skip
+
+
+def sunspots_table(d) -> list[str]:
+    seeds = d["config"]["seeds"]
+    rows = []
+    for m, v in d["test_rmse"].items():
+        cell = _f(v, ".2f")
+        if m.startswith("GRU") and seeds > 1:
+            cell += f" ± {_f(d['test_rmse_std'][m], '.2f')} ({seeds} seeds)"
+        rows.append([m, cell])
+    return _md(["model", "test RMSE (sunspot number)"], rows, ["---", "---:"])
+
+
+# Table name -> (JSON file in experiments/figures, builder).
+TABLES = {
+    "lags": ("vanishing_exploding.json", lags_table),
+    "clipping": ("vanishing_exploding.json", clipping_table),
+    "influence_balancing": ("influence_balancing.json", influence_table),
+    "char_lm": ("char_lm.json", char_lm_table),
+    "sunspots": ("sunspots.json", sunspots_table),
+}
+
+_BLOCK = re.compile(
+    r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)",
+    re.S,
+)
+
+
+def render(text: str, figures: Path = FIGURES) -> str:
+    """``text`` with every marked table rebuilt from its JSON file."""
+
+    def table(m):
+        name = m.group("name")
+        if name not in TABLES:
+            raise ValueError(f"RESULTS.md names an unknown table {name!r}")
+        path, build = TABLES[name]
+        d = json.loads((figures / path).read_text())
+        return m.group(1) + "\n".join(build(d)) + "\n" + m.group(4)
+
+    return _BLOCK.sub(table, text)
+
+
+def check(results: Path = RESULTS, figures: Path = FIGURES) -> list[str]:
+    """The tables of ``results`` that differ from their JSON (empty: none).
+
+    Every table in ``TABLES`` must be on the page; each line that differs is
+    reported with the table's name.
+    """
+    text = results.read_text()
+    found = {m.group("name") for m in _BLOCK.finditer(text)}
+    problems = [
+        f"table {n!r} missing from {results.name}" for n in TABLES if n not in found
+    ]
+    fresh = {
+        m.group("name"): m.group("body") for m in _BLOCK.finditer(render(text, figures))
+    }
+    for m in _BLOCK.finditer(text):
+        name, body = m.group("name"), m.group("body")
+        want = fresh[name]
+        if body != want:
+            for got_line, want_line in zip(
+                body.splitlines(), want.splitlines(), strict=False
+            ):
+                if got_line != want_line:
+                    problems.append(
+                        f"table {name!r}: page has {got_line!r}, "
+                        f"{TABLES[name][0]} gives {want_line!r}"
+                    )
+            if len(body.splitlines()) != len(want.splitlines()):
+                problems.append(f"table {name!r}: row count differs from its JSON")
+    return problems
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="verify only, run nothing")
+    g.add_argument(
+        "--tables", action="store_true", help="rewrite the tables, run nothing"
+    )
+    args = p.parse_args(argv)
+    if args.check:
+        problems = check()
+        for line in problems:
+            print(line)
+        print("RESULTS.md matches its JSON" if not problems else "RESULTS.md drifted")
+        return 1 if problems else 0
+    if not args.tables:
+        for name, module in RUNS.items():
+            cmd = [sys.executable, "-m", module, "--out", str(FIGURES)]
+            print(f"running {name}: {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True)
+    RESULTS.write_text(render(RESULTS.read_text()))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""experiments/RESULTS.md cannot drift from the JSON it was made from."""
+
+import shutil
+
+from experiments import report
+
+
+def test_results_page_matches_its_json():
+    assert report.check() == []
+
+
+def test_every_table_is_on_the_page():
+    text = report.RESULTS.read_text()
+    for name in report.TABLES:
+        assert f"<!-- report:{name} -->" in text, name
+
+
+def test_a_tampered_number_is_detected(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    text = report.RESULTS.read_text()
+    # the ARTBP row of the influence-balancing table, one digit changed
+    start = text.index("<!-- report:influence_balancing -->")
+    row = text.index("| ARTBP", start)
+    end = text.index("\n", row)
+    line = text[row:end]
+    tampered = line.replace("-0.1611", "-0.1612")
+    assert tampered != line
+    page.write_text(text[:row] + tampered + text[end:])
+    problems = report.check(page)
+    assert len(problems) == 1 and "influence_balancing" in problems[0]
+    assert "-0.1612" in problems[0]
+
+
+def test_a_changed_json_is_detected(tmp_path):
+    figures = tmp_path / "figures"
+    shutil.copytree(report.FIGURES, figures, ignore=shutil.ignore_patterns("*.png"))
+    path = figures / "sunspots.json"
+    path.write_text(path.read_text().replace('"naive": 32.89', '"naive": 31.89', 1))
+    problems = report.check(report.RESULTS, figures)
+    assert problems and all("sunspots" in p for p in problems)
+
+
+def test_a_missing_table_is_detected(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    text = report.RESULTS.read_text()
+    page.write_text(
+        text.replace("<!-- report:char_lm -->", "").replace(
+            "<!-- /report:char_lm -->", ""
+        )
+    )
+    assert any("'char_lm' missing" in p for p in report.check(page))
