@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `make test PEERS=` skips it.
 PEERS  ?= torch==2.13.0
 
-.PHONY: venv demo test bench lint clean report
+.PHONY: venv demo test test-fast bench lint clean report
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
+# The inner loop: everything but the end-to-end runs (subprocesses, notebooks,
+# experiment/benchmark CLIs, README examples), which conftest.py marks `e2e`.
+test-fast: venv
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e"
+
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
 
@@ -35,9 +40,11 @@ bench: venv
 report: venv
 	$(PY) -m experiments.report
 
+LINTED := jbptt tests experiments benchmarks conftest.py notebooks/*.py
+
 lint: venv
-	$(PY) -m ruff check jbptt tests experiments benchmarks
-	$(PY) -m ruff format --check jbptt tests experiments benchmarks
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

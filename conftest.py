@@ -1,6 +1,14 @@
-"""Tests and doctests run in float64 so gradients can be compared to 1e-10."""
+"""Tests and doctests run in float64 so gradients can be compared to 1e-10.
 
+Also: JAX's persistent compilation cache for the suite, and the ``e2e`` marker
+that ``make test-fast`` deselects.
+"""
+
+import inspect
 import os
+import pathlib
+
+import pytest
 
 # Tests compile hundreds of small programs and run each once: a lower XLA
 # backend optimisation level cuts compile time (about a third of the suite's
@@ -10,3 +18,69 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+# Persistent compilation cache: a second run of the suite loads its many small
+# programs from disk instead of compiling them again. Every program is cached
+# (no minimum compile time or size). The directory lives with pytest's own
+# cache (ignored by git); JBPTT_TEST_CACHE overrides it, "" turns it off.
+_CACHE = os.environ.get(
+    "JBPTT_TEST_CACHE",
+    str(pathlib.Path(__file__).parent / ".pytest_cache" / "jax-compilation"),
+)
+if _CACHE:
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+# End-to-end tests: subprocesses, notebook executions, CLI runs of experiments
+# and benchmarks, and the README's examples. Classified here by module and by
+# what a test calls, so test files need no marker of their own.
+_E2E_MODULES = {"test_readme", "test_reproductions_notebook"}
+_E2E_CALLS = ("subprocess.", "reproductions_notebook(", '"--quick"')
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _runs_e2e(source: str, helpers: set[str]) -> bool:
+    return any(call in source for call in _E2E_CALLS) or any(
+        f"{name}(" in source for name in helpers
+    )
+
+
+def _e2e_helpers(module) -> set[str]:
+    """Module-level functions (helpers, fixtures) that run something end to end."""
+    names = set()
+    for name, obj in vars(module).items():
+        fn = getattr(obj, "__wrapped__", obj)  # fixtures wrap their function
+        if inspect.isfunction(fn) and fn.__module__ == module.__name__:
+            if not name.startswith("test_") and _runs_e2e(_source(fn), set()):
+                names.add(name)
+    return names
+
+
+def _is_e2e(item, helpers: set[str]) -> bool:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    if module in _E2E_MODULES:
+        return True
+    if item.get_closest_marker("xdist_group") is not None:
+        return True  # groups exist to share one expensive end-to-end run
+    if helpers & set(item.fixturenames):
+        return True
+    return _runs_e2e(_source(item.function), helpers)
+
+
+def pytest_collection_modifyitems(config, items):
+    helpers: dict[str, set[str]] = {}
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.module is None:
+            continue
+        name = item.module.__name__
+        if name not in helpers:
+            helpers[name] = _e2e_helpers(item.module)
+        if _is_e2e(item, helpers[name]):
+            item.add_marker(pytest.mark.e2e)

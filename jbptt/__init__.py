@@ -1,7 +1,7 @@
 """jbptt: backpropagation through time in JAX.
 
 Exact BPTT, truncated BPTT and unbiased randomized truncation (ARTBP) as one
-reverse scan with link weights. See DESIGN.md for the equation.
+reverse scan with link weights. See docs/design.md, "The one equation".
 """
 
 from jbptt import cells as cells
@@ -26,4 +26,16 @@ from jbptt._src.scan import backward as backward
 from jbptt._src.scan import forward as forward
 from jbptt._src.scan import rnn_scan as rnn_scan
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # The installed distribution's metadata is the one source of the version
+    # (pyproject.toml); a source tree that was never installed has none.
+    from importlib import metadata
+
+    try:
+        return metadata.version("jbptt")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()

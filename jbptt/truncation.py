@@ -1,5 +1,5 @@
 """Link weights for full BPTT, TBPTT and ARTBP, and the exact law of ARTBP's
-cut patterns (see DESIGN.md)."""
+cut patterns (see docs/design.md, "Estimators")."""
 
 from jbptt._src.truncation import all_cut_patterns as all_cut_patterns
 from jbptt._src.truncation import artbp as artbp

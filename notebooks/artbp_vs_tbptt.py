@@ -17,10 +17,10 @@
 # # ARTBP against TBPTT: bias and variance at matched cost
 #
 # Every estimator in jbptt is a choice of link weights `w` in one reverse scan
-# (DESIGN.md): TBPTT(k) cuts every k steps, ARTBP cuts at random with
-# probability `c` and reweights surviving links by `1/(1 − c)`, so that
-# `E[ĝ] = ∇L`. Here we measure, on a task whose loss depends on inputs up to
-# 12 steps back, how far each estimator is from the exact gradient `g`:
+# (docs/design.md, "The one equation"): TBPTT(k) cuts every k steps, ARTBP cuts
+# at random with probability `c` and reweights surviving links by `1/(1 − c)`,
+# so that `E[ĝ] = ∇L`. Here we measure, on a task whose loss depends on inputs
+# up to 12 steps back, how far each estimator is from the exact gradient `g`:
 #
 # * relative bias `‖E ĝ − g‖ / ‖g‖` with a 95% interval,
 # * relative variance `E‖ĝ − E ĝ‖² / ‖g‖²`,
@@ -88,25 +88,40 @@ bias_sweep.print_table(rows0)
 # depth shrinks: with geometric truncation the weights along a segment of
 # length m are `(1 − c)^−m`.
 
+
 # %%
 def plot_rows(rows, title):
     fig, (ax_b, ax_v) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     colors = {"tbptt": "tab:red", "artbp-geom": "tab:blue", "artbp-poly": "tab:green"}
     for fam, color in colors.items():
-        rs = sorted((r for r in rows if r["family"] == fam),
-                    key=lambda r: r["expected_depth"])
+        rs = sorted(
+            (r for r in rows if r["family"] == fam), key=lambda r: r["expected_depth"]
+        )
         x = np.array([r["expected_depth"] for r in rs])
         b = np.array([r["rel_bias"] for r in rs])
         if fam == "tbptt":
             ax_b.plot(x, b, "o-", color=color, label=fam)
             ok = b > 1e-3
-            ax_v.plot(x[ok], b[ok] ** 2, "o--", color=color, mfc="none",
-                      label="tbptt bias² (variance 0)")
+            ax_v.plot(
+                x[ok],
+                b[ok] ** 2,
+                "o--",
+                color=color,
+                mfc="none",
+                label="tbptt bias² (variance 0)",
+            )
         else:
             lo = np.array([r["rel_bias_lo"] for r in rs])
             hi = np.array([r["rel_bias_hi"] for r in rs])
-            ax_b.errorbar(x, b, yerr=[b - lo, hi - b], fmt="s-", capsize=3,
-                          color=color, label=f"{fam} (95% CI)")
+            ax_b.errorbar(
+                x,
+                b,
+                yerr=[b - lo, hi - b],
+                fmt="s-",
+                capsize=3,
+                color=color,
+                label=f"{fam} (95% CI)",
+            )
             ax_v.plot(x, [r["rel_variance"] for r in rs], "s-", color=color, label=fam)
     for ax in (ax_b, ax_v):
         ax.set_xscale("log", base=2)
@@ -120,7 +135,7 @@ def plot_rows(rows, title):
     return fig
 
 
-plot_rows(rows0, "elman, initial parameters");
+plot_rows(rows0, "elman, initial parameters")
 
 # %% [markdown]
 # ## Bias depends on where you are
@@ -129,16 +144,38 @@ plot_rows(rows0, "elman, initial parameters");
 # bias grows, while ARTBP stays unbiased.
 
 # %%
-args = bias_sweep.parse_args(["--T", str(T), "--batch", str(BATCH),
-                              "--delays", "1", "4", "12",
-                              "--train-steps", "150", "--points", "2"])
-points = list(bias_sweep.trajectory(model, task, problem.params, problem.h0, args,
-                                    jax.random.key(2), problem.xs.dtype))
+args = bias_sweep.parse_args(
+    [
+        "--T",
+        str(T),
+        "--batch",
+        str(BATCH),
+        "--delays",
+        "1",
+        "4",
+        "12",
+        "--train-steps",
+        "150",
+        "--points",
+        "2",
+    ]
+)
+points = list(
+    bias_sweep.trajectory(
+        model,
+        task,
+        problem.params,
+        problem.h0,
+        args,
+        jax.random.key(2),
+        problem.xs.dtype,
+    )
+)
 step, params, loss = points[-1]
 print(f"after {step} steps: training loss per step {loss:.3f}")
 rows1 = sweep_at(params, step, jax.random.key(3))
 bias_sweep.print_table([r for r in rows1 if r["family"] != "artbp-poly"])
-plot_rows(rows1, f"elman after {step} training steps");
+plot_rows(rows1, f"elman after {step} training steps")
 
 # %%
 for k in (1, 2, 4, 8):

@@ -71,15 +71,18 @@ for radius in (0.5, 1.0, 2.0):
     h0 = elman.cell.initial_state(p, (B,))
     n = lag_fn(p, h0, xs, ys).mean
     lyap = diagnostics.lyapunov_exponents(jac_fn(elman.cell, p, h0, xs))[:, 0].mean()
-    print(f"radius {radius}: slope {float(diagnostics.decay_rate(n)):+.3f}/step, "
-          f"top Lyapunov exponent {float(lyap):+.3f}, "
-          f"memory length (1%) {int(diagnostics.memory_length(n))}")
+    print(
+        f"radius {radius}: slope {float(diagnostics.decay_rate(n)):+.3f}/step, "
+        f"top Lyapunov exponent {float(lyap):+.3f}, "
+        f"memory length (1%) {int(diagnostics.memory_length(n))}"
+    )
     ax.semilogy(n / n[0], label=f"tanh Elman, ρ(W) = {radius}")
 
 lstm = jbptt.readout(cells.lstm(), output_size=1)
 p = lstm.init(jax.random.fold_in(key, 4), 2, H)
 n = jax.jit(diagnostics.per_lag_norms(lstm.cell, lstm.loss_fn, T // 2))(
-    p, lstm.cell.initial_state(p, (B,)), xs, ys).mean
+    p, lstm.cell.initial_state(p, (B,)), xs, ys
+).mean
 ax.semilogy(n / n[0], "k--", label="LSTM (PyTorch init)")
 ax.set_xlabel("lag τ")
 ax.set_ylabel("‖(∂h_t/∂h_{t-τ})ᵀ ∂ℓ_t/∂h_t‖ / lag 0")
@@ -98,11 +101,15 @@ plt.show()
 import optax
 
 g = {"W": jnp.full((H, H), 1e6), "b": jnp.ones(H)}  # an exploded gradient
-for name, tx in [("global norm", optax.clip_by_global_norm(1.0)),
-                 ("element-wise", optax.clip(0.1))]:
+for name, tx in [
+    ("global norm", optax.clip_by_global_norm(1.0)),
+    ("element-wise", optax.clip(0.1)),
+]:
     u, _ = tx.update(g, tx.init(g))
-    print(f"{name}: ‖g‖ = {float(optax.tree.norm(g)):.3g} → "
-          f"‖clipped‖ = {float(optax.tree.norm(u)):.3g}")
+    print(
+        f"{name}: ‖g‖ = {float(optax.tree.norm(g)):.3g} → "
+        f"‖clipped‖ = {float(optax.tree.norm(u)):.3g}"
+    )
 
 # %% [markdown]
 # ## The per-lag profile predicts TBPTT(k) bias
@@ -115,13 +122,16 @@ p = elman.init(jax.random.fold_in(key, 2), 2, H)
 p["cell"] = with_radius(p["cell"], 1.0, jax.random.fold_in(key, 3))
 h0 = elman.cell.initial_state(p, (B,))
 prof = diagnostics.per_lag_norms(elman.cell, elman.loss_fn, T, per_step=True)(
-    p, h0, xs, ys)
+    p, h0, xs, ys
+)
 ks = [1, 2, 4, 8, 16]
 ws = diagnostics.tbptt_ks(T, ks)
-bias = jax.vmap(diagnostics.relative_bias(elman.cell, elman.loss_fn),
-                in_axes=(None, None, None, None, 0))(p, h0, xs, ys, ws)
+bias = jax.vmap(
+    diagnostics.relative_bias(elman.cell, elman.loss_fn),
+    in_axes=(None, None, None, None, 0),
+)(p, h0, xs, ys, ws)
 dropped = jax.vmap(diagnostics.dropped_fraction, in_axes=(None, 0))(prof.per_step, ws)
-for k, d, b in zip(ks, dropped, bias):
+for k, d, b in zip(ks, dropped, bias, strict=True):
     print(f"TBPTT({k:2d}): dropped mass {float(d):.3f}   exact bias {float(b):.3f}")
 assert float(bias[0]) > float(bias[-1])
 

@@ -1,9 +1,11 @@
 """jbptt.value_and_grad (hand-derived reverse scan) against jax.value_and_grad
 of the same forward, for every cell, batch shape and link weights."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import pytest
+from absl.testing import parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -24,17 +26,26 @@ def ours(model, argnums=(0, 1)):
     return jax.jit(jbptt.value_and_grad(model.cell, model.loss_fn, argnums=argnums))
 
 
-@pytest.mark.parametrize("w_kind", ["full", "random"])
-@pytest.mark.parametrize("batch", BATCHES.values(), ids=BATCHES.keys())
-@pytest.mark.parametrize("cell_name", CELLS)
-def test_matches_autodiff(cell_name, batch, w_kind):
-    model, params, h0, xs, ys = problem(CELLS[cell_name](), batch=batch)
-    w = None if w_kind == "full" else random_w(xs.shape[0])
-    (L_ref, hT_ref), g_ref = reference(model)(params, h0, xs, ys, w)
-    (L, hT), g = ours(model)(params, h0, xs, ys, w)
-    assert rel_err(L, L_ref) <= 1e-12
-    assert rel_err(hT, hT_ref) <= 1e-12
-    assert rel_err(g, g_ref) <= 1e-10
+class MatchesAutodiff(chex.TestCase):
+    """The core gradient check, run on jbptt's side both jitted and eagerly."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(
+        cell_name=list(CELLS), batch=list(BATCHES), w_kind=["full", "random"]
+    )
+    def test_matches_autodiff(self, cell_name, batch, w_kind):
+        model, params, h0, xs, ys = problem(CELLS[cell_name](), batch=BATCHES[batch])
+        w = None if w_kind == "full" else random_w(xs.shape[0])
+        (L_ref, hT_ref), g_ref = reference(model)(params, h0, xs, ys, w)
+        grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
+        grad_fn = self.variant(grad_fn)
+        (L, hT), g = grad_fn(params, h0, xs, ys, w)
+        chex.assert_shape(L, ())
+        chex.assert_trees_all_equal_shapes_and_dtypes(hT, h0)
+        chex.assert_trees_all_equal_shapes_and_dtypes(g, g_ref)
+        assert rel_err(L, L_ref) <= 1e-12
+        assert rel_err(hT, hT_ref) <= 1e-12
+        assert rel_err(g, g_ref) <= 1e-10
 
 
 @pytest.mark.parametrize("cell_name", ["elman_tanh", "lstm", "gru", "flax_gru"])
@@ -51,6 +62,7 @@ def test_full_bptt_weights_equal_default():
     grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
     _, g_none = grad_fn(params, h0, xs, ys)
     _, g_full = grad_fn(params, h0, xs, ys, truncation.full(xs.shape[0]))
+    chex.assert_trees_all_equal(g_full, g_none)  # bit for bit
     assert rel_err(g_full, g_none) == 0.0
 
 

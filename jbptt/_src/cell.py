@@ -3,10 +3,11 @@
 A cell is the recurrence ``h_t, out_t = step(params, h_{t-1}, x_t)``. Built-in
 cells also carry :class:`ReverseRules`, the hand-derived pieces that let
 :func:`jbptt.rnn_scan` run the forward and reverse scans with the performance
-structure of DESIGN.md: every input projection is one GEMM before the scan,
-only the recurrent part runs inside it, and every weight gradient is one GEMM
-after the reverse scan. Cells without rules (Flax modules, plain functions) go
-through a generic per-step ``jax.vjp`` reverse scan.
+structure of docs/design.md, "Performance structure": every input projection
+is one GEMM before the scan, only the recurrent part runs inside it, and every
+weight gradient is one GEMM after the reverse scan. Cells without rules (Flax
+modules, plain functions) go through a generic per-step ``jax.vjp`` reverse
+scan.
 """
 
 from __future__ import annotations
