@@ -3,10 +3,10 @@
 Three parts, all measured in one run so the ratios are comparable:
 
 1. **grad**: jitted value+grad of Elman (tanh), LSTM and GRU at the shapes of
-   DESIGN.md against (a) ``jax.value_and_grad`` of the same ``lax.scan``
-   forward, (b) PyTorch CPU ``nn.RNN``/``nn.LSTM``/``nn.GRU`` forward+backward
-   when torch is importable, (c) the GEMM-rate limit: the FLOPs of the whole
-   value+grad at the rate a jitted matmul of matching shape reaches here.
+   docs/design.md ("Performance structure") against (a)
+   ``jax.value_and_grad`` of the same ``lax.scan`` forward, (b) PyTorch CPU
+   ``nn.RNN``/``nn.LSTM``/``nn.GRU`` forward+backward when torch is
+   importable, (c) the GEMM-rate limit: the FLOPs of the whole value+grad at the rate a jitted matmul of matching shape reaches here.
 2. **long**: T = 100 000, H = 256, B = 1 with ``checkpoint="sqrt"`` against
    the uncheckpointed run and ``jax.checkpoint`` on the reference; peak memory
    from the compiled memory analysis.

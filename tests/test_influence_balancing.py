@@ -12,7 +12,8 @@ import jbptt
 from experiments import influence_balancing as ib
 from tests.helpers import reproductions_notebook
 
-# DESIGN.md: S(K) = Σ_{k<K} (Aᵏv)₁ for K = 1, 10, 20, 40, 41, ≥80.
+# docs/design.md, "Reference facts":
+# S(K) = Σ_{k<K} (Aᵏv)₁ for K = 1, 10, 20, 40, 41, ≥80.
 SENSITIVITY = [
     (1, 1.0, 0.0),
     (10, 10.0, 0.0),

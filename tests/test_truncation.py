@@ -1,5 +1,5 @@
 """Truncation as data: the exact law of ARTBP's cut patterns, and exact
-unbiasedness of ARTBP by enumerating every pattern (DESIGN.md)."""
+unbiasedness of ARTBP by enumerating every pattern (docs/design.md, "Estimators")."""
 
 import jax
 import jax.numpy as jnp

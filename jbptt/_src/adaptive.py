@@ -12,7 +12,7 @@ for τ ≥ τ₀ with β < 1. A loss that is backpropagated d steps drops the la
     \text{tail}(d) = \sum_{d ≤ j < τ₀} m_j + \frac{m_{τ₀} β^{\max(d, τ₀) − τ₀}}{1 − β},
 
 and the relative bias of a truncation is bounded by its dropped mass over the
-total mass tail(0) (or over a given ‖g‖). For d ≥ τ₀ this is DESIGN.md's
+total mass tail(0) (or over a given ‖g‖). For d ≥ τ₀ this is docs/design.md's
 ‖g_τ‖ β^{k−τ} / ((1 − β)‖g‖). Sliding-window truncation (every loss keeps k
 lags) drops tail(k); jbptt's chunked TBPTT(k) backpropagates the loss at
 chunk position i by i + 1 steps and drops the mean of tail(1..k).

@@ -5,7 +5,8 @@ estimates the gradient as
 
     ĝ = Σ_j ∇_θ^{(w_j)} Σ_t m_{j,t} ℓ_t,
 
-where ``∇^{(w)}`` is the reverse scan with link weights ``w`` (DESIGN.md).
+where ``∇^{(w)}`` is the reverse scan with link weights ``w``
+(docs/design.md, "The one equation").
 Full BPTT, TBPTT(k) and ARTBP are one window with ``m ≡ 1``; Williams–Peng
 TBPTT(k1, k2) is one window per update. Because everything is arrays of
 static shape, a list of estimators is sampled and evaluated under one ``jit``
