@@ -6,7 +6,8 @@ Three parts, all measured in one run so the ratios are comparable:
    docs/design.md ("Performance structure") against (a)
    ``jax.value_and_grad`` of the same ``lax.scan`` forward, (b) PyTorch CPU
    ``nn.RNN``/``nn.LSTM``/``nn.GRU`` forward+backward when torch is
-   importable, (c) the GEMM-rate limit: the FLOPs of the whole value+grad at the rate a jitted matmul of matching shape reaches here.
+   importable, (c) the GEMM-rate limit: the FLOPs of the whole value+grad
+   at the rate a jitted matmul of matching shape reaches here.
 2. **long**: T = 100 000, H = 256, B = 1 with ``checkpoint="sqrt"`` against
    the uncheckpointed run and ``jax.checkpoint`` on the reference; peak memory
    from the compiled memory analysis.
