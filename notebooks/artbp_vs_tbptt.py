@@ -201,13 +201,25 @@ from jbptt import cells, data, estimators
 
 corpus = data.load_corpus(max_chars=20_000)
 V = len(corpus.vocab)
-lm = jbptt.readout(cells.stack([cells.lstm(), cells.lstm()]), V, "xent",
-                   vocab_size=V, hidden=(32,))
+lm = jbptt.readout(
+    cells.stack([cells.lstm(), cells.lstm()]), V, "xent", vocab_size=V, hidden=(32,)
+)
 lm_params = lm.init(jax.random.key(4), 8, 32)  # 8-dim embedding, 32 units a layer
 ids = jnp.asarray(data.streams(corpus.train[:801], 4))  # [T + 1, B] token ids
-hist = jbptt.train.train(lm.cell, lm.loss_fn, lm_params, lm.encode(ids[:-1]), ids[1:],
-                         optax.adam(3e-3), estimators.artbp_matched(10, "poly_tail"),
-                         key=jax.random.key(5), clip=1.0, min_bucket=64)
+hist = jbptt.train.train(
+    lm.cell,
+    lm.loss_fn,
+    lm_params,
+    lm.encode(ids[:-1]),
+    ids[1:],
+    optax.adam(3e-3),
+    estimators.artbp_matched(10, "poly_tail"),
+    key=jax.random.key(5),
+    clip=1.0,
+    min_bucket=64,
+)
 first, last = np.mean(hist.loss[:5]), np.mean(hist.loss[-5:])
-print(f"stacked-LSTM char model, {len(hist.loss)} ARTBP segments: loss per "
-      f"character {first:.2f} -> {last:.2f} (uniform guess: {np.log(V):.2f})")
+print(
+    f"stacked-LSTM char model, {len(hist.loss)} ARTBP segments: loss per "
+    f"character {first:.2f} -> {last:.2f} (uniform guess: {np.log(V):.2f})"
+)
