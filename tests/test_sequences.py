@@ -281,3 +281,29 @@ def test_bad_link_weights_ys_and_mode():
         jbptt.value_and_grad(model.cell, model.loss_fn, mode="forward")
     with pytest.raises(TypeError, match="compute_dtype must be None or a floating"):
         jbptt.value_and_grad(model.cell, model.loss_fn, compute_dtype=jnp.int32)
+
+
+def test_reset_state_lets_a_stream_run_in_segments():
+    # Online training's case: the second segment starts from the carried
+    # state, but its resets restart from the stream's initial (zero) state.
+    model, params, h0, xs, ys = problem(CELLS["lstm"](), T=8, batch=(2,))
+    zero = model.cell.initial_state(params, (2,))
+    resets = jnp.zeros((8, 2), bool).at[3, 0].set(True).at[6, 1].set(True)
+    seq = dict(resets=resets, reset_state=zero)
+    w = jnp.ones(8).at[5].set(0.0)  # TBPTT cut where the second segment starts
+    vg = jbptt.value_and_grad(model.cell, model.loss_fn)
+    (L, h_T), g = vg(params, h0, xs, ys, w, **seq)
+    ref = jax.value_and_grad(jbptt.loss(model.cell, model.loss_fn), has_aux=True)
+    (L_ref, h_ref), g_ref = ref(params, h0, xs, ys, w, **seq)
+    assert rel_err(L, L_ref) <= 1e-12 and tree_allclose(h_T, h_ref, 1e-12)
+    assert tree_allclose(g, g_ref, 1e-10)
+    (L1, h_mid), g1 = vg(
+        params, h0, xs[:5], ys[:5], resets=resets[:5], reset_state=zero
+    )
+    (L2, h_end), g2 = vg(
+        params, h_mid, xs[5:], ys[5:], resets=resets[5:], reset_state=zero
+    )
+    assert rel_err(L1 + L2, L) <= 1e-12 and tree_allclose(h_end, h_T, 1e-12)
+    assert tree_allclose(jax.tree_util.tree_map(jnp.add, g1, g2), g, 1e-10)
+    with pytest.raises(ValueError, match="reset_state"):
+        vg(params, h0, xs, ys, resets=resets, reset_state=zero[0][0])

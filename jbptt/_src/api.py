@@ -107,11 +107,15 @@ def loss(cell: Cell, loss_fn: LossFn, *, compute_dtype=None):
     """
     _check_compute_dtype(compute_dtype)
 
-    def forward(params, h0, xs, ys, w=None, *, lengths=None, resets=None):
+    def forward(
+        params, h0, xs, ys, w=None, *, lengths=None, resets=None, reset_state=None
+    ):
         h0, xs, w, mask, resets = _prepare(
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )
-        h_reset = None if resets is None else h0
+        if reset_state is not None and compute_dtype is not None:
+            reset_state = _scan._cast(reset_state, jnp.dtype(compute_dtype))
+        h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
         h_T, outs = _scan.reference_scan(cell, params, h0, xs, w, mask, resets, h_reset)
         return total_loss(loss_fn, params, outs, ys, mask), h_T
 
@@ -150,6 +154,9 @@ def value_and_grad(
       stream: the state restarts from ``h0`` and the link into the previous
       step is cut for that sequence, so a stream of concatenated episodes
       trains as separate episodes (``loss_fn`` keeps its batch reduction).
+    - ``reset_state``: what a reset restarts from (default ``h0``), e.g. the
+      zero state when ``h0`` is carried over from an earlier segment of the
+      stream in online training. It is not differentiated.
 
     Mixed precision (``compute_dtype``, e.g. ``jnp.bfloat16``): params stay in
     their own dtype (say float32) and so does their gradient; ``xs`` and
@@ -203,14 +210,25 @@ def value_and_grad(
     _check_compute_dtype(compute_dtype)
     _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
 
-    def objective(params, h0, xs, ys, w, lengths, resets):
+    def objective(params, h0, xs, ys, w, lengths, resets, reset_state):
         h0_c, xs, w, mask, resets = _prepare(
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )
+        if reset_state is not None and compute_dtype is not None:
+            reset_state = _scan._cast(reset_state, jnp.dtype(compute_dtype))
+        h_reset = sequences.reset_target(cell, params, h0_c, xs, resets, reset_state)
         S = _scan.segment_length(xs.shape[0], checkpoint)
         if S is None:
             h_T, outs = rnn_scan(
-                cell, params, h0_c, xs, w, lengths=mask, resets=resets, mode=mode
+                cell,
+                params,
+                h0_c,
+                xs,
+                w,
+                lengths=mask,
+                resets=resets,
+                reset_state=h_reset,
+                mode=mode,
             )
             return total_loss(loss_fn, params, outs, ys, mask), h_T
 
@@ -218,7 +236,6 @@ def value_and_grad(
         # states nor the outputs of all T steps are ever stored at once.
         # Resets restart from the sequence's h0, which every segment closes over.
         scan = _scan.reference_scan if mode == "autodiff" else _scan.scan_or_explain
-        h_reset = None if resets is None else h0_c
 
         def segment(h, inp):
             xs_s, ys_s, w_s, m_s, r_s = inp
@@ -234,8 +251,10 @@ def value_and_grad(
 
     vg = jax.value_and_grad(objective, argnums=argnums, has_aux=True)
 
-    def grad_fn(params, h0, xs, ys, w=None, *, lengths=None, resets=None):
-        return vg(params, h0, xs, ys, w, lengths, resets)
+    def grad_fn(
+        params, h0, xs, ys, w=None, *, lengths=None, resets=None, reset_state=None
+    ):
+        return vg(params, h0, xs, ys, w, lengths, resets, reset_state)
 
     return grad_fn
 

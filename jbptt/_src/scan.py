@@ -493,8 +493,9 @@ _MODES = ("scan", "autodiff")
 _JVP_REMEDY = (
     "rnn_scan differentiates by jbptt's reverse scan (a jax.custom_vjp), which "
     "has no forward mode. For jax.jvp / jax.jacfwd / forward-over-reverse, pass "
-    "mode='autodiff' (to rnn_scan, jbptt.value_and_grad or jbptt.loss): the "
-    "same forward as a plain lax.scan, differentiated by JAX in either mode."
+    "mode='autodiff' to jbptt.rnn_scan or jbptt.value_and_grad: the same forward "
+    "as a plain lax.scan (jbptt.loss is that forward), differentiated by JAX in "
+    "either mode."
 )
 
 
@@ -522,6 +523,7 @@ def rnn_scan(
     *,
     lengths=None,
     resets=None,
+    reset_state=None,
     checkpoint=None,
     mode: str = "scan",
 ):
@@ -549,6 +551,9 @@ def rnn_scan(
       resets: ``None`` or bool ``[T, *batch]``, true where a new episode
         starts: the state entering that step is ``h0`` and the link into the
         previous step is cut (its cotangent goes to ``h0``).
+      reset_state: the state a reset restarts from, shaped like ``h0``
+        (default ``h0`` itself), e.g. the zero state when ``h0`` is a state
+        carried over from an earlier segment of the stream.
       checkpoint: ``None`` (default) keeps every step's state for the
         backward; ``"sqrt"`` keeps only the states at the starts of about √T
         segments of about √T steps and recomputes each segment's forward
@@ -578,7 +583,7 @@ def rnn_scan(
     """
     check_mode(mode)
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
-    h_reset = None if resets is None else h0
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
     scan = reference_scan if mode == "autodiff" else scan_or_explain
     T = xs.shape[0]
     S = segment_length(T, checkpoint)

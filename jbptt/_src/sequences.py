@@ -134,6 +134,22 @@ def check_args(cell, params, h0, xs, w, lengths, resets):
     return w, check_mask(lengths, T, batch_shape), check_resets(resets, T, batch_shape)
 
 
+def reset_target(cell, params, h0, xs, resets, reset_state):
+    """The state a reset restarts from: ``reset_state`` (checked like ``h0``),
+    by default ``h0``; ``None`` without resets."""
+    if resets is None:
+        return None
+    if reset_state is None:
+        return h0
+    from jbptt._src import validation
+
+    try:
+        validation.check_h0(cell, params, reset_state, tuple(xs.shape[1:-1]), xs.dtype)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"reset_state (checked like h0): {err}") from err
+    return reset_state
+
+
 def check_link_weights(w, T: int, batch_shape: tuple[int, ...], dtype):
     """Link weights ``[T]`` (shared by the batch) or ``[T, *batch]`` (per
     sequence), floating, cast to ``dtype``; ones when ``None``."""
@@ -167,6 +183,8 @@ def bcast(v, a):
     """``v [*batch]`` (or a scalar) shaped to broadcast against a state leaf
     ``a [*batch, ...]``: trailing unit axes."""
     v = jnp.asarray(v)
+    if v.ndim == 0 or v.ndim == a.ndim:  # broadcasts as it is: no op added
+        return v
     return v.reshape(v.shape + (1,) * (a.ndim - v.ndim))
 
 
