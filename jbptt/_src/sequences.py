@@ -158,11 +158,11 @@ def check_link_weights(w, T: int, batch_shape: tuple[int, ...], dtype):
     shape = tuple(np.shape(w))
     if shape not in ((T,), (T, *batch_shape)):
         raise ValueError(
-            f"w (link weights) must have shape (T,) = ({T},) or (T, *batch) = "
-            f"{(T, *batch_shape)}, got {shape}."
+            f"w (link weights) must have shape (T,) = ({T},), got {shape}; one "
+            f"weight per sequence would be (T, *batch) = {(T, *batch_shape)}."
         )
     if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
-        raise TypeError(f"w (link weights) must be floating, got {_describe(w)}.")
+        raise TypeError(f"w (link weights) must be floating, got {jnp.result_type(w)}.")
     return jnp.asarray(w, dtype)
 
 
