@@ -320,7 +320,7 @@ def _path(cell: Cell) -> _Path:
 # ------------------------------------------------------------ public core ---
 
 
-def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None):
+def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None, reset_state=None):
     """Run ``cell`` over ``xs`` and keep what the reverse scan needs.
 
     Args:
@@ -335,6 +335,8 @@ def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None):
         output zeros, so ``h_T`` is each sequence's own last state.
       resets: ``None`` or bool ``[T, *batch]``, true where an episode starts:
         the state entering that step is ``h0`` (see :mod:`jbptt._src.sequences`).
+      reset_state: what a reset restarts from, shaped like ``h0`` (default
+        ``h0``); :func:`backward` then adds its cotangent to ``dh0``.
 
     Returns:
       ``(h_T, outs, residuals)``: the final state, the step outputs
@@ -351,7 +353,7 @@ def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None):
       ((5, 3), (5, 3))
     """
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
-    h_reset = None if resets is None else h0
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
     return _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
 
 
