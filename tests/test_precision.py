@@ -38,7 +38,9 @@ def test_gradient_error_against_float32(name):
         vg = jbptt.value_and_grad(model.cell, model.loss_fn, compute_dtype=dtype)
         (L_c, h_T), g_c = vg(params, h0, xs, ys)
         # params' dtype for the gradient and the loss, compute dtype for h_T
-        assert {a.dtype for a in jax.tree_util.tree_leaves(g_c)} == {jnp.dtype(jnp.float32)}
+        assert {a.dtype for a in jax.tree_util.tree_leaves(g_c)} == {
+            jnp.dtype(jnp.float32)
+        }
         assert L_c.dtype == jnp.float32
         assert {a.dtype for a in jax.tree_util.tree_leaves(h_T)} == {jnp.dtype(dtype)}
         eps = float(jnp.finfo(dtype).eps)
