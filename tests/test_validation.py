@@ -99,8 +99,10 @@ def test_integer_xs(elman_problem):
 
 
 def test_mismatched_xs_dtype(elman_problem):
+    # xs in another dtype than the params is mixed precision (compute in xs's
+    # dtype); h0 must then share it.
     model, params, h0, xs, ys = elman_problem
-    with pytest.raises(TypeError, match="xs has dtype float32 but params have float64"):
+    with pytest.raises(TypeError, match="h0 has dtype float64 but expected float32"):
         grad_fn(model)(params, h0, xs.astype(jnp.float32), ys)
 
 

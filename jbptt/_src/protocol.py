@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import scan as _scan
-from jbptt._src import validation
-from jbptt._src.api import per_step_losses
+from jbptt._src import sequences, validation
+from jbptt._src.api import per_sequence_losses, per_step_losses
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
@@ -216,13 +216,22 @@ def shared_forward():
         _SHARED.reset(token)
 
 
-def gradient_fn(problem: Problem):
+def gradient_fn(problem: Problem, *, lengths=None, resets=None):
     """One shared forward; returns ``(w[T], m[T]) -> ∇^{(w)} Σ_t m_t ℓ_t``.
 
     The forward scan and the vjp of the per-step losses run once (when this
     is called, typically inside ``jit``); the returned function runs only the
     reverse scan (:func:`jbptt.backward`), so vmapping it over ``(w, m)``
     batches reverse scans that share one forward.
+
+    Args:
+      problem: the :class:`Problem`.
+      lengths: ``None``, lengths ``[*batch]`` or a bool mask ``[T, *batch]``:
+        padded steps add no loss and no gradient, and ``ℓ_t`` becomes the sum
+        of the sequences' own losses at step t (``loss_fn`` called per
+        sequence), as in :func:`jbptt.value_and_grad`.
+      resets: ``None`` or bool ``[T, *batch]``: episode starts in a stream
+        (the state restarts from ``h0``, the link is cut per sequence).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -241,28 +250,41 @@ def gradient_fn(problem: Problem):
       True
     """
     shared = _SHARED.get()
-    if shared is not None and id(problem) in shared:
-        return shared[id(problem)][1]
+    key = (id(problem), id(lengths), id(resets))
+    if shared is not None and key in shared:
+        return shared[key][1]
     check_problem(problem)
     cell, loss_fn, params, h0, xs, ys = problem
-    _, outs, residuals = _scan.forward(cell, params, h0, xs)
+    _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
+    if mask is not None:
+        sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
+    h_reset = None if resets is None else h0
+    _, outs, residuals = _scan._path(cell).forward(
+        cell, params, h0, xs, mask, resets, h_reset
+    )
 
-    def step_losses(p, o):  # [T]: ℓ_t for every step
-        return per_step_losses(loss_fn, p, o, ys)
+    def step_losses(p, o):  # [T] (ℓ_t for every step) or [T, *batch] (masked)
+        if mask is None:
+            return per_step_losses(loss_fn, p, o, ys)
+        ls = per_sequence_losses(loss_fn, p, o, ys, mask.ndim - 1)
+        return jnp.where(mask, ls, jnp.zeros((), ls.dtype))
 
     # ∂(Σ_t m_t ℓ_t) = vjp of the loss vector with cotangent m: linear in m.
     _, loss_vjp = jax.vjp(step_losses, params, outs)
     dh_T = tree_map(jnp.zeros_like, h0)
 
     def grad(w, m):
-        dp_loss, douts = loss_vjp(m.astype(xs.dtype))
-        dp_cell, _, _ = _scan._backward(
+        m = m.astype(xs.dtype)
+        if mask is not None:
+            m = jnp.broadcast_to(sequences.bcast(m, mask), mask.shape)
+        dp_loss, douts = loss_vjp(m)
+        dp_cell, *_ = _scan._backward(
             cell, params, residuals, w.astype(xs.dtype), dh_T, douts
         )
         return tree_map(jnp.add, dp_cell, dp_loss)
 
-    if shared is not None:
-        shared[id(problem)] = (problem, grad)  # holding problem keeps its id
+    if shared is not None:  # holding the arguments keeps their ids
+        shared[key] = ((problem, lengths, resets), grad)
     return grad
 
 

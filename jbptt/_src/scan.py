@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jbptt._src import validation
+from jbptt._src import sequences
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
@@ -43,16 +43,25 @@ class Residuals(NamedTuple):
       hs: the states ``h_1..h_T`` stacked on a leading ``[T]`` axis.
       res: the hand-derived path's per-step residuals (stacked), or ``None``
         for cells that go through the generic per-step ``jax.vjp``.
+      mask: the padding mask ``[T, *batch]`` (bool, true on real steps), or
+        ``None`` (every step is real).
+      resets: ``[T, *batch]`` bool, true where an episode starts, or ``None``.
+      h_reset: the state a reset restarts from (``h0``; a checkpointed
+        segment passes the sequence's ``h0``), or ``None`` without resets.
     """
 
     h0: Any
     xs: jax.Array
     hs: Any
     res: Any = None
+    mask: Any = None
+    resets: Any = None
+    h_reset: Any = None
 
 
 def _scale(w_t, tree):
-    return tree_map(lambda a: (w_t * a).astype(a.dtype), tree)
+    # w_t is a scalar (shared by the batch) or [*batch] (per sequence).
+    return tree_map(lambda a: (sequences.bcast(w_t, a) * a).astype(a.dtype), tree)
 
 
 def states_before(residuals: Residuals):
@@ -62,24 +71,83 @@ def states_before(residuals: Residuals):
     )
 
 
+def step_inputs(residuals: Residuals):
+    """The states entering each step's cell: :func:`states_before`, with
+    ``h_reset`` in place of ``h_{t-1}`` where an episode starts."""
+    hs_prev = states_before(residuals)
+    if residuals.resets is None:
+        return hs_prev
+    h_reset = tree_map(lambda a: a[None], residuals.h_reset)
+    return sequences.select(residuals.resets, h_reset, hs_prev)
+
+
 def _last(hs):
     return tree_map(lambda a: a[-1], hs)
+
+
+def _float_dtype(params):
+    """The params' floating dtype (``None`` if they have no floating leaf)."""
+    for a in jax.tree_util.tree_leaves(params):
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            return a.dtype
+    return None
+
+
+def _cast(tree, dtype):
+    """Floating leaves of ``tree`` in ``dtype`` (no-op where they already are).
+
+    Mixed precision: params are kept in their own dtype and cast once to the
+    compute dtype (that of ``xs``) before a scan; the casts' transposes bring
+    cotangents back to the params' dtype.
+    """
+
+    def cast(a):
+        if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
+            return a.astype(dtype)
+        return a
+
+    return tree_map(cast, tree)
+
+
+def _gates(mask, resets, w):
+    """Per-step weights of the reverse scan for masks and resets.
+
+    Returns ``(m, w_link, w_reset)``: ``m`` the float mask (or ``None``),
+    ``w_link = w ⊙ (1 − resets)`` the weight of the link into h_{t-1},
+    ``w_reset = w ⊙ resets`` the weight of the link into ``h_reset`` (or
+    ``None``). Without resets ``w_link`` is ``w`` itself, ``[T]`` or ``[T, *batch]``.
+    """
+    m = None if mask is None else mask.astype(w.dtype)
+    if resets is None:
+        return m, w, None
+    r = resets.astype(w.dtype)
+    w = sequences.bcast(w, r) if w.ndim < r.ndim else w
+    return m, w * (1 - r), w * r
 
 
 # ------------------------------------------------- hand-derived rules path ---
 
 
-def _forward_rules(cell: Cell, params, h0, xs):
+def _forward_rules(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None):
     rules = cell.rules
+    params = _cast(params, xs.dtype)  # the compute copy
     xz = rules.project(params, xs)  # [T, ..., G]: all input projections, one GEMM
+    stack_res_only = rules.states is not None and mask is None
 
-    def body(h, xz_t):
-        h, res = rules.forward(params, h, xz_t)
-        return h, (res if rules.states else (h, res))
+    def body(h, inp):
+        xz_t, m_t, r_t = inp
+        h_in = h if r_t is None else sequences.select(r_t, h_reset, h)
+        h_new, res = rules.forward(params, h_in, xz_t)
+        if m_t is not None:  # padding: the state stays as it was
+            h_new = sequences.select(m_t, h_new, h)
+        return h_new, (res if stack_res_only else (h_new, res))
 
-    h_T, stacked = jax.lax.scan(body, h0, xz, unroll=UNROLL)
-    hs, res = (rules.states(stacked), stacked) if rules.states else stacked
-    return h_T, rules.output(hs), Residuals(h0, xs, hs, res)
+    h_T, stacked = jax.lax.scan(body, h0, (xz, mask, resets), unroll=UNROLL)
+    hs, res = (rules.states(stacked), stacked) if stack_res_only else stacked
+    outs = rules.output(hs)
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    return h_T, outs, Residuals(h0, xs, hs, res, mask, resets, h_reset)
 
 
 def _packer(tree):
@@ -105,24 +173,72 @@ def _packer(tree):
     return pack, unpack
 
 
+def _reverse_body(vjp_step, pack, unpack, masked: bool):
+    """One reverse step shared by both paths.
+
+    ``vjp_step(inp, dh, dout_t) -> (dh_prev, out_t)`` is one step's
+    Jacobian-transpose product (``dh_prev = J_tᵀ δ_t``, unscaled) plus what
+    the scan stacks. With a mask, a padded sequence's cotangent is zeroed
+    before the step (no gradient from it) and passed through to h_{t-1}
+    instead; with resets, the part of J_tᵀ δ_t weighted by ``w_reset`` is
+    accumulated for ``h_reset``. Without either this is exactly the plain
+    ``δ_{t-1} = w_t J_tᵀ δ_t`` of the one equation.
+    """
+
+    def body(carry, inp):
+        dh, acc = carry  # dh: cotangent reaching h_t from later steps, scaled
+        step_inp, dout_t, w_t, wr_t, m_t = inp
+        dh_in = dh if m_t is None else _scale(m_t, dh)
+        dh_prev, out_t = vjp_step(step_inp, unpack(dh_in), dout_t)
+        g = pack(dh_prev)
+        new = _scale(w_t, g)  # × w_t: the link t → t-1
+        if masked:
+            new = tree_map(jnp.add, new, _scale(1 - m_t, dh))  # padding: pass
+        if acc is not None:
+            acc = tree_map(jnp.add, acc, _scale(wr_t, g))  # reset: into h_reset
+        return (new, acc), out_t
+
+    return body
+
+
+def _reverse_scan(body, dh_T, pack, unpack, step_inps, douts, r: Residuals, w):
+    m, w_link, w_reset = _gates(r.mask, r.resets, w)
+    if m is not None:
+        douts = sequences.zero_padding(r.mask, douts)
+    acc0 = None if w_reset is None else tree_map(jnp.zeros_like, pack(dh_T))
+    (dh0, acc), stacked = jax.lax.scan(
+        body,
+        (pack(dh_T), acc0),
+        (step_inps, douts, w_link, w_reset, m),
+        reverse=True,
+        unroll=UNROLL,
+    )
+    return unpack(dh0), (None if acc is None else unpack(acc)), stacked
+
+
 def _backward_rules(cell: Cell, params, r: Residuals, w, dh_T, douts):
     rules = cell.rules
-    hs_prev = states_before(r)
+    p = _cast(params, r.xs.dtype)  # compute copy for the sequential part
+    hs_prev = step_inputs(r)
     pack, unpack = _packer(dh_T)
 
-    def body(dh, inp):  # dh: cotangent reaching h_t from later steps, scaled
-        h_prev, h, res_t, dout_t, w_t = inp
-        dh_prev, dlin_t = rules.backward(params, h_prev, h, res_t, unpack(dh), dout_t)
-        return _scale(w_t, pack(dh_prev)), dlin_t  # × w_t: the link t → t-1
+    def vjp_step(inp, dh, dout_t):
+        h_prev, h, res_t = inp
+        return rules.backward(p, h_prev, h, res_t, dh, dout_t)
 
-    dh0, dlins = jax.lax.scan(
-        body, pack(dh_T), (hs_prev, r.hs, r.res, douts, w), reverse=True, unroll=UNROLL
+    body = _reverse_body(vjp_step, pack, unpack, r.mask is not None)
+    dh0, dh_reset, dlins = _reverse_scan(
+        body, dh_T, pack, unpack, (hs_prev, r.hs, r.res), douts, r, w
     )
-    # All weight (and input) gradients at once: vjp of the linear map = GEMMs.
-    args = (hs_prev, r.hs) if rules.linear_states else (hs_prev,)
-    _, linear_vjp = jax.vjp(lambda p, x: rules.linear(p, x, *args), params, r.xs)
+    # All weight (and input) gradients at once: vjp of the linear map = GEMMs,
+    # in the params' dtype (mixed precision: accumulate over all steps there).
+    # linear_states: linear also reads h_1..h_T (a stack's upper layers).
+    pdt = _float_dtype(params) or r.xs.dtype
+    states = (hs_prev, r.hs) if rules.linear_states else (hs_prev,)
+    states, xs, dlins = _cast((states, r.xs, dlins), pdt)
+    _, linear_vjp = jax.vjp(lambda p_, x: rules.linear(p_, x, *states), params, xs)
     dparams, dxs = linear_vjp(dlins)
-    return dparams, unpack(dh0), dxs
+    return dparams, dh0, dxs.astype(r.xs.dtype), dh_reset
 
 
 def _transpose_rules(cell: Cell, params, h_prev, h, res_t, x_t, d):
@@ -133,29 +249,54 @@ def _transpose_rules(cell: Cell, params, h_prev, h, res_t, x_t, d):
 # ------------------------------------------------- generic per-step path ---
 
 
-def _forward_generic(cell: Cell, params, h0, xs):
-    def body(h, x_t):
-        h, out = cell.step(params, h, x_t)
-        return h, (h, out)
+def _forward_generic(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None):
+    params = _cast(params, xs.dtype)
 
-    h_T, (hs, outs) = jax.lax.scan(body, h0, xs)
-    return h_T, outs, Residuals(h0, xs, hs, None)
+    def body(h, inp):
+        x_t, m_t, r_t = inp
+        h_in = h if r_t is None else sequences.select(r_t, h_reset, h)
+        h_new, out = cell.step(params, h_in, x_t)
+        if m_t is not None:  # padding: the state stays as it was
+            h_new = sequences.select(m_t, h_new, h)
+        return h_new, (h_new, out)
+
+    h_T, (hs, outs) = jax.lax.scan(body, h0, (xs, mask, resets))
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    return h_T, outs, Residuals(h0, xs, hs, None, mask, resets, h_reset)
 
 
 def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
-    def body(carry, inp):
-        dh, dparams = carry
-        h_prev, x_t, dout_t, w_t = inp
-        _, step_vjp = jax.vjp(cell.step, params, h_prev, x_t)
+    p = _cast(params, r.xs.dtype)
+    pdt = _float_dtype(params) or r.xs.dtype
+    identity = (lambda t: t), (lambda t: t)
+
+    # The params' cotangent is accumulated in the carry, in the params' dtype.
+    def vjp_step(inp, dh, dout_t):
+        h_prev, x_t = inp
+        _, step_vjp = jax.vjp(cell.step, p, h_prev, x_t)
         dp_t, dh_prev, dx_t = step_vjp((dh, dout_t))
-        dparams = tree_map(jnp.add, dparams, dp_t)
-        return (_scale(w_t, dh_prev), dparams), dx_t
+        return dh_prev, (_cast(dp_t, pdt), dx_t)
+
+    body = _reverse_body(vjp_step, *identity, r.mask is not None)
+
+    def summing(carry, inp):
+        (dh, acc), dparams = carry
+        (dh, acc), (dp_t, dx_t) = body((dh, acc), inp)
+        return ((dh, acc), tree_map(jnp.add, dparams, dp_t)), dx_t
 
     zeros = tree_map(jnp.zeros_like, params)
-    (dh0, dparams), dxs = jax.lax.scan(
-        body, (dh_T, zeros), (states_before(r), r.xs, douts, w), reverse=True
+    m, w_link, w_reset = _gates(r.mask, r.resets, w)
+    if m is not None:
+        douts = sequences.zero_padding(r.mask, douts)
+    acc0 = None if w_reset is None else tree_map(jnp.zeros_like, dh_T)
+    ((dh0, acc), dparams), dxs = jax.lax.scan(
+        summing,
+        ((dh_T, acc0), zeros),
+        ((step_inputs(r), r.xs), douts, w_link, w_reset, m),
+        reverse=True,
     )
-    return dparams, dh0, dxs
+    return dparams, dh0, dxs, acc
 
 
 def _transpose_generic(cell: Cell, params, h_prev, h, res_t, x_t, d):
@@ -181,14 +322,23 @@ def _path(cell: Cell) -> _Path:
 # ------------------------------------------------------------ public core ---
 
 
-def forward(cell: Cell, params, h0, xs):
+def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None, reset_state=None):
     """Run ``cell`` over ``xs`` and keep what the reverse scan needs.
 
     Args:
       cell: a :class:`jbptt.cells.Cell`.
       params: the cell's params (pytree of arrays).
       h0: initial state, batch shape matching ``xs``.
-      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major). Its dtype is the
+        compute dtype; params may be kept in another floating dtype (mixed
+        precision, see :func:`jbptt.value_and_grad`).
+      lengths: ``None``, lengths ``[*batch]`` (ints in ``[1, T]``) or a bool
+        mask ``[T, *batch]``: padded steps leave the state unchanged and
+        output zeros, so ``h_T`` is each sequence's own last state.
+      resets: ``None`` or bool ``[T, *batch]``, true where an episode starts:
+        the state entering that step is ``h0`` (see :mod:`jbptt._src.sequences`).
+      reset_state: what a reset restarts from, shaped like ``h0`` (default
+        ``h0``); :func:`backward` then adds its cotangent to ``dh0``.
 
     Returns:
       ``(h_T, outs, residuals)``: the final state, the step outputs
@@ -204,8 +354,9 @@ def forward(cell: Cell, params, h0, xs):
       >>> outs.shape, res.hs[1].shape  # LSTM states are (c, h)
       ((5, 3), (5, 3))
     """
-    validation.check_scan_args(cell, params, h0, xs, None)
-    return _path(cell).forward(cell, params, h0, xs)
+    _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    return _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
 
 
 def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
@@ -215,15 +366,16 @@ def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
       cell: the cell given to :func:`forward`.
       params: the params given to :func:`forward`.
       residuals: the :class:`Residuals` returned by :func:`forward`.
-      w: link weights ``[T]``: ``w[t]`` scales the gradient from step t into
-        h_{t-1}, ``w[0]`` the one into ``h0`` (ones: full BPTT).
+      w: link weights ``[T]`` or, per sequence, ``[T, *batch]``: ``w[t]``
+        scales the gradient from step t into h_{t-1}, ``w[0]`` the one into
+        ``h0`` (ones: full BPTT).
       dh_T: cotangent of the final state (``None``: zero).
       douts: cotangents of the step outputs, shaped like ``outs``.
 
     Returns:
       ``(dparams, dh0, dxs)``: the cell's parameter gradient (without the
-      loss's own ∂ℓ/∂θ), the cotangent of ``h0`` (scaled by ``w[0]``) and of
-      ``xs``.
+      loss's own ∂ℓ/∂θ), in the params' dtype; the cotangent of ``h0``
+      (scaled by ``w[0]``, plus what resets send to it) and of ``xs``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -244,14 +396,21 @@ def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
             "residuals must be the jbptt.Residuals returned by jbptt.forward, got "
             f"{type(residuals).__name__}."
         )
-    T = residuals.xs.shape[0]
-    w = validation.check_w(w, T, residuals.xs.dtype)
+    xs = residuals.xs
+    batch_shape = tuple(xs.shape[1:-1])
+    w = sequences.check_link_weights(w, xs.shape[0], batch_shape, xs.dtype)
     if dh_T is None:
         dh_T = tree_map(jnp.zeros_like, residuals.h0)
-    return _backward(cell, params, residuals, w, dh_T, douts)
+    dparams, dh0, dxs, dh_reset = _backward(cell, params, residuals, w, dh_T, douts)
+    if dh_reset is not None:
+        dh0 = tree_map(jnp.add, dh0, dh_reset)
+    return dparams, dh0, dxs
 
 
 def _backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
+    """:func:`backward` without checks; returns ``(dparams, dh0, dxs,
+    dh_reset)``, ``dh_reset`` the cotangent of ``residuals.h_reset`` (``None``
+    without resets)."""
     # Symbolic zeros arrive as zeros here; make dtypes match the primal.
     dh_T = tree_map(lambda g, a: g.astype(a.dtype), dh_T, residuals.h0)
     return _path(cell).backward(cell, params, residuals, w, dh_T, douts)
@@ -268,31 +427,110 @@ def step_transpose(cell: Cell, params):
     return functools.partial(transpose, cell, params)
 
 
+# ------------------------------------------------- the autodiff reference ---
+
+
+def link(h, w_t):
+    """Identity forward, backward scaled by ``w_t``: h + (w−1)(h − sg(h)).
+
+    ``w_t`` is a scalar or ``[*batch]`` (one weight per sequence).
+    """
+    return tree_map(
+        lambda a: (
+            a
+            + (sequences.bcast(w_t, a) - 1).astype(a.dtype)
+            * (a - jax.lax.stop_gradient(a))
+        ),
+        h,
+    )
+
+
+def reference_scan(cell: Cell, params, h0, xs, w, mask=None, resets=None, h_reset=None):
+    """The same forward as :func:`rnn_scan` by a plain ``lax.scan`` of
+    ``cell.step``: ``jax.grad`` of it is ordinary autodiff, and ``jax.jvp``
+    works through it. Link weights enter as :func:`link` on the state
+    entering each step's cell, which scales its backward by ``w_t`` and
+    leaves the forward unchanged."""
+    params = _cast(params, xs.dtype)
+
+    def body(h, inp):
+        x_t, w_t, m_t, r_t = inp
+        h_in = h if r_t is None else sequences.select(r_t, h_reset, h)
+        h_new, out = cell.step(params, link(h_in, w_t), x_t)
+        if m_t is not None:
+            h_new = sequences.select(m_t, h_new, h)
+        return h_new, out
+
+    h_T, outs = jax.lax.scan(body, h0, (xs, w, mask, resets))
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    return h_T, outs
+
+
 # ------------------------------------------------------------- custom_vjp ---
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rnn_scan(cell: Cell, params, h0, xs, w):
-    h_T, outs, _ = _path(cell).forward(cell, params, h0, xs)
+def _rnn_scan(cell: Cell, params, h0, xs, w, mask, resets, h_reset):
+    h_T, outs, _ = _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
     return h_T, outs
 
 
-def _rnn_scan_fwd(cell: Cell, params, h0, xs, w):
-    h_T, outs, residuals = _path(cell).forward(cell, params, h0, xs)
+def _rnn_scan_fwd(cell: Cell, params, h0, xs, w, mask, resets, h_reset):
+    h_T, outs, residuals = _path(cell).forward(
+        cell, params, h0, xs, mask, resets, h_reset
+    )
     return (h_T, outs), (params, residuals, w)
 
 
 def _rnn_scan_bwd(cell: Cell, saved, cotangents):
     params, residuals, w = saved
     dh_T, douts = cotangents
-    dparams, dh0, dxs = _backward(cell, params, residuals, w, dh_T, douts)
-    return dparams, dh0, dxs, jnp.zeros_like(w)
+    dparams, dh0, dxs, dh_reset = _backward(cell, params, residuals, w, dh_T, douts)
+    return dparams, dh0, dxs, jnp.zeros_like(w), None, None, dh_reset
 
 
 _rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
 
+_MODES = ("scan", "autodiff")
 
-def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
+_JVP_REMEDY = (
+    "rnn_scan differentiates by jbptt's reverse scan (a jax.custom_vjp), which "
+    "has no forward mode. For jax.jvp / jax.jacfwd / forward-over-reverse, pass "
+    "mode='autodiff' to jbptt.rnn_scan or jbptt.value_and_grad: the same forward "
+    "as a plain lax.scan (jbptt.loss is that forward), differentiated by JAX in "
+    "either mode."
+)
+
+
+def scan_or_explain(*args):
+    try:
+        return _rnn_scan(*args)
+    except TypeError as err:
+        if "forward-mode" in str(err) or "jvp" in str(err):
+            raise TypeError(f"{_JVP_REMEDY} ({err})") from err
+        raise
+
+
+def check_mode(mode: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"Unknown mode {mode!r}. It needs to be one of {_MODES}.")
+    return mode
+
+
+def rnn_scan(
+    cell: Cell,
+    params,
+    h0,
+    xs,
+    w=None,
+    *,
+    lengths=None,
+    resets=None,
+    reset_state=None,
+    checkpoint=None,
+    mode: str = "scan",
+):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
     Differentiating any function of the outputs with ``jax.grad`` runs the
@@ -303,15 +541,32 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
       cell: a :class:`jbptt.cells.Cell`.
       params: the cell's params (pytree of arrays).
       h0: initial state, batch shape matching ``xs``.
-      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major).
-      w: link weights ``[T]`` (default: ones, i.e. full BPTT). ``w[t]`` scales
-        the gradient from step t into h_{t-1}; ``w[0]`` the one into ``h0``.
-        ``w`` is a constant of the backward: its own cotangent is zero.
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major). Its dtype (shared
+        by ``h0``) is the compute dtype; params may be kept in another
+        floating dtype, their gradient comes back in it.
+      w: link weights ``[T]`` (default: ones, i.e. full BPTT), or
+        ``[T, *batch]`` per sequence. ``w[t]`` scales the gradient from step t
+        into h_{t-1}; ``w[0]`` the one into ``h0``. ``w`` is a constant of the
+        backward: its own cotangent is zero.
+      lengths: ``None``, lengths ``[*batch]`` (ints in ``[1, T]``) or a bool
+        mask ``[T, *batch]`` (true on real steps). Padded steps keep the state
+        unchanged and output zeros (no gradient flows through them), so
+        ``h_T`` is each sequence's state after its last real step.
+      resets: ``None`` or bool ``[T, *batch]``, true where a new episode
+        starts: the state entering that step is ``h0`` and the link into the
+        previous step is cut (its cotangent goes to ``h0``).
+      reset_state: the state a reset restarts from, shaped like ``h0``
+        (default ``h0`` itself), e.g. the zero state when ``h0`` is a state
+        carried over from an earlier segment of the stream.
       checkpoint: ``None`` (default) keeps every step's state for the
         backward; ``"sqrt"`` keeps only the states at the starts of about √T
         segments of about √T steps and recomputes each segment's forward
         during the backward (O(√T) stored states for ~1 extra forward); an
         int sets the segment length. Values and gradients are unchanged.
+      mode: ``"scan"`` (default): jbptt's reverse scan, reverse mode only;
+        ``"autodiff"``: the same forward as a plain ``lax.scan`` that JAX
+        differentiates itself, so ``jax.jvp``/``jax.jacfwd`` work (and link
+        weights still act, through :func:`link`).
 
     Returns:
       ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
@@ -330,17 +585,20 @@ def rnn_scan(cell: Cell, params, h0, xs, w=None, *, checkpoint=None):
       >>> g["W"].shape
       (3, 3)
     """
-    w = validation.check_scan_args(cell, params, h0, xs, w)
+    check_mode(mode)
+    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    scan = reference_scan if mode == "autodiff" else scan_or_explain
     T = xs.shape[0]
     S = segment_length(T, checkpoint)
     if S is None:
-        return _rnn_scan(cell, params, h0, xs, w)
+        return scan(cell, params, h0, xs, w, mask, resets, h_reset)
 
     def segment(h, inp):
-        xs_s, w_s = inp
-        return _rnn_scan(cell, params, h, xs_s, w_s)
+        xs_s, w_s, m_s, r_s = inp
+        return scan(cell, params, h, xs_s, w_s, m_s, r_s, h_reset)
 
-    h_T, (head, body) = scan_segments(segment, h0, (xs, w), T, S)
+    h_T, (head, body) = scan_segments(segment, h0, (xs, w, mask, resets), T, S)
     outs = tree_map(lambda a: a.reshape(-1, *a.shape[2:]), body)
     if head is not None:
         outs = tree_map(lambda a, b: jnp.concatenate([a, b]), head, outs)

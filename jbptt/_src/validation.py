@@ -314,8 +314,18 @@ def _float_dtypes(tree):
     }
 
 
-def check_h0(cell: Cell, params, h0, batch_shape) -> None:
+def check_h0(cell: Cell, params, h0, batch_shape, dtype=None) -> None:
+    """``h0`` must be shaped like ``cell.initial_state(params, batch_shape)``,
+    with floating leaves in ``dtype`` when given (the compute dtype of ``xs``
+    under mixed precision), else in the params' dtype."""
     expected = jax.eval_shape(lambda p: cell.initial_state(p, batch_shape), params)
+    if dtype is not None:
+        expected = tree_util.tree_map(
+            lambda e: jax.ShapeDtypeStruct(e.shape, dtype)
+            if jnp.issubdtype(e.dtype, jnp.floating)
+            else e,
+            expected,
+        )
     got = tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(*_shape_dtype(a)), h0)
     if tree_util.tree_structure(expected) != tree_util.tree_structure(got):
         raise ValueError(
@@ -334,8 +344,8 @@ def check_h0(cell: Cell, params, h0, batch_shape) -> None:
             )
         if e.dtype != g.dtype:
             raise TypeError(
-                f"h0 has dtype {g.dtype} but the params give {e.dtype}; use one "
-                "floating dtype for params, h0 and xs."
+                f"h0 has dtype {g.dtype} but expected {e.dtype}; h0 and xs share "
+                "one floating dtype (the compute dtype)."
             )
 
 
@@ -351,11 +361,8 @@ def check_scan_args(cell: Cell, params, h0, xs, w):
     dtypes = _float_dtypes(params)
     if len(dtypes) > 1:
         raise TypeError(f"params mix floating dtypes {sorted(map(str, dtypes))}.")
-    if dtypes and xs.dtype not in dtypes:
-        raise TypeError(
-            f"xs has dtype {xs.dtype} but params have {dtypes.pop()}; use one "
-            "floating dtype for params, h0 and xs."
-        )
+    # Mixed precision: xs (and h0) may have another floating dtype than the
+    # params; it is the compute dtype, the params keep theirs.
     if cell.input_size is not None:
         size = cell.input_size(params)
         if xs.shape[-1] != size:
@@ -363,7 +370,7 @@ def check_scan_args(cell: Cell, params, h0, xs, w):
                 f"xs has feature size {xs.shape[-1]} (shape {tuple(xs.shape)}) "
                 f"but {cell.name} was initialised with input_size={size}."
             )
-    check_h0(cell, params, h0, batch_shape)
+    check_h0(cell, params, h0, batch_shape, xs.dtype)
     if cell.input_size is None:
         _check_step_runs(cell, params, h0, xs)
     return check_w(w, T, xs.dtype)
