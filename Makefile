@@ -30,6 +30,7 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
+	$(PY) -m benchmarks.bench_online --out benchmarks
 
 lint: venv
 	$(PY) -m ruff check jbptt tests experiments benchmarks

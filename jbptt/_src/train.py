@@ -513,6 +513,11 @@ def _split_ok(rule) -> bool:
     return getattr(rule.block, "splits", rule.segment) is rule.segment
 
 
+def _nonfinite(finite) -> bool:
+    """Whether any of the concrete flags of a step is false."""
+    return bool(checks.nonfinite_names(finite))
+
+
 def _pad(a: np.ndarray, s: int, n: int, b: int) -> np.ndarray:
     """``a[s : s + n]`` padded to ``b`` steps by repeating its last step:
     padded steps are real-valued data (no NaN in masked losses) and never
@@ -756,16 +761,29 @@ def train(
     records, divergences, used = [], [], set()
     padded = advanced = 0
     stopped = False
+    # Without callbacks or a bar, the finite flags of segment i are read
+    # after segment i + 1 is dispatched, so the host prepares the next
+    # segment while the device runs this one; a divergence found late
+    # discards the segment dispatched after it.
+    lag = not callbacks and bar is None
+    unchecked = None  # (index, finite) of the last segment not yet checked
+
+    def check(index, finite) -> bool:
+        div = checks.handle_nonfinite(index, finite, on_nonfinite)
+        if div is not None:
+            divergences.append(div)
+        return div is not None and div.action == "stopped"
+
     for i in range(n_train):
         s, n = int(starts[i]), int(lengths[i])
         index = state.segment + i
-        seg_key = jax.random.fold_in(state.key, index)
+        seg_key = state.key if split else jax.random.fold_in(state.key, index)
         b = bucket_of(n)
+        before = (params, opt_state, h, est_state)
         if b is not None:
             used.add(b)
             padded += b
             out = run(h, zeros_g, zeros_h, s, n, b, seg_key, _UPDATE)
-            new_h = out[2]
             totals = [out[7]]
             seg_losses = [(out[4], n)]
         else:
@@ -793,17 +811,23 @@ def train(
                 totals.insert(0, out[7])
                 if j == m - 1:
                     h_end = out[2]
-            new_h = h_end
         norm, finite = out[8], out[9]
         total = functools.reduce(jnp.add, totals)
-        div = checks.handle_nonfinite(index, finite, on_nonfinite)
-        params, opt_state, est_state = out[0], out[1], out[3]
-        h = out[2] if (div is not None or b is not None) else new_h
+        params, opt_state, h, est_state = out[0], out[1], out[2], out[3]
         records.append((base + s, n, total, norm, seg_losses))
-        if div is not None:
-            divergences.append(div)
-            if div.action == "stopped":
-                stopped = True
+        if unchecked is not None and check(*unchecked):  # the one before
+            params, opt_state, h, est_state = before
+            records.pop()
+            stopped, unchecked = True, None
+            break
+        unchecked = None
+        if lag and b is not None:
+            unchecked = (index, finite)
+        else:
+            ok = not _nonfinite(finite)
+            stopped = check(index, finite)
+            if b is None and ok:
+                h = h_end  # the split segment's end state (block 0 ends early)
         if bar is not None:
             bar.update(n)
             if bar.n == n or i % 16 == 0 or i == n_train - 1:
@@ -824,6 +848,8 @@ def train(
             t_callbacks += time.perf_counter() - t0
         if stopped:
             break
+    if unchecked is not None:
+        stopped = check(*unchecked)
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t_start - t_callbacks
     seconds -= _COMPILE_SECONDS[0] - compile0
