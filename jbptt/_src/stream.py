@@ -206,7 +206,7 @@ def buckets(
       >>> stream.buckets(stream.periodic(16))
       (16,)
       >>> stream.buckets(stream.never(), max_length=64)
-      (8, 16, 24, 32, 48, 64)
+      (8, 16, 24, 40, 64)
     """
     if law.survival is None:  # one endless segment: blocks of max_length
         b, out = min_bucket, []

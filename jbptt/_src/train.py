@@ -360,7 +360,7 @@ def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
       >>> for s in (0, 8, 16, 24):  # segments of 8 steps
       ...     _ = cb(train.Event(None, s // 8, s, 8, 0.0, 0.0, 0.0))
       >>> seen
-      [16, 24]
+      [16, 24, 32]
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}.")
