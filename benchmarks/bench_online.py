@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -126,6 +127,8 @@ def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
 def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
     import torch
 
+    # as many threads as this process may use (not the host's core count)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     rnn = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
     net = rnn[cell_name](I, H)

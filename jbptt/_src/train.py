@@ -480,7 +480,8 @@ def _segment_step(
         # a block always hands its state on; an update keeps it only if finite
         h_kept = checks.select_if(ok | (mode != _UPDATE), h_new, h)
         kept = (*p_o, h_kept, est_new)
-    return (*kept, losses, g, dh_start, total, norm, finite)
+    # one scalar for the host to read; the flags only when it is false
+    return (*kept, losses, g, dh_start, total, norm, finite, checks.all_finite(finite))
 
 
 def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
@@ -511,11 +512,6 @@ def _split_ok(rule) -> bool:
     if rule.block is None or rule.advance is None:
         return False
     return getattr(rule.block, "splits", rule.segment) is rule.segment
-
-
-def _nonfinite(finite) -> bool:
-    """Whether any of the concrete flags of a step is false."""
-    return bool(checks.nonfinite_names(finite))
 
 
 def _pad(a: np.ndarray, s: int, n: int, b: int) -> np.ndarray:
@@ -768,7 +764,9 @@ def train(
     lag = not callbacks and bar is None
     unchecked = None  # (index, finite) of the last segment not yet checked
 
-    def check(index, finite) -> bool:
+    def check(index, finite, all_ok) -> bool:
+        if bool(all_ok):  # one transfer per segment, not one per flag
+            return False
         div = checks.handle_nonfinite(index, finite, on_nonfinite)
         if div is not None:
             divergences.append(div)
@@ -811,7 +809,7 @@ def train(
                 totals.insert(0, out[7])
                 if j == m - 1:
                     h_end = out[2]
-        norm, finite = out[8], out[9]
+        norm, finite = out[8], (out[9], out[10])
         total = functools.reduce(jnp.add, totals)
         params, opt_state, h, est_state = out[0], out[1], out[2], out[3]
         records.append((base + s, n, total, norm, seg_losses))
@@ -822,10 +820,10 @@ def train(
             break
         unchecked = None
         if lag and b is not None:
-            unchecked = (index, finite)
+            unchecked = (index, *finite)
         else:
-            ok = not _nonfinite(finite)
-            stopped = check(index, finite)
+            ok = bool(finite[1])
+            stopped = check(index, *finite)
             if b is None and ok:
                 h = h_end  # the split segment's end state (block 0 ends early)
         if bar is not None:
@@ -876,7 +874,8 @@ def train(
         step_loss = np.concatenate(
             [np.asarray(a)[:k] for r in records for a, k in r[4]]
         )
-        loss = np.asarray([float(r[2]) / r[1] for r in records])
+        totals_np = np.asarray(jnp.stack([r[2] for r in records]))
+        loss = (totals_np / np.asarray([r[1] for r in records])).astype(totals_np.dtype)
         norms = np.asarray(jnp.stack([r[3] for r in records]))
     else:
         step_loss, loss, norms = np.zeros(0), np.zeros(0), np.zeros(0)
