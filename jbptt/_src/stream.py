@@ -187,6 +187,7 @@ def draw(law: CutLaw, key, t0: int, T: int, d: int):
     return w, d
 
 
+@functools.lru_cache(maxsize=256)  # once per law: train asks on every call
 def buckets(
     law: CutLaw,
     min_bucket: int = 8,
@@ -238,11 +239,11 @@ def buckets(
     for b in range(lo, top + 1):
         best[1][b] = cost(0, b)
     for j in range(2, K + 1):
-        for b in range(lo, top + 1):
-            for a in range(lo, b):
-                v = best[j - 1][a] + cost(a, b)
-                if v < best[j][b]:
-                    best[j][b], arg[j][b] = v, a
+        for b in range(lo + 1, top + 1):
+            a = np.arange(lo, b)  # the previous bucket, vectorised
+            v = best[j - 1][a] + cost(a, b)
+            i = int(np.argmin(v))
+            best[j][b], arg[j][b] = v[i], a[i]
     j = int(np.argmin(best[1:, top])) + 1
     out, b = [top], top
     while j > 1:
