@@ -35,6 +35,7 @@ test-fast: venv
 
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
+	$(PY) -m benchmarks.bench_online --out benchmarks
 
 # Rerun every full-run experiment and rebuild experiments/RESULTS.md's tables.
 report: venv

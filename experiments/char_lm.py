@@ -28,6 +28,7 @@ import csv
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _cli, _online  # probes and evaluation over jbptt.train
+from experiments import _cli
 from jbptt import cells, data, estimators, truncation
 
 CELLS = {"lstm": cells.lstm, "gru": cells.gru}
@@ -91,6 +92,13 @@ def setup(cell_name, V, k, args):
 QUICK_SIZE = 64  # --quick pads segments to ≥ 64 steps: few compilations
 
 
+class Record(NamedTuple):
+    t_end: int  # steps trained after this segment
+    length: int  # segment length
+    loss: object  # mean per-step loss of the segment (device scalar)
+    seconds: float  # training wall-clock so far (no compilation, no callbacks)
+
+
 def run_one(setup_, est, k, corpus, args, key, quick):
     model, loss_fn, opt = setup_
     V = len(corpus.vocab)
@@ -100,35 +108,32 @@ def run_one(setup_, est, k, corpus, args, key, quick):
     x, y = data.next_char_pairs(s)
     xs, ys = one_hot(x, V), y
     T = len(ys)
-    w, _ = est.sample(k_w, T)
-    w = np.asarray(w[0])
     bpc = make_eval(model, V, corpus.valid[: args.valid_chars], args.eval_batch)
     curve = [{"t": 0, "seconds": 0.0, "updates": 0, "bpc": bpc(params)}]
-    next_eval = [args.eval_every]
+    recs = []  # one record per segment: where it ended, its loss, the clock
 
-    def callback(p, recs):
-        if recs[-1].t_end >= next_eval[0] or recs[-1].t_end == T:
-            next_eval[0] += args.eval_every
-            curve.append(
-                {
-                    "t": recs[-1].t_end,
-                    "seconds": recs[-1].seconds,
-                    "updates": len(recs),
-                    "bpc": bpc(p),
-                }
-            )
+    def record(e):
+        recs.append(Record(e.start + e.length, e.length, e.loss, e.seconds))
+        if e.start + e.length == T:  # the last segment: a final evaluation
+            evaluate(e)
 
-    params, _, recs, _ = _online.train_online(
+    def evaluate(e):
+        if curve[-1]["t"] < e.start + e.length:
+            t, p = e.start + e.length, e.state.params
+            curve.append({"t": t, "seconds": e.seconds, "updates": e.index + 1,
+                          "bpc": bpc(p)})  # fmt: skip
+
+    jbptt.train.train(
         model.cell,
         loss_fn,
         params,
-        opt,
-        model.cell.initial_state(params, (args.batch,)),
         xs,
         ys,
-        w,
-        callback=callback,
-        min_bucket=QUICK_SIZE if quick else 8,
+        opt,
+        est,
+        key=k_w,
+        callbacks=[jbptt.train.every(args.eval_every, evaluate), record],
+        min_bucket=QUICK_SIZE if quick else None,
         progress=not quick,
     )
     return curve, recs

@@ -48,13 +48,15 @@ import argparse
 import csv
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import _cli, _online  # probes and evaluation over jbptt.train
+import jbptt
+from experiments import _cli
 from jbptt import cells, estimators, truncation
 
 N_UNITS, N_POS = 23, 10
@@ -115,9 +117,11 @@ def label(est, artbp_mean, alpha):
     return f"ARTBP(poly-tail L0={artbp_mean:g}, a={alpha:g})"
 
 
-def longest(w) -> int:
-    """Longest segment cut by ``w``."""
-    return max(b - a for a, b in _online.segments(w))
+class Record(NamedTuple):
+    t_end: int  # steps trained after this segment
+    length: int  # segment length
+    loss: float  # mean per-step loss of the segment
+    seconds: float  # training wall-clock so far (no compilation, no callbacks)
 
 
 def run_one(est, steps, eta0, key, mean_len):
@@ -126,23 +130,18 @@ def run_one(est, steps, eta0, key, mean_len):
     # η = η₀/√(1+t) at time step t; one update per segment of mean length L̄,
     # so the u-th update happens near t = L̄·u.
     lr = lambda u: eta0 / jnp.sqrt(1.0 + mean_len * u)
-    w, _ = est.sample(key, steps)
     xs = np.zeros((steps, 1))
     ys = np.ones((steps,))
-    params, _, recs, thetas = _online.train_online(
-        c,
-        loss_fn,
-        params,
-        optax.sgd(lr),
-        c.initial_state(params),
-        xs,
-        ys,
-        w[0],
-        probe=lambda p: p["theta"],
-        # every segment padded to the longest: one compilation per run
-        min_bucket=longest(w[0]),
+    recs, thetas = [], []
+
+    def probe(e):  # θ after every update
+        recs.append(Record(e.start + e.length, e.length, float(e.loss), e.seconds))
+        thetas.append(float(e.state.params["theta"]))
+
+    jbptt.train.train(
+        c, loss_fn, params, xs, ys, optax.sgd(lr), est, key=key, callbacks=[probe]
     )
-    return recs, [float(t) for t in thetas]
+    return recs, thetas
 
 
 # --quick sets these defaults only: flags given explicitly are kept.

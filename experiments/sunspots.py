@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 import jbptt
-from experiments import _cli, _online  # probes and evaluation over jbptt.train
+from experiments import _cli
 from jbptt import cells, data, estimators, truncation
 
 SIZE = 32  # segments padded to ≥ 32 steps (tiny model): few compilations
@@ -76,25 +76,17 @@ def rnn_forecast(setup_, est, series: np.ndarray, n_train: int, args, key):
     y_tr = series[1:n_train, None]
     xs = np.tile(x_tr, (args.epochs, 1))  # epochs back to back along one stream
     ys = np.tile(y_tr, (args.epochs, 1))
-    w, _ = est.sample(k_w, len(xs))
-    params, _, recs, _ = _online.train_online(
-        model.cell,
-        loss_fn,
-        params,
-        opt,
-        model.cell.initial_state(params),
-        xs,
-        ys,
-        np.asarray(w[0]),
-        min_bucket=SIZE,
+    hist = jbptt.train.train(
+        model.cell, loss_fn, params, xs, ys, opt, est, key=k_w, min_bucket=SIZE
     )
+    params = hist.params
     # read the whole series from a zero state: outs[t] predicts series[t+1]
     x_all = jnp.asarray(series[:-1, None])
     h0 = model.cell.initial_state(params)
     _, outs = jbptt.rnn_scan(model.cell, params, h0, x_all)
     pred = np.asarray(model.predict(params, outs))[:, 0]
-    train_loss = float(np.mean([r.loss for r in recs[-max(1, len(recs) // 20) :]]))
-    return pred[n_train - 1 :], pred[: n_train - 1], train_loss, len(recs)
+    train_loss = float(np.mean(hist.loss[-max(1, len(hist.loss) // 20) :]))
+    return pred[n_train - 1 :], pred[: n_train - 1], train_loss, len(hist.loss)
 
 
 # --quick sets these defaults only: flags given explicitly are kept.

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sharding, truncation, validation
+from jbptt._src import protocol, sharding, stream, truncation, validation
 from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
@@ -72,6 +72,11 @@ class Estimator(NamedTuple):
       backward_steps: ``T -> float``, expected reverse-scan steps of work per
         sequence for an online implementation (each window backpropagated
         only as far as its cut). ``None`` when unknown.
+      law: the :class:`jbptt._src.stream.CutLaw` of the cuts along an
+        unbounded stream, for online training (chunk-invariant cuts, static
+        buckets, long segments split); ``None`` for estimators whose windows
+        are tied to one sequence length (online training then plans each call
+        with ``sample``).
 
     Examples:
       A custom estimator: TBPTT(2) on the second half of the losses only.
@@ -94,6 +99,7 @@ class Estimator(NamedTuple):
     deterministic: bool
     hparams: dict[str, Any]
     backward_steps: Callable[[int], float] | None = None
+    law: Any = None
 
     # ------------------------------------------ the estimator protocol ---
 
@@ -138,8 +144,21 @@ class Estimator(NamedTuple):
     def online(self) -> OnlineRule:
         """Segments between the cuts of one sampled window (module
         :mod:`jbptt.train`); estimators with overlapping windows refuse at
-        planning time."""
-        return OnlineRule(_no_state, self._plan, _truncation_segment)
+        planning time. With a cut ``law`` the cuts are drawn along the stream
+        (:func:`jbptt._src.stream.draw`), the segments run in the law's static
+        buckets and longer ones are split (``advance`` and ``block``)."""
+        if self.law is None:
+            return OnlineRule(_no_state, self._plan, _truncation_segment)
+        law = self.law
+        return OnlineRule(
+            _no_state,
+            self._plan,
+            _truncation_segment,
+            cuts=lambda key, t0, T, d: stream.draw(law, key, t0, T, d),
+            buckets=lambda min_bucket: stream.buckets(law, min_bucket),
+            advance=_truncation_advance,
+            block=_truncation_block,
+        )
 
     def _plan(self, key, T: int):
         w, m = self.sample(key, T)
@@ -195,6 +214,50 @@ def _truncation_segment(cell, loss_fn, params, h, est_state, xs, ys, w, mask, ke
     return losses, g, jax.lax.stop_gradient(h_last), est_state
 
 
+def _truncation_advance(cell, params, h, xs, mask):
+    """The state after the block's last real step, forward only (the blocks
+    before the last of a split segment)."""
+
+    def body(h, inp):
+        x, m = inp
+        h_new, _ = cell.step(params, h, x)
+        return tree_map(lambda a, b: jnp.where(m > 0, a, b), h_new, h), None
+
+    h, _ = jax.lax.scan(body, h, (xs, mask))
+    return h
+
+
+def _truncation_block(cell, loss_fn, params, h, xs, ys, w, mask, dh_end):
+    """One block of a split segment: the gradient of the block's losses plus
+    ``⟨dh_end, h_last⟩`` (``dh_end``: the cotangent arriving from the later
+    blocks), and ``dh_start``, the cotangent leaving through the block's
+    first link (scaled by ``w[0]``), to hand to the block before. Summed over
+    the blocks, the gradients are the unsplit segment's (the reverse scan
+    is linear in its cotangents)."""
+    n = jnp.sum(mask).astype(int)
+
+    def block_loss(params, h):
+        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w)
+        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
+        h_last = tree_map(lambda a: a[n - 1], hs)
+        carried = sum(
+            jnp.vdot(a, b)
+            for a, b in zip(
+                jax.tree_util.tree_leaves(h_last),
+                jax.tree_util.tree_leaves(dh_end),
+                strict=True,
+            )
+        )
+        return jnp.sum(losses) + carried, (losses, h_last)
+
+    grad = jax.value_and_grad(block_loss, argnums=(0, 1), has_aux=True)
+    (_, (losses, h_last)), (g, dh_start) = grad(params, h)
+    return losses, g, jax.lax.stop_gradient(h_last), dh_start
+
+
+_truncation_block.splits = _truncation_segment  # what it splits (train.py)
+
+
 def _one_window(w):
     return w[None], jnp.ones_like(w)[None]
 
@@ -220,6 +283,7 @@ def full() -> Estimator:
         True,
         {},
         _T_steps,
+        stream.never(),
     )
 
 
@@ -263,6 +327,7 @@ def tbptt(k: int, random_offset: bool = False) -> Estimator:
         not random_offset,
         {"k": k, "random_offset": random_offset},
         _T_steps,
+        stream.periodic(k, random_offset),
     )
 
 
@@ -306,7 +371,18 @@ def artbp(c) -> Estimator:
         False,
         {"c": c},
         _T_steps,
+        _artbp_law(c),
     )
+
+
+def _artbp_law(c) -> stream.CutLaw | None:
+    if callable(c):
+        return stream.schedule(c)
+    try:
+        c = np.asarray(c, float)
+    except jax.errors.TracerArrayConversionError:  # traced c: no stream law
+        return None
+    return stream.constant(float(c)) if c.ndim == 0 else stream.positional(c)
 
 
 def _check_depth(depth, T):

@@ -96,11 +96,40 @@ class OnlineRule(NamedTuple):
         to a static length ``n``; ``mask[t]`` is 1 on real steps, 0 on padding.
         Return the same function object from every ``online()`` call, so the
         training step compiles once per segment length.
+      cuts: optional ``(key, t0, T, d) -> (w[T], d)``, on the host: link
+        weights for the global steps ``t0 .. t0 + T − 1`` of a stream, a zero
+        marking a cut before that step, drawn from ``key`` and the global
+        step only, and ``d``, what the draws carry from chunk to chunk (steps
+        since the last cut). When given, :func:`jbptt.train.train` uses it
+        instead of ``plan``, so a stream fed in chunks is cut as if fed at
+        once, and the unfinished last segment of a chunk waits for the next.
+      buckets: optional ``min_bucket -> tuple[int, ...]``: the static segment
+        lengths the training step compiles, fixed by the estimator (not by
+        one draw). Segments run in the smallest bucket that holds them; a
+        longer one is split into blocks of the largest (needs ``advance`` and
+        ``block``). Without it, buckets are powers of two capped at the
+        call's longest segment.
+      advance: optional ``(cell, params, h, xs, mask) -> h_new``, traceable:
+        the state after a block's real steps, forward only.
+      block: optional ``(cell, loss_fn, params, h, xs, ys, w, mask, dh_end) ->
+        (losses, grads, h_new, dh_start)``, traceable: ``segment`` on one
+        block of a split segment, with ``dh_end`` the cotangent arriving at
+        the block's last real step from later blocks and ``dh_start`` the one
+        leaving through its first link. The gradients summed over the blocks
+        must equal ``segment``'s on the whole (for stateless estimators, whose
+        ``est_state`` is ``()``). A rule that replaces ``segment`` with
+        ``_replace`` keeps the old ``block``; it is used only when it says it
+        splits this segment (``block.splits is segment``) or has no
+        ``splits`` attribute.
     """
 
     init: Callable[..., Any]
     plan: Callable[[jax.Array, int], tuple[np.ndarray, Any]]
     segment: Callable[..., tuple[jax.Array, Any, Any, Any]]
+    cuts: Callable[..., tuple[np.ndarray, Any]] | None = None
+    buckets: Callable[[int], tuple[int, ...]] | None = None
+    advance: Callable[..., Any] | None = None
+    block: Callable[..., tuple[jax.Array, Any, Any, Any]] | None = None
 
 
 @runtime_checkable

@@ -33,16 +33,39 @@ for ARTBP an unbiased estimate of the full gradient (tested); with updates
 in between, each segment sees the params of the previous update, as in any
 online algorithm.
 
-Random segment lengths do not recompile the step: a segment of length n runs
-in a bucket of static length ``min(max(min_bucket, 2^⌈log2 n⌉), n_max)``,
-its extra steps masked out of the loss and out of the carried state, so the
-step compiles at most once per bucket.
+Random segment lengths do not recompile the step. An estimator with a cut
+law (``OnlineRule.cuts`` and ``buckets``: full, TBPTT, ARTBP) fixes a small
+set of static segment lengths (buckets) from its law, not from one draw
+(:func:`jbptt._src.stream.buckets`); a segment runs in the smallest bucket
+that holds it, its extra steps masked out of the loss and out of the carried
+state, and a rare longer segment is split into blocks of the largest bucket:
+forward through the blocks, then backward from the last, each block handing
+the cotangent of its initial state (scaled by its first link weight) to the
+block before, the gradients summed and applied once. That is the same
+gradient (the reverse scan is linear in its cotangents; equal up to
+round-off), and the step compiles at most once per bucket over any number of
+calls. Other rules run in buckets of ``min(max(min_bucket, 2^⌈log2 n⌉),
+n_max)``.
+
+Streams in chunks. Everything a run carries is one :class:`TrainState`
+(params, optimizer state, cell state, estimator state, key, global step and
+segment counters, the cut law's carry and the unfinished last segment).
+Cuts are drawn from the key and the global step only, and with
+``flush=False`` the unfinished last segment of a call waits for the next
+call's data. So a stream fed in any number of calls, each passing the
+previous call's ``History.state`` and all but the last with ``flush=False``,
+gives bitwise the same params, optimizer state, cell state, per-segment
+losses and gradient norms as one call on the whole stream (same devices and
+XLA flags; tested). Rules without a cut law plan each call with ``plan``;
+their runs split the same way when each call's plan ends at a segment end
+(forward mode, one update per step, always does).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -63,7 +86,9 @@ class History(NamedTuple):
     Attributes:
       params: params after the last update.
       opt_state: the optimizer state after the last update.
-      h: the state after the last step (carry it into a following call).
+      h: the state after the last trained step (carry it into a following
+        call); with ``flush=False`` the steps of ``state.pending`` come
+        after it.
       loss: ``[S]`` mean per-step loss of each segment (before its update).
       grad_norm: ``[S]`` global norm of each segment's gradient (before
         clipping).
@@ -78,6 +103,15 @@ class History(NamedTuple):
         ``est_state=`` to continue.
       step_loss: ``[sum(length)]`` the per-step losses ``ℓ_t``, each under
         the params of its segment.
+      state: the :class:`TrainState` to continue from (``state=``).
+      compiles: compilations of the training step during this call (a
+        jit cache-size probe: 0 when every bucket was compiled before).
+      padded_steps: steps run in the gradient passes, padding included
+        (``padded_steps / length.sum()`` is the padding overhead).
+      advanced_steps: forward-only steps re-run to split long segments.
+      seconds: wall-clock of the call less compilation and callbacks.
+      stopped: whether a callback or ``on_nonfinite="stop"`` ended the call
+        early (the rest of its data was not used).
     """
 
     params: Any
@@ -91,6 +125,12 @@ class History(NamedTuple):
     divergences: tuple[checks.Divergence, ...] = ()
     est_state: Any = ()
     step_loss: np.ndarray | None = None
+    state: Any = None
+    compiles: int = 0
+    padded_steps: int = 0
+    advanced_steps: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
 
 
 def bucket_length(n: int, min_bucket: int, n_max: int) -> int:
@@ -249,13 +289,208 @@ def make_step(
     return step
 
 
+class TrainState(NamedTuple):
+    """Everything an online run carries from one call of :func:`train` to
+    the next.
+
+    Attributes:
+      params: current params.
+      opt_state: the optimizer state (after clipping, when ``clip`` is set).
+      h: the cell state after the last trained step.
+      est_state: what the estimator carries (``()`` for truncation).
+      key: the run's key: cuts and segment keys are folded from it by the
+        global step and segment index, never split per call.
+      step: global index of the next step of the stream (steps consumed,
+        the pending ones included).
+      segment: number of segments trained so far (global segment index).
+      cut: the cut law's carry (steps since the last cut).
+      pending: ``(xs, ys, w)`` of the unfinished last segment (``None`` when
+        there is none): steps already cut, waiting for the next call's data
+        to end their segment. Pass ``flush=True`` at the stream's end.
+    """
+
+    params: Any
+    opt_state: Any
+    h: Any
+    est_state: Any
+    key: Any
+    step: int = 0
+    segment: int = 0
+    cut: int = 1
+    pending: Any = None
+
+
+class Event(NamedTuple):
+    """What a callback sees after each segment's update.
+
+    Attributes:
+      state: the :class:`TrainState` after the update (``pending`` not yet
+        set: it is filled in at the end of the call).
+      index: global segment index.
+      start: global index of the segment's first step.
+      length: number of steps in the segment (each step of the stream is in
+        exactly one event).
+      loss: mean per-step loss of the segment (a device scalar; ``float``
+        waits for it).
+      grad_norm: global norm of the segment's gradient (device scalar).
+      seconds: training wall-clock of this call so far, without compilation
+        and callbacks.
+    """
+
+    state: TrainState
+    index: int
+    start: int
+    length: int
+    loss: Any
+    grad_norm: Any
+    seconds: float
+
+
+def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
+    """A callback calling ``fn(event)`` after each segment that reaches a
+    multiple of ``n`` global steps (once per segment, however many
+    multiples it crosses): evaluation, logging, checkpoints.
+
+    Its return value is passed on (``True`` stops training).
+
+    Examples:
+      >>> from jbptt import train
+      >>> seen = []
+      >>> cb = train.every(10, lambda e: seen.append(e.start + e.length))
+      >>> for s in (0, 8, 16, 24):  # segments of 8 steps
+      ...     _ = cb(train.Event(None, s // 8, s, 8, 0.0, 0.0, 0.0))
+      >>> seen
+      [16, 24, 32]
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}.")
+
+    def callback(event: Event):
+        if (event.start + event.length) // n > event.start // n:
+            return fn(event)
+        return None
+
+    return callback
+
+
+# Backend compile seconds of the whole process (jax.monitoring), to leave
+# compilation out of History.seconds.
+_COMPILE_SECONDS = [0.0]
+
+
+def _on_duration(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILE_SECONDS[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+# Modes of the split-capable step (traced, so one compilation per bucket).
+_UPDATE, _ADVANCE, _ACCUMULATE = 0, 1, 2
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "cell",
+        "loss_fn",
+        "optimizer",
+        "clip",
+        "clip_mode",
+        "segment",
+        "advance",
+        "block",
+    ),
+)
+def _segment_step(
+    params,
+    opt_state,
+    h,
+    est_state,
+    g_acc,
+    dh_end,
+    xs,
+    ys,
+    w,
+    n,
+    key,
+    mode,
+    *,
+    cell,
+    loss_fn,
+    optimizer,
+    clip,
+    clip_mode,
+    segment,
+    advance,
+    block,
+):
+    """One segment (or block) of static length ``xs.shape[0]`` with ``n``
+    real steps, then (mode ``_UPDATE``) one guarded optimizer update.
+
+    Without ``block``: the rule's ``segment``. With it, every segment runs
+    through ``block`` (``dh_end = 0``, ``g_acc = 0`` for a whole segment)
+    and the traced ``mode`` picks the forward-only ``advance`` or a block
+    whose gradient is accumulated into ``g_acc``, without an update: the
+    pieces of a split segment share the bucket's one compilation.
+    """
+    bucket = xs.shape[0]
+    mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
+    ldt = jnp.result_type(float)
+    if block is None:
+        losses, g, h_new, est_new = segment(
+            cell, loss_fn, params, h, est_state, xs, ys, w, mask, key
+        )
+        dh_start, apply = dh_end, True
+    else:
+
+        def run_block(_):
+            losses, g, h_new, dh = block(
+                cell, loss_fn, params, h, xs, ys, w, mask, dh_end
+            )
+            h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+            return losses.astype(ldt), tree_map(jnp.add, g, g_acc), h_new, dh
+
+        def run_advance(_):
+            h_new = advance(cell, params, h, xs, mask)
+            h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+            zeros = tree_map(jnp.zeros_like, dh_end)
+            return jnp.zeros((bucket,), ldt), g_acc, h_new, zeros
+
+        losses, g, h_new, dh_start = jax.lax.cond(
+            mode == _ADVANCE, run_advance, run_block, None
+        )
+        est_new, apply = est_state, mode == _UPDATE
+    tx = _transform(optimizer, clip, clip_mode)
+    total, norm = jnp.sum(losses), optax.tree.norm(g)
+    # Value-level guard (no Python `if` on tracers): a non-finite segment
+    # leaves everything as it was; the caller reports it from the flags.
+    finite = checks.finite_flags(loss=total, grads=g, state=h_new)
+    ok = checks.all_finite(finite) & apply
+
+    def update(_):
+        updates, new_opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    if block is None:
+        new = (*update(None), h_new, est_new)
+        kept = checks.select_if(ok, new, (params, opt_state, h, est_state))
+    else:
+        p_o = jax.lax.cond(ok, update, lambda _: (params, opt_state), None)
+        # a block always hands its state on; an update keeps it only if finite
+        h_kept = checks.select_if(ok | (mode != _UPDATE), h_new, h)
+        kept = (*p_o, h_kept, est_new)
+    # one scalar for the host to read; the flags only when it is false
+    return (*kept, losses, g, dh_start, total, norm, finite, checks.all_finite(finite))
+
+
 def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
     is_int = isinstance(min_bucket, int) and not isinstance(min_bucket, bool)
-    if not is_int or min_bucket <= 0:
+    if min_bucket is not None and (not is_int or min_bucket <= 0):
         raise ValueError(f"min_bucket must be a positive int, got {min_bucket!r}.")
     if not hasattr(xs, "shape") or xs.ndim < 2:
         raise ValueError(
@@ -270,6 +505,27 @@ def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
                 f"got a leaf of shape {np.shape(leaf)}."
             )
     return T
+
+
+def _split_ok(rule) -> bool:
+    """Whether the rule's split form (``advance``, ``block``) is its own."""
+    if rule.block is None or rule.advance is None:
+        return False
+    return getattr(rule.block, "splits", rule.segment) is rule.segment
+
+
+def _pad(a: np.ndarray, s: int, n: int, b: int) -> np.ndarray:
+    """``a[s : s + n]`` padded to ``b`` steps by repeating its last step:
+    padded steps are real-valued data (no NaN in masked losses) and never
+    reach the loss or the carry."""
+    seg = a[s : s + n]
+    if b == n:
+        return seg
+    return np.concatenate([seg, np.repeat(seg[-1:], b - n, axis=0)], axis=0)
+
+
+def _cat(a, b):
+    return b if a is None else tree_map(lambda u, v: np.concatenate([u, v]), a, b)
 
 
 def train(
@@ -287,20 +543,26 @@ def train(
     est_state=None,
     clip: float | None = None,
     clip_mode: str = "global_norm",
-    min_bucket: int = 8,
+    min_bucket: int | None = None,
     on_nonfinite: str = "raise",
+    state: TrainState | None = None,
+    flush: bool = True,
+    callbacks: Sequence[Callable[[Event], Any]] = (),
+    progress: bool = False,
 ) -> History:
     """Train online along ``xs``, one optax update per segment.
 
-    See the module docstring for the exact estimator. ``xs``/``ys`` are one
-    long sequence ``[T, I]`` or a batch ``[T, B, I]`` (time-major); all batch
-    members share the segments.
+    See the module docstring for the exact estimator and what holds across
+    calls. ``xs``/``ys`` are one long sequence ``[T, I]`` or a batch
+    ``[T, B, I]`` (time-major); all batch members share the segments, so the
+    update is the gradient of the batch's summed loss over each shared
+    segment (per-stream cuts: vmap a per-stream estimate instead).
 
     Args:
       cell: a :class:`jbptt.cells.Cell` (built-in, Flax via
         ``cells.from_flax``, or a :func:`jbptt.readout` model's ``cell``).
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      params: initial params.
+      params: initial params (ignored when ``state`` is given).
       xs: inputs ``[T, ..., I]``.
       ys: targets, time-major, length T.
       optimizer: any ``optax.GradientTransformation``.
@@ -310,7 +572,7 @@ def train(
         cuts delimit segments), link weights ``w[T]``, a forward-mode
         estimator (``jbptt.forward_mode.rtrl()``, ``uoro()``, ``snap1()``:
         one update per step) or your own.
-      key: PRNG key for random estimators.
+      key: PRNG key for random estimators (ignored when ``state`` is given).
       h0: initial state (default: zeros from ``cell.initial_state``).
       opt_state: optimizer state to resume from (default: ``optimizer.init``,
         after the clipping transformation when ``clip`` is given).
@@ -321,7 +583,8 @@ def train(
         ``optax.clip(clip)`` (``clip_mode="value"``), chained by
         ``optax.chain``.
       clip_mode: ``"global_norm"`` or ``"value"``.
-      min_bucket: smallest static segment length compiled.
+      min_bucket: smallest static segment length compiled (default: the
+        estimator's buckets as they are; 8 for rules without buckets).
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
         :class:`jbptt.checks.DivergenceError` naming the segment and the
@@ -329,9 +592,22 @@ def train(
         the segment and go on. Either way it is listed in
         ``History.divergences``. The data are checked up front with
         :func:`jbptt.check_finite`.
+      state: a :class:`TrainState` to continue from (``History.state``):
+        params, optimizer, cell and estimator states, key and position in
+        the stream; ``params``, ``key``, ``h0``, ``opt_state`` and
+        ``est_state`` are then ignored.
+      flush: whether the stream ends with this call: the last segment is
+        trained even though no cut ends it. With ``flush=False`` it waits in
+        ``History.state.pending`` for the next call (chunked streams).
+      callbacks: functions ``event -> bool | None`` called after every
+        segment with an :class:`Event` (wrap with :func:`every` for every n
+        steps); one returning ``True`` stops training after that segment
+        (the rest of this call's data is not used).
+      progress: show a progress bar (tqdm) with the last segment's loss and
+        the segments per second.
 
     Returns:
-      A :class:`History`.
+      A :class:`History`; ``History.state`` continues the run.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -344,42 +620,107 @@ def train(
       ...                          optax.adam(1e-2), estimators.tbptt(8))
       >>> hist.loss.shape, hist.length.tolist()[:2]
       ((8,), [8, 8])
+
+      The same stream in two calls, the first leaving its unfinished
+      segment pending: bitwise the same run.
+
+      >>> a = jbptt.train.train(model.cell, model.loss_fn, params, xs[:30],
+      ...                       xs[:30], optax.adam(1e-2), estimators.tbptt(8),
+      ...                       flush=False)
+      >>> b = jbptt.train.train(model.cell, model.loss_fn, None, xs[30:],
+      ...                       xs[30:], optax.adam(1e-2), estimators.tbptt(8),
+      ...                       state=a.state)
+      >>> bool(jnp.all(b.params["cell"]["W"] == hist.params["cell"]["W"]))
+      True
     """
     T = _check_data(cell, loss_fn, xs, ys, min_bucket)
     checks.check_policy(on_nonfinite)
     checks.check_finite(xs=xs, ys=ys, h0=h0)
     _check_optimizer(optimizer, clip, clip_mode)
+    if not isinstance(flush, bool):
+        raise TypeError(f"flush must be a bool, got {flush!r}.")
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables event -> bool, got {cb!r}.")
     estimator = protocol.as_estimator(estimator)
     rule = estimator.online()
-    if key is None:
-        if not estimator.deterministic:
-            raise ValueError(f"estimator {estimator.name} is random: pass key=.")
-        key = jax.random.key(0)
-    lengths, w = rule.plan(key, T)
-    lengths = np.asarray(lengths, int)
-    if lengths.ndim != 1 or lengths.sum() != T or np.any(lengths < 1):
-        raise ValueError(
-            f"estimator {estimator.name}: its plan must give positive segment "
-            f"lengths summing to T = {T}, got {lengths.tolist()}."
+    if state is None:
+        if key is None:
+            if not estimator.deterministic:
+                raise ValueError(f"estimator {estimator.name} is random: pass key=.")
+            key = jax.random.key(0)
+        h = cell.initial_state(params, tuple(xs.shape[1:-1])) if h0 is None else h0
+        if est_state is None:
+            est_state = rule.init(cell, params, h, xs[0])
+        if opt_state is None:
+            opt_state = _transform(optimizer, clip, clip_mode).init(params)
+        state = TrainState(params, opt_state, h, est_state, key)
+    elif not isinstance(state, TrainState):
+        raise TypeError(
+            f"state must be a jbptt.train.TrainState (History.state), got "
+            f"{type(state).__name__}."
         )
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+
+    xs_np = np.asarray(xs)
+    ys_np = tree_map(np.asarray, ys)
+    dtype = xs_np.dtype
+    P = 0 if state.pending is None else int(state.pending[0].shape[0])
+    base = state.step - P  # global index of the first step below
+    if rule.cuts is not None:
+        w_new, cut = rule.cuts(state.key, state.step, T, state.cut)
+        w_new = np.asarray(w_new, dtype)
+        g_idx = state.step + np.arange(T)
+        cuts = P + np.flatnonzero((w_new == 0) & (g_idx > 0))
+        ends = np.concatenate([cuts, [P + T]])
+        starts = np.concatenate([[0], cuts])
+        keep = ends > starts  # a cut at the call's first step ends no pending
+        starts, ends = starts[keep], ends[keep]
+        lengths = ends - starts
+        if state.pending is not None:
+            pxs, pys, pw = state.pending
+            xs_np, ys_np = np.concatenate([pxs, xs_np]), _cat(pys, ys_np)
+            w_new = np.concatenate([pw, w_new])
+    else:
+        if state.pending is not None:
+            raise ValueError(
+                f"state has {P} pending steps but estimator {estimator.name} "
+                "draws no cuts along a stream (OnlineRule.cuts); flush the "
+                "previous call."
+            )
+        plan_key = (
+            state.key if state.step == 0 else jax.random.fold_in(state.key, state.step)
+        )
+        lengths, w_new = rule.plan(plan_key, T)
+        lengths = np.asarray(lengths, int)
+        if lengths.ndim != 1 or lengths.sum() != T or np.any(lengths < 1):
+            raise ValueError(
+                f"estimator {estimator.name}: its plan must give positive segment "
+                f"lengths summing to T = {T}, got {lengths.tolist()}."
+            )
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+        w_new = np.ones(T, dtype) if w_new is None else np.asarray(w_new, dtype)
+        cut = state.cut
+    w_all = w_new
+    n_train = len(lengths) if (flush or rule.cuts is None) else len(lengths) - 1
+
+    split = _split_ok(rule)
+    if rule.buckets is not None:
+        ladder = tuple(sorted(rule.buckets(1 if min_bucket is None else min_bucket)))
+    else:
+        ladder = None
+    mb = 8 if min_bucket is None else min_bucket
     n_max = int(lengths.max())
-    sizes = [bucket_length(n, min_bucket, n_max) for n in lengths]
-    pad = max(sizes)
 
-    # Pad time by repeating the last step: padded steps are real-valued data
-    # (no NaN in masked losses) and never reach the loss or the carry.
-    def pad_time(a):
-        a = jnp.asarray(a)
-        return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+    def bucket_of(n):
+        if ladder is not None:
+            fits = [b for b in ladder if b >= n]
+            if fits:
+                return fits[0]
+            if split:
+                return None  # split into blocks of ladder[-1]
+        return bucket_length(n, mb, n_max)
 
-    w = jnp.ones((T,), xs.dtype) if w is None else jnp.asarray(w, xs.dtype)
-    xs_p, ys_p, w_p = pad_time(xs), tree_map(pad_time, ys), pad_time(w)
-    h = cell.initial_state(params, tuple(xs.shape[1:-1])) if h0 is None else h0
-    if est_state is None:
-        est_state = rule.init(cell, params, h, xs[0])
-    if opt_state is None:
-        opt_state = _transform(optimizer, clip, clip_mode).init(params)
     static = dict(
         cell=cell,
         loss_fn=loss_fn,
@@ -387,37 +728,173 @@ def train(
         clip=clip,
         clip_mode=clip_mode,
         segment=rule.segment,
-        guard=True,
+        advance=rule.advance if split else None,
+        block=rule.block if split else None,
     )
+    params, opt_state, h, est_state = state[:4]
+    zeros_g = tree_map(jnp.zeros_like, params)
+    zeros_h = tree_map(jnp.zeros_like, h)
+    cache0 = _segment_step._cache_size()
+    compile0 = _COMPILE_SECONDS[0]
+    t_start, t_callbacks = time.perf_counter(), 0.0
 
-    losses, step_losses, norms, divergences = [], [], [], []
-    for i, (s, n, b) in enumerate(
-        zip(starts.tolist(), lengths.tolist(), sizes, strict=True)
-    ):
-        seg_key = jax.random.fold_in(key, i)
-        params, opt_state, h, est_state, seg_losses, mean, norm, finite = _update(
-            params, opt_state, h, est_state, xs_p, ys_p, w_p, s, n, seg_key,
-            bucket=b, **static,
+    def run(h, g_acc, dh, s, n, b, seg_key, mode):
+        args = (
+            _pad(xs_np, s, n, b),
+            tree_map(lambda a: _pad(a, s, n, b), ys_np),
+            _pad(w_all, s, n, b),
+        )
+        return _segment_step(
+            params, opt_state, h, est_state, g_acc, dh, *args, n, seg_key,
+            mode, **static,
         )  # fmt: skip
-        step_losses.append(seg_losses[:n])
-        losses.append(mean)
-        norms.append(norm)
-        div = checks.handle_nonfinite(i, finite, on_nonfinite)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, unit="step", mininterval=0.5)
+    records, divergences, used = [], [], set()
+    padded = advanced = 0
+    stopped = False
+    # Without callbacks or a bar, the finite flags of segment i are read
+    # after segment i + 1 is dispatched, so the host prepares the next
+    # segment while the device runs this one; a divergence found late
+    # discards the segment dispatched after it.
+    lag = not callbacks and bar is None
+    unchecked = None  # (index, finite) of the last segment not yet checked
+
+    def check(index, finite, all_ok) -> bool:
+        if bool(all_ok):  # one transfer per segment, not one per flag
+            return False
+        div = checks.handle_nonfinite(index, finite, on_nonfinite)
         if div is not None:
             divergences.append(div)
-            if div.action == "stopped":
-                lengths, starts = lengths[: i + 1], starts[: i + 1]
-                break
+        return div is not None and div.action == "stopped"
+
+    for i in range(n_train):
+        s, n = int(starts[i]), int(lengths[i])
+        index = state.segment + i
+        seg_key = state.key if split else jax.random.fold_in(state.key, index)
+        b = bucket_of(n)
+        before = (params, opt_state, h, est_state)
+        if b is not None:
+            used.add(b)
+            padded += b
+            out = run(h, zeros_g, zeros_h, s, n, b, seg_key, _UPDATE)
+            totals = [out[7]]
+            seg_losses = [(out[4], n)]
+        else:
+            # Split: forward through blocks of the top bucket, then backward
+            # from the last block, the cotangent of each block's initial state
+            # handed to the block before, gradients summed; one update.
+            top = ladder[-1]
+            used.add(top)
+            m = -(-n // top)
+            sizes = [top] * (m - 1) + [n - top * (m - 1)]
+            hs = [h]
+            for j in range(m - 1):
+                o = run(hs[-1], zeros_g, zeros_h, s + j * top, top, top, seg_key,
+                        _ADVANCE)  # fmt: skip
+                hs.append(o[2])
+                advanced += top
+            g_acc, dh, seg_losses, totals = zeros_g, zeros_h, [], []
+            for j in reversed(range(m)):
+                mode = _UPDATE if j == 0 else _ACCUMULATE
+                out = run(hs[j], g_acc, dh, s + j * top, sizes[j], top, seg_key,
+                          mode)  # fmt: skip
+                padded += top
+                g_acc, dh = out[5], out[6]
+                seg_losses.insert(0, (out[4], sizes[j]))
+                totals.insert(0, out[7])
+                if j == m - 1:
+                    h_end = out[2]
+        norm, finite = out[8], (out[9], out[10])
+        total = functools.reduce(jnp.add, totals)
+        params, opt_state, h, est_state = out[0], out[1], out[2], out[3]
+        records.append((base + s, n, total, norm, seg_losses))
+        if unchecked is not None and check(*unchecked):  # the one before
+            params, opt_state, h, est_state = before
+            records.pop()
+            stopped, unchecked = True, None
+            break
+        unchecked = None
+        if lag and b is not None:
+            unchecked = (index, *finite)
+        else:
+            ok = bool(finite[1])
+            stopped = check(index, *finite)
+            if b is None and ok:
+                h = h_end  # the split segment's end state (block 0 ends early)
+        if bar is not None:
+            bar.update(n)
+            if bar.n == n or i % 16 == 0 or i == n_train - 1:
+                bar.set_postfix(loss=f"{float(total) / n:.4g}", refresh=False)
+        if callbacks and not stopped:
+            t0 = time.perf_counter()
+            now = TrainState(
+                params, opt_state, h, est_state, state.key,
+                base + s + n, index + 1, 1, None,
+            )  # fmt: skip
+            event = Event(
+                now, index, base + s, n, total / n, norm,
+                t0 - t_start - t_callbacks - (_COMPILE_SECONDS[0] - compile0),
+            )  # fmt: skip
+            for cb in callbacks:
+                if cb(event) is True:
+                    stopped = True
+            t_callbacks += time.perf_counter() - t0
+        if stopped:
+            break
+    if unchecked is not None:
+        stopped = check(*unchecked)
+    jax.block_until_ready(params)
+    seconds = time.perf_counter() - t_start - t_callbacks
+    seconds -= _COMPILE_SECONDS[0] - compile0
+    if bar is not None:
+        bar.close()
+
+    trained = len(records)
+    if stopped:
+        end = base + int(starts[trained - 1] + lengths[trained - 1])
+        new_state = TrainState(
+            params, opt_state, h, est_state, state.key, end,
+            state.segment + trained, 1, None,
+        )  # fmt: skip
+    else:
+        pending = None
+        if trained < len(lengths):  # the last segment waits for a cut
+            s = int(starts[-1])
+            pending = (xs_np[s:], tree_map(lambda a: a[s:], ys_np), w_all[s:])
+        new_state = TrainState(
+            params, opt_state, h, est_state, state.key, state.step + T,
+            state.segment + trained, cut, pending,
+        )  # fmt: skip
+    if records:
+        step_loss = np.concatenate(
+            [np.asarray(a)[:k] for r in records for a, k in r[4]]
+        )
+        totals_np = np.asarray(jnp.stack([r[2] for r in records]))
+        loss = (totals_np / np.asarray([r[1] for r in records])).astype(totals_np.dtype)
+        norms = np.asarray(jnp.stack([r[3] for r in records]))
+    else:
+        step_loss, loss, norms = np.zeros(0), np.zeros(0), np.zeros(0)
     return History(
         params,
         opt_state,
         h,
-        np.asarray(jnp.stack(losses)),
-        np.asarray(jnp.stack(norms)),
-        lengths,
-        starts,
-        tuple(sorted(set(sizes))),
+        loss,
+        norms,
+        np.asarray([r[1] for r in records], int),
+        np.asarray([r[0] for r in records], int),
+        tuple(sorted(used)),
         tuple(divergences),
         est_state,
-        np.asarray(jnp.concatenate(step_losses)),
+        step_loss,
+        new_state,
+        _segment_step._cache_size() - cache0,
+        padded,
+        advanced,
+        seconds,
+        stopped,
     )

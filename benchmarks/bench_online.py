@@ -1,0 +1,243 @@
+"""Tokens per second of online training: jbptt's loop against detach loops.
+
+For each cell (Elman, LSTM, GRU) at (B, H) and each expected depth k, one
+stream of T steps is trained online with a linear readout, squared loss and
+Adam, by
+
+* jbptt TBPTT(k), ARTBP geometric and ARTBP poly-tail matched to expected
+  depth k (:func:`jbptt.estimators.artbp_matched`), all through
+  :func:`jbptt.train.train`;
+* a plain-JAX detach loop: one jitted ``value_and_grad`` of a ``lax.scan``
+  over k steps plus the Adam update, called chunk after chunk with the
+  state's gradient stopped in between (what one writes by hand);
+* PyTorch's detach loop (``nn.RNN``/``LSTM``/``GRU`` + ``nn.Linear``,
+  ``h.detach()`` between chunks), when torch is importable.
+
+Every run is timed on its second pass over the same stream (the first pass
+compiles: the same key gives the same cuts, so ARTBP's buckets are all
+compiled); tokens/s = T·B / seconds. Padding overhead (steps run in buckets
+/ real steps) and compilations are reported for jbptt's runs.
+
+Run ``python -m benchmarks.bench_online --out benchmarks`` (``make bench``);
+``--quick`` uses tiny shapes and finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jbptt
+from jbptt import cells, estimators
+
+CELLS = {"elman": cells.elman, "lstm": cells.lstm, "gru": cells.gru}
+ESTIMATORS = ("tbptt", "artbp_geometric", "artbp_poly")
+
+
+def _estimator(name: str, k: int):
+    if name == "tbptt":
+        return estimators.tbptt(k)
+    schedule = "constant" if name == "artbp_geometric" else "poly_tail"
+    return estimators.artbp_matched(k, schedule)
+
+
+def _data(T, B, I, O, seed=0):
+    xs = np.asarray(jax.random.normal(jax.random.key(seed), (T, B, I)))
+    ys = np.asarray(jax.random.normal(jax.random.key(seed + 1), (T, B, O)))
+    return xs, ys
+
+
+def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3):
+    model = jbptt.readout(CELLS[cell_name](), output_size=O)
+    params = model.init(jax.random.key(0), I, H)
+    xs, ys = _data(T, B, I, O)
+    opt, est, key = optax.adam(lr), _estimator(est_name, k), jax.random.key(1)
+
+    def run():
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, est, key=key
+        )
+
+    first = run()  # compiles every bucket these cuts use
+    t0 = time.perf_counter()
+    hist = run()
+    seconds = time.perf_counter() - t0
+    return {
+        "tokens_per_s": T * B / seconds,
+        "seconds": seconds,
+        "segments": len(hist.length),
+        "mean_length": float(np.mean(hist.length)),
+        "padding": hist.padded_steps / float(hist.length.sum()),
+        "advanced": hist.advanced_steps / float(hist.length.sum()),
+        "buckets": list(hist.buckets),
+        "compiles_first": first.compiles,
+        "compiles_timed": hist.compiles,
+    }
+
+
+def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
+    """The hand-written loop: jitted chunk value_and_grad + Adam, the state's
+    gradient stopped between chunks."""
+    model = jbptt.readout(CELLS[cell_name](), output_size=O)
+    params = model.init(jax.random.key(0), I, H)
+    xs, ys = _data(T, B, I, O)
+    n = T // k
+    xs_c = xs[: n * k].reshape(n, k, B, I)
+    ys_c = ys[: n * k].reshape(n, k, B, O)
+    opt = optax.adam(lr)
+    cell = model.cell
+
+    def chunk_loss(p, h, x, y):
+        def body(h, xy):
+            h, out = cell.step(p, h, xy[0])
+            return h, model.loss_fn(p, out, xy[1])
+
+        h, losses = jax.lax.scan(body, jax.lax.stop_gradient(h), (x, y))
+        return jnp.sum(losses), h
+
+    @jax.jit
+    def step(p, s, h, x, y):
+        (loss, h), g = jax.value_and_grad(chunk_loss, has_aux=True)(p, h, x, y)
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s, h, loss
+
+    def run():
+        p, s = params, opt.init(params)
+        h = cell.initial_state(params, (B,))
+        for i in range(n):
+            p, s, h, _ = step(p, s, h, xs_c[i], ys_c[i])
+        return jax.block_until_ready(p)
+
+    run()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": n * k * B / seconds, "seconds": seconds}
+
+
+def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
+    import torch
+
+    # as many threads as this process may use (not the host's core count)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(0)
+    rnn = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+    net = rnn[cell_name](I, H)
+    head = torch.nn.Linear(H, O)
+    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=lr)
+    xs, ys = _data(T, B, I, O)
+    n = T // k
+    xs_t = torch.from_numpy(xs[: n * k].astype(np.float32)).reshape(n, k, B, I)
+    ys_t = torch.from_numpy(ys[: n * k].astype(np.float32)).reshape(n, k, B, O)
+
+    def run():
+        h = None
+        for i in range(n):
+            out, h = net(xs_t[i], h)
+            loss = 0.5 * ((head(out) - ys_t[i]) ** 2).sum(-1).mean(-1).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            h = tuple(a.detach() for a in h) if isinstance(h, tuple) else h.detach()
+
+    run()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": n * k * B / seconds, "seconds": seconds}
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def table(rows) -> str:
+    head = (
+        "| cell | k | TBPTT tok/s | ARTBP geo tok/s (× TBPTT, padding) | "
+        "ARTBP poly tok/s (× TBPTT, padding) | plain-JAX detach tok/s "
+        "(TBPTT ×) | PyTorch detach tok/s (TBPTT ×) |\n|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        tb = r["tbptt"]["tokens_per_s"]
+
+        def art(name, r=r, tb=tb):
+            a = r[name]
+            return (
+                f"{a['tokens_per_s']:,.0f} ({a['tokens_per_s'] / tb:.2f}×, "
+                f"{a['padding']:.2f})"
+            )
+
+        jx = r["jax_detach"]["tokens_per_s"]
+        th = r.get("torch_detach", {}).get("tokens_per_s")
+        torch_cell = f"{th:,.0f} ({tb / th:.2f}×)" if th else "–"
+        lines.append(
+            f"| {r['cell']} | {r['k']} | {tb:,.0f} | {art('artbp_geometric')} | "
+            f"{art('artbp_poly')} | {jx:,.0f} ({tb / jx:.2f}×) | {torch_cell} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_online",
+        description="Tokens/s of online training: jbptt TBPTT and ARTBP "
+        "(geometric, poly-tail) at matched expected depth against plain-JAX "
+        "and PyTorch detach loops. Writes bench_online.{json,md}.",
+    )
+    ap.add_argument("--T", type=int, default=2048, help="stream length")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--inputs", type=int, default=32)
+    ap.add_argument("--outputs", type=int, default=8)
+    ap.add_argument("--ks", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
+    ap.add_argument("--out", default="results", help="output directory")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.T, args.batch, args.hidden, args.inputs, args.outputs = 48, 2, 4, 3, 2
+        args.ks = [4]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    use_torch = not args.no_torch and _torch_available()
+    shape = (args.T, args.batch, args.hidden, args.inputs, args.outputs)
+    rows = []
+    for cell_name in args.cells:
+        for k in args.ks:
+            row = {"cell": cell_name, "k": k}
+            for name in ESTIMATORS:
+                row[name] = time_jbptt(cell_name, name, k, *shape)
+            row["jax_detach"] = time_jax_detach(cell_name, k, *shape)
+            if use_torch:
+                row["torch_detach"] = time_torch_detach(cell_name, k, *shape)
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+    md = table(rows)
+    result = {
+        "config": {**vars(args), "torch": use_torch},
+        "machine": {"platform": platform.platform(), "jax": jax.__version__},
+        "rows": rows,
+    }
+    (out / "bench_online.json").write_text(json.dumps(result, indent=1))
+    (out / "bench_online.md").write_text(md + "\n")
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()

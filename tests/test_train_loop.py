@@ -1,0 +1,241 @@
+"""The online loop researchers keep: one TrainState across calls (chunked
+streams train bitwise as one call), a compile count bounded by the
+estimator's buckets, long segments split without changing the gradient,
+callbacks that see every step once."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jbptt
+from jbptt import cells, estimators
+from jbptt._src import stream
+
+
+def _flat(tree):
+    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _accumulate():
+    """No update; the state sums the gradients seen (at fixed params)."""
+
+    def init(params):
+        return jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    def update(grads, state, params=None):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, grads)
+        return zeros, jax.tree_util.tree_map(jnp.add, state, grads)
+
+    return optax.GradientTransformation(init, update)
+
+
+class SmallBuckets(NamedTuple):
+    """An estimator's online rule with a small bucket set, so that long
+    segments are split (the estimator is otherwise unchanged)."""
+
+    inner: object
+    ladder: tuple = (3, 5)
+
+    name = property(lambda self: self.inner.name)
+    deterministic = property(lambda self: self.inner.deterministic)
+    hparams = property(lambda self: self.inner.hparams)
+
+    def samples(self, problem, key, n, *, chunk=64, mesh=None):
+        return self.inner.samples(problem, key, n, chunk=chunk, mesh=mesh)
+
+    def cost(self, problem):
+        return self.inner.cost(problem)
+
+    def online(self):
+        ladder = self.ladder
+        return self.inner.online()._replace(buckets=lambda mb: ladder)
+
+
+def _setup(cell_name="elman", T=60, B=2, H=4):
+    cell = {"elman": cells.elman("tanh"), "lstm": cells.lstm()}[cell_name]
+    model = jbptt.readout(cell, output_size=1)
+    params = model.init(jax.random.key(0), 1, H)
+    xs = jax.random.normal(jax.random.key(1), (T, B, 1))
+    ys = jnp.concatenate([jnp.zeros((2, B, 1)), xs[:-2]])
+    return model, params, xs, ys
+
+
+def _chunked(model, params, xs, ys, opt, est, bounds, **kw):
+    hists, state = [], None
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        last = i == len(bounds) - 2
+        h = jbptt.train.train(
+            model.cell, model.loss_fn, params, xs[a:b], ys[a:b], opt, est,
+            state=state, flush=last, **kw,
+        )  # fmt: skip
+        hists.append(h)
+        state = h.state
+    return hists
+
+
+def _same(a, b):
+    for x, y in zip(*map(jax.tree_util.tree_leaves, (a, b)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        estimators.tbptt(7),
+        estimators.tbptt(5, random_offset=True),
+        estimators.artbp_matched(4, "poly_tail"),
+        SmallBuckets(estimators.artbp(0.15)),  # long segments split
+    ],
+    ids=["tbptt", "tbptt_offset", "artbp_poly", "artbp_split"],
+)
+def test_chunked_calls_equal_one_call_bitwise(est):
+    model, params, xs, ys = _setup()
+    opt, key = optax.adam(1e-2), jax.random.key(5)
+    one = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, est, key=key
+    )
+    parts = _chunked(model, params, xs, ys, opt, est, [0, 11, 12, 30, 47, 60], key=key)
+    _same(one.params, parts[-1].params)
+    _same(one.opt_state, parts[-1].opt_state)
+    _same(one.h, parts[-1].h)
+    for field in ("loss", "grad_norm", "length", "start", "step_loss"):
+        joined = np.concatenate([getattr(h, field) for h in parts])
+        np.testing.assert_array_equal(joined, getattr(one, field))
+    assert int(one.length.sum()) == 60 and one.state.pending is None
+    assert parts[-1].state.step == 60 and parts[-1].state.segment == len(one.loss)
+    if isinstance(est, SmallBuckets):
+        assert one.advanced_steps > 0  # some segment was split
+
+
+def test_compiles_over_chunked_calls_bounded_by_the_buckets():
+    """8 chunked calls of ARTBP poly-tail: at most one compilation per
+    bucket of the estimator, however the draws fall."""
+    model, params, xs, ys = _setup(T=240)
+
+    def loss_fn(p, out, y):  # a fresh function: a fresh jit cache entry
+        return model.loss_fn(p, out, y)
+
+    est = estimators.artbp_matched(6, "poly_tail")
+    ladder = est.online().buckets(1)
+    hists, state, opt = [], None, optax.sgd(1e-2)  # one optimizer: one static
+    for i in range(8):
+        sl = slice(30 * i, 30 * (i + 1))
+        h = jbptt.train.train(
+            model.cell, loss_fn, params, xs[sl], ys[sl], opt, est,
+            key=jax.random.key(0), state=state, flush=i == 7,
+        )  # fmt: skip
+        hists.append(h)
+        state = h.state
+    compiles = sum(h.compiles for h in hists)
+    used = set().union(*(h.buckets for h in hists))
+    assert 1 <= compiles == len(used) <= len(ladder) <= 8
+    lengths = np.concatenate([h.length for h in hists])
+    assert len(set(lengths.tolist())) > len(ladder) // 2
+    real = int(lengths.sum())
+    padded = sum(h.padded_steps for h in hists)
+    assert real == 240 and real <= padded < 3 * real
+
+
+@pytest.mark.parametrize("cell_name", ["elman", "lstm"])
+def test_splitting_a_long_segment_leaves_the_gradient_unchanged(cell_name):
+    """Full BPTT over 29 steps in blocks of 3 and 5 (forward through the
+    blocks, cotangents carried back): the same gradient as unsplit and as
+    jbptt.value_and_grad; ARTBP with its link weights likewise."""
+    model, params, xs, ys = _setup(cell_name, T=29, B=3)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    h0 = model.cell.initial_state(params, (3,))
+    key = jax.random.key(2)
+    for est in (estimators.full(), estimators.artbp(0.1)):
+        run = lambda e: jbptt.train.train(  # noqa: E731
+            model.cell, model.loss_fn, params, xs, ys, _accumulate(), e, key=key
+        )
+        whole, split = run(est), run(SmallBuckets(est))
+        assert split.advanced_steps > 0 and whole.advanced_steps == 0
+        assert _rel(_flat(split.opt_state), _flat(whole.opt_state)) < 1e-12
+        assert _rel(_flat(split.h), _flat(whole.h)) < 1e-12
+        np.testing.assert_allclose(split.loss, whole.loss, rtol=1e-12)
+        w, _ = stream.draw(est.law, key, 0, 29, 1)
+        vg = jbptt.value_and_grad(model.cell, model.loss_fn)
+        (L, _), g = vg(params, h0, xs, ys, jnp.asarray(w))
+        assert _rel(_flat(split.opt_state), _flat(g)) < 1e-10
+        assert abs(float(np.sum(split.step_loss)) - float(L)) < 1e-10 * abs(L)
+
+
+def test_callbacks_see_every_step_exactly_once():
+    model, params, xs, ys = _setup(T=90)
+    est, key = estimators.artbp(0.2), jax.random.key(1)
+    seen, evals = [], []
+
+    def record(event):
+        assert isinstance(event.state, jbptt.train.TrainState)
+        assert event.state.step == event.start + event.length
+        seen.extend(range(event.start, event.start + event.length))
+
+    every = jbptt.train.every(25, lambda e: evals.append(e.start + e.length))
+    hists = _chunked(
+        model, params, xs, ys, optax.sgd(1e-2), est, [0, 40, 41, 90],
+        key=key, callbacks=[record, every],
+    )  # fmt: skip
+    assert seen == list(range(90))
+    ends = np.cumsum(np.concatenate([h.length for h in hists]))
+    crossing = [
+        int(e)
+        for s, e in zip(np.r_[0, ends[:-1]], ends, strict=True)
+        if e // 25 > s // 25
+    ]
+    assert evals == crossing and len(evals) >= 1
+
+
+def test_a_callback_stops_training():
+    model, params, xs, ys = _setup(T=64)
+    stop_after = jbptt.train.every(20, lambda e: True)
+    h = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+        estimators.tbptt(8), callbacks=[stop_after],
+    )  # fmt: skip
+    assert h.stopped and h.length.tolist() == [8, 8, 8]
+    assert h.state.step == 24 and h.state.pending is None
+    # continuing from the state on the rest of the data is the one run
+    rest = jbptt.train.train(
+        model.cell, model.loss_fn, None, xs[24:], ys[24:], optax.sgd(1e-2),
+        estimators.tbptt(8), state=h.state,
+    )  # fmt: skip
+    one = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+        estimators.tbptt(8),
+    )  # fmt: skip
+    _same(rest.params, one.params)
+
+
+def test_pending_segment_and_bad_state():
+    model, params, xs, ys = _setup(T=20)
+    opt = optax.sgd(1e-2)
+    h = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(8),
+        flush=False,
+    )  # fmt: skip
+    assert h.length.tolist() == [8, 8] and h.state.pending[0].shape[0] == 4
+    assert h.state.step == 20
+    with pytest.raises(TypeError, match="TrainState"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(8),
+            state=dict(h.state._asdict()),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="pending"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt,
+            jbptt.truncation.full(20), state=h.state,
+        )  # fmt: skip
+    with pytest.raises(TypeError, match="flush"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(8),
+            flush=1,
+        )  # fmt: skip
