@@ -120,12 +120,14 @@ def readout(
     per_step = _LOSSES[loss]
 
     def init(key, input_size, hidden_size, **kwargs):
-        k_cell, k_out, k_emb = jax.random.split(key, 3)
+        # Same keys as a plain linear readout always had, so a seed gives the
+        # same params as before heads and embeddings existed.
+        k_cell, k_out = jax.random.split(key)
         cell_params = cell.init(k_cell, input_size, hidden_size, **kwargs)
         dtype = jax.tree_util.tree_leaves(cell_params)[0].dtype
         top = _out_size(hidden_size)
         sizes = (top, *hidden)
-        keys = jax.random.split(k_out, len(sizes))
+        keys = jax.random.split(k_out, len(sizes)) if hidden else [k_out]
         layers = [
             _init.torch_style(k, {"V": (n, m), "c": (n,)}, m, dtype)
             for k, m, n in zip(keys, sizes, (*hidden, output_size), strict=True)
@@ -135,6 +137,7 @@ def readout(
             ro["hidden"] = tuple(layers[:-1])
         params = {"cell": cell_params, "readout": ro}
         if vocab_size is not None:  # N(0, 1) rows, like torch.nn.Embedding
+            k_emb = jax.random.fold_in(key, 1)
             params["embed"] = jax.random.normal(k_emb, (vocab_size, input_size), dtype)
         return params
 
