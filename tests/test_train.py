@@ -246,3 +246,27 @@ def test_bad_inputs():
         jbptt.train.train(
             model, model.loss_fn, params, xs, ys, optax.sgd(0.1), estimators.tbptt(3)
         )
+
+
+def test_nonfinite_learning_rate_or_link_weights_never_reach_the_params():
+    """A NaN learning rate gives finite gradients but NaN params: under "skip"
+    no such update is applied; NaN link weights are refused up front."""
+    xs, ys = _delay_task(T=16, B=2)
+    model = jbptt.readout(cells.elman(), output_size=1)
+    params = model.init(jax.random.key(0), 1, 4)
+    hist = jbptt.train.train(
+        model.cell,
+        model.loss_fn,
+        params,
+        xs,
+        ys,
+        optax.sgd(float("nan")),
+        estimators.tbptt(8),
+        on_nonfinite="skip",
+    )
+    assert len(hist.divergences) == 2
+    assert "params" in hist.divergences[0].message()
+    assert _rel(_flat(hist.params), _flat(params)) == 0.0
+    w = truncation.tbptt(16, 8).at[3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"finite and ≥ 0, got w\[3\]"):
+        jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), w)

@@ -356,12 +356,8 @@ class Links(NamedTuple):
         w = jnp.asarray(self.w)
 
         def sample(key, T):
-            if w.shape != (T,):
-                raise ValueError(
-                    f"w (link weights) must have shape (T,) = ({T},) matching "
-                    f"xs, got {w.shape}."
-                )
-            return w[None], jnp.ones_like(w)[None]
+            checked = validation.link_weights(w, T, w.dtype)  # shape, finite, ≥ 0
+            return checked[None], jnp.ones_like(checked)[None]
 
         return Estimator(self.name, sample, lambda T: float("nan"), True, {})
 

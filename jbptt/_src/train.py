@@ -73,7 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbptt._src import checks, protocol
+from jbptt._src import checks, protocol, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import _truncation_segment
 
@@ -159,10 +159,9 @@ def _check_optimizer(optimizer, clip, clip_mode) -> None:
         raise ValueError(
             f"Unknown clip_mode {clip_mode!r}. It needs to be one of {sorted(_CLIPS)}."
         )
-    if clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0
-    ):
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}.")
+    if clip is not None:
+        validation.real("clip", clip, low=0.0, low_open=True,
+                        what="a positive number or None")  # fmt: skip
 
 
 def _transform(optimizer, clip, clip_mode) -> optax.GradientTransformation:
@@ -227,7 +226,7 @@ def _update(
         return *new, losses, total / n, norm
     # Value-level guard (no Python `if` on tracers): a non-finite segment
     # leaves everything as it was; the caller reports it from the flags.
-    finite = checks.finite_flags(loss=total, grads=g, state=h_new)
+    finite = checks.finite_flags(loss=total, grads=g, state=h_new, params=new[0])
     kept = checks.select_if(
         checks.all_finite(finite), new, (params, opt_state, h, est_state)
     )
@@ -472,11 +471,18 @@ def _segment_step(
         updates, new_opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), new_opt_state
 
+    # The updated params are checked too: a NaN learning rate or clip makes
+    # them non-finite from finite gradients, and such an update is not applied.
     if block is None:
         new = (*update(None), h_new, est_new)
+        finite = {**finite, **checks.finite_flags(params=new[0])}
+        ok = checks.all_finite(finite) & apply
         kept = checks.select_if(ok, new, (params, opt_state, h, est_state))
     else:
         p_o = jax.lax.cond(ok, update, lambda _: (params, opt_state), None)
+        finite = {**finite, **checks.finite_flags(params=p_o[0])}
+        ok = ok & checks.all_finite(finite)
+        p_o = checks.select_if(ok, p_o, (params, opt_state))
         # a block always hands its state on; an update keeps it only if finite
         h_kept = checks.select_if(ok | (mode != _UPDATE), h_new, h)
         kept = (*p_o, h_kept, est_new)
