@@ -321,9 +321,11 @@ def check_h0(cell: Cell, params, h0, batch_shape, dtype=None) -> None:
     expected = jax.eval_shape(lambda p: cell.initial_state(p, batch_shape), params)
     if dtype is not None:
         expected = tree_util.tree_map(
-            lambda e: jax.ShapeDtypeStruct(e.shape, dtype)
-            if jnp.issubdtype(e.dtype, jnp.floating)
-            else e,
+            lambda e: (
+                jax.ShapeDtypeStruct(e.shape, dtype)
+                if jnp.issubdtype(e.dtype, jnp.floating)
+                else e
+            ),
             expected,
         )
     got = tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(*_shape_dtype(a)), h0)
