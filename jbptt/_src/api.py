@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jbptt._src import scan as _scan
 from jbptt._src import validation
 from jbptt._src.cell import Cell
+from jbptt._src.checkpointing import Budget, budget_loss, check_budget
 from jbptt._src.scan import rnn_scan
 
 LossFn = Callable  # (params, out_t, y_t) -> scalar, reduced over the batch
@@ -93,7 +94,9 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0, checkpoint=None):
         (or an int segment length) runs the sequence in segments of about
         √T steps, evaluating the loss inside each segment, and stores only
         the segment-start states: memory O(√T) states instead of O(T), for
-        about one extra forward pass. Values and gradients are unchanged.
+        about one extra forward pass. ``jbptt.Budget(max_states=M)`` stores
+        at most M states and recomputes the fewest steps (Gruslys et al.
+        2016's dynamic program). Values and gradients are unchanged.
 
     Returns:
       A pure function; ``w`` is an ordinary (traceable, vmappable) argument.
@@ -116,9 +119,15 @@ def value_and_grad(cell: Cell, loss_fn: LossFn, *, argnums=0, checkpoint=None):
             f"argnums must be 0 (params), 1 (h0) or (0, 1), got {argnums!r}."
         )
 
-    _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
+    if isinstance(checkpoint, Budget):
+        budgeted = budget_loss(cell, loss_fn, check_budget(checkpoint))
+    else:
+        budgeted = None
+        _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
 
     def objective(params, h0, xs, ys, w):
+        if budgeted is not None:
+            return budgeted(params, h0, xs, ys, w)
         S = _scan.segment_length(xs.shape[0], checkpoint)
         if S is None:
             h_T, outs = rnn_scan(cell, params, h0, xs, w)
