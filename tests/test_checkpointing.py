@@ -232,3 +232,22 @@ def test_budget_loss_explicit_reverse_is_exact(cell_name, M, unit):
     ref = obj(jbptt.loss(model.cell, model.loss_fn))
     got = obj(budget_loss(model.cell, model.loss_fn, Budget(M, unit)))
     assert rel_err(got, ref) < 1e-10
+
+
+@pytest.mark.parametrize("M", [2, 4])
+def test_value_and_grad_takes_a_budget(M):
+    model = jbptt.readout(jbptt.cells.gru(), output_size=1)
+    p = model.init(jax.random.key(0), 2, 3)
+    xs = jax.random.normal(jax.random.key(1), (9, 2))
+    ys = jax.random.normal(jax.random.key(2), (9, 1))
+    h0 = model.cell.initial_state(p)
+    w = jbptt.truncation.tbptt(9, 4, dtype=xs.dtype)
+    ref = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
+    got = jbptt.value_and_grad(
+        model.cell, model.loss_fn, argnums=(0, 1), checkpoint=jbptt.Budget(M)
+    )
+    (L0, h0_T), g0 = ref(p, h0, xs, ys, w)
+    (L1, h1_T), g1 = got(p, h0, xs, ys, w)
+    assert rel_err((L1, h1_T), (L0, h0_T)) < 1e-12 and rel_err(g1, g0) < 1e-10
+    with pytest.raises(ValueError, match="max_states"):
+        jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=jbptt.Budget(1))
