@@ -2,7 +2,8 @@
 
 For an Elman cell over a long sequence, value+grad with
 ``checkpoint=Budget(M)`` (the optimal store/recompute schedule over blocks of
-``unit`` steps, run as an explicit reverse by ``jbptt.value_and_grad``)
+``unit`` steps, an explicit reverse in ``jbptt.value_and_grad``) for several
+budgets M, next
 to ``jbptt.value_and_grad(..., checkpoint="sqrt")`` and the uncheckpointed
 run. For each: forward steps the schedule runs (first pass included),
 recomputed steps, XLA's compiled temporary memory
