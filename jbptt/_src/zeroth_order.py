@@ -32,10 +32,13 @@ masked); the estimate of ∇L is the sum of the truncations' estimates
   growing ξ.
 * **ES**: NRES with K = T, one truncation.
 
-Each factory returns a :class:`ZerothOrder` of pure functions: ``samples``
-(n estimates over a whole problem, for sweeps), ``init``/``segment`` (one
-truncation at a time, for online training) and ``forward_steps`` (the cost).
-``samples`` runs ``segment`` over the truncations, so sweeps and online
+Each factory returns a :class:`ZerothOrder`, an estimator of the protocol
+(:class:`jbptt.estimators.GradientEstimator`): ``samples`` (n estimates
+over a whole problem, for :func:`jbptt.sweep.sweep`), ``cost`` (forward
+steps, no backward) and ``online`` (K-step segments for
+:func:`jbptt.train.train`, the particles carried as estimator state), built
+on the pure functions ``draw``, ``init``/``segment`` and ``forward_steps``.
+``draw`` runs ``segment`` over the truncations, so sweeps and online
 training share one code path.
 """
 
