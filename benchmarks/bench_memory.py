@@ -2,7 +2,8 @@
 
 For an Elman cell over a long sequence, value+grad with
 ``checkpoint=Budget(M)`` (the optimal store/recompute schedule over blocks of
-``unit`` steps, :mod:`jbptt._src.checkpointing`) for several budgets M, next
+``unit`` steps, an explicit reverse in ``jbptt.value_and_grad``) for several
+budgets M, next
 to ``jbptt.value_and_grad(..., checkpoint="sqrt")`` and the uncheckpointed
 run. For each: forward steps the schedule runs (first pass included),
 recomputed steps, XLA's compiled temporary memory
@@ -30,8 +31,7 @@ import jax.numpy as jnp
 
 import jbptt
 from jbptt import cells
-from jbptt._src.api import sum_of_losses
-from jbptt._src.checkpointing import Budget, forward_steps, scan_budget
+from jbptt._src.checkpointing import Budget, forward_steps
 
 
 def loss_fn(params, out_t, y_t):
@@ -40,19 +40,16 @@ def loss_fn(params, out_t, y_t):
 
 
 def budget_value_and_grad(cell, budget: Budget):
-    """``(params, h0, xs, ys) -> (L, grads)`` with each block's losses
-    evaluated inside the block, as ``jbptt.value_and_grad`` does for "sqrt"."""
+    """``(params, h0, xs, ys) -> (L, grads)`` by ``jbptt.value_and_grad(...,
+    checkpoint=budget)``: the schedule as an explicit reverse
+    (``checkpointing.budget_loss``)."""
+    vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=budget)
 
-    def objective(params, h0, xs, ys):
-        def segment(h, inp):
-            xs_s, ys_s = inp
-            h, outs = jbptt.rnn_scan(cell, params, h, xs_s)
-            return h, sum_of_losses(loss_fn, params, outs, ys_s)
+    def fn(params, h0, xs, ys):
+        (L, _), g = vg(params, h0, xs, ys)
+        return L, g
 
-        _, losses = scan_budget(segment, h0, (xs, ys), xs.shape[0], budget)
-        return sum(losses)
-
-    return jax.value_and_grad(objective)
+    return fn
 
 
 def _measure(fn, args, repeats):

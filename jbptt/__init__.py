@@ -4,6 +4,7 @@ Exact BPTT, truncated BPTT and unbiased randomized truncation (ARTBP) as one
 reverse scan with link weights. See docs/design.md, "The one equation".
 """
 
+from jbptt import adaptive as adaptive
 from jbptt import cells as cells
 from jbptt import checks as checks
 from jbptt import data as data
@@ -18,6 +19,7 @@ from jbptt import truncation as truncation
 from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss
 from jbptt._src.api import value_and_grad as value_and_grad
+from jbptt._src.checkpointing import Budget as Budget
 from jbptt._src.checks import check_finite as check_finite
 from jbptt._src.models import Model as Model
 from jbptt._src.models import readout as readout

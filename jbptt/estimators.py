@@ -6,6 +6,7 @@ estimator protocol (:class:`GradientEstimator`: ``samples``, ``cost``,
 ``online``) that they, the forward-mode estimators and your own implement.
 """
 
+from jbptt._src.adaptive import adaptive as adaptive_tbptt  # noqa: F401
 from jbptt._src.estimators import Estimator as Estimator
 from jbptt._src.estimators import artbp as artbp
 from jbptt._src.estimators import artbp_c_for_depth as artbp_c_for_depth
@@ -21,3 +22,7 @@ from jbptt._src.protocol import OnlineRule as OnlineRule
 from jbptt._src.protocol import Problem as Problem
 from jbptt._src.protocol import gradient_fn as gradient_fn
 from jbptt._src.protocol import shared_forward as shared_forward
+from jbptt._src.zeroth_order import es as es
+from jbptt._src.zeroth_order import nres as nres
+from jbptt._src.zeroth_order import pes as pes
+from jbptt._src.zeroth_order import truncated_es as truncated_es

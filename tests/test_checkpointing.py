@@ -206,3 +206,48 @@ def test_bench_memory_quick_runs(tmp_path):
     budget = [r for r in result["rows"] if r["variant"].startswith("Budget")]
     assert [r["recomputed_steps"] for r in budget] == [2 * recomputations(6, 2), 0]
     assert all(r["grad_rel_err"] <= 1e-5 for r in result["rows"])  # float32
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "elman"])
+@pytest.mark.parametrize("M, unit", [(2, 1), (3, 1), (5, 3), (20, 1)])
+def test_budget_loss_explicit_reverse_is_exact(cell_name, M, unit):
+    from jbptt import truncation
+    from jbptt._src.checkpointing import budget_loss
+
+    model = jbptt.readout(getattr(jbptt.cells, cell_name)(), output_size=2)
+    p = model.init(jax.random.key(0), 3, 4)
+    T = 11
+    xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
+    ys = jax.random.normal(jax.random.key(2), (T, 2, 2))
+    h0 = model.cell.initial_state(p, (2,))
+    w = truncation.tbptt(T, 4, dtype=xs.dtype)
+
+    def obj(f):  # a loss and the final state both carry cotangents
+        def g(p, h, xs):
+            L, h_T = f(p, h, xs, ys, w)
+            return 3.0 * L + jnp.sum(jax.tree_util.tree_leaves(h_T)[0])
+
+        return jax.grad(g, argnums=(0, 1, 2))(p, h0, xs)
+
+    ref = obj(jbptt.loss(model.cell, model.loss_fn))
+    got = obj(budget_loss(model.cell, model.loss_fn, Budget(M, unit)))
+    assert rel_err(got, ref) < 1e-10
+
+
+@pytest.mark.parametrize("M", [2, 4])
+def test_value_and_grad_takes_a_budget(M):
+    model = jbptt.readout(jbptt.cells.gru(), output_size=1)
+    p = model.init(jax.random.key(0), 2, 3)
+    xs = jax.random.normal(jax.random.key(1), (9, 2))
+    ys = jax.random.normal(jax.random.key(2), (9, 1))
+    h0 = model.cell.initial_state(p)
+    w = jbptt.truncation.tbptt(9, 4, dtype=xs.dtype)
+    ref = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
+    got = jbptt.value_and_grad(
+        model.cell, model.loss_fn, argnums=(0, 1), checkpoint=jbptt.Budget(M)
+    )
+    (L0, h0_T), g0 = ref(p, h0, xs, ys, w)
+    (L1, h1_T), g1 = got(p, h0, xs, ys, w)
+    assert rel_err((L1, h1_T), (L0, h0_T)) < 1e-12 and rel_err(g1, g0) < 1e-10
+    with pytest.raises(ValueError, match="max_states"):
+        jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=jbptt.Budget(1))

@@ -97,3 +97,14 @@ def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
 def test_bad_flags_refused(bad):
     with pytest.raises(SystemExit):
         ib.parse_args(bad)
+
+
+def test_es_study_pes_unbiased_truncated_es_biased():
+    rows = ib.es_study(T=100, K=5, ns=(1, 16), seed=0)
+    by = {(r["estimator"], r["N"]): r["rms_error"] for r in rows}
+    exact = rows[0]["exact"]
+    for name in ("PES(K=5)", "ES(full, pairs=1)"):
+        # unbiased: the mean of 16 is ~4x closer than one draw (1/√N), loosely
+        assert by[(name, 16)] < 0.5 * by[(name, 1)]
+    # truncated ES(5) sees +sensitivity: its mean stays far from the exact one
+    assert by[("truncated ES(K=5)", 16)] > 0.5 * abs(exact)

@@ -123,7 +123,7 @@ def test_online_segments_reproduce_the_sweep_samples(make):
             jax.random.fold_in(key, j),
         )
         L_ref, h_ref = forward(PARAMS, h, PROBLEM.xs[a:b], PROBLEM.ys[a:b])
-        np.testing.assert_allclose(L, L_ref, rtol=1e-12)
+        np.testing.assert_allclose(jnp.sum(L), L_ref, rtol=1e-12)
         np.testing.assert_allclose(h_new, h_ref, rtol=1e-12)
         h, total = h_new, total + g["theta"]
     sweep = est.samples(PROBLEM, jax.random.key(3), 1)[0, 0]

@@ -22,6 +22,7 @@ again every N updates to follow the training (:func:`rechoose`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -302,3 +303,184 @@ def adaptive_tbptt(
         return xs.shape[0] if new is None else new
 
     return Rechooser(measure, update)
+
+
+# ------------------------------------------------ as a protocol estimator ---
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(tree))
+
+
+class AdaptiveTBPTT(NamedTuple):
+    """Adaptive TBPTT as an estimator of the protocol
+    (:class:`jbptt.estimators.GradientEstimator`).
+
+    ``samples`` measures the per-lag parameter norms on the problem
+    (:func:`param_lag_norms`, lags < ``max_lag``), picks the smallest k whose
+    bound on the relative bias is ≤ ``delta`` (:func:`choose_tbptt_k`; T if
+    none) and returns chunked TBPTT(k) on the shared forward. Inside
+    ``jit`` (a sweep) the choice runs on the host through
+    ``jax.pure_callback``; the chosen k is also written to ``holder``.
+
+    Online, k is re-estimated every ``every`` updates: ``plan`` cuts the
+    stream into TBPTT segments of ``holder["k"]``, and :func:`train_adaptive`
+    calls :func:`jbptt.train.train` in rounds of ``every`` updates, calling
+    :meth:`rechoose` on the stream ahead of each round (which updates the
+    holder). A plain ``train.train`` call uses the k of the last choice
+    (``k0`` before any).
+
+    Attributes:
+      delta: tolerance δ on the relative bias.
+      max_lag: lags measured (the tail beyond is fitted geometrically).
+      every: updates between re-estimations (online).
+      k0: k before the first choice.
+      tau0: first lag of the geometric fit (default ``max_lag − 2``).
+      holder: host-side ``{"k": ..., "history": [...]}``, shared by copies.
+    """
+
+    delta: float
+    max_lag: int
+    every: int
+    k0: int
+    tau0: int | None
+    holder: dict
+    deterministic: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"adaptive(delta={self.delta:g})"
+
+    @property
+    def hparams(self) -> dict:
+        return {"delta": self.delta, "max_lag": self.max_lag, "every": self.every}
+
+    def _choose_host(self, problem, T: int) -> int:
+        L = min(self.max_lag, T)
+        lags = _measure(problem.cell, problem.loss_fn, L)(*problem[2:])
+        lags = ParamLags(np.asarray(lags.norms), np.asarray(lags.g_near))
+        tau0 = self.tau0 if self.tau0 is None else min(self.tau0, L - 2)
+        k = choose_tbptt_k(lags, self.delta, tau0) if L >= 2 else None
+        k = T if k is None else int(k)
+        self.holder["k"] = k
+        self.holder.setdefault("history", []).append(k)
+        return k
+
+    def rechoose(self, problem) -> int:
+        """Measure on ``problem`` (concrete arrays) and store the new k."""
+        from jbptt._src import protocol
+
+        return self._choose_host(problem, protocol.check_problem(problem))
+
+    def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
+        """``[n, D]``: TBPTT(k) for the k chosen on ``problem`` (repeated)."""
+        from jbptt._src import protocol, truncation
+
+        T = protocol.check_problem(problem)
+        if _is_traced(problem.params):
+            k = jax.pure_callback(
+                lambda *a: np.int32(
+                    self._choose_host(type(problem)(*problem[:2], *a), T)
+                ),
+                jax.ShapeDtypeStruct((), jnp.int32),
+                *problem[2:],
+            )
+        else:
+            k = self._choose_host(problem, T)
+        w = truncation.tbptt(T, k, dtype=problem.xs.dtype)
+        g = protocol.gradient_fn(problem)(w, jnp.ones_like(w))
+        return jnp.broadcast_to(ravel_pytree(g)[0], (n, ravel_pytree(g)[0].size))
+
+    def cost(self, problem):
+        """TBPTT's cost at the chosen k: chosen now when ``problem`` is
+        concrete, else the holder's last choice (``nan`` depth before any)."""
+        from jbptt._src import estimators, protocol
+
+        T = protocol.check_problem(problem)
+        k = self.holder.get("k")
+        if not _is_traced(problem.params):
+            k = self._choose_host(problem, T)
+        if k is None:
+            c = estimators.full().cost(problem)
+            return c._replace(depth=float("nan"))
+        return estimators.tbptt(int(k)).cost(problem)
+
+    def online(self):
+        """TBPTT segments of ``holder["k"]`` (see the class docstring)."""
+        from jbptt._src import estimators
+
+        rule = estimators.tbptt(1).online()  # the shared TBPTT segment
+
+        def plan(key, T):
+            k = min(int(self.holder.get("k") or self.k0), T)
+            lengths = np.full(T // k, k, int)
+            return (np.append(lengths, T % k) if T % k else lengths), None
+
+        return rule._replace(plan=plan)
+
+
+@functools.lru_cache(maxsize=32)
+def _measure(cell, loss_fn, L):
+    return jax.jit(param_lag_norms(cell, loss_fn, L))
+
+
+def adaptive(
+    delta: float, *, max_lag: int = 32, every: int = 10, k0: int = 8, tau0=None
+) -> AdaptiveTBPTT:
+    """Adaptive TBPTT (Aicher, Foti & Fox 2019) as a protocol estimator.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import estimators, sweep
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 3)
+      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      ...     model.cell.initial_state(p), jnp.ones((12, 1)), jnp.zeros((12, 1)))
+      >>> est = estimators.adaptive_tbptt(0.1, max_lag=12)
+      >>> float(sweep.sweep(prob, [est], jax.random.key(0), 4).rel_bias[0]) <= 0.1
+      True
+    """
+    if not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
+    for nm, v, low in (("max_lag", max_lag, 2), ("every", every, 1), ("k0", k0, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{nm} must be an int ≥ {low}, got {v!r}.")
+    return AdaptiveTBPTT(float(delta), max_lag, every, k0, tau0, {"k": None})
+
+
+def train_adaptive(
+    cell, loss_fn, params, xs, ys, optimizer, estimator: AdaptiveTBPTT, *, key, h0
+):
+    """Online training with k re-estimated every ``estimator.every`` updates.
+
+    Each round: :meth:`AdaptiveTBPTT.rechoose` on the next
+    ``max(max_lag, every·k)`` steps of the stream from the current state and
+    params, then :func:`jbptt.train.train` over ``every·k`` steps (``every``
+    TBPTT(k) updates), carrying params, optimizer state and h.
+
+    Returns:
+      ``(histories, ks)``: the rounds' :class:`jbptt.train.History` and the
+      k chosen before each.
+    """
+    from jbptt._src import train as _train
+    from jbptt._src.protocol import Problem
+
+    T = xs.shape[0]
+    start, histories, ks, opt_state, h = 0, [], [], None, h0
+    while start < T:
+        k = estimator.k0 if estimator.holder.get("k") is None else estimator.holder["k"]
+        span = min(T - start, max(estimator.max_lag, estimator.every * k))
+        win = slice(start, start + span)
+        k = estimator.rechoose(Problem(cell, loss_fn, params, h, xs[win], ys[win]))
+        n = min(T - start, estimator.every * k)
+        seg = slice(start, start + n)
+        hist = _train.train(
+            cell, loss_fn, params, xs[seg], ys[seg], optimizer, estimator,
+            key=jax.random.fold_in(key, start), h0=h, opt_state=opt_state,
+        )  # fmt: skip
+        params, opt_state, h = hist.params, hist.opt_state, hist.h
+        histories.append(hist)
+        ks.append(k)
+        start += n
+    return histories, ks

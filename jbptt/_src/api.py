@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jbptt._src import scan as _scan
 from jbptt._src import sequences, validation
 from jbptt._src.cell import Cell
+from jbptt._src.checkpointing import Budget, budget_loss, check_budget
 from jbptt._src.scan import rnn_scan
 
 LossFn = Callable  # (params, out_t, y_t) -> scalar, reduced over the batch
@@ -176,7 +177,11 @@ def value_and_grad(
         (or an int segment length) runs the sequence in segments of about
         √T steps, evaluating the loss inside each segment, and stores only
         the segment-start states: memory O(√T) states instead of O(T), for
-        about one extra forward pass. Values and gradients are unchanged.
+        about one extra forward pass. ``jbptt.Budget(max_states=M)`` stores
+        at most M states and recomputes the fewest steps (Gruslys et al.
+        2016's dynamic program; not combined with ``lengths``, ``resets``,
+        ``compute_dtype`` or ``mode="autodiff"``). Values and gradients are
+        unchanged.
       compute_dtype: ``None`` (compute in the dtype of ``xs``) or a floating
         dtype to cast ``xs`` and ``h0`` to (see above).
       mode: ``"scan"`` (default, jbptt's reverse scan) or ``"autodiff"``
@@ -208,9 +213,33 @@ def value_and_grad(
         )
     _scan.check_mode(mode)
     _check_compute_dtype(compute_dtype)
-    _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
+    if isinstance(checkpoint, Budget):
+        budgeted = budget_loss(cell, loss_fn, check_budget(checkpoint))
+        if compute_dtype is not None or mode != "scan":
+            raise ValueError(
+                "checkpoint=Budget(...) runs in the dtype of xs with jbptt's "
+                "reverse scan: drop compute_dtype and mode, or use "
+                "checkpoint='sqrt'."
+            )
+    else:
+        budgeted = None
+        _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
 
     def objective(params, h0, xs, ys, w, lengths, resets, reset_state):
+        if budgeted is not None:
+            if lengths is not None or resets is not None:
+                raise ValueError(
+                    "checkpoint=Budget(...) does not take lengths or resets yet; "
+                    "use checkpoint='sqrt' (or an int) for masked batches."
+                )
+            validation.check_scan_args(cell, params, h0, xs, None)
+            validation.check_ys(ys, xs.shape[0])
+            w = validation.link_weights(
+                jnp.ones(xs.shape[:1], xs.dtype) if w is None else w,
+                xs.shape[0],
+                xs.dtype,
+            )
+            return budgeted(params, h0, xs, ys, w)
         h0_c, xs, w, mask, resets = _prepare(
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )

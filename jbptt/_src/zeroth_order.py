@@ -32,50 +32,109 @@ masked); the estimate of ∇L is the sum of the truncations' estimates
   growing ξ.
 * **ES**: NRES with K = T, one truncation.
 
-Each factory returns a :class:`ZerothOrder` of pure functions: ``samples``
-(n estimates over a whole problem, for sweeps), ``init``/``segment`` (one
-truncation at a time, for online training) and ``forward_steps`` (the cost).
-``samples`` runs ``segment`` over the truncations, so sweeps and online
+Each factory returns a :class:`ZerothOrder`, an estimator of the protocol
+(:class:`jbptt.estimators.GradientEstimator`): ``samples`` (n estimates
+over a whole problem, for :func:`jbptt.sweep.sweep`), ``cost`` (forward
+steps, no backward) and ``online`` (K-step segments for
+:func:`jbptt.train.train`, the particles carried as estimator state), built
+on the pure functions ``draw``, ``init``/``segment`` and ``forward_steps``.
+``draw`` runs ``segment`` over the truncations, so sweeps and online
 training share one code path.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from jbptt._src import protocol, sharding
+from jbptt._src.protocol import Cost, OnlineRule
 
 tree_map = jax.tree_util.tree_map
 
 
 class ZerothOrder(NamedTuple):
-    """An ES-family estimator as pure functions.
+    """An ES-family estimator: pure functions plus the estimator protocol
+    (:class:`jbptt.estimators.GradientEstimator`), so :func:`jbptt.sweep.sweep`
+    and :func:`jbptt.train.train` take it like any other estimator.
 
     Attributes:
       name: e.g. ``"pes(sigma=0.01, pairs=4, K=10)"``.
       hparams: ``{"sigma", "pairs", "K", ...}``.
-      samples: ``(problem, key, n, *, chunk=64) -> [n, D]`` flattened
-        estimates of ∇L (``ravel_pytree(problem.params)`` order); traceable.
+      draw: ``(problem, key) -> [D]``, one flattened estimate of ∇L
+        (``ravel_pytree(problem.params)`` order); traceable.
       forward_steps: ``T -> float``, cell steps per estimate over T steps.
       state_bytes: ``(problem) -> int``, memory carried between truncations
         beyond the cell state (particle states, accumulated perturbations).
       init: ``(cell, params, h0, x0) -> est_state``.
       segment: ``(cell, loss_fn, params, h, est_state, xs, ys, w, mask, key)
-        -> (loss_sum, grads, h_new, est_state_new)`` for one truncation;
-        ``w`` is ignored (zeroth order has no backward), ``mask[t] = 0`` marks
-        padding, on which states do not move and losses count zero.
+        -> (losses, grads, h_new, est_state_new)`` for one truncation, as
+        :class:`jbptt.estimators.OnlineRule` wants it: ``losses[n]`` of the
+        unperturbed unroll (zero on padding), ``w`` ignored (zeroth order has
+        no backward), ``mask[t] = 0`` marks padding, on which states do not
+        move.
+      deterministic: ``False``: every estimate draws perturbations.
     """
 
     name: str
     hparams: dict
-    samples: Callable
+    draw: Callable
     forward_steps: Callable
     state_bytes: Callable
     init: Callable
     segment: Callable
+    deterministic: bool = False
+
+    # ------------------------------------------ the estimator protocol ---
+
+    def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
+        """``[n, D]``: estimates from keys ``split(key, n)``, ``chunk`` at a
+        time (each one vmaps its 2·pairs particles), split over ``mesh``."""
+        protocol.check_problem(problem)
+        keys = jax.random.split(key, n)
+        return sharding.map_rows(lambda k: self.draw(problem, k), (keys,), chunk, mesh)
+
+    def cost(self, problem) -> Cost:
+        """No reverse scan; ``forward_steps`` counts every particle's unroll
+        (and truncated ES's unperturbed one). ``depth`` is the horizon over
+        which θ's influence is accounted: ``K`` for truncated ES, ``T`` for
+        ES, PES and NRES (unbiased for the smoothed loss)."""
+        T = protocol.check_problem(problem)
+        K = self.hparams.get("K")
+        depth = min(K, T) if self.name.startswith("truncated_es") and K else T
+        return Cost(
+            depth=float(depth),
+            backward_steps=0.0,
+            forward_steps=float(self.forward_steps(T)),
+            state_bytes=int(self.state_bytes(problem)),
+            reverse_scans=0,
+        )
+
+    def online(self) -> OnlineRule:
+        """One update per truncation of K steps (T for :func:`es`, which then
+        updates once per call); particles and ξ are the carried state."""
+        return OnlineRule(self.init, _truncations(self.hparams.get("K")), self.segment)
+
+
+@functools.cache
+def _truncations(K):
+    """Plans K-step segments (one segment of T when K is None); cached so that
+    equal estimators share one function object."""
+
+    def plan(key, T: int):
+        k = T if K is None else min(K, T)
+        lengths = np.full(T // k, k, int)
+        if T % k:
+            lengths = np.append(lengths, T % k)
+        return lengths, None
+
+    return plan
 
 
 class ESState(NamedTuple):
@@ -99,7 +158,8 @@ def _check(sigma, pairs, K, horizon):
 
 
 def _unroll(cell, loss_fn, params, h, xs, ys, mask):
-    """Σ_t mask_t ℓ_t and the state after the real steps: plain ``lax.scan``."""
+    """``mask_t ℓ_t`` per step and the state after the real steps: plain
+    ``lax.scan``."""
 
     def body(h, inp):
         x_t, y_t, m_t = inp
@@ -108,7 +168,7 @@ def _unroll(cell, loss_fn, params, h, xs, ys, mask):
         return h_new, m_t * loss_fn(params, out, y_t)
 
     h, losses = jax.lax.scan(body, h, (xs, ys, mask))
-    return jnp.sum(losses), h
+    return losses, h
 
 
 def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | None):
@@ -161,20 +221,21 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
         L, states = jax.vmap(lambda p, s: _unroll(cell, loss_fn, p, s, xs, ys, mask))(
             thetas, starts
         )
+        L = jnp.sum(L, axis=1)  # [2P]: each particle's truncation loss
         dL = L[:pairs] - L[pairs:]  # [P]: L⁺ − L⁻ per pair
         direction = noise if kind == "pes" else eps
         g = dL @ direction / (2.0 * sigma * pairs)  # [D]
         grads = ravel_pytree(params)[1](g)
         if track_main:
-            loss_sum, h_new = _unroll(cell, loss_fn, params, h, xs, ys, mask)
+            losses, h_new = _unroll(cell, loss_fn, params, h, xs, ys, mask)
         else:
-            loss_sum, h_new = jnp.zeros((), L.dtype), h
+            losses, h_new = jnp.zeros(mask.shape, L.dtype), h
         new_state = ESState(
             states if kind != "truncated" else est_state.states,
             noise,
             est_state.count + 1,
         )
-        return loss_sum, grads, h_new, new_state
+        return losses, grads, h_new, new_state
 
     def truncation_length(T):
         return T if K is None else min(K, T)
@@ -220,10 +281,6 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
         )
         return acc
 
-    def samples(problem, key, n: int, *, chunk: int = 64):
-        keys = jax.random.split(key, n)
-        return jax.lax.map(lambda k: one_sample(problem, k), keys, batch_size=chunk)
-
     def forward_steps(T: int) -> float:
         main = 1 if kind == "truncated" else 0
         return float((2 * pairs + main) * T)
@@ -245,7 +302,7 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
     return ZerothOrder(
         f"{name}({label})",
         hparams,
-        samples,
+        one_sample,
         forward_steps,
         state_bytes,
         init,
