@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbptt._src import validation
+
 tree_map = jax.tree_util.tree_map
 
 
@@ -155,6 +157,13 @@ def check_link_weights(w, T: int, batch_shape: tuple[int, ...], dtype):
     sequence), floating, cast to ``dtype``; ones when ``None``."""
     if w is None:
         return jnp.ones((T,), dtype)
+    if isinstance(w, list | tuple):
+        w = np.asarray(w)
+    if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+        raise TypeError(
+            f"w (link weights) must be an array of shape ({T},), got "
+            f"{type(w).__name__}."
+        )
     shape = tuple(np.shape(w))
     if shape not in ((T,), (T, *batch_shape)):
         raise ValueError(
@@ -163,6 +172,14 @@ def check_link_weights(w, T: int, batch_shape: tuple[int, ...], dtype):
         )
     if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
         raise TypeError(f"w (link weights) must be floating, got {jnp.result_type(w)}.")
+    if not validation.is_traced(w):  # concrete values: finite and ≥ 0
+        a = np.asarray(w, np.float64).reshape(-1)
+        bad = ~(np.isfinite(a) & (a >= 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"w (link weights) must be finite and ≥ 0, got w[{i}] = {a[i]}."
+            )
     return jnp.asarray(w, dtype)
 
 
