@@ -75,3 +75,20 @@ def test_readout_rejects_bad_arguments():
     h0 = model.cell.initial_state(params, (2,))
     with pytest.raises(ValueError, match="feature size 3"):
         jbptt.rnn_scan(model.cell, params, h0, jnp.ones((5, 2, 3)))
+
+
+def test_readout_losses_refuse_targets_that_would_broadcast():
+    """ys[t] of shape [B, 1] against predictions [B, 2] would broadcast into a
+    wrong loss without a word; the readout's losses refuse it, naming ys."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    import jbptt
+
+    for loss, bad in (("mse", jnp.ones((5, 3, 1))), ("xent", jnp.ones((5, 3, 1), int))):
+        model = jbptt.readout(jbptt.cells.elman(), output_size=2, loss=loss)
+        p = model.init(jax.random.key(0), 1, 4)
+        h0, xs = model.cell.initial_state(p, (3,)), jnp.ones((5, 3, 1))
+        with pytest.raises(ValueError, match=r"ys\[t\] has shape \(3, 1\)"):
+            jbptt.value_and_grad(model.cell, model.loss_fn)(p, h0, xs, bad)

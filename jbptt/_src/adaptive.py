@@ -416,7 +416,8 @@ class AdaptiveTBPTT(NamedTuple):
             lengths = np.full(T // k, k, int)
             return (np.append(lengths, T % k) if T % k else lengths), None
 
-        return rule._replace(plan=plan)
+        # its own plan: the TBPTT(1) law's cuts and buckets do not apply
+        return rule._replace(plan=plan, cuts=None, buckets=None)
 
 
 @functools.lru_cache(maxsize=32)

@@ -38,12 +38,25 @@ class Model(NamedTuple):
 
 
 def _mse(pred, y):
-    # ½‖ŷ − y‖² over features, mean over the batch.
+    # ½‖ŷ − y‖² over features, mean over the batch. Shapes must match exactly:
+    # a broadcast (e.g. ys[t] of shape [B, 1] against ŷ [B, O]) is a wrong loss.
+    if jnp.shape(pred) != jnp.shape(y):
+        raise ValueError(
+            f"ys[t] has shape {jnp.shape(y)} but the readout predicts "
+            f"{jnp.shape(pred)}: ys must be [T, ..., output_size] like the "
+            "predictions (mse loss)."
+        )
     return jnp.mean(0.5 * jnp.sum((pred - y) ** 2, axis=-1))
 
 
 def _xent(logits, y):
     # −log softmax(ŷ)[y] for integer labels, mean over the batch.
+    if jnp.shape(y) != jnp.shape(logits)[:-1]:
+        raise ValueError(
+            f"ys[t] has shape {jnp.shape(y)} but the readout's logits are "
+            f"{jnp.shape(logits)}: ys must hold integer labels [T, ...] "
+            "(xent loss)."
+        )
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
 
