@@ -148,3 +148,18 @@ def seeded_problem(cell_name, T, B=2, H=3, I=2):
 def flat(tree):
     """All leaves of a pytree as one vector."""
     return jnp.concatenate([jnp.ravel(a) for a in tree_util.tree_leaves(tree)])
+
+
+def accumulate():
+    """An optax transformation that applies no update and sums the gradients
+    it sees in its state: the sum of all segment gradients at fixed params."""
+    import optax
+
+    def init(params):
+        return tree_util.tree_map(jnp.zeros_like, params)
+
+    def update(grads, state, params=None):
+        zeros = tree_util.tree_map(jnp.zeros_like, grads)
+        return zeros, tree_util.tree_map(jnp.add, state, grads)
+
+    return optax.GradientTransformation(init, update)

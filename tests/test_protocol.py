@@ -8,9 +8,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from helpers import CELLS, flat, problem, random_w, rel_err
+from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import estimators, forward_mode, sweep
@@ -107,19 +107,6 @@ def test_user_estimator_through_sweep():
     assert res.rel_bias[0] < 1e-10 and res.rel_bias[2] < 1e-10
     assert res.expected_depth.tolist() == [6.0, 6.0, 6.0, 2.0]
     assert res.windows.tolist() == [1, 1, 0, 1]
-
-
-def _accumulate():
-    """Applies no update; sums the gradients it sees in its state."""
-
-    def init(params):
-        return jax.tree_util.tree_map(jnp.zeros_like, params)
-
-    def update(grads, state, params=None):
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, grads)
-        return zeros, jax.tree_util.tree_map(jnp.add, state, grads)
-
-    return optax.GradientTransformation(init, update)
 
 
 def test_user_estimator_through_train():

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import cells, estimators, truncation
@@ -18,20 +19,6 @@ def _flat(tree):
 
 def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-def _accumulate():
-    """An optax transformation that applies no update and sums the gradients
-    it sees in its state: the sum of all segment gradients at fixed params."""
-
-    def init(params):
-        return jax.tree_util.tree_map(jnp.zeros_like, params)
-
-    def update(grads, state, params=None):
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, grads)
-        return zeros, jax.tree_util.tree_map(jnp.add, state, grads)
-
-    return optax.GradientTransformation(init, update)
 
 
 def _model(cell_name, I=2, H=4, out=2):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import cells, estimators
@@ -22,19 +23,6 @@ def _flat(tree):
 
 def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
-def _accumulate():
-    """No update; the state sums the gradients seen (at fixed params)."""
-
-    def init(params):
-        return jax.tree_util.tree_map(jnp.zeros_like, params)
-
-    def update(grads, state, params=None):
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, grads)
-        return zeros, jax.tree_util.tree_map(jnp.add, state, grads)
-
-    return optax.GradientTransformation(init, update)
 
 
 class SmallBuckets(NamedTuple):
