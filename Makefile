@@ -28,10 +28,15 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
-# The inner loop: everything but the end-to-end runs (subprocesses, notebooks,
-# experiment/benchmark CLIs, README examples), which conftest.py marks `e2e`.
+# The inner loop (about 1.5 min on 2 cores, warm compilation cache): the core
+# and estimator modules, jitted variants only, and no end-to-end runs
+# (subprocesses, notebooks, CLIs, README examples: marked `e2e` by conftest.py).
+# `make test` runs everything.
+FAST := tests/test_core.py tests/test_protocol.py tests/test_cells.py \
+	tests/test_truncation.py tests/test_validation.py tests/test_checks.py \
+	tests/test_train.py tests/test_sweep.py tests/test_estimators.py
 test-fast: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e"
+	$(PY) -m pytest -q -n 2 -m "not e2e" -k "not without_jit" $(FAST)
 
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
