@@ -171,19 +171,12 @@ def _transform(optimizer, clip, clip_mode) -> optax.GradientTransformation:
     return optax.chain(_CLIPS[clip_mode](clip), optimizer)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "cell",
-        "loss_fn",
-        "optimizer",
-        "clip",
-        "clip_mode",
-        "segment",
-        "bucket",
-        "guard",
-    ),
-)
+# What keys a compiled training step besides shapes: the model, the
+# optimizer and its clipping, and the estimator's segment function.
+_STEP_STATIC = ("cell", "loss_fn", "optimizer", "clip", "clip_mode", "segment")
+
+
+@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "bucket", "guard"))
 def _update(
     params,
     opt_state,
@@ -388,19 +381,7 @@ jax.monitoring.register_event_duration_secs_listener(_on_duration)
 _UPDATE, _ADVANCE, _ACCUMULATE = 0, 1, 2
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "cell",
-        "loss_fn",
-        "optimizer",
-        "clip",
-        "clip_mode",
-        "segment",
-        "advance",
-        "block",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "advance", "block"))
 def _segment_step(
     params,
     opt_state,
