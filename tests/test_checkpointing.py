@@ -251,3 +251,216 @@ def test_value_and_grad_takes_a_budget(M):
     assert rel_err((L1, h1_T), (L0, h0_T)) < 1e-12 and rel_err(g1, g0) < 1e-10
     with pytest.raises(ValueError, match="max_states"):
         jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=jbptt.Budget(1))
+
+
+# ------------------------------------------- the interpreter (loops, O(M)) ---
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 7])
+def test_program_runs_the_brute_force_optimum(T):
+    from jbptt._src.checkpointing import program
+
+    for M in range(2, min(T, 4) + 2):
+        prog = program(T, Budget(M))
+        assert prog.steps == brute_force(T, min(M, T)), (T, M)
+        assert prog.slots <= M and max(prog.leaf_lengths, default=1) <= M
+
+
+@pytest.mark.parametrize("T, M, unit", [(40, 2, 1), (40, 5, 1), (23, 3, 4), (9, 20, 1)])
+def test_program_matches_the_schedule(T, M, unit):
+    from jbptt._src.checkpointing import program
+
+    prog = program(T, Budget(M, unit))
+    n = -(-T // unit)
+    if T % unit == 0:
+        assert prog.steps == forward_steps(n, M) * unit
+    assert prog.steps == _steps_of(schedule(n, M), T, unit)
+    assert prog.slots <= min(M, n)
+    assert simulate(schedule(n, M))[1] <= M
+
+
+def _steps_of(tree, T, unit):
+    """Steps the split tree runs, from the tree itself (blocks → steps)."""
+    bounds = [min(i * unit, T) for i in range(-(-T // unit) + 1)]
+    total = 0
+
+    def run(node, first):
+        nonlocal total
+        if node[0] == "leaf":
+            total += bounds[first + node[1]] - bounds[first]
+            return
+        _, s, head, tail = node
+        total += bounds[first + s] - bounds[first]
+        run(tail, first + s)
+        run(head, first)
+
+    run(tree, 0)
+    return total
+
+
+def _counting_cell(count):
+    """A generic-path cell whose every step evaluation calls back to the host."""
+
+    def init(key, i, h):
+        k1, k2 = jax.random.split(key)
+        return {
+            "A": 0.4 * jax.random.normal(k1, (h, h)),
+            "B": jax.random.normal(k2, (h, i)),
+        }
+
+    def step(p, h, x):
+        jax.debug.callback(lambda: count.append(1))
+        h = jnp.tanh(h @ p["A"].T + x @ p["B"].T)
+        return h, h
+
+    def initial_state(p, batch_shape=()):
+        return jnp.zeros((*batch_shape, p["A"].shape[0]))
+
+    return jbptt.cells.from_fn(init, step, initial_state, name="counting")
+
+
+@pytest.mark.parametrize(
+    "T, M, unit", [(11, 2, 1), (11, 3, 1), (11, 4, 2), (11, 12, 1)]
+)
+def test_compiled_budget_recomputes_exactly_the_optimal_steps(T, M, unit):
+    # Host callbacks count the step evaluations XLA runs. The generic reverse
+    # evaluates each step once more inside its per-step vjp, with or without
+    # checkpointing, so the difference is the recomputed forward steps.
+    from jbptt._src.checkpointing import program
+
+    count = []
+    cell = _counting_cell(count)
+    p = cell.init(jax.random.key(0), 2, 3)
+    xs = jax.random.normal(jax.random.key(1), (T, 2))
+    ys = jax.random.normal(jax.random.key(2), (T, 3))
+    h0 = cell.initial_state(p)
+
+    def loss_fn(p, o, y):
+        return jnp.sum((o - y) ** 2)
+
+    def run(checkpoint):
+        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=checkpoint)
+        f = jax.jit(lambda p: vg(p, h0, xs, ys)).lower(p).compile()
+        jax.effects_barrier()
+        count.clear()
+        out = f(p)
+        jax.effects_barrier()
+        return len(count), out
+
+    n_none, (_, g_none) = run(None)
+    n_budget, (_, g) = run(Budget(M, unit))
+    assert n_none == 2 * T
+    prog = program(T, Budget(M, unit))
+    assert n_budget - n_none == prog.steps - T
+    if unit == 1:
+        assert prog.steps - T == recomputations(T, M)
+    assert rel_err(g, g_none) <= 1e-10
+
+
+def _masked_problem(name, T, seed=0):
+    from tests.helpers import CELLS, problem
+
+    model, params, h0, xs, ys = problem(CELLS[name](), T=T, batch=(3,), seed=seed)
+    lengths = jnp.array([T, 1, T - 4])
+    resets = (
+        jnp.zeros((T, 3), bool).at[jnp.array([3, 7, 8]), jnp.array([0, 0, 2])].set(True)
+    )
+    w = jax.random.uniform(jax.random.key(seed + 5), (T, 3), minval=0.0, maxval=2.0)
+    return model, params, h0, xs, ys, lengths, resets, w
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "lstm", "from_fn"])
+@pytest.mark.parametrize("M, unit", [(2, 1), (4, 3), (30, 1)])
+def test_budget_with_lengths_resets_and_weights_is_exact(name, M, unit):
+    # T = 13: not a multiple of any unit; M = 30 ≥ T keeps everything.
+    T = 13
+    model, params, h0, xs, ys, lengths, resets, w = _masked_problem(name, T)
+    plain = jbptt.loss(model.cell, model.loss_fn)
+    kw = {"lengths": lengths, "resets": resets}
+    (L_ref, hT_ref), g_ref = jax.value_and_grad(
+        lambda p, h0: plain(p, h0, xs, ys, w, **kw), argnums=(0, 1), has_aux=True
+    )(params, h0)
+    vg = jbptt.value_and_grad(
+        model.cell, model.loss_fn, argnums=(0, 1), checkpoint=Budget(M, unit)
+    )
+    (L, h_T), g = jax.jit(lambda p, h0: vg(p, h0, xs, ys, w, **kw))(params, h0)
+    assert rel_err((L, h_T), (L_ref, hT_ref)) <= 1e-12
+    assert rel_err(g, g_ref) <= 1e-10
+
+    # The executor itself, with a cotangent on h_T too and xs differentiated.
+    from jbptt._src.checkpointing import budget_loss
+    from jbptt._src.sequences import check_mask
+
+    mask = check_mask(lengths, T, (3,))
+    f = budget_loss(model.cell, model.loss_fn, Budget(M, unit))
+
+    def obj(fn):
+        def g(p, h0, xs):
+            L, h_T = fn(p, h0, xs)
+            return 3.0 * L + jnp.sum(jnp.cos(jax.tree_util.tree_leaves(h_T)[0]))
+
+        return jax.grad(g, argnums=(0, 1, 2))(params, h0, xs)
+
+    got = obj(lambda p, h0, xs: f(p, h0, xs, ys, w, mask, resets, h0))
+    ref = obj(lambda p, h0, xs: plain(p, h0, xs, ys, w, **kw))
+    assert rel_err(got, ref) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "gru", "from_fn"])
+@pytest.mark.parametrize("M, unit", [(2, 1), (3, 2)])
+def test_budget_rnn_scan_is_exact(name, M, unit):
+    from jbptt._src.checkpointing import budget_rnn_scan
+
+    T = 11
+    model, params, h0, xs, ys, lengths, resets, w = _masked_problem(name, T, seed=3)
+    cell, p = model.cell, params
+    h_state = jax.tree_util.tree_map(lambda a: 0.5 * a + 0.1, h0)
+
+    def loss(scan, **kw):
+        def f(p, h0, xs):
+            h_T, outs = scan(
+                cell,
+                p,
+                h0,
+                xs,
+                w,
+                lengths=lengths,
+                resets=resets,
+                reset_state=h_state,
+                **kw,
+            )
+            leaf = jax.tree_util.tree_leaves(outs)[0]
+            return jnp.sum(jnp.sin(leaf) * ys[..., :1]) + jnp.sum(
+                jax.tree_util.tree_leaves(h_T)[0] ** 2
+            ), (h_T, outs)
+
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
+
+    g_ref, out_ref = loss(jbptt.rnn_scan, mode="autodiff")(p, h0, xs)
+    g, out = loss(budget_rnn_scan, budget=Budget(M, unit))(p, h0, xs)
+    assert rel_err(out, out_ref) <= 1e-12
+    assert rel_err(g, g_ref) <= 1e-10
+
+
+def test_budget_temporaries_fall_with_the_budget():
+    # XLA's compiled memory analysis (deterministic, not a timing): with the
+    # schedule's levels in loops, temporaries scale with M, far below the
+    # uncheckpointed O(T) residuals.
+    cell = jbptt.cells.elman()
+    T, H = 2000, 16
+    p = cell.init(jax.random.key(0), 4, H)
+    xs = jax.random.normal(jax.random.key(1), (T, 1, 4))
+    ys = jax.random.normal(jax.random.key(2), (T, 1, H))
+    h0 = cell.initial_state(p, (1,))
+
+    def loss_fn(p, o, y):
+        return jnp.sum((o - y) ** 2)
+
+    def temp(checkpoint):
+        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=checkpoint)
+        c = jax.jit(lambda p: vg(p, h0, xs, ys)).lower(p).compile()
+        return c.memory_analysis().temp_size_in_bytes
+
+    none = temp(None)
+    budget = [temp(Budget(M, 40)) for M in (2, 3, 5)]
+    assert budget[0] < budget[1] < budget[2] < none / 4, (budget, none)

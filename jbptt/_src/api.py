@@ -179,9 +179,9 @@ def value_and_grad(
         the segment-start states: memory O(√T) states instead of O(T), for
         about one extra forward pass. ``jbptt.Budget(max_states=M)`` stores
         at most M states and recomputes the fewest steps (Gruslys et al.
-        2016's dynamic program; not combined with ``lengths``, ``resets``,
-        ``compute_dtype`` or ``mode="autodiff"``). Values and gradients are
-        unchanged.
+        2016's dynamic program, run as loops so that XLA's memory falls
+        with M; takes ``lengths`` and ``resets``, not ``compute_dtype`` or
+        ``mode="autodiff"``). Values and gradients are unchanged.
       compute_dtype: ``None`` (compute in the dtype of ``xs``) or a floating
         dtype to cast ``xs`` and ``h0`` to (see above).
       mode: ``"scan"`` (default, jbptt's reverse scan) or ``"autodiff"``
@@ -226,26 +226,14 @@ def value_and_grad(
         _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
 
     def objective(params, h0, xs, ys, w, lengths, resets, reset_state):
-        if budgeted is not None:
-            if lengths is not None or resets is not None:
-                raise ValueError(
-                    "checkpoint=Budget(...) does not take lengths or resets yet; "
-                    "use checkpoint='sqrt' (or an int) for masked batches."
-                )
-            validation.check_scan_args(cell, params, h0, xs, None)
-            validation.check_ys(ys, xs.shape[0])
-            w = validation.link_weights(
-                jnp.ones(xs.shape[:1], xs.dtype) if w is None else w,
-                xs.shape[0],
-                xs.dtype,
-            )
-            return budgeted(params, h0, xs, ys, w)
         h0_c, xs, w, mask, resets = _prepare(
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )
         if reset_state is not None and compute_dtype is not None:
             reset_state = _scan._cast(reset_state, jnp.dtype(compute_dtype))
         h_reset = sequences.reset_target(cell, params, h0_c, xs, resets, reset_state)
+        if budgeted is not None:
+            return budgeted(params, h0_c, xs, ys, w, mask, resets, h_reset)
         S = _scan.segment_length(xs.shape[0], checkpoint)
         if S is None:
             h_T, outs = rnn_scan(

@@ -217,50 +217,272 @@ def concat_outs(outs):
     return tree_map(lambda *a: jnp.concatenate(a), *outs)
 
 
-# ------------------------------------------- explicit reverse under budget ---
+# ------------------------------------------- the schedule as a program ---
+
+_ADVANCE, _LEAF = 0, 1
 
 
-def _steps(cell, params, h, xs):
-    """Advance without keeping anything but the carry (a forward re-run)."""
-    return jax.lax.scan(lambda h, x: (cell.step(params, h, x)[0], None), h, xs)[0]
+class Program(NamedTuple):
+    """The optimal schedule (:func:`schedule`) flattened into the order it runs.
+
+    Walking the split tree depth first, tail before head, gives one list of
+    two kinds of action, in steps (blocks of ``unit`` steps resolved):
+
+    * *advance* ``(slot, a, b)``: from the state in ``slot`` run steps
+      ``a..b−1`` keeping nothing, and store the result in ``slot + 1``
+      (a split: its head is crossed, the tail's input stored);
+    * *leaf* ``(slot, a, b)``: from the state in ``slot`` run steps
+      ``a..b−1`` with residuals and reverse them at once.
+
+    Depth in the tree is the slot index (each tail has one slot fewer), so
+    ``slots`` ≤ M states are ever stored. The first forward pass runs the
+    leading advances (the tree's spine) and the first leaf's forward; the
+    backward reverses that leaf and runs everything after it.
+
+    Attributes:
+      spine: ``[d, 2]`` step ranges of the leading advances; the end of the
+        i-th is stored in slot i + 1.
+      first_leaf: ``(a, b)``, the leaf whose residuals the first pass keeps.
+      kind, slot, start, stop, branch: ``[K]`` arrays, the remaining actions
+        in run order (``branch`` indexes ``leaf_lengths`` for leaves).
+      leaf_lengths: the distinct leaf lengths in steps (one compiled branch
+        each).
+      slots: state slots used (the tree's depth + 1, at most M).
+      steps: forward steps run in all (first pass included).
+    """
+
+    spine: np.ndarray
+    first_leaf: tuple[int, int]
+    kind: np.ndarray
+    slot: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    branch: np.ndarray
+    leaf_lengths: tuple[int, ...]
+    slots: int
+    steps: int
 
 
-def _after(values, deps):
-    """``values`` made data-dependent on ``deps`` (unchanged in value)."""
-    tok = sum(jnp.sum(a) for a in jax.tree_util.tree_leaves(deps))
-    zero = jnp.where(jnp.isfinite(tok), tok, 0.0) * 0.0
-    return tree_map(
-        lambda a: (
-            a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-        ),
-        values,
+@functools.lru_cache(maxsize=64)
+def program(T: int, budget: Budget) -> Program:
+    """Flatten the optimal schedule of ``T`` steps under ``budget``.
+
+    Examples:
+      >>> from jbptt._src.checkpointing import Budget, program, forward_steps
+      >>> p = program(10, Budget(3))
+      >>> p.steps == forward_steps(10, 3), p.slots <= 3
+      (True, True)
+    """
+    check_budget(budget)
+    u = budget.unit
+    n = -(-T // u)
+    bounds = [min(i * u, T) for i in range(n + 1)]
+    M = min(budget.max_states, n)
+    _, S = _table(n, M)
+    acts = []  # (kind, slot, a, b)
+    todo = [(0, n, M, 0)]  # (first block, blocks, slots left, slot): a stack
+    while todo:  # iterative: the tree can be thousands deep
+        first, t, m, slot = todo.pop()
+        a = bounds[first]
+        if t <= m:
+            acts.append((_LEAF, slot, a, bounds[first + t]))
+            continue
+        s = int(S[m, t])
+        acts.append((_ADVANCE, slot, a, bounds[first + s]))
+        todo.append((first, s, m, slot))  # head: after the tail, same slots
+        todo.append((first + s, t - s, m - 1, slot + 1))  # tail: next
+    d = next(i for i, act in enumerate(acts) if act[0] == _LEAF)
+    rest = acts[d + 1 :]
+    lengths = tuple(sorted({b - a for k, _, a, b in rest if k == _LEAF}))
+    col = np.array([(k, s, a, b) for k, s, a, b in rest], np.int32).reshape(-1, 4)
+    branch = np.array(
+        [lengths.index(b - a) if k == _LEAF else 0 for k, _, a, b in rest], np.int32
+    )
+    return Program(
+        spine=np.array([(a, b) for _, _, a, b in acts[:d]], np.int32).reshape(-1, 2),
+        first_leaf=(acts[d][2], acts[d][3]),
+        kind=col[:, 0],
+        slot=col[:, 1],
+        start=col[:, 2],
+        stop=col[:, 3],
+        branch=branch,
+        leaf_lengths=lengths,
+        slots=1 + max(s + (k == _ADVANCE) for k, s, _, _ in acts),
+        steps=sum(b - a for _, _, a, b in acts),
     )
 
 
+# ------------------------------------------------------ the interpreter ---
+
+
+def _dslice(tree, a, n: int):
+    return tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, a, n), tree)
+
+
+def _index(tree, t):
+    return tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, t, keepdims=False), tree)
+
+
+def _get(slots, i):
+    return _index(slots, i)
+
+
+def _put(slots, i, h):
+    return tree_map(
+        lambda s, a: jax.lax.dynamic_update_index_in_dim(s, a, i, 0), slots, h
+    )
+
+
+def _advance(cell, p, h, seq, a, b, acc, emit):
+    """Steps ``a..b−1`` from ``h`` in a ``fori_loop`` (dynamic bounds), with
+    the core's padding and reset rules; ``emit(acc, t, out, m_t)`` sees each
+    step's output (the first pass sums losses or writes ``outs`` with it)."""
+    from jbptt._src import sequences
+
+    xs, mask, resets, h_reset = seq
+
+    def body(t, carry):
+        h, acc = carry
+        x_t = _index(xs, t)
+        m_t = None if mask is None else _index(mask, t)
+        h_in = h if resets is None else sequences.select(_index(resets, t), h_reset, h)
+        h_new, out = cell.step(p, h_in, x_t)
+        if m_t is not None:  # padding: the state stays as it was
+            h_new = sequences.select(m_t, h_new, h)
+        if emit is not None:
+            acc = emit(acc, t, out, m_t)
+        return h_new, acc
+
+    return jax.lax.fori_loop(a, b, body, (h, acc))
+
+
+def _first_pass(cell, params, h0, seq, prog: Program, acc, emit):
+    """The spine's advances (a ``lax.scan`` over them, storing each end in
+    its slot), then the first leaf's forward with residuals."""
+    from jbptt._src.scan import _cast, _path
+
+    xs, mask, resets, h_reset = seq
+    slots = tree_map(
+        lambda a: jnp.zeros((prog.slots, *a.shape), a.dtype).at[0].set(a), h0
+    )
+    h = h0
+    if len(prog.spine):
+        p = _cast(params, xs.dtype)
+
+        def body(carry, act):
+            h, slots, acc = carry
+            i, a, b = act
+            h, acc = _advance(cell, p, h, seq, a, b, acc, emit)
+            return (h, _put(slots, i + 1, h), acc), None
+
+        spine = jnp.asarray(prog.spine)
+        acts = (jnp.arange(len(prog.spine)), spine[:, 0], spine[:, 1])
+        (h, slots, acc), _ = jax.lax.scan(body, (h, slots, acc), acts)
+    a, b = prog.first_leaf
+    m_w, r_w = (None if v is None else v[a:b] for v in (mask, resets))
+    h_T, outs, res = _path(cell).forward(
+        cell, params, h, _slice(xs, a, b), m_w, r_w, h_reset
+    )
+    return h_T, outs, res, slots, acc
+
+
+def _reverse(cell, params, seq, w, prog: Program, slots, first, dh_T, leaf_cot):
+    """The backward: reverse the first leaf (``first = (residuals, douts,
+    dparams of the loss)``), then run the remaining actions in one
+    ``lax.scan``; a leaf is a ``lax.switch`` over its static length.
+
+    Returns ``(dparams, dh0, dxs, dh_reset)``.
+    """
+    from jbptt._src.scan import _backward, _cast, _path
+
+    xs, mask, resets, h_reset = seq
+    res, douts, dp_loss = first
+    a, b = prog.first_leaf
+    add = functools.partial(tree_map, jnp.add)
+    dp, dh, dx, dr = _backward(cell, params, res, w[a:b], dh_T, douts)
+    if dp_loss is not None:
+        dp = add(dp, dp_loss)
+    dxs = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(xs), dx, a, 0)
+    if not len(prog.kind):
+        return dp, dh, dxs, dr
+    p = _cast(params, xs.dtype)
+
+    def advance(op):
+        slots, i, a, b, carry = op
+        h, _ = _advance(cell, p, _get(slots, i), seq, a, b, None, None)
+        return _put(slots, i + 1, h), carry
+
+    def leaf(n):
+        def run(op):
+            slots, i, a, _, (dp, dh, dxs, dr) = op
+            m_w, r_w = (None if v is None else _dslice(v, a, n) for v in (mask, resets))
+            _, outs, res = _path(cell).forward(
+                cell, params, _get(slots, i), _dslice(xs, a, n), m_w, r_w, h_reset
+            )
+            dp_l, douts = leaf_cot(params, outs, a, n, m_w)
+            dp_c, dh, dx, dr_c = _backward(
+                cell, params, res, _dslice(w, a, n), dh, douts
+            )
+            dp = add(dp, dp_c) if dp_l is None else add(dp, add(dp_c, dp_l))
+            dxs = jax.lax.dynamic_update_slice_in_dim(dxs, dx, a, 0)
+            return slots, (dp, dh, dxs, None if dr is None else add(dr, dr_c))
+
+        return run
+
+    branches = [leaf(n) for n in prog.leaf_lengths]
+
+    def body(carry, act):
+        slots, grads = carry
+        kind, i, a, b, k = act
+        op = (slots, i, a, b, grads)
+        if not branches:
+            return advance(op), None
+        return jax.lax.cond(
+            kind == _ADVANCE,
+            advance,
+            lambda op: jax.lax.switch(k, branches, op),
+            op,
+        ), None
+
+    acts = tuple(
+        jnp.asarray(v)
+        for v in (prog.kind, prog.slot, prog.start, prog.stop, prog.branch)
+    )
+    (_, (dp, dh, dxs, dr)), _ = jax.lax.scan(body, (slots, (dp, dh, dxs, dr)), acts)
+    return dp, dh, dxs, dr
+
+
 def budget_loss(cell, loss_fn, budget: Budget):
-    """``(params, h0, xs, ys, w) -> (L, h_T)`` whose gradient runs the optimal
-    schedule (:func:`schedule`) as an explicit reverse.
+    """``(params, h0, xs, ys, w, mask=None, resets=None, h_reset=None) ->
+    (L, h_T)`` whose gradient runs the optimal schedule under ``budget``.
 
-    Unlike :func:`scan_budget` (nested ``jax.checkpoint``, which XLA may
-    merge or hoist), the schedule is spelled out: the forward walks the
-    schedule's spine, keeping only each split's input state (and the last
-    leaf's residuals); the backward reverses the last leaf with
-    :func:`jbptt.backward`, then re-runs each head from its saved input. Each
-    re-run's input (and xs, ys) is made data-dependent on the adjoint and the
-    parameter gradient accumulated so far (XLA:CPU drops
-    ``lax.optimization_barrier``), so XLA can neither hoist a re-run nor
-    defer the weight-gradient GEMMs. The forward steps run are
-    :func:`forward_steps` ``(T, M)`` blocks and gradients are exact.
+    The schedule (:func:`schedule`, Gruslys et al.'s dynamic program) is
+    flattened into a :class:`Program` and run by an interpreter whose every
+    level lives in a loop, so XLA allocates O(M) states whatever T is:
 
-    Measured (``benchmarks/bench_memory.py``, LSTM H=64, B=8, T=2000,
-    float32, unit=40): compiled temporaries 40 MiB for M = 2, 4 and 8 against
-    70 MiB uncheckpointed, so they drop but do not yet fall with M: an O(T)
-    term remains that is not the schedule's (unlike ``"sqrt"``, whose
-    segments run inside a ``lax.scan``). Compile time grows with the number
-    of re-runs (minutes for M = 2 over 50 blocks).
+    * the first pass is a ``lax.scan`` over the spine's advances (each a
+      ``fori_loop`` over its steps, summing the losses and storing its end
+      state in a ``[slots, ...]`` buffer), then the first leaf's forward
+      with residuals;
+    * the backward reverses that leaf with the core's reverse scan, then one
+      ``lax.scan`` runs the remaining actions: an advance re-runs steps from
+      a slot into the next slot; a leaf re-runs its ≤ M blocks with residuals
+      (:func:`jbptt.forward`), takes the loss's cotangents and reverses them
+      (:func:`jbptt.backward`), carrying the adjoint, the parameter
+      gradient and ``dxs``.
 
-    Only ``params`` and ``h0`` are differentiated (with ``xs`` too, from the
-    reverse scan); ``ys`` and ``w`` get zero cotangents.
+    What is stored: the slot buffer (at most M states, the tree's depth + 1)
+    and one leaf's residuals (at most M blocks of ``unit`` steps). The
+    forward steps run are exactly :func:`forward_steps` ``(n, M)`` blocks of
+    the optimal schedule (n = ⌈T / unit⌉; ``Program.steps`` in steps), the
+    same count the brute force in the tests finds; nothing is traded for the
+    loops. Gradients are exact (the same reverse scan, link weights, padding
+    mask and resets as :func:`jbptt.value_and_grad`).
+
+    ``mask`` (bool ``[T, *batch]``), ``resets`` and ``h_reset`` mean what they
+    mean for the core (:mod:`jbptt._src.sequences`); with a mask the loss is
+    evaluated per sequence. ``ys``, ``w``, ``mask`` and ``resets`` get no
+    cotangent; ``h_reset`` gets the resets' one.
 
     Args:
       cell: a :class:`jbptt.cells.Cell`.
@@ -282,106 +504,159 @@ def budget_loss(cell, loss_fn, budget: Budget):
       >>> bool(jnp.allclose(g["cell"]["W"], ref["cell"]["W"]))
       True
     """
-    from jbptt._src.api import sum_of_losses
-    from jbptt._src.scan import _backward
-    from jbptt._src.scan import forward as _forward
+    from jbptt._src.api import total_loss
+    from jbptt._src.scan import _float_dtype
 
     check_budget(budget)
-    u = budget.unit
 
-    def plan(T):
-        n = -(-T // u)
-        return [min(i * u, T) for i in range(n + 1)], schedule(n, budget.max_states)
+    def window_loss(ys, a, n, m_w):
+        return lambda p, o: total_loss(loss_fn, p, o, _dslice(ys, a, n), m_w)
 
-    def leaf_forward(params, h, xs, ys, a, b):
-        h_b, outs, res = _forward(cell, params, h, _slice(xs, a, b))
-        L, vjp = jax.vjp(
-            lambda p, o: sum_of_losses(loss_fn, p, o, _slice(ys, a, b)), params, outs
-        )
-        return L, h_b, (res, vjp)
+    def first_pass(params, h0, xs, ys, mask, resets, h_reset):
+        prog = program(xs.shape[0], budget)
+        seq = (xs, mask, resets, h_reset)
 
-    def leaf_reverse(params, saved, w, a, b, dh, dL):
-        res, vjp = saved
-        dp_loss, douts = vjp(dL)
-        dp, dh_in, dxs, _ = _backward(cell, params, res, w[a:b], dh, douts)
-        return tree_map(jnp.add, dp, dp_loss), dh_in, dxs
-
-    def head_loss(params, h, xs, ys, a, b):  # the head's forward, no residuals
-        def body(h, inp):
-            x, y = inp
-            h, out = cell.step(params, h, x)
-            return h, loss_fn(params, out, y)
-
-        h, losses = jax.lax.scan(body, h, (_slice(xs, a, b), _slice(ys, a, b)))
-        return jnp.sum(losses), h
-
-    def spine(params, h, xs, ys, node, first, bounds):
-        """The forward: ``(L, h_T, [(head, first, h_in)], (leaf, saved))``."""
-        L, stack = 0.0, []
-        while node[0] == "split":
-            _, s, head, tail = node
-            a, b = bounds[first], bounds[first + s]
-            L_h, h_next = head_loss(params, h, xs, ys, a, b)
-            stack.append((head, first, h))
-            L, h, node, first = L + L_h, h_next, tail, first + s
-        a, b = bounds[first], bounds[first + node[1]]
-        L_leaf, h_T, saved = leaf_forward(params, h, xs, ys, a, b)
-        return L + L_leaf, h_T, stack, (a, b, saved)
-
-    def statics(node, first):  # the spine's static part: [(head, first)], (a, b)
-        heads = []
-        while node[0] == "split":
-            heads.append((node[2], first))
-            node, first = node[3], first + node[1]
-        return heads, (first, first + node[1])
-
-    def unwind(params, xs, ys, w, stack, last, dh, dL, bounds):
-        """Reverse the last leaf, then re-run and reverse each saved head:
-        ``(dparams, dh_in, [dxs pieces in time order])``."""
-        a, b, saved = last
-        dp, dh, dxs = leaf_reverse(params, saved, w, a, b, dh, dL)
-        pieces = [dxs]
-        for head, f, h_in in reversed(stack):
-            # The re-run waits for the adjoint from the steps after it (and
-            # for dp, so every earlier leaf's weight-gradient GEMM is done):
-            # XLA:CPU drops lax.optimization_barrier, so the dependency is
-            # made arithmetic, a zero that XLA cannot fold (x·0 is not 0 for
-            # floats). xs and ys take it too, or XLA would hoist the re-run's
-            # input projections (a GEMM of xs alone) and keep them all.
-            h_in, xs, ys = _after((h_in, xs, ys), (dh, dp))
-            _, _, stack_h, last_h = spine(params, h_in, xs, ys, head, f, bounds)
-            dp_h, dh, pieces_h = unwind(
-                params, xs, ys, w, stack_h, last_h, dh, dL, bounds
+        def emit(L, t, out, m_t):
+            y_t = _dslice(ys, t, 1)
+            m = None if m_t is None else m_t[None]
+            return L + total_loss(
+                loss_fn, params, tree_map(lambda o: o[None], out), y_t, m
             )
-            dp = tree_map(jnp.add, dp, dp_h)
-            pieces = pieces_h + pieces
-        return dp, dh, pieces
+
+        L0 = jnp.zeros((), _float_dtype(params) or xs.dtype)
+        h_T, outs, res, slots, L = _first_pass(cell, params, h0, seq, prog, L0, emit)
+        a, b = prog.first_leaf
+        m_w = None if mask is None else mask[a:b]
+        L_leaf, vjp = jax.vjp(window_loss(ys, a, b - a, m_w), params, outs)
+        return L + L_leaf, h_T, (prog, slots, res, vjp)
 
     @jax.custom_vjp
-    def objective(params, h0, xs, ys, w):
-        bounds, tree = plan(xs.shape[0])
-        L, h_T, _, _ = spine(params, h0, xs, ys, tree, 0, bounds)
+    def objective(params, h0, xs, ys, w, mask=None, resets=None, h_reset=None):
+        L, h_T, _ = first_pass(params, h0, xs, ys, mask, resets, h_reset)
         return L, h_T
 
-    def fwd(params, h0, xs, ys, w):
-        bounds, tree = plan(xs.shape[0])
-        L, h_T, stack, (_, _, leaf) = spine(params, h0, xs, ys, tree, 0, bounds)
-        h_ins = [h for _, _, h in stack]  # ≤ M − 1 states, plus the leaf's
-        return (L, h_T), (params, h0, xs, ys, w, h_ins, leaf)
+    def fwd(params, h0, xs, ys, w, mask=None, resets=None, h_reset=None):
+        L, h_T, (_, slots, res, vjp) = first_pass(
+            params, h0, xs, ys, mask, resets, h_reset
+        )
+        return (L, h_T), (params, h0, xs, ys, w, mask, resets, h_reset, slots, res, vjp)
 
     def bwd(saved, cotangents):
-        params, h0, xs, ys, w, h_ins, leaf = saved
+        params, h0, xs, ys, w, mask, resets, h_reset, slots, res, vjp = saved
         dL, dh_T = cotangents
-        bounds, tree = plan(xs.shape[0])
-        heads, (i, j) = statics(tree, 0)
-        stack = [(hd, f, h) for (hd, f), h in zip(heads, h_ins, strict=True)]
-        last = (bounds[i], bounds[j], leaf)
-        dh_T = tree_map(lambda g, h: g.astype(h.dtype), dh_T, h0)
-        dL = jnp.asarray(dL, xs.dtype)
-        dp, dh, pieces = unwind(params, xs, ys, w, stack, last, dh_T, dL, bounds)
-        dxs = jnp.concatenate(pieces)
-        zeros = tree_map(jnp.zeros_like, (ys, w))
-        return (dp, dh, dxs, *zeros)
+        prog = program(xs.shape[0], budget)
+        dL = jnp.asarray(dL, _float_dtype(params) or xs.dtype)
+        dh_T = tree_map(lambda g, h: jnp.asarray(g, h.dtype), dh_T, h0)
+        dp_loss, douts = vjp(dL)
+
+        def leaf_cot(params, outs, a, n, m_w):
+            _, vjp = jax.vjp(window_loss(ys, a, n, m_w), params, outs)
+            return vjp(dL)
+
+        seq = (xs, mask, resets, h_reset)
+        dp, dh0, dxs, dr = _reverse(
+            cell, params, seq, w, prog, slots, (res, douts, dp_loss), dh_T, leaf_cot
+        )
+        return (dp, dh0, dxs, None, jnp.zeros_like(w), None, None, dr)
 
     objective.defvjp(fwd, bwd)
     return objective
+
+
+def budget_rnn_scan(
+    cell,
+    params,
+    h0,
+    xs,
+    w=None,
+    *,
+    lengths=None,
+    resets=None,
+    reset_state=None,
+    budget: Budget,
+):
+    """:func:`jbptt.rnn_scan` under a memory budget: ``(h_T, outs)``, whose
+    gradient (any loss of ``outs`` and ``h_T``) runs the optimal schedule.
+
+    The same interpreter as :func:`budget_loss` (see there for what is
+    stored and what is recomputed), with the cotangents of ``outs`` in place
+    of the loss's: ``outs`` itself is ``[T, ...]``, so the budget bounds the
+    states and residuals, not the outputs. Arguments as for
+    :func:`jbptt.rnn_scan`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.checkpointing import Budget, budget_rnn_scan
+      >>> cell = jbptt.cells.gru()
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> xs = jnp.ones((7, 2))
+      >>> def f(scan, **kw):
+      ...     h0 = cell.initial_state(p)
+      ...     return lambda p: jnp.sum(scan(cell, p, h0, xs, **kw)[1] ** 2)
+      >>> g = jax.grad(f(budget_rnn_scan, budget=Budget(2)))(p)
+      >>> bool(jnp.allclose(g["W"], jax.grad(f(jbptt.rnn_scan))(p)["W"]))
+      True
+    """
+    from jbptt._src import sequences
+
+    check_budget(budget)
+    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    return _budget_scan(cell, budget)(params, h0, xs, w, mask, resets, h_reset)
+
+
+def _budget_scan(cell, budget: Budget):
+    from jbptt._src import sequences
+
+    def first_pass(params, h0, xs, mask, resets, h_reset):
+        prog = program(xs.shape[0], budget)
+        seq = (xs, mask, resets, h_reset)
+
+        def emit(outs, t, out, m_t):
+            if m_t is not None:
+                out = sequences.select(m_t, out, tree_map(jnp.zeros_like, out))
+            return _put(outs, t, out)
+
+        # The steps' outputs: shape and dtype from one step (never run).
+        p = jax.eval_shape(lambda: cell.step(params, h0, _index(xs, 0))[1])
+        outs0 = tree_map(lambda s: jnp.zeros((xs.shape[0], *s.shape), s.dtype), p)
+        h_T, leaf_outs, res, slots, outs = _first_pass(
+            cell, params, h0, seq, prog, outs0, emit
+        )
+        a, _ = prog.first_leaf
+        outs = tree_map(
+            lambda o, lo: jax.lax.dynamic_update_slice_in_dim(o, lo, a, 0),
+            outs,
+            leaf_outs,
+        )
+        return h_T, outs, prog, slots, res
+
+    @jax.custom_vjp
+    def scan(params, h0, xs, w, mask, resets, h_reset):
+        h_T, outs, *_ = first_pass(params, h0, xs, mask, resets, h_reset)
+        return h_T, outs
+
+    def fwd(params, h0, xs, w, mask, resets, h_reset):
+        h_T, outs, _, slots, res = first_pass(params, h0, xs, mask, resets, h_reset)
+        return (h_T, outs), (params, h0, xs, w, mask, resets, h_reset, slots, res)
+
+    def bwd(saved, cotangents):
+        params, h0, xs, w, mask, resets, h_reset, slots, res = saved
+        dh_T, douts = cotangents
+        prog = program(xs.shape[0], budget)
+        dh_T = tree_map(lambda g, h: jnp.asarray(g, h.dtype), dh_T, h0)
+        a, b = prog.first_leaf
+
+        def leaf_cot(params, outs, a, n, m_w):
+            return None, _dslice(douts, a, n)
+
+        seq = (xs, mask, resets, h_reset)
+        first = (res, _slice(douts, a, b), None)
+        dp, dh0, dxs, dr = _reverse(
+            cell, params, seq, w, prog, slots, first, dh_T, leaf_cot
+        )
+        return (dp, dh0, dxs, jnp.zeros_like(w), None, None, dr)
+
+    scan.defvjp(fwd, bwd)
+    return scan
