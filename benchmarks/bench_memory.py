@@ -2,11 +2,10 @@
 
 For an Elman cell over a long sequence, value+grad with
 ``checkpoint=Budget(M)`` (the optimal store/recompute schedule over blocks of
-``unit`` steps, an explicit reverse in ``jbptt.value_and_grad``) for several
-budgets M, next
-to ``jbptt.value_and_grad(..., checkpoint="sqrt")`` and the uncheckpointed
-run. For each: forward steps the schedule runs (first pass included),
-recomputed steps, XLA's compiled temporary memory
+``unit`` steps, run by ``checkpointing.budget_loss``'s loop interpreter) for
+several budgets M, next to ``jbptt.value_and_grad(..., checkpoint="sqrt")``
+and the uncheckpointed run. For each: forward steps the schedule runs (first
+pass included), recomputed steps, XLA's compiled temporary memory
 (``jax.jit(f).lower(...).compile().memory_analysis()``), compile and run
 time, and the gradient's agreement with the uncheckpointed one.
 
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 
 import jbptt
 from jbptt import cells
-from jbptt._src.checkpointing import Budget, forward_steps
+from jbptt._src.checkpointing import Budget, program
 
 
 def loss_fn(params, out_t, y_t):
@@ -41,7 +40,7 @@ def loss_fn(params, out_t, y_t):
 
 def budget_value_and_grad(cell, budget: Budget):
     """``(params, h0, xs, ys) -> (L, grads)`` by ``jbptt.value_and_grad(...,
-    checkpoint=budget)``: the schedule as an explicit reverse
+    checkpoint=budget)``: the schedule as a program of loops
     (``checkpointing.budget_loss``)."""
     vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=budget)
 
@@ -74,7 +73,6 @@ def run(T, H, I, unit, budgets, repeats, log):
     ys = jax.random.normal(jax.random.key(2), (T, 1, H))
     h0 = cell.initial_state(params, (1,))
     args = (params, h0, xs, ys)
-    n_blocks = -(-T // unit)
     rows, ref = [], None
 
     def add(variant, M, fwd_steps, out, compile_s, run_s, temp):
@@ -115,7 +113,7 @@ def run(T, H, I, unit, budgets, repeats, log):
     add("sqrt", T // S + 1, 2 * T, *_measure(sqrt, args, repeats))
     for M in budgets:
         fn = budget_value_and_grad(cell, Budget(M, unit))
-        steps = forward_steps(n_blocks, M) * unit if n_blocks > 1 else T
+        steps = program(T, Budget(M, unit)).steps
         add(f"Budget(M, unit={unit})", M, steps, *_measure(fn, args, repeats))
     return rows
 
@@ -156,8 +154,8 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=10_000)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--input", type=int, default=32)
-    ap.add_argument("--unit", type=int, default=500, help="steps per block")
-    ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 6, 11, 21])
+    ap.add_argument("--unit", type=int, default=100, help="steps per block")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 6, 11, 21, 101])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks")
