@@ -464,3 +464,21 @@ def test_budget_temporaries_fall_with_the_budget():
     none = temp(None)
     budget = [temp(Budget(M, 40)) for M in (2, 3, 5)]
     assert budget[0] < budget[1] < budget[2] < none / 4, (budget, none)
+
+
+def test_budget_vmaps_over_link_weights():
+    # Sweeps vmap value_and_grad over w: the program's branch indices stay
+    # unbatched, so vmap batches the reverse scans only.
+    model = jbptt.readout(jbptt.cells.lstm(), output_size=2)
+    p = model.init(jax.random.key(0), 3, 4)
+    T = 9
+    xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
+    ys = jax.random.normal(jax.random.key(2), (T, 2, 2))
+    h0 = model.cell.initial_state(p, (2,))
+    ws = jax.random.uniform(jax.random.key(3), (3, T), maxval=2.0)
+
+    def grads(checkpoint):
+        vg = jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=checkpoint)
+        return jax.jit(jax.vmap(lambda w: vg(p, h0, xs, ys, w)[1]))(ws)
+
+    assert rel_err(grads(Budget(2)), grads(None)) <= 1e-10

@@ -6,13 +6,12 @@ enough to run step i's reverse without recomputing it (r_i includes h_i).
 The caller's ``h0`` occupies one slot. Running step i from h_i costs one
 forward step. Reversal goes from step T−1 down to 0 and needs r_i.
 
-jbptt runs a schedule as nested ``jax.checkpoint`` over a static split:
-a chain of t steps with m slots is either
+A schedule is a static split tree: a chain of t steps with m slots is either
 
 * a *leaf* (t ≤ m): run all t steps with residuals, cost t, or
-* a *split* at s: the head s steps under ``jax.checkpoint`` (only its input is
-  kept, cost s), then the tail t − s steps with m − 1 slots, then, when the
-  backward reaches the head, the head re-run with all m slots.
+* a *split* at s: the head's s steps run keeping only its input (cost s),
+  then the tail t − s steps with m − 1 slots, then, when the backward
+  reaches the head, the head re-run with all m slots.
 
 Its forward cost F(t, m) obeys the dynamic program
 
@@ -22,6 +21,18 @@ Its forward cost F(t, m) obeys the dynamic program
 and the recomputed steps are F(T, M) − T. For M ≥ T nothing is recomputed;
 M = 2 gives T(T+1)/2 − 1 − T; any M ≥ 2 is feasible. The tests check F
 against a brute-force search over every store/recompute strategy.
+
+Two executors:
+
+* :func:`budget_loss` / :func:`budget_rnn_scan` (what
+  ``jbptt.value_and_grad(..., checkpoint=Budget(M))`` uses): the tree
+  flattened into a :class:`Program` of advance/leaf actions, run by loops
+  (``lax.scan`` over actions, ``fori_loop`` advances, ``lax.switch`` leaves)
+  over a buffer of at most M states, so XLA's memory is O(M) and the forward
+  steps are exactly F;
+* :func:`scan_budget`: the tree as nested ``jax.checkpoint`` around any
+  segment function; the steps JAX runs are F, but outside a loop XLA is
+  free to keep buffers alive, so its memory does not fall with M.
 """
 
 from __future__ import annotations
@@ -43,10 +54,10 @@ class Budget(NamedTuple):
       max_states: the number of slots M ≥ 2 (states or per-step residuals,
         the initial state included).
       unit: steps per schedule step (default 1). The schedule is optimal over
-        blocks of ``unit`` steps; a block's reverse keeps its ``unit`` steps of
-        residuals, so memory is about M·unit states. Values above 1 keep the
-        compiled program small for very long sequences (the program has one
-        segment call per block and recursion level).
+        blocks of ``unit`` steps; a leaf keeps up to M blocks of residuals,
+        so memory is about M·unit steps' worth. Values above 1 keep the
+        dynamic program (O(M·n²) for n = ⌈T / unit⌉ blocks, in Python) and
+        the action list small for very long sequences.
 
     Examples:
       >>> from jbptt._src.checkpointing import Budget, recomputations
@@ -168,9 +179,9 @@ def scan_budget(segment, carry, xs, T: int, budget: Budget):
     (checked by executing it: the tests count the steps XLA runs). Outside a
     loop, however, XLA is free to schedule a head's re-run as soon as its
     saved input exists, or to merge it with the first forward; on XLA:CPU
-    ``benchmarks/bench_memory.py`` measures no drop in temporaries against
-    M (and run times below the schedule's step count), while ``"sqrt"``
-    (checkpoints inside a ``lax.scan``) does drop.
+    temporaries did not drop with M. For memory that falls with M use
+    :func:`budget_loss` (what ``value_and_grad`` runs), whose levels are
+    loops.
 
     Args:
       segment: ``(carry, xs_seg) -> (carry, out)`` for any number of steps.
@@ -595,7 +606,8 @@ def budget_rnn_scan(
       ...     h0 = cell.initial_state(p)
       ...     return lambda p: jnp.sum(scan(cell, p, h0, xs, **kw)[1] ** 2)
       >>> g = jax.grad(f(budget_rnn_scan, budget=Budget(2)))(p)
-      >>> bool(jnp.allclose(g["W"], jax.grad(f(jbptt.rnn_scan))(p)["W"]))
+      >>> ref = jax.grad(f(jbptt.rnn_scan))(p)
+      >>> jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.allclose, g, ref))
       True
     """
     from jbptt._src import sequences
