@@ -440,6 +440,18 @@ def test_budget_rnn_scan_is_exact(name, M, unit):
     g, out = loss(budget_rnn_scan, budget=Budget(M, unit))(p, h0, xs)
     assert rel_err(out, out_ref) <= 1e-12
     assert rel_err(g, g_ref) <= 1e-10
+    # the public rnn_scan takes the budget as its checkpoint= spelling
+    g, out = loss(jbptt.rnn_scan, checkpoint=Budget(M, unit))(p, h0, xs)
+    assert rel_err(out, out_ref) <= 1e-12
+    assert rel_err(g, g_ref) <= 1e-10
+
+
+def test_rnn_scan_budget_refuses_autodiff_mode():
+    cell = jbptt.cells.elman()
+    p = cell.init(jax.random.key(0), 2, 3)
+    with pytest.raises(ValueError, match="Budget.*autodiff"):
+        jbptt.rnn_scan(cell, p, cell.initial_state(p), jnp.ones((5, 2)),
+                       checkpoint=Budget(2), mode="autodiff")  # fmt: skip
 
 
 def test_budget_temporaries_fall_with_the_budget():

@@ -562,7 +562,10 @@ def rnn_scan(
         backward; ``"sqrt"`` keeps only the states at the starts of about √T
         segments of about √T steps and recomputes each segment's forward
         during the backward (O(√T) stored states for ~1 extra forward); an
-        int sets the segment length. Values and gradients are unchanged.
+        int sets the segment length; a :class:`jbptt.Budget` stores at most
+        ``max_states`` states and recomputes with the fewest forward steps
+        (see :func:`jbptt.value_and_grad`). Values and gradients are
+        unchanged.
       mode: ``"scan"`` (default): jbptt's reverse scan, reverse mode only;
         ``"autodiff"``: the same forward as a plain ``lax.scan`` that JAX
         differentiates itself, so ``jax.jvp``/``jax.jacfwd`` work (and link
@@ -586,6 +589,17 @@ def rnn_scan(
       (3, 3)
     """
     check_mode(mode)
+    from jbptt._src.checkpointing import Budget, budget_rnn_scan  # avoids a cycle
+
+    if isinstance(checkpoint, Budget):
+        if mode != "scan":
+            raise ValueError(
+                "checkpoint=Budget(...) runs jbptt's reverse scan; drop "
+                "mode='autodiff' (or the budget)."
+            )
+        return budget_rnn_scan(cell, params, h0, xs, w, lengths=lengths,
+                               resets=resets, reset_state=reset_state,
+                               budget=checkpoint)  # fmt: skip
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
     h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
     scan = reference_scan if mode == "autodiff" else scan_or_explain
