@@ -4,12 +4,19 @@ An LSTM (and a GRU) reads ``B`` contiguous streams of a character corpus and
 predicts the next character, trained online: the state is carried along the
 streams and the params are updated at every truncation point. TBPTT(k) cuts
 every k steps; ARTBP (Tallec & Ollivier 2017) cuts at random with the
-poly-tail schedule ``c_d = (α−1)/((α−2)L₀ + d)`` of mean length ``L₀ = k``
-and reweights the surviving links by ``1/(1 − c)``, so its gradient is
-unbiased. Both process every step once forward and once backward and make
-about ``T/k`` updates: matched cost. We report validation bits per character
-(bpc = mean cross-entropy / ln 2) against training wall-clock (compilation and
-evaluation excluded) and against backward steps.
+poly-tail schedule ``c_d = (α−1)/((α−2)L₀ + d)`` of mean segment length
+``L₀ = k`` and reweights the surviving links by ``1/(1 − c)``, so its
+gradient is unbiased.
+
+What is matched, and reported: both estimators see the same characters in
+the same order and backpropagate every step exactly once (the same number of
+backward steps), and make about ``T/k`` updates (ARTBP's count is random with
+mean ``T/k``; the table gives both counts). The learning rate follows the
+same cosine decay over the expected number of updates. Each configuration
+runs over several seeds (initialisation and ARTBP's cuts); the table gives
+mean ± standard error over seeds of the validation bpc (bpc = mean
+cross-entropy / ln 2) and, once at the end, of the test bpc. Training
+wall-clock excludes compilation and evaluation.
 
 Default corpus: the Python standard library's own ``*.py`` files (no
 download; see :func:`jbptt.data.load_corpus`); ``--corpus PATH`` takes any
@@ -31,7 +38,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -40,10 +46,11 @@ from experiments import _cli
 from jbptt import cells, data, estimators, truncation
 
 CELLS = {"lstm": cells.lstm, "gru": cells.gru}
+CHUNK = 2048  # time steps per train.train call: bounds the one-hot inputs' memory
 
 
 def one_hot(ids, V):
-    return np.eye(V, dtype=np.dtype(jnp.result_type(float)))[ids]
+    return np.eye(V, dtype=np.dtype(jax.numpy.result_type(float)))[ids]
 
 
 def unigram_bpc(train, valid, V) -> float:
@@ -56,36 +63,77 @@ def unigram_bpc(train, valid, V) -> float:
 _EVALS: dict = {}
 
 
-def make_eval(model, V, ids, batch):
-    """Jitted validation bpc on ``ids`` (from a zero state, ``batch`` streams)."""
-    cache_key = (model.cell, V, len(ids), batch)
+def make_eval(model, V, ids, batch, embed):
+    """Jitted bpc on ``ids`` (from a zero state, ``batch`` streams)."""
+    cache_key = (model.cell, V, len(ids), batch, embed, ids[:64].tobytes())
     if cache_key in _EVALS:
         return _EVALS[cache_key]
     s = data.streams(ids, batch)
     x, y = data.next_char_pairs(s)
-    xs, ys = jnp.asarray(one_hot(x, V)), jnp.asarray(y)
+    xs, ys = jax.numpy.asarray(inputs(x, V, embed)), jax.numpy.asarray(y)
     forward = jax.jit(jbptt.loss(model.cell, model.loss_fn))
 
     def bpc(params):
         h0 = model.cell.initial_state(params, (batch,))
         L, _ = forward(params, h0, xs, ys)
-        return float(L) / len(ys) / math.log(2)
+        return float(L) / len(ys) / math.log(2)  # per-step loss: batch mean
 
     _EVALS[cache_key] = bpc
     return bpc
 
 
-def setup(cell_name, V, k, args):
-    """Model, per-step loss and optimizer, built once per cell so that all runs
-    of that cell share the compiled update."""
-    model = jbptt.readout(CELLS[cell_name](), output_size=V, loss="xent")
+def make_model(cell_name: str, V: int, embed: int):
+    """Embedding (``embed`` > 0) or one-hot inputs → cell → linear softmax."""
+    if embed:
+        return jbptt.readout(CELLS[cell_name](), V, "xent", vocab_size=V)
+    return jbptt.readout(CELLS[cell_name](), output_size=V, loss="xent")
+
+
+def inputs(ids, V: int, embed: int):
+    """The scan's inputs for integer ``ids``: the ids themselves for a token
+    model (as ``model.encode`` holds them: floats ``[T, B, 1]``), one-hot
+    vectors otherwise."""
+    if embed:
+        return ids[..., None].astype(jax.numpy.result_type(float))
+    return one_hot(ids, V)
+
+
+class Config(NamedTuple):
+    cell: str
+    k: int
+
+
+def configs(args) -> list[Config]:
+    """The (cell, k) pairs run: every cell of ``--cells`` at ``--k``."""
+    return [Config(c, args.k) for c in args.cells]
+
+
+def estimators_for(k, alpha):
+    return {
+        "tbptt": estimators.tbptt(k),
+        "artbp": estimators.artbp(truncation.poly_tail(float(k), alpha)),
+    }
+
+
+def label(cfg: Config, est_name: str, alpha: float) -> str:
+    if est_name == "tbptt":
+        return f"{cfg.cell.upper()} TBPTT(k={cfg.k})"
+    return f"{cfg.cell.upper()} ARTBP(L0={cfg.k}, a={alpha:g})"
+
+
+def setup(cfg: Config, V: int, T: int, args):
+    """Model, per-step loss and optimizer of one configuration (shared by its
+    runs, so they share the compiled update)."""
+    model = make_model(cfg.cell, V, args.embed)
 
     def loss_fn(p, out, yt):
         # mean per-step loss over a segment of nominal length k: the same
         # scale for both estimators, so one learning rate and clip fit both
-        return model.loss_fn(p, out, yt) / k
+        return model.loss_fn(p, out, yt) / cfg.k
 
-    opt = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
+    # cosine decay to lr/10 over the expected number of updates (T/k)
+    lr = optax.cosine_decay_schedule(args.lr, max(1, T // cfg.k), alpha=0.1)
+    opt = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(lr))
     return model, loss_fn, opt
 
 
@@ -99,50 +147,75 @@ class Record(NamedTuple):
     seconds: float  # training wall-clock so far (no compilation, no callbacks)
 
 
-def run_one(setup_, est, k, corpus, args, key, quick):
+def training_stream(train_ids, batch: int, steps: int):
+    """Inputs and targets ``[steps, B]`` of ``batch`` contiguous streams; past
+    the end of a stream it starts over (one more epoch, the state carried)."""
+    x, y = data.next_char_pairs(data.streams(train_ids, batch))
+    idx = np.arange(steps) % len(y)
+    return x[idx], y[idx], steps / len(y)
+
+
+def run_one(setup_, est, corpus, args, key, bar=None):
+    """One training run: returns the validation curve, the per-segment
+    records and the params at the end."""
     model, loss_fn, opt = setup_
     V = len(corpus.vocab)
     k_init, k_w = jax.random.split(key)
-    params = model.init(k_init, V, args.hidden)
-    s = data.streams(corpus.train, args.batch)[: args.steps + 1]
-    x, y = data.next_char_pairs(s)
-    xs, ys = one_hot(x, V), y
-    T = len(ys)
-    bpc = make_eval(model, V, corpus.valid[: args.valid_chars], args.eval_batch)
-    curve = [{"t": 0, "seconds": 0.0, "updates": 0, "bpc": bpc(params)}]
-    recs = []  # one record per segment: where it ended, its loss, the clock
+    params = model.init(k_init, args.embed or V, args.hidden)
+    x, y, _ = training_stream(corpus.train, args.batch, args.steps)
+    T = len(y)
+    bpc = make_eval(
+        model, V, corpus.valid[: args.valid_chars], args.eval_batch, args.embed
+    )
+    curve = [{"t": 0, "point": 0, "seconds": 0.0, "updates": 0, "bpc": bpc(params)}]
+    recs: list[Record] = []
+    clock = [0.0]  # wall-clock of the calls before this one
 
     def record(e):
-        recs.append(Record(e.start + e.length, e.length, e.loss, e.seconds))
-        if e.start + e.length == T:  # the last segment: a final evaluation
-            evaluate(e)
+        t = e.start + e.length
+        recs.append(Record(t, e.length, e.loss, clock[0] + e.seconds))
+        if bar is not None:
+            bar.update(e.length)
+        if t // args.eval_every > e.start // args.eval_every or t == T:
+            # evaluation point: the last multiple of --eval-every crossed (the
+            # end of the stream: one past them), the same for every seed
+            point = -(-t // args.eval_every) if t == T else t // args.eval_every
+            curve.append(
+                {
+                    "t": t,
+                    "point": point,
+                    "seconds": clock[0] + e.seconds,
+                    "updates": e.index + 1,
+                    "bpc": bpc(e.state.params),
+                }
+            )
 
-    def evaluate(e):
-        if curve[-1]["t"] < e.start + e.length:
-            t, p = e.start + e.length, e.state.params
-            curve.append({"t": t, "seconds": e.seconds, "updates": e.index + 1,
-                          "bpc": bpc(p)})  # fmt: skip
+    state = None
+    for a in range(0, T, CHUNK):  # chunked calls: bitwise one long call
+        b = min(a + CHUNK, T)
+        hist = jbptt.train.train(
+            model.cell,
+            loss_fn,
+            params,
+            inputs(x[a:b], V, args.embed),
+            y[a:b],
+            opt,
+            est,
+            key=k_w,
+            state=state,
+            flush=b == T,
+            callbacks=[record],
+            min_bucket=QUICK_SIZE if args.quick else None,
+        )
+        state = hist.state
+        clock[0] = recs[-1].seconds if recs else 0.0
+    return curve, recs, state.params
 
-    jbptt.train.train(
-        model.cell,
-        loss_fn,
-        params,
-        xs,
-        ys,
-        opt,
-        est,
-        key=k_w,
-        callbacks=[jbptt.train.every(args.eval_every, evaluate), record],
-        min_bucket=QUICK_SIZE if quick else None,
-        progress=not quick,
-    )
-    return curve, recs
 
-
-def label(cell_name, est, k, alpha):
-    if "k" in est.hparams:
-        return f"{cell_name.upper()} TBPTT(k={k})"
-    return f"{cell_name.upper()} ARTBP(L0={k}, a={alpha:g})"
+def test_bpc(model, V, corpus, params, args) -> float:
+    """Test bpc, once, after training (first ``--valid-chars`` test chars)."""
+    ids = corpus.test[: args.valid_chars]
+    return make_eval(model, V, ids, args.eval_batch, args.embed)(params)
 
 
 # --quick sets these defaults only: flags given explicitly are kept.
@@ -153,6 +226,7 @@ QUICK = dict(
     hidden=32,
     batch=8,
     steps=600,
+    seeds=2,
     valid_chars=2000,
     eval_every=200,
     eval_batch=10,
@@ -163,9 +237,10 @@ QUICK = dict(
 def parse_args(argv=None) -> argparse.Namespace:
     ap = _cli.parser(
         "python -m experiments.char_lm",
-        "Character-level LM trained online with TBPTT(k) vs ARTBP at "
-        "matched cost; validation bits per character against wall-clock and "
-        "backward steps. Writes char_lm.{csv,json,png}.",
+        "Character-level LM trained online with TBPTT(k) vs ARTBP at matched "
+        "updates and backward steps, over several seeds; validation bits per "
+        "character against updates and wall-clock, test bpc at the end. "
+        "Writes NAME.{csv,json,png}.",
     )
     ap.add_argument(
         "--corpus",
@@ -176,13 +251,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--max-chars",
         type=_cli.positive_int,
-        default=2_000_000,
-        help="cap on the corpus size in characters",
+        default=5_000_000,
+        help="cap on the corpus size in characters (90%% train, 5%% valid, 5%% test)",
     )
     ap.add_argument(
         "--cells",
         nargs="+",
-        default=["lstm", "gru"],
+        default=["lstm"],
         choices=list(CELLS),
         help="cells to train",
     )
@@ -200,13 +275,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--hidden", type=_cli.positive_int, default=128, help="hidden size")
     ap.add_argument(
+        "--embed",
+        type=_cli.nonneg_int,
+        default=64,
+        help="character embedding size (0: one-hot inputs)",
+    )
+    ap.add_argument(
         "--batch", type=_cli.positive_int, default=32, help="parallel streams"
     )
     ap.add_argument(
-        "--steps", type=_cli.positive_int, default=20_000, help="time steps per stream"
+        "--steps",
+        type=_cli.positive_int,
+        default=300_000,
+        help="time steps per stream (a stream starts over at its end: epochs)",
     )
     ap.add_argument(
-        "--lr", type=_cli.positive_float, default=3e-3, help="Adam learning rate"
+        "--lr",
+        type=_cli.positive_float,
+        default=3e-3,
+        help="Adam learning rate (cosine decay to a tenth over the run)",
     )
     ap.add_argument(
         "--clip",
@@ -217,8 +304,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--valid-chars",
         type=_cli.positive_int,
-        default=20_000,
-        help="validation characters",
+        default=50_000,
+        help="validation (and test) characters",
     )
     ap.add_argument(
         "--eval-batch",
@@ -229,16 +316,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--eval-every",
         type=_cli.positive_int,
-        default=1000,
+        default=25_000,
         help="time steps between validations",
     )
-    ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
+    ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="first PRNG seed")
+    ap.add_argument(
+        "--seeds",
+        type=_cli.positive_int,
+        default=3,
+        help="seeds per run (seed, seed+1, ...)",
+    )
     _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
+    ap.add_argument(
+        "--name", default="char_lm", help="output file stem: NAME.{csv,json,png}"
+    )
     args = _cli.parse(ap, argv, QUICK)
     if args.alpha <= 1:
         ap.error(f"--alpha must be > 1 (finite mean segment length), got {args.alpha}")
     return args
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for one value)."""
+    v = np.asarray(values, float)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), se
+
+
+def pm(mean: float, se: float) -> str:
+    return f"{mean:.3f} ± {se:.3f}"
+
+
+def summarize(name, cfg, est_name, runs) -> dict:
+    """One table row: a configuration and estimator over its seeds."""
+    final = mean_se([r["curve"][-1]["bpc"] for r in runs])
+    test = mean_se([r["test_bpc"] for r in runs])
+    updates = [len(r["recs"]) for r in runs]
+    return {
+        "run": name,
+        "cell": cfg.cell,
+        "k": cfg.k,
+        "estimator": est_name,
+        "seeds": len(runs),
+        "updates": float(np.mean(updates)),
+        "updates_per_seed": updates,
+        "backward_steps": runs[0]["backward_steps"],
+        "mean_segment_length": float(
+            np.mean([np.mean([x.length for x in r["recs"]]) for r in runs])
+        ),
+        "initial_valid_bpc": float(np.mean([r["curve"][0]["bpc"] for r in runs])),
+        "final_valid_bpc": final[0],
+        "final_valid_bpc_se": final[1],
+        "best_valid_bpc": float(
+            np.mean([min(c["bpc"] for c in r["curve"]) for r in runs])
+        ),
+        "test_bpc": test[0],
+        "test_bpc_se": test[1],
+        "train_seconds": float(np.mean([r["recs"][-1].seconds for r in runs])),
+    }
 
 
 def main(argv=None):
@@ -247,91 +383,124 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     corpus = data.load_corpus(args.corpus, max_chars=args.max_chars)
+    V = len(corpus.vocab)
+    _, y, epochs = training_stream(corpus.train, args.batch, args.steps)
     print(
         f"corpus: {corpus.source}, {corpus.n_chars} chars "
-        f"(train {len(corpus.train)}, valid {len(corpus.valid)}), "
-        f"vocab {len(corpus.vocab)}"
+        f"(train {len(corpus.train)}, valid {len(corpus.valid)}, test "
+        f"{len(corpus.test)}), vocab {V}; {args.steps} steps × {args.batch} "
+        f"streams = {epochs:.2f} epochs"
     )
-    ests = [
-        estimators.tbptt(args.k),
-        estimators.artbp(truncation.poly_tail(float(args.k), args.alpha)),
-    ]
-    key = jax.random.key(args.seed)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    cfgs = configs(args)
     rows, summary = [], []
     t0 = time.perf_counter()
-    for cell_name in args.cells:
-        setup_ = setup(cell_name, len(corpus.vocab), args.k, args)
-        for est in ests:
-            name = label(cell_name, est, args.k, args.alpha)
-            curve, recs = run_one(setup_, est, args.k, corpus, args, key, args.quick)
-            for c in curve:
-                rows.append(
+    total = len(cfgs) * 2 * len(seeds) * args.steps
+    bar = None if args.quick else _progress(total)
+    for cfg in cfgs:
+        setup_ = setup(cfg, V, args.steps, args)
+        for est_name, est in estimators_for(cfg.k, args.alpha).items():
+            name = label(cfg, est_name, args.alpha)
+            runs = []
+            for seed in seeds:
+                curve, recs, params = run_one(
+                    setup_, est, corpus, args, jax.random.key(seed), bar
+                )
+                tb = test_bpc(setup_[0], V, corpus, params, args)
+                runs.append(
                     {
-                        "run": name,
-                        "cell": cell_name,
-                        "estimator": "tbptt" if "k" in est.hparams else "artbp",
-                        "t": c["t"],
-                        "backward_steps": c["t"] * args.batch,
-                        "updates": c["updates"],
-                        "seconds": c["seconds"],
-                        "valid_bpc": c["bpc"],
+                        "curve": curve,
+                        "recs": recs,
+                        "test_bpc": tb,
+                        "backward_steps": args.steps * args.batch,
                     }
                 )
-            summary.append(
-                {
-                    "run": name,
-                    "final_valid_bpc": curve[-1]["bpc"],
-                    "best_valid_bpc": min(c["bpc"] for c in curve),
-                    "initial_valid_bpc": curve[0]["bpc"],
-                    "updates": len(recs),
-                    "mean_segment_length": float(np.mean([r.length for r in recs])),
-                    "train_seconds": recs[-1].seconds,
-                }
-            )
-            print(
-                f"{name:28s} valid bpc {curve[0]['bpc']:.3f} -> "
-                f"{curve[-1]['bpc']:.3f}  ({len(recs)} updates, "
-                f"{recs[-1].seconds:.1f} s)"
-            )
-    V = len(corpus.vocab)
+                for c in curve:
+                    rows.append(
+                        {
+                            "run": name,
+                            "cell": cfg.cell,
+                            "k": cfg.k,
+                            "estimator": est_name,
+                            "seed": seed,
+                            "t": c["t"],
+                            "point": c["point"],
+                            "backward_steps": c["t"] * args.batch,
+                            "updates": c["updates"],
+                            "seconds": c["seconds"],
+                            "valid_bpc": c["bpc"],
+                        }
+                    )
+                _log(
+                    bar,
+                    f"{name:26s} seed {seed}: valid bpc "
+                    f"{curve[0]['bpc']:.3f} -> {curve[-1]['bpc']:.3f}, test "
+                    f"{tb:.3f} ({len(recs)} updates, {recs[-1].seconds:.1f} s)",
+                )
+            summary.append(summarize(name, cfg, est_name, runs))
+    if bar is not None:
+        bar.close()
     uni = unigram_bpc(corpus.train, corpus.valid[: args.valid_chars], V)
-    print(f"unigram baseline: {uni:.3f} bpc")
+    uni_test = unigram_bpc(corpus.train, corpus.test[: args.valid_chars], V)
+    print(f"unigram baseline: {uni:.3f} bpc (valid), {uni_test:.3f} (test)")
     meta = {
         "unigram_valid_bpc": uni,
+        "unigram_test_bpc": uni_test,
+        "epochs": epochs,
+        "seeds": seeds,
         "corpus": {
             "source": corpus.source,
             "n_chars": corpus.n_chars,
             "train": len(corpus.train),
             "valid": len(corpus.valid),
             "test": len(corpus.test),
-            "vocab": len(corpus.vocab),
+            "vocab": V,
         },
         "summary": summary,
         "seconds": time.perf_counter() - t0,
     }
     run = _cli.Run()
-    run.step("CSV", write_csv, out / "char_lm.csv", rows)
-    run.wrote(str(out / "char_lm.csv"))
-    if run.step("plot", plot, out / "char_lm.png", rows, summary, meta) is None:
-        run.wrote(str(out / "char_lm.png"))
+    stem = out / args.name
+    run.step("CSV", write_csv, f"{stem}.csv", rows)
+    run.wrote(f"{stem}.csv")
+    if run.step("plot", plot, f"{stem}.png", rows, summary, meta) is None:
+        run.wrote(f"{stem}.png")
     return run.finish(
-        str(out / "char_lm.json"),
+        f"{stem}.json",
         meta,
         config=dict(vars(args)),
         seed=args.seed,
         rows=[
             {
                 "run": s["run"],
-                "initial bpc": s["initial_valid_bpc"],
-                "final bpc": s["final_valid_bpc"],
-                "best bpc": s["best_valid_bpc"],
+                "seeds": s["seeds"],
                 "updates": s["updates"],
+                "final valid bpc": pm(s["final_valid_bpc"], s["final_valid_bpc_se"]),
+                "test bpc": pm(s["test_bpc"], s["test_bpc_se"]),
                 "seconds": s["train_seconds"],
             }
             for s in summary
         ]
-        + [{"run": "unigram baseline", "final bpc": uni}],
+        + [
+            {
+                "run": "unigram baseline",
+                "final valid bpc": f"{uni:.3f}",
+                "test bpc": f"{uni_test:.3f}",
+            }
+        ],
     )
+
+
+def _progress(total):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is optional
+        return None
+    return tqdm(total=total, unit="step", desc="char LM", mininterval=2.0)
+
+
+def _log(bar, line: str) -> None:
+    (bar.write if bar is not None else print)(line)
 
 
 def write_csv(path, rows):
@@ -341,53 +510,62 @@ def write_csv(path, rows):
         wr.writerows(rows)
 
 
+def _band(rows, run):
+    """Mean validation bpc over seeds at each evaluation point, its standard
+    error, and the mean update count and wall-clock there (x axes)."""
+    r = [x for x in rows if x["run"] == run]
+    points = sorted({x["point"] for x in r})
+    by = [[x for x in r if x["point"] == p] for p in points]
+    mean = np.array([np.mean([x["valid_bpc"] for x in g]) for g in by])
+    se = np.array([mean_se([x["valid_bpc"] for x in g])[1] for g in by])
+    upd = np.array([np.mean([x["updates"] for x in g]) for g in by])
+    sec = np.array([np.mean([x["seconds"] for x in g]) for g in by])
+    return upd, sec, mean, se
+
+
 def plot(path, rows, summary, meta):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
-    for s in summary:
-        r = [x for x in rows if x["run"] == s["run"]]
-        ls = "-" if "TBPTT" in s["run"] else "--"
-        a1.plot(
-            [x["backward_steps"] for x in r],
-            [x["valid_bpc"] for x in r],
-            ls,
-            marker=".",
-            label=f"{s['run']}: {s['updates']} updates",
-        )
-        a2.plot(
-            [x["seconds"] for x in r],
-            [x["valid_bpc"] for x in r],
-            ls,
-            marker=".",
-            label=s["run"],
-        )
-    a1.set_xlabel("backward steps (time steps × streams)")
-    a2.set_xlabel("training wall-clock (s)")
-    for a in (a1, a2):
-        a.axhline(
-            meta["unigram_valid_bpc"],
-            color="gray",
-            ls=":",
-            lw=1,
-            label="unigram baseline",
-        )
-    a1.set_ylabel("validation bits per character")
-    # one legend, below the panels (runs with their parameter-update counts)
-    handles, labels = a1.get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8
+    groups = list(dict.fromkeys((s["cell"], s["k"]) for s in summary))
+    fig, axes = plt.subplots(
+        len(groups), 2, figsize=(11, 3.4 * len(groups) + 0.8), squeeze=False
     )
+    for (cell, k), (a1, a2) in zip(groups, axes, strict=True):
+        for s in (s for s in summary if (s["cell"], s["k"]) == (cell, k)):
+            upd, sec, mean, se = _band(rows, s["run"])
+            ls = "-" if s["estimator"] == "tbptt" else "--"
+            lab = (
+                f"{s['run']}: {s['updates']:.0f} updates, test "
+                f"{s['test_bpc']:.3f} ± {s['test_bpc_se']:.3f}"
+            )
+            for a, x in ((a1, upd), (a2, sec)):
+                (line,) = a.plot(x, mean, ls, marker=".", label=lab)
+                a.fill_between(
+                    x, mean - se, mean + se, alpha=0.25, color=line.get_color(), lw=0
+                )
+        for a in (a1, a2):
+            a.axhline(
+                meta["unigram_valid_bpc"],
+                color="gray",
+                ls=":",
+                lw=1,
+                label="unigram baseline",
+            )
+            a.set_ylim(top=min(a.get_ylim()[1], meta["unigram_valid_bpc"] + 0.5))
+        a1.set_ylabel(f"{cell.upper()}, k = {k}\nvalid bits per char")
+        a1.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("parameter updates (mean over seeds)")
+    axes[-1, 1].set_xlabel("training wall-clock (s, mean over seeds)")
     c = meta["corpus"]
     fig.suptitle(
-        f"Char LM, online TBPTT vs ARTBP — {c['source']}, "
-        f"{c['n_chars']:,} chars, vocab {c['vocab']}",
+        f"Char LM, online TBPTT vs ARTBP — {c['source']}, {c['n_chars']:,} chars, "
+        f"{meta['epochs']:.1f} epochs; mean ± s.e. over {len(meta['seeds'])} seeds",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.08 * (1 + len(summary) // 3), 1, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -29,11 +29,15 @@ RESULTS = HERE / "RESULTS.md"
 
 # Every full-run command behind RESULTS.md's figures and tables.
 RUNS = {
-    "vanishing_exploding": "experiments.vanishing_exploding",
-    "influence_balancing": "experiments.influence_balancing",
-    "char_lm": "experiments.char_lm",
-    "sunspots": "experiments.sunspots",
-}
+    "vanishing_exploding": ["experiments.vanishing_exploding"],
+    "influence_balancing": ["experiments.influence_balancing"],
+    "char_lm": ["experiments.char_lm"],
+    "char_lm_gru": ["experiments.char_lm", "--cells", "gru", "--seeds", "1",
+                    "--name", "char_lm_gru"],
+    "char_lm_k64": ["experiments.char_lm", "--k", "64", "--seeds", "1",
+                    "--name", "char_lm_k64"],
+    "sunspots": ["experiments.sunspots"],
+}  # fmt: skip
 
 FAMILY = {
     "elman_tanh": "Elman tanh",
@@ -119,23 +123,31 @@ def influence_table(d) -> list[str]:
 
 
 def char_lm_table(d) -> list[str]:
+    def pm(s, key):
+        return f"{_f(s[key], '.3f')} ± {_f(s[key + '_se'], '.3f')}"
+
     rows = [
         [
             s["run"],
-            str(s["updates"]),
-            _f(s["initial_valid_bpc"], ".3f"),
-            _f(s["final_valid_bpc"], ".3f"),
-            _f(s["best_valid_bpc"], ".3f"),
-            _f(s["train_seconds"], ".1f"),
+            str(s["seeds"]),
+            "/".join(str(u) for u in s["updates_per_seed"]),
+            f"{s['backward_steps']:,}",
+            _f(s["mean_segment_length"], ".1f"),
+            pm(s, "final_valid_bpc"),
+            pm(s, "test_bpc"),
+            _f(s["train_seconds"], ".0f"),
         ]
         for s in d["summary"]
     ]
-    rows.append(["unigram baseline", "", "", _f(d["unigram_valid_bpc"], ".3f"), "", ""])
+    rows.append(
+        ["unigram baseline", "", "", "", "", _f(d["unigram_valid_bpc"], ".3f"),
+         _f(d["unigram_test_bpc"], ".3f"), ""]
+    )  # fmt: skip
     return _md(
-        ["run", "updates", "valid bpc at start", "valid bpc at the end", "best",
-         "training s"],
+        ["run", "seeds", "updates (per seed)", "backward steps", "mean segment",
+         "final valid bpc", "test bpc", "training s"],
         rows,
-        ["---"] + ["---:"] * 5,
+        ["---"] + ["---:"] * 7,
     )  # fmt: skip
 
 
@@ -156,6 +168,8 @@ TABLES = {
     "clipping": ("vanishing_exploding.json", clipping_table),
     "influence_balancing": ("influence_balancing.json", influence_table),
     "char_lm": ("char_lm.json", char_lm_table),
+    "char_lm_gru": ("char_lm_gru.json", char_lm_table),
+    "char_lm_k64": ("char_lm_k64.json", char_lm_table),
     "sunspots": ("sunspots.json", sunspots_table),
 }
 
@@ -229,8 +243,8 @@ def main(argv=None) -> int:
         print("RESULTS.md matches its JSON" if not problems else "RESULTS.md drifted")
         return 1 if problems else 0
     if not args.tables:
-        for name, module in RUNS.items():
-            cmd = [sys.executable, "-m", module, "--out", str(FIGURES)]
+        for name, command in RUNS.items():
+            cmd = [sys.executable, "-m", *command, "--out", str(FIGURES)]
             print(f"running {name}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True)
     RESULTS.write_text(render(RESULTS.read_text()))

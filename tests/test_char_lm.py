@@ -42,6 +42,37 @@ def test_quick_run():
     tb = next(s for n, s in runs.items() if "TBPTT" in n)
     ar = next(s for n, s in runs.items() if "ARTBP" in n)
     assert 0.5 < ar["updates"] / tb["updates"] < 2.0
+    # matched backward steps; every seed's run reported; test bpc once
+    assert tb["backward_steps"] == ar["backward_steps"] == 600 * 8
+    for s in runs.values():
+        assert s["seeds"] == len(s["updates_per_seed"]) == 2
+        assert s["updates"] == pytest.approx(np.mean(s["updates_per_seed"]))
+        assert s["test_bpc"] < meta["unigram_test_bpc"]
+        assert s["final_valid_bpc_se"] >= 0 and np.isfinite(s["test_bpc_se"])
+    assert tb["updates_per_seed"] == [600 // 8] * 2
+    seeds = {r["seed"] for r in rows}
+    assert seeds == {"0", "1"}
+
+
+def test_chunked_training_is_one_run(tmp_path, monkeypatch):
+    # the stream is fed to train.train in chunks carrying the state: the
+    # curve (times aside) does not depend on the chunk size
+    argv = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "40"]
+    argv += ["--max-chars", "20000", "--out", str(tmp_path)]
+    whole = char_lm.main(argv)
+    monkeypatch.setattr(char_lm, "CHUNK", 50)
+    chunked = char_lm.main(argv)
+    for a, b in zip(whole["summary"], chunked["summary"], strict=True):
+        assert a["updates_per_seed"] == b["updates_per_seed"]
+        assert a["final_valid_bpc"] == b["final_valid_bpc"]
+        assert a["test_bpc"] == b["test_bpc"]
+
+
+def test_training_stream_wraps_into_epochs():
+    x, y, epochs = char_lm.training_stream(np.arange(21), 2, 25)
+    # streams of 10 ids give 9 (input, target) pairs; 25 steps = 25/9 epochs
+    assert epochs == pytest.approx(25 / 9) and x.shape == y.shape == (25, 2)
+    assert (x[9] == x[0]).all() and (y[:, 1] == x[:, 1] + 1).all()
 
 
 def test_bad_flag(tmp_path):
