@@ -128,7 +128,7 @@ def token_vocab(cell) -> int | None:
     """The vocabulary size of a cell that reads integer token ids (an
     embedding in front of it, :func:`jbptt.readout` with ``vocab_size=``),
     else ``None``."""
-    return getattr(cell.step, "vocab_size", None)
+    return getattr(getattr(cell, "step", None), "vocab_size", None)
 
 
 def as_inputs(cell, params, xs):
