@@ -203,12 +203,13 @@ def test_rtrl_online_with_resets_is_exact():
     params = model.init(jax.random.key(1), 3, 3)
     xs, ys, resets = _stream(5)
     h0 = model.cell.initial_state(params, (B,)) + 0.2
+    h_reset = h0 - 0.5  # a reset state other than h0
     hist = jbptt.train.train(
         model.cell, model.loss_fn, params, xs, ys, _accumulate(),
-        forward_mode.rtrl(), h0=h0, resets=resets,
+        forward_mode.rtrl(), h0=h0, resets=resets, reset_state=h_reset,
     )  # fmt: skip
     (_, h_T), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
-        params, h0, xs, ys, resets=resets
+        params, h0, xs, ys, resets=resets, reset_state=h_reset
     )
     assert _rel(ravel_pytree(hist.opt_state)[0], ravel_pytree(g)[0]) <= 1e-10
     assert _rel(hist.h, h_T) <= 1e-12
@@ -238,6 +239,8 @@ def test_bad_resets_and_lengths():
         jbptt.train.train(*args, est, resets=resets[:, :1])
     with pytest.raises(TypeError, match="resets must be boolean"):
         jbptt.train.train(*args, est, resets=resets.astype(int))
+    with pytest.raises(ValueError, match=r"reset_state \(checked like h0\)"):
+        jbptt.train.train(*args, est, resets=resets, reset_state=jnp.zeros((B, 5)))
     with pytest.raises(ValueError, match="lengths is not taken by train"):
         jbptt.train.train(*args, est, lengths=jnp.array([T, 3]))
     with pytest.raises(ValueError, match="resets: estimator es.* cannot train"):

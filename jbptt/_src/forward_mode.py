@@ -636,7 +636,9 @@ def sample_estimates(
     given) to bound memory; row ``i`` equals
     ``ravel_pytree(estimate(split(key, n)[i], ...)[1])[0]``. Unflatten a row
     with ``jax.flatten_util.ravel_pytree(params)[1]``. Traceable: call it
-    inside the ``jit`` of a sweep.
+    inside the ``jit`` of a sweep. ``resets`` (bool ``[T, *batch]``) are
+    handed to every ``estimate`` (state restarts from ``h0``, influence
+    zeroed).
 
     Examples:
       >>> import jax, jax.numpy as jnp

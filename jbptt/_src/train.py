@@ -566,6 +566,7 @@ def train(
     callbacks: Sequence[Callable[[Event], Any]] = (),
     progress: bool = False,
     resets=None,
+    reset_state=None,
     lengths=None,
 ) -> History:
     """Train online along ``xs``, one optax update per segment.
@@ -625,8 +626,7 @@ def train(
         the segments per second.
       resets: ``None`` or bool ``[T, *batch]``, true where a new episode
         starts in a stream of concatenated episodes (streaming RL's
-        convention): the state entering that step is the reset state (``h0``
-        when given, else ``cell.initial_state``; also with ``state=``) and
+        convention): the state entering that step is ``reset_state`` and
         no gradient crosses the reset, inside a segment or into the
         carried state. The state carried to the next segment is the
         reset-aware one; forward-mode estimators also zero their influence
@@ -635,6 +635,9 @@ def train(
         ``resets=`` and ``reset_state=``) from the carried state. Resets
         do not move the cuts. With ``flush=False`` the pending steps keep
         their resets for the next call.
+      reset_state: what a reset restarts from, shaped like the state
+        (default: ``h0`` when given, else ``cell.initial_state``; pass it
+        when ``h0`` is a state carried over from an earlier call).
       lengths: refused (``ValueError``). Online training walks every stream
         of a batch in shared segments and ``loss_fn`` reduces over the
         batch, so there is no "end" of one stream to stop at: feed streams
@@ -765,8 +768,13 @@ def train(
     h_reset = None
     if resets_np is not None:
         _check_takes_resets(rule, estimator.name)
-        h_reset = h0 if h0 is not None else cell.initial_state(state[0], batch_shape)
-        validation.check_h0(cell, state[0], h_reset, batch_shape)
+        h_reset = reset_state if reset_state is not None else h0
+        if h_reset is None:
+            h_reset = cell.initial_state(state[0], batch_shape)
+        try:
+            validation.check_h0(cell, state[0], h_reset, batch_shape)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"reset_state (checked like h0): {err}") from err
 
     split = _split_ok(rule)
     if rule.buckets is not None:
