@@ -30,8 +30,22 @@ from jbptt._src.cell import Cell
 tree_map = jax.tree_util.tree_map
 
 
-class Problem(NamedTuple):
+class _Fields(NamedTuple):
+    cell: Cell
+    loss_fn: Any
+    params: Any
+    h0: Any
+    xs: jax.Array
+    ys: Any
+
+
+class Problem(_Fields):
     """A gradient problem: L(θ) = Σ_t ℓ_t(θ, out_t, y_t) along one sequence.
+
+    A NamedTuple of the six fields below; ``lengths`` and ``resets`` are
+    keyword attributes beside them (default ``None``), so code that unpacks
+    a problem (``cell, loss_fn, params, h0, xs, ys = problem``, or
+    ``*problem[2:]``) keeps working. ``_replace`` takes them too.
 
     Attributes:
       cell: a :class:`jbptt.cells.Cell`.
@@ -49,16 +63,54 @@ class Problem(NamedTuple):
         episode starts: the state restarts from ``h0`` and the link into the
         previous step is cut. Truncation and forward-mode estimators honour
         it (forward mode zeroes the influence at a reset).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import sweep
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> xs = jnp.ones((6, 2, 1))
+      >>> resets = jnp.zeros((6, 2), bool).at[3, 1].set(True)
+      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      ...                      model.cell.initial_state(p, (2,)), xs, xs,
+      ...                      resets=resets)
+      >>> len(prob), prob.resets.shape, prob._replace(resets=None).resets
+      (6, (6, 2), None)
     """
 
-    cell: Cell
-    loss_fn: Any
-    params: Any
-    h0: Any
-    xs: jax.Array
-    ys: Any
-    lengths: Any = None
-    resets: Any = None
+    def __new__(
+        cls, cell, loss_fn, params, h0, xs, ys, lengths=None, resets=None
+    ) -> Problem:
+        self = super().__new__(cls, cell, loss_fn, params, h0, xs, ys)
+        self.__dict__.update(lengths=lengths, resets=resets)
+        return self
+
+    @property
+    def lengths(self):
+        return self.__dict__.get("lengths")
+
+    @property
+    def resets(self):
+        return self.__dict__.get("resets")
+
+    def _replace(self, **kwargs) -> Problem:
+        fields = {**self._asdict(), "lengths": self.lengths, "resets": self.resets}
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise ValueError(f"Problem has no fields {sorted(unknown)}.")
+        return Problem(**{**fields, **kwargs})
+
+    def __getnewargs__(self):
+        return (*self, self.lengths, self.resets)
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {k}={v!r}"
+            for k, v in (("lengths", self.lengths), ("resets", self.resets))
+            if v is not None
+        )
+        return super().__repr__()[:-1] + extra + ")"
 
 
 class Cost(NamedTuple):
