@@ -137,3 +137,19 @@ def test_bad_lengths_and_resets_in_a_problem(field, value, error, match):
         sweep.sweep(bad, [estimators.full()], jax.random.key(0))
     with pytest.raises(error, match=match):
         estimators.full().samples(bad, jax.random.key(0), 1)
+
+
+def test_snap1_exact_with_diagonal_recurrence_under_resets():
+    """SnAp-1 is exact when ∂h_t/∂h_{t-1} is diagonal (a diagonal W): with
+    resets it then equals full BPTT with them, which needs its sparse
+    influence zeroed at every reset."""
+    _, prob = _problem("elman", seed=6, resets=RESETS)
+    cell_p = dict(prob.params["cell"])
+    cell_p["W"] = jnp.diag(jnp.diag(cell_p["W"]) + 0.5)
+    prob = prob._replace(params={**prob.params, "cell": cell_p})
+    g = forward_mode.snap1().samples(prob, jax.random.key(0), 1)[0]
+    exact = estimators.full().samples(prob, jax.random.key(0), 1)[0]
+    assert _rel(g, exact) <= 1e-10
+    no_resets = prob._replace(resets=None)
+    plain = forward_mode.snap1().samples(no_resets, jax.random.key(0), 1)[0]
+    assert _rel(plain, exact) > 1e-3
