@@ -357,7 +357,7 @@ class AdaptiveTBPTT(NamedTuple):
 
     def _choose_host(self, problem, T: int) -> int:
         L = min(self.max_lag, T)
-        lags = _measure(problem.cell, problem.loss_fn, L)(*problem[2:])
+        lags = _measure(problem.cell, problem.loss_fn, L)(*problem[2:6])
         lags = ParamLags(np.asarray(lags.norms), np.asarray(lags.g_near))
         tau0 = self.tau0 if self.tau0 is None else min(self.tau0, L - 2)
         k = choose_tbptt_k(lags, self.delta, tau0) if L >= 2 else None
@@ -383,7 +383,7 @@ class AdaptiveTBPTT(NamedTuple):
                     self._choose_host(type(problem)(*problem[:2], *a), T)
                 ),
                 jax.ShapeDtypeStruct((), jnp.int32),
-                *problem[2:],
+                *problem[2:6],
             )
         else:
             k = self._choose_host(problem, T)

@@ -58,6 +58,7 @@ link = _scan.link
 def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype):
     """Checks and the compute-dtype casts shared by :func:`loss` and
     :func:`value_and_grad`; returns ``(h0, xs, w, mask, resets)``."""
+    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     if compute_dtype is not None:
         validation.check_xs(xs)
         h0, xs = _scan._cast((h0, xs), jnp.dtype(compute_dtype))

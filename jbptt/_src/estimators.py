@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sharding, stream, truncation, validation
+from jbptt._src import protocol, sequences, sharding, stream, truncation, validation
 from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
@@ -198,14 +198,20 @@ def _with_states(cell: Cell) -> Cell:
     return cell._replace(step=step, rules=rules)
 
 
-def _truncation_segment(cell, loss_fn, params, h, est_state, xs, ys, w, mask, key):
+def _truncation_segment(
+    cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, resets=None,
+    reset_state=None,
+):  # fmt: skip
     """One online segment: the reverse scan with the segment's link weights
     ``w`` (1 for TBPTT, ARTBP's ``1/(1 − c_t)`` compensation) and the carried
-    state entering with its gradient stopped (the cut before the segment)."""
+    state entering with its gradient stopped (the cut before the segment).
+    ``resets [n, *batch]``: episode starts, from ``reset_state`` (the link
+    into the previous step cut, :func:`jbptt.rnn_scan`)."""
     n = jnp.sum(mask).astype(int)
+    kw = dict(resets=resets, reset_state=reset_state)
 
     def seg_loss(params):
-        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w)
+        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
         h_last = tree_map(lambda a: a[n - 1], hs)  # state after the last real step
         return jnp.sum(losses), (losses, h_last)
@@ -214,20 +220,24 @@ def _truncation_segment(cell, loss_fn, params, h, est_state, xs, ys, w, mask, ke
     return losses, g, jax.lax.stop_gradient(h_last), est_state
 
 
-def _truncation_advance(cell, params, h, xs, mask):
+def _truncation_advance(cell, params, h, xs, mask, resets=None, reset_state=None):
     """The state after the block's last real step, forward only (the blocks
-    before the last of a split segment)."""
+    before the last of a split segment); resets restart from
+    ``reset_state``."""
 
     def body(h, inp):
-        x, m = inp
-        h_new, _ = cell.step(params, h, x)
+        x, m, r = inp
+        h_in = h if r is None else sequences.select(r, reset_state, h)
+        h_new, _ = cell.step(params, h_in, x)
         return tree_map(lambda a, b: jnp.where(m > 0, a, b), h_new, h), None
 
-    h, _ = jax.lax.scan(body, h, (xs, mask))
+    h, _ = jax.lax.scan(body, h, (xs, mask, resets))
     return h
 
 
-def _truncation_block(cell, loss_fn, params, h, xs, ys, w, mask, dh_end):
+def _truncation_block(
+    cell, loss_fn, params, h, xs, ys, w, mask, dh_end, resets=None, reset_state=None
+):
     """One block of a split segment: the gradient of the block's losses plus
     ``⟨dh_end, h_last⟩`` (``dh_end``: the cotangent arriving from the later
     blocks), and ``dh_start``, the cotangent leaving through the block's
@@ -235,9 +245,10 @@ def _truncation_block(cell, loss_fn, params, h, xs, ys, w, mask, dh_end):
     the blocks, the gradients are the unsplit segment's (the reverse scan
     is linear in its cotangents)."""
     n = jnp.sum(mask).astype(int)
+    kw = dict(resets=resets, reset_state=reset_state)
 
     def block_loss(params, h):
-        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w)
+        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
         h_last = tree_map(lambda a: a[n - 1], hs)
         carried = sum(

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sharding, sparsity, validation
+from jbptt._src import protocol, sequences, sharding, sparsity, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
@@ -105,13 +105,20 @@ class OnlineEstimator(NamedTuple):
       name: label for tables and plots, e.g. ``"uoro"``.
       init: ``(cell, params, h0, x) -> OnlineState``; ``x`` is one step's
         input (only its shape and dtype are read).
-      step: ``(cell, loss_fn, key, params, state, x_t, y_t) -> (state,
-        (loss_t, grad_t))``: advance one step and return ``g_t``, this
-        step's gradient estimate (a pytree like ``params``). For online
-        training, params may change between calls.
-      estimate: ``(key, cell, loss_fn, params, h0, xs, ys) -> ((L, h_T),
-        grads)``: ``ĝ = Σ_t g_t`` over a sequence with fixed params, the same
-        return structure as :func:`jbptt.value_and_grad`.
+      step: ``(cell, loss_fn, key, params, state, x_t, y_t, reset=None,
+        h_reset=None) -> (state, (loss_t, grad_t))``: advance one step and
+        return ``g_t``, this step's gradient estimate (a pytree like
+        ``params``). For online training, params may change between calls.
+        ``reset`` (bool ``[*batch]``) marks the sequences whose episode
+        starts at this step: their state is replaced by ``h_reset`` and their
+        influence zeroed first (the new episode does not depend on θ through
+        the old state), so ``g_t`` has no term through the previous episode.
+      estimate: ``(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
+        reset_state=None) -> ((L, h_T), grads)``: ``ĝ = Σ_t g_t`` over a
+        sequence with fixed params, the same return structure as
+        :func:`jbptt.value_and_grad`; ``resets [T, *batch]`` restart the
+        state from ``reset_state`` (default ``h0``) as in
+        :func:`jbptt.value_and_grad`.
       footprint: ``(cell, params, h0, x) -> Footprint``: memory and FLOPs.
       deterministic: whether the key is ignored.
       hparams: hyperparameters, for reports.
@@ -135,9 +142,21 @@ class OnlineEstimator(NamedTuple):
         self, problem: Problem, key, n: int, *, chunk: int = 64, mesh=None
     ) -> jax.Array:
         """``[n, P]`` flattened estimates from keys ``split(key, n)``
-        (:func:`sample_estimates`)."""
+        (:func:`sample_estimates`); ``problem.resets`` restart the state and
+        zero the influence. ``problem.lengths`` is refused: forward mode
+        reads ``loss_fn`` on the whole batch at every step."""
         protocol.check_problem(problem)
-        return sample_estimates(self, *problem, key, n, chunk=chunk, mesh=mesh)
+        if problem.lengths is not None:
+            raise ValueError(
+                f"{self.name}: forward-mode estimators do not take "
+                "Problem.lengths (the per-step loss is read on the whole batch); "
+                "use resets for episode starts, or equal-length sequences."
+            )
+        cell, loss_fn, params, h0, xs, ys = problem[:6]
+        return sample_estimates(
+            self, cell, loss_fn, params, h0, xs, ys, key, n,
+            chunk=chunk, mesh=mesh, resets=problem.resets,
+        )  # fmt: skip
 
     def cost(self, problem: Problem) -> Cost:
         """No truncation (depth T) and no reverse scan; the carried influence
@@ -305,8 +324,10 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         fl, x_b = prepare(cell, params, h0, x)
         return OnlineState(h0, rule.init(fl, x_b))
 
-    def step(cell, loss_fn, key, params, state, x_t, y_t):
+    def step(cell, loss_fn, key, params, state, x_t, y_t, reset=None, h_reset=None):
         fl, _ = prepare(cell, params, state.h, x_t)
+        if reset is not None:  # episode start: h_{t-1} := h_reset, J_{t-1} := 0
+            state = _restart(fl, state, reset, h_reset)
         H = fl.to_flat(state.h)  # [B, S]
         # ℓ_t, ∂ℓ_t/∂θ (direct) and ∂ℓ_t/∂h_{t-1}, through the step.
         (loss, H_new), (g_theta, g_H) = jax.value_and_grad(
@@ -317,20 +338,28 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         influence = rule.update(fl, state.influence, key, H, X)
         return OnlineState(fl.from_flat(H_new), influence), (loss, fl.unravel_p(grad))
 
-    def estimate(key, cell, loss_fn, params, h0, xs, ys):
+    def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
+                 reset_state=None):  # fmt: skip
         validation.check_scan_args(cell, params, h0, xs, None)
         validation.check_ys(ys, xs.shape[0])
+        batch_shape = tuple(xs.shape[1:-1])
+        resets = sequences.check_resets(resets, xs.shape[0], batch_shape)
+        h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
         state = init(cell, params, h0, xs[0])
         keys = jax.random.split(key, xs.shape[0])
 
         def body(carry, inp):
             state, acc = carry
-            k, x_t, y_t = inp
-            state, (loss, g) = step(cell, loss_fn, k, params, state, x_t, y_t)
+            k, x_t, y_t, r_t = inp
+            state, (loss, g) = step(
+                cell, loss_fn, k, params, state, x_t, y_t, r_t, h_reset
+            )
             return (state, jax.tree_util.tree_map(jnp.add, acc, g)), loss
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (state, grads), losses = jax.lax.scan(body, (state, zeros), (keys, xs, ys))
+        (state, grads), losses = jax.lax.scan(
+            body, (state, zeros), (keys, xs, ys, resets)
+        )
         return (jnp.sum(losses), state.h), grads
 
     def cost(cell, params, h0, x):
@@ -338,12 +367,16 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         x_b = fl.x_examples(x)[0]
         return rule.cost(fl, x_b, _step_flops(fl, x_b))
 
-    def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key):
+    def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
+                resets=None, reset_state=None):  # fmt: skip
         # Σ_t g_t over the segment's real steps, params fixed within it.
+        # resets [n, *batch] (false on padding) restart from reset_state.
         def body(carry, inp):
             state, acc = carry
-            k, x_t, y_t, m_t = inp
-            new, (loss, g) = step(cell, loss_fn, k, params, state, x_t, y_t)
+            k, x_t, y_t, m_t, r_t = inp
+            new, (loss, g) = step(
+                cell, loss_fn, k, params, state, x_t, y_t, r_t, reset_state
+            )
             keep = m_t > 0  # padded steps leave state and gradient alone
             state = tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
             acc = tree_map(lambda a, b: a + jnp.where(keep, b, 0.0), acc, g)
@@ -352,12 +385,26 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         keys = jax.random.split(key, xs.shape[0])
         zeros = tree_map(jnp.zeros_like, params)
         carry = (OnlineState(h, influence), zeros)
-        (state, g), losses = jax.lax.scan(body, carry, (keys, xs, ys, mask))
+        (state, g), losses = jax.lax.scan(body, carry, (keys, xs, ys, mask, resets))
         return losses, g, state.h, state.influence
 
     return OnlineEstimator(
         name, init, step, estimate, cost, deterministic, hparams, segment
     )
+
+
+def _restart(fl: _Flat, state: OnlineState, reset, h_reset) -> OnlineState:
+    """Sequences starting an episode (``reset [*batch]``): state ``h_reset``,
+    influence zero. Every influence leaf has the examples ``[B]`` in front."""
+    r = jnp.reshape(reset, (fl.B,))
+
+    def zero(a):
+        return jnp.where(r.reshape((fl.B,) + (1,) * (a.ndim - 1)), 0.0, a).astype(
+            a.dtype
+        )
+
+    h = sequences.select(reset, h_reset, state.h)
+    return OnlineState(h, tree_map(zero, state.influence))
 
 
 def _nbytes(fl: _Flat, n: int) -> int:
@@ -580,6 +627,7 @@ def sample_estimates(
     *,
     chunk: int = 64,
     mesh=None,
+    resets=None,
 ) -> jax.Array:
     """``n`` flattened estimates ``[n, P]`` from keys ``split(key, n)``.
 
@@ -588,7 +636,9 @@ def sample_estimates(
     given) to bound memory; row ``i`` equals
     ``ravel_pytree(estimate(split(key, n)[i], ...)[1])[0]``. Unflatten a row
     with ``jax.flatten_util.ravel_pytree(params)[1]``. Traceable: call it
-    inside the ``jit`` of a sweep.
+    inside the ``jit`` of a sweep. ``resets`` (bool ``[T, *batch]``) are
+    handed to every ``estimate`` (state restarts from ``h0``, influence
+    zeroed).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -610,7 +660,8 @@ def sample_estimates(
     key = validation.prng_key("key", key)
 
     def one(k):
-        _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys)
+        kw = {} if resets is None else {"resets": resets}
+        _, g = estimator.estimate(k, cell, loss_fn, params, h0, xs, ys, **kw)
         return ravel_pytree(g)[0]
 
     return sharding.map_rows(one, (jax.random.split(key, n),), chunk, mesh)

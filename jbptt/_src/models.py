@@ -82,11 +82,14 @@ def readout(
         Both average over batch dimensions and sum over time.
       vocab_size: when given, the model reads integer tokens in
         ``[0, vocab_size)`` through an embedding ``E[vocab_size, input_size]``
-        (``params["embed"]``): the cell sees ``E[token_t]``. Pass the tokens
-        through ``model.encode`` (ids as floats ``[T, ..., 1]``, the input
-        form the scan takes); the embedding's gradient is the scatter-add of
-        the cell's input cotangents, and it stays on the cell's fast path
-        (the lookup is part of the cell's input projection).
+        (``params["embed"]``): the cell sees ``E[token_t]``. Pass the integer
+        ids ``[T, *batch]`` as ``xs`` to :func:`jbptt.loss`,
+        :func:`jbptt.value_and_grad`, :func:`jbptt.rnn_scan` or
+        :func:`jbptt.train.train` (``model.encode`` gives the equivalent
+        float ids ``[T, ..., 1]``, the form the scan runs on); the
+        embedding's gradient is the scatter-add of the cell's input
+        cotangents, and it stays on the cell's fast path (the lookup is part
+        of the cell's input projection).
       hidden: sizes of tanh hidden layers of an MLP readout
         ``ŷ = V tanh(… tanh(V₁ h + c₁) …) + c`` (default: linear).
 
@@ -104,8 +107,10 @@ def readout(
       >>> model = jbptt.readout(jbptt.cells.lstm(), 7, "xent", vocab_size=7,
       ...                       hidden=(32,))
       >>> params = model.init(jax.random.key(0), 8, 16)
-      >>> xs = model.encode(jnp.zeros((10, 4), jnp.int32), jnp.float32)
-      >>> xs.shape, params["embed"].shape
+      >>> tokens = jnp.zeros((10, 4), jnp.int32)  # [T, B] ids
+      >>> h0 = model.cell.initial_state(params, (4,))
+      >>> L, h_T = jbptt.loss(model.cell, model.loss_fn)(params, h0, tokens, tokens)
+      >>> model.encode(tokens, jnp.float32).shape, params["embed"].shape
       ((10, 4, 1), (7, 8))
     """
     if loss not in _LOSSES:
@@ -221,10 +226,17 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
                 params["cell"], lookup(params, xs), *args
             ),
         )
+
+    def step(params, h, x):
+        return cell.step(params["cell"], h, lookup(params, x))
+
+    # Marks the cell as reading token ids: loss, value_and_grad, rnn_scan and
+    # train then take integer xs [T, *batch] (jbptt._src.sequences.as_inputs).
+    step.vocab_size = vocab_size
     return Cell(
         init=cell.init,
         initial_state=lambda params, *args: cell.initial_state(params["cell"], *args),
-        step=lambda params, h, x: cell.step(params["cell"], h, lookup(params, x)),
+        step=step,
         rules=rules,
         input_size=lambda params: 1,
         name=f"embed({vocab_size}) -> {cell.name}",

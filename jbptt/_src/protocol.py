@@ -30,8 +30,22 @@ from jbptt._src.cell import Cell
 tree_map = jax.tree_util.tree_map
 
 
-class Problem(NamedTuple):
+class _Fields(NamedTuple):
+    cell: Cell
+    loss_fn: Any
+    params: Any
+    h0: Any
+    xs: jax.Array
+    ys: Any
+
+
+class Problem(_Fields):
     """A gradient problem: L(θ) = Σ_t ℓ_t(θ, out_t, y_t) along one sequence.
+
+    A NamedTuple of the six fields below; ``lengths`` and ``resets`` are
+    keyword attributes beside them (default ``None``), so code that unpacks
+    a problem (``cell, loss_fn, params, h0, xs, ys = problem``, or
+    ``*problem[2:]``) keeps working. ``_replace`` takes them too.
 
     Attributes:
       cell: a :class:`jbptt.cells.Cell`.
@@ -40,14 +54,63 @@ class Problem(NamedTuple):
       h0: initial state.
       xs: inputs ``[T, I]`` or ``[T, B, I]``.
       ys: targets, time-major.
+      lengths: ``None`` (default), lengths ``[*batch]`` in ``[1, T]`` or a
+        bool mask ``[T, *batch]``: padded steps add no loss and no gradient,
+        and ``loss_fn`` is called per sequence (as in
+        :func:`jbptt.value_and_grad`). Truncation estimators honour it;
+        forward-mode and zeroth-order ones refuse it.
+      resets: ``None`` (default) or bool ``[T, *batch]``, true where an
+        episode starts: the state restarts from ``h0`` and the link into the
+        previous step is cut. Truncation and forward-mode estimators honour
+        it (forward mode zeroes the influence at a reset).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import sweep
+      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
+      >>> p = model.init(jax.random.key(0), 1, 4)
+      >>> xs = jnp.ones((6, 2, 1))
+      >>> resets = jnp.zeros((6, 2), bool).at[3, 1].set(True)
+      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      ...                      model.cell.initial_state(p, (2,)), xs, xs,
+      ...                      resets=resets)
+      >>> len(prob), prob.resets.shape, prob._replace(resets=None).resets
+      (6, (6, 2), None)
     """
 
-    cell: Cell
-    loss_fn: Any
-    params: Any
-    h0: Any
-    xs: jax.Array
-    ys: Any
+    def __new__(
+        cls, cell, loss_fn, params, h0, xs, ys, lengths=None, resets=None
+    ) -> Problem:
+        self = super().__new__(cls, cell, loss_fn, params, h0, xs, ys)
+        self.__dict__.update(lengths=lengths, resets=resets)
+        return self
+
+    @property
+    def lengths(self):
+        return self.__dict__.get("lengths")
+
+    @property
+    def resets(self):
+        return self.__dict__.get("resets")
+
+    def _replace(self, **kwargs) -> Problem:
+        fields = {**self._asdict(), "lengths": self.lengths, "resets": self.resets}
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise ValueError(f"Problem has no fields {sorted(unknown)}.")
+        return Problem(**{**fields, **kwargs})
+
+    def __getnewargs__(self):
+        return (*self, self.lengths, self.resets)
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {k}={v!r}"
+            for k, v in (("lengths", self.lengths), ("resets", self.resets))
+            if v is not None
+        )
+        return super().__repr__()[:-1] + extra + ")"
 
 
 class Cost(NamedTuple):
@@ -208,7 +271,8 @@ def check_estimator(estimator) -> GradientEstimator:
 
 
 def check_problem(problem: Problem) -> int:
-    """Validate a :class:`Problem`; returns T."""
+    """Validate a :class:`Problem` (its ``lengths`` and ``resets`` too);
+    returns T."""
     if not isinstance(problem, Problem):
         raise TypeError(
             f"problem must be a jbptt.sweep.Problem, got {type(problem).__name__}."
@@ -216,8 +280,16 @@ def check_problem(problem: Problem) -> int:
     validation.check_scan_args(
         problem.cell, problem.params, problem.h0, problem.xs, None
     )
-    validation.check_ys(problem.ys, problem.xs.shape[0])
-    return problem.xs.shape[0]
+    T, batch_shape = problem.xs.shape[0], tuple(problem.xs.shape[1:-1])
+    validation.check_ys(problem.ys, T)
+    try:
+        mask = sequences.check_mask(problem.lengths, T, batch_shape)
+        sequences.check_resets(problem.resets, T, batch_shape)
+        if mask is not None:
+            sequences.check_ys_batched(problem.ys, T, batch_shape)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"Problem: {err}") from err
+    return T
 
 
 def estimator_key(key, estimator) -> jax.Array:
@@ -258,9 +330,11 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None):
       lengths: ``None``, lengths ``[*batch]`` or a bool mask ``[T, *batch]``:
         padded steps add no loss and no gradient, and ``ℓ_t`` becomes the sum
         of the sequences' own losses at step t (``loss_fn`` called per
-        sequence), as in :func:`jbptt.value_and_grad`.
+        sequence), as in :func:`jbptt.value_and_grad`. Default:
+        ``problem.lengths``.
       resets: ``None`` or bool ``[T, *batch]``: episode starts in a stream
         (the state restarts from ``h0``, the link is cut per sequence).
+        Default: ``problem.resets``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -278,12 +352,14 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None):
       >>> bool(jnp.allclose(g["cell"]["W"], ref["cell"]["W"], atol=1e-6))
       True
     """
+    lengths = problem.lengths if lengths is None else lengths
+    resets = problem.resets if resets is None else resets
     shared = _SHARED.get()
     key = (id(problem), id(lengths), id(resets))
     if shared is not None and key in shared:
         return shared[key][1]
     check_problem(problem)
-    cell, loss_fn, params, h0, xs, ys = problem
+    cell, loss_fn, params, h0, xs, ys = problem[:6]
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     if mask is not None:
         sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))

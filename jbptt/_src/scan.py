@@ -354,6 +354,7 @@ def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None, reset_stat
       >>> outs.shape, res.hs[1].shape  # LSTM states are (c, h)
       ((5, 3), (5, 3))
     """
+    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
     return _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
@@ -589,6 +590,7 @@ def rnn_scan(
       (3, 3)
     """
     check_mode(mode)
+    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     from jbptt._src.checkpointing import Budget, budget_rnn_scan  # avoids a cycle
 
     if isinstance(checkpoint, Budget):

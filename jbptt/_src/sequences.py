@@ -124,6 +124,44 @@ def check_resets(resets, T: int, batch_shape: tuple[int, ...]):
     return jnp.asarray(resets)
 
 
+def token_vocab(cell) -> int | None:
+    """The vocabulary size of a cell that reads integer token ids (an
+    embedding in front of it, :func:`jbptt.readout` with ``vocab_size=``),
+    else ``None``."""
+    return getattr(getattr(cell, "step", None), "vocab_size", None)
+
+
+def as_inputs(cell, params, xs):
+    """``xs`` as the floating inputs the scan takes.
+
+    Integer token ids ``[T, *batch]`` given to a token cell (see
+    :func:`token_vocab`) become float ids ``[T, *batch, 1]`` in the params'
+    floating dtype (exact below 2^24 in float32): the cell's embedding looks
+    them up again, so its fast path is unchanged. The conversion is part of
+    the traced function, so the cotangent of integer ``xs`` is JAX's
+    ``float0``. Anything else is returned as it is (and checked later).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.sequences import as_inputs
+      >>> model = jbptt.readout(jbptt.cells.elman(), 3, "xent", vocab_size=3)
+      >>> p = model.init(jax.random.key(0), 2, 4)
+      >>> as_inputs(model.cell, p, jnp.array([[0, 2], [1, 1]])).shape
+      (2, 2, 1)
+    """
+    if token_vocab(cell) is None or not hasattr(xs, "dtype"):
+        return xs
+    if not jnp.issubdtype(jnp.result_type(xs), jnp.integer):
+        return xs
+    dtype = jnp.zeros((), float).dtype
+    for a in jax.tree_util.tree_leaves(params):
+        if jnp.issubdtype(jnp.result_type(a), jnp.floating):
+            dtype = jnp.result_type(a)
+            break
+    return jnp.asarray(xs)[..., None].astype(dtype)
+
+
 def check_args(cell, params, h0, xs, w, lengths, resets):
     """All checks of a scan over a batch of sequences: the core's
     (:func:`jbptt._src.validation.check_scan_args`), then link weights,

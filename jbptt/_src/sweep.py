@@ -282,8 +282,11 @@ def make_sweep(
         (see :mod:`jbptt.sharding`).
 
     Returns:
-      ``run(params, h0, xs, ys, key) -> (g_flat[D], {field: [E]})``; pack it
-      with :func:`to_result`.
+      ``run(params, h0, xs, ys, key, lengths=None, resets=None) ->
+      (g_flat[D], {field: [E]})``; pack it with :func:`to_result`.
+      ``lengths`` and ``resets`` are those of :class:`Problem`: the exact
+      gradient and every estimator's samples are taken on the masked or
+      reset problem.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -307,8 +310,8 @@ def make_sweep(
     chunk = _check_n("chunk", chunk)
     mesh = sharding.resolve_mesh(mesh)
 
-    def run(params, h0, xs, ys, key):
-        problem = Problem(cell, loss_fn, params, h0, xs, ys)
+    def run(params, h0, xs, ys, key, lengths=None, resets=None):
+        problem = Problem(cell, loss_fn, params, h0, xs, ys, lengths, resets)
         T = check_problem(problem)
         key = validation.prng_key("key", key)
         with protocol.shared_forward():  # one forward for every estimator
@@ -356,7 +359,9 @@ def sweep(
     """Bias, variance and cosines of each estimator on one problem.
 
     Args:
-      problem: a :class:`Problem`.
+      problem: a :class:`Problem` (with its ``lengths`` and ``resets``, if
+        any: every estimator is compared with the exact gradient of the
+        masked or reset loss).
       estimators: list of estimators of the protocol (unique names):
         truncation, forward-mode or your own.
       key: PRNG key; each estimator uses ``fold_in(key, crc32(name))``.
@@ -389,7 +394,10 @@ def sweep(
     run = make_sweep(
         problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk, mesh=mesh
     )
-    g, stats = run(problem.params, problem.h0, problem.xs, problem.ys, key)
+    g, stats = run(
+        problem.params, problem.h0, problem.xs, problem.ys, key,
+        problem.lengths, problem.resets,
+    )  # fmt: skip
     return to_result(estimators, stats, g, problem.xs.shape[0], n_samples)
 
 

@@ -64,6 +64,7 @@ their runs split the same way when each call's plan ends at a segment end
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -73,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbptt._src import checks, protocol, validation
+from jbptt._src import checks, protocol, sequences, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import _truncation_segment
 
@@ -395,6 +396,8 @@ def _segment_step(
     n,
     key,
     mode,
+    resets=None,
+    h_reset=None,
     *,
     cell,
     loss_fn,
@@ -413,26 +416,34 @@ def _segment_step(
     and the traced ``mode`` picks the forward-only ``advance`` or a block
     whose gradient is accumulated into ``g_acc``, without an update: the
     pieces of a split segment share the bucket's one compilation.
+
+    ``resets [bucket, *batch]`` (or ``None``): episode starts, handed to the
+    rule's functions as ``resets=`` with ``reset_state=h_reset``; padded
+    steps never reset.
     """
     bucket = xs.shape[0]
     mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
     ldt = jnp.result_type(float)
+    kw = {}
+    if resets is not None:
+        real = (jnp.arange(bucket) < n).reshape((bucket,) + (1,) * (resets.ndim - 1))
+        kw = {"resets": resets & real, "reset_state": h_reset}
     if block is None:
         losses, g, h_new, est_new = segment(
-            cell, loss_fn, params, h, est_state, xs, ys, w, mask, key
+            cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, **kw
         )
         dh_start, apply = dh_end, True
     else:
 
         def run_block(_):
             losses, g, h_new, dh = block(
-                cell, loss_fn, params, h, xs, ys, w, mask, dh_end
+                cell, loss_fn, params, h, xs, ys, w, mask, dh_end, **kw
             )
             h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
             return losses.astype(ldt), tree_map(jnp.add, g, g_acc), h_new, dh
 
         def run_advance(_):
-            h_new = advance(cell, params, h, xs, mask)
+            h_new = advance(cell, params, h, xs, mask, **kw)
             h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
             zeros = tree_map(jnp.zeros_like, dh_end)
             return jnp.zeros((bucket,), ldt), g_acc, h_new, zeros
@@ -494,6 +505,24 @@ def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
     return T
 
 
+def _check_takes_resets(rule, name: str) -> None:
+    """Resets are handed to the rule's functions as ``resets=`` and
+    ``reset_state=``; refuse up front a rule whose ``segment`` has no such
+    argument (e.g. an estimator written before resets existed)."""
+    try:
+        params = inspect.signature(rule.segment).parameters
+    except (TypeError, ValueError):  # no signature to read: let it run
+        return
+    kinds = {p.kind for p in params.values()}
+    if "resets" not in params and inspect.Parameter.VAR_KEYWORD not in kinds:
+        raise ValueError(
+            f"resets: estimator {name} cannot train on a stream with resets (its "
+            "OnlineRule.segment takes no resets= and reset_state= arguments); "
+            "use a truncation or forward-mode estimator, or split the stream at "
+            "the episode starts."
+        )
+
+
 def _split_ok(rule) -> bool:
     """Whether the rule's split form (``advance``, ``block``) is its own."""
     if rule.block is None or rule.advance is None:
@@ -536,6 +565,9 @@ def train(
     flush: bool = True,
     callbacks: Sequence[Callable[[Event], Any]] = (),
     progress: bool = False,
+    resets=None,
+    reset_state=None,
+    lengths=None,
 ) -> History:
     """Train online along ``xs``, one optax update per segment.
 
@@ -592,6 +624,26 @@ def train(
         (the rest of this call's data is not used).
       progress: show a progress bar (tqdm) with the last segment's loss and
         the segments per second.
+      resets: ``None`` or bool ``[T, *batch]``, true where a new episode
+        starts in a stream of concatenated episodes (streaming RL's
+        convention): the state entering that step is ``reset_state`` and
+        no gradient crosses the reset, inside a segment or into the
+        carried state. The state carried to the next segment is the
+        reset-aware one; forward-mode estimators also zero their influence
+        at a reset. A segment's gradient is then exactly the gradient of
+        the segment's reset forward (:func:`jbptt.value_and_grad` with
+        ``resets=`` and ``reset_state=``) from the carried state. Resets
+        do not move the cuts. With ``flush=False`` the pending steps keep
+        their resets for the next call.
+      reset_state: what a reset restarts from, shaped like the state
+        (default: ``h0`` when given, else ``cell.initial_state``; pass it
+        when ``h0`` is a state carried over from an earlier call).
+      lengths: refused (``ValueError``). Online training walks every stream
+        of a batch in shared segments and ``loss_fn`` reduces over the
+        batch, so there is no "end" of one stream to stop at: feed streams
+        of different lengths in separate calls, or concatenate episodes in
+        one stream and mark their starts with ``resets``. Variable lengths
+        belong to :func:`jbptt.value_and_grad` and :func:`jbptt.sweep.sweep`.
 
     Returns:
       A :class:`History`; ``History.state`` continues the run.
@@ -620,7 +672,23 @@ def train(
       >>> bool(jnp.all(b.params["cell"]["W"] == hist.params["cell"]["W"]))
       True
     """
+    if lengths is not None:
+        raise ValueError(
+            "lengths is not taken by train: online training walks all streams of "
+            "a batch in shared segments with loss_fn reducing over the batch, so "
+            "no stream can end early. Train streams of different lengths in "
+            "separate calls, or concatenate episodes in one stream and mark "
+            "their starts with resets=."
+        )
+    if isinstance(cell, Cell):  # integer token ids of a token model
+        xs = sequences.as_inputs(
+            cell, params if state is None else getattr(state, "params", params), xs
+        )
     T = _check_data(cell, loss_fn, xs, ys, min_bucket)
+    batch_shape = tuple(xs.shape[1:-1])
+    resets_np = None
+    if resets is not None:
+        resets_np = np.asarray(sequences.check_resets(resets, T, batch_shape))
     checks.check_policy(on_nonfinite)
     checks.check_finite(xs=xs, ys=ys, h0=h0)
     _check_optimizer(optimizer, clip, clip_mode)
@@ -665,9 +733,16 @@ def train(
         starts, ends = starts[keep], ends[keep]
         lengths = ends - starts
         if state.pending is not None:
-            pxs, pys, pw = state.pending
+            pxs, pys, pw, *pr = state.pending
             xs_np, ys_np = np.concatenate([pxs, xs_np]), _cat(pys, ys_np)
             w_new = np.concatenate([pw, w_new])
+            pr = pr[0] if pr else None
+            if pr is not None or resets_np is not None:  # no resets: all false
+                none = np.zeros((P, *batch_shape), bool)
+                new = np.zeros((T, *batch_shape), bool)
+                pr = none if pr is None else np.asarray(pr, bool)
+                new = new if resets_np is None else resets_np
+                resets_np = np.concatenate([pr, new])
     else:
         if state.pending is not None:
             raise ValueError(
@@ -690,6 +765,16 @@ def train(
         cut = state.cut
     w_all = w_new
     n_train = len(lengths) if (flush or rule.cuts is None) else len(lengths) - 1
+    h_reset = None
+    if resets_np is not None:
+        _check_takes_resets(rule, estimator.name)
+        h_reset = reset_state if reset_state is not None else h0
+        if h_reset is None:
+            h_reset = cell.initial_state(state[0], batch_shape)
+        try:
+            validation.check_h0(cell, state[0], h_reset, batch_shape)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"reset_state (checked like h0): {err}") from err
 
     split = _split_ok(rule)
     if rule.buckets is not None:
@@ -731,9 +816,10 @@ def train(
             tree_map(lambda a: _pad(a, s, n, b), ys_np),
             _pad(w_all, s, n, b),
         )
+        r = None if resets_np is None else _pad(resets_np, s, n, b)
         return _segment_step(
             params, opt_state, h, est_state, g_acc, dh, *args, n, seg_key,
-            mode, **static,
+            mode, r, h_reset, **static,
         )  # fmt: skip
 
     bar = None
@@ -853,6 +939,8 @@ def train(
         if trained < len(lengths):  # the last segment waits for a cut
             s = int(starts[-1])
             pending = (xs_np[s:], tree_map(lambda a: a[s:], ys_np), w_all[s:])
+            if resets_np is not None:  # the pending steps keep their resets
+                pending = (*pending, resets_np[s:])
         new_state = TrainState(
             params, opt_state, h, est_state, state.key, state.step + T,
             state.segment + trained, cut, pending,

@@ -246,7 +246,9 @@ def check_xs(xs) -> tuple[int, tuple[int, ...]]:
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         raise TypeError(
             f"xs must have a floating dtype, got {xs.dtype}; convert it, e.g. "
-            "xs.astype(jnp.float32)."
+            "xs.astype(jnp.float32). Integer token ids [T, *batch] are read by a "
+            "model with an embedding: jbptt.readout(cell, output_size, "
+            "vocab_size=V) takes them as they are."
         )
     if xs.shape[0] == 0:
         raise ValueError("xs has T = 0 time steps; a sequence needs T ≥ 1.")

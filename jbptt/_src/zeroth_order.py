@@ -95,8 +95,16 @@ class ZerothOrder(NamedTuple):
 
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
         """``[n, D]``: estimates from keys ``split(key, n)``, ``chunk`` at a
-        time (each one vmaps its 2·pairs particles), split over ``mesh``."""
+        time (each one vmaps its 2·pairs particles), split over ``mesh``.
+        ``Problem.lengths`` and ``resets`` are refused (the particles' unrolls
+        do not take them yet)."""
         protocol.check_problem(problem)
+        if problem.lengths is not None or problem.resets is not None:
+            raise ValueError(
+                f"{self.name}: zeroth-order estimators do not take "
+                "Problem.lengths or Problem.resets yet; sample them on a "
+                "problem without (or use a truncation estimator)."
+            )
         keys = jax.random.split(key, n)
         return sharding.map_rows(lambda k: self.draw(problem, k), (keys,), chunk, mesh)
 

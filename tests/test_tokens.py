@@ -1,0 +1,115 @@
+"""Integer token ids as xs: a token model (``jbptt.readout(...,
+vocab_size=V)``) takes ``[T, *batch]`` int ids in ``loss``,
+``value_and_grad``, ``rnn_scan`` and ``forward``; the embedding's gradient
+equals ``jax.grad`` of a plain ``lax.scan`` forward with the lookup; other
+cells refuse integer xs, naming xs and ``vocab_size=``."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jbptt
+from jbptt import cells, truncation
+
+T, B, V = 7, 3, 6
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _plain_loss(cell, loss_fn, params, h0, tokens, ys, w):
+    """Σ_t ℓ_t by lax.scan of the cell on E[token_t], link weights on the
+    state entering each step."""
+
+    def body(h, inp):
+        tok, y, w_t = inp
+        h = jax.tree_util.tree_map(
+            lambda a: a + (w_t - 1) * (a - jax.lax.stop_gradient(a)), h
+        )
+        h, out = cell.step(params["cell"], h, params["embed"][tok])
+        return h, loss_fn(params, out, y)
+
+    _, losses = jax.lax.scan(body, h0, (tokens, ys, w))
+    return jnp.sum(losses)
+
+
+def _tokens(seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return (
+        jax.random.randint(k1, (T, B), 0, V, jnp.int32),
+        jax.random.randint(k2, (T, B), 0, V, jnp.int32),
+    )
+
+
+@pytest.mark.parametrize(
+    "cell_name, truncated", [("elman", True), ("lstm", False), ("gru", True)]
+)
+def test_value_and_grad_of_token_ids(cell_name, truncated):
+    cell = getattr(cells, cell_name)()
+    model = jbptt.readout(cell, V, "xent", vocab_size=V)
+    params = model.init(jax.random.key(1), 4, 5)
+    h0 = model.cell.initial_state(params, (B,))
+    tokens, ys = _tokens()
+    w = truncation.tbptt(T, 3) if truncated else jnp.ones(T)
+    (L, _), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, tokens, ys, w
+    )
+    L_ref, g_ref = jax.value_and_grad(_plain_loss, argnums=2)(
+        cell, model.loss_fn, params, h0, tokens, ys, w
+    )
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+    assert _rel(g["embed"], g_ref["embed"]) <= 1e-10
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    L_loss, _ = jbptt.loss(model.cell, model.loss_fn)(params, h0, tokens, ys)
+    L_enc, _ = jbptt.loss(model.cell, model.loss_fn)(
+        params, h0, model.encode(tokens), ys
+    )
+    assert float(L_loss) == float(L_enc)
+
+
+def test_token_ids_with_lengths_and_resets():
+    model = jbptt.readout(cells.lstm(), V, "xent", vocab_size=V)
+    params = model.init(jax.random.key(2), 4, 5)
+    h0 = model.cell.initial_state(params, (B,))
+    tokens, ys = _tokens(3)
+    lengths = jnp.array([T, 4, 2])
+    resets = jnp.zeros((T, B), bool).at[3, 0].set(True)
+    grad_fn = jbptt.value_and_grad(model.cell, model.loss_fn)
+    kw = dict(lengths=lengths, resets=resets)
+    (L, h_T), g = grad_fn(params, h0, tokens, ys, **kw)
+    (L2, h_T2), g2 = grad_fn(params, h0, model.encode(tokens), ys, **kw)
+    assert float(L) == float(L2)
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(g2)[0]) == 0
+    forward = jbptt.loss(model.cell, model.loss_fn)
+    ref = jax.grad(lambda p: forward(p, h0, tokens, ys, **kw)[0])(params)
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(ref)[0]) <= 1e-10
+
+
+def test_rnn_scan_and_forward_take_token_ids():
+    """The cotangent of integer xs is JAX's float0, as for any integer input."""
+    model = jbptt.readout(cells.gru(), V, "xent", vocab_size=V)
+    params = model.init(jax.random.key(0), 4, 5)
+    h0 = model.cell.initial_state(params, (B,))
+    tokens, _ = _tokens()
+
+    def f(p, xs):
+        return jnp.sum(jbptt.rnn_scan(model.cell, p, h0, xs)[1] ** 2)
+
+    g, g_xs = jax.grad(f, argnums=(0, 1), allow_int=True)(params, tokens)
+    assert g_xs.dtype == jax.dtypes.float0 and g_xs.shape == tokens.shape
+    g_enc = jax.grad(f)(params, model.encode(tokens))
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_enc)[0]) == 0
+    h_T, outs, res = jbptt.forward(model.cell, params, h0, tokens)
+    assert outs.shape == (T, B, 5) and res.xs.shape == (T, B, 1)
+
+
+def test_integer_xs_refused_by_cells_without_embedding():
+    cell = cells.elman()
+    params = cell.init(jax.random.key(0), 1, 4)
+    tokens, _ = _tokens()
+    with pytest.raises(TypeError, match="xs must have a floating dtype.*vocab_size"):
+        jbptt.rnn_scan(
+            cell, params, cell.initial_state(params, (B,)), tokens[..., None]
+        )
