@@ -113,3 +113,21 @@ def test_integer_xs_refused_by_cells_without_embedding():
         jbptt.rnn_scan(
             cell, params, cell.initial_state(params, (B,)), tokens[..., None]
         )
+
+
+def test_compute_dtype_that_cannot_hold_the_ids_is_refused():
+    # ids travel as floats of the compute dtype: bfloat16 is exact only up
+    # to 256, so a larger vocabulary would silently read other tokens
+    h0 = None
+    xs = ys = jnp.zeros((5, 2), jnp.int32)
+    for V, ok in ((300, False), (200, True)):
+        model = jbptt.readout(cells.elman(), V, "xent", vocab_size=V)
+        p = model.init(jax.random.key(0), 4, 8)
+        h0 = model.cell.initial_state(p, (2,))
+        vg = jbptt.value_and_grad(model.cell, model.loss_fn, compute_dtype=jnp.bfloat16)
+        if ok:
+            value, _ = vg(p, h0, xs, ys)
+            assert all(jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(value))
+        else:
+            with pytest.raises(ValueError, match="bfloat16.*vocab_size is 300"):
+                vg(p, h0, xs, ys)

@@ -61,12 +61,27 @@ def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype):
     xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     if compute_dtype is not None:
         validation.check_xs(xs)
+        _check_token_ids_fit(cell, compute_dtype)
         h0, xs = _scan._cast((h0, xs), jnp.dtype(compute_dtype))
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
     validation.check_ys(ys, xs.shape[0])
     if mask is not None:
         sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
     return h0, xs, w, mask, resets
+
+
+def _check_token_ids_fit(cell, compute_dtype):
+    """A token model's ids travel as floats of the compute dtype: refuse a
+    vocabulary that dtype cannot hold exactly (bfloat16: ids below 2^8)."""
+    V = sequences.token_vocab(cell)
+    exact = 2 ** (jnp.finfo(compute_dtype).nmant + 1)
+    if V is not None and V > exact:
+        raise ValueError(
+            f"compute_dtype={jnp.dtype(compute_dtype).name} holds token ids "
+            f"exactly only up to {exact}, but the model's vocab_size is {V}: "
+            "ids would be rounded to other tokens. Use compute_dtype=None (or "
+            "float32) for this token model."
+        )
 
 
 def _check_compute_dtype(compute_dtype):
