@@ -202,26 +202,34 @@ def cudnn_unavailable() -> str | None:
     return None
 
 
-def cudnn_value_and_grad(params, T, B, I, H):
+def cudnn_weights(params) -> jax.Array:
+    """jbptt LSTM params as the flat weights of ``jax.experimental.rnn.lstm``.
+
+    cuDNN's layout for one unidirectional layer is (W_ih, W_hh, b_ih, b_hh),
+    each with gates i, f, g, o on the leading axis: PyTorch's order, which is
+    also jbptt's, so the params convert by concatenation.
+    """
+    keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    return jnp.concatenate([params[k].ravel() for k in keys])
+
+
+def cudnn_value_and_grad(params, T, B, I, H, lstm=None):
     """value+grad of the same loss with cuDNN's LSTM, in jbptt's params.
 
-    ``jax.experimental.rnn.lstm`` takes one flat weight vector laid out as
-    (W_ih, W_hh, b_ih, b_hh) of each layer, gates i, f, g, o: PyTorch's
-    order, which is also jbptt's, so ``params`` convert by concatenation.
     Batch-major, zero initial state; the gradient is taken with respect to
-    the flat weights. Returns ``(fn, weights)``, ``fn(weights, xs, ys)`` with
-    time-major ``xs``, ``ys`` like the other variants.
+    the flat weights. ``lstm`` defaults to ``jax.experimental.rnn.lstm``
+    (tests pass one with its signature that runs on CPU). Returns ``(fn,
+    weights)``, ``fn(weights, xs, ys)`` with time-major ``xs``, ``ys`` like
+    the other variants.
     """
-    from jax.experimental import rnn
-
-    weights = jnp.concatenate(
-        [params[k].ravel() for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    )
+    if lstm is None:
+        from jax.experimental.rnn import lstm
+    weights = cudnn_weights(params)
     zeros = jnp.zeros((1, B, H), weights.dtype)
     seq_lengths = jnp.full((B,), T, jnp.int32)
 
     def loss(w, xs, ys):
-        y, _, _ = rnn.lstm(
+        y, _, _ = lstm(
             jnp.swapaxes(xs, 0, 1), zeros, zeros, w, seq_lengths,
             input_size=I, hidden_size=H, num_layers=1, dropout=0.0,
             bidirectional=False,
