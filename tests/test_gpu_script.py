@@ -128,23 +128,28 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
 
 def test_gpu_sh_goes_on_after_a_failed_and_a_timed_out_step(tmp_path):
     # An interpreter that fails the check and hangs in the long part; every
-    # other step "runs" at once.
+    # other step "runs" at once, the install's pip included.
     fake = tmp_path / "fake_python"
     fake.write_text(
         "#!/bin/sh\n"
         'case "$*" in\n'
         '  *benchmarks.gpu_check*) echo "boom: the check broke" >&2; exit 3 ;;\n'
         '  *"--parts long"*) sleep 60 ;;\n'
+        "  *jax.__version__*) echo 0.10.2; exit 0 ;;\n"
         "esac\n"
-        "echo ran\n"
+        'echo "ran $1 $2 $3 $4 $5"\n'
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
-    env = {"JBPTT_GPU_PYTHON": str(fake), "JBPTT_GPU_STEP_S": "2"}
+    env = {"JBPTT_GPU_PYTHON": str(fake), "JBPTT_GPU_STEP_S": "2",
+           "JBPTT_GPU_SKIP_INSTALL": "0"}  # fmt: skip
     done = _run(out, env)
     assert done.returncode == 1
+    # the install asks pip for jax with CUDA at the interpreter's jax version
+    assert "ran -m pip install -q jax[cuda12]==0.10.2" in done.stdout
     text = (out / "gpu_results.md").read_text()
     statuses = _statuses(text)
+    assert _status_of(statuses, "install") == "ok"
     assert _status_of(statuses, "a. gradients") == "failed"
     assert _status_of(statuses, "c. T = 100 000") == "timed out"
     # the steps after each of them still ran
