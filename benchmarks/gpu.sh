@@ -15,7 +15,8 @@
 #   device   jax.devices() and versions
 #   a check  python -m benchmarks.gpu_check: gradients equal autodiff
 #   b grad   python -m benchmarks.bench_grad --parts grad (GPU shapes, cuDNN, torch CUDA)
-#   c long   python -m benchmarks.bench_grad --parts long (T = 100 000, checkpointed)
+#   c long   python -m benchmarks.bench_grad --parts long (T = 100 000, checkpointed),
+#            LSTM and Elman as two steps, so that one timing out keeps the other
 #   d online python -m benchmarks.bench_online (GPU-sized config)
 # Steps device..online share one budget (JBPTT_GPU_BUDGET_S, default 480 s =
 # 8 minutes); a step left with under 5 s is skipped.
@@ -83,23 +84,26 @@ fi
 START=$(date -u '+%Y-%m-%d %H:%M')
 
 # ---------------------------------------------------------------- steps ---
-STEPS=(install device check grad long online)
+STEPS=(install device check grad long_lstm long_elman online)
 declare -A TITLE=(
     [install]="install jax[$EXTRA]"
     [device]="device and versions"
     [check]="a. gradients equal autodiff (benchmarks.gpu_check)"
     [grad]="b. value+grad against jax.value_and_grad, cuDNN LSTM, PyTorch CUDA"
-    [long]="c. T = 100 000, checkpointed (bench_grad --parts long)"
+    [long_lstm]="c. T = 100 000, checkpointed: LSTM (bench_grad --parts long)"
+    [long_elman]="c. T = 100 000, checkpointed: Elman (bench_grad --parts long)"
     [online]="d. online training (benchmarks.bench_online)"
 )
 # Each step's share of the budget (seconds); what is left caps it further.
-declare -A CAP=([device]=45 [check]=75 [grad]=120 [long]=120 [online]=120)
+declare -A CAP=([device]=45 [check]=75 [grad]=120 [long_lstm]=90 [long_elman]=60
+    [online]=90)
 # The markdown a step writes, shown under its heading in the summary.
 declare -A TABLE=(
     [device]=$OUT/device.md
     [check]=$OUT/check/gpu_check.md
     [grad]=$OUT/grad/RESULTS.md
-    [long]=$OUT/long/RESULTS.md
+    [long_lstm]=$OUT/long_lstm/RESULTS.md
+    [long_elman]=$OUT/long_elman/RESULTS.md
     [online]=$OUT/online/bench_online.md
 )
 declare -A CMD
@@ -261,13 +265,13 @@ if [ "$QUICK" = 1 ]; then
     check=(--quick --cases elman)
     read -r -a shapes <<<"${JBPTT_GPU_SHAPES:-8,2,3,4}"
     grad=(--quick --cells lstm --repeats 1 --shapes "${shapes[@]}")
-    long=(--quick --cells elman --repeats 1)
+    long=(--quick --repeats 1)
     online=(--quick --cells elman)
 else
     check=(--cases elman,lstm,gru,stack,masked)
     read -r -a shapes <<<"${JBPTT_GPU_SHAPES:-1000,64,128,512 200,256,256,1024}"
     grad=(--cells elman,lstm,gru --repeats 5 --shapes "${shapes[@]}")
-    long=(--cells elman,lstm --repeats 1)
+    long=(--repeats 1)
     read -r -a online <<<"${JBPTT_GPU_ONLINE_ARGS:---T 2048 --batch 256 --hidden 512 --inputs 128 --outputs 16 --ks 32}"
 fi
 long+=(--long-variants "${JBPTT_GPU_LONG_VARIANTS:-jbptt-sqrt,jax-sqrt}")
@@ -275,8 +279,10 @@ long+=(--long-variants "${JBPTT_GPU_LONG_VARIANTS:-jbptt-sqrt,jax-sqrt}")
 run_step check "${CAP[check]}" "$PY" -m benchmarks.gpu_check "${check[@]}" --out "$OUT/check"
 run_step grad "${CAP[grad]}" "$PY" -m benchmarks.bench_grad --parts grad --processes 1 \
     --cudnn --torch-device cuda "${grad[@]}" --out "$OUT/grad"
-run_step long "${CAP[long]}" "$PY" -m benchmarks.bench_grad --parts long "${long[@]}" \
-    --out "$OUT/long"
+for cell in lstm elman; do
+    run_step "long_$cell" "${CAP[long_$cell]}" "$PY" -m benchmarks.bench_grad --parts long \
+        --cells "$cell" "${long[@]}" --out "$OUT/long_$cell"
+done
 run_step online "${CAP[online]}" "$PY" -m benchmarks.bench_online --torch-device cuda \
     "${online[@]}" --out "$OUT/online"
 

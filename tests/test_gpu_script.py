@@ -20,8 +20,8 @@ from benchmarks import gpu_check
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
-STEPS = ("install", "device", "a. gradients", "b. value+grad", "c. T = 100 000",
-         "d. online")  # fmt: skip
+LONG = ("c. T = 100 000, checkpointed: LSTM", "c. T = 100 000, checkpointed: Elman")
+STEPS = ("install", "device", "a. gradients", "b. value+grad", *LONG, "d. online")
 
 
 def _perturbed(eps):
@@ -120,8 +120,11 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     assert "| elman | float64 | highest |" in text and "All checks pass: yes" in text
     assert "cuDNN LSTM skipped: the backend is 'cpu'" in text
     assert "| lstm | 8 | 2 | 3 | 4 |" in text
-    assert "jbptt checkpoint='sqrt'" in text and "| elman | 4 |" in text
-    for name in ("check/gpu_check.json", "grad/results.json", "long/results.json",
+    assert "| lstm | jbptt checkpoint='sqrt' |" in text
+    assert "| elman | jax + checkpoint √T segments |" in text
+    assert "| elman | 4 |" in text  # bench_online's row
+    for name in ("check/gpu_check.json", "grad/results.json",
+                 "long_lstm/results.json", "long_elman/results.json",
                  "online/bench_online.json"):  # fmt: skip
         assert (tmp_path / name).exists(), name
 
@@ -151,7 +154,7 @@ def test_gpu_sh_goes_on_after_a_failed_and_a_timed_out_step(tmp_path):
     statuses = _statuses(text)
     assert _status_of(statuses, "install") == "ok"
     assert _status_of(statuses, "a. gradients") == "failed"
-    assert _status_of(statuses, "c. T = 100 000") == "timed out"
+    assert [_status_of(statuses, step) for step in LONG] == ["timed out"] * 2
     # the steps after each of them still ran
     assert _status_of(statuses, "b. value+grad") == "ok"
     assert _status_of(statuses, "d. online") == "ok"
