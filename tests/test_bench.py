@@ -146,3 +146,14 @@ def test_bench_long_variants_select_rows(tmp_path):
     assert [r["variant"] for r in result["long"]] == ["jbptt checkpoint='sqrt'"]
     with pytest.raises(ValueError, match="--long-variants"):
         bench_grad.main(["--quick", "--long-variants", "nope", "--out", str(tmp_path)])
+
+
+def test_a_failing_cudnn_peer_keeps_jbptts_row(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cuDNN is broken here")
+
+    monkeypatch.setattr(bench_grad, "cudnn_unavailable", lambda: None)
+    monkeypatch.setattr(bench_grad, "cudnn_value_and_grad", broken)
+    row = bench_grad.grad_case("lstm", 4, 2, 3, 4, 1, False, cudnn=True)
+    assert row["jbptt_ms"] > 0 and math.isnan(row["cudnn_ms"])
+    assert "cuDNN is broken here" in capsys.readouterr().out
