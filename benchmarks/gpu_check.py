@@ -180,6 +180,16 @@ def check(
     )  # fmt: skip
 
 
+def _error_row(case, dtype, precision, tol, shape, error: Exception) -> dict:
+    T, B, I, H = shape
+    nan = float("nan")
+    return dict(
+        case=case, dtype=dtype, precision=precision, T=T, B=B, I=I, H=H, tol=tol,
+        err_loss=nan, err_state=nan, err_grad=nan, max_err=nan, ok=False,
+        error=f"{type(error).__name__}: {error}".splitlines()[0][:300],
+    )  # fmt: skip
+
+
 def float64_support() -> str | None:
     """``None`` when float64 runs on the default backend, else the reason."""
     if jax.default_backend() == "tpu":
@@ -205,7 +215,10 @@ def table(rows: list[dict]) -> str:
             f"{r['err_state']:.2e} | {r['err_grad']:.2e} | {r['tol']:.0e} | "
             f"{'pass' if r['ok'] else 'FAIL'} |"
         )
-    return "\n".join(lines)
+    errors = [
+        f"- {r['case']}, {r['dtype']}: {r['error']}" for r in rows if r.get("error")
+    ]
+    return "\n".join(lines + (["", "Errors:", *errors] if errors else []))
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
@@ -251,8 +264,13 @@ def main(argv=None) -> dict:
         if (dtype == "float64" and no64) or (cpu and precision == "default"):
             continue
         for case in cases:
-            rows.append(check(case, dtype, precision, tol, shape))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            try:
+                rows.append(check(case, dtype, precision, tol, shape))
+            except Exception as e:  # one broken case must not hide the others
+                rows.append(_error_row(case, dtype, precision, tol, shape, e))
+            print(
+                table(rows[-1:]).splitlines()[2], rows[-1].get("error", ""), flush=True
+            )
     devices = [f"{d} ({d.device_kind})" for d in jax.devices()]
     result = {
         "backend": jax.default_backend(),

@@ -53,6 +53,24 @@ def test_gpu_check_passes_jbptt_and_fails_a_wrong_gradient(case, dtype, tol, eps
     assert "FAIL" in gpu_check.table([wrong]) and "pass" in gpu_check.table([row])
 
 
+def test_gpu_check_reports_a_broken_case_and_checks_the_others(tmp_path, monkeypatch):
+    real = gpu_check.check
+
+    def check(case, *args, **kwargs):
+        if case == "gru":
+            raise RuntimeError("no kernel for this\nsecond line")
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "check", check)
+    result = gpu_check.main(["--quick", "--cases", "elman,gru", "--out", str(tmp_path)])
+    assert not result["ok"]
+    by_case = {(r["case"], r["dtype"]): r for r in result["rows"]}
+    assert by_case["elman", "float64"]["ok"] and by_case["elman", "float32"]["ok"]
+    assert by_case["gru", "float64"]["error"] == "RuntimeError: no kernel for this"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "FAIL" in md and "All checks pass: NO" in md and "no kernel" in md
+
+
 def test_gpu_check_reference_masks_each_sequence():
     # The padded batch's reference is the sum over sequences of each one run
     # alone for its own length, and h_T is each one's own last state.
