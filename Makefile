@@ -42,6 +42,16 @@ bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
 	$(PY) -m benchmarks.bench_online --out benchmarks
 
+# GPU in one command: the venv, jax[cuda12] at the venv's jax version, the
+# gradient checks and the benchmarks, each time-boxed (8 minutes after the
+# install), summarised in $(GPU_OUT)/gpu_results.md. GPU_ARGS=--quick for tiny
+# shapes; benchmarks/gpu.sh --help lists its settings.
+GPU_OUT  ?= benchmarks/gpu_results
+GPU_ARGS ?=
+.PHONY: gpu
+gpu:
+	VENV=$(VENV) bash benchmarks/gpu.sh --out $(GPU_OUT) $(GPU_ARGS)
+
 # Rerun every full-run experiment and rebuild experiments/RESULTS.md's tables.
 report: venv
 	$(PY) -m experiments.report

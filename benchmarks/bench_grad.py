@@ -14,7 +14,11 @@ Three parts, all measured in one run so the ratios are comparable:
 3. **sweep**: a ``vmap`` over K = 8 link-weight vectors against K calls.
 
 Run ``python -m benchmarks.bench_grad --out benchmarks`` (``make bench``);
-``--quick`` uses tiny shapes and finishes in seconds.
+``--quick`` uses tiny shapes and finishes in seconds. On a GPU
+(``benchmarks/gpu.sh``): ``--shapes`` sets GPU-sized shapes, ``--cudnn`` adds
+cuDNN's LSTM through ``jax.experimental.rnn`` as a peer of the LSTM rows and
+``--torch-device cuda`` times PyTorch on CUDA; a peer that cannot run here is
+skipped with the reason printed and recorded.
 """
 
 from __future__ import annotations
@@ -144,17 +148,34 @@ def gemm_call(name, T, B, I, H) -> tuple[float, float, Callable[[], object]]:
     return flops, 2.0 * T * B * (I + H) * G * H, call
 
 
-def torch_call(name, T, B, I, H) -> Callable[[], object] | None:
-    """PyTorch CPU forward+backward as a call, or ``None`` without torch."""
+def torch_unavailable(device: str = "cpu") -> str | None:
+    """Why PyTorch cannot be timed on ``device`` here, or ``None``."""
     try:
         import torch
     except ImportError:
+        return "PyTorch skipped: torch is not importable"
+    if device == "cuda" and not torch.cuda.is_available():
+        return (
+            f"PyTorch CUDA skipped: torch.cuda.is_available() is False "
+            f"(torch {torch.__version__})"
+        )
+    return None
+
+
+def torch_call(name, T, B, I, H, device: str = "cpu") -> Callable[[], object] | None:
+    """PyTorch forward+backward on ``device`` as a call, or ``None`` without
+    torch (or without CUDA for ``device="cuda"``)."""
+    if torch_unavailable(device):
         return None
+    import torch
+
     torch.manual_seed(0)
     module = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name]
-    net = module(I, H)
-    xs = torch.randn(T, B, I)
-    ys = torch.randn(T, B, H)
+    net = module(I, H).to(device)
+    xs = torch.randn(T, B, I).to(device)
+    ys = torch.randn(T, B, H).to(device)
+    # CUDA runs asynchronously: wait for the backward, as _block does for jax.
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def call():
         net.zero_grad()
@@ -162,8 +183,61 @@ def torch_call(name, T, B, I, H) -> Callable[[], object] | None:
         # Σ_t ½·mean_t((h−y)²) = ½·T·mean((h−y)²), same loss as loss_fn.
         loss = 0.5 * ((outs - ys) ** 2).mean(dim=(1, 2)).sum()
         loss.backward()
+        sync()
 
     return call
+
+
+def cudnn_unavailable() -> str | None:
+    """Why cuDNN's LSTM (``jax.experimental.rnn``) cannot run here, or ``None``."""
+    try:
+        from jax.experimental import rnn  # noqa: F401
+    except ImportError as e:
+        return f"cuDNN LSTM skipped: jax.experimental.rnn is not importable ({e})"
+    if jax.default_backend() != "gpu":
+        return (
+            f"cuDNN LSTM skipped: the backend is {jax.default_backend()!r}; "
+            "jax.experimental.rnn runs on CUDA GPUs only"
+        )
+    return None
+
+
+def cudnn_weights(params) -> jax.Array:
+    """jbptt LSTM params as the flat weights of ``jax.experimental.rnn.lstm``.
+
+    cuDNN's layout for one unidirectional layer is (W_ih, W_hh, b_ih, b_hh),
+    each with gates i, f, g, o on the leading axis: PyTorch's order, which is
+    also jbptt's, so the params convert by concatenation.
+    """
+    keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    return jnp.concatenate([params[k].ravel() for k in keys])
+
+
+def cudnn_value_and_grad(params, T, B, I, H, lstm=None):
+    """value+grad of the same loss with cuDNN's LSTM, in jbptt's params.
+
+    Batch-major, zero initial state; the gradient is taken with respect to
+    the flat weights. ``lstm`` defaults to ``jax.experimental.rnn.lstm``
+    (tests pass one with its signature that runs on CPU). Returns ``(fn,
+    weights)``, ``fn(weights, xs, ys)`` with time-major ``xs``, ``ys`` like
+    the other variants.
+    """
+    if lstm is None:
+        from jax.experimental.rnn import lstm
+    weights = cudnn_weights(params)
+    zeros = jnp.zeros((1, B, H), weights.dtype)
+    seq_lengths = jnp.full((B,), T, jnp.int32)
+
+    def loss(w, xs, ys):
+        y, _, _ = lstm(
+            jnp.swapaxes(xs, 0, 1), zeros, zeros, w, seq_lengths,
+            input_size=I, hidden_size=H, num_layers=1, dropout=0.0,
+            bidirectional=False,
+        )  # fmt: skip
+        # [B, T, H]: Σ_t ½·mean_{b,h}((h−y)²), the same loss as loss_fn
+        return 0.5 * jnp.sum(jnp.mean((y - jnp.swapaxes(ys, 0, 1)) ** 2, (0, 2)))
+
+    return jax.value_and_grad(loss), weights
 
 
 def compile_call(fn: Callable, args) -> tuple[float, Callable[[], object], object]:
@@ -218,7 +292,14 @@ def _problem(name, T, B, I, H, dtype=jnp.float32, seed=0):
 
 
 def bench_grad(
-    shapes, names, repeats, use_torch, progress, processes: int = 1
+    shapes,
+    names,
+    repeats,
+    use_torch,
+    progress,
+    processes: int = 1,
+    cudnn: bool = False,
+    torch_device: str = "cpu",
 ) -> list[dict]:
     """Rows of the grad part; with ``processes > 1`` each case is timed in that
     many fresh processes and every figure is the median over them.
@@ -233,23 +314,30 @@ def bench_grad(
     for T, B, I, H in shapes:
         for name in names:
             progress(f"grad {name} T={T} B={B} I={I} H={H}")
+            peers = {"cudnn": cudnn, "torch_device": torch_device}
             if processes <= 1:
-                rows.append(grad_case(name, T, B, I, H, repeats, use_torch))
+                rows.append(grad_case(name, T, B, I, H, repeats, use_torch, **peers))
                 continue
             runs = [
-                _case_in_subprocess(name, (T, B, I, H), repeats, use_torch)
+                _case_in_subprocess(name, (T, B, I, H), repeats, use_torch, **peers)
                 for _ in range(processes)
             ]
             rows.append(_median_row(runs))
     return rows
 
 
-def _case_in_subprocess(name, shape, repeats, use_torch) -> dict:
+def _case_in_subprocess(
+    name, shape, repeats, use_torch, cudnn=False, torch_device="cpu"
+) -> dict:
     case = f"{name}:{','.join(map(str, shape))}"
     cmd = [sys.executable, "-m", "benchmarks.bench_grad", "--case", case,
            "--repeats", str(repeats)]  # fmt: skip
     if not use_torch:
         cmd.append("--no-torch")
+    if cudnn:
+        cmd.append("--cudnn")
+    if torch_device != "cpu":
+        cmd += ["--torch-device", torch_device]
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     if done.returncode:
@@ -269,18 +357,53 @@ def _median_row(runs: list[dict]) -> dict:
     return row
 
 
-def grad_case(name, T, B, I, H, repeats, use_torch) -> dict:
-    """One case of the grad part, timed round-robin in this process."""
+def grad_case(
+    name, T, B, I, H, repeats, use_torch, cudnn=False, torch_device="cpu"
+) -> dict:
+    """One case of the grad part, timed round-robin in this process.
+
+    With ``cudnn``, the row also has ``cudnn_ms``, ``speedup_vs_cudnn`` and
+    ``cudnn_loss_rel_diff`` (|L_cuDNN − L_jbptt| / |L_jbptt|, which shows the
+    weights were converted right); NaN where cuDNN cannot run or the cell is
+    not an LSTM.
+    """
     cell, args = _problem(name, T, B, I, H)
-    c_j, jb, _ = compile_call(jbptt_value_and_grad(cell), args)
+    c_j, jb, jb_exe = compile_call(jbptt_value_and_grad(cell), args)
     c_r, ref, _ = compile_call(ref_value_and_grad(cell), args)
     flops, mm_flops, mm = gemm_call(name, T, B, I, H)
-    t = interleaved({"jbptt": jb, "jax": ref, "gemm": mm}, repeats)
+    calls = {"jbptt": jb, "jax": ref, "gemm": mm}
+    nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
+    extra = {}
+    if cudnn and name == "lstm" and cudnn_unavailable() is None:
+        try:
+            fn, weights = cudnn_value_and_grad(args[0], T, B, I, H)
+            cu_args = (weights, args[2], args[3])
+            _, cu_call, cu_exe = compile_call(fn, cu_args)
+            L_cu = float(cu_exe(*cu_args)[0])
+        except Exception as e:  # a peer's failure must not lose jbptt's row
+            print(f"cuDNN LSTM failed at {(T, B, I, H)}: {type(e).__name__}: {e}")
+        else:
+            calls["cudnn"] = cu_call
+            L_jb = float(jb_exe(*args)[0][0])
+            extra["cudnn_loss_rel_diff"] = abs(L_cu - L_jb) / abs(L_jb)
+    t = interleaved(calls, repeats)
+    if cudnn:
+        t_c = t.get("cudnn", nan)
+        extra = {
+            "cudnn_ms": 1e3 * t_c["median"],
+            "speedup_vs_cudnn": t_c["median"] / t["jbptt"]["median"],
+            "cudnn_loss_rel_diff": extra.get("cudnn_loss_rel_diff", math.nan),
+        }
     # PyTorch last and on its own: its OpenMP threads spin for a while after
     # each call and would steal the second core from whatever ran next.
-    tc = torch_call(name, T, B, I, H) if use_torch else None
-    nan = {"median": math.nan, "min": math.nan, "cpu": math.nan}
-    t_t = interleaved({"torch": tc}, repeats)["torch"] if tc else nan
+    tc = torch_call(name, T, B, I, H, torch_device) if use_torch else None
+    try:
+        t_t = interleaved({"torch": tc}, repeats)["torch"] if tc else nan
+    except RuntimeError as e:  # CUDA errors (e.g. out of memory) on the GPU
+        if torch_device == "cpu":
+            raise
+        print(f"PyTorch CUDA failed at {(T, B, I, H)}: {e}")
+        t_t = nan
     rate = mm_flops / t["gemm"]["min"]  # the best matmul rate seen
     t_g = flops / rate
     t_g_cpu = flops * t["gemm"]["cpu"] / mm_flops  # same, in CPU time
@@ -304,18 +427,26 @@ def grad_case(name, T, B, I, H, repeats, use_torch) -> dict:
         speedup_vs_jax_cpu=t_r["cpu"] / t_j["cpu"],
         speedup_vs_torch_cpu=t_t["cpu"] / t_j["cpu"],
         over_gemm_limit_cpu=t_j["cpu"] / t_g_cpu,
+        **extra,
     )  # fmt: skip
 
 
+# --long-variants keys of the long part's variants, in their order.
+LONG_VARIANTS = ("jbptt", "jbptt-sqrt", "jax", "jax-step", "jax-sqrt")
+
+
 def bench_long(
-    T, H, B, I, repeats, progress, cell_names=("elman", "lstm")
+    T, H, B, I, repeats, progress, cell_names=("elman", "lstm"), variants=None
 ) -> list[dict]:
+    """Rows of the long part; ``variants`` is a subset of :data:`LONG_VARIANTS`
+    (default all)."""
+    keep = LONG_VARIANTS if variants is None else tuple(variants)
     rows = []
     seg = int(round(math.sqrt(T)))
     T_ref = (T // seg) * seg  # the reference's √T remat needs whole segments
     for name in cell_names:
         cell, args = _problem(name, T, B, I, H)
-        variants = [
+        all_variants = [
             ("jbptt", jbptt_value_and_grad(cell), args),
             ("jbptt checkpoint='sqrt'", jbptt_value_and_grad(cell, "sqrt"), args),
             ("jax.value_and_grad", ref_value_and_grad(cell), args),
@@ -323,11 +454,14 @@ def bench_long(
             (
                 "jax + checkpoint √T segments",
                 ref_value_and_grad(cell, remat="sqrt", segment=seg),
-                _problem(name, T_ref, B, I, H)[1],
+                _problem(name, T_ref, B, I, H)[1] if "jax-sqrt" in keep else args,
             ),
         ]
+        variants_ = [
+            v for k, v in zip(LONG_VARIANTS, all_variants, strict=True) if k in keep
+        ]
         calls, compiled = {}, {}
-        for label, fn, a in variants:
+        for label, fn, a in variants_:
             progress(f"long {name} {label} (compile)")
             c, call, exe = compile_call(fn, a)
             calls[label] = call
@@ -403,7 +537,11 @@ def environment() -> dict:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    accelerator = {}
+    if jax.default_backend() != "cpu":  # e.g. "NVIDIA H200"
+        accelerator["device_kind"] = jax.devices()[0].device_kind
     return {
+        **accelerator,
         "machine": f"{cpu}, {os.cpu_count()} logical cores",
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -459,9 +597,12 @@ def _processes_note(config) -> str:
 
 def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> None:
     lines = ["# jbptt benchmark results", ""]
+    device = env.get("device_kind")  # set off CPU only
+    torch_name = "PyTorch CUDA" if config.get("torch_device") == "cuda" else None
     lines += [
         f"Regenerated by `{config['command']}` on {env['date_utc']} UTC.", "",
-        f"- machine: {env['machine']}; backend `{env['backend']}`",
+        f"- machine: {env['machine']}; backend `{env['backend']}`"
+        + (f"; device {device}" if device else ""),
         f"- python {env['python']}, jax {env['jax']}, numpy {env['numpy']}, "
         f"torch {env['torch']} ({env['torch_threads']} threads), jbptt {env['jbptt']}",
         f"- float32; median of {config['repeats']} runs after one warm-up call, "
@@ -469,15 +610,30 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
         "load), PyTorch after them on its own; "
         "compile time measured separately" + _processes_note(config), "",
     ]  # fmt: skip
+    lines += [f"- {reason}" for reason in config.get("skipped", [])]
+    if config.get("skipped"):
+        lines.append("")
+    cudnn = bool(grad) and "cudnn_ms" in grad[0]
     if grad:
+        peers = "PyTorch CPU" if torch_name is None else torch_name
+        peers = "cuDNN LSTM, " + peers if cudnn else peers
         lines += [
-            "## value+grad: jbptt against jax.value_and_grad, PyTorch CPU, GEMM limit",
+            f"## value+grad: jbptt against jax.value_and_grad, {peers}, GEMM limit",
             "",
             "Times in ms. `vs jax` and `vs torch` are speed-ups of jbptt "
             "(their time / jbptt's time, > 1 is faster); `/ GEMM limit` is jbptt's "
             "time over the time the same FLOPs take at the rate of one big jitted "
             "matmul (1 is the hardware limit).",
             "",
+        ]
+        if cudnn:
+            lines += [
+                "`cuDNN`: the LSTM through `jax.experimental.rnn` (value+grad "
+                "of the flat weights, same loss); `cuDNN loss diff` is "
+                "|L_cuDNN − L_jbptt| / |L_jbptt| for the same weights.",
+                "",
+            ]
+        lines += [
             _table(
                 grad,
                 [
@@ -496,6 +652,15 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
                     ("compile jbptt (s)", "jbptt_compile_s"),
                     ("compile jax (s)", "jax_compile_s"),
                 ]
+                + (
+                    [
+                        ("cuDNN", "cudnn_ms"),
+                        ("vs cuDNN", "speedup_vs_cudnn"),
+                        ("cuDNN loss diff", "cudnn_loss_rel_diff"),
+                    ]
+                    if cudnn
+                    else []
+                )
                 + (
                     [("vs jax, range over processes", "speedup_vs_jax_range")]
                     if "speedup_vs_jax_range" in grad[0]
@@ -589,7 +754,7 @@ def write_markdown(path: Path, env, config, grad, long, sweep, notes: str) -> No
     path.write_text("\n".join(lines))
 
 
-def plot(path: Path, grad: list[dict]) -> None:
+def plot(path: Path, grad: list[dict], device: str = "CPU") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -616,7 +781,7 @@ def plot(path: Path, grad: list[dict]) -> None:
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("speed-up of jbptt (× faster)")
     ax.set_xlabel("cell and (T, B, I, H)")
-    ax.set_title("jbptt value+grad, float32 CPU")
+    ax.set_title(f"jbptt value+grad, float32 {device}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -630,6 +795,18 @@ def _default_notes() -> str:
     """benchmarks/NOTES.md (the analysis of the numbers), when present."""
     path = Path(__file__).parent / "NOTES.md"
     return path.read_text() if path.exists() else ""
+
+
+def _shape_arg(text: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--shapes takes four positive ints T,B,I,H per shape, got {text!r}"
+        )
+    return shape
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -650,6 +827,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default="grad,long,sweep", help="comma list of parts")
     p.add_argument("--cells", default="elman,lstm,gru", help="comma list of cells")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        type=_shape_arg,
+        default=None,
+        metavar="T,B,I,H",
+        help="shapes of the grad and sweep parts (None: the CPU set of "
+        "docs/design.md; a tiny one with --quick)",
+    )
+    p.add_argument(
+        "--cudnn",
+        action="store_true",
+        help="add cuDNN's LSTM (jax.experimental.rnn) as a peer of the LSTM "
+        "rows; skipped with the reason off CUDA GPUs",
+    )
+    p.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where PyTorch runs; cuda is skipped with the reason when "
+        "torch.cuda.is_available() is False",
+    )
+    p.add_argument(
+        "--long-variants",
+        default=",".join(LONG_VARIANTS),
+        help="comma list of the long part's variants",
+    )
     p.add_argument(
         "--long-T",
         type=_cli.positive_int,
@@ -688,7 +892,10 @@ def main(argv=None) -> dict:
     if args.case:
         name, shape = args.case.split(":")
         T, B, I, H = map(int, shape.split(","))
-        row = grad_case(name, T, B, I, H, args.repeats or 7, not args.no_torch)
+        row = grad_case(
+            name, T, B, I, H, args.repeats or 7, not args.no_torch,
+            cudnn=args.cudnn, torch_device=args.torch_device,
+        )  # fmt: skip
         print(json.dumps(row))
         return row
     parts = set(args.parts.split(","))
@@ -698,9 +905,25 @@ def main(argv=None) -> dict:
     names = args.cells.split(",")
     if set(names) - set(CELLS):
         raise ValueError(f"--cells takes {sorted(CELLS)}; got {names}.")
+    long_variants = args.long_variants.split(",")
+    if set(long_variants) - set(LONG_VARIANTS):
+        raise ValueError(
+            f"--long-variants takes {list(LONG_VARIANTS)}; got {long_variants}."
+        )
     repeats = args.repeats or (2 if args.quick else 7)
     processes = args.processes or (1 if args.quick else 3)
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(s) for s in args.shapes]
+    # Peers asked for that cannot run here: said now and recorded.
+    skipped = []
+    if "grad" in parts and not args.no_torch and args.torch_device != "cpu":
+        skipped.append(torch_unavailable(args.torch_device))
+    if "grad" in parts and args.cudnn and "lstm" in names:
+        skipped.append(cudnn_unavailable())
+    skipped = [reason for reason in skipped if reason]
+    for reason in skipped:
+        print(reason, flush=True)
     long_T = args.long_T or (64 if args.quick else 100_000)
     long_H = 8 if args.quick else 256
     try:
@@ -719,6 +942,8 @@ def main(argv=None) -> dict:
             not args.no_torch,
             progress,
             processes=processes,
+            cudnn=args.cudnn,
+            torch_device=args.torch_device,
         )  # fmt: skip
         if "grad" in parts
         else []
@@ -732,11 +957,14 @@ def main(argv=None) -> dict:
             repeats,
             progress,
             [n for n in names if n in ("elman", "lstm")],
+            long_variants,
         )
         if "long" in parts
         else []
     )
     sweep_shapes = shapes[:1] if args.quick else [SHAPES[1], SHAPES[3]]
+    if args.shapes:
+        sweep_shapes = shapes
     sweep = (
         bench_sweep(sweep_shapes, names, 8, repeats, progress)
         if "sweep" in parts
@@ -750,6 +978,10 @@ def main(argv=None) -> dict:
     config = {"command": command.strip(), "repeats": repeats, "quick": args.quick,
               "shapes": shapes, "long": [long_T, long_H], "seed": 0,
               "processes": processes}  # fmt: skip
+    # Only when asked for, so that CPU runs write what they always wrote.
+    if args.cudnn or args.torch_device != "cpu" or skipped:
+        config.update(torch_device=args.torch_device, cudnn=args.cudnn,
+                      skipped=skipped)  # fmt: skip
     result = {
         "config": config,
         "metadata": run_metadata(config, seed=0),
@@ -769,7 +1001,7 @@ def main(argv=None) -> dict:
     written = ["results.json", "results_grad.csv", "results_long.csv"]
     written += ["results_sweep.csv", "RESULTS.md"]
     if grad:
-        plot(out / "speedups.png", grad)
+        plot(out / "speedups.png", grad, env.get("device_kind", "CPU"))
         written.append("speedups.png")
     print("wrote:")
     for name in written:

@@ -124,20 +124,21 @@ def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
     return {"tokens_per_s": n * k * B / seconds, "seconds": seconds}
 
 
-def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
+def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3, device="cpu"):
     import torch
 
     # as many threads as this process may use (not the host's core count)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
     rnn = {"elman": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-    net = rnn[cell_name](I, H)
-    head = torch.nn.Linear(H, O)
+    net = rnn[cell_name](I, H).to(device)
+    head = torch.nn.Linear(H, O).to(device)
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=lr)
     xs, ys = _data(T, B, I, O)
     n = T // k
     xs_t = torch.from_numpy(xs[: n * k].astype(np.float32)).reshape(n, k, B, I)
     ys_t = torch.from_numpy(ys[: n * k].astype(np.float32)).reshape(n, k, B, O)
+    xs_t, ys_t = xs_t.to(device), ys_t.to(device)
 
     def run():
         h = None
@@ -148,6 +149,8 @@ def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
             loss.backward()
             opt.step()
             h = tuple(a.detach() for a in h) if isinstance(h, tuple) else h.detach()
+        if device == "cuda":  # CUDA runs asynchronously: wait for the last step
+            torch.cuda.synchronize()
 
     run()
     t0 = time.perf_counter()
@@ -156,12 +159,12 @@ def time_torch_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
     return {"tokens_per_s": n * k * B / seconds, "seconds": seconds}
 
 
-def _torch_available() -> bool:
+def _torch_available(device: str = "cpu") -> bool:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return False
-    return True
+    return device == "cpu" or torch.cuda.is_available()
 
 
 def table(rows) -> str:
@@ -206,6 +209,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    ap.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where PyTorch's loop runs; cuda is skipped (and said) when "
+        "torch.cuda.is_available() is False",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -214,7 +224,15 @@ def main(argv=None) -> dict:
         args.ks = [4]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    use_torch = not args.no_torch and _torch_available()
+    use_torch = not args.no_torch and _torch_available(args.torch_device)
+    skipped = ""
+    if not args.no_torch and not use_torch:
+        skipped = "PyTorch skipped: " + (
+            "torch is not importable"
+            if args.torch_device == "cpu"
+            else "torch is not importable or torch.cuda.is_available() is False"
+        )
+        print(skipped, flush=True)
     shape = (args.T, args.batch, args.hidden, args.inputs, args.outputs)
     rows = []
     for cell_name in args.cells:
@@ -224,10 +242,12 @@ def main(argv=None) -> dict:
                 row[name] = time_jbptt(cell_name, name, k, *shape)
             row["jax_detach"] = time_jax_detach(cell_name, k, *shape)
             if use_torch:
-                row["torch_detach"] = time_torch_detach(cell_name, k, *shape)
+                row["torch_detach"] = time_torch_detach(
+                    cell_name, k, *shape, device=args.torch_device
+                )
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
-    md = table(rows)
+    md = table(rows) + (f"\n\n{skipped}." if skipped else "")
     result = {
         "config": {**vars(args), "torch": use_torch},
         "machine": {"platform": platform.platform(), "jax": jax.__version__},

@@ -1,7 +1,10 @@
 """The benchmark's ``--quick`` form runs and writes its outputs."""
 
 import json
+import math
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import bench_grad
@@ -88,3 +91,69 @@ ENTRY %main (a: f32[2]) -> f32[2] {
   %w = (s32[], f32[2]) while(%init), condition=%cond.1, body=%body.1
 }"""
     assert profile_loops.loop_bodies(hlo) == [["fusion", "copy"]]
+
+
+def test_cudnn_peer_computes_jbptts_loss_and_gradient():
+    # jax.experimental.rnn.lstm runs on CUDA only; its reference lstm_ref
+    # takes the same flat weights unpacked and runs here, so the peer's
+    # weight layout, loss and gradient are checked against jbptt's on CPU.
+    from jax.experimental import rnn
+
+    def lstm_on_cpu(x, h0, c0, w, seq_lengths, *, input_size, hidden_size,
+                    num_layers, dropout, bidirectional):  # fmt: skip
+        sizes = (input_size, hidden_size, num_layers)
+        unpacked = rnn.unpack_lstm_weights(w, *sizes, bidirectional)
+        return rnn.lstm_ref(
+            x, h0, c0, *unpacked, seq_lengths, *sizes, dropout, bidirectional
+        )
+
+    T, B, I, H = 5, 2, 3, 4
+    cell, args = bench_grad._problem("lstm", T, B, I, H, dtype=jnp.float64)
+    fn, weights = bench_grad.cudnn_value_and_grad(args[0], T, B, I, H, lstm_on_cpu)
+    L_cu, g_cu = fn(weights, args[2], args[3])
+    (L, _), g = bench_grad.jbptt_value_and_grad(cell)(*args)
+    assert abs(float(L_cu) - float(L)) <= 1e-12 * abs(float(L))
+    want = bench_grad.cudnn_weights(g)
+    assert float(jnp.max(jnp.abs(g_cu - want))) <= 1e-10 * float(jnp.max(jnp.abs(want)))
+
+
+def test_gpu_peers_say_why_they_are_skipped_on_cpu(tmp_path, capsys):
+    assert jax.default_backend() == "cpu"
+    assert "backend is 'cpu'" in bench_grad.cudnn_unavailable()
+    argv = ["--quick", "--parts", "grad", "--cells", "lstm", "--repeats", "1",
+            "--cudnn", "--shapes", "7,2,3,4", "--out", str(tmp_path)]  # fmt: skip
+    result = bench_grad.main(argv)
+    (row,) = result["grad"]
+    assert (row["T"], row["B"]) == (7, 2) and math.isnan(row["cudnn_ms"])
+    assert result["config"]["skipped"] == [bench_grad.cudnn_unavailable()]
+    assert "cuDNN LSTM skipped" in capsys.readouterr().out
+    assert "cuDNN LSTM skipped" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "bad", [["--shapes", "1,2,3"], ["--shapes", "1,2,x,4"], ["--shapes", "0,2,3,4"]]
+)
+def test_bench_refuses_bad_shapes(bad, capsys):
+    with pytest.raises(SystemExit):
+        bench_grad.parse_args(bad)
+    assert "--shapes takes four positive ints" in capsys.readouterr().err
+
+
+def test_bench_long_variants_select_rows(tmp_path):
+    argv = ["--quick", "--parts", "long", "--cells", "elman", "--repeats", "1",
+            "--long-variants", "jbptt-sqrt", "--out", str(tmp_path)]  # fmt: skip
+    result = bench_grad.main(argv)
+    assert [r["variant"] for r in result["long"]] == ["jbptt checkpoint='sqrt'"]
+    with pytest.raises(ValueError, match="--long-variants"):
+        bench_grad.main(["--quick", "--long-variants", "nope", "--out", str(tmp_path)])
+
+
+def test_a_failing_cudnn_peer_keeps_jbptts_row(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cuDNN is broken here")
+
+    monkeypatch.setattr(bench_grad, "cudnn_unavailable", lambda: None)
+    monkeypatch.setattr(bench_grad, "cudnn_value_and_grad", broken)
+    row = bench_grad.grad_case("lstm", 4, 2, 3, 4, 1, False, cudnn=True)
+    assert row["jbptt_ms"] > 0 and math.isnan(row["cudnn_ms"])
+    assert "cuDNN is broken here" in capsys.readouterr().out
