@@ -75,8 +75,10 @@ assert by["TBPTT(k=1)"]["distance_to_optimum"] > artbp["distance_to_optimum"]
 lm = char_lm.main(["--quick", "--out", out])
 display(Image(os.path.join(out, "char_lm.png")))
 print("unigram baseline:", round(lm["unigram_valid_bpc"], 3), "bpc")
-[(s["run"], s["updates_per_seed"], round(s["final_valid_bpc"], 3),
-  round(s["test_bpc"], 3)) for s in lm["summary"]]
+{
+    s["run"]: (round(s["final_valid_bpc"], 3), round(s["test_bpc"], 3))
+    for s in lm["summary"]
+}
 
 # %% [markdown]
 # ## 3. Sunspots: one-step-ahead forecasts on the last 60 years
