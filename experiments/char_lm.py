@@ -331,6 +331,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--name", default="char_lm", help="output file stem: NAME.{csv,json,png}"
     )
+    ap.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw OUT/NAME.png from OUT/NAME.{csv,json}",
+    )
     args = _cli.parse(ap, argv, QUICK)
     if args.alpha <= 1:
         ap.error(f"--alpha must be > 1 (finite mean segment length), got {args.alpha}")
@@ -380,6 +385,9 @@ def summarize(name, cfg, est_name, runs) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
+    if args.replot:
+        print(f"wrote:\n  {replot(out, args.name)}")
+        return None
     out.mkdir(parents=True, exist_ok=True)
 
     corpus = data.load_corpus(args.corpus, max_chars=args.max_chars)
@@ -533,41 +541,66 @@ def plot(path, rows, summary, meta):
     fig, axes = plt.subplots(
         len(groups), 2, figsize=(11, 3.4 * len(groups) + 0.8), squeeze=False
     )
+    uni = meta["unigram_valid_bpc"]
     for (cell, k), (a1, a2) in zip(groups, axes, strict=True):
+        lows, tops = [], []
         for s in (s for s in summary if (s["cell"], s["k"]) == (cell, k)):
             upd, sec, mean, se = _band(rows, s["run"])
             ls = "-" if s["estimator"] == "tbptt" else "--"
-            lab = (
-                f"{s['run']}: {s['updates']:.0f} updates, test "
-                f"{s['test_bpc']:.3f} ± {s['test_bpc_se']:.3f}"
-            )
+            lab = f"{s['run']}: {s['updates']:.0f} updates, test {_pm(s, 'test_bpc')}"
             for a, x in ((a1, upd), (a2, sec)):
                 (line,) = a.plot(x, mean, ls, marker=".", label=lab)
                 a.fill_between(
                     x, mean - se, mean + se, alpha=0.25, color=line.get_color(), lw=0
                 )
+            lows.append(np.min(mean - se))
+            tops.append(mean[min(1, len(mean) - 1)])  # the first evaluation
+        # the range where the runs differ: from the best point to the first
+        # evaluation after the start (the untrained ≈ log2 V is off the top)
+        top = max(tops) + 0.1
         for a in (a1, a2):
-            a.axhline(
-                meta["unigram_valid_bpc"],
-                color="gray",
-                ls=":",
-                lw=1,
-                label="unigram baseline",
-            )
-            a.set_ylim(top=min(a.get_ylim()[1], meta["unigram_valid_bpc"] + 0.5))
+            if uni <= top:
+                a.axhline(uni, color="gray", ls=":", lw=1, label="unigram baseline")
+            a.set_ylim(min(lows) - 0.05, top)
+            a.grid(True, alpha=0.3)
         a1.set_ylabel(f"{cell.upper()}, k = {k}\nvalid bits per char")
-        a1.legend(fontsize=7, loc="upper right")
+        a1.legend(fontsize=7, loc="upper right", title_fontsize=7,
+                  title=None if uni <= top else f"unigram baseline {uni:.2f} "
+                  "(above the plot)")  # fmt: skip
     axes[-1, 0].set_xlabel("parameter updates (mean over seeds)")
     axes[-1, 1].set_xlabel("training wall-clock (s, mean over seeds)")
-    c = meta["corpus"]
+    c, n = meta["corpus"], len(meta["seeds"])
+    spread = f"mean ± s.e. over {n} seeds" if n > 1 else "one seed"
     fig.suptitle(
         f"Char LM, online TBPTT vs ARTBP — {c['source']}, {c['n_chars']:,} chars, "
-        f"{meta['epochs']:.1f} epochs; mean ± s.e. over {len(meta['seeds'])} seeds",
+        f"{meta['epochs']:.1f} epochs; {spread}",
         fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _pm(s, key) -> str:
+    """``mean ± s.e.`` over seeds, or the one seed's value."""
+    return pm(s[key], s[key + "_se"]) if s["seeds"] > 1 else f"{s[key]:.3f}"
+
+
+def replot(out: Path, name: str) -> Path:
+    """Redraw ``NAME.png`` from ``NAME.csv`` and ``NAME.json`` (no training)."""
+    import json
+
+    meta = json.loads((out / f"{name}.json").read_text())
+    with open(out / f"{name}.csv") as f:
+        rows = [
+            {
+                k: v if k in ("run", "cell", "estimator") else float(v)
+                for k, v in r.items()
+            }
+            for r in csv.DictReader(f)
+        ]
+    plot(out / f"{name}.png", rows, meta["summary"], meta)
+    return out / f"{name}.png"
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def influence_table(d) -> list[str]:
 
 
 def char_lm_table(d) -> list[str]:
-    def pm(s, key):
+    def pm(s, key):  # mean ± s.e. over seeds, or the one seed's value
+        if s["seeds"] == 1:
+            return _f(s[key], ".3f")
         return f"{_f(s[key], '.3f')} ± {_f(s[key + '_se'], '.3f')}"
 
     rows = [
@@ -151,6 +153,20 @@ def char_lm_table(d) -> list[str]:
     )  # fmt: skip
 
 
+def influence_es_table(d) -> list[str]:
+    names = {"ES(full": "ES (full unroll, antithetic)", "PES(": "PES (K = {K})",
+             "truncated ES(": "truncated ES (K = {K})"}  # fmt: skip
+    Ns = sorted({r["N"] for r in d["rows"]})
+    rows = []
+    for est in dict.fromkeys(r["estimator"] for r in d["rows"]):
+        K = est.split("K=")[-1].rstrip(")") if "K=" in est else ""
+        name = next((v for k, v in names.items() if est.startswith(k)), est)
+        by_n = {r["N"]: r["rms_error"] for r in d["rows"] if r["estimator"] == est}
+        rows.append([name.format(K=K)] + [_f(by_n.get(n), ".0f") for n in Ns])
+    return _md(["estimator"] + [f"N = {n}" for n in Ns], rows,
+               ["---"] + ["---:"] * len(Ns))  # fmt: skip
+
+
 def sunspots_table(d) -> list[str]:
     seeds = d["config"]["seeds"]
     rows = []
@@ -171,6 +187,7 @@ TABLES = {
     "char_lm_gru": ("char_lm_gru.json", char_lm_table),
     "char_lm_k64": ("char_lm_k64.json", char_lm_table),
     "sunspots": ("sunspots.json", sunspots_table),
+    "influence_es": ("influence_balancing_es.json", influence_es_table),
 }
 
 _BLOCK = re.compile(

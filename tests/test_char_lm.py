@@ -95,6 +95,11 @@ def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
     assert "unigram baseline" in stdout and "wrote:" in stdout
     for ext in ("csv", "json", "png"):
         assert str(tmp_path / f"char_lm.{ext}") in stdout
+    # --replot redraws the figure from the CSV and JSON alone
+    png = tmp_path / "char_lm.png"
+    png.unlink()
+    char_lm.main(["--replot", "--out", str(tmp_path)])
+    assert png.stat().st_size > 0
 
 
 @pytest.mark.parametrize(
