@@ -23,12 +23,16 @@ def test_a_tampered_number_is_detected(tmp_path):
     row = text.index("| ARTBP", start)
     end = text.index("\n", row)
     line = text[row:end]
-    tampered = line.replace("-0.1611", "-0.1612")
+    cells = line.split("|")
+    number = cells[4].strip()  # the mean-loss column, e.g. "-0.164"
+    changed = number[:-1] + str((int(number[-1]) + 1) % 10)
+    cells[4] = f" {changed} "
+    tampered = "|".join(cells)
     assert tampered != line
     page.write_text(text[:row] + tampered + text[end:])
     problems = report.check(page)
     assert len(problems) == 1 and "influence_balancing" in problems[0]
-    assert "-0.1612" in problems[0]
+    assert changed in problems[0]
 
 
 def test_a_changed_json_is_detected(tmp_path):
