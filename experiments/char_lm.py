@@ -19,8 +19,12 @@ cross-entropy / ln 2) and, once at the end, of the test bpc. Training
 wall-clock excludes compilation and evaluation.
 
 Default corpus: the Python standard library's own ``*.py`` files (no
-download; see :func:`jbptt.data.load_corpus`); ``--corpus PATH`` takes any
+download; see :func:`jbptt.data.load_corpus`), held out at the file level
+(``--split files``: whole files in a fixed random order make up 5% validation
+and 5% test, so both sample the whole library); ``--corpus PATH`` takes any
 UTF-8 text file or a directory with the Penn Treebank character files.
+Validation and test bpc are measured on ``--valid-chars`` characters read as
+``--eval-batch`` windows spread evenly over the split.
 
 The paper (Tallec & Ollivier 2017, PTB characters, LSTM): "ARTBP slightly
 outperforms truncated BPTT". Ours: see ``experiments/RESULTS.md``.
@@ -63,12 +67,26 @@ def unigram_bpc(train, valid, V) -> float:
 _EVALS: dict = {}
 
 
-def make_eval(model, V, ids, batch, embed):
-    """Jitted bpc on ``ids`` (from a zero state, ``batch`` streams)."""
-    cache_key = (model.cell, V, len(ids), batch, embed, ids[:64].tobytes())
+def held_out(ids, n_chars: int, batch: int) -> np.ndarray:
+    """``batch`` windows of ``n_chars // batch`` characters spread evenly over
+    ``ids`` (the first at its start, the last at its end), time-major
+    ``[L, batch]``: an evaluation set that samples the whole split."""
+    L = min(n_chars, len(ids)) // batch
+    if L < 2:
+        raise ValueError(
+            f"{len(ids)} held-out characters are too few for {batch} "
+            "evaluation streams (--eval-batch) of at least 2 characters."
+        )
+    starts = np.linspace(0, len(ids) - L, batch).astype(int)
+    return np.stack([ids[a : a + L] for a in starts], axis=1)
+
+
+def make_eval(model, V, s, embed):
+    """Jitted bpc on the streams ``s`` ``[L, B]`` (from a zero state)."""
+    batch = s.shape[1]
+    cache_key = (model.cell, V, s.shape, embed, s.tobytes())
     if cache_key in _EVALS:
         return _EVALS[cache_key]
-    s = data.streams(ids, batch)
     x, y = data.next_char_pairs(s)
     xs, ys = jax.numpy.asarray(inputs(x, V, embed)), jax.numpy.asarray(y)
     forward = jax.jit(jbptt.loss(model.cell, model.loss_fn))
@@ -164,9 +182,8 @@ def run_one(setup_, est, corpus, args, key, bar=None):
     params = model.init(k_init, args.embed or V, args.hidden)
     x, y, _ = training_stream(corpus.train, args.batch, args.steps)
     T = len(y)
-    bpc = make_eval(
-        model, V, corpus.valid[: args.valid_chars], args.eval_batch, args.embed
-    )
+    valid = held_out(corpus.valid, args.valid_chars, args.eval_batch)
+    bpc = make_eval(model, V, valid, args.embed)
     curve = [{"t": 0, "point": 0, "seconds": 0.0, "updates": 0, "bpc": bpc(params)}]
     recs: list[Record] = []
     clock = [0.0]  # wall-clock of the calls before this one
@@ -213,9 +230,10 @@ def run_one(setup_, est, corpus, args, key, bar=None):
 
 
 def test_bpc(model, V, corpus, params, args) -> float:
-    """Test bpc, once, after training (first ``--valid-chars`` test chars)."""
-    ids = corpus.test[: args.valid_chars]
-    return make_eval(model, V, ids, args.eval_batch, args.embed)(params)
+    """Test bpc, once, after training (``--valid-chars`` test characters in
+    ``--eval-batch`` windows spread over the test split)."""
+    test = held_out(corpus.test, args.valid_chars, args.eval_batch)
+    return make_eval(model, V, test, args.embed)(params)
 
 
 # --quick sets these defaults only: flags given explicitly are kept.
@@ -253,6 +271,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=_cli.positive_int,
         default=5_000_000,
         help="cap on the corpus size in characters (90%% train, 5%% valid, 5%% test)",
+    )
+    ap.add_argument(
+        "--split",
+        choices=["files", "contiguous"],
+        default="files",
+        help="held-out split of the default corpus: whole files in a fixed "
+        "random order, or the last characters in file-name order",
     )
     ap.add_argument(
         "--cells",
@@ -305,13 +330,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--valid-chars",
         type=_cli.positive_int,
         default=50_000,
-        help="validation (and test) characters",
+        help="validation (and test) characters, in --eval-batch windows "
+        "spread over the split",
     )
     ap.add_argument(
         "--eval-batch",
         type=_cli.positive_int,
         default=50,
-        help="validation streams",
+        help="validation (and test) windows",
     )
     ap.add_argument(
         "--eval-every",
@@ -390,7 +416,7 @@ def main(argv=None):
         return None
     out.mkdir(parents=True, exist_ok=True)
 
-    corpus = data.load_corpus(args.corpus, max_chars=args.max_chars)
+    corpus = data.load_corpus(args.corpus, max_chars=args.max_chars, split=args.split)
     V = len(corpus.vocab)
     _, y, epochs = training_stream(corpus.train, args.batch, args.steps)
     print(
@@ -448,8 +474,12 @@ def main(argv=None):
             summary.append(summarize(name, cfg, est_name, runs))
     if bar is not None:
         bar.close()
-    uni = unigram_bpc(corpus.train, corpus.valid[: args.valid_chars], V)
-    uni_test = unigram_bpc(corpus.train, corpus.test[: args.valid_chars], V)
+    uni, uni_test = (
+        unigram_bpc(
+            corpus.train, held_out(ids, args.valid_chars, args.eval_batch).ravel(), V
+        )
+        for ids in (corpus.valid, corpus.test)
+    )
     print(f"unigram baseline: {uni:.3f} bpc (valid), {uni_test:.3f} (test)")
     meta = {
         "unigram_valid_bpc": uni,

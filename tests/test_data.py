@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jbptt import data
+from jbptt._src.data import _stdlib_texts
 
 
 def test_default_corpus_is_deterministic_and_split():
@@ -20,6 +21,37 @@ def test_default_corpus_is_deterministic_and_split():
     first = data.stdlib_files()[0].read_text(encoding="utf-8")
     assert text.startswith(first[:100])
     assert a.vocab == tuple(sorted(set(text)))
+
+
+def test_file_level_split_holds_whole_files_in_a_fixed_order():
+    c = data.load_corpus(max_chars=400_000, split="files")
+    again = data.load_corpus(max_chars=400_000, split="files")
+    for x, y in zip(c[:3], again[:3], strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert c.n_chars == 400_000 and "file-level" in c.source
+    # each held-out split is a concatenation of whole files, none of them in
+    # train, and holds at least its fraction of the characters
+    texts = _stdlib_texts(400_000)
+    train, valid, test = (c.decode(x) for x in c[:3])
+    for held in (valid, test):
+        assert len(held) >= 0.05 * 400_000
+        pieces = [t for t in texts if t and t in held]
+        assert sum(len(t) for t in pieces) == len(held)
+        assert not any(t in train for t in pieces if len(t) > 200)
+    assert len(train) + len(valid) + len(test) == 400_000
+    # not the files that sort last, as the contiguous split would hold out
+    assert not test.endswith(texts[-1][-1000:])
+
+
+def test_file_level_split_errors():
+    with pytest.raises(ValueError, match="split must be"):
+        data.load_corpus(max_chars=10_000, split="random")
+    with pytest.raises(ValueError, match="too few to split"):
+        data.split_files(["abc", "def"], 0.05, 0.05)
+    files = [c * 10 for c in "abcdefghij"]
+    train, valid, test = data.split_files(files, 0.1, 0.1)
+    assert len(valid) == len(test) == 10 and valid != test
+    assert train == "".join(f for f in files if f not in (valid, test))
 
 
 def test_text_file_roundtrip_and_vocab(tmp_path):

@@ -85,6 +85,12 @@ def stdlib_text(max_chars: int = 2_000_000) -> str:
     Files that are not UTF-8 are skipped (none are in CPython). The text of
     a given Python version is therefore fixed.
     """
+    return "".join(_stdlib_texts(max_chars))[:max_chars]
+
+
+def _stdlib_texts(max_chars: int) -> list[str]:
+    """The texts of the standard library's files in name order, the last one
+    cut so that they hold ``max_chars`` characters in all (or fewer)."""
     _check_positive_int("max_chars", max_chars)
     parts, n = [], 0
     for p in stdlib_files():
@@ -92,11 +98,11 @@ def stdlib_text(max_chars: int = 2_000_000) -> str:
             t = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        parts.append(t)
-        n += len(t)
+        parts.append(t[: max_chars - n])
+        n += len(parts[-1])
         if n >= max_chars:
             break
-    return "".join(parts)[:max_chars]
+    return parts
 
 
 def _ptb_text(path: Path) -> str:
@@ -138,6 +144,39 @@ def encode(texts: list[str], source: str) -> Corpus:
     return Corpus(tr, va, te, vocab, source, sum(len(t) for t in texts))
 
 
+def split_files(
+    texts: list[str], valid_frac: float = 0.05, test_frac: float = 0.05, seed: int = 0
+):
+    """File-level split: whole files, in a seeded random order, fill the
+    validation split to ``valid_frac`` of the characters, then the test split
+    to ``test_frac``; the rest train (in their original order).
+
+    Each split then samples the whole collection, where a contiguous split of
+    files sorted by name holds out whichever few files sort last.
+    """
+    _check_fractions(valid_frac, test_frac)
+    n = sum(len(t) for t in texts)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    held: list[list[int]] = [[], []]
+    budget = [valid_frac * n, test_frac * n]
+    filled = [0, 0]
+    for i in order:
+        s = 0 if filled[0] < budget[0] else 1
+        if filled[1] >= budget[1] and s == 1:
+            break
+        held[s].append(int(i))
+        filled[s] += len(texts[i])
+    out = set(held[0]) | set(held[1])
+    train = [t for i, t in enumerate(texts) if i not in out]
+    parts = ["".join(train)] + ["".join(texts[i] for i in h) for h in held]
+    if min(len(p) for p in parts) < 1:
+        raise ValueError(
+            f"{len(texts)} files are too few to split into train/valid/test "
+            f"with valid_frac={valid_frac}, test_frac={test_frac}."
+        )
+    return parts
+
+
 def split_text(text: str, valid_frac: float = 0.05, test_frac: float = 0.05):
     """Contiguous split: the first part trains, then valid, then test."""
     _check_fractions(valid_frac, test_frac)
@@ -158,6 +197,7 @@ def load_corpus(
     max_chars: int = 2_000_000,
     valid_frac: float = 0.05,
     test_frac: float = 0.05,
+    split: str = "contiguous",
 ) -> Corpus:
     """Load a character corpus: stdlib sources, a text file, or PTB chars.
 
@@ -169,6 +209,11 @@ def load_corpus(
         ``ptb.char.test.txt`` (their own splits are used).
       max_chars: cap on the default corpus and on a single text file.
       valid_frac, test_frac: fractions held out from a single text.
+      split: how the default corpus is held out: ``"contiguous"`` (the last
+        characters of the name-ordered text: valid, then test) or ``"files"``
+        (whole files in a fixed random order, :func:`split_files`, so that
+        validation and test sample the whole library rather than the few
+        files that sort last). A text file is always split contiguously.
 
     Returns:
       A :class:`Corpus`.
@@ -186,10 +231,16 @@ def load_corpus(
       True
     """
     _check_positive_int("max_chars", max_chars)
+    if split not in ("contiguous", "files"):
+        raise ValueError(f"split must be 'contiguous' or 'files', got {split!r}.")
     if path is None:
-        text = stdlib_text(max_chars)
-        source = f"Python {sysconfig.get_python_version()} stdlib *.py (sorted)"
-        return encode(split_text(text, valid_frac, test_frac), source)
+        texts = _stdlib_texts(max_chars)
+        source = f"Python {sysconfig.get_python_version()} stdlib *.py"
+        if split == "files":
+            parts = split_files(texts, valid_frac, test_frac)
+            return encode(parts, source + " (file-level split, seed 0)")
+        parts = split_text("".join(texts), valid_frac, test_frac)
+        return encode(parts, source + " (sorted)")
     p = Path(os.fspath(path))
     if p.is_dir():
         files = [p / f for f in PTB_CHAR_FILES]
