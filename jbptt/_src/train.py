@@ -47,6 +47,11 @@ round-off), and the step compiles at most once per bucket over any number of
 calls. Other rules run in buckets of ``min(max(min_bucket, 2^⌈log2 n⌉),
 n_max)``.
 
+Batches of streams. All streams of a batch share the segments (the cuts of
+``estimator``); ``stream_cuts=`` also cuts every stream by a law of its own,
+drawn independently per stream, multiplying its link weights (unbiased for
+ARTBP laws; see :func:`train` and docs/design.md, "Online training").
+
 Streams in chunks. Everything a run carries is one :class:`TrainState`
 (params, optimizer state, cell state, estimator state, key, global step and
 segment counters, the cut law's carry and the unfinished last segment).
@@ -300,6 +305,8 @@ class TrainState(NamedTuple):
       pending: ``(xs, ys, w)`` of the unfinished last segment (``None`` when
         there is none): steps already cut, waiting for the next call's data
         to end their segment. Pass ``flush=True`` at the stream's end.
+      stream_cut: with ``stream_cuts=``, every stream's own cut-law carry
+        (``[n_streams]`` steps since its last own cut), else ``None``.
     """
 
     params: Any
@@ -311,6 +318,7 @@ class TrainState(NamedTuple):
     segment: int = 0
     cut: int = 1
     pending: Any = None
+    stream_cut: Any = None
 
 
 class Event(NamedTuple):
@@ -544,6 +552,78 @@ def _cat(a, b):
     return b if a is None else tree_map(lambda u, v: np.concatenate([u, v]), a, b)
 
 
+_STREAM_SALT = 0x5EED  # folded into the run's key for the streams' own cuts
+
+
+def _stream_rule(stream_cuts, batch_shape):
+    """The online rule whose cut law cuts each stream on its own."""
+    est = protocol.as_estimator(stream_cuts)
+    rule = est.online()
+    if rule.cuts is None:
+        raise ValueError(
+            f"stream_cuts: estimator {est.name} draws no cuts along a stream "
+            "(OnlineRule.cuts); pass one with a cut law, e.g. "
+            "estimators.artbp_matched(k) or estimators.tbptt(k, random_offset=True)."
+        )
+    if not batch_shape:
+        raise ValueError(
+            "stream_cuts needs a batch of streams: xs must be [T, B, I] (got "
+            "one stream [T, I]); a single stream's cuts are the estimator's."
+        )
+    return rule
+
+
+def _stream_weights(stream_rule, key, t0: int, T: int, carry, batch_shape):
+    """Each stream's own link weights ``[T, *batch]`` for global steps
+    ``t0 .. t0 + T − 1`` and the new per-stream carries. Stream j draws from
+    ``fold_in(fold_in(key, salt), j)``: independent of the shared cuts and of
+    the other streams, and chunk-invariant like them."""
+    n = int(np.prod(batch_shape))
+    carry = np.ones(n, int) if carry is None else np.asarray(carry, int)
+    base = jax.random.fold_in(key, _STREAM_SALT)
+    cols, new = [], np.empty(n, int)
+    for j in range(n):
+        w, new[j] = stream_rule.cuts(jax.random.fold_in(base, j), t0, T, int(carry[j]))
+        cols.append(np.asarray(w))
+    return np.stack(cols, axis=1).reshape((T, *batch_shape)), new
+
+
+def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
+    """The link weights :func:`train` uses on the first ``T`` steps of a
+    stream: ``[T]`` shared, or ``[T, *batch_shape]`` with ``stream_cuts``
+    (the shared weights times each stream's own, see :func:`train`).
+
+    Feed them to :func:`jbptt.value_and_grad` (or the sweep) to study the
+    online estimator offline: with no update in between, the sum of
+    ``train``'s segment gradients is that gradient (tested).
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import estimators, train
+      >>> w = train.link_weights(estimators.tbptt(4), jax.random.key(0), 8,
+      ...                        batch_shape=(3,),
+      ...                        stream_cuts=estimators.artbp(0.5))
+      >>> w.shape, bool((w[4] == 0).all())  # the shared cut cuts every stream
+      ((8, 3), True)
+    """
+    validation.positive_int("T", T)
+    rule = protocol.as_estimator(estimator).online()
+    if rule.cuts is None:
+        raise ValueError(
+            f"estimator {protocol.as_estimator(estimator).name} draws no cuts "
+            "along a stream (OnlineRule.cuts): its link weights are its sample()."
+        )
+    w, _ = rule.cuts(key, 0, T, 1)
+    w = np.asarray(w, jnp.result_type(float))
+    if stream_cuts is None:
+        return w
+    batch_shape = tuple(batch_shape)
+    own, _ = _stream_weights(
+        _stream_rule(stream_cuts, batch_shape), key, 0, T, None, batch_shape
+    )
+    return w.reshape((T,) + (1,) * len(batch_shape)) * own
+
+
 def train(
     cell: Cell,
     loss_fn: Callable,
@@ -568,6 +648,7 @@ def train(
     resets=None,
     reset_state=None,
     lengths=None,
+    stream_cuts=None,
 ) -> History:
     """Train online along ``xs``, one optax update per segment.
 
@@ -575,7 +656,7 @@ def train(
     calls. ``xs``/``ys`` are one long sequence ``[T, I]`` or a batch
     ``[T, B, I]`` (time-major); all batch members share the segments, so the
     update is the gradient of the batch's summed loss over each shared
-    segment (per-stream cuts: vmap a per-stream estimate instead).
+    segment; ``stream_cuts=`` adds cuts of each stream's own (below).
 
     Args:
       cell: a :class:`jbptt.cells.Cell` (built-in, Flax via
@@ -644,6 +725,20 @@ def train(
         of different lengths in separate calls, or concatenate episodes in
         one stream and mark their starts with ``resets``. Variable lengths
         belong to :func:`jbptt.value_and_grad` and :func:`jbptt.sweep.sweep`.
+      stream_cuts: ``None`` (shared cuts) or an estimator with a cut law
+        (e.g. ``estimators.artbp_matched(k)``) whose cuts are drawn for each
+        stream of the batch independently (xs ``[T, B, I]``), in addition
+        to the shared cuts of ``estimator``, which still end the segments
+        and time the updates. A link of stream b then has weight
+        ``w_t · w_t^(b)``: 0 where either law cuts, else
+        ``1/(1 − c_t) · 1/(1 − c_t^(b))``. Both factors are independent
+        with expectation 1, so the estimate stays unbiased for ARTBP laws
+        (for fixed params), and the streams' truncations are independent
+        instead of all cut together; each stream is cut by both laws, so
+        its expected backprop depth is shorter than either law's mean
+        segment (pick the two means together: e.g. shared updates every
+        ~2k steps and streams cut at k). :func:`link_weights` gives the
+        weights of a stream for offline study.
 
     Returns:
       A :class:`History`; ``History.state`` continues the run.
@@ -700,6 +795,15 @@ def train(
             raise TypeError(f"callbacks must be callables event -> bool, got {cb!r}.")
     estimator = protocol.as_estimator(estimator)
     rule = estimator.online()
+    stream_rule = None
+    if stream_cuts is not None:
+        stream_rule = _stream_rule(stream_cuts, batch_shape)
+        if rule.cuts is None:
+            raise ValueError(
+                f"stream_cuts: estimator {estimator.name} draws no shared cuts "
+                "along the stream (OnlineRule.cuts), so there are no segments "
+                "to cut further; use a truncation estimator (tbptt, artbp)."
+            )
     if state is None:
         if key is None:
             if not estimator.deterministic:
@@ -732,8 +836,20 @@ def train(
         keep = ends > starts  # a cut at the call's first step ends no pending
         starts, ends = starts[keep], ends[keep]
         lengths = ends - starts
+        stream_cut = None
+        if stream_rule is not None:  # each stream's own cuts, times the shared
+            own, stream_cut = _stream_weights(
+                stream_rule, state.key, state.step, T, state.stream_cut, batch_shape
+            )
+            w_new = w_new.reshape((T,) + (1,) * len(batch_shape)) * own.astype(dtype)
         if state.pending is not None:
             pxs, pys, pw, *pr = state.pending
+            if np.ndim(pw) != w_new.ndim:
+                raise ValueError(
+                    "stream_cuts: the pending steps of state were cut "
+                    f"{'per stream' if np.ndim(pw) > 1 else 'shared only'}; "
+                    "pass the same stream_cuts= in every call of one run."
+                )
             xs_np, ys_np = np.concatenate([pxs, xs_np]), _cat(pys, ys_np)
             w_new = np.concatenate([pw, w_new])
             pr = pr[0] if pr else None
@@ -762,7 +878,7 @@ def train(
             )
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
         w_new = np.ones(T, dtype) if w_new is None else np.asarray(w_new, dtype)
-        cut = state.cut
+        cut, stream_cut = state.cut, None
     w_all = w_new
     n_train = len(lengths) if (flush or rule.cuts is None) else len(lengths) - 1
     h_reset = None
@@ -943,7 +1059,7 @@ def train(
                 pending = (*pending, resets_np[s:])
         new_state = TrainState(
             params, opt_state, h, est_state, state.key, state.step + T,
-            state.segment + trained, cut, pending,
+            state.segment + trained, cut, pending, stream_cut,
         )  # fmt: skip
     if records:
         step_loss = np.concatenate(
