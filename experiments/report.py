@@ -37,6 +37,7 @@ RUNS = {
     "char_lm_k64": ["experiments.char_lm", "--k", "64", "--seeds", "1",
                     "--name", "char_lm_k64"],
     "sunspots": ["experiments.sunspots"],
+    "stream_cuts": ["experiments.stream_cuts"],
 }  # fmt: skip
 
 FAMILY = {
@@ -178,6 +179,26 @@ def sunspots_table(d) -> list[str]:
     return _md(["model", "test RMSE (sunspot number)"], rows, ["---", "---:"])
 
 
+def stream_cuts_table(d) -> list[str]:
+    rows = [
+        [
+            str(r["k"]),
+            r["estimator"],
+            _f(r["updates"], ".1f"),
+            _f(r["depth"], ".1f"),
+            f"{_f(r['rel_bias'], '.2g')} ± {_f(r['bias_se'], '.2g')}",
+            _f(r["rel_variance"], ".3g"),
+        ]
+        for r in d["rows"]
+    ]
+    return _md(
+        ["k", "estimator", "updates", "stream's mean segment",
+         "relative bias ± s.e.", "relative variance"],
+        rows,
+        ["---:", "---"] + ["---:"] * 4,
+    )  # fmt: skip
+
+
 # Table name -> (JSON file in experiments/figures, builder).
 TABLES = {
     "lags": ("vanishing_exploding.json", lags_table),
@@ -188,6 +209,7 @@ TABLES = {
     "char_lm_k64": ("char_lm_k64.json", char_lm_table),
     "sunspots": ("sunspots.json", sunspots_table),
     "influence_es": ("influence_balancing_es.json", influence_es_table),
+    "stream_cuts": ("stream_cuts.json", stream_cuts_table),
 }
 
 _BLOCK = re.compile(
