@@ -56,7 +56,7 @@ def _data(T, B, I, O, seed=0):
     return xs, ys
 
 
-def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3):
+def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None):
     model = jbptt.readout(CELLS[cell_name](), output_size=O)
     params = model.init(jax.random.key(0), I, H)
     xs, ys = _data(T, B, I, O)
@@ -64,8 +64,9 @@ def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3):
 
     def run():
         return jbptt.train.train(
-            model.cell, model.loss_fn, params, xs, ys, opt, est, key=key
-        )
+            model.cell, model.loss_fn, params, xs, ys, opt, est, key=key,
+            max_buckets=max_buckets,
+        )  # fmt: skip
 
     first = run()  # compiles every bucket these cuts use
     t0 = time.perf_counter()
@@ -216,6 +217,13 @@ def main(argv=None) -> dict:
         help="where PyTorch's loop runs; cuda is skipped (and said) when "
         "torch.cuda.is_available() is False",
     )
+    ap.add_argument(
+        "--max-buckets",
+        type=int,
+        default=None,
+        help="static segment lengths ARTBP may compile (train's max_buckets; "
+        "default: the estimator's 6)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -239,7 +247,9 @@ def main(argv=None) -> dict:
         for k in args.ks:
             row = {"cell": cell_name, "k": k}
             for name in ESTIMATORS:
-                row[name] = time_jbptt(cell_name, name, k, *shape)
+                row[name] = time_jbptt(
+                    cell_name, name, k, *shape, max_buckets=args.max_buckets
+                )
             row["jax_detach"] = time_jax_detach(cell_name, k, *shape)
             if use_torch:
                 row["torch_detach"] = time_torch_detach(

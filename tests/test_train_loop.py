@@ -132,6 +132,30 @@ def test_compiles_over_chunked_calls_bounded_by_the_buckets():
     assert real == 240 and real <= padded < 3 * real
 
 
+def test_more_buckets_pad_less_and_train_the_same_segments():
+    """max_buckets=16: a finer ladder of the same law, less padding, the same
+    cuts and (up to round-off) the same run."""
+    model, params, xs, ys = _setup(T=240)
+    est = estimators.artbp_matched(8, "constant")
+    fine = est.online().buckets(1, max_buckets=16)
+    assert len(est.online().buckets(1)) == 6 < len(fine) <= 16
+    assert max(fine) == max(est.online().buckets(1))  # the same top quantile
+    kw = dict(key=jax.random.key(3))
+    opt = optax.sgd(1e-2)
+    six = jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, opt, est, **kw)
+    many = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, est, max_buckets=16, **kw
+    )
+    np.testing.assert_array_equal(six.length, many.length)
+    assert set(many.buckets) <= set(fine) and many.compiles <= len(fine)
+    assert many.padded_steps < six.padded_steps
+    np.testing.assert_allclose(many.loss, six.loss, rtol=1e-9)
+    with pytest.raises(ValueError, match="max_buckets"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, est, max_buckets=0, **kw
+        )
+
+
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 def test_splitting_a_long_segment_leaves_the_gradient_unchanged(cell_name):
     """Full BPTT over 29 steps in blocks of 3 and 5 (forward through the

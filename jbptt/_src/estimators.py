@@ -155,7 +155,9 @@ class Estimator(NamedTuple):
             self._plan,
             _truncation_segment,
             cuts=lambda key, t0, T, d: stream.draw(law, key, t0, T, d),
-            buckets=lambda min_bucket: stream.buckets(law, min_bucket),
+            buckets=lambda min_bucket, max_buckets=6: stream.buckets(
+                law, min_bucket, max_buckets
+            ),
             advance=_truncation_advance,
             block=_truncation_block,
         )

@@ -166,10 +166,11 @@ class OnlineRule(NamedTuple):
         since the last cut). When given, :func:`jbptt.train.train` uses it
         instead of ``plan``, so a stream fed in chunks is cut as if fed at
         once, and the unfinished last segment of a chunk waits for the next.
-      buckets: optional ``min_bucket -> tuple[int, ...]``: the static segment
-        lengths the training step compiles, fixed by the estimator (not by
-        one draw). Segments run in the smallest bucket that holds them; a
-        longer one is split into blocks of the largest (needs ``advance`` and
+      buckets: optional ``(min_bucket, max_buckets=6) -> tuple[int, ...]``:
+        the static segment lengths the training step compiles (at most
+        ``max_buckets`` of them), fixed by the estimator (not by one draw).
+        Segments run in the smallest bucket that holds them; a longer one
+        is split into blocks of the largest (needs ``advance`` and
         ``block``). Without it, buckets are powers of two capped at the
         call's longest segment.
       advance: optional ``(cell, params, h, xs, mask) -> h_new``, traceable:
