@@ -173,6 +173,18 @@ def training_stream(train_ids, batch: int, steps: int):
     return x[idx], y[idx], steps / len(y)
 
 
+def with_forget_bias(params, cell, forget_bias: float):
+    """LSTM params with ``forget_bias`` added to the forget gate's bias
+    (gates i, f, g, o: f is the second block; Jozefowicz et al. 2015);
+    other cells' params unchanged."""
+    if not forget_bias or not cell.name.endswith("lstm()"):
+        return params
+    cell = params["cell"]
+    H = cell["bias_hh"].shape[0] // 4
+    bias = cell["bias_hh"].at[H : 2 * H].add(forget_bias)
+    return {**params, "cell": {**cell, "bias_hh": bias}}
+
+
 def run_one(setup_, est, corpus, args, key, bar=None):
     """One training run: returns the validation curve, the per-segment
     records and the params at the end."""
@@ -180,6 +192,7 @@ def run_one(setup_, est, corpus, args, key, bar=None):
     V = len(corpus.vocab)
     k_init, k_w = jax.random.split(key)
     params = model.init(k_init, args.embed or V, args.hidden)
+    params = with_forget_bias(params, model.cell, args.forget_bias)
     x, y, _ = training_stream(corpus.train, args.batch, args.steps)
     T = len(y)
     valid = held_out(corpus.valid, args.valid_chars, args.eval_batch)
@@ -299,6 +312,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="ARTBP poly-tail α (> 1)",
     )
     ap.add_argument("--hidden", type=_cli.positive_int, default=128, help="hidden size")
+    ap.add_argument(
+        "--forget-bias",
+        type=float,
+        default=0.0,
+        help="added to the LSTM forget gate's initial bias",
+    )
     ap.add_argument(
         "--embed",
         type=_cli.nonneg_int,

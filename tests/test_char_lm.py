@@ -109,3 +109,18 @@ def test_bad_flags_refused(bad, capsys):
     with pytest.raises(SystemExit):
         char_lm.parse_args(bad)
     assert "--" + bad[0].lstrip("-") in capsys.readouterr().err
+
+
+def test_forget_bias_moves_only_the_lstm_forget_gate():
+    import jax
+
+    for embed in (0, 8):
+        model = char_lm.make_model("lstm", 10, embed)
+        params = model.init(jax.random.key(0), embed or 10, 4)
+        moved = char_lm.with_forget_bias(params, model.cell, 1.0)
+        delta = np.asarray(moved["cell"]["bias_hh"] - params["cell"]["bias_hh"])
+        np.testing.assert_array_equal(delta, np.repeat([0.0, 1.0, 0.0, 0.0], 4))
+        assert char_lm.with_forget_bias(params, model.cell, 0.0) is params
+    gru = char_lm.make_model("gru", 10, 8)
+    params = gru.init(jax.random.key(0), 8, 4)
+    assert char_lm.with_forget_bias(params, gru.cell, 1.0) is params
