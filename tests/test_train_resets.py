@@ -215,6 +215,29 @@ def test_rtrl_online_with_resets_is_exact():
     assert _rel(hist.h, h_T) <= 1e-12
 
 
+@pytest.mark.parametrize("update_every", [1, 4])
+def test_forward_mode_train_with_resets_is_exact(update_every):
+    """forward_mode.train hands resets to train.train: at lr 0 the summed
+    RTRL gradient of a reset stream equals full BPTT with the same resets,
+    updating every step or every 4."""
+    model = jbptt.readout(cells.elman(), output_size=2)
+    params = model.init(jax.random.key(1), 3, 3)
+    xs, ys, resets = _stream(5)
+    xs, ys, resets = xs[:20], ys[:20], resets[:20]  # T divisible by 4
+    h0 = model.cell.initial_state(params, (B,)) + 0.2
+    h_reset = h0 - 0.5
+    hist = forward_mode.train(
+        model.cell, model.loss_fn, params, xs, ys, _accumulate(),
+        forward_mode.rtrl(), h0=h0, resets=resets, reset_state=h_reset,
+        update_every=update_every,
+    )  # fmt: skip
+    (_, h_T), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, xs, ys, resets=resets, reset_state=h_reset
+    )
+    assert _rel(ravel_pytree(hist.opt_state)[0], ravel_pytree(g)[0]) <= 1e-10
+    assert _rel(hist.state.h, h_T) <= 1e-12
+
+
 def test_token_ids_train_directly():
     """Integer token ids [T, B] train a token model as the float ids of
     model.encode do."""

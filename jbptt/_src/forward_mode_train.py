@@ -54,6 +54,8 @@ def train(
     opt_state=None,
     update_every: int = 1,
     clip: float | None = None,
+    resets=None,
+    reset_state=None,
 ) -> OnlineHistory:
     """Train online along ``xs`` with a forward-mode estimator.
 
@@ -81,6 +83,11 @@ def train(
       clip: if given, clip each update's gradient to this global norm
         (``optax.chain(optax.clip_by_global_norm(clip), optimizer)``; pass
         back the returned ``opt_state``, which is that chain's).
+      resets: ``None`` or bool ``[T, *batch]``, true where a new episode
+        starts: the state restarts from ``reset_state`` and the influence
+        is zeroed there (as in :func:`jbptt.train.train`).
+      reset_state: what a reset restarts from (default: ``h0`` when given,
+        else ``cell.initial_state``).
 
     Returns:
       An :class:`OnlineHistory`.
@@ -141,6 +148,8 @@ def train(
         est_state=None if state is None else state.influence,
         clip=clip,
         min_bucket=update_every,
+        resets=resets,
+        reset_state=reset_state,
     )
     return OnlineHistory(
         hist.params,
