@@ -314,7 +314,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hidden", type=_cli.positive_int, default=128, help="hidden size")
     ap.add_argument(
         "--forget-bias",
-        type=float,
+        type=_cli.finite_float,
         default=0.0,
         help="added to the LSTM forget gate's initial bias",
     )

@@ -161,8 +161,11 @@ def split_files(
     budget = [valid_frac * n, test_frac * n]
     filled = [0, 0]
     for i in order:
-        s = 0 if filled[0] < budget[0] else 1
-        if filled[1] >= budget[1] and s == 1:
+        if filled[0] < budget[0]:
+            s = 0
+        elif filled[1] < budget[1]:
+            s = 1
+        else:
             break
         held[s].append(int(i))
         filled[s] += len(texts[i])

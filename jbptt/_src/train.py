@@ -588,6 +588,21 @@ def _stream_weights(stream_rule, key, t0: int, T: int, carry, batch_shape):
     return np.stack(cols, axis=1).reshape((T, *batch_shape)), new
 
 
+def _draw(rule, stream_rule, key, t0: int, T: int, cut, stream_cut, batch_shape,
+          dtype):  # fmt: skip
+    """The link weights of global steps ``t0 .. t0 + T − 1``: the shared
+    ones ``[T]`` (their zeros are the segment ends), the ones the segments
+    use (the shared ones, times each stream's own ``[T, *batch]`` when
+    ``stream_rule`` is given) and both laws' new carries."""
+    shared, cut = rule.cuts(key, t0, T, cut)
+    shared = np.asarray(shared, dtype)
+    if stream_rule is None:
+        return shared, shared, cut, None
+    own, stream_cut = _stream_weights(stream_rule, key, t0, T, stream_cut, batch_shape)
+    w = shared.reshape((T,) + (1,) * len(batch_shape)) * own.astype(dtype)
+    return shared, w, cut, stream_cut
+
+
 def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
     """The link weights :func:`train` uses on the first ``T`` steps of a
     stream: ``[T]`` shared, or ``[T, *batch_shape]`` with ``stream_cuts``
@@ -607,21 +622,20 @@ def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
       ((8, 3), True)
     """
     validation.positive_int("T", T)
-    rule = protocol.as_estimator(estimator).online()
+    estimator = protocol.as_estimator(estimator)
+    rule = estimator.online()
     if rule.cuts is None:
         raise ValueError(
-            f"estimator {protocol.as_estimator(estimator).name} draws no cuts "
-            "along a stream (OnlineRule.cuts): its link weights are its sample()."
+            f"estimator {estimator.name} draws no cuts along a stream "
+            "(OnlineRule.cuts): its link weights are its sample()."
         )
-    w, _ = rule.cuts(key, 0, T, 1)
-    w = np.asarray(w, jnp.result_type(float))
-    if stream_cuts is None:
-        return w
     batch_shape = tuple(batch_shape)
-    own, _ = _stream_weights(
-        _stream_rule(stream_cuts, batch_shape), key, 0, T, None, batch_shape
-    )
-    return w.reshape((T,) + (1,) * len(batch_shape)) * own
+    stream_rule = None
+    if stream_cuts is not None:
+        stream_rule = _stream_rule(stream_cuts, batch_shape)
+    dtype = jnp.result_type(float)
+    _, w, _, _ = _draw(rule, stream_rule, key, 0, T, 1, None, batch_shape, dtype)
+    return w
 
 
 def train(
@@ -835,21 +849,17 @@ def train(
     P = 0 if state.pending is None else int(state.pending[0].shape[0])
     base = state.step - P  # global index of the first step below
     if rule.cuts is not None:
-        w_new, cut = rule.cuts(state.key, state.step, T, state.cut)
-        w_new = np.asarray(w_new, dtype)
+        shared, w_new, cut, stream_cut = _draw(
+            rule, stream_rule, state.key, state.step, T, state.cut,
+            state.stream_cut, batch_shape, dtype,
+        )  # fmt: skip
         g_idx = state.step + np.arange(T)
-        cuts = P + np.flatnonzero((w_new == 0) & (g_idx > 0))
+        cuts = P + np.flatnonzero((shared == 0) & (g_idx > 0))
         ends = np.concatenate([cuts, [P + T]])
         starts = np.concatenate([[0], cuts])
         keep = ends > starts  # a cut at the call's first step ends no pending
         starts, ends = starts[keep], ends[keep]
         lengths = ends - starts
-        stream_cut = None
-        if stream_rule is not None:  # each stream's own cuts, times the shared
-            own, stream_cut = _stream_weights(
-                stream_rule, state.key, state.step, T, state.stream_cut, batch_shape
-            )
-            w_new = w_new.reshape((T,) + (1,) * len(batch_shape)) * own.astype(dtype)
         if state.pending is not None:
             pxs, pys, pw, *pr = state.pending
             if np.ndim(pw) != w_new.ndim:
