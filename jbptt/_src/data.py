@@ -153,6 +153,15 @@ def split_files(
 
     Each split then samples the whole collection, where a contiguous split of
     files sorted by name holds out whichever few files sort last.
+
+    Examples:
+      >>> from jbptt import data
+      >>> files = [c * 10 for c in "abcdefghij"]  # ten files of 10 characters
+      >>> train, valid, test = data.split_files(files, 0.1, 0.1)
+      >>> len(train), len(valid), len(test)  # one whole file each held out
+      (80, 10, 10)
+      >>> train == "".join(f for f in files if f not in (valid, test))
+      True
     """
     _check_fractions(valid_frac, test_frac)
     n = sum(len(t) for t in texts)
