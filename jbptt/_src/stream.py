@@ -38,23 +38,29 @@ class CutLaw(NamedTuple):
     """The law of the cuts along a stream.
 
     Attributes:
-      prob: ``key -> c``, where ``c(t, d)`` is the probability (a float in
-        [0, 1]) of a cut before global step ``t ≥ 1`` when the last cut was
-        ``d`` steps earlier (the stream start counts as a cut at t = 0).
+      prob: ``key -> c``, where ``c(t, d)`` is the probability (in [0, 1]) of a
+        cut before global step ``t ≥ 1`` when the last cut was ``d`` steps
+        earlier (the stream start counts as a cut at t = 0); without
+        ``memory``, ``t`` is an integer array and ``c`` a float array of its
+        shape.
       survival: ``n -> P(L > d)`` for ``d = 0..n`` (array ``[n + 1]``), the
         law of a segment's length L; ``None`` when segments never end
         (full BPTT).
       random: whether cuts depend on the key's draws.
+      memory: whether ``c`` depends on ``d`` (a renewal law, e.g. ARTBP's
+        ``c(d)``): its cuts are drawn one step at a time (``c`` then gets
+        integer scalars); without it, all steps' cuts at once.
     """
 
-    prob: Callable[[jax.Array], Callable[[int, int], float]]
+    prob: Callable[[jax.Array], Callable[[np.ndarray, np.ndarray], np.ndarray]]
     survival: Callable[[int], np.ndarray] | None
     random: bool
+    memory: bool = False
 
 
 def never() -> CutLaw:
     """No cuts (full BPTT): the whole stream is one segment."""
-    return CutLaw(lambda key: lambda t, d: 0.0, None, False)
+    return CutLaw(lambda key: lambda t, d: np.zeros(np.shape(t)), None, False)
 
 
 def periodic(k: int, random_offset: bool = False) -> CutLaw:
@@ -64,7 +70,7 @@ def periodic(k: int, random_offset: bool = False) -> CutLaw:
 
     def prob(key):
         off = int(jax.random.randint(key, (), 0, k)) if random_offset else 0
-        return lambda t, d: 1.0 if (t - off) % k == 0 else 0.0
+        return lambda t, d: np.where((t - off) % k == 0, 1.0, 0.0)
 
     def survival(n):
         return (np.arange(n + 1) < k).astype(float)
@@ -81,7 +87,7 @@ def constant(c: float) -> CutLaw:
     """ARTBP with one cut probability ``c`` at every step (geometric lengths)."""
     c = float(c)
     return CutLaw(
-        lambda key: lambda t, d: c,
+        lambda key: lambda t, d: np.full(np.shape(t), c),
         lambda n: _survival_from_table(np.full(n, c)),
         True,
     )
@@ -93,12 +99,13 @@ def positional(c) -> CutLaw:
     c = np.asarray(c, float)
 
     def at(t, d):
-        if t >= c.shape[0]:
+        if np.size(t) and np.max(t) >= c.shape[0]:
             raise ValueError(
                 f"c has cut probabilities for {c.shape[0]} steps; the stream "
-                f"reached step {t}. Use a float or a schedule for long streams."
+                f"reached step {max(np.min(t), c.shape[0])}. Use a float or a "
+                "schedule for long streams."
             )
-        return float(c[t])
+        return c[t]
 
     def survival(n):
         table = np.concatenate([c[1:], np.full(max(0, n + 1 - c.shape[0]), 0.0)])
@@ -118,7 +125,7 @@ def schedule(fn: Callable) -> CutLaw:
     def prob(key):
         size = [256]
 
-        def c(t, d):
+        def c(t, d):  # a law with memory: called with one step's ints
             while d > size[0]:
                 size[0] *= 2
             return float(table(size[0])[d - 1])
@@ -131,12 +138,32 @@ def schedule(fn: Callable) -> CutLaw:
             size *= 2
         return _survival_from_table(table(size)[:n])
 
-    return CutLaw(prob, survival, True)
+    return CutLaw(prob, survival, True, memory=True)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _uniforms(key, dtype):
     return jax.random.uniform(key, (_BLOCK,), dtype)
+
+
+def _uniforms_at(key, t0: int, T: int) -> np.ndarray:
+    """``u_t`` for ``t = t0 .. t0 + T − 1``: entry ``t mod 4096`` of the
+    uniforms of ``fold_in(key, t // 4096)``."""
+    dtype = jnp.result_type(float)
+    first, last = t0 // _BLOCK, (t0 + T - 1) // _BLOCK
+    u = np.concatenate(
+        [np.asarray(_uniforms(jax.random.fold_in(key, j), dtype))
+         for j in range(first, last + 1)]
+    )  # fmt: skip
+    return u[t0 - first * _BLOCK : t0 - first * _BLOCK + T]
+
+
+def _cut(c: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+    """Cut where ``c ≥ 1``, never where ``c ≤ 0``, else where ``u < c`` (``c``
+    compared in ``u``'s float width, as a scalar ``u_t < c`` would be)."""
+    if u is None:
+        return c >= 1.0
+    return (c >= 1.0) | ((c > 0.0) & (u < c.astype(u.dtype)))
 
 
 def draw(law: CutLaw, key, t0: int, T: int, d: int):
@@ -162,28 +189,32 @@ def draw(law: CutLaw, key, t0: int, T: int, d: int):
       ([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0], 1)
     """
     c_of = law.prob(key)
-    dtype = jnp.result_type(float)
-    blocks: dict[int, np.ndarray] = {}
-    w = np.ones(T)
-    for i in range(T):
-        t = t0 + i
-        if t == 0:
-            d = 1
-            continue
-        c = c_of(t, d)
-        if c >= 1.0:
-            cut = True
-        elif c <= 0.0:
-            cut = False
+    w = np.ones(T)  # link weights, float64 (1 / (1 − c))
+    i = 0
+    if t0 == 0 and T:  # the link into the initial state: never cut
+        d, i = 1, 1
+    if i == T:
+        return w, d
+    t = np.arange(t0 + i, t0 + T)
+    u = _uniforms_at(key, t0 + i, T - i) if law.random else None
+    if law.memory:
+        return _draw_renewal(c_of, t, u, w, i, d)
+    c = np.broadcast_to(np.asarray(c_of(t, np.zeros_like(t)), float), t.shape)
+    cut = _cut(c, u)
+    w[i:] = np.where(cut, 0.0, 1.0 / (1.0 - np.where(cut, 0.0, c)))
+    last = np.flatnonzero(cut)
+    return w, (len(t) - int(last[-1]) if len(last) else d + len(t))
+
+
+def _draw_renewal(c_of, t, u, w, i, d):
+    """``draw`` for a law with memory, one step at a time (the cut before a
+    step sets the ``d`` of the next); ``w[i:]`` gets the weights of ``t``."""
+    for j, tj in enumerate(t.tolist()):
+        c = float(c_of(tj, d))
+        if c >= 1.0 or (c > 0.0 and u is not None and u[j] < c):
+            w[i + j], d = 0.0, 1
         else:
-            j = t // _BLOCK
-            if j not in blocks:
-                blocks[j] = np.asarray(_uniforms(jax.random.fold_in(key, j), dtype))
-            cut = bool(blocks[j][t % _BLOCK] < c)
-        if cut:
-            w[i], d = 0.0, 1
-        else:
-            w[i], d = 1.0 / (1.0 - c), d + 1
+            w[i + j], d = 1.0 / (1.0 - c), d + 1
     return w, d
 
 
