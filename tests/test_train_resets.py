@@ -196,6 +196,53 @@ def test_chunked_stream_with_resets_is_one_call():
     assert _rel(b.h, one.h) <= 1e-12
 
 
+def test_make_step_with_resets_is_train():
+    """train.make_step driven by hand over TBPTT(5)'s segments, the last one
+    padded, with the resets: the same params and state as train(resets=)."""
+    model = jbptt.readout(cells.lstm(), output_size=2)
+    params = model.init(jax.random.key(1), 3, 4)
+    xs, ys, resets = _stream(2)
+    h0 = tree_map(lambda a: a + 0.1, model.cell.initial_state(params, (B,)))
+    opt, k = optax.adam(0.05), 5
+    one = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(k),
+        h0=h0, resets=resets, reset_state=h0,
+    )  # fmt: skip
+    step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
+    pad = (-T) % k  # the caller pads to whole buckets; padded steps are masked
+
+    def padded(a):
+        return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+
+    xs_p, ys_p, r_p = padded(xs), padded(ys), padded(resets)
+    w = jnp.asarray(jbptt.truncation.tbptt(T + pad, k), xs.dtype)
+    p, s, h = params, opt.init(params), h0
+    for start in range(0, T, k):
+        n = min(k, T - start)
+        p, s, h, loss, _, finite = step(
+            p, s, h, xs_p, ys_p, w, start, n, k, resets=r_p, reset_state=h0
+        )
+        assert bool(jnp.isfinite(loss)) and bool(jbptt.checks.all_finite(finite))
+    assert _rel(ravel_pytree(p)[0], ravel_pytree(one.params)[0]) <= 1e-12
+    assert _rel(ravel_pytree(h)[0], ravel_pytree(one.h)[0]) <= 1e-12
+
+
+def test_make_step_does_not_apply_a_nonfinite_update():
+    model = jbptt.readout(cells.elman(), output_size=2)
+    params = model.init(jax.random.key(1), 3, 4)
+    xs, ys, _ = _stream()
+    opt = optax.sgd(float("nan"))
+    step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
+    h = model.cell.initial_state(params, (B,))
+    w = jnp.ones(T, xs.dtype)
+    p, _, h_new, _, _, finite = step(params, opt.init(params), h, xs, ys, w, 0, 8, 8)
+    # a NaN learning rate: finite gradients, non-finite params, not applied
+    assert bool(jbptt.checks.all_finite(finite["grads"]))
+    assert not any(map(bool, jax.tree_util.tree_leaves(finite["params"])))
+    assert _rel(ravel_pytree(p)[0], ravel_pytree(params)[0]) == 0.0
+    assert bool(jnp.all(h_new == h))
+
+
 def test_rtrl_online_with_resets_is_exact():
     """RTRL trains online one step at a time; at lr 0 the summed gradient of
     a reset stream equals full BPTT with the same resets."""

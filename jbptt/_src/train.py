@@ -182,56 +182,6 @@ def _transform(optimizer, clip, clip_mode) -> optax.GradientTransformation:
 _STEP_STATIC = ("cell", "loss_fn", "optimizer", "clip", "clip_mode", "segment")
 
 
-@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "bucket", "guard"))
-def _update(
-    params,
-    opt_state,
-    h,
-    est_state,
-    xs,
-    ys,
-    w,
-    start,
-    n,
-    key,
-    *,
-    cell,
-    loss_fn,
-    optimizer,
-    clip,
-    clip_mode,
-    segment,
-    bucket,
-    guard,
-):
-    """One segment ``[start, start + n)`` run in a static ``bucket``, then one
-    optimizer update. Module-level ``jit`` keyed on the static pieces (cell,
-    loss, optimizer, the estimator's segment function, bucket): every call
-    of :func:`train` with the same pieces reuses its compilations."""
-
-    def cut(a):
-        return jax.lax.dynamic_slice_in_dim(a, start, bucket, axis=0)
-
-    mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
-    xs_s, ys_s, w_s = cut(xs), tree_map(cut, ys), cut(w)
-    losses, g, h_new, est_new = segment(
-        cell, loss_fn, params, h, est_state, xs_s, ys_s, w_s, mask, key
-    )
-    tx = _transform(optimizer, clip, clip_mode)
-    updates, new_opt_state = tx.update(g, opt_state, params)
-    new = (optax.apply_updates(params, updates), new_opt_state, h_new, est_new)
-    total, norm = jnp.sum(losses), optax.tree.norm(g)
-    if not guard:
-        return *new, losses, total / n, norm
-    # Value-level guard (no Python `if` on tracers): a non-finite segment
-    # leaves everything as it was; the caller reports it from the flags.
-    finite = checks.finite_flags(loss=total, grads=g, state=h_new, params=new[0])
-    kept = checks.select_if(
-        checks.all_finite(finite), new, (params, opt_state, h, est_state)
-    )
-    return *kept, losses, total / n, norm, finite
-
-
 def make_step(
     cell: Cell,
     loss_fn: Callable,
@@ -241,15 +191,20 @@ def make_step(
 ):
     """The jitted online update on one segment of a link-weight estimator.
 
-    Returns ``step(params, opt_state, h, xs, ys, w, start, n, bucket) ->
-    (params, opt_state, h, mean_loss, grad_norm)``: the segment is
-    ``xs[start : start + bucket]`` (``xs``, ``ys``, ``w`` padded by the
-    caller), of which the first ``n`` steps are real. ``bucket`` is static;
-    ``start`` and ``n`` are traced, so any segment of a bucket reuses one
-    compilation. With ``guard=True`` it also returns ``finite``, the
-    :func:`jbptt.checks.finite_flags` of the loss, the gradients and the new
-    state, and if any is not finite the update is not applied (params,
-    optimizer state and state stay as they were). :func:`train` drives the
+    Returns ``step(params, opt_state, h, xs, ys, w, start, n, bucket,
+    resets=None, reset_state=None) -> (params, opt_state, h, mean_loss,
+    grad_norm)``: the segment is ``xs[start : start + bucket]`` (``xs``,
+    ``ys``, ``w`` and ``resets`` padded by the caller), of which the first
+    ``n`` steps are real. ``bucket`` is static; ``start`` and ``n`` are
+    traced, so any segment of a bucket reuses one compilation (the one
+    :func:`train` uses for that bucket). ``resets`` (bool ``[T, *batch]``)
+    marks episode starts, where the state is replaced by ``reset_state``
+    (default: the cell's initial state) and no gradient flows back.
+
+    An update whose loss, gradients, new state or new params are not finite
+    is not applied (params, optimizer state and state stay as they were);
+    with ``guard=True`` the step also returns ``finite``, the
+    :func:`jbptt.checks.finite_flags` saying which. :func:`train` drives the
     same update; use this directly to interleave segments with other work.
 
     Examples:
@@ -274,15 +229,29 @@ def make_step(
         clip=None,
         clip_mode="global_norm",
         segment=_truncation_segment,
-        guard=guard,
+        advance=None,
+        block=None,
     )
 
-    def step(params, opt_state, h, xs, ys, w, start, n, bucket):
-        out = _update(
-            params, opt_state, h, (), xs, ys, w, start, n, None, bucket=bucket, **static
-        )
-        params, opt_state, h, _, _, mean, norm = out[:7]
-        return (params, opt_state, h, mean, norm, *out[7:])
+    def step(params, opt_state, h, xs, ys, w, start, n, bucket, resets=None,
+             reset_state=None):  # fmt: skip
+        def cut(a):
+            return jax.lax.dynamic_slice_in_dim(jnp.asarray(a), start, bucket, axis=0)
+
+        h_reset = None
+        if resets is not None:
+            resets = cut(resets)
+            h_reset = reset_state
+            if h_reset is None:
+                h_reset = cell.initial_state(params, jnp.shape(resets)[1:])
+        out = _segment_step(
+            params, opt_state, h, (), None, None, cut(xs), tree_map(cut, ys),
+            cut(w), n, None, _UPDATE, resets, h_reset, **static,
+        )  # fmt: skip
+        params, opt_state, h = out[:3]
+        total, norm, finite = out[7:10]
+        mean = total / n
+        return (params, opt_state, h, mean, norm) + ((finite,) if guard else ())
 
     return step
 
