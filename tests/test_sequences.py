@@ -161,6 +161,28 @@ def test_sweep_gradient_fn_and_grads_for_weights_take_lengths_and_resets():
         assert tree_allclose(jax.tree_util.tree_map(lambda a, k=k: a[k], g), ref, 1e-10)
 
 
+def test_problem_keeps_lengths_and_resets_through_pytree_maps():
+    model, params, h0, xs, ys = problem(CELLS["elman_tanh"](), T=T, batch=(B,))
+    prob = sweep.Problem(
+        model.cell, model.loss_fn, params, h0, xs, ys,
+        lengths=jnp.asarray(LENGTHS), resets=jnp.asarray(RESETS),
+    )  # fmt: skip
+
+    def twice(a):  # numbers doubled; functions and bools kept
+        return a * 2 if getattr(a, "dtype", None) not in (None, bool) else a
+
+    doubled = jax.tree_util.tree_map(twice, prob)
+    assert isinstance(doubled, sweep.Problem)
+    np.testing.assert_array_equal(doubled.lengths, 2 * LENGTHS)
+    np.testing.assert_array_equal(doubled.resets, RESETS)
+    assert doubled.cell == model.cell
+    paths = [jax.tree_util.keystr(k) for k, _ in
+             jax.tree_util.tree_flatten_with_path(prob)[0]]  # fmt: skip
+    assert paths[-2:] == [".lengths", ".resets"]
+    bare = jax.tree_util.tree_map(lambda a: a, prob._replace(resets=None))
+    assert bare.resets is None and bare.lengths is not None
+
+
 def test_traced_lengths_under_jit_and_vmap():
     model, params, h0, xs, ys = problem(CELLS["elman_tanh"](), T=T, batch=(B,))
     vg = jbptt.value_and_grad(model.cell, model.loss_fn)

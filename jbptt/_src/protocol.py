@@ -113,6 +113,26 @@ class Problem(_Fields):
         return super().__repr__()[:-1] + extra + ")"
 
 
+_EXTRA = ("lengths", "resets")
+
+
+def _problem_children(p: Problem):
+    keys = (*Problem._fields, *_EXTRA)
+    values = (*p, p.lengths, p.resets)
+    pairs = zip(keys, values, strict=True)
+    return tuple((jax.tree_util.GetAttrKey(k), v) for k, v in pairs), None
+
+
+# A pytree of its six fields and ``lengths``/``resets`` (a plain NamedTuple
+# node would rebuild it from the six alone, dropping them in tree_map).
+jax.tree_util.register_pytree_with_keys(
+    Problem,
+    _problem_children,
+    lambda _, children: Problem(*children),
+    lambda p: ((*p, p.lengths, p.resets), None),
+)
+
+
 class Cost(NamedTuple):
     """What one gradient estimate costs, in units every estimator shares.
 
