@@ -100,11 +100,14 @@ def make_eval(model, V, s, embed):
     return bpc
 
 
-def make_model(cell_name: str, V: int, embed: int):
-    """Embedding (``embed`` > 0) or one-hot inputs → cell → linear softmax."""
+def make_model(cell_name: str, V: int, embed: int, forget_bias: float = 0.0):
+    """Embedding (``embed`` > 0) or one-hot inputs → cell → linear softmax;
+    ``forget_bias`` is added to an LSTM's initial forget-gate bias (other
+    cells have none)."""
+    cell = cells.lstm(forget_bias) if cell_name == "lstm" else CELLS[cell_name]()
     if embed:
-        return jbptt.readout(CELLS[cell_name](), V, "xent", vocab_size=V)
-    return jbptt.readout(CELLS[cell_name](), output_size=V, loss="xent")
+        return jbptt.readout(cell, V, "xent", vocab_size=V)
+    return jbptt.readout(cell, output_size=V, loss="xent")
 
 
 def inputs(ids, V: int, embed: int):
@@ -142,7 +145,7 @@ def label(cfg: Config, est_name: str, alpha: float) -> str:
 def setup(cfg: Config, V: int, T: int, args):
     """Model, per-step loss and optimizer of one configuration (shared by its
     runs, so they share the compiled update)."""
-    model = make_model(cfg.cell, V, args.embed)
+    model = make_model(cfg.cell, V, args.embed, args.forget_bias)
 
     def loss_fn(p, out, yt):
         # mean per-step loss over a segment of nominal length k: the same
@@ -173,18 +176,6 @@ def training_stream(train_ids, batch: int, steps: int):
     return x[idx], y[idx], steps / len(y)
 
 
-def with_forget_bias(params, cell, forget_bias: float):
-    """LSTM params with ``forget_bias`` added to the forget gate's bias
-    (gates i, f, g, o: f is the second block; Jozefowicz et al. 2015);
-    other cells' params unchanged."""
-    if not forget_bias or not cell.name.endswith("lstm()"):
-        return params
-    cell = params["cell"]
-    H = cell["bias_hh"].shape[0] // 4
-    bias = cell["bias_hh"].at[H : 2 * H].add(forget_bias)
-    return {**params, "cell": {**cell, "bias_hh": bias}}
-
-
 def run_one(setup_, est, corpus, args, key, bar=None):
     """One training run: returns the validation curve, the per-segment
     records and the params at the end."""
@@ -192,7 +183,6 @@ def run_one(setup_, est, corpus, args, key, bar=None):
     V = len(corpus.vocab)
     k_init, k_w = jax.random.split(key)
     params = model.init(k_init, args.embed or V, args.hidden)
-    params = with_forget_bias(params, model.cell, args.forget_bias)
     x, y, _ = training_stream(corpus.train, args.batch, args.steps)
     T = len(y)
     valid = held_out(corpus.valid, args.valid_chars, args.eval_batch)
@@ -330,7 +320,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--steps",
         type=_cli.positive_int,
-        default=300_000,
+        default=600_000,
         help="time steps per stream (a stream starts over at its end: epochs)",
     )
     ap.add_argument(
@@ -365,6 +355,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="time steps between validations",
     )
     ap.add_argument("--seed", type=_cli.nonneg_int, default=0, help="first PRNG seed")
+    ap.add_argument(
+        "--jobs",
+        type=_cli.positive_int,
+        default=1,
+        help="runs trained at once, in worker processes (the results do not "
+        "depend on it; each run's wall-clock does, as they share the machine)",
+    )
     ap.add_argument(
         "--seeds",
         type=_cli.positive_int,
@@ -446,20 +443,22 @@ def main(argv=None):
     )
     seeds = list(range(args.seed, args.seed + args.seeds))
     cfgs = configs(args)
+    jobs = [
+        (cfg, est_name, seed)
+        for cfg in cfgs
+        for est_name in ("tbptt", "artbp")
+        for seed in seeds
+    ]
     rows, summary = [], []
     t0 = time.perf_counter()
-    total = len(cfgs) * 2 * len(seeds) * args.steps
-    bar = None if args.quick else _progress(total)
+    bar = None if args.quick else _progress(len(jobs) * args.steps)
+    results = iter(_run_all(jobs, corpus, args, bar))
     for cfg in cfgs:
-        setup_ = setup(cfg, V, args.steps, args)
-        for est_name, est in estimators_for(cfg.k, args.alpha).items():
+        for est_name in ("tbptt", "artbp"):
             name = label(cfg, est_name, args.alpha)
             runs = []
             for seed in seeds:
-                curve, recs, params = run_one(
-                    setup_, est, corpus, args, jax.random.key(seed), bar
-                )
-                tb = test_bpc(setup_[0], V, corpus, params, args)
+                curve, recs, tb = next(results)
                 runs.append(
                     {
                         "curve": curve,
@@ -484,12 +483,6 @@ def main(argv=None):
                             "valid_bpc": c["bpc"],
                         }
                     )
-                _log(
-                    bar,
-                    f"{name:26s} seed {seed}: valid bpc "
-                    f"{curve[0]['bpc']:.3f} -> {curve[-1]['bpc']:.3f}, test "
-                    f"{tb:.3f} ({len(recs)} updates, {recs[-1].seconds:.1f} s)",
-                )
             summary.append(summarize(name, cfg, est_name, runs))
     if bar is not None:
         bar.close()
@@ -546,6 +539,114 @@ def main(argv=None):
             }
         ],
     )
+
+
+# ------------------------------------------------- runs, here or in workers ---
+
+_SETUPS: dict = {}
+
+
+def run_job(cfg: Config, est_name: str, seed: int, corpus, args, bar=None):
+    """One (configuration, estimator, seed) run: its validation curve, its
+    per-segment records (losses as floats) and its test bpc. Runs of one
+    configuration share its setup, hence its compiled update."""
+    V = len(corpus.vocab)
+    if cfg not in _SETUPS:
+        _SETUPS[cfg] = setup(cfg, V, args.steps, args)
+    setup_ = _SETUPS[cfg]
+    est = estimators_for(cfg.k, args.alpha)[est_name]
+    curve, recs, params = run_one(setup_, est, corpus, args, jax.random.key(seed), bar)
+    tb = test_bpc(setup_[0], V, corpus, params, args)
+    _log(
+        bar,
+        f"{label(cfg, est_name, args.alpha):26s} seed {seed}: valid bpc "
+        f"{curve[0]['bpc']:.3f} -> {curve[-1]['bpc']:.3f}, test {tb:.3f} "
+        f"({len(recs)} updates, {recs[-1].seconds:.1f} s)",
+    )
+    return curve, [r._replace(loss=float(r.loss)) for r in recs], tb
+
+
+def _run_all(jobs, corpus, args, bar):
+    """The results of ``run_job`` for every job, in order: here one after
+    the other (``--jobs 1``), or in ``--jobs`` worker processes (each run is
+    the same program on the same data: the same result, bitwise, wherever
+    it runs; only its wall-clock shares the machine)."""
+    if args.jobs == 1:
+        return [run_job(*job, corpus, args, bar) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")  # a fresh JAX per worker (no fork of threads)
+    with (
+        ctx.Manager() as manager,
+        ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool,
+    ):
+        ticks = manager.Queue()
+        x64 = bool(jax.config.jax_enable_x64)
+        futures = [
+            pool.submit(_worker, job, args, x64, ticks if bar else None) for job in jobs
+        ]
+        while not all(f.done() for f in futures):
+            _drain(ticks, bar, timeout=1.0)
+        _drain(ticks, bar, timeout=0.0)
+        return [f.result() for f in futures]
+
+
+_CORPUS: dict = {}
+
+
+def _worker(job, args, x64: bool, ticks):
+    """``run_job`` in a worker process: the parent's float width, the corpus
+    loaded once per worker, progress sent back through ``ticks``."""
+    jax.config.update("jax_enable_x64", x64)
+    key = (args.corpus, args.max_chars, args.split)
+    if key not in _CORPUS:
+        _CORPUS[key] = data.load_corpus(
+            args.corpus, max_chars=args.max_chars, split=args.split
+        )
+    bar = None if ticks is None else _Ticks(ticks)
+    out = run_job(*job, _CORPUS[key], args, bar)
+    if bar is not None:
+        bar.flush()
+    return out
+
+
+class _Ticks:
+    """A progress bar's ``update``/``write`` sent to the parent's bar, at most
+    about once a second."""
+
+    def __init__(self, queue):
+        self.queue, self.steps, self.last = queue, 0, time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.steps += n
+        if time.perf_counter() - self.last > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.steps:
+            self.queue.put(self.steps)
+        self.steps, self.last = 0, time.perf_counter()
+
+    def write(self, line: str) -> None:
+        self.flush()
+        self.queue.put(line)
+
+
+def _drain(queue, bar, timeout: float) -> None:
+    """Hands the workers' progress and log lines to ``bar``."""
+    import queue as queue_
+
+    if bar is None:
+        time.sleep(timeout)
+        return
+    try:
+        item = queue.get(timeout=timeout) if timeout else queue.get_nowait()
+        while True:
+            bar.write(item) if isinstance(item, str) else bar.update(item)
+            item = queue.get_nowait()
+    except queue_.Empty:
+        pass
 
 
 def _progress(total):

@@ -45,10 +45,9 @@ FAMILIES = {
     "elman_identity": lambda: cells.elman("identity"),
     "elman_relu": lambda: cells.elman("relu"),
     "lstm": cells.lstm,
-    "lstm_fbias2": cells.lstm,  # forget-gate bias +2 (Gers et al. 2000)
+    "lstm_fbias2": lambda: cells.lstm(forget_bias=2.0),  # Gers et al. 2000
     "gru": cells.gru,
 }
-FORGET_BIAS = {"lstm_fbias2": 2.0}
 
 
 def config(quick: bool) -> dict:
@@ -113,7 +112,7 @@ def rescale_recurrent(family: str, params, radius: float, key):
     """Gaussian recurrent weights rescaled to spectral radius ``radius``.
 
     Elman: W; LSTM/GRU: each gate's H×H block of ``weight_hh`` on its own
-    (and, for ``lstm_fbias2``, the forget-gate bias raised by 2).
+    (biases kept: ``lstm_fbias2``'s forget-gate bias is raised by 2 at init).
     """
     if family.startswith("elman"):
         H = params["W"].shape[0]
@@ -122,11 +121,7 @@ def rescale_recurrent(family: str, params, radius: float, key):
     gh, H = params["weight_hh"].shape
     blocks = jax.random.normal(key, (gh // H, H, H), params["weight_hh"].dtype)
     W = jnp.concatenate([set_radius(b, radius) for b in blocks])
-    params = {**params, "weight_hh": W}
-    if family in FORGET_BIAS:  # gates i, f, g, o: f is the second block
-        fb = params["bias_hh"].at[H : 2 * H].add(FORGET_BIAS[family])
-        params = {**params, "bias_hh": fb}
-    return params
+    return {**params, "weight_hh": W}
 
 
 # -------------------------------------------------------- lag profiles ---

@@ -59,3 +59,21 @@ def test_default_init_matches_torch_range():
     for a in jax.tree_util.tree_leaves(params):
         assert float(jnp.max(jnp.abs(a))) <= bound
     assert params["weight_ih"].shape == (64, 3)
+
+
+def test_lstm_forget_bias_moves_only_the_forget_gate_at_init():
+    base = cells.lstm().init(jax.random.key(0), 3, 4)
+    cell = cells.lstm(forget_bias=1.5)
+    moved = cell.init(jax.random.key(0), 3, 4)
+    delta = np.asarray(moved["bias_hh"] - base["bias_hh"])
+    np.testing.assert_array_equal(delta, np.repeat([0.0, 1.5, 0.0, 0.0], 4))
+    for name in ("weight_ih", "weight_hh", "bias_ih"):
+        np.testing.assert_array_equal(moved[name], base[name])
+    assert cell.name == "lstm(forget_bias=1.5)" and cells.lstm(0.0).name == "lstm()"
+    # the equations are the same: from the same params, the same step
+    h0 = cell.initial_state(moved, (2,))
+    x = jnp.ones((2, 3))
+    out = cell.step(moved, h0, x)[1]
+    assert rel_err(out, cells.lstm().step(moved, h0, x)[1]) == 0.0
+    with pytest.raises(ValueError, match="forget_bias"):
+        cells.lstm(float("nan"))

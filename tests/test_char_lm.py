@@ -56,16 +56,20 @@ def test_quick_run():
 
 def test_chunked_training_is_one_run(tmp_path, monkeypatch):
     # the stream is fed to train.train in chunks carrying the state: the
-    # curve (times aside) does not depend on the chunk size
+    # curve (times aside) does not depend on the chunk size, nor on whether
+    # the runs train one after the other or in worker processes (--jobs)
     argv = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "40"]
     argv += ["--max-chars", "20000", "--out", str(tmp_path)]
     whole = char_lm.main(argv)
+    # --jobs 2: the two runs in worker processes (default CHUNK there)
+    parallel = char_lm.main([*argv, "--jobs", "2"])
     monkeypatch.setattr(char_lm, "CHUNK", 50)
     chunked = char_lm.main(argv)
-    for a, b in zip(whole["summary"], chunked["summary"], strict=True):
-        assert a["updates_per_seed"] == b["updates_per_seed"]
-        assert a["final_valid_bpc"] == b["final_valid_bpc"]
-        assert a["test_bpc"] == b["test_bpc"]
+    for other in (chunked, parallel):
+        for a, b in zip(whole["summary"], other["summary"], strict=True):
+            assert a["updates_per_seed"] == b["updates_per_seed"]
+            assert a["final_valid_bpc"] == b["final_valid_bpc"]
+            assert a["test_bpc"] == b["test_bpc"]
 
 
 def test_training_stream_wraps_into_epochs():
@@ -114,13 +118,15 @@ def test_bad_flags_refused(bad, capsys):
 def test_forget_bias_moves_only_the_lstm_forget_gate():
     import jax
 
+    key = jax.random.key(0)
     for embed in (0, 8):
-        model = char_lm.make_model("lstm", 10, embed)
-        params = model.init(jax.random.key(0), embed or 10, 4)
-        moved = char_lm.with_forget_bias(params, model.cell, 1.0)
+        params = char_lm.make_model("lstm", 10, embed).init(key, embed or 10, 4)
+        moved = char_lm.make_model("lstm", 10, embed, 1.0).init(key, embed or 10, 4)
         delta = np.asarray(moved["cell"]["bias_hh"] - params["cell"]["bias_hh"])
         np.testing.assert_array_equal(delta, np.repeat([0.0, 1.0, 0.0, 0.0], 4))
-        assert char_lm.with_forget_bias(params, model.cell, 0.0) is params
-    gru = char_lm.make_model("gru", 10, 8)
-    params = gru.init(jax.random.key(0), 8, 4)
-    assert char_lm.with_forget_bias(params, gru.cell, 1.0) is params
+        for name in ("weight_ih", "weight_hh", "bias_ih"):
+            np.testing.assert_array_equal(moved["cell"][name], params["cell"][name])
+    gru = char_lm.make_model("gru", 10, 8).init(key, 8, 4)
+    gru_fb = char_lm.make_model("gru", 10, 8, 1.0).init(key, 8, 4)
+    for a, b in zip(*map(jax.tree_util.tree_leaves, (gru, gru_fb)), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src import _init
+from jbptt._src import _init, validation
 from jbptt._src.cell import Cell, ReverseRules
 
 sigmoid = jax.nn.sigmoid
@@ -44,7 +44,7 @@ def _hidden_size(params):
     return params["weight_hh"].shape[1]
 
 
-def lstm() -> Cell:
+def lstm(forget_bias: float = 0.0) -> Cell:
     """LSTM cell (PyTorch equations, gates i, f, g, o); state ``(c, h)``.
 
     .. math::
@@ -55,6 +55,11 @@ def lstm() -> Cell:
 
     The state is the tuple ``(c, h)`` (cell first, as in ``flax.linen``).
 
+    Args:
+      forget_bias: added to the forget gate's ``bias_hh`` at ``init`` (Gers
+        et al. 2000; Jozefowicz et al. 2015 use 1): a larger initial ``f``
+        keeps ``c`` longer. The equations do not change.
+
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jbptt import cells
@@ -64,22 +69,30 @@ def lstm() -> Cell:
       >>> (c1, h1), out = cell.step(params, (c0, h0), jnp.ones((2, 3)))
       >>> out.shape
       (2, 4)
+      >>> p1 = cells.lstm(forget_bias=1.0).init(jax.random.key(0), 3, 4)
+      >>> (p1["bias_hh"] - params["bias_hh"]).reshape(4, 4)[:, 0].tolist()
+      [0.0, 1.0, 0.0, 0.0]
     """
-
-    _input_size = _checker("lstm()")
+    forget_bias = validation.real("forget_bias", forget_bias)
+    name = "lstm()" if not forget_bias else f"lstm(forget_bias={forget_bias:g})"
+    _input_size = _checker(name)
 
     def init(key, input_size, hidden_size, *, dtype=None):
-        return _gated_params(key, input_size, hidden_size, 4, dtype)
+        p = _gated_params(key, input_size, hidden_size, 4, dtype)
+        if forget_bias:  # gates i, f, g, o: f is the second block
+            H = p["weight_hh"].shape[1]
+            p["bias_hh"] = p["bias_hh"].at[H : 2 * H].add(forget_bias)
+        return p
 
     def initial_state(params, batch_shape=()):
-        _init.check_params(params, _KEYS, "lstm()")
+        _init.check_params(params, _KEYS, name)
         z = _init.zeros_state(
             _hidden_size(params), batch_shape, params["weight_hh"].dtype
         )
         return (z, z)
 
     def project(params, xs):
-        _init.check_params(params, _KEYS, "lstm()")
+        _init.check_params(params, _KEYS, name)
         return xs @ params["weight_ih"].T + (params["bias_ih"] + params["bias_hh"])
 
     # Per step one packed residual [..., 6·H] = (i, f, g, o, c_t, tanh c_t): the
@@ -124,7 +137,7 @@ def lstm() -> Cell:
     rules = ReverseRules(
         project, forward, backward, linear, output=lambda s: s[1], states=states
     )
-    return Cell(init, initial_state, step, rules, _input_size, name="lstm()")
+    return Cell(init, initial_state, step, rules, _input_size, name=name)
 
 
 # Gate g (third of i, f, g, o) is the tanh one; the others are logistic.
