@@ -41,6 +41,7 @@ test-fast: venv
 bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
 	$(PY) -m benchmarks.bench_online --out benchmarks
+	$(PY) -m benchmarks.bench_segments --out benchmarks
 
 # GPU in one command: the venv, jax[cuda12] at the venv's jax version, the
 # gradient checks and the benchmarks, each time-boxed (8 minutes after the

@@ -97,6 +97,26 @@ def test_value_and_grad_checkpoint_matches_plain(name, checkpoint):
         assert _max_rel(g1, g0) <= 1e-10
 
 
+@pytest.mark.parametrize("name", list(CELLS))
+def test_default_equals_every_forced_checkpoint(name):
+    """The default segmenting (every step stored: the fastest measured, see
+    docs/design.md) and each forced one give the same loss, state and
+    gradients (float64), with link weights and a reset."""
+    cell, params, h0, xs, ys = _problem(name)
+    T = xs.shape[0]
+    resets = jnp.zeros((T, 2), bool).at[9, 1].set(True)
+    w = _weights(T)["random"]
+    default = jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1))
+    (L0, hT0), g0 = default(params, h0, xs, ys, w, resets=resets)
+    forced = [None, 1, 5, T - 1, T, "sqrt", jbptt.Budget(max_states=3)]
+    for checkpoint in forced:
+        vg = jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1), checkpoint=checkpoint)
+        (L1, hT1), g1 = vg(params, h0, xs, ys, w, resets=resets)
+        assert abs(float(L1 - L0)) <= 1e-12 * abs(float(L0)), checkpoint
+        assert _max_rel(hT1, hT0) <= 1e-12, checkpoint
+        assert _max_rel(g1, g0) <= 1e-10, checkpoint
+
+
 @pytest.mark.parametrize("name", ["lstm", "generic"])
 def test_rnn_scan_checkpoint_matches_plain(name):
     cell, params, h0, xs, ys = _problem(name, T=17)

@@ -189,9 +189,10 @@ def value_and_grad(
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
       argnums: which of ``(params, h0)`` to differentiate: ``0`` (default),
         ``1`` or ``(0, 1)``, as in ``jax.value_and_grad``.
-      checkpoint: ``None`` (default) stores every step's state; ``"sqrt"``
-        (or an int segment length) runs the sequence in segments of about
-        √T steps, evaluating the loss inside each segment, and stores only
+      checkpoint: ``None`` (default; the fastest measured, docs/design.md
+        "Segmenting by default") stores every step's state; ``"sqrt"`` (or
+        an int segment length) runs the sequence in segments of about √T
+        steps, evaluating the loss inside each segment, and stores only
         the segment-start states: memory O(√T) states instead of O(T), for
         about one extra forward pass. ``jbptt.Budget(max_states=M)`` stores
         at most M states and recomputes the fewest steps (Gruslys et al.
