@@ -33,9 +33,9 @@ RUNS = {
     "influence_balancing": ["experiments.influence_balancing"],
     "char_lm": ["experiments.char_lm", "--jobs", "2"],
     "char_lm_gru": ["experiments.char_lm", "--cells", "gru", "--seeds", "1",
-                    "--steps", "300000", "--name", "char_lm_gru"],
+                    "--name", "char_lm_gru"],
     "char_lm_k64": ["experiments.char_lm", "--k", "64", "--seeds", "1",
-                    "--steps", "300000", "--name", "char_lm_k64"],
+                    "--name", "char_lm_k64"],
     "sunspots": ["experiments.sunspots"],
     "stream_cuts": ["experiments.stream_cuts"],
 }  # fmt: skip
