@@ -543,17 +543,16 @@ def main(argv=None):
 
 # ------------------------------------------------- runs, here or in workers ---
 
-_SETUPS: dict = {}
 
-
-def run_job(cfg: Config, est_name: str, seed: int, corpus, args, bar=None):
+def run_job(cfg: Config, est_name: str, seed: int, corpus, args, setups, bar=None):
     """One (configuration, estimator, seed) run: its validation curve, its
     per-segment records (losses as floats) and its test bpc. Runs of one
-    configuration share its setup, hence its compiled update."""
+    configuration share its setup in ``setups`` (one dict per ``main`` call,
+    as the setup depends on ``args``), hence its compiled update."""
     V = len(corpus.vocab)
-    if cfg not in _SETUPS:
-        _SETUPS[cfg] = setup(cfg, V, args.steps, args)
-    setup_ = _SETUPS[cfg]
+    if cfg not in setups:
+        setups[cfg] = setup(cfg, V, args.steps, args)
+    setup_ = setups[cfg]
     est = estimators_for(cfg.k, args.alpha)[est_name]
     curve, recs, params = run_one(setup_, est, corpus, args, jax.random.key(seed), bar)
     tb = test_bpc(setup_[0], V, corpus, params, args)
@@ -572,7 +571,8 @@ def _run_all(jobs, corpus, args, bar):
     the same program on the same data: the same result, bitwise, wherever
     it runs; only its wall-clock shares the machine)."""
     if args.jobs == 1:
-        return [run_job(*job, corpus, args, bar) for job in jobs]
+        setups: dict = {}
+        return [run_job(*job, corpus, args, setups, bar) for job in jobs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -592,7 +592,10 @@ def _run_all(jobs, corpus, args, bar):
         return [f.result() for f in futures]
 
 
+# A worker process serves one main() call (the pool is made per call), so
+# what it loads once can live at module level there.
 _CORPUS: dict = {}
+_WORKER_SETUPS: dict = {}
 
 
 def _worker(job, args, x64: bool, ticks):
@@ -605,7 +608,7 @@ def _worker(job, args, x64: bool, ticks):
             args.corpus, max_chars=args.max_chars, split=args.split
         )
     bar = None if ticks is None else _Ticks(ticks)
-    out = run_job(*job, _CORPUS[key], args, bar)
+    out = run_job(*job, _CORPUS[key], args, _WORKER_SETUPS, bar)
     if bar is not None:
         bar.flush()
     return out

@@ -115,6 +115,17 @@ def test_bad_flags_refused(bad, capsys):
     assert "--" + bad[0].lstrip("-") in capsys.readouterr().err
 
 
+def test_each_call_uses_its_own_flags(tmp_path):
+    # runs of one configuration share a setup within a call; a second call
+    # in the same process with another learning rate must not reuse it
+    argv = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "80"]
+    argv += ["--max-chars", "20000", "--out", str(tmp_path)]
+    fast = char_lm.main(argv)
+    slow = char_lm.main([*argv, "--lr", "1e-4"])
+    for a, b in zip(fast["summary"], slow["summary"], strict=True):
+        assert a["final_valid_bpc"] != b["final_valid_bpc"]
+
+
 def test_forget_bias_moves_only_the_lstm_forget_gate():
     import jax
 
