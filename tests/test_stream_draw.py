@@ -83,3 +83,45 @@ def test_positional_refuses_steps_past_its_table():
     law = stream.positional([0.0, 0.5, 0.5])
     with pytest.raises(ValueError, match="reached step 3"):
         stream.draw(law, jax.random.key(0), 0, 5, 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(sorted(LAWS)),
+    t0=st.sampled_from([0, 1, 9, 4090]),
+    T=st.integers(0, 200),
+    ds=st.lists(st.integers(1, 60), min_size=1, max_size=16),
+    seed=st.integers(0, 3),
+)
+def test_draw_streams_equals_one_draw_per_stream(name, t0, T, ds, seed):
+    law = LAWS[name]
+    if name == "positional" and t0 + T > 12_000:
+        return
+    keys = [jax.random.fold_in(jax.random.key(seed), j) for j in range(len(ds))]
+    w, d_new = stream.draw_streams(law, keys, t0, T, ds)
+    assert w.shape == (T, len(ds)) and d_new.shape == (len(ds),)
+    for j, (k, dj) in enumerate(zip(keys, ds, strict=True)):
+        w_j, d_j = stream.draw(law, k, t0, T, dj)
+        np.testing.assert_array_equal(w[:, j], w_j)
+        assert d_new[j] == d_j
+
+
+def test_draw_streams_walks_renewal_laws_together_and_checks_d():
+    assert LAWS["poly_tail"].renewal is not None and LAWS["constant"].renewal is None
+    n = stream._TOGETHER + 1  # enough streams to walk them together
+    keys = [jax.random.key(j) for j in range(n)]
+    d0 = [1 + 300 * (j % 2) for j in range(n)]
+    # long segments: d grows past the first table of 256 entries
+    rare = stream.schedule(lambda d: jnp.full(d.shape, 0.002))
+    for law in (rare, LAWS["poly_tail"]):
+        for t0 in (0, 4000):
+            w, d = stream.draw_streams(law, keys, t0, 1500, d0)
+            for j in range(n):
+                ref = stream.draw(law, keys[j], t0, 1500, d0[j])
+                np.testing.assert_array_equal(w[:, j], ref[0])
+                assert d[j] == ref[1]
+    assert d.max() < 1500 and (w == 0).any()
+    w, d = stream.draw_streams(rare, keys, 4000, 1500, d0)
+    assert d.max() > 256 + 1500 / 2  # no cut in some stream: tables grew
+    with pytest.raises(ValueError, match="d: one count per stream"):
+        stream.draw_streams(LAWS["poly_tail"], keys, 5, 10, [1, 2])

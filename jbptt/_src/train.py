@@ -550,9 +550,14 @@ def _stream_weights(stream_rule, key, t0: int, T: int, carry, batch_shape):
     n = int(np.prod(batch_shape))
     carry = np.ones(n, int) if carry is None else np.asarray(carry, int)
     base = jax.random.fold_in(key, _STREAM_SALT)
+    keys = [jax.random.fold_in(base, j) for j in range(n)]
+    many = getattr(stream_rule.cuts, "streams", None)  # all streams at once
+    if many is not None:
+        w, new = many(keys, t0, T, carry)
+        return np.asarray(w).reshape((T, *batch_shape)), np.asarray(new, int)
     cols, new = [], np.empty(n, int)
     for j in range(n):
-        w, new[j] = stream_rule.cuts(jax.random.fold_in(base, j), t0, T, int(carry[j]))
+        w, new[j] = stream_rule.cuts(keys[j], t0, T, int(carry[j]))
         cols.append(np.asarray(w))
     return np.stack(cols, axis=1).reshape((T, *batch_shape)), new
 
