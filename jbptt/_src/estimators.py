@@ -78,6 +78,11 @@ class Estimator(NamedTuple):
         buckets, long segments split); ``None`` for estimators whose windows
         are tied to one sequence length (online training then plans each call
         with ``sample``).
+      span: ``T -> L`` or ``None``: a promise that every window's losses lie
+        within ``L`` steps from the last cut at or before its first loss, so
+        its reverse scan runs over those ``L`` steps only
+        (:func:`jbptt.sweep.gradient_fn` with ``span=``); Williams–Peng's
+        windows span ``k2`` steps. ``None``: every window runs over all T.
 
     Examples:
       A custom estimator: TBPTT(2) on the second half of the losses only.
@@ -101,6 +106,7 @@ class Estimator(NamedTuple):
     hparams: dict[str, Any]
     backward_steps: Callable[[int], float] | None = None
     law: Any = None
+    span: Callable[[int], int] | None = None
 
     # ------------------------------------------ the estimator protocol ---
 
@@ -111,10 +117,11 @@ class Estimator(NamedTuple):
 
         The forward is shared (:func:`jbptt.sweep.gradient_fn`); what is
         vmapped, ``chunk`` draws at a time, is the reverse scan of each
-        window.
+        window, over the estimator's ``span`` when it has one.
         """
         T = protocol.check_problem(problem)
-        grad = protocol.gradient_fn(problem)
+        span = None if self.span is None else min(int(self.span(T)), T)
+        grad = protocol.gradient_fn(problem, span=span)
         ws, ms = jax.vmap(lambda k: self.sample(k, T))(jax.random.split(key, n))
         if ws.ndim != 3 or ws.shape[2] != T or ms.shape != ws.shape:
             raise ValueError(
@@ -583,6 +590,7 @@ def williams_peng(k1: int, k2: int) -> Estimator:
         True,
         {"k1": k1, "k2": k2},
         lambda T: float(sum(window_lengths(T))),
+        span=lambda T: min(k2, T),  # window j: losses in (e_j − k2, e_j]
     )
 
 

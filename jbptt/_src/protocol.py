@@ -341,13 +341,22 @@ def shared_forward():
         _SHARED.reset(token)
 
 
-def gradient_fn(problem: Problem, *, lengths=None, resets=None):
+def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     """One shared forward; returns ``(w[T], m[T]) -> ∇^{(w)} Σ_t m_t ℓ_t``.
 
     The forward scan and the vjp of the per-step losses run once (when this
     is called, typically inside ``jit``); the returned function runs only the
     reverse scan (:func:`jbptt.backward`), so vmapping it over ``(w, m)``
     batches reverse scans that share one forward.
+
+    With ``span=L`` the returned function runs the loss vjp and the reverse
+    scan over ``L`` steps only: from ``a``, the last cut (``w_t = 0``,
+    ``t ≥ 1``) at or before the first loss of ``m`` (0 if none), to
+    ``a + L`` (shifted back to end at T). Before ``a`` the cotangent is
+    zero, because nothing crosses the cut and no loss lies there; the
+    result is exact when every loss of ``m`` lies before ``a + L`` (what
+    :attr:`jbptt.estimators.Estimator.span` promises), so a window of a
+    Williams–Peng estimator costs ``k2`` reverse steps instead of ``T``.
 
     Args:
       problem: the :class:`Problem`.
@@ -359,6 +368,9 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None):
       resets: ``None`` or bool ``[T, *batch]``: episode starts in a stream
         (the state restarts from ``h0``, the link is cut per sequence).
         Default: ``problem.resets``.
+      span: ``None`` (every step) or the static number of steps ``L ≤ T``
+        each window's reverse scan covers (above); ``w`` and ``m`` must then
+        be ``[T]`` (one window).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -381,8 +393,12 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None):
     shared = _SHARED.get()
     key = (id(problem), id(lengths), id(resets))
     if shared is not None and key in shared:
-        return shared[key][1]
-    check_problem(problem)
+        return shared[key][1] if span is None else shared[key][2](span)
+    T = check_problem(problem)
+    if span is not None:
+        span = validation.positive_int("span", span)
+        if span > T:
+            raise ValueError(f"span must be ≤ T = {T} (len(xs)), got {span}.")
     cell, loss_fn, params, h0, xs, ys = problem[:6]
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     if mask is not None:
@@ -412,9 +428,51 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None):
         )
         return tree_map(jnp.add, dp_cell, dp_loss)
 
+    def windowed(L: int):
+        def grad_span(w, m):  # grad(w, m) over the L steps from the window's start
+            if w.shape != (T,) or m.shape != (T,):
+                raise ValueError(
+                    f"span: w and m must be one window [T] = [{T}], got "
+                    f"{tuple(w.shape)} and {tuple(m.shape)}."
+                )
+            t = jnp.arange(T)
+            first = jnp.argmax(m != 0)  # first loss (0 when there is none)
+            a = jnp.max(jnp.where((w == 0) & (t >= 1) & (t <= first), t, 0))
+            a = jnp.minimum(a, T - L)  # the last cut at or before it, fitted
+            sl = lambda x: jax.lax.dynamic_slice_in_dim(x, a, L, 0)  # noqa: E731
+            at = lambda x: None if x is None else tree_map(sl, x)  # noqa: E731
+            h_a = tree_map(  # the state entering step a
+                lambda x0, xs_: jnp.where(a == 0, x0, xs_[jnp.maximum(a - 1, 0)]),
+                h0,
+                residuals.hs,
+            )
+            r = residuals._replace(
+                h0=h_a, xs=sl(xs), hs=at(residuals.hs), res=at(residuals.res),
+                mask=at(mask), resets=at(residuals.resets),
+            )  # fmt: skip
+            ys_a, mask_a = at(ys), at(mask)
+
+            def losses_a(p, o):
+                if mask_a is None:
+                    return per_step_losses(loss_fn, p, o, ys_a)
+                ls = per_sequence_losses(loss_fn, p, o, ys_a, mask_a.ndim - 1)
+                return jnp.where(mask_a, ls, jnp.zeros((), ls.dtype))
+
+            m_a = sl(m.astype(xs.dtype))
+            if mask_a is not None:
+                m_a = jnp.broadcast_to(sequences.bcast(m_a, mask_a), mask_a.shape)
+            _, vjp_a = jax.vjp(losses_a, params, at(outs))
+            dp_loss, douts = vjp_a(m_a)
+            dp_cell, *_ = _scan._backward(
+                cell, params, r, sl(w.astype(xs.dtype)), dh_T, douts
+            )
+            return tree_map(jnp.add, dp_cell, dp_loss)
+
+        return grad if L == T else grad_span
+
     if shared is not None:  # holding the arguments keeps their ids
-        shared[key] = ((problem, lengths, resets), grad)
-    return grad
+        shared[key] = ((problem, lengths, resets), grad, windowed)
+    return grad if span is None else windowed(span)
 
 
 def segments(w) -> tuple[np.ndarray, np.ndarray]:
