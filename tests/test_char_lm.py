@@ -18,6 +18,18 @@ def test_unigram_bpc():
     assert np.isfinite(char_lm.unigram_bpc(train, np.array([4]), 5))
 
 
+def test_held_out_reads_the_whole_split_by_default():
+    ids = np.arange(1003)
+    whole = char_lm.held_out(ids, None, 10)  # 10 windows of 100: all but 3
+    assert whole.shape == (100, 10) and len(np.unique(whole)) == 1000
+    assert whole[0, 0] == 0 and whole[-1, -1] == 1002
+    part = char_lm.held_out(ids, 200, 10)  # 10 windows of 20 spread over ids
+    assert part.shape == (20, 10) and part[0, 0] == 0 and part[-1, -1] == 1002
+    assert char_lm.parse_args([]).valid_chars is None
+    with pytest.raises(ValueError, match="too few"):
+        char_lm.held_out(ids[:15], None, 10)
+
+
 @pytest.mark.xdist_group("reproductions_notebook")  # one shared run
 def test_quick_run():
     # `char_lm.main(["--quick", "--out", out])`, run once by the reproductions
