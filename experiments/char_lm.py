@@ -23,8 +23,10 @@ download; see :func:`jbptt.data.load_corpus`), held out at the file level
 (``--split files``: whole files in a fixed random order make up 5% validation
 and 5% test, so both sample the whole library); ``--corpus PATH`` takes any
 UTF-8 text file or a directory with the Penn Treebank character files.
-Validation and test bpc are measured on ``--valid-chars`` characters read as
-``--eval-batch`` windows spread evenly over the split.
+Validation and test bpc are measured on the whole held-out split read as
+``--eval-batch`` contiguous windows, each from a zero state
+(``--valid-chars N``: N characters in windows spread evenly over the split,
+cheaper and noisier).
 
 The paper (Tallec & Ollivier 2017, PTB characters, LSTM): "ARTBP slightly
 outperforms truncated BPTT". Ours: see ``experiments/RESULTS.md``.
@@ -67,11 +69,13 @@ def unigram_bpc(train, valid, V) -> float:
 _EVALS: dict = {}
 
 
-def held_out(ids, n_chars: int, batch: int) -> np.ndarray:
+def held_out(ids, n_chars: int | None, batch: int) -> np.ndarray:
     """``batch`` windows of ``n_chars // batch`` characters spread evenly over
     ``ids`` (the first at its start, the last at its end), time-major
-    ``[L, batch]``: an evaluation set that samples the whole split."""
-    L = min(n_chars, len(ids)) // batch
+    ``[L, batch]``: an evaluation set that samples the whole split
+    (``n_chars=None``: all of it but the fewer than ``batch`` characters
+    left between windows of ``len(ids) // batch``)."""
+    L = (len(ids) if n_chars is None else min(n_chars, len(ids))) // batch
     if L < 2:
         raise ValueError(
             f"{len(ids)} held-out characters are too few for {batch} "
@@ -233,8 +237,8 @@ def run_one(setup_, est, corpus, args, key, bar=None):
 
 
 def test_bpc(model, V, corpus, params, args) -> float:
-    """Test bpc, once, after training (``--valid-chars`` test characters in
-    ``--eval-batch`` windows spread over the test split)."""
+    """Test bpc, once, after training (the test split, or ``--valid-chars``
+    of its characters, in ``--eval-batch`` windows)."""
     test = held_out(corpus.test, args.valid_chars, args.eval_batch)
     return make_eval(model, V, test, args.embed)(params)
 
@@ -301,7 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=4.0,
         help="ARTBP poly-tail α (> 1)",
     )
-    ap.add_argument("--hidden", type=_cli.positive_int, default=128, help="hidden size")
+    ap.add_argument("--hidden", type=_cli.positive_int, default=256, help="hidden size")
     ap.add_argument(
         "--forget-bias",
         type=_cli.finite_float,
@@ -338,9 +342,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--valid-chars",
         type=_cli.positive_int,
-        default=50_000,
+        default=None,
         help="validation (and test) characters, in --eval-batch windows "
-        "spread over the split",
+        "spread over the split (None: the whole split)",
     )
     ap.add_argument(
         "--eval-batch",
