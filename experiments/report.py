@@ -32,9 +32,13 @@ RUNS = {
     "vanishing_exploding": ["experiments.vanishing_exploding"],
     "influence_balancing": ["experiments.influence_balancing"],
     "char_lm": ["experiments.char_lm", "--jobs", "2"],
+    # the single-seed GRU and k = 64 runs: the previous default size and the
+    # sampled evaluation (50 000 characters), as they were run
     "char_lm_gru": ["experiments.char_lm", "--cells", "gru", "--seeds", "1",
+                    "--hidden", "128", "--valid-chars", "50000",
                     "--name", "char_lm_gru"],
     "char_lm_k64": ["experiments.char_lm", "--k", "64", "--seeds", "1",
+                    "--hidden", "128", "--valid-chars", "50000",
                     "--name", "char_lm_k64"],
     "sunspots": ["experiments.sunspots"],
     "stream_cuts": ["experiments.stream_cuts"],

@@ -53,3 +53,18 @@ def test_a_missing_table_is_detected(tmp_path):
         )
     )
     assert any("'char_lm' missing" in p for p in report.check(page))
+
+
+def test_char_lm_commands_match_the_runs_on_the_page():
+    """Each char-LM JSON was made by its command in report.RUNS: rerunning
+    the page's commands would redo the same configurations."""
+    import json
+
+    from experiments import char_lm
+
+    for name in ("char_lm", "char_lm_gru", "char_lm_k64"):
+        saved = json.loads((report.FIGURES / f"{name}.json").read_text())["config"]
+        args = vars(char_lm.parse_args(report.RUNS[name][1:]))
+        for key in ("out", "jobs"):  # where and how fast, not what
+            saved.pop(key), args.pop(key)
+        assert args == saved, name
