@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jbptt import cells, estimators, sweep
+from jbptt._src import protocol
 from tests.helpers import fn_cell, problem, rel_err
 
 CELLS = {
@@ -100,3 +101,7 @@ def test_span_is_checked():
         sweep.gradient_fn(prob, span=0)
     with pytest.raises(ValueError, match="one window"):
         sweep.gradient_fn(prob, span=3)(jnp.ones((6, 2)), jnp.ones(6))
+    with protocol.shared_forward():  # a cached forward checks span too
+        sweep.gradient_fn(prob)
+        with pytest.raises(ValueError, match="span must be ≤ T = 6"):
+            sweep.gradient_fn(prob, span=7)

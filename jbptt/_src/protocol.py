@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -393,12 +394,11 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     shared = _SHARED.get()
     key = (id(problem), id(lengths), id(resets))
     if shared is not None and key in shared:
-        return shared[key][1] if span is None else shared[key][2](span)
+        _, grad, windowed = shared[key]
+        return grad if span is None else windowed(_check_span(span, problem))
     T = check_problem(problem)
     if span is not None:
-        span = validation.positive_int("span", span)
-        if span > T:
-            raise ValueError(f"span must be ≤ T = {T} (len(xs)), got {span}.")
+        span = _check_span(span, problem)
     cell, loss_fn, params, h0, xs, ys = problem[:6]
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     if mask is not None:
@@ -408,21 +408,24 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
         cell, params, h0, xs, mask, resets, h_reset
     )
 
-    def step_losses(p, o):  # [T] (ℓ_t for every step) or [T, *batch] (masked)
+    def step_losses(p, o, ys=ys, mask=mask):  # [T] or [T, *batch] (masked)
         if mask is None:
             return per_step_losses(loss_fn, p, o, ys)
         ls = per_sequence_losses(loss_fn, p, o, ys, mask.ndim - 1)
         return jnp.where(mask, ls, jnp.zeros((), ls.dtype))
+
+    def loss_weights(m, mask=mask):  # m[T] as the loss vector's cotangent
+        m = m.astype(xs.dtype)
+        if mask is None:
+            return m
+        return jnp.broadcast_to(sequences.bcast(m, mask), mask.shape)
 
     # ∂(Σ_t m_t ℓ_t) = vjp of the loss vector with cotangent m: linear in m.
     _, loss_vjp = jax.vjp(step_losses, params, outs)
     dh_T = tree_map(jnp.zeros_like, h0)
 
     def grad(w, m):
-        m = m.astype(xs.dtype)
-        if mask is not None:
-            m = jnp.broadcast_to(sequences.bcast(m, mask), mask.shape)
-        dp_loss, douts = loss_vjp(m)
+        dp_loss, douts = loss_vjp(loss_weights(m))
         dp_cell, *_ = _scan._backward(
             cell, params, residuals, w.astype(xs.dtype), dh_T, douts
         )
@@ -450,19 +453,9 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
                 h0=h_a, xs=sl(xs), hs=at(residuals.hs), res=at(residuals.res),
                 mask=at(mask), resets=at(residuals.resets),
             )  # fmt: skip
-            ys_a, mask_a = at(ys), at(mask)
-
-            def losses_a(p, o):
-                if mask_a is None:
-                    return per_step_losses(loss_fn, p, o, ys_a)
-                ls = per_sequence_losses(loss_fn, p, o, ys_a, mask_a.ndim - 1)
-                return jnp.where(mask_a, ls, jnp.zeros((), ls.dtype))
-
-            m_a = sl(m.astype(xs.dtype))
-            if mask_a is not None:
-                m_a = jnp.broadcast_to(sequences.bcast(m_a, mask_a), mask_a.shape)
+            losses_a = functools.partial(step_losses, ys=at(ys), mask=at(mask))
             _, vjp_a = jax.vjp(losses_a, params, at(outs))
-            dp_loss, douts = vjp_a(m_a)
+            dp_loss, douts = vjp_a(loss_weights(sl(m), at(mask)))
             dp_cell, *_ = _scan._backward(
                 cell, params, r, sl(w.astype(xs.dtype)), dh_T, douts
             )
@@ -473,6 +466,14 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     if shared is not None:  # holding the arguments keeps their ids
         shared[key] = ((problem, lengths, resets), grad, windowed)
     return grad if span is None else windowed(span)
+
+
+def _check_span(span, problem: Problem) -> int:
+    T = problem.xs.shape[0]
+    span = validation.positive_int("span", span)
+    if span > T:
+        raise ValueError(f"span must be ≤ T = {T} (len(xs)), got {span}.")
+    return span
 
 
 def segments(w) -> tuple[np.ndarray, np.ndarray]:

@@ -174,6 +174,11 @@ def _cut(c: np.ndarray, u: np.ndarray | None) -> np.ndarray:
     return (c >= 1.0) | ((c > 0.0) & (u < c.astype(u.dtype)))
 
 
+def _weights(cut: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Link weights: 0 at a cut, else the compensation ``1 / (1 − c)``."""
+    return np.where(cut, 0.0, 1.0 / (1.0 - np.where(cut, 0.0, c)))
+
+
 def draw(law: CutLaw, key, t0: int, T: int, d: int):
     """Link weights for global steps ``t0 .. t0 + T − 1``.
 
@@ -209,7 +214,7 @@ def draw(law: CutLaw, key, t0: int, T: int, d: int):
         return _draw_renewal(c_of, t, u, w, i, d)
     c = np.broadcast_to(np.asarray(c_of(t, np.zeros_like(t)), float), t.shape)
     cut = _cut(c, u)
-    w[i:] = np.where(cut, 0.0, 1.0 / (1.0 - np.where(cut, 0.0, c)))
+    w[i:] = _weights(cut, c)
     last = np.flatnonzero(cut)
     return w, (len(t) - int(last[-1]) if len(last) else d + len(t))
 
@@ -289,8 +294,7 @@ def draw_streams(law: CutLaw, keys, t0: int, T: int, d):
         cut = cut_at[d] if u is None else u[j] < cut_at[d]
         d = np.where(cut, 1, d + 1)
     C = c[D]
-    cut = C >= 1.0 if u is None else u < cut_at[D]
-    w[i:] = np.where(cut, 0.0, 1.0 / (1.0 - np.where(cut, 0.0, C)))
+    w[i:] = _weights(_cut(C, u), C)
     return w, d
 
 
