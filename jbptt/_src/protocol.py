@@ -388,6 +388,14 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
       ...     p, prob.h0, xs, ys)[0])(p)
       >>> bool(jnp.allclose(g["cell"]["W"], ref["cell"]["W"], atol=1e-6))
       True
+
+      A window cut at step 2 with losses at steps 2–4 needs 3 reverse steps:
+
+      >>> w = jnp.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+      >>> m = jnp.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+      >>> a, b = grad(w, m), sweep.gradient_fn(prob, span=3)(w, m)
+      >>> bool(jnp.allclose(a["cell"]["W"], b["cell"]["W"], atol=1e-6))
+      True
     """
     lengths = problem.lengths if lengths is None else lengths
     resets = problem.resets if resets is None else resets
