@@ -132,6 +132,40 @@ def test_compiles_over_chunked_calls_bounded_by_the_buckets():
     assert real == 240 and real <= padded < 3 * real
 
 
+def test_compiled_steps_of_dropped_models_are_released():
+    """train keeps the step programs of its last few models only: a loop
+    over fresh models does not keep every model's executables alive (each
+    holds hundreds of memory maps of compiled code on XLA:CPU), while a
+    model used again within that window compiles nothing."""
+    import gc
+    import weakref
+
+    from jbptt._src import train as train_impl
+
+    _, params, xs, ys = _setup(T=16)
+    est, opt = estimators.tbptt(4), optax.sgd(1e-2)
+
+    def run(model):
+        return jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, opt, est)
+
+    kept = jbptt.readout(cells.elman("tanh"), output_size=1)
+    assert run(kept).compiles == 1
+    first = jbptt.readout(cells.elman("tanh"), output_size=1)
+    run(first)
+    gone = weakref.ref(first.loss_fn)
+    del first
+    for _ in range(train_impl._PROGRAMS - 2):  # fill the window, keep `kept`
+        run(jbptt.readout(cells.elman("tanh"), output_size=1))
+        assert run(kept).compiles == 0
+    gc.collect()
+    assert gone() is not None  # still one of the last _PROGRAMS programs
+    run(jbptt.readout(cells.elman("tanh"), output_size=1))
+    gc.collect()
+    assert gone() is None  # its program, and so its executables, released
+    assert len(train_impl._programs) == train_impl._PROGRAMS
+    assert run(kept).compiles == 0
+
+
 def test_more_buckets_pad_less_and_train_the_same_segments():
     """max_buckets=16: a finer ladder of the same law, less padding, the same
     cuts and (up to round-off) the same run."""

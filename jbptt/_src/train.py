@@ -68,6 +68,7 @@ their runs split the same way when each call's plan ends at a segment end
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import time
@@ -178,8 +179,33 @@ def _transform(optimizer, clip, clip_mode) -> optax.GradientTransformation:
 
 
 # What keys a compiled training step besides shapes: the model, the
-# optimizer and its clipping, and the estimator's segment function.
-_STEP_STATIC = ("cell", "loss_fn", "optimizer", "clip", "clip_mode", "segment")
+# optimizer and its clipping, and the estimator's segment functions.
+_STEP_STATIC = (
+    "cell", "loss_fn", "optimizer", "clip", "clip_mode", "segment", "advance",
+    "block",
+)  # fmt: skip
+
+# The most recently used step programs, one jitted function each (its cache
+# holds one executable per bucket). Chunked calls of one model reuse theirs;
+# the program of a model not used for the last _PROGRAMS new ones is dropped,
+# and its executables with it. (One module-level jit keyed on these as static
+# arguments kept every model's executables for the life of the process. On
+# XLA:CPU each holds some 200 memory maps of code, so a loop over ~60 fresh
+# models ran into vm.max_map_count and LLVM could no longer compile.)
+_PROGRAMS = 8
+_programs: collections.OrderedDict = collections.OrderedDict()
+
+
+def _step_program(**static):
+    """The jitted :func:`_segment_step` for these static arguments."""
+    key = tuple(static[k] for k in _STEP_STATIC)
+    fn = _programs.pop(key, None)
+    if fn is None:
+        fn = jax.jit(functools.partial(_segment_step, **static))
+    _programs[key] = fn  # most recently used last
+    while len(_programs) > _PROGRAMS:
+        _programs.popitem(last=False)
+    return fn
 
 
 def make_step(
@@ -232,6 +258,7 @@ def make_step(
         advance=None,
         block=None,
     )
+    program = _step_program(**static)
 
     def step(params, opt_state, h, xs, ys, w, start, n, bucket, resets=None,
              reset_state=None):  # fmt: skip
@@ -244,9 +271,9 @@ def make_step(
             h_reset = reset_state
             if h_reset is None:
                 h_reset = cell.initial_state(params, jnp.shape(resets)[1:])
-        out = _segment_step(
+        out = program(
             params, opt_state, h, (), None, None, cut(xs), tree_map(cut, ys),
-            cut(w), n, None, _UPDATE, resets, h_reset, **static,
+            cut(w), n, None, _UPDATE, resets, h_reset,
         )  # fmt: skip
         params, opt_state, h = out[:3]
         total, norm, finite = out[7:10]
@@ -359,7 +386,6 @@ jax.monitoring.register_event_duration_secs_listener(_on_duration)
 _UPDATE, _ADVANCE, _ACCUMULATE = 0, 1, 2
 
 
-@functools.partial(jax.jit, static_argnames=(*_STEP_STATIC, "advance", "block"))
 def _segment_step(
     params,
     opt_state,
@@ -654,7 +680,12 @@ def train(
       params: initial params (ignored when ``state`` is given).
       xs: inputs ``[T, ..., I]``.
       ys: targets, time-major, length T.
-      optimizer: any ``optax.GradientTransformation``.
+      optimizer: any ``optax.GradientTransformation``. The compiled step is
+        keyed on the objects ``cell``, ``loss_fn``, ``optimizer`` and the
+        estimator's rule, so pass the same ones to every chunked call: a
+        fresh ``optax.adam(1e-3)`` per call compiles every bucket again.
+        The steps of the last 8 such combinations are kept; older ones
+        are released with their compiled code.
       estimator: any estimator of the protocol with an online rule: a
         single-window :class:`jbptt.estimators.Estimator` (``full()``,
         ``tbptt(k)``, ``tbptt(k, random_offset=True)``, ``artbp(c)``; its
@@ -678,7 +709,9 @@ def train(
         law may compile (default: its own choice, 6 for the built-ins). More
         buckets pad less (padding ``History.padded_steps / length.sum()``:
         about 1.3–1.4 at 6 and 1.1–1.2 at 16 for ARTBP at depth 8–32) and
-        compile more, once each.
+        compile more, once each: on a 2-core CPU (LSTM, B = 32, H = 128) 16
+        buckets ran ARTBP up to 1.3× faster per token and took about 30 s
+        more to compile, so raise it for runs of millions of steps.
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
         :class:`jbptt.checks.DivergenceError` naming the segment and the
@@ -921,10 +954,11 @@ def train(
         advance=rule.advance if split else None,
         block=rule.block if split else None,
     )
+    program = _step_program(**static)
     params, opt_state, h, est_state = state[:4]
     zeros_g = tree_map(jnp.zeros_like, params)
     zeros_h = tree_map(jnp.zeros_like, h)
-    cache0 = _segment_step._cache_size()
+    cache0 = program._cache_size()
     compile0 = _COMPILE_SECONDS[0]
     t_start, t_callbacks = time.perf_counter(), 0.0
 
@@ -935,9 +969,9 @@ def train(
             _pad(w_all, s, n, b),
         )
         r = None if resets_np is None else _pad(resets_np, s, n, b)
-        return _segment_step(
+        return program(
             params, opt_state, h, est_state, g_acc, dh, *args, n, seg_key,
-            mode, r, h_reset, **static,
+            mode, r, h_reset,
         )  # fmt: skip
 
     bar = None
@@ -1085,7 +1119,7 @@ def train(
         est_state,
         step_loss,
         new_state,
-        _segment_step._cache_size() - cache0,
+        program._cache_size() - cache0,
         padded,
         advanced,
         seconds,
