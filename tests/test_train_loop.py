@@ -285,3 +285,14 @@ def test_pending_segment_and_bad_state():
             model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(8),
             flush=1,
         )  # fmt: skip
+
+
+def test_progress_bar_shows_loss_and_segments_per_second(capsys):
+    model, params, xs, ys = _setup(T=24)
+    h = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+        estimators.tbptt(4), progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "24/24" in err and "loss=" in err and "seg_s=" in err
+    assert f"loss={float(h.loss[-1]):.4g}" in err  # the last segment's loss

@@ -1054,7 +1054,10 @@ def train(
         if bar is not None:
             bar.update(n)
             if bar.n == n or i % 16 == 0 or i == n_train - 1:
-                bar.set_postfix(loss=f"{float(total) / n:.4g}", refresh=False)
+                rate = (i + 1) / max(time.perf_counter() - t_start, 1e-9)
+                bar.set_postfix(
+                    loss=f"{float(total) / n:.4g}", seg_s=f"{rate:.3g}", refresh=False
+                )
         if callbacks and not stopped:
             t0 = time.perf_counter()
             now = TrainState(
