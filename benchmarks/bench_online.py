@@ -56,7 +56,9 @@ def _data(T, B, I, O, seed=0):
     return xs, ys
 
 
-def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None):
+def time_jbptt(
+    cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None, top_bucket=None
+):
     model = jbptt.readout(CELLS[cell_name](), output_size=O)
     params = model.init(jax.random.key(0), I, H)
     xs, ys = _data(T, B, I, O)
@@ -65,7 +67,7 @@ def time_jbptt(cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None)
     def run():
         return jbptt.train.train(
             model.cell, model.loss_fn, params, xs, ys, opt, est, key=key,
-            max_buckets=max_buckets,
+            max_buckets=max_buckets, top_bucket=top_bucket,
         )  # fmt: skip
 
     first = run()  # compiles every bucket these cuts use
@@ -224,6 +226,13 @@ def main(argv=None) -> dict:
         help="static segment lengths ARTBP may compile (train's max_buckets; "
         "default: the estimator's 6)",
     )
+    ap.add_argument(
+        "--top-bucket",
+        type=int,
+        default=None,
+        help="longest static segment ARTBP compiles, longer ones split "
+        "(train's top_bucket; default: the law's 0.99 quantile)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -248,8 +257,9 @@ def main(argv=None) -> dict:
             row = {"cell": cell_name, "k": k}
             for name in ESTIMATORS:
                 row[name] = time_jbptt(
-                    cell_name, name, k, *shape, max_buckets=args.max_buckets
-                )
+                    cell_name, name, k, *shape, max_buckets=args.max_buckets,
+                    top_bucket=None if name == "tbptt" else args.top_bucket,
+                )  # fmt: skip
             row["jax_detach"] = time_jax_detach(cell_name, k, *shape)
             if use_torch:
                 row["torch_detach"] = time_torch_detach(

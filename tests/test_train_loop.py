@@ -190,6 +190,46 @@ def test_more_buckets_pad_less_and_train_the_same_segments():
         )
 
 
+def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
+    """top_bucket=5: no compiled segment is longer, the longer segments are
+    split, and the run is the uncapped one up to round-off (float64)."""
+    model, params, xs, ys = _setup(T=120)
+    est = estimators.artbp_matched(6, "constant")
+    ladder = est.online().buckets(1)
+    assert max(ladder) > 5
+    kw = dict(key=jax.random.key(3))
+    opt = optax.sgd(1e-2)
+    full = jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, opt, est, **kw)
+    capped = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, est, top_bucket=5, **kw
+    )
+    np.testing.assert_array_equal(full.length, capped.length)
+    assert max(full.length) > 5 and capped.advanced_steps > full.advanced_steps
+    assert set(capped.buckets) <= {b for b in ladder if b <= 5}
+    np.testing.assert_allclose(capped.loss, full.loss, rtol=1e-10)
+    leaves = map(jax.tree_util.tree_leaves, (capped.params, full.params))
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    tb = jbptt.train.train(  # TBPTT(6) in blocks of 4 and 2
+        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(6),
+        top_bucket=4,
+    )  # fmt: skip
+    assert tb.buckets == (4,) and tb.advanced_steps == 4 * len(tb.length)
+    ref = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(6)
+    )
+    np.testing.assert_allclose(tb.loss, ref.loss, rtol=1e-10)
+    with pytest.raises(ValueError, match="top_bucket"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, est, top_bucket=0, **kw
+        )
+    with pytest.raises(ValueError, match="top_bucket: estimator"):
+        jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, jbptt.forward_mode.uoro(),
+            top_bucket=8, **kw,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 def test_splitting_a_long_segment_leaves_the_gradient_unchanged(cell_name):
     """Full BPTT over 29 steps in blocks of 3 and 5 (forward through the

@@ -533,6 +533,18 @@ def _split_ok(rule) -> bool:
     return getattr(rule.block, "splits", rule.segment) is rule.segment
 
 
+def _capped(ladder, top: int, split: bool, name: str) -> tuple[int, ...]:
+    """The ladder's buckets up to ``top`` (``(top,)`` when none is), for
+    ``train(top_bucket=)``; longer segments are then split."""
+    if ladder is None or not split:
+        raise ValueError(
+            f"top_bucket: estimator {name} has no bucket ladder whose long "
+            "segments can be split (an OnlineRule with buckets, advance and "
+            "block, as the cut-law estimators have)."
+        )
+    return tuple(b for b in ladder if b <= top) or (top,)
+
+
 def _pad(a: np.ndarray, s: int, n: int, b: int) -> np.ndarray:
     """``a[s : s + n]`` padded to ``b`` steps by repeating its last step:
     padded steps are real-valued data (no NaN in masked losses) and never
@@ -655,6 +667,7 @@ def train(
     clip_mode: str = "global_norm",
     min_bucket: int | None = None,
     max_buckets: int | None = None,
+    top_bucket: int | None = None,
     on_nonfinite: str = "raise",
     state: TrainState | None = None,
     flush: bool = True,
@@ -712,6 +725,15 @@ def train(
         compile more, once each: on a 2-core CPU (LSTM, B = 32, H = 128) 16
         buckets ran ARTBP up to 1.3× faster per token and took about 30 s
         more to compile, so raise it for runs of millions of steps.
+      top_bucket: the longest static segment length compiled (default: the
+        law's own, its 0.99 quantile). The ladder keeps its buckets up to
+        ``top_bucket`` (or is this one bucket when it has none) and a longer
+        segment is split into blocks without changing its gradient. On CPU
+        a long bucket whose step needs over ~32 MiB of temporaries pays page
+        faults on every call; below that it can be faster despite the
+        splits (benchmarks/NOTES.md: GRU, B = 32, H = 128, ARTBP at depth
+        32: 1.21 s with the top bucket 146, 1.06 s with ``top_bucket=93``).
+        Needs an estimator with a cut law whose rule can split segments.
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
         :class:`jbptt.checks.DivergenceError` naming the segment and the
@@ -809,6 +831,8 @@ def train(
     T = _check_data(cell, loss_fn, xs, ys, min_bucket)
     if max_buckets is not None:
         validation.positive_int("max_buckets", max_buckets)
+    if top_bucket is not None:
+        validation.positive_int("top_bucket", top_bucket)
     batch_shape = tuple(xs.shape[1:-1])
     resets_np = None
     if resets is not None:
@@ -932,6 +956,8 @@ def train(
                 ) from None
     else:
         ladder = None
+    if top_bucket is not None:
+        ladder = _capped(ladder, top_bucket, split, estimator.name)
     mb = 8 if min_bucket is None else min_bucket
     n_max = int(lengths.max())
 
