@@ -166,43 +166,44 @@ def test_compiled_steps_of_dropped_models_are_released():
     assert run(kept).compiles == 0
 
 
+def _ladders(est, T, *variants):
+    """One SGD run of ``est`` per keyword set in ``variants`` (same data and
+    key), and the runner for more."""
+    model, params, xs, ys = _setup(T=T)
+    opt = optax.sgd(1e-2)
+
+    def run(estimator=est, **kw):
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, estimator,
+            key=jax.random.key(3), **kw,
+        )  # fmt: skip
+
+    return run, [run(**kw) for kw in variants]
+
+
 def test_more_buckets_pad_less_and_train_the_same_segments():
     """max_buckets=16: a finer ladder of the same law, less padding, the same
     cuts and (up to round-off) the same run."""
-    model, params, xs, ys = _setup(T=240)
     est = estimators.artbp_matched(8, "constant")
     fine = est.online().buckets(1, max_buckets=16)
     assert len(est.online().buckets(1)) == 6 < len(fine) <= 16
     assert max(fine) == max(est.online().buckets(1))  # the same top quantile
-    kw = dict(key=jax.random.key(3))
-    opt = optax.sgd(1e-2)
-    six = jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, opt, est, **kw)
-    many = jbptt.train.train(
-        model.cell, model.loss_fn, params, xs, ys, opt, est, max_buckets=16, **kw
-    )
+    run, (six, many) = _ladders(est, 240, {}, {"max_buckets": 16})
     np.testing.assert_array_equal(six.length, many.length)
     assert set(many.buckets) <= set(fine) and many.compiles <= len(fine)
     assert many.padded_steps < six.padded_steps
     np.testing.assert_allclose(many.loss, six.loss, rtol=1e-9)
     with pytest.raises(ValueError, match="max_buckets"):
-        jbptt.train.train(
-            model.cell, model.loss_fn, params, xs, ys, opt, est, max_buckets=0, **kw
-        )
+        run(max_buckets=0)
 
 
 def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
     """top_bucket=5: no compiled segment is longer, the longer segments are
     split, and the run is the uncapped one up to round-off (float64)."""
-    model, params, xs, ys = _setup(T=120)
     est = estimators.artbp_matched(6, "constant")
     ladder = est.online().buckets(1)
     assert max(ladder) > 5
-    kw = dict(key=jax.random.key(3))
-    opt = optax.sgd(1e-2)
-    full = jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, opt, est, **kw)
-    capped = jbptt.train.train(
-        model.cell, model.loss_fn, params, xs, ys, opt, est, top_bucket=5, **kw
-    )
+    run, (full, capped) = _ladders(est, 120, {}, {"top_bucket": 5})
     np.testing.assert_array_equal(full.length, capped.length)
     assert max(full.length) > 5 and capped.advanced_steps > full.advanced_steps
     assert set(capped.buckets) <= {b for b in ladder if b <= 5}
@@ -210,24 +211,13 @@ def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
     leaves = map(jax.tree_util.tree_leaves, (capped.params, full.params))
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
-    tb = jbptt.train.train(  # TBPTT(6) in blocks of 4 and 2
-        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(6),
-        top_bucket=4,
-    )  # fmt: skip
+    _, (ref, tb) = _ladders(estimators.tbptt(6), 120, {}, {"top_bucket": 4})
     assert tb.buckets == (4,) and tb.advanced_steps == 4 * len(tb.length)
-    ref = jbptt.train.train(
-        model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(6)
-    )
-    np.testing.assert_allclose(tb.loss, ref.loss, rtol=1e-10)
+    np.testing.assert_allclose(tb.loss, ref.loss, rtol=1e-10)  # blocks of 4, 2
     with pytest.raises(ValueError, match="top_bucket"):
-        jbptt.train.train(
-            model.cell, model.loss_fn, params, xs, ys, opt, est, top_bucket=0, **kw
-        )
+        run(top_bucket=0)
     with pytest.raises(ValueError, match="top_bucket: estimator"):
-        jbptt.train.train(
-            model.cell, model.loss_fn, params, xs, ys, opt, jbptt.forward_mode.uoro(),
-            top_bucket=8, **kw,
-        )  # fmt: skip
+        run(estimator=jbptt.forward_mode.uoro(), top_bucket=8)
 
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
