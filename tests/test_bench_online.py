@@ -20,3 +20,10 @@ def test_bench_online_quick_runs(tmp_path):
     assert row["tbptt"]["buckets"] == [4]
     text = (tmp_path / "bench_online.md").read_text()
     assert "ARTBP poly" in text and "| elman | 4 |" in text
+
+
+def test_peers_are_timed_in_a_process_of_their_own():
+    import os
+
+    assert bench_online._in_own_process(os.getpid) != os.getpid()
+    assert bench_online._in_own_process(divmod, 7, 2) == (3, 1)
