@@ -15,6 +15,7 @@ from helpers import accumulate as _accumulate
 import jbptt
 from jbptt import cells, estimators
 from jbptt._src import stream
+from jbptt._src import train as train_impl
 
 
 def _flat(tree):
@@ -140,8 +141,6 @@ def test_compiled_steps_of_dropped_models_are_released():
     import gc
     import weakref
 
-    from jbptt._src import train as train_impl
-
     _, params, xs, ys = _setup(T=16)
     est, opt = estimators.tbptt(4), optax.sgd(1e-2)
 
@@ -218,6 +217,62 @@ def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
         run(top_bucket=0)
     with pytest.raises(ValueError, match="top_bucket: estimator"):
         run(estimator=jbptt.forward_mode.uoro(), top_bucket=8)
+
+
+def test_auto_top_bucket_caps_only_past_the_page_fault_size(monkeypatch):
+    """top_bucket="auto" (the default) keeps the whole ladder while every
+    bucket's step fits in _CPU_TEMP_BYTES of temporaries (a tiny model);
+    with no room it keeps the lower half of the ladder, splits longer
+    segments (the uncapped run up to round-off), and makes the same choice
+    in every chunked call (bitwise one call)."""
+    est = estimators.artbp_matched(6, "constant")
+    ladder = tuple(sorted(est.online().buckets(1)))
+    middle = ladder[(len(ladder) - 1) // 2]
+    run, (full, auto) = _ladders(est, 240, {"top_bucket": None}, {})
+    assert auto.buckets == full.buckets and max(full.buckets) > middle
+    _same(auto.params, full.params)
+    monkeypatch.setattr(train_impl, "_CPU_TEMP_BYTES", 0)
+    capped = run()
+    assert max(capped.buckets) <= middle < max(full.length)
+    assert capped.advanced_steps > full.advanced_steps
+    np.testing.assert_allclose(capped.loss, full.loss, rtol=1e-10)
+    model, params, xs, ys = _setup(T=240)
+    parts = _chunked(
+        model, params, xs, ys, optax.sgd(1e-2), est, [0, 90, 170, 240],
+        key=jax.random.key(3),
+    )  # fmt: skip
+    assert max(b for h in parts for b in h.buckets) <= middle
+    _same(parts[-1].params, capped.params)
+
+
+def test_auto_top_bucket_reads_the_line_of_real_temporaries():
+    """_auto_top extrapolates the first and middle buckets' temporaries
+    linearly; on XLA's own compiled steps (a GRU's value and gradient) that
+    picks the bucket a limit at the real temporaries allows (the estimate is
+    within 5 % at four times the middle bucket)."""
+    cell = cells.gru()
+    params = cell.init(jax.random.key(0), 3, 16)
+    ladder = (4, 8, 16, 32, 64)
+
+    vg = jbptt.value_and_grad(cell, lambda p, out, y: jnp.sum((out - y) ** 2))
+    h0 = cell.initial_state(params, (8,))
+
+    def compiled(b):
+        xs = jnp.zeros((b, 8, 3))
+        ys = jnp.zeros((b, 8, 16))
+        return jax.jit(vg).lower(params, h0, xs, ys).compile()
+
+    temps = [train_impl._temp_bytes(compiled(b)) for b in ladder]
+    assert temps[-1] > temps[0] > 0
+    for i in range(2, len(ladder)):  # limits between two buckets' temporaries
+        last = i + 1 == len(ladder)
+        limit = temps[i] * 1.05 if last else (temps[i] + temps[i + 1]) / 2
+        old = train_impl._CPU_TEMP_BYTES
+        try:
+            train_impl._CPU_TEMP_BYTES = int(limit)
+            assert train_impl._auto_top(ladder, compiled, {}, ()) == ladder[i]
+        finally:
+            train_impl._CPU_TEMP_BYTES = old
 
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])

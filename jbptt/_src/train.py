@@ -197,15 +197,61 @@ _programs: collections.OrderedDict = collections.OrderedDict()
 
 
 def _step_program(**static):
-    """The jitted :func:`_segment_step` for these static arguments."""
+    """The jitted :func:`_segment_step` for these static arguments, and a
+    dict of what was measured on its compiled steps (:func:`_auto_top`)."""
     key = tuple(static[k] for k in _STEP_STATIC)
-    fn = _programs.pop(key, None)
-    if fn is None:
-        fn = jax.jit(functools.partial(_segment_step, **static))
-    _programs[key] = fn  # most recently used last
+    entry = _programs.pop(key, None)
+    if entry is None:
+        entry = (jax.jit(functools.partial(_segment_step, **static)), {})
+    _programs[key] = entry  # most recently used last
     while len(_programs) > _PROGRAMS:
         _programs.popitem(last=False)
-    return fn
+    return entry
+
+
+# XLA:CPU maps a step's temporaries afresh on every call once they pass about
+# 32 MiB, and each fresh 4 KiB page costs a few µs (benchmarks/NOTES.md,
+# profile point 2): a GRU step at B = 32, H = 128 ran 800 µs per step in a
+# bucket of 146 (41 MiB) against 375–473 µs in buckets up to 93 (26 MiB).
+_CPU_TEMP_BYTES = 32 << 20
+
+
+def _auto_top(ladder, compiled, memo: dict, shapes) -> int:
+    """``train(top_bucket="auto")``: the longest bucket of ``ladder`` whose
+    step needs at most ``_CPU_TEMP_BYTES`` of temporaries, and never below
+    the ladder's middle bucket (shorter blocks re-run more forward steps
+    than the page faults cost). The temporaries grow linearly with the
+    bucket (GRU, B = 32, H = 128: 9.0, 18.0 and 41.1 MiB at 32, 64 and 146
+    steps), so the compiled steps of the first and the middle bucket
+    (``compiled(b)``, the executables their segments run) give the line.
+    Memoised per program and argument shapes, so every chunked call of a
+    run makes the same choice.
+    """
+    key = (ladder, shapes, _CPU_TEMP_BYTES)
+    if key not in memo:
+        top = b1 = ladder[(len(ladder) - 1) // 2]
+        b0 = ladder[0]
+        t0, t1 = (_temp_bytes(compiled(b)) for b in (b0, b1))
+        if t0 is not None and t1 is not None:
+            slope = max(t1 - t0, 0) / (b1 - b0)
+            fits = [b for b in ladder if t0 + slope * (b - b0) <= _CPU_TEMP_BYTES]
+            top = max([top, *fits])
+        memo[key] = top
+    return memo[key]
+
+
+def _signature(args) -> tuple:
+    """The tree structure, shapes and dtypes of a step's arguments."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    return (tree, *((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves))
+
+
+def _temp_bytes(executable) -> int | None:
+    """Temporary bytes of a compiled step (``None`` where XLA does not say)."""
+    try:
+        return int(executable.memory_analysis().temp_size_in_bytes)
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
 
 
 def make_step(
@@ -258,7 +304,7 @@ def make_step(
         advance=None,
         block=None,
     )
-    program = _step_program(**static)
+    program, _ = _step_program(**static)
 
     def step(params, opt_state, h, xs, ys, w, start, n, bucket, resets=None,
              reset_state=None):  # fmt: skip
@@ -667,7 +713,7 @@ def train(
     clip_mode: str = "global_norm",
     min_bucket: int | None = None,
     max_buckets: int | None = None,
-    top_bucket: int | None = None,
+    top_bucket: int | str | None = "auto",
     on_nonfinite: str = "raise",
     state: TrainState | None = None,
     flush: bool = True,
@@ -725,15 +771,21 @@ def train(
         compile more, once each: on a 2-core CPU (LSTM, B = 32, H = 128) 16
         buckets ran ARTBP up to 1.3× faster per token and took about 30 s
         more to compile, so raise it for runs of millions of steps.
-      top_bucket: the longest static segment length compiled (default: the
-        law's own, its 0.99 quantile). The ladder keeps its buckets up to
-        ``top_bucket`` (or is this one bucket when it has none) and a longer
-        segment is split into blocks without changing its gradient. On CPU
-        a long bucket whose step needs over ~32 MiB of temporaries pays page
-        faults on every call; below that it can be faster despite the
-        splits (benchmarks/NOTES.md: GRU, B = 32, H = 128, ARTBP at depth
-        32: 1.21 s with the top bucket 146, 1.06 s with ``top_bucket=93``).
-        Needs an estimator with a cut law whose rule can split segments.
+      top_bucket: the longest static segment length compiled: an int,
+        ``None`` (the law's own, its 0.99 quantile) or ``"auto"`` (default).
+        The ladder keeps its buckets up to ``top_bucket`` (or is this one
+        bucket when it has none) and a longer segment is split into blocks
+        without changing its gradient. On CPU a long bucket whose step needs
+        over ~32 MiB of temporaries pays page faults on every call; below
+        that it can be faster despite the splits (benchmarks/NOTES.md: GRU,
+        B = 32, H = 128, ARTBP at depth 32: 1.21 s with the top bucket 146,
+        1.06 s with ``top_bucket=93``). ``"auto"`` makes that cut on the CPU
+        backend: it reads the temporaries of the first and middle buckets'
+        compiled steps (compiled once, as their segments need them) and
+        drops the buckets whose step would pass 32 MiB, keeping at least
+        the lower half of the ladder; the same choice in every call of a
+        run. An int needs an estimator with a cut law whose rule can split
+        segments; ``"auto"`` leaves other estimators as they are.
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
         :class:`jbptt.checks.DivergenceError` naming the segment and the
@@ -831,8 +883,10 @@ def train(
     T = _check_data(cell, loss_fn, xs, ys, min_bucket)
     if max_buckets is not None:
         validation.positive_int("max_buckets", max_buckets)
-    if top_bucket is not None:
-        validation.positive_int("top_bucket", top_bucket)
+    if top_bucket not in (None, "auto"):
+        validation.positive_int(
+            "top_bucket", top_bucket, 'a positive int, "auto" or None'
+        )
     batch_shape = tuple(xs.shape[1:-1])
     resets_np = None
     if resets is not None:
@@ -956,7 +1010,7 @@ def train(
                 ) from None
     else:
         ladder = None
-    if top_bucket is not None:
+    if top_bucket not in (None, "auto"):
         ladder = _capped(ladder, top_bucket, split, estimator.name)
     mb = 8 if min_bucket is None else min_bucket
     n_max = int(lengths.max())
@@ -980,25 +1034,39 @@ def train(
         advance=rule.advance if split else None,
         block=rule.block if split else None,
     )
-    program = _step_program(**static)
+    program, measured = _step_program(**static)
     params, opt_state, h, est_state = state[:4]
     zeros_g = tree_map(jnp.zeros_like, params)
     zeros_h = tree_map(jnp.zeros_like, h)
-    cache0 = program._cache_size()
     compile0 = _COMPILE_SECONDS[0]
-    t_start, t_callbacks = time.perf_counter(), 0.0
 
-    def run(h, g_acc, dh, s, n, b, seg_key, mode):
-        args = (
+    def args_of(h, g_acc, dh, s, n, b, seg_key, mode):
+        data = (
             _pad(xs_np, s, n, b),
             tree_map(lambda a: _pad(a, s, n, b), ys_np),
             _pad(w_all, s, n, b),
         )
         r = None if resets_np is None else _pad(resets_np, s, n, b)
-        return program(
-            params, opt_state, h, est_state, g_acc, dh, *args, n, seg_key,
+        return (
+            params, opt_state, h, est_state, g_acc, dh, *data, n, seg_key,
             mode, r, h_reset,
         )  # fmt: skip
+
+    def run(*segment):
+        return program(*args_of(*segment))
+
+    if top_bucket == "auto" and split and len(ladder) > 2:
+        if jax.default_backend() == "cpu":  # page faults: see _CPU_TEMP_BYTES
+
+            def probe(b):  # a segment's arguments in bucket b
+                n = min(b, len(xs_np))
+                return args_of(h, zeros_g, zeros_h, 0, n, b, state.key, _UPDATE)
+
+            compiled = lambda b: program.lower(*probe(b)).compile()  # noqa: E731
+            top = _auto_top(ladder, compiled, measured, _signature(probe(ladder[0])))
+            ladder = tuple(b for b in ladder if b <= top)
+    cache0 = program._cache_size()
+    t_start, t_callbacks = time.perf_counter(), 0.0
 
     bar = None
     if progress:
