@@ -74,6 +74,7 @@ def _is_e2e(item, helpers: set[str]) -> bool:
     return _runs_e2e(_source(item.function), helpers)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has named the groups
 def pytest_collection_modifyitems(config, items):
     helpers: dict[str, set[str]] = {}
     for item in items:
@@ -84,3 +85,21 @@ def pytest_collection_modifyitems(config, items):
             helpers[name] = _e2e_helpers(item.module)
         if _is_e2e(item, helpers[name]):
             item.add_marker(pytest.mark.e2e)
+    _check_groups(config, items)
+
+
+def _check_groups(config, items) -> None:
+    """Under ``--dist loadgroup`` pytest-xdist names each ``xdist_group``
+    test ``<id>@<group>`` so that its scheduler keeps a group on one worker;
+    where a pytest release keeps it from doing so, every worker would run the
+    group's shared end-to-end run again, so say so instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group")]
+    lost = [n for n in lost if "@" not in n]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup: pytest {pytest.__version__} left {lost[0]} "
+            "without its xdist group, so grouped tests would not share a worker; "
+            "install the pytest versions pyproject.toml's dev extra allows."
+        )
