@@ -214,6 +214,9 @@ def _step_program(**static):
 # profile point 2): a GRU step at B = 32, H = 128 ran 800 µs per step in a
 # bucket of 146 (41 MiB) against 375–473 µs in buckets up to 93 (26 MiB).
 _CPU_TEMP_BYTES = 32 << 20
+# A generous count of the step- and state-sized arrays a step keeps per time
+# step (GRU: about 17 at B = 32, H = 128), below which no probe is needed.
+_STEP_ARRAYS = 32
 
 
 def _auto_top(ladder, compiled, memo: dict, shapes) -> int:
@@ -238,6 +241,12 @@ def _auto_top(ladder, compiled, memo: dict, shapes) -> int:
             top = max([top, *fits])
         memo[key] = top
     return memo[key]
+
+
+def _step_bytes(xs, ys, h) -> int:
+    """Bytes of one time step's input, target and state."""
+    arrays = [xs[0], *jax.tree_util.tree_leaves((tree_map(lambda a: a[0], ys), h))]
+    return sum(np.dtype(a.dtype).itemsize * np.size(a) for a in arrays)
 
 
 def _signature(args) -> tuple:
@@ -784,7 +793,9 @@ def train(
         compiled steps (compiled once, as their segments need them) and
         drops the buckets whose step would pass 32 MiB, keeping at least
         the lower half of the ladder; the same choice in every call of a
-        run. An int needs an estimator with a cut law whose rule can split
+        run (small models, whose top bucket holds under 32 MiB even at 32
+        arrays of a step's input, target and state per time step, skip
+        the probe). An int needs an estimator with a cut law whose rule can split
         segments; ``"auto"`` leaves other estimators as they are.
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
@@ -1056,7 +1067,10 @@ def train(
         return program(*args_of(*segment))
 
     if top_bucket == "auto" and split and len(ladder) > 2:
-        if jax.default_backend() == "cpu":  # page faults: see _CPU_TEMP_BYTES
+        # models far below the limit skip the probe's compilations
+        small = _STEP_ARRAYS * _step_bytes(xs_np, ys_np, h) * ladder[-1]
+        small = small <= _CPU_TEMP_BYTES
+        if jax.default_backend() == "cpu" and not small:  # see _CPU_TEMP_BYTES
 
             def probe(b):  # a segment's arguments in bucket b
                 n = min(b, len(xs_np))
