@@ -1066,7 +1066,7 @@ def train(
     def run(*segment):
         return program(*args_of(*segment))
 
-    if top_bucket == "auto" and split and len(ladder) > 2:
+    if top_bucket == "auto" and split and ladder is not None and len(ladder) > 2:
         # models far below the limit skip the probe's compilations
         small = _STEP_ARRAYS * _step_bytes(xs_np, ys_np, h) * ladder[-1]
         small = small <= _CPU_TEMP_BYTES
