@@ -245,7 +245,7 @@ def test_auto_top_bucket_caps_only_past_the_page_fault_size(monkeypatch):
     _same(parts[-1].params, capped.params)
 
 
-def test_auto_top_bucket_reads_the_line_of_real_temporaries():
+def test_auto_top_bucket_reads_the_line_of_real_temporaries(monkeypatch):
     """_auto_top extrapolates the first and middle buckets' temporaries
     linearly; on XLA's own compiled steps (a GRU's value and gradient) that
     picks the bucket a limit at the real temporaries allows (the estimate is
@@ -267,12 +267,8 @@ def test_auto_top_bucket_reads_the_line_of_real_temporaries():
     for i in range(2, len(ladder)):  # limits between two buckets' temporaries
         last = i + 1 == len(ladder)
         limit = temps[i] * 1.05 if last else (temps[i] + temps[i + 1]) / 2
-        old = train_impl._CPU_TEMP_BYTES
-        try:
-            train_impl._CPU_TEMP_BYTES = int(limit)
-            assert train_impl._auto_top(ladder, compiled, {}, ()) == ladder[i]
-        finally:
-            train_impl._CPU_TEMP_BYTES = old
+        monkeypatch.setattr(train_impl, "_CPU_TEMP_BYTES", int(limit))
+        assert train_impl._auto_top(ladder, compiled, {}, ()) == ladder[i]
 
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])

@@ -243,10 +243,19 @@ def _auto_top(ladder, compiled, memo: dict, shapes) -> int:
     return memo[key]
 
 
-def _step_bytes(xs, ys, h) -> int:
-    """Bytes of one time step's input, target and state."""
-    arrays = [xs[0], *jax.tree_util.tree_leaves((tree_map(lambda a: a[0], ys), h))]
-    return sum(np.dtype(a.dtype).itemsize * np.size(a) for a in arrays)
+def _may_page_fault(ladder, split, xs, ys, h) -> bool:
+    """Whether ``train(top_bucket="auto")`` probes the ladder: on CPU, for a
+    ladder of over two buckets whose long segments can be split, unless its
+    top bucket fits in ``_CPU_TEMP_BYTES`` even at ``_STEP_ARRAYS`` arrays of
+    one step's input, target and state per time step (small models skip
+    the probe's compilations)."""
+    if not split or ladder is None or len(ladder) <= 2:
+        return False
+    if jax.default_backend() != "cpu":
+        return False
+    step = [xs[0], *jax.tree_util.tree_leaves((tree_map(lambda a: a[0], ys), h))]
+    step_bytes = sum(np.dtype(a.dtype).itemsize * np.size(a) for a in step)
+    return _STEP_ARRAYS * step_bytes * ladder[-1] > _CPU_TEMP_BYTES
 
 
 def _signature(args) -> tuple:
@@ -794,9 +803,9 @@ def train(
         drops the buckets whose step would pass 32 MiB, keeping at least
         the lower half of the ladder; the same choice in every call of a
         run (small models, whose top bucket holds under 32 MiB even at 32
-        arrays of a step's input, target and state per time step, skip
-        the probe). An int needs an estimator with a cut law whose rule can split
-        segments; ``"auto"`` leaves other estimators as they are.
+        arrays of a step's input, target and state per time step, skip the
+        probe). An int needs an estimator with a cut law whose rule can
+        split segments; ``"auto"`` leaves other estimators as they are.
       on_nonfinite: what to do when a segment's loss, gradients or state are
         NaN or inf (its update is never applied): ``"raise"`` a
         :class:`jbptt.checks.DivergenceError` naming the segment and the
@@ -1066,19 +1075,15 @@ def train(
     def run(*segment):
         return program(*args_of(*segment))
 
-    if top_bucket == "auto" and split and ladder is not None and len(ladder) > 2:
-        # models far below the limit skip the probe's compilations
-        small = _STEP_ARRAYS * _step_bytes(xs_np, ys_np, h) * ladder[-1]
-        small = small <= _CPU_TEMP_BYTES
-        if jax.default_backend() == "cpu" and not small:  # see _CPU_TEMP_BYTES
+    if top_bucket == "auto" and _may_page_fault(ladder, split, xs_np, ys_np, h):
 
-            def probe(b):  # a segment's arguments in bucket b
-                n = min(b, len(xs_np))
-                return args_of(h, zeros_g, zeros_h, 0, n, b, state.key, _UPDATE)
+        def probe(b):  # a segment's arguments in bucket b
+            n = min(b, len(xs_np))
+            return args_of(h, zeros_g, zeros_h, 0, n, b, state.key, _UPDATE)
 
-            compiled = lambda b: program.lower(*probe(b)).compile()  # noqa: E731
-            top = _auto_top(ladder, compiled, measured, _signature(probe(ladder[0])))
-            ladder = tuple(b for b in ladder if b <= top)
+        compiled = lambda b: program.lower(*probe(b)).compile()  # noqa: E731
+        top = _auto_top(ladder, compiled, measured, _signature(probe(ladder[0])))
+        ladder = _capped(ladder, top, split, estimator.name)
     cache0 = program._cache_size()
     t_start, t_callbacks = time.perf_counter(), 0.0
 
