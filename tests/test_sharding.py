@@ -33,7 +33,11 @@ def run_with_devices(script: str, n_devices: int) -> dict:
         """
     )
     env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("XLA_FLAGS", None)
+    # keep conftest's compile flags; the device count comes from the prelude
+    flags = env.pop("XLA_FLAGS", "").split()
+    flags = [f for f in flags if "host_platform_device_count" not in f]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
     proc = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(script)],
         capture_output=True,
@@ -139,3 +143,96 @@ def test_map_rows_one_device_matches_vmap():
 def test_bad_arguments(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+# Data parallel on 2 CPU devices: jbptt.value_and_grad on inputs split along
+# the batch (XLA partitions the scans and sums the gradients), and
+# train(mesh=2) in two chunked calls: TBPTT (Elman), ARTBP with split long
+# segments and resets (LSTM), per-stream cuts (GRU); against one device,
+# float64.
+DATA_PARALLEL = """
+import json
+import jax.numpy as jnp
+import numpy as np
+import optax
+import jbptt
+from jbptt import estimators, sharding
+
+def rel(a, b):
+    a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y)))
+               for x, y in zip(a, b))
+
+resets = np.zeros((40, 4), bool)
+resets[17, 1] = True
+runs = {
+    "elman": (estimators.tbptt(6), {}),
+    "lstm": (estimators.artbp_matched(8), dict(top_bucket=8, resets=resets)),
+    "gru": (estimators.artbp_matched(12),
+            dict(stream_cuts=estimators.artbp_matched(6))),
+}
+out, errs = {"devices": len(jax.devices())}, {}
+for name, (est, kw) in runs.items():
+    model = jbptt.readout(getattr(jbptt.cells, name)(), output_size=2)
+    p = model.init(jax.random.key(0), 3, 5)
+    xs = jax.random.normal(jax.random.key(1), (40, 4, 3))
+    ys = jax.random.normal(jax.random.key(2), (40, 4, 2))
+    h0 = model.cell.initial_state(p, (4,))
+    opt = optax.adam(1e-2)
+
+    def part(sl):
+        return {k: (v[sl] if k == "resets" else v) for k, v in kw.items()}
+
+    def run(mesh):
+        a = jbptt.train.train(model.cell, model.loss_fn, p, xs[:23], ys[:23], opt,
+                              est, key=jax.random.key(3), flush=False, mesh=mesh,
+                              **part(slice(0, 23)))
+        return jbptt.train.train(model.cell, model.loss_fn, None, xs[23:], ys[23:],
+                                 opt, est, state=a.state, mesh=mesh,
+                                 **part(slice(23, None)))
+
+    one, two = run(None), run(2)
+    errs[name + "_train"] = max(rel(two.params, one.params), rel(two.loss, one.loss),
+                                rel(two.h, one.h))
+    out[name + "_same_segments"] = one.length.tolist() == two.length.tolist()
+    out[name + "_advanced"] = int(two.advanced_steps)
+    out[name + "_train_devices"] = len(
+        jax.tree_util.tree_leaves(two.h)[0].sharding.device_set)
+    if name != "lstm":  # value_and_grad on split inputs: the LSTM's (c, h)
+        continue
+    grad = jax.jit(jbptt.value_and_grad(model.cell, model.loss_fn))
+    ref = grad(p, h0, xs, ys)
+    split = grad(p, sharding.split_batch(h0, 2),
+                 sharding.split_batch(xs, 2, axis=1),
+                 sharding.split_batch(ys, 2, axis=1))
+    errs[name + "_grad"] = rel(split, ref)
+    h_T = jax.tree_util.tree_leaves(split[0][1])[0]
+    out[name + "_grad_devices"] = len(h_T.sharding.device_set)
+try:
+    jbptt.train.train(model.cell, model.loss_fn, p, xs[:, :3], ys[:, :3], opt,
+                      estimators.tbptt(6), mesh=2)
+except ValueError as err:
+    out["uneven"] = str(err)
+out["errs"] = errs
+print(json.dumps(out))
+"""
+
+
+def test_data_parallel_gradients_and_training_equal_one_device():
+    out = run_with_devices(DATA_PARALLEL, 2)
+    assert out["devices"] == 2
+    for name, err in out["errs"].items():
+        assert err <= 1e-10, (name, err)
+    assert out["lstm_grad_devices"] == 2  # the final state stays split
+    for name in ("elman", "lstm", "gru"):
+        assert out[name + "_train_devices"] == 2
+        assert out[name + "_same_segments"]
+    assert out["lstm_advanced"] > 0  # long segments were split into blocks
+    assert "batch of 3 streams" in out["uneven"] and "2 devices" in out["uneven"]
+
+
+def test_split_batch_places_blocks_and_refuses_bad_axes():
+    xs = sharding.split_batch({"x": jnp.ones((5, 4, 3)), "w": jnp.ones(5)}, 1, axis=1)
+    assert xs["x"].shape == (5, 4, 3) and xs["w"].shape == (5,)
+    with pytest.raises(ValueError, match="axis must be an int"):
+        sharding.split_batch(jnp.ones(3), 1, axis=-1)

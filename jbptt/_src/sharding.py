@@ -173,3 +173,57 @@ def map_rows(
         out, jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), out)
     )
     return jax.tree_util.tree_map(lambda o: o[:S], out)
+
+
+def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
+    """Place ``tree`` with its batch axis split over ``mesh`` (data parallel).
+
+    Leaves with a batch axis ``axis`` are split into contiguous blocks, one
+    per device; the other leaves (fewer dimensions, e.g. link weights ``w[T]``
+    shared by the batch) are replicated. Under ``jit``, XLA then partitions
+    the whole computation along the batch: each device runs the scans on
+    its own streams and the parameter gradients are summed across devices
+    (an all-reduce XLA inserts), so the results equal the single-device ones
+    up to the order of that sum. On a CPU this runs the per-step products of
+    small models on several cores at once (benchmarks/NOTES.md, "Batch over
+    host devices").
+
+    Args:
+      tree: arrays (or a pytree of them), e.g. ``xs [T, B, I]`` (``axis=1``)
+        or a state ``h [B, H]`` (``axis=0``).
+      mesh: a device count, a list of devices or a 1-D mesh
+        (:func:`make_mesh`).
+      axis: the batch axis of the leaves that have one.
+
+    Raises:
+      ValueError: a batched leaf whose batch does not divide evenly over the
+        mesh's devices.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jbptt import sharding
+      >>> xs = sharding.split_batch(jnp.ones((5, 4, 3)), 1, axis=1)
+      >>> xs.shape, len(xs.sharding.device_set)
+      ((5, 4, 3), 1)
+    """
+    mesh = resolve_mesh(mesh)
+    axis = validation.integer("axis", axis, minimum=0, what="an int ≥ 0")
+
+    def put(a):
+        if np.ndim(a) <= axis:
+            return jax.device_put(a, NamedSharding(mesh, P()))
+        size = np.shape(a)[axis]
+        if size % mesh.size:
+            raise ValueError(
+                f"mesh: a batch axis of size {size} (axis {axis} of a leaf of "
+                f"shape {np.shape(a)}) must divide evenly over the mesh's "
+                f"{mesh.size} devices."
+            )
+        return jax.device_put(a, NamedSharding(mesh, P(*([None] * axis), AXIS)))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def replicate(tree, mesh: Mesh | int | Sequence):
+    """Place every leaf of ``tree`` whole on each device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(resolve_mesh(mesh), P()))

@@ -80,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbptt._src import checks, protocol, sequences, validation
+from jbptt._src import checks, protocol, sequences, sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import _truncation_segment
 
@@ -259,9 +259,12 @@ def _may_page_fault(ladder, split, xs, ys, h) -> bool:
 
 
 def _signature(args) -> tuple:
-    """The tree structure, shapes and dtypes of a step's arguments."""
+    """The tree structure, shapes, dtypes and placements of a step's arguments
+    (a batch split over devices compiles a step of its own)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
-    return (tree, *((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves))
+    where = [getattr(a, "sharding", None) for a in leaves]
+    kinds = [(np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves]
+    return (tree, *zip(kinds, where, strict=True))
 
 
 def _temp_bytes(executable) -> int | None:
@@ -572,6 +575,22 @@ def _check_data(cell, loss_fn, xs, ys, min_bucket) -> int:
     return T
 
 
+def _check_mesh(mesh, batch_shape):
+    """``train(mesh=)``: a 1-D mesh whose devices divide the batch evenly."""
+    mesh = sharding.resolve_mesh(mesh)
+    if not batch_shape:
+        raise ValueError(
+            "mesh: splits the batch of xs [T, B, I] over devices, but xs has no "
+            "batch axis; pass a batch of streams or mesh=None."
+        )
+    if batch_shape[0] % mesh.size:
+        raise ValueError(
+            f"mesh: the batch of {batch_shape[0]} streams (xs.shape[1]) must divide "
+            f"evenly over the mesh's {mesh.size} devices."
+        )
+    return mesh
+
+
 def _check_takes_resets(rule, name: str) -> None:
     """Resets are handed to the rule's functions as ``resets=`` and
     ``reset_state=``; refuse up front a rule whose ``segment`` has no such
@@ -741,6 +760,7 @@ def train(
     reset_state=None,
     lengths=None,
     stream_cuts=None,
+    mesh=None,
 ) -> History:
     """Train online along ``xs``, one optax update per segment.
 
@@ -860,6 +880,15 @@ def train(
         segment (pick the two means together: e.g. shared updates every
         ~2k steps and streams cut at k). :func:`link_weights` gives the
         weights of a stream for offline study.
+      mesh: ``None`` (one device) or a device count, device list or 1-D
+        mesh (:func:`jbptt.sharding.make_mesh`) to split the batch over
+        (data parallel, :func:`jbptt.sharding.split_batch`): each device
+        runs the scans of its own ``B / n`` streams, params and optimizer
+        state are replicated and the gradients summed across devices. The
+        batch ``B`` (``xs [T, B, I]``) must divide evenly. On a CPU with
+        host devices (``jax.config.update("jax_num_cpu_devices", n)``
+        before jax starts) this runs small models' per-step products on
+        several cores (benchmarks/NOTES.md, "Batch over host devices").
 
     Returns:
       A :class:`History`; ``History.state`` continues the run.
@@ -908,6 +937,8 @@ def train(
             "top_bucket", top_bucket, 'a positive int, "auto" or None'
         )
     batch_shape = tuple(xs.shape[1:-1])
+    if mesh is not None:
+        mesh = _check_mesh(mesh, batch_shape)
     resets_np = None
     if resets is not None:
         resets_np = np.asarray(sequences.check_resets(resets, T, batch_shape))
@@ -1056,6 +1087,11 @@ def train(
     )
     program, measured = _step_program(**static)
     params, opt_state, h, est_state = state[:4]
+    if mesh is not None:  # params replicated, streams split (data parallel)
+        params, opt_state = sharding.replicate((params, opt_state), mesh)
+        h = sharding.split_batch(h, mesh)
+        if h_reset is not None:
+            h_reset = sharding.split_batch(h_reset, mesh)
     zeros_g = tree_map(jnp.zeros_like, params)
     zeros_h = tree_map(jnp.zeros_like, h)
     compile0 = _COMPILE_SECONDS[0]
@@ -1067,6 +1103,8 @@ def train(
             _pad(w_all, s, n, b),
         )
         r = None if resets_np is None else _pad(resets_np, s, n, b)
+        if mesh is not None:  # [T, B, ...] split on B; shared w[T] replicated
+            data, r = sharding.split_batch((data, r), mesh, axis=1)
         return (
             params, opt_state, h, est_state, g_acc, dh, *data, n, seg_key,
             mode, r, h_reset,
