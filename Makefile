@@ -43,6 +43,7 @@ bench: venv
 	$(PY) -m benchmarks.bench_grad --out benchmarks
 	$(PY) -m benchmarks.bench_online --out benchmarks
 	$(PY) -m benchmarks.bench_segments --out benchmarks
+	$(PY) -m benchmarks.bench_devices --out benchmarks
 
 # GPU in one command: the venv, jax[cuda12] at the venv's jax version, the
 # gradient checks and the benchmarks, each time-boxed (8 minutes after the

@@ -69,6 +69,14 @@ def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
+def max_rel_diff(a, b) -> float:
+    """Largest ``max|a − b| / max|a|`` over the leaves of two pytrees."""
+    pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    return max(
+        float(abs(x - y).max() / max(float(abs(x).max()), 1e-30)) for x, y in pairs
+    )
+
+
 def memory_bytes(compiled) -> dict:
     """Compiled memory analysis: temporaries and the peak (args+out+temp)."""
     m = compiled.memory_analysis()

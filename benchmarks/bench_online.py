@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 import jbptt
-from jbptt import cells, estimators
+from jbptt import cells, estimators, sharding
 
 CELLS = {"elman": cells.elman, "lstm": cells.lstm, "gru": cells.gru}
 ESTIMATORS = ("tbptt", "artbp_geometric", "artbp_poly")
@@ -68,7 +68,7 @@ def _top_bucket(text: str) -> int | str | None:
 
 def time_jbptt(
     cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None,
-    top_bucket="auto",
+    top_bucket="auto", mesh=None,
 ):  # fmt: skip
     model = jbptt.readout(CELLS[cell_name](), output_size=O)
     params = model.init(jax.random.key(0), I, H)
@@ -78,7 +78,7 @@ def time_jbptt(
     def run():
         return jbptt.train.train(
             model.cell, model.loss_fn, params, xs, ys, opt, est, key=key,
-            max_buckets=max_buckets, top_bucket=top_bucket,
+            max_buckets=max_buckets, top_bucket=top_bucket, mesh=mesh,
         )  # fmt: skip
 
     first = run()  # compiles every bucket these cuts use
@@ -98,15 +98,18 @@ def time_jbptt(
     }
 
 
-def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
+def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3, mesh=None):
     """The hand-written loop: jitted chunk value_and_grad + Adam, the state's
-    gradient stopped between chunks."""
+    gradient stopped between chunks; with a ``mesh``, the chunks and the
+    state split over its devices along the batch (data parallel)."""
     model = jbptt.readout(CELLS[cell_name](), output_size=O)
     params = model.init(jax.random.key(0), I, H)
     xs, ys = _data(T, B, I, O)
     n = T // k
     xs_c = xs[: n * k].reshape(n, k, B, I)
     ys_c = ys[: n * k].reshape(n, k, B, O)
+    if mesh is not None:
+        xs_c, ys_c = sharding.split_batch((xs_c, ys_c), mesh, axis=2)
     opt = optax.adam(lr)
     cell = model.cell
 
@@ -127,6 +130,8 @@ def time_jax_detach(cell_name, k, T, B, H, I, O, lr=1e-3):
     def run():
         p, s = params, opt.init(params)
         h = cell.initial_state(params, (B,))
+        if mesh is not None:
+            p, s, h = (*sharding.replicate((p, s), mesh), sharding.split_batch(h, mesh))
         for i in range(n):
             p, s, h, _ = step(p, s, h, xs_c[i], ys_c[i])
         return jax.block_until_ready(p)

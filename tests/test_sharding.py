@@ -213,6 +213,10 @@ try:
                       estimators.tbptt(6), mesh=2)
 except ValueError as err:
     out["uneven"] = str(err)
+try:
+    sharding.split_batch(jnp.ones((5, 3, 2)), 2, axis=1)
+except ValueError as err:
+    out["uneven_split"] = str(err)
 out["errs"] = errs
 print(json.dumps(out))
 """
@@ -229,6 +233,10 @@ def test_data_parallel_gradients_and_training_equal_one_device():
         assert out[name + "_same_segments"]
     assert out["lstm_advanced"] > 0  # long segments were split into blocks
     assert "batch of 3 streams" in out["uneven"] and "2 devices" in out["uneven"]
+    assert out["uneven_split"] == (
+        "mesh: a batch axis of size 3 (axis 1 of a leaf of shape (5, 3, 2)) must "
+        "divide evenly over the mesh's 2 devices."
+    )
 
 
 def test_split_batch_places_blocks_and_refuses_bad_axes():
