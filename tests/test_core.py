@@ -1,6 +1,8 @@
 """jbptt.value_and_grad (hand-derived reverse scan) against jax.value_and_grad
 of the same forward, for every cell, batch shape and link weights."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -217,3 +219,51 @@ def test_forward_scan_states_match_the_step(cell_name):
     assert jax.tree_util.tree_all(
         jax.tree_util.tree_map(lambda a, b: (a == b[-1]).all(), h_T, hs)
     )
+
+
+@pytest.mark.parametrize("cell_name", ["elman_tanh", "lstm", "gru", "from_fn"])
+def test_steps_runs_the_leading_steps_only(cell_name):
+    # rnn_scan(steps=n) in a buffer of T equals rnn_scan over xs[:n]: values,
+    # final state and gradients (params, h0), with per-sequence link weights
+    # and a reset, n traced under jit; outputs after n are zero.
+    model, params, h0, xs, ys = problem(CELLS[cell_name](), T=9)
+    cell, T = model.cell, xs.shape[0]
+    w = random_w(T)[:, None] * jnp.ones((T, 3)).at[4, 1].set(0.0)
+    resets = jnp.zeros((T, 3), bool).at[2, 0].set(True)
+
+    def loss(p, h, n, full):
+        kw = dict(resets=resets[:n] if full else resets)
+        x, w_ = (xs[:n], w[:n]) if full else (xs, w)
+        h_T, outs = jbptt.rnn_scan(cell, p, h, x, w_, steps=None if full else n, **kw)
+        leaves = jax.tree_util.tree_leaves(h_T)
+        return jnp.sum(jnp.sin(outs)) + sum(jnp.sum(a**2) for a in leaves), outs
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+                   static_argnums=3)  # fmt: skip
+    for n in (1, 5, T):
+        (L, outs), g = grad(params, h0, n, False)
+        (L_ref, outs_ref), g_ref = jax.value_and_grad(
+            loss, argnums=(0, 1), has_aux=True
+        )(params, h0, n, True)
+        assert rel_err(L, L_ref) <= 1e-12
+        assert rel_err(g, g_ref) <= 1e-10
+        assert rel_err(outs[:n], outs_ref) <= 1e-12
+        if n < T:
+            assert float(jnp.max(jnp.abs(outs[n:]))) == 0.0
+
+
+def test_steps_refuses_what_it_cannot_run():
+    model, params, h0, xs, _ = problem(CELLS["elman_tanh"]())
+    scan = functools.partial(jbptt.rnn_scan, model.cell, params, h0, xs)
+    with pytest.raises(ValueError, match=r"steps must be in \[1, T = 7\], got 0"):
+        scan(steps=0)
+    with pytest.raises(ValueError, match=r"steps must be in \[1, T = 7\], got 8"):
+        scan(steps=8)
+    with pytest.raises(TypeError, match="steps must be an int scalar"):
+        scan(steps=2.5)
+    with pytest.raises(TypeError, match="steps must be an int scalar"):
+        scan(steps=jnp.ones(2, int))
+    with pytest.raises(ValueError, match="neither checkpoint= nor mode='autodiff'"):
+        scan(steps=3, checkpoint="sqrt")
+    with pytest.raises(ValueError, match="neither checkpoint= nor mode='autodiff'"):
+        scan(steps=3, mode="autodiff")

@@ -52,6 +52,7 @@ from jbptt._src import protocol, sequences, sharding, stream, truncation, valida
 from jbptt._src.api import per_step_losses
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
+from jbptt._src.scan import _loop as _scan_loop
 from jbptt._src.scan import rnn_scan
 
 tree_map = jax.tree_util.tree_map
@@ -228,8 +229,8 @@ def _truncation_segment(
     state entering with its gradient stopped (the cut before the segment).
     ``resets [n, *batch]``: episode starts, from ``reset_state`` (the link
     into the previous step cut, :func:`jbptt.rnn_scan`)."""
-    n = jnp.sum(mask).astype(int)
-    kw = dict(resets=resets, reset_state=reset_state)
+    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
+    kw = dict(resets=resets, reset_state=reset_state, steps=n)
 
     def seg_loss(params):
         _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)
@@ -247,12 +248,12 @@ def _truncation_advance(cell, params, h, xs, mask, resets=None, reset_state=None
     ``reset_state``."""
 
     def body(h, inp):
-        x, m, r = inp
+        x, r = inp
         h_in = h if r is None else sequences.select(r, reset_state, h)
-        h_new, _ = cell.step(params, h_in, x)
-        return tree_map(lambda a, b: jnp.where(m > 0, a, b), h_new, h), None
+        return cell.step(params, h_in, x)[0], None
 
-    h, _ = jax.lax.scan(body, h, (xs, mask, resets))
+    n = jnp.sum(mask).astype(int)  # the real steps only
+    h, _ = _scan_loop(body, h, (xs, resets), n)
     return h
 
 
@@ -265,8 +266,8 @@ def _truncation_block(
     first link (scaled by ``w[0]``), to hand to the block before. Summed over
     the blocks, the gradients are the unsplit segment's (the reverse scan
     is linear in its cotangents)."""
-    n = jnp.sum(mask).astype(int)
-    kw = dict(resets=resets, reset_state=reset_state)
+    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
+    kw = dict(resets=resets, reset_state=reset_state, steps=n)
 
     def block_loss(params, h):
         _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jbptt._src import sequences
 from jbptt._src.cell import Cell
@@ -48,6 +49,8 @@ class Residuals(NamedTuple):
       resets: ``[T, *batch]`` bool, true where an episode starts, or ``None``.
       h_reset: the state a reset restarts from (``h0``; a checkpointed
         segment passes the sequence's ``h0``), or ``None`` without resets.
+      steps: how many leading steps were run (an int scalar, traced or
+        not), or ``None`` for all T; the reverse scan runs those only.
     """
 
     h0: Any
@@ -57,6 +60,47 @@ class Residuals(NamedTuple):
     mask: Any = None
     resets: Any = None
     h_reset: Any = None
+    steps: Any = None
+
+
+def _loop(body, carry, xs, steps=None, reverse=False, unroll=1):
+    """``lax.scan(body, carry, xs, reverse=reverse)`` over the first ``steps``
+    steps only (an int scalar, may be traced): a ``while_loop`` whose trip
+    count is ``steps``, so the work is proportional to the real steps of a
+    padded bucket. The stacked outputs keep their static length T and are
+    zero after ``steps``; in reverse, the loop runs t = steps − 1, …, 0."""
+    if steps is None:
+        return jax.lax.scan(body, carry, xs, reverse=reverse, unroll=unroll)
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    _, out = jax.eval_shape(body, carry, tree_map(lambda a: a[0], xs))
+    stacked = tree_map(lambda o: jnp.zeros((T, *o.shape), o.dtype), out)
+
+    def step(state):
+        i, c, ys = state
+        t = steps - 1 - i if reverse else i
+        c, y = body(
+            c, tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, t, 0, False), xs)
+        )
+        ys = tree_map(
+            lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), ys, y
+        )
+        return i + 1, c, ys
+
+    i0 = jnp.zeros((), jnp.asarray(steps).dtype)
+    _, carry, stacked = jax.lax.while_loop(
+        lambda state: state[0] < steps, step, (i0, carry, stacked)
+    )
+    return carry, stacked
+
+
+def _zero_after(steps, tree):
+    """``tree``'s ``[T, ...]`` leaves with the steps from ``steps`` on zeroed."""
+
+    def zero(a):
+        real = (jnp.arange(a.shape[0]) < steps).reshape((-1,) + (1,) * (a.ndim - 1))
+        return jnp.where(real, a, jnp.zeros((), a.dtype))
+
+    return tree_map(zero, tree)
 
 
 def _scale(w_t, tree):
@@ -128,7 +172,9 @@ def _gates(mask, resets, w):
 # ------------------------------------------------- hand-derived rules path ---
 
 
-def _forward_rules(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None):
+def _forward_rules(
+    cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None
+):
     rules = cell.rules
     params = _cast(params, xs.dtype)  # the compute copy
     xz = rules.project(params, xs)  # [T, ..., G]: all input projections, one GEMM
@@ -142,12 +188,14 @@ def _forward_rules(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=N
             h_new = sequences.select(m_t, h_new, h)
         return h_new, (res if stack_res_only else (h_new, res))
 
-    h_T, stacked = jax.lax.scan(body, h0, (xz, mask, resets), unroll=UNROLL)
+    h_T, stacked = _loop(body, h0, (xz, mask, resets), steps, unroll=UNROLL)
     hs, res = (rules.states(stacked), stacked) if stack_res_only else stacked
     outs = rules.output(hs)
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
-    return h_T, outs, Residuals(h0, xs, hs, res, mask, resets, h_reset)
+    if steps is not None:  # the unrun steps' outputs are zero, as the states
+        outs = _zero_after(steps, outs)
+    return h_T, outs, Residuals(h0, xs, hs, res, mask, resets, h_reset, steps)
 
 
 def _packer(tree):
@@ -206,10 +254,11 @@ def _reverse_scan(body, dh_T, pack, unpack, step_inps, douts, r: Residuals, w):
     if m is not None:
         douts = sequences.zero_padding(r.mask, douts)
     acc0 = None if w_reset is None else tree_map(jnp.zeros_like, pack(dh_T))
-    (dh0, acc), stacked = jax.lax.scan(
+    (dh0, acc), stacked = _loop(
         body,
         (pack(dh_T), acc0),
         (step_inps, douts, w_link, w_reset, m),
+        r.steps,
         reverse=True,
         unroll=UNROLL,
     )
@@ -249,7 +298,9 @@ def _transpose_rules(cell: Cell, params, h_prev, h, res_t, x_t, d):
 # ------------------------------------------------- generic per-step path ---
 
 
-def _forward_generic(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None):
+def _forward_generic(
+    cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None
+):
     params = _cast(params, xs.dtype)
 
     def body(h, inp):
@@ -260,10 +311,10 @@ def _forward_generic(cell: Cell, params, h0, xs, mask=None, resets=None, h_reset
             h_new = sequences.select(m_t, h_new, h)
         return h_new, (h_new, out)
 
-    h_T, (hs, outs) = jax.lax.scan(body, h0, (xs, mask, resets))
+    h_T, (hs, outs) = _loop(body, h0, (xs, mask, resets), steps)
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
-    return h_T, outs, Residuals(h0, xs, hs, None, mask, resets, h_reset)
+    return h_T, outs, Residuals(h0, xs, hs, None, mask, resets, h_reset, steps)
 
 
 def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
@@ -290,10 +341,11 @@ def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
     if m is not None:
         douts = sequences.zero_padding(r.mask, douts)
     acc0 = None if w_reset is None else tree_map(jnp.zeros_like, dh_T)
-    ((dh0, acc), dparams), dxs = jax.lax.scan(
+    ((dh0, acc), dparams), dxs = _loop(
         summing,
         ((dh_T, acc0), zeros),
         ((step_inputs(r), r.xs), douts, w_link, w_reset, m),
+        r.steps,
         reverse=True,
     )
     return dparams, dh0, dxs, acc
@@ -472,14 +524,16 @@ def reference_scan(cell: Cell, params, h0, xs, w, mask=None, resets=None, h_rese
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rnn_scan(cell: Cell, params, h0, xs, w, mask, resets, h_reset):
-    h_T, outs, _ = _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
+def _rnn_scan(cell: Cell, params, h0, xs, w, mask, resets, h_reset, steps):
+    h_T, outs, _ = _path(cell).forward(
+        cell, params, h0, xs, mask, resets, h_reset, steps
+    )
     return h_T, outs
 
 
-def _rnn_scan_fwd(cell: Cell, params, h0, xs, w, mask, resets, h_reset):
+def _rnn_scan_fwd(cell: Cell, params, h0, xs, w, mask, resets, h_reset, steps):
     h_T, outs, residuals = _path(cell).forward(
-        cell, params, h0, xs, mask, resets, h_reset
+        cell, params, h0, xs, mask, resets, h_reset, steps
     )
     return (h_T, outs), (params, residuals, w)
 
@@ -488,7 +542,7 @@ def _rnn_scan_bwd(cell: Cell, saved, cotangents):
     params, residuals, w = saved
     dh_T, douts = cotangents
     dparams, dh0, dxs, dh_reset = _backward(cell, params, residuals, w, dh_T, douts)
-    return dparams, dh0, dxs, jnp.zeros_like(w), None, None, dh_reset
+    return dparams, dh0, dxs, jnp.zeros_like(w), None, None, dh_reset, None
 
 
 _rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
@@ -504,9 +558,9 @@ _JVP_REMEDY = (
 )
 
 
-def scan_or_explain(*args):
+def scan_or_explain(*args, steps=None):
     try:
-        return _rnn_scan(*args)
+        return _rnn_scan(*args, steps)
     except TypeError as err:
         if "forward-mode" in str(err) or "jvp" in str(err):
             raise TypeError(f"{_JVP_REMEDY} ({err})") from err
@@ -531,6 +585,7 @@ def rnn_scan(
     reset_state=None,
     checkpoint=None,
     mode: str = "scan",
+    steps=None,
 ):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
@@ -571,6 +626,13 @@ def rnn_scan(
         ``"autodiff"``: the same forward as a plain ``lax.scan`` that JAX
         differentiates itself, so ``jax.jvp``/``jax.jacfwd`` work (and link
         weights still act, through :func:`link`).
+      steps: ``None`` (all T steps) or how many leading steps to run, an int
+        scalar that may be traced (e.g. the real length of a padded
+        bucket): the forward and reverse loops stop there, so the work is
+        that of ``steps`` steps in a buffer of T. ``h_T`` is the state after
+        step ``steps − 1``, later outputs are zero and later cotangents are
+        ignored. Values and gradients equal those of ``xs[:steps]``
+        (tested). Not with ``checkpoint=`` or ``mode="autodiff"``.
 
     Returns:
       ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
@@ -604,8 +666,13 @@ def rnn_scan(
                                budget=checkpoint)  # fmt: skip
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
     h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-    scan = reference_scan if mode == "autodiff" else scan_or_explain
     T = xs.shape[0]
+    if steps is not None:
+        steps = _check_steps(steps, T, checkpoint, mode)
+        return scan_or_explain(
+            cell, params, h0, xs, w, mask, resets, h_reset, steps=steps
+        )
+    scan = reference_scan if mode == "autodiff" else scan_or_explain
     S = segment_length(T, checkpoint)
     if S is None:
         return scan(cell, params, h0, xs, w, mask, resets, h_reset)
@@ -619,6 +686,26 @@ def rnn_scan(
     if head is not None:
         outs = tree_map(lambda a, b: jnp.concatenate([a, b]), head, outs)
     return h_T, outs
+
+
+def _check_steps(steps, T: int, checkpoint, mode: str):
+    """``rnn_scan(steps=)``: an int scalar in [1, T] (checked when concrete)."""
+    if checkpoint is not None or mode != "scan":
+        raise ValueError(
+            "steps= runs jbptt's own forward and reverse loops over the leading "
+            "steps; it takes neither checkpoint= nor mode='autodiff'."
+        )
+    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be in [1, T = {T}], got {steps}.")
+        return jnp.asarray(steps, jnp.int32)
+    dtype = getattr(steps, "dtype", None)
+    if dtype is None or np.shape(steps) != () or not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(
+            f"steps must be an int scalar (the number of leading steps to run), "
+            f"got {steps!r}."
+        )
+    return steps
 
 
 # ---------------------------------------------------------- checkpointing ---
