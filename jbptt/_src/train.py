@@ -113,8 +113,10 @@ class History(NamedTuple):
       state: the :class:`TrainState` to continue from (``state=``).
       compiles: compilations of the training step during this call (a
         jit cache-size probe: 0 when every bucket was compiled before).
-      padded_steps: steps run in the gradient passes, padding included
-        (``padded_steps / length.sum()`` is the padding overhead).
+      padded_steps: bucket steps of the gradient passes, padding included
+        (``padded_steps / length.sum()`` is the padding overhead; the loops
+        stop at each segment's real length, so the padding costs only the
+        GEMMs outside them).
       advanced_steps: forward-only steps re-run to split long segments.
       seconds: wall-clock of the call less compilation and callbacks.
       stopped: whether a callback or ``on_nonfinite="stop"`` ended the call
@@ -806,9 +808,11 @@ def train(
         law may compile (default: its own choice, 6 for the built-ins). More
         buckets pad less (padding ``History.padded_steps / length.sum()``:
         about 1.3–1.4 at 6 and 1.1–1.2 at 16 for ARTBP at depth 8–32) and
-        compile more, once each: on a 2-core CPU (LSTM, B = 32, H = 128) 16
-        buckets ran ARTBP up to 1.3× faster per token and took about 30 s
-        more to compile, so raise it for runs of millions of steps.
+        compile more, once each (about 3 s per bucket for an LSTM with
+        B = 32, H = 128 on a 2-core CPU). The loops skip padded steps, so
+        padding costs only the GEMMs outside them: there, 16 buckets ran
+        ARTBP within noise of 6 (benchmarks/NOTES.md); raise it for large
+        hidden sizes, where those GEMMs dominate.
       top_bucket: the longest static segment length compiled: an int,
         ``None`` (the law's own, its 0.99 quantile) or ``"auto"`` (default).
         The ladder keeps its buckets up to ``top_bucket`` (or is this one
