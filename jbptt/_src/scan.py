@@ -93,16 +93,6 @@ def _loop(body, carry, xs, steps=None, reverse=False, unroll=1):
     return carry, stacked
 
 
-def _zero_after(steps, tree):
-    """``tree``'s ``[T, ...]`` leaves with the steps from ``steps`` on zeroed."""
-
-    def zero(a):
-        real = (jnp.arange(a.shape[0]) < steps).reshape((-1,) + (1,) * (a.ndim - 1))
-        return jnp.where(real, a, jnp.zeros((), a.dtype))
-
-    return tree_map(zero, tree)
-
-
 def _scale(w_t, tree):
     # w_t is a scalar (shared by the batch) or [*batch] (per sequence).
     return tree_map(lambda a: (sequences.bcast(w_t, a) * a).astype(a.dtype), tree)
@@ -194,7 +184,7 @@ def _forward_rules(
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
     if steps is not None:  # the unrun steps' outputs are zero, as the states
-        outs = _zero_after(steps, outs)
+        outs = sequences.zero_padding(jnp.arange(xs.shape[0]) < steps, outs)
     return h_T, outs, Residuals(h0, xs, hs, res, mask, resets, h_reset, steps)
 
 
