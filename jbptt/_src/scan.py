@@ -640,6 +640,14 @@ def rnn_scan(
       >>> g = jax.grad(f)(p, truncation.tbptt(6, 2))  # TBPTT(2) gradient
       >>> g["W"].shape
       (3, 3)
+
+      The first 4 steps of a padded buffer, as ``xs[:4]`` would run them:
+
+      >>> h0 = cell.initial_state(p)
+      >>> h4, outs = jbptt.rnn_scan(cell, p, h0, xs, steps=4)
+      >>> ref, _ = jbptt.rnn_scan(cell, p, h0, xs[:4])
+      >>> bool(jnp.allclose(h4, ref)), outs[4:].tolist()
+      (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     """
     check_mode(mode)
     xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids

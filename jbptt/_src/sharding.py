@@ -225,5 +225,14 @@ def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
 
 
 def replicate(tree, mesh: Mesh | int | Sequence):
-    """Place every leaf of ``tree`` whole on each device of ``mesh``."""
+    """Place every leaf of ``tree`` whole on each device of ``mesh`` (params
+    and optimizer state beside a batch placed by :func:`split_batch`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jbptt import sharding
+      >>> p = sharding.replicate({"W": jnp.ones((3, 3))}, 1)
+      >>> p["W"].sharding.is_fully_replicated
+      True
+    """
     return jax.device_put(tree, NamedSharding(resolve_mesh(mesh), P()))
