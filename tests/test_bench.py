@@ -168,24 +168,24 @@ def test_bench_devices_quick_splits_the_batch(tmp_path):
     # Host devices are set before jax starts, so the script runs on its own.
     env = dict(os.environ, PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "benchmarks.bench_devices", "--quick"]
-    cmd += ["--cells", "elman", "--out", str(tmp_path)]
+    cmd += ["--cells", "lstm", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "bench_devices.json").read_text())
     (grad,) = result["grad"]
-    assert grad["cell"] == "elman" and grad["one_ms"] > 0 and grad["split_ms"] > 0
+    assert grad["cell"] == "lstm" and grad["one_ms"] > 0 and grad["split_ms"] > 0
     assert grad["max_rel"] < 1e-4  # float32: the same gradients, summed in parts
     (online,) = result["online"]
     for key in ("jbptt_one", "jbptt_split", "jax_one", "jax_split"):
         assert online[key] > 0, key
     text = (tmp_path / "bench_devices.md").read_text()
-    assert "split over 2" in text and "| elman | 4 |" in text
+    assert "split over 2" in text and "| lstm | 4 |" in text
 
 
 def test_segment_windows_give_the_full_reverse_scans_gradient():
     from benchmarks import profile_segment_windows
 
-    rows = profile_segment_windows.main(["--quick", "--cells", "elman"])
+    rows = profile_segment_windows.main(["--quick", "--cells", "gru"])
     assert [r["k"] for r in rows] == [1, 4]
     for r in rows:
         assert r["max_rel"] < 1e-5 and r["full_ms"] > 0 and r["segments_ms"] > 0

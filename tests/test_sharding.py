@@ -147,9 +147,9 @@ def test_bad_arguments(call, err, match):
 
 # Data parallel on 2 CPU devices: jbptt.value_and_grad on inputs split along
 # the batch (XLA partitions the scans and sums the gradients), and
-# train(mesh=2) in two chunked calls: ARTBP with split long segments and
-# resets (LSTM), per-stream cuts on shared ARTBP cuts (GRU); against one
-# device, float64.
+# train(mesh=2) in two chunked calls: TBPTT (Elman), ARTBP with split long
+# segments and resets (LSTM), per-stream cuts on shared ARTBP cuts (GRU);
+# against one device, float64.
 DATA_PARALLEL = """
 import json
 import jax.numpy as jnp
@@ -166,6 +166,7 @@ def rel(a, b):
 resets = np.zeros((40, 4), bool)
 resets[17, 1] = True
 runs = {
+    "elman": (estimators.tbptt(6), {}),
     "lstm": (estimators.artbp_matched(8), dict(top_bucket=8, resets=resets)),
     "gru": (estimators.artbp_matched(12),
             dict(stream_cuts=estimators.artbp_matched(6))),
@@ -227,7 +228,7 @@ def test_data_parallel_gradients_and_training_equal_one_device():
     for name, err in out["errs"].items():
         assert err <= 1e-10, (name, err)
     assert out["lstm_grad_devices"] == 2  # the final state stays split
-    for name in ("lstm", "gru"):
+    for name in ("elman", "lstm", "gru"):
         assert out[name + "_train_devices"] == 2
         assert out[name + "_same_segments"]
     assert out["lstm_advanced"] > 0  # long segments were split into blocks
