@@ -123,6 +123,28 @@ def test_checkpointer_keeps_latest_and_refuses_other_config(tmp_path):
         runs.Checkpointer(tmp_path / "x", max_to_keep=0)
 
 
+@pytest.mark.parametrize("missing", ["orbax", "orbax.checkpoint"])
+def test_checkpointer_without_orbax_names_the_extra(tmp_path, monkeypatch, missing):
+    # orbax is the optional extra jbptt[runs]: simulate it not installed
+    # (a None entry in sys.modules makes its import raise ImportError).
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ImportError, match=r'pip install "jbptt\[runs\]"'):
+        runs.Checkpointer(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()  # refused before touching the disk
+    f = runs.ResultFile(tmp_path / "r.jsonl", {"T": 8}, key=("k",))  # no orbax
+    assert f.append({"k": 1}) and len(f) == 1
+
+
+def test_import_jbptt_needs_no_orbax():
+    # Every public module imports with orbax absent; only Checkpointer needs it.
+    code = (
+        "import sys; sys.modules['orbax'] = None\n"
+        "import jbptt, jbptt.runs, jbptt.train, jbptt.sweep, jbptt.estimators\n"
+        "assert 'orbax.checkpoint' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_online_training_resumed_from_checkpoint_matches_bitwise(tmp_path):
     # jbptt.train.train on a stream, chunk by chunk, ARTBP with a fresh key
     # per chunk; checkpoint after each chunk; "killed" after two chunks.
