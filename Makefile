@@ -2,26 +2,34 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# Two install levels: `demo` needs only jbptt and the experiments' extras;
+# `test` (and everything else) adds the dev tools and the peers.
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 # Optional peers for cross-checks and benchmarks (never library dependencies):
 # PyTorch CPU checks LSTM/GRU weight conversion and is the benchmark peer.
-# `make test PEERS=` skips it.
+# `make test PEERS=` skips it. `make demo` never installs it.
 PEERS  ?= torch==2.13.0
 
-.PHONY: venv demo test test-fast bench lint clean report
+.PHONY: venv venv-base demo test test-fast bench lint clean report
 
+venv-base: $(BASE)
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[experiments]"
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q -e ".[dev,experiments]"
 	test -z "$(PEERS)" || $(PY) -m pip install -q $(PEERS) \
 		|| echo "optional peers ($(PEERS)) not installed; their checks are skipped"
 	touch $(STAMP)
 
 # The main job: bias/variance sweep of TBPTT and ARTBP on the default task.
-demo: venv
+demo: venv-base
 	$(PY) -m experiments.bias_sweep --out results
 
 # Two workers: CI has 2 cores; tests sharing one notebook run stay together;
