@@ -800,9 +800,11 @@ def plot(path: Path, grad: list[dict], device: str = "CPU") -> None:
 
 
 def _default_notes() -> str:
-    """benchmarks/NOTES.md (the analysis of the numbers), when present."""
-    path = Path(__file__).parent / "NOTES.md"
-    return path.read_text() if path.exists() else ""
+    """A pointer to the analysis: RESULTS.md holds the generated tables only."""
+    return (
+        "What these numbers mean and why: docs/performance.md. The dated runs "
+        "behind it: benchmarks/log/ (index: benchmarks/NOTES.md)."
+    )
 
 
 def _shape_arg(text: str) -> tuple[int, int, int, int]:
