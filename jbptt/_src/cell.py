@@ -46,7 +46,7 @@ class ReverseRules(NamedTuple):
       states: optional ``res[T] -> hs[T]``, the stacked states h_1..h_T read
         back from the stacked residuals. When given, the forward scan stacks
         only ``res`` (one write per step instead of one per state leaf plus
-        one for ``res``), which keeps XLA's per-step loop body short; ``res``
+        one for ``res``: a shorter loop body, docs/performance.md); ``res``
         must then hold (or determine) the states.
       linear_states: when True, ``linear`` is called as ``linear(params, xs,
         hs_prev, hs)`` with ``hs`` the states h_1..h_T too (a stacked cell's

@@ -184,9 +184,9 @@ def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
     the whole computation along the batch: each device runs the scans on
     its own streams and the parameter gradients are summed across devices
     (an all-reduce XLA inserts), so the results equal the single-device ones
-    up to the order of that sum. On a CPU this runs the per-step products of
-    small models on several cores at once (benchmarks/NOTES.md, "Batch over
-    host devices").
+    up to the order of that sum. Whether the split is faster depends on the
+    backend and the shapes (docs/performance.md, "Data parallel on host
+    devices").
 
     Args:
       tree: arrays (or a pytree of them), e.g. ``xs [T, B, I]`` (``axis=1``)

@@ -248,8 +248,8 @@ def draw_streams(law: CutLaw, keys, t0: int, T: int, d):
       ``draw(law, keys[j], t0, T, d[j])``, and the new ``d`` ``[n]``. A
       renewal law (``law.renewal``) walks the steps once for all streams
       (from 12 streams on), a few vector operations per step instead of one
-      Python step per stream and step (2.5–5× faster at 32–128 streams);
-      other laws draw each stream at once along its steps.
+      Python step per stream and step, with the same draws; other laws draw
+      each stream at once along its steps.
 
     Examples:
       >>> import jax
