@@ -113,14 +113,9 @@ def test_default_equals_every_forced_checkpoint(name):
     w = _weights(T)["random"]
     default = jax.jit(jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1)))
     (L0, hT0), g0 = default(params, h0, xs, ys, w, resets=resets)
-    forced = [None, 1, 5, T - 1, T, "sqrt", jbptt.Budget(max_states=3)]
-    for checkpoint in forced:
-        vg = jbptt.value_and_grad(
-            cell,
-            loss_fn,
-            argnums=(0, 1),
-            adjoint=jbptt.ReverseScan(checkpoint=checkpoint),
-        )
+    forced = [jbptt.ReverseScan(checkpoint=s) for s in (None, 1, 5, T - 1, T, "sqrt")]
+    for checkpoint in [*forced, jbptt.Budget(max_states=3)]:
+        vg = jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1), adjoint=checkpoint)
         (L1, hT1), g1 = jax.jit(vg)(params, h0, xs, ys, w, resets=resets)
         assert abs(float(L1 - L0)) <= 1e-12 * abs(float(L0)), checkpoint
         assert _max_rel(hT1, hT0) <= 1e-12, checkpoint

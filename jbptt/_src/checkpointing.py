@@ -5,7 +5,7 @@ Two executors:
 
 * :func:`budget_loss` / :func:`budget_scan` (what
   ``jbptt.value_and_grad(..., adjoint=jbptt.Budget(M))`` and ``rnn_scan``
-  use): the tree flattened into a :class:`~jbptt._src.revolve.Program` of
+  use): the tree flattened into a :class:`revolve.Program` of
   advance/leaf actions, run by loops (``lax.scan`` over actions,
   ``fori_loop`` advances, ``lax.switch`` leaves) over a buffer of at most M
   states, so XLA's memory is O(M) and the forward steps are exactly F;
@@ -42,10 +42,10 @@ def scan_budget(segment, carry, xs, T: int, budget):
 
     The analogue of :func:`jbptt._src.scan.scan_segments` for
     ``adjoint=Budget(M)``: the T steps are split statically by the optimal
-    schedule (:func:`schedule`) over blocks of ``budget.unit`` steps, heads
+    schedule (:func:`revolve.schedule`) over blocks of ``budget.unit`` steps, heads
     are wrapped in ``jax.checkpoint`` and each leaf of the schedule (t ≤ m
     blocks, all kept) is one ``segment`` call, so differentiating keeps at
-    most ``M`` block states and recomputes :func:`recomputations` blocks.
+    most ``M`` block states and recomputes :func:`revolve.recomputations` blocks.
 
     Caveat: the schedule bounds what JAX's autodiff keeps and re-runs
     (checked by executing it: the tests count the steps XLA runs). Outside a
@@ -60,7 +60,7 @@ def scan_budget(segment, carry, xs, T: int, budget):
       carry: the initial carry (pytree).
       xs: inputs with a leading time axis of length ``T`` (pytree).
       T: number of steps (static).
-      budget: a :class:`Budget`.
+      budget: a :class:`jbptt.Budget`.
 
     Returns:
       ``(carry, outs)``: ``outs`` is a tuple of the leaves' outputs in time
@@ -239,8 +239,8 @@ def budget_loss(cell, loss_fn, budget):
     """``(params, h0, xs, ys, w, mask=None, resets=None, h_reset=None) ->
     (L, h_T)`` whose gradient runs the optimal schedule under ``budget``.
 
-    The schedule (:func:`schedule`, Gruslys et al.'s dynamic program) is
-    flattened into a :class:`Program` and run by an interpreter whose every
+    The schedule (:func:`revolve.schedule`, Gruslys et al.'s dynamic program) is
+    flattened into a :class:`revolve.Program` and run by an interpreter whose every
     level lives in a loop, so XLA allocates O(M) states whatever T is:
 
     * the first pass is a ``lax.scan`` over the spine's advances (each a
@@ -256,7 +256,7 @@ def budget_loss(cell, loss_fn, budget):
 
     What is stored: the slot buffer (at most M states, the tree's depth + 1)
     and one leaf's residuals (at most M blocks of ``unit`` steps). The
-    forward steps run are exactly :func:`forward_steps` ``(n, M)`` blocks of
+    forward steps run are exactly :func:`revolve.forward_steps` ``(n, M)`` blocks of
     the optimal schedule (n = ⌈T / unit⌉; ``Program.steps`` in steps), the
     same count the brute force in the tests finds; nothing is traded for the
     loops. Gradients are exact (the same reverse scan, link weights, padding
@@ -270,7 +270,7 @@ def budget_loss(cell, loss_fn, budget):
     Args:
       cell: a :class:`jbptt.cells.Cell`.
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      budget: a :class:`Budget`; with ``unit > 1`` the schedule runs over
+      budget: a :class:`jbptt.Budget`; with ``unit > 1`` the schedule runs over
         blocks of ``unit`` steps.
 
     Examples:

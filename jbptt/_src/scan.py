@@ -439,7 +439,7 @@ def link(h, w_t):
 
 
 def reference_scan(cell: Cell, params, h0, xs, w, mask=None, resets=None, h_reset=None):
-    """The same forward as :func:`rnn_scan` by a plain ``lax.scan`` of
+    """The same forward as :func:`jbptt.rnn_scan` by a plain ``lax.scan`` of
     ``cell.step``: ``jax.grad`` of it is ordinary autodiff, and ``jax.jvp``
     works through it. Link weights enter as :func:`link` on the state
     entering each step's cell, which scales its backward by ``w_t`` and
