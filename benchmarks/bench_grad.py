@@ -8,9 +8,9 @@ Three parts, all measured in one run so the ratios are comparable:
    ``nn.RNN``/``nn.LSTM``/``nn.GRU`` forward+backward when torch is
    importable, (c) the GEMM-rate limit: the FLOPs of the whole value+grad
    at the rate a jitted matmul of matching shape reaches here.
-2. **long**: T = 100 000, H = 256, B = 1 with ``checkpoint="sqrt"`` against
-   the uncheckpointed run and ``jax.checkpoint`` on the reference; peak memory
-   from the compiled memory analysis.
+2. **long**: T = 100 000, H = 256, B = 1 with
+   ``adjoint=jbptt.ReverseScan(checkpoint="sqrt")`` against the uncheckpointed run and
+   ``jax.checkpoint`` on the reference; peak memory from the compiled memory analysis.
 3. **sweep**: a ``vmap`` over K = 8 link-weight vectors against K calls.
 
 Run ``python -m benchmarks.bench_grad --out benchmarks`` (``make bench``);
@@ -134,7 +134,7 @@ def ref_value_and_grad(cell, **kw):
 
 
 def jbptt_value_and_grad(cell, checkpoint=None):
-    kw = {} if checkpoint is None else {"checkpoint": checkpoint}
+    kw = {} if checkpoint is None else {"adjoint": jbptt.ReverseScan(checkpoint)}
     vg = jbptt.value_and_grad(cell, loss_fn, **kw)
     return lambda params, h0, xs, ys: vg(params, h0, xs, ys)
 

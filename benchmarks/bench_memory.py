@@ -1,13 +1,13 @@
 """Memory against recomputation: budget checkpointing beside "sqrt" and none.
 
 For an Elman cell over a long sequence, value+grad with
-``checkpoint=Budget(M)`` (the optimal store/recompute schedule over blocks of
+``adjoint=Budget(M)`` (the optimal store/recompute schedule over blocks of
 ``unit`` steps, run by ``checkpointing.budget_loss``'s loop interpreter) for
-several budgets M, next to ``jbptt.value_and_grad(..., checkpoint="sqrt")``
-and the uncheckpointed run. For each: forward steps the schedule runs (first
-pass included), recomputed steps, XLA's compiled temporary memory
-(``jax.jit(f).lower(...).compile().memory_analysis()``), compile and run
-time, and the gradient's agreement with the uncheckpointed one.
+several budgets M, next to ``jbptt.value_and_grad(...,
+adjoint=ReverseScan(checkpoint="sqrt"))`` and the uncheckpointed run. For each: forward
+steps the schedule runs (first pass included), recomputed steps, XLA's compiled
+temporary memory (``jax.jit(f).lower(...).compile().memory_analysis()``), compile and
+run time, and the gradient's agreement with the uncheckpointed one.
 
 Run ``python -m benchmarks.bench_memory --out benchmarks``; ``--quick`` uses
 a short sequence and finishes in seconds. Writes ``results_memory.csv``,
@@ -29,8 +29,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 
 import jbptt
-from jbptt import cells
-from jbptt._src.checkpointing import Budget, program
+from jbptt import Budget, cells
+from jbptt._src.revolve import program
 
 
 def loss_fn(params, out_t, y_t):
@@ -40,9 +40,9 @@ def loss_fn(params, out_t, y_t):
 
 def budget_value_and_grad(cell, budget: Budget):
     """``(params, h0, xs, ys) -> (L, grads)`` by ``jbptt.value_and_grad(...,
-    checkpoint=budget)``: the schedule as a program of loops
+    adjoint=budget)``: the schedule as a program of loops
     (``checkpointing.budget_loss``)."""
-    vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=budget)
+    vg = jbptt.value_and_grad(cell, loss_fn, adjoint=budget)
 
     def fn(params, h0, xs, ys):
         (L, _), g = vg(params, h0, xs, ys)
@@ -105,7 +105,9 @@ def run(T, H, I, unit, budgets, repeats, log):
     add("none", T, T, *_measure(plain, args, repeats))
 
     def sqrt(params, h0, xs, ys):
-        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint="sqrt")
+        vg = jbptt.value_and_grad(
+            cell, loss_fn, adjoint=jbptt.ReverseScan(checkpoint="sqrt")
+        )
         (L, _), g = vg(params, h0, xs, ys)
         return L, g
 

@@ -1,15 +1,15 @@
 """Which segmenting makes ``jbptt.value_and_grad`` fastest, shape by shape.
 
 For each cell and (T, B, I, H), one process times value+grad with every
-``checkpoint=`` setting (all steps stored, segments of S steps, ⌈√T⌉, and
-the default) round-robin against each other and ``jax.value_and_grad`` of
-the same forward, and reads XLA's temporaries from the compiled program.
-Segmenting recomputes the forward (about a third more work) but keeps the
-per-call temporaries small; on a CPU whose fresh pages fault at a few µs
-each (benchmarks/NOTES.md, "Temporaries are fresh pages") that can be the
-faster trade. The figures behind the default (docs/design.md, "Performance
-structure": every step stored, the fastest measured on every shape) come
-from this script; rerun it on a new machine before changing the default.
+``adjoint=jbptt.ReverseScan(checkpoint=...)`` setting (all steps stored, segments of S
+steps, ⌈√T⌉, and the default) round-robin against each other and ``jax.value_and_grad``
+of the same forward, and reads XLA's temporaries from the compiled program. Segmenting
+recomputes the forward (about a third more work) but keeps the per-call temporaries
+small; on a CPU whose fresh pages fault at a few µs each (benchmarks/NOTES.md,
+"Temporaries are fresh pages") that can be the faster trade. The figures behind the
+default (docs/design.md, "Performance structure": every step stored, the fastest
+measured on every shape) come from this script; rerun it on a new machine before
+changing the default.
 
 Run ``python -m benchmarks.bench_segments --out benchmarks``; ``--quick``
 runs one tiny shape in seconds.
@@ -40,8 +40,8 @@ from experiments import _cli
 SEGMENTS = (None, 16, 32, 64, 128, 256, "sqrt")
 
 
-def _value_and_grad(cell, **checkpoint):
-    vg = jbptt.value_and_grad(cell, loss_fn, **checkpoint)
+def _value_and_grad(cell, **adjoint):
+    vg = jbptt.value_and_grad(cell, loss_fn, **adjoint)
     return lambda params, h0, xs, ys: vg(params, h0, xs, ys)
 
 
@@ -55,7 +55,9 @@ def case(name, T, B, I, H, repeats: int, segments=SEGMENTS) -> dict:
     variants = {"default": _value_and_grad(cell)}
     for s in segments:
         if s is None or s == "sqrt" or s < T:
-            variants[_label(s)] = _value_and_grad(cell, checkpoint=s)
+            variants[_label(s)] = _value_and_grad(
+                cell, adjoint=jbptt.ReverseScan(checkpoint=s)
+            )
     variants["jax"] = ref_value_and_grad(cell)
     calls, temp = {}, {}
     for k, fn in variants.items():
@@ -113,8 +115,8 @@ def markdown(rows, env) -> str:
 def main(argv=None) -> dict:
     p = _cli.parser(
         "python -m benchmarks.bench_segments",
-        "Times jbptt.value_and_grad under every checkpoint= segmenting and the "
-        "default, against jax.value_and_grad. Writes bench_segments.{json,md}.",
+        "Times jbptt.value_and_grad under every ReverseScan(checkpoint=) segmenting "
+        "and the default, against jax.value_and_grad. Writes bench_segments.{json,md}.",
     )
     p.add_argument("--cells", default="elman,lstm,gru", help="comma list of cells")
     p.add_argument(

@@ -16,17 +16,19 @@ from jbptt import sharding as sharding
 from jbptt import sweep as sweep
 from jbptt import train as train
 from jbptt import truncation as truncation
+from jbptt._src.adjoint import Autodiff as Autodiff
+from jbptt._src.adjoint import Budget as Budget
+from jbptt._src.adjoint import ReverseScan as ReverseScan
 from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss
+from jbptt._src.api import rnn_scan as rnn_scan
 from jbptt._src.api import value_and_grad as value_and_grad
-from jbptt._src.checkpointing import Budget as Budget
 from jbptt._src.checks import check_finite as check_finite
 from jbptt._src.models import Model as Model
 from jbptt._src.models import readout as readout
 from jbptt._src.scan import Residuals as Residuals
 from jbptt._src.scan import backward as backward
 from jbptt._src.scan import forward as forward
-from jbptt._src.scan import rnn_scan as rnn_scan
 
 
 def _version() -> str:

@@ -1,8 +1,8 @@
 """Checkpointed mode and the shared-forward multi-weight gradients.
 
-``checkpoint="sqrt"`` (or a segment length) must give the same values and
-gradients as the plain reverse scan, with link weights, for every cell kind;
-``grads_for_weights`` must equal K separate ``value_and_grad`` calls.
+``adjoint=jbptt.ReverseScan(checkpoint="sqrt")`` (or a segment length) must give the
+same values and gradients as the plain reverse scan, with link weights, for every cell
+kind; ``grads_for_weights`` must equal K separate ``value_and_grad`` calls.
 """
 
 import jax
@@ -87,7 +87,12 @@ def test_value_and_grad_checkpoint_matches_plain(name, checkpoint):
     cell, params, h0, xs, ys = _problem(name)
     plain = jax.jit(jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1)))
     ck = jax.jit(
-        jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1), checkpoint=checkpoint)
+        jbptt.value_and_grad(
+            cell,
+            loss_fn,
+            argnums=(0, 1),
+            adjoint=jbptt.ReverseScan(checkpoint=checkpoint),
+        )
     )
     for w in _weights(xs.shape[0]).values():
         (L0, hT0), g0 = plain(params, h0, xs, ys, w)
@@ -108,9 +113,9 @@ def test_default_equals_every_forced_checkpoint(name):
     w = _weights(T)["random"]
     default = jax.jit(jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1)))
     (L0, hT0), g0 = default(params, h0, xs, ys, w, resets=resets)
-    forced = [None, 1, 5, T - 1, T, "sqrt", jbptt.Budget(max_states=3)]
-    for checkpoint in forced:
-        vg = jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1), checkpoint=checkpoint)
+    forced = [jbptt.ReverseScan(checkpoint=s) for s in (None, 1, 5, T - 1, T, "sqrt")]
+    for checkpoint in [*forced, jbptt.Budget(max_states=3)]:
+        vg = jbptt.value_and_grad(cell, loss_fn, argnums=(0, 1), adjoint=checkpoint)
         (L1, hT1), g1 = jax.jit(vg)(params, h0, xs, ys, w, resets=resets)
         assert abs(float(L1 - L0)) <= 1e-12 * abs(float(L0)), checkpoint
         assert _max_rel(hT1, hT0) <= 1e-12, checkpoint
@@ -123,7 +128,9 @@ def test_rnn_scan_checkpoint_matches_plain(name):
     w = _weights(17)["random"]
 
     def f(params, h0, checkpoint):
-        h_T, outs = jbptt.rnn_scan(cell, params, h0, xs, w, checkpoint=checkpoint)
+        h_T, outs = jbptt.rnn_scan(
+            cell, params, h0, xs, w, adjoint=jbptt.ReverseScan(checkpoint=checkpoint)
+        )
         return jnp.sum(jnp.sin(outs) * ys) + sum(
             jnp.sum(a**2) for a in jax.tree_util.tree_leaves(h_T)
         )
@@ -145,7 +152,9 @@ def test_checkpoint_matches_jax_grad_reference():
     ys = jax.random.normal(jax.random.key(2), (30, 2))
     h0 = model.cell.initial_state(params)
     ref = jax.grad(jbptt.loss(model.cell, model.loss_fn), has_aux=True)
-    vg = jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint="sqrt")
+    vg = jbptt.value_and_grad(
+        model.cell, model.loss_fn, adjoint=jbptt.ReverseScan(checkpoint="sqrt")
+    )
     assert _max_rel(vg(params, h0, xs, ys)[1], ref(params, h0, xs, ys)[0]) <= 1e-10
 
 
@@ -154,7 +163,9 @@ def test_checkpoint_stores_fewer_states():
     cell, params, h0, xs, ys = _problem("lstm", T=1024, B=1, I=2, H=32)
 
     def temp(checkpoint):
-        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=checkpoint)
+        vg = jbptt.value_and_grad(
+            cell, loss_fn, adjoint=jbptt.ReverseScan(checkpoint=checkpoint)
+        )
         m = jax.jit(vg).lower(params, h0, xs, ys).compile().memory_analysis()
         return m.temp_size_in_bytes
 
@@ -164,10 +175,11 @@ def test_checkpoint_stores_fewer_states():
 @pytest.mark.parametrize("bad", ["log", 0, -3, 2.5, True])
 def test_bad_checkpoint_is_rejected(bad):
     cell, params, h0, xs, ys = _problem("elman")
+    adjoint = jbptt.ReverseScan(checkpoint=bad)
     with pytest.raises(ValueError, match="checkpoint"):
-        jbptt.value_and_grad(cell, loss_fn, checkpoint=bad)(params, h0, xs, ys)
+        jbptt.value_and_grad(cell, loss_fn, adjoint=adjoint)(params, h0, xs, ys)
     with pytest.raises(ValueError, match="checkpoint"):
-        jbptt.rnn_scan(cell, params, h0, xs, checkpoint=bad)
+        jbptt.rnn_scan(cell, params, h0, xs, adjoint=adjoint)
 
 
 @pytest.mark.parametrize("name", list(CELLS))

@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import pytest
 
 import jbptt
-from jbptt._src.api import sum_of_losses
-from jbptt._src.checkpointing import (
-    Budget,
+from jbptt import Budget
+from jbptt._src.checkpointing import concat_outs, scan_budget
+from jbptt._src.losses import sum_of_losses
+from jbptt._src.revolve import (
     check_budget,
-    concat_outs,
     forward_steps,
     recomputations,
-    scan_budget,
     schedule,
     simulate,
 )
@@ -244,13 +243,13 @@ def test_value_and_grad_takes_a_budget(M):
     w = jbptt.truncation.tbptt(9, 4, dtype=xs.dtype)
     ref = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
     got = jbptt.value_and_grad(
-        model.cell, model.loss_fn, argnums=(0, 1), checkpoint=jbptt.Budget(M)
+        model.cell, model.loss_fn, argnums=(0, 1), adjoint=jbptt.Budget(M)
     )
     (L0, h0_T), g0 = ref(p, h0, xs, ys, w)
     (L1, h1_T), g1 = got(p, h0, xs, ys, w)
     assert rel_err((L1, h1_T), (L0, h0_T)) < 1e-12 and rel_err(g1, g0) < 1e-10
     with pytest.raises(ValueError, match="max_states"):
-        jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=jbptt.Budget(1))
+        jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=jbptt.Budget(1))
 
 
 # ------------------------------------------- the interpreter (loops, O(M)) ---
@@ -258,7 +257,7 @@ def test_value_and_grad_takes_a_budget(M):
 
 @pytest.mark.parametrize("T", [2, 3, 5, 7])
 def test_program_runs_the_brute_force_optimum(T):
-    from jbptt._src.checkpointing import program
+    from jbptt._src.revolve import program
 
     for M in range(2, min(T, 4) + 2):
         prog = program(T, Budget(M))
@@ -268,7 +267,7 @@ def test_program_runs_the_brute_force_optimum(T):
 
 @pytest.mark.parametrize("T, M, unit", [(40, 2, 1), (40, 5, 1), (23, 3, 4), (9, 20, 1)])
 def test_program_matches_the_schedule(T, M, unit):
-    from jbptt._src.checkpointing import program
+    from jbptt._src.revolve import program
 
     prog = program(T, Budget(M, unit))
     n = -(-T // unit)
@@ -326,7 +325,7 @@ def test_compiled_budget_recomputes_exactly_the_optimal_steps(T, M, unit):
     # Host callbacks count the step evaluations XLA runs. The generic reverse
     # evaluates each step once more inside its per-step vjp, with or without
     # checkpointing, so the difference is the recomputed forward steps.
-    from jbptt._src.checkpointing import program
+    from jbptt._src.revolve import program
 
     count = []
     cell = _counting_cell(count)
@@ -338,8 +337,8 @@ def test_compiled_budget_recomputes_exactly_the_optimal_steps(T, M, unit):
     def loss_fn(p, o, y):
         return jnp.sum((o - y) ** 2)
 
-    def run(checkpoint):
-        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=checkpoint)
+    def run(adjoint):
+        vg = jbptt.value_and_grad(cell, loss_fn, adjoint=adjoint)
         f = jax.jit(lambda p: vg(p, h0, xs, ys)).lower(p).compile()
         jax.effects_barrier()
         count.clear()
@@ -381,7 +380,7 @@ def test_budget_with_lengths_resets_and_weights_is_exact(name, M, unit):
         lambda p, h0: plain(p, h0, xs, ys, w, **kw), argnums=(0, 1), has_aux=True
     )(params, h0)
     vg = jbptt.value_and_grad(
-        model.cell, model.loss_fn, argnums=(0, 1), checkpoint=Budget(M, unit)
+        model.cell, model.loss_fn, argnums=(0, 1), adjoint=Budget(M, unit)
     )
     (L, h_T), g = jax.jit(lambda p, h0: vg(p, h0, xs, ys, w, **kw))(params, h0)
     assert rel_err((L, h_T), (L_ref, hT_ref)) <= 1e-12
@@ -436,12 +435,12 @@ def test_budget_rnn_scan_is_exact(name, M, unit):
 
         return jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
 
-    g_ref, out_ref = loss(jbptt.rnn_scan, mode="autodiff")(p, h0, xs)
+    g_ref, out_ref = loss(jbptt.rnn_scan, adjoint=jbptt.Autodiff())(p, h0, xs)
     g, out = loss(budget_rnn_scan, budget=Budget(M, unit))(p, h0, xs)
     assert rel_err(out, out_ref) <= 1e-12
     assert rel_err(g, g_ref) <= 1e-10
-    # the public rnn_scan takes the budget as its checkpoint= spelling
-    g, out = loss(jbptt.rnn_scan, checkpoint=Budget(M, unit))(p, h0, xs)
+    # the public rnn_scan takes the budget as its adjoint= strategy
+    g, out = loss(jbptt.rnn_scan, adjoint=Budget(M, unit))(p, h0, xs)
     assert rel_err(out, out_ref) <= 1e-12
     assert rel_err(g, g_ref) <= 1e-10
 
@@ -468,8 +467,8 @@ def test_budget_temporaries_fall_with_the_budget():
     def loss_fn(p, o, y):
         return jnp.sum((o - y) ** 2)
 
-    def temp(checkpoint):
-        vg = jbptt.value_and_grad(cell, loss_fn, checkpoint=checkpoint)
+    def temp(adjoint):
+        vg = jbptt.value_and_grad(cell, loss_fn, adjoint=adjoint)
         c = jax.jit(lambda p: vg(p, h0, xs, ys)).lower(p).compile()
         return c.memory_analysis().temp_size_in_bytes
 
@@ -489,8 +488,8 @@ def test_budget_vmaps_over_link_weights():
     h0 = model.cell.initial_state(p, (2,))
     ws = jax.random.uniform(jax.random.key(3), (3, T), maxval=2.0)
 
-    def grads(checkpoint):
-        vg = jbptt.value_and_grad(model.cell, model.loss_fn, checkpoint=checkpoint)
+    def grads(adjoint):
+        vg = jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=adjoint)
         return jax.jit(jax.vmap(lambda w: vg(p, h0, xs, ys, w)[1]))(ws)
 
     assert rel_err(grads(Budget(2)), grads(None)) <= 1e-10

@@ -263,7 +263,115 @@ def test_steps_refuses_what_it_cannot_run():
         scan(steps=2.5)
     with pytest.raises(TypeError, match="steps must be an int scalar"):
         scan(steps=jnp.ones(2, int))
-    with pytest.raises(ValueError, match="neither checkpoint= nor mode='autodiff'"):
-        scan(steps=3, checkpoint="sqrt")
-    with pytest.raises(ValueError, match="neither checkpoint= nor mode='autodiff'"):
-        scan(steps=3, mode="autodiff")
+    needs = r"steps= runs .* it needs adjoint=jbptt\.ReverseScan\(\) \(no checkpoint\)"
+    with pytest.raises(ValueError, match=needs):
+        scan(steps=3, adjoint=jbptt.ReverseScan(checkpoint="sqrt"))
+    with pytest.raises(ValueError, match=needs):
+        scan(steps=3, adjoint=jbptt.Autodiff())
+    with pytest.raises(ValueError, match=needs):
+        scan(steps=3, adjoint=jbptt.Budget(2))
+
+
+# ------------------------------------------------- the adjoint= strategies ---
+
+
+def _same(a, b):
+    """Bitwise equal pytrees (the old keywords run the very same strategy)."""
+    return all(
+        bool(jnp.array_equal(x, y))
+        for x, y in zip(
+            jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (dict(checkpoint="sqrt"), jbptt.ReverseScan(checkpoint="sqrt")),
+        (dict(checkpoint=3), jbptt.ReverseScan(checkpoint=3)),
+        (dict(mode="scan"), jbptt.ReverseScan()),
+        (dict(mode="autodiff"), jbptt.Autodiff()),
+        (dict(checkpoint=4, mode="autodiff"), jbptt.Autodiff(checkpoint=4)),
+        (dict(checkpoint=jbptt.Budget(3)), jbptt.Budget(3)),
+    ],
+    ids=lambda v: repr(v),
+)
+def test_old_keywords_warn_and_give_the_same_result(old, new):
+    model, params, h0, xs, ys = problem(CELLS["lstm"](), T=9, batch=(2,))
+    w = random_w(xs.shape[0])
+    spelling = "adjoint=jbptt." + repr(new).replace("(", r"\(").replace(")", r"\)")
+    with pytest.warns(DeprecationWarning, match=spelling):
+        vg_old = jbptt.value_and_grad(model.cell, model.loss_fn, **old)
+    vg_new = jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=new)
+    assert _same(vg_old(params, h0, xs, ys, w), vg_new(params, h0, xs, ys, w))
+
+    p = params
+
+    def f(p, **kw):
+        h_T, outs = jbptt.rnn_scan(model.cell, p, h0, xs, w, **kw)
+        return jnp.sum(outs**2) + jnp.sum(jax.tree_util.tree_leaves(h_T)[0])
+
+    with pytest.warns(DeprecationWarning, match=spelling):
+        g_old = jax.grad(functools.partial(f, **old))(p)
+    g_new = jax.grad(functools.partial(f, adjoint=new))(p)
+    assert _same(g_old, g_new)
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [
+        jbptt.ReverseScan(checkpoint="sqrt"),
+        jbptt.ReverseScan(checkpoint=4),
+        jbptt.Autodiff(),
+        jbptt.Autodiff(checkpoint=3),
+        jbptt.Budget(3),
+        jbptt.Budget(2, 2),
+    ],
+    ids=repr,
+)
+def test_every_adjoint_gives_the_same_gradient(adjoint):
+    # value_and_grad, rnn_scan and grads_for_weights all take the strategy.
+    model, params, h0, xs, ys = problem(CELLS["gru"](), T=10, batch=(2,))
+    seq = dict(
+        lengths=jnp.array([10, 6]), resets=jnp.zeros((10, 2), bool).at[4, 0].set(True)
+    )
+    w = random_w(xs.shape[0])
+    ref = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
+    got = jbptt.value_and_grad(
+        model.cell, model.loss_fn, argnums=(0, 1), adjoint=adjoint
+    )
+    (L0, h0_T), g0 = ref(params, h0, xs, ys, w, **seq)
+    (L1, h1_T), g1 = got(params, h0, xs, ys, w, **seq)
+    assert rel_err((L1, h1_T), (L0, h0_T)) <= 1e-12 and rel_err(g1, g0) <= 1e-10
+
+    p = params
+
+    def f(p, **kw):
+        h_T, outs = jbptt.rnn_scan(model.cell, p, h0, xs, w, **seq, **kw)
+        return jnp.sum(jnp.sin(outs)) + jnp.sum(h_T**2)
+
+    assert rel_err(jax.grad(f)(p, adjoint=adjoint), jax.grad(f)(p)) <= 1e-10
+
+    ws = jnp.stack([w, jnp.ones_like(w), truncation.tbptt(10, 3)])
+    args = (model.cell, model.loss_fn, params, h0, xs, ys, ws)
+    (L, h_T), g = jbptt.grads_for_weights(*args, adjoint=adjoint, **seq)
+    (L_ref, h_ref), g_ref = jbptt.grads_for_weights(*args, **seq)
+    assert rel_err((L, h_T), (L_ref, h_ref)) <= 1e-12 and rel_err(g, g_ref) <= 1e-10
+
+
+def test_bad_adjoint_values_name_adjoint():
+    model, params, h0, xs, ys = problem(CELLS["elman_tanh"]())
+    vg = functools.partial(jbptt.value_and_grad, model.cell, model.loss_fn)
+    with pytest.raises(TypeError, match="adjoint must be a reverse-pass strategy"):
+        vg(adjoint="sqrt")
+    with pytest.raises(TypeError, match="adjoint must be"):
+        jbptt.rnn_scan(model.cell, params, h0, xs, adjoint="autodiff")
+    with pytest.raises(ValueError, match="adjoint= replaces checkpoint= and mode="):
+        vg(adjoint=jbptt.Autodiff(), mode="autodiff")
+    with pytest.raises(ValueError, match="checkpoint must be None, 'sqrt'"):
+        vg(adjoint=jbptt.ReverseScan(checkpoint=0))
+    with pytest.raises(ValueError, match="Budget.max_states"):
+        vg(adjoint=jbptt.Budget(1))
+    with pytest.raises(ValueError, match="runs in the dtype of xs"):
+        vg(adjoint=jbptt.Budget(3), compute_dtype=jnp.float32)

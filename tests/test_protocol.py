@@ -14,7 +14,7 @@ from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import estimators, forward_mode, sweep
-from jbptt._src.api import link
+from jbptt._src.scan import link
 
 
 def _reference(cell, params, h0, xs, w):

@@ -66,7 +66,7 @@ def test_gru_and_per_sequence_link_weights_match_autodiff():
     douts, dh_T = jnp.cos(outs), jnp.sin(h_T)
 
     def f(p, h0):
-        h_T, outs = jbptt.rnn_scan(cell, p, h0, xs, w, mode="autodiff", **seq)
+        h_T, outs = jbptt.rnn_scan(cell, p, h0, xs, w, adjoint=jbptt.Autodiff(), **seq)
         return jnp.sum(outs * douts) + jnp.sum(h_T * dh_T)
 
     dp, dh0, _ = jbptt.backward(cell, cp, res, w, dh_T, douts)
@@ -118,14 +118,23 @@ def test_non_prefix_mask_and_checkpointing_match_autodiff():
     (L, h_T), g = _check_against_reference(model, params, h0, xs, ys, w, **seq)
     for checkpoint in ("sqrt", 4):
         vg = jbptt.value_and_grad(
-            model.cell, model.loss_fn, argnums=(0, 1), checkpoint=checkpoint
+            model.cell,
+            model.loss_fn,
+            argnums=(0, 1),
+            adjoint=jbptt.ReverseScan(checkpoint=checkpoint),
         )
         (L_c, h_c), g_c = vg(params, h0, xs, ys, w, **seq)
         assert rel_err(L_c, L) <= 1e-12
         assert tree_allclose(h_c, h_T, 1e-12)
         assert tree_allclose(g_c, g, 1e-10)
         h_r, outs_r = jbptt.rnn_scan(
-            model.cell, params, h0, xs, w, checkpoint=checkpoint, **seq
+            model.cell,
+            params,
+            h0,
+            xs,
+            w,
+            adjoint=jbptt.ReverseScan(checkpoint=checkpoint),
+            **seq,
         )
         h_s, outs_s = jbptt.rnn_scan(model.cell, params, h0, xs, w, **seq)
         assert tree_allclose((h_r, outs_r), (h_s, outs_s), 1e-12)
@@ -212,7 +221,7 @@ def test_jvp_through_rnn_scan_autodiff_mode(name):
         return jax.lax.scan(lambda h, x: cell.step(p, h, x), h0, xs)
 
     def ours(p):
-        return jbptt.rnn_scan(cell, p, h0, xs, mode="autodiff", lengths=None)
+        return jbptt.rnn_scan(cell, p, h0, xs, adjoint=jbptt.Autodiff(), lengths=None)
 
     out, tan = jax.jvp(ours, (p,), (tangent,))
     out_ref, tan_ref = jax.jvp(plain, (p,), (tangent,))
@@ -220,7 +229,7 @@ def test_jvp_through_rnn_scan_autodiff_mode(name):
     # jacfwd too, and the default mode says what to do
     jac = jax.jacfwd(lambda p: ours(p)[0])(p)
     assert tree_allclose(jac, jax.jacfwd(lambda p: plain(p)[0])(p), 1e-12)
-    with pytest.raises(TypeError, match="mode='autodiff'"):
+    with pytest.raises(TypeError, match=r"adjoint=jbptt\.Autodiff\(\)"):
         jax.jvp(lambda p: jbptt.rnn_scan(cell, p, h0, xs), (p,), (tangent,))
 
 
@@ -231,7 +240,7 @@ def test_forward_over_reverse_through_value_and_grad_autodiff_mode():
         lengths=jnp.array([5, 3]), resets=jnp.zeros((5, 2), bool).at[2, 0].set(True)
     )
     v = jax.tree_util.tree_map(jnp.sin, params)
-    vg_ad = jbptt.value_and_grad(model.cell, model.loss_fn, mode="autodiff")
+    vg_ad = jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=jbptt.Autodiff())
     vg = jbptt.value_and_grad(model.cell, model.loss_fn)
     assert tree_allclose(
         vg_ad(params, h0, xs, ys, **seq), vg(params, h0, xs, ys, **seq)

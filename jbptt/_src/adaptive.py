@@ -32,7 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import validation
-from jbptt._src.api import sum_of_losses
+from jbptt._src.losses import sum_of_losses
 
 
 class Decay(NamedTuple):

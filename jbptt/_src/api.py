@@ -1,58 +1,20 @@
-"""Loss and gradient of a recurrent model: the autodiff reference and the
-hand-derived reverse scan, both for the same forward."""
+"""The public gradient entry points: ``rnn_scan``, ``loss``, ``value_and_grad``
+and ``grads_for_weights``.
+
+Each checks its arguments once and hands them to the ``adjoint=`` strategy
+(:mod:`jbptt._src.adjoint`), which decides how the reverse pass runs.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jbptt._src import scan as _scan
-from jbptt._src import sequences, validation
+from jbptt._src import adjoint as adjoints
+from jbptt._src import dtypes, sequences, validation
 from jbptt._src.cell import Cell
-from jbptt._src.checkpointing import Budget, budget_loss, check_budget
-from jbptt._src.scan import rnn_scan
-
-LossFn = Callable  # (params, out_t, y_t) -> scalar, reduced over the batch
-
-
-def per_step_losses(loss_fn: LossFn, params, outs, ys) -> jax.Array:
-    """[T]: ℓ_t(θ, out_t, y_t) for every step, evaluated as one batch."""
-    return jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, outs, ys)
-
-
-def sum_of_losses(loss_fn: LossFn, params, outs, ys) -> jax.Array:
-    """L = Σ_t ℓ_t(θ, out_t, y_t)."""
-    return jnp.sum(per_step_losses(loss_fn, params, outs, ys))
-
-
-def per_sequence_losses(loss_fn: LossFn, params, outs, ys, batch_ndim: int):
-    """[T, *batch]: ℓ(θ, out_{t,b}, y_{t,b}), ``loss_fn`` called on one
-    sequence's step (no batch axes) and vmapped over time and batch."""
-    f = loss_fn
-    for _ in range(batch_ndim + 1):
-        f = jax.vmap(f, in_axes=(None, 0, 0))
-    return f(params, outs, ys)
-
-
-def total_loss(loss_fn: LossFn, params, outs, ys, mask=None) -> jax.Array:
-    """L = Σ_t ℓ_t, or with a padding mask Σ_{t,b} mask_{t,b} ℓ(out_{t,b},
-    y_{t,b}): the sum of the sequences' own losses over their real steps.
-
-    Mixed precision: the loss is evaluated in the params' dtype (the outputs
-    are cast to it), so the readout and the sum over steps are exact to it.
-    """
-    dtype = _scan._float_dtype(params)
-    if dtype is not None:
-        outs = _scan._cast(outs, dtype)
-    if mask is None:
-        return sum_of_losses(loss_fn, params, outs, ys)
-    ls = per_sequence_losses(loss_fn, params, outs, ys, mask.ndim - 1)
-    return jnp.sum(jnp.where(mask, ls, jnp.zeros((), ls.dtype)))
-
-
-link = _scan.link
+from jbptt._src.losses import LossFn, total_loss
+from jbptt._src.scan import reference_scan
 
 
 def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype):
@@ -62,7 +24,7 @@ def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype):
     if compute_dtype is not None:
         validation.check_xs(xs)
         _check_token_ids_fit(cell, compute_dtype)
-        h0, xs = _scan._cast((h0, xs), jnp.dtype(compute_dtype))
+        h0, xs = dtypes.cast((h0, xs), jnp.dtype(compute_dtype))
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
     validation.check_ys(ys, xs.shape[0])
     if mask is not None:
@@ -90,6 +52,104 @@ def _check_compute_dtype(compute_dtype):
             f"compute_dtype must be None or a floating dtype (e.g. jnp.bfloat16), "
             f"got {compute_dtype!r}."
         )
+
+
+def rnn_scan(
+    cell: Cell,
+    params,
+    h0,
+    xs,
+    w=None,
+    *,
+    lengths=None,
+    resets=None,
+    reset_state=None,
+    adjoint: adjoints.Adjoint | None = None,
+    steps=None,
+    checkpoint=None,
+    mode: str | None = None,
+):
+    """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
+
+    Differentiating any function of the outputs with ``jax.grad`` runs the
+    explicit reverse scan (docs/design.md) with link weights ``w``: the forward
+    values do not depend on ``w``, only the backward does.
+
+    Args:
+      cell: a :class:`jbptt.cells.Cell`.
+      params: the cell's params (pytree of arrays).
+      h0: initial state, batch shape matching ``xs``.
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major). Its dtype (shared
+        by ``h0``) is the compute dtype; params may be kept in another
+        floating dtype, their gradient comes back in it.
+      w: link weights ``[T]`` (default: ones, i.e. full BPTT), or
+        ``[T, *batch]`` per sequence. ``w[t]`` scales the gradient from step t
+        into h_{t-1}; ``w[0]`` the one into ``h0``. ``w`` is a constant of the
+        backward: its own cotangent is zero.
+      lengths: ``None``, lengths ``[*batch]`` (ints in ``[1, T]``) or a bool
+        mask ``[T, *batch]`` (true on real steps). Padded steps keep the state
+        unchanged and output zeros (no gradient flows through them), so
+        ``h_T`` is each sequence's state after its last real step.
+      resets: ``None`` or bool ``[T, *batch]``, true where a new episode
+        starts: the state entering that step is ``h0`` and the link into the
+        previous step is cut (its cotangent goes to ``h0``).
+      reset_state: the state a reset restarts from, shaped like ``h0``
+        (default ``h0`` itself), e.g. the zero state when ``h0`` is a state
+        carried over from an earlier segment of the stream.
+      adjoint: how the reverse pass runs (see :func:`jbptt.value_and_grad`):
+        ``jbptt.ReverseScan()`` (default) keeps every step's state for the
+        backward; ``jbptt.ReverseScan(checkpoint="sqrt")`` keeps only the
+        states at the starts of about √T segments of about √T steps and
+        recomputes each segment's forward during the backward (O(√T) stored
+        states for ~1 extra forward; an int sets the segment length);
+        ``jbptt.Budget(max_states=M)`` stores at most M states and
+        recomputes with the fewest forward steps; ``jbptt.Autodiff()`` runs
+        the same forward as a plain ``lax.scan`` that JAX differentiates
+        itself, so ``jax.jvp``/``jax.jacfwd`` work (and link weights still
+        act, through :func:`jbptt._src.scan.link`). Values and gradients are
+        unchanged.
+      steps: ``None`` (all T steps) or how many leading steps to run, an int
+        scalar that may be traced (e.g. the real length of a padded
+        bucket): the forward and reverse loops stop there, so the work is
+        that of ``steps`` steps in a buffer of T. ``h_T`` is the state after
+        step ``steps − 1``, later outputs are zero and later cotangents are
+        ignored. Values and gradients equal those of ``xs[:steps]``
+        (tested). Only with the default ``adjoint=jbptt.ReverseScan()``.
+      checkpoint, mode: deprecated spellings of ``adjoint=`` (see
+        :func:`jbptt.value_and_grad`).
+
+    Returns:
+      ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt import cells, truncation
+      >>> cell = cells.elman("tanh")
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> xs = jnp.ones((6, 2))
+      >>> def f(p, w):
+      ...     h_T, outs = jbptt.rnn_scan(cell, p, cell.initial_state(p), xs, w)
+      ...     return jnp.sum(outs ** 2)
+      >>> g = jax.grad(f)(p, truncation.tbptt(6, 2))  # TBPTT(2) gradient
+      >>> g["W"].shape
+      (3, 3)
+
+      The first 4 steps of a padded buffer, as ``xs[:4]`` would run them:
+
+      >>> h0 = cell.initial_state(p)
+      >>> h4, outs = jbptt.rnn_scan(cell, p, h0, xs, steps=4)
+      >>> ref, _ = jbptt.rnn_scan(cell, p, h0, xs[:4])
+      >>> bool(jnp.allclose(h4, ref)), outs[4:].tolist()
+      (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    """
+    strategy = adjoints.resolve(adjoint, checkpoint, mode)
+    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
+    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    if steps is not None:
+        steps = adjoints.check_steps(steps, xs.shape[0], strategy)
+    return strategy.scan(cell, params, h0, xs, w, mask, resets, h_reset, steps)
 
 
 def loss(cell: Cell, loss_fn: LossFn, *, compute_dtype=None):
@@ -131,9 +191,9 @@ def loss(cell: Cell, loss_fn: LossFn, *, compute_dtype=None):
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )
         if reset_state is not None and compute_dtype is not None:
-            reset_state = _scan._cast(reset_state, jnp.dtype(compute_dtype))
+            reset_state = dtypes.cast(reset_state, jnp.dtype(compute_dtype))
         h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-        h_T, outs = _scan.reference_scan(cell, params, h0, xs, w, mask, resets, h_reset)
+        h_T, outs = reference_scan(cell, params, h0, xs, w, mask, resets, h_reset)
         return total_loss(loss_fn, params, outs, ys, mask), h_T
 
     return forward
@@ -144,9 +204,10 @@ def value_and_grad(
     loss_fn: LossFn,
     *,
     argnums=0,
-    checkpoint=None,
+    adjoint: adjoints.Adjoint | None = None,
     compute_dtype=None,
-    mode: str = "scan",
+    checkpoint=None,
+    mode: str | None = None,
 ):
     """``(params, h0, xs, ys, w=None, *, lengths=None, resets=None) -> ((L,
     h_T), grads)`` by the reverse scan.
@@ -189,22 +250,26 @@ def value_and_grad(
       loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
       argnums: which of ``(params, h0)`` to differentiate: ``0`` (default),
         ``1`` or ``(0, 1)``, as in ``jax.value_and_grad``.
-      checkpoint: ``None`` (default; the fastest measured, docs/design.md
-        "Segmenting by default") stores every step's state; ``"sqrt"`` (or
-        an int segment length) runs the sequence in segments of about √T
-        steps, evaluating the loss inside each segment, and stores only
-        the segment-start states: memory O(√T) states instead of O(T), for
-        about one extra forward pass. ``jbptt.Budget(max_states=M)`` stores
-        at most M states and recomputes the fewest steps (Gruslys et al.
-        2016's dynamic program, run as loops so that XLA's memory falls
-        with M; takes ``lengths`` and ``resets``, not ``compute_dtype`` or
-        ``mode="autodiff"``). Values and gradients are unchanged.
+      adjoint: how the reverse pass runs (:mod:`jbptt._src.adjoint`):
+        ``None`` or ``jbptt.ReverseScan()`` (default; the fastest measured,
+        docs/design.md "Segmenting by default") stores every step's state;
+        ``jbptt.ReverseScan(checkpoint="sqrt")`` (or an int segment length)
+        runs the sequence in segments of about √T steps, evaluating the loss
+        inside each segment, and stores only the segment-start states:
+        memory O(√T) states instead of O(T), for about one extra forward
+        pass. ``jbptt.Budget(max_states=M)`` stores at most M states and
+        recomputes the fewest steps (Gruslys et al. 2016's dynamic program,
+        run as loops so that XLA's memory falls with M; takes ``lengths``
+        and ``resets``, not ``compute_dtype``). ``jbptt.Autodiff()`` is
+        ``jax.value_and_grad`` of the same forward by plain scan: slower, but
+        ``jax.jvp`` of the returned function works, e.g. for Hessian-vector
+        products. Values and gradients are the same for all.
       compute_dtype: ``None`` (compute in the dtype of ``xs``) or a floating
         dtype to cast ``xs`` and ``h0`` to (see above).
-      mode: ``"scan"`` (default, jbptt's reverse scan) or ``"autodiff"``
-        (``jax.value_and_grad`` of the same forward by plain scan: slower, but
-        ``jax.jvp`` of the returned function works, e.g. for Hessian-vector
-        products).
+      checkpoint: deprecated, use ``adjoint=jbptt.ReverseScan(checkpoint=...)``
+        (or ``adjoint=jbptt.Budget(...)``).
+      mode: deprecated: ``"autodiff"`` is ``adjoint=jbptt.Autodiff()``,
+        ``"scan"`` is ``adjoint=jbptt.ReverseScan()``.
 
     Returns:
       A pure function; ``w`` is an ordinary (traceable, vmappable) argument.
@@ -228,60 +293,24 @@ def value_and_grad(
         raise ValueError(
             f"argnums must be 0 (params), 1 (h0) or (0, 1), got {argnums!r}."
         )
-    _scan.check_mode(mode)
+    strategy = adjoints.resolve(adjoint, checkpoint, mode)
     _check_compute_dtype(compute_dtype)
-    if isinstance(checkpoint, Budget):
-        budgeted = budget_loss(cell, loss_fn, check_budget(checkpoint))
-        if compute_dtype is not None or mode != "scan":
-            raise ValueError(
-                "checkpoint=Budget(...) runs in the dtype of xs with jbptt's "
-                "reverse scan: drop compute_dtype and mode, or use "
-                "checkpoint='sqrt'."
-            )
-    else:
-        budgeted = None
-        _scan.segment_length(2, checkpoint)  # bad values fail here, not at call
+    if compute_dtype is not None and not strategy.takes_compute_dtype:
+        raise ValueError(
+            f"adjoint={strategy!r} runs in the dtype of xs: drop compute_dtype, "
+            "or use adjoint=jbptt.ReverseScan(checkpoint='sqrt')."
+        )
 
     def objective(params, h0, xs, ys, w, lengths, resets, reset_state):
         h0_c, xs, w, mask, resets = _prepare(
             cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
         )
         if reset_state is not None and compute_dtype is not None:
-            reset_state = _scan._cast(reset_state, jnp.dtype(compute_dtype))
+            reset_state = dtypes.cast(reset_state, jnp.dtype(compute_dtype))
         h_reset = sequences.reset_target(cell, params, h0_c, xs, resets, reset_state)
-        if budgeted is not None:
-            return budgeted(params, h0_c, xs, ys, w, mask, resets, h_reset)
-        S = _scan.segment_length(xs.shape[0], checkpoint)
-        if S is None:
-            h_T, outs = rnn_scan(
-                cell,
-                params,
-                h0_c,
-                xs,
-                w,
-                lengths=mask,
-                resets=resets,
-                reset_state=h_reset,
-                mode=mode,
-            )
-            return total_loss(loss_fn, params, outs, ys, mask), h_T
-
-        # Checkpointed: each segment computes its own losses, so neither the
-        # states nor the outputs of all T steps are ever stored at once.
-        # Resets restart from the sequence's h0, which every segment closes over.
-        scan = _scan.reference_scan if mode == "autodiff" else _scan.scan_or_explain
-
-        def segment(h, inp):
-            xs_s, ys_s, w_s, m_s, r_s = inp
-            h, outs = scan(cell, params, h, xs_s, w_s, m_s, r_s, h_reset)
-            return h, total_loss(loss_fn, params, outs, ys_s, m_s)
-
-        T = xs.shape[0]
-        h_T, (head, losses) = _scan.scan_segments(
-            segment, h0_c, (xs, ys, w, mask, resets), T, S
+        return strategy.loss(
+            cell, loss_fn, params, h0_c, xs, ys, w, mask, resets, h_reset
         )
-        L = jnp.sum(losses)
-        return (L if head is None else head + L), h_T
 
     vg = jax.value_and_grad(objective, argnums=argnums, has_aux=True)
 
@@ -294,14 +323,25 @@ def value_and_grad(
 
 
 def grads_for_weights(
-    cell: Cell, loss_fn: LossFn, params, h0, xs, ys, ws, *, lengths=None, resets=None
+    cell: Cell,
+    loss_fn: LossFn,
+    params,
+    h0,
+    xs,
+    ys,
+    ws,
+    *,
+    lengths=None,
+    resets=None,
+    adjoint: adjoints.Adjoint | None = None,
 ):
     """Gradients for K link-weight vectors from one shared forward pass.
 
     The forward values, the loss and the loss's own cotangents do not depend
-    on ``w`` (only the reverse scan does), so they are computed
-    once; the K reverse scans run batched (``vmap`` over ``ws``), which also
-    turns each step's ``[B, H] @ [H, G·H]`` product into a K-times larger one.
+    on ``w`` (only the reverse scan does), so with the default adjoint they
+    are computed once; the K reverse scans run batched (``vmap`` over
+    ``ws``), which also turns each step's ``[B, H] @ [H, G·H]`` product into
+    a K-times larger one.
 
     Args:
       cell: a :class:`jbptt.cells.Cell`.
@@ -309,6 +349,8 @@ def grads_for_weights(
       params, h0, xs, ys: as for :func:`value_and_grad`.
       ws: link weights ``[K, T]``, one row per estimator configuration.
       lengths, resets: as for :func:`value_and_grad`.
+      adjoint: as for :func:`value_and_grad`; a strategy other than the
+        default ``ReverseScan()`` runs one gradient per row (vmapped).
 
     Returns:
       ``((L, h_T), grads)``: the loss and final state (shared), and the
@@ -329,6 +371,7 @@ def grads_for_weights(
       >>> g["readout"]["V"].shape
       (3, 1, 4)
     """
+    strategy = adjoints.resolve(adjoint)
     T = xs.shape[0] if hasattr(xs, "shape") and xs.ndim else None
     if getattr(ws, "ndim", None) != 2 or ws.shape[1] != T:
         raise ValueError(
@@ -339,19 +382,7 @@ def grads_for_weights(
         cell, params, h0, xs, ys, ws[0], lengths, resets, None
     )
     ws = jnp.asarray(ws, xs.dtype)
-    # One forward and one loss vjp, then K reverse scans: a vmap of backward.
     h_reset = None if resets is None else h0
-    h_T, outs, residuals = _scan._path(cell).forward(
-        cell, params, h0, xs, mask, resets, h_reset
+    return strategy.grads_for_weights(
+        cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset
     )
-    L, loss_vjp = jax.vjp(
-        lambda p, o: total_loss(loss_fn, p, o, ys, mask), params, outs
-    )
-    dparams_loss, douts = loss_vjp(jnp.ones_like(L))
-    dh_T = jax.tree_util.tree_map(jnp.zeros_like, h_T)
-
-    def one(w):
-        dparams, *_ = _scan._backward(cell, params, residuals, w, dh_T, douts)
-        return jax.tree_util.tree_map(jnp.add, dparams, dparams_loss)
-
-    return (L, h_T), jax.vmap(one)(ws)

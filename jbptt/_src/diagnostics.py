@@ -32,8 +32,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import validation
-from jbptt._src.api import sum_of_losses, value_and_grad
+from jbptt._src.api import value_and_grad
 from jbptt._src.cell import Cell
+from jbptt._src.losses import sum_of_losses
 from jbptt._src.scan import forward, states_before, step_transpose
 from jbptt._src.truncation import tbptt
 

@@ -49,11 +49,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import protocol, sequences, sharding, stream, truncation, validation
-from jbptt._src.api import per_step_losses
+from jbptt._src.api import rnn_scan
 from jbptt._src.cell import Cell
+from jbptt._src.loops import loop as _scan_loop
+from jbptt._src.losses import per_step_losses
 from jbptt._src.protocol import Cost, OnlineRule, Problem
-from jbptt._src.scan import _loop as _scan_loop
-from jbptt._src.scan import rnn_scan
 
 tree_map = jax.tree_util.tree_map
 

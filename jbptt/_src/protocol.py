@@ -25,8 +25,8 @@ import numpy as np
 
 from jbptt._src import scan as _scan
 from jbptt._src import sequences, validation
-from jbptt._src.api import per_sequence_losses, per_step_losses
 from jbptt._src.cell import Cell
+from jbptt._src.losses import per_sequence_losses, per_step_losses
 
 tree_map = jax.tree_util.tree_map
 
@@ -412,7 +412,7 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     if mask is not None:
         sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
     h_reset = None if resets is None else h0
-    _, outs, residuals = _scan._path(cell).forward(
+    _, outs, residuals = _scan.cell_path(cell).forward(
         cell, params, h0, xs, mask, resets, h_reset
     )
 
@@ -434,7 +434,7 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
 
     def grad(w, m):
         dp_loss, douts = loss_vjp(loss_weights(m))
-        dp_cell, *_ = _scan._backward(
+        dp_cell, *_ = _scan.backward_unchecked(
             cell, params, residuals, w.astype(xs.dtype), dh_T, douts
         )
         return tree_map(jnp.add, dp_cell, dp_loss)
@@ -464,7 +464,7 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
             losses_a = functools.partial(step_losses, ys=at(ys), mask=at(mask))
             _, vjp_a = jax.vjp(losses_a, params, at(outs))
             dp_loss, douts = vjp_a(loss_weights(sl(m), at(mask)))
-            dp_cell, *_ = _scan._backward(
+            dp_cell, *_ = _scan.backward_unchecked(
                 cell, params, r, sl(w.astype(xs.dtype)), dh_T, douts
             )
             return tree_map(jnp.add, dp_cell, dp_loss)

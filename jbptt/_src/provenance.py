@@ -67,11 +67,9 @@ def run_metadata(config: dict | None = None, seed=None) -> dict:
         raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     import jax
 
-    import jbptt
-
     versions = {"python": platform.python_version()}
     versions.update({pkg: _version(pkg) for pkg in _PACKAGES})
-    versions["jbptt"] = jbptt.__version__
+    versions["jbptt"] = _version("jbptt") or "0+unknown"
     devices = jax.devices()
     return {
         "versions": versions,

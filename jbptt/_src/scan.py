@@ -10,7 +10,10 @@ weights (docs/design.md, "The one equation")::
 ``grads_for_weights``, the sweep's shared forward, the diagnostics,
 checkpointed segments) is built from them. Whether a cell runs the
 hand-derived path (:class:`~jbptt.cells.ReverseRules`) or the generic
-per-step ``jax.vjp`` is decided in one place, :func:`_path`.
+per-step ``jax.vjp`` is decided in one place, :func:`cell_path`. How the
+reverse pass is run over a whole sequence (all steps, in segments, under a
+memory budget, or by JAX's autodiff) is chosen by the ``adjoint=`` strategy
+(:mod:`jbptt._src.adjoint`), which builds on the pieces here.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jbptt._src import sequences
+from jbptt._src import dtypes, loops, sequences
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
@@ -63,36 +65,6 @@ class Residuals(NamedTuple):
     steps: Any = None
 
 
-def _loop(body, carry, xs, steps=None, reverse=False, unroll=1):
-    """``lax.scan(body, carry, xs, reverse=reverse)`` over the first ``steps``
-    steps only (an int scalar, may be traced): a ``while_loop`` whose trip
-    count is ``steps``, so the work is proportional to the real steps of a
-    padded bucket. The stacked outputs keep their static length T and are
-    zero after ``steps``; in reverse, the loop runs t = steps − 1, …, 0."""
-    if steps is None:
-        return jax.lax.scan(body, carry, xs, reverse=reverse, unroll=unroll)
-    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    _, out = jax.eval_shape(body, carry, tree_map(lambda a: a[0], xs))
-    stacked = tree_map(lambda o: jnp.zeros((T, *o.shape), o.dtype), out)
-
-    def step(state):
-        i, c, ys = state
-        t = steps - 1 - i if reverse else i
-        c, y = body(
-            c, tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, t, 0, False), xs)
-        )
-        ys = tree_map(
-            lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0), ys, y
-        )
-        return i + 1, c, ys
-
-    i0 = jnp.zeros((), jnp.asarray(steps).dtype)
-    _, carry, stacked = jax.lax.while_loop(
-        lambda state: state[0] < steps, step, (i0, carry, stacked)
-    )
-    return carry, stacked
-
-
 def _scale(w_t, tree):
     # w_t is a scalar (shared by the batch) or [*batch] (per sequence).
     return tree_map(lambda a: (sequences.bcast(w_t, a) * a).astype(a.dtype), tree)
@@ -119,30 +91,6 @@ def _last(hs):
     return tree_map(lambda a: a[-1], hs)
 
 
-def _float_dtype(params):
-    """The params' floating dtype (``None`` if they have no floating leaf)."""
-    for a in jax.tree_util.tree_leaves(params):
-        if jnp.issubdtype(a.dtype, jnp.floating):
-            return a.dtype
-    return None
-
-
-def _cast(tree, dtype):
-    """Floating leaves of ``tree`` in ``dtype`` (no-op where they already are).
-
-    Mixed precision: params are kept in their own dtype and cast once to the
-    compute dtype (that of ``xs``) before a scan; the casts' transposes bring
-    cotangents back to the params' dtype.
-    """
-
-    def cast(a):
-        if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype:
-            return a.astype(dtype)
-        return a
-
-    return tree_map(cast, tree)
-
-
 def _gates(mask, resets, w):
     """Per-step weights of the reverse scan for masks and resets.
 
@@ -166,7 +114,7 @@ def _forward_rules(
     cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None
 ):
     rules = cell.rules
-    params = _cast(params, xs.dtype)  # the compute copy
+    params = dtypes.cast(params, xs.dtype)  # the compute copy
     xz = rules.project(params, xs)  # [T, ..., G]: all input projections, one GEMM
     stack_res_only = rules.states is not None and mask is None
 
@@ -178,7 +126,7 @@ def _forward_rules(
             h_new = sequences.select(m_t, h_new, h)
         return h_new, (res if stack_res_only else (h_new, res))
 
-    h_T, stacked = _loop(body, h0, (xz, mask, resets), steps, unroll=UNROLL)
+    h_T, stacked = loops.loop(body, h0, (xz, mask, resets), steps, unroll=UNROLL)
     hs, res = (rules.states(stacked), stacked) if stack_res_only else stacked
     outs = rules.output(hs)
     if mask is not None:
@@ -244,7 +192,7 @@ def _reverse_scan(body, dh_T, pack, unpack, step_inps, douts, r: Residuals, w):
     if m is not None:
         douts = sequences.zero_padding(r.mask, douts)
     acc0 = None if w_reset is None else tree_map(jnp.zeros_like, pack(dh_T))
-    (dh0, acc), stacked = _loop(
+    (dh0, acc), stacked = loops.loop(
         body,
         (pack(dh_T), acc0),
         (step_inps, douts, w_link, w_reset, m),
@@ -257,7 +205,7 @@ def _reverse_scan(body, dh_T, pack, unpack, step_inps, douts, r: Residuals, w):
 
 def _backward_rules(cell: Cell, params, r: Residuals, w, dh_T, douts):
     rules = cell.rules
-    p = _cast(params, r.xs.dtype)  # compute copy for the sequential part
+    p = dtypes.cast(params, r.xs.dtype)  # compute copy for the sequential part
     hs_prev = step_inputs(r)
     pack, unpack = _packer(dh_T)
 
@@ -272,9 +220,9 @@ def _backward_rules(cell: Cell, params, r: Residuals, w, dh_T, douts):
     # All weight (and input) gradients at once: vjp of the linear map = GEMMs,
     # in the params' dtype (mixed precision: accumulate over all steps there).
     # linear_states: linear also reads h_1..h_T (a stack's upper layers).
-    pdt = _float_dtype(params) or r.xs.dtype
+    pdt = dtypes.float_dtype(params) or r.xs.dtype
     states = (hs_prev, r.hs) if rules.linear_states else (hs_prev,)
-    states, xs, dlins = _cast((states, r.xs, dlins), pdt)
+    states, xs, dlins = dtypes.cast((states, r.xs, dlins), pdt)
     _, linear_vjp = jax.vjp(lambda p_, x: rules.linear(p_, x, *states), params, xs)
     dparams, dxs = linear_vjp(dlins)
     return dparams, dh0, dxs.astype(r.xs.dtype), dh_reset
@@ -291,7 +239,7 @@ def _transpose_rules(cell: Cell, params, h_prev, h, res_t, x_t, d):
 def _forward_generic(
     cell: Cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None
 ):
-    params = _cast(params, xs.dtype)
+    params = dtypes.cast(params, xs.dtype)
 
     def body(h, inp):
         x_t, m_t, r_t = inp
@@ -301,15 +249,15 @@ def _forward_generic(
             h_new = sequences.select(m_t, h_new, h)
         return h_new, (h_new, out)
 
-    h_T, (hs, outs) = _loop(body, h0, (xs, mask, resets), steps)
+    h_T, (hs, outs) = loops.loop(body, h0, (xs, mask, resets), steps)
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
     return h_T, outs, Residuals(h0, xs, hs, None, mask, resets, h_reset, steps)
 
 
 def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
-    p = _cast(params, r.xs.dtype)
-    pdt = _float_dtype(params) or r.xs.dtype
+    p = dtypes.cast(params, r.xs.dtype)
+    pdt = dtypes.float_dtype(params) or r.xs.dtype
     identity = (lambda t: t), (lambda t: t)
 
     # The params' cotangent is accumulated in the carry, in the params' dtype.
@@ -317,7 +265,7 @@ def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
         h_prev, x_t = inp
         _, step_vjp = jax.vjp(cell.step, p, h_prev, x_t)
         dp_t, dh_prev, dx_t = step_vjp((dh, dout_t))
-        return dh_prev, (_cast(dp_t, pdt), dx_t)
+        return dh_prev, (dtypes.cast(dp_t, pdt), dx_t)
 
     body = _reverse_body(vjp_step, *identity, r.mask is not None)
 
@@ -331,7 +279,7 @@ def _backward_generic(cell: Cell, params, r: Residuals, w, dh_T, douts):
     if m is not None:
         douts = sequences.zero_padding(r.mask, douts)
     acc0 = None if w_reset is None else tree_map(jnp.zeros_like, dh_T)
-    ((dh0, acc), dparams), dxs = _loop(
+    ((dh0, acc), dparams), dxs = loops.loop(
         summing,
         ((dh_T, acc0), zeros),
         ((step_inputs(r), r.xs), douts, w_link, w_reset, m),
@@ -346,17 +294,17 @@ def _transpose_generic(cell: Cell, params, h_prev, h, res_t, x_t, d):
     return vjp(d)[0]
 
 
-class _Path(NamedTuple):
+class Path(NamedTuple):
     forward: Callable
     backward: Callable
     transpose: Callable
 
 
-_RULES = _Path(_forward_rules, _backward_rules, _transpose_rules)
-_GENERIC = _Path(_forward_generic, _backward_generic, _transpose_generic)
+_RULES = Path(_forward_rules, _backward_rules, _transpose_rules)
+_GENERIC = Path(_forward_generic, _backward_generic, _transpose_generic)
 
 
-def _path(cell: Cell) -> _Path:
+def cell_path(cell: Cell) -> Path:
     """The one place where the hand-derived and generic paths part."""
     return _GENERIC if cell.rules is None else _RULES
 
@@ -399,7 +347,7 @@ def forward(cell: Cell, params, h0, xs, *, lengths=None, resets=None, reset_stat
     xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-    return _path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
+    return cell_path(cell).forward(cell, params, h0, xs, mask, resets, h_reset)
 
 
 def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
@@ -444,19 +392,21 @@ def backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
     w = sequences.check_link_weights(w, xs.shape[0], batch_shape, xs.dtype)
     if dh_T is None:
         dh_T = tree_map(jnp.zeros_like, residuals.h0)
-    dparams, dh0, dxs, dh_reset = _backward(cell, params, residuals, w, dh_T, douts)
+    dparams, dh0, dxs, dh_reset = backward_unchecked(
+        cell, params, residuals, w, dh_T, douts
+    )
     if dh_reset is not None:
         dh0 = tree_map(jnp.add, dh0, dh_reset)
     return dparams, dh0, dxs
 
 
-def _backward(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
+def backward_unchecked(cell: Cell, params, residuals: Residuals, w, dh_T, douts):
     """:func:`backward` without checks; returns ``(dparams, dh0, dxs,
     dh_reset)``, ``dh_reset`` the cotangent of ``residuals.h_reset`` (``None``
     without resets)."""
     # Symbolic zeros arrive as zeros here; make dtypes match the primal.
     dh_T = tree_map(lambda g, a: g.astype(a.dtype), dh_T, residuals.h0)
-    return _path(cell).backward(cell, params, residuals, w, dh_T, douts)
+    return cell_path(cell).backward(cell, params, residuals, w, dh_T, douts)
 
 
 def step_transpose(cell: Cell, params):
@@ -466,7 +416,7 @@ def step_transpose(cell: Cell, params):
     ``res_t`` is step t of :attr:`Residuals.res` (``None`` on the generic
     path). Used by :mod:`jbptt.diagnostics` to follow cotangents lag by lag.
     """
-    transpose = _path(cell).transpose
+    transpose = cell_path(cell).transpose
     return functools.partial(transpose, cell, params)
 
 
@@ -489,12 +439,12 @@ def link(h, w_t):
 
 
 def reference_scan(cell: Cell, params, h0, xs, w, mask=None, resets=None, h_reset=None):
-    """The same forward as :func:`rnn_scan` by a plain ``lax.scan`` of
+    """The same forward as :func:`jbptt.rnn_scan` by a plain ``lax.scan`` of
     ``cell.step``: ``jax.grad`` of it is ordinary autodiff, and ``jax.jvp``
     works through it. Link weights enter as :func:`link` on the state
     entering each step's cell, which scales its backward by ``w_t`` and
     leaves the forward unchanged."""
-    params = _cast(params, xs.dtype)
+    params = dtypes.cast(params, xs.dtype)
 
     def body(h, inp):
         x_t, w_t, m_t, r_t = inp
@@ -515,14 +465,14 @@ def reference_scan(cell: Cell, params, h0, xs, w, mask=None, resets=None, h_rese
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _rnn_scan(cell: Cell, params, h0, xs, w, mask, resets, h_reset, steps):
-    h_T, outs, _ = _path(cell).forward(
+    h_T, outs, _ = cell_path(cell).forward(
         cell, params, h0, xs, mask, resets, h_reset, steps
     )
     return h_T, outs
 
 
 def _rnn_scan_fwd(cell: Cell, params, h0, xs, w, mask, resets, h_reset, steps):
-    h_T, outs, residuals = _path(cell).forward(
+    h_T, outs, residuals = cell_path(cell).forward(
         cell, params, h0, xs, mask, resets, h_reset, steps
     )
     return (h_T, outs), (params, residuals, w)
@@ -531,179 +481,34 @@ def _rnn_scan_fwd(cell: Cell, params, h0, xs, w, mask, resets, h_reset, steps):
 def _rnn_scan_bwd(cell: Cell, saved, cotangents):
     params, residuals, w = saved
     dh_T, douts = cotangents
-    dparams, dh0, dxs, dh_reset = _backward(cell, params, residuals, w, dh_T, douts)
+    dparams, dh0, dxs, dh_reset = backward_unchecked(
+        cell, params, residuals, w, dh_T, douts
+    )
     return dparams, dh0, dxs, jnp.zeros_like(w), None, None, dh_reset, None
 
 
 _rnn_scan.defvjp(_rnn_scan_fwd, _rnn_scan_bwd)
 
-_MODES = ("scan", "autodiff")
-
 _JVP_REMEDY = (
     "rnn_scan differentiates by jbptt's reverse scan (a jax.custom_vjp), which "
     "has no forward mode. For jax.jvp / jax.jacfwd / forward-over-reverse, pass "
-    "mode='autodiff' to jbptt.rnn_scan or jbptt.value_and_grad: the same forward "
-    "as a plain lax.scan (jbptt.loss is that forward), differentiated by JAX in "
-    "either mode."
+    "adjoint=jbptt.Autodiff() to jbptt.rnn_scan or jbptt.value_and_grad: the "
+    "same forward as a plain lax.scan (jbptt.loss is that forward), "
+    "differentiated by JAX in either mode."
 )
 
 
 def scan_or_explain(*args, steps=None):
+    """The custom-vjp scan ``(cell, params, h0, xs, w, mask, resets, h_reset)
+    -> (h_T, outs)`` over the first ``steps`` steps (``None``: all), whose
+    ``jax.grad`` runs :func:`backward_unchecked`; a forward-mode attempt gets
+    a ``TypeError`` that names the remedy (``adjoint=jbptt.Autodiff()``)."""
     try:
         return _rnn_scan(*args, steps)
     except TypeError as err:
         if "forward-mode" in str(err) or "jvp" in str(err):
             raise TypeError(f"{_JVP_REMEDY} ({err})") from err
         raise
-
-
-def check_mode(mode: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"Unknown mode {mode!r}. It needs to be one of {_MODES}.")
-    return mode
-
-
-def rnn_scan(
-    cell: Cell,
-    params,
-    h0,
-    xs,
-    w=None,
-    *,
-    lengths=None,
-    resets=None,
-    reset_state=None,
-    checkpoint=None,
-    mode: str = "scan",
-    steps=None,
-):
-    """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
-
-    Differentiating any function of the outputs with ``jax.grad`` runs the
-    explicit reverse scan (docs/design.md) with link weights ``w``: the forward
-    values do not depend on ``w``, only the backward does.
-
-    Args:
-      cell: a :class:`jbptt.cells.Cell`.
-      params: the cell's params (pytree of arrays).
-      h0: initial state, batch shape matching ``xs``.
-      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major). Its dtype (shared
-        by ``h0``) is the compute dtype; params may be kept in another
-        floating dtype, their gradient comes back in it.
-      w: link weights ``[T]`` (default: ones, i.e. full BPTT), or
-        ``[T, *batch]`` per sequence. ``w[t]`` scales the gradient from step t
-        into h_{t-1}; ``w[0]`` the one into ``h0``. ``w`` is a constant of the
-        backward: its own cotangent is zero.
-      lengths: ``None``, lengths ``[*batch]`` (ints in ``[1, T]``) or a bool
-        mask ``[T, *batch]`` (true on real steps). Padded steps keep the state
-        unchanged and output zeros (no gradient flows through them), so
-        ``h_T`` is each sequence's state after its last real step.
-      resets: ``None`` or bool ``[T, *batch]``, true where a new episode
-        starts: the state entering that step is ``h0`` and the link into the
-        previous step is cut (its cotangent goes to ``h0``).
-      reset_state: the state a reset restarts from, shaped like ``h0``
-        (default ``h0`` itself), e.g. the zero state when ``h0`` is a state
-        carried over from an earlier segment of the stream.
-      checkpoint: ``None`` (default) keeps every step's state for the
-        backward; ``"sqrt"`` keeps only the states at the starts of about √T
-        segments of about √T steps and recomputes each segment's forward
-        during the backward (O(√T) stored states for ~1 extra forward); an
-        int sets the segment length; a :class:`jbptt.Budget` stores at most
-        ``max_states`` states and recomputes with the fewest forward steps
-        (see :func:`jbptt.value_and_grad`). Values and gradients are
-        unchanged.
-      mode: ``"scan"`` (default): jbptt's reverse scan, reverse mode only;
-        ``"autodiff"``: the same forward as a plain ``lax.scan`` that JAX
-        differentiates itself, so ``jax.jvp``/``jax.jacfwd`` work (and link
-        weights still act, through :func:`link`).
-      steps: ``None`` (all T steps) or how many leading steps to run, an int
-        scalar that may be traced (e.g. the real length of a padded
-        bucket): the forward and reverse loops stop there, so the work is
-        that of ``steps`` steps in a buffer of T. ``h_T`` is the state after
-        step ``steps − 1``, later outputs are zero and later cotangents are
-        ignored. Values and gradients equal those of ``xs[:steps]``
-        (tested). Not with ``checkpoint=`` or ``mode="autodiff"``.
-
-    Returns:
-      ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> import jbptt
-      >>> from jbptt import cells, truncation
-      >>> cell = cells.elman("tanh")
-      >>> p = cell.init(jax.random.key(0), 2, 3)
-      >>> xs = jnp.ones((6, 2))
-      >>> def f(p, w):
-      ...     h_T, outs = jbptt.rnn_scan(cell, p, cell.initial_state(p), xs, w)
-      ...     return jnp.sum(outs ** 2)
-      >>> g = jax.grad(f)(p, truncation.tbptt(6, 2))  # TBPTT(2) gradient
-      >>> g["W"].shape
-      (3, 3)
-
-      The first 4 steps of a padded buffer, as ``xs[:4]`` would run them:
-
-      >>> h0 = cell.initial_state(p)
-      >>> h4, outs = jbptt.rnn_scan(cell, p, h0, xs, steps=4)
-      >>> ref, _ = jbptt.rnn_scan(cell, p, h0, xs[:4])
-      >>> bool(jnp.allclose(h4, ref)), outs[4:].tolist()
-      (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    """
-    check_mode(mode)
-    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
-    from jbptt._src.checkpointing import Budget, budget_rnn_scan  # avoids a cycle
-
-    if isinstance(checkpoint, Budget):
-        if mode != "scan":
-            raise ValueError(
-                "checkpoint=Budget(...) runs jbptt's reverse scan; drop "
-                "mode='autodiff' (or the budget)."
-            )
-        return budget_rnn_scan(cell, params, h0, xs, w, lengths=lengths,
-                               resets=resets, reset_state=reset_state,
-                               budget=checkpoint)  # fmt: skip
-    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
-    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-    T = xs.shape[0]
-    if steps is not None:
-        steps = _check_steps(steps, T, checkpoint, mode)
-        return scan_or_explain(
-            cell, params, h0, xs, w, mask, resets, h_reset, steps=steps
-        )
-    scan = reference_scan if mode == "autodiff" else scan_or_explain
-    S = segment_length(T, checkpoint)
-    if S is None:
-        return scan(cell, params, h0, xs, w, mask, resets, h_reset)
-
-    def segment(h, inp):
-        xs_s, w_s, m_s, r_s = inp
-        return scan(cell, params, h, xs_s, w_s, m_s, r_s, h_reset)
-
-    h_T, (head, body) = scan_segments(segment, h0, (xs, w, mask, resets), T, S)
-    outs = tree_map(lambda a: a.reshape(-1, *a.shape[2:]), body)
-    if head is not None:
-        outs = tree_map(lambda a, b: jnp.concatenate([a, b]), head, outs)
-    return h_T, outs
-
-
-def _check_steps(steps, T: int, checkpoint, mode: str):
-    """``rnn_scan(steps=)``: an int scalar in [1, T] (checked when concrete)."""
-    if checkpoint is not None or mode != "scan":
-        raise ValueError(
-            "steps= runs jbptt's own forward and reverse loops over the leading "
-            "steps; it takes neither checkpoint= nor mode='autodiff'."
-        )
-    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
-        if not 1 <= steps <= T:
-            raise ValueError(f"steps must be in [1, T = {T}], got {steps}.")
-        return jnp.asarray(steps, jnp.int32)
-    dtype = getattr(steps, "dtype", None)
-    if dtype is None or np.shape(steps) != () or not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"steps must be an int scalar (the number of leading steps to run), "
-            f"got {steps!r}."
-        )
-    return steps
 
 
 # ---------------------------------------------------------- checkpointing ---
