@@ -268,13 +268,13 @@ def choose_tbptt_k(lags: ParamLags, delta: float, tau0: int | None = None):
 
 
 class Rechooser(NamedTuple):
-    """Adaptive TBPTT for training (see :func:`adaptive_tbptt`)."""
+    """Re-choosing k during training (see :func:`rechooser`)."""
 
     measure: Callable  # (params, h0, xs, ys) -> ParamLags (jitted)
     update: Callable  # (count, k, params, h0, xs, ys) -> k (host side)
 
 
-def adaptive_tbptt(
+def rechooser(
     cell, loss_fn, *, delta: float, max_lag: int, every: int, tau0=None
 ) -> Rechooser:
     """Re-choose TBPTT's k every ``every`` updates from the current batch:
@@ -283,11 +283,11 @@ def adaptive_tbptt(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt._src.adaptive import adaptive_tbptt
+      >>> from jbptt._src.adaptive import rechooser
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
-      >>> r = adaptive_tbptt(model.cell, model.loss_fn, delta=0.2, max_lag=8,
-      ...                    every=10)
+      >>> r = rechooser(model.cell, model.loss_fn, delta=0.2, max_lag=8,
+      ...               every=10)
       >>> xs, ys = jnp.ones((16, 1)), jnp.zeros((16, 1))
       >>> 1 <= r.update(0, None, p, model.cell.initial_state(p), xs, ys) <= 16
       True
@@ -349,11 +349,14 @@ class AdaptiveTBPTT(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"adaptive(delta={self.delta:g})"
+        return f"adaptive_tbptt(delta={self.delta:g})"
 
     @property
     def hparams(self) -> dict:
         return {"delta": self.delta, "max_lag": self.max_lag, "every": self.every}
+
+    def __repr__(self) -> str:
+        return self.name
 
     def _choose_host(self, problem, T: int) -> int:
         L = min(self.max_lag, T)
@@ -425,7 +428,7 @@ def _measure(cell, loss_fn, L):
     return jax.jit(param_lag_norms(cell, loss_fn, L))
 
 
-def adaptive(
+def adaptive_tbptt(
     delta: float, *, max_lag: int = 32, every: int = 10, k0: int = 8, tau0=None
 ) -> AdaptiveTBPTT:
     """Adaptive TBPTT (Aicher, Foti & Fox 2019) as a protocol estimator.
@@ -436,7 +439,7 @@ def adaptive(
       >>> from jbptt import estimators, sweep
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 3)
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
       ...     model.cell.initial_state(p), jnp.ones((12, 1)), jnp.zeros((12, 1)))
       >>> est = estimators.adaptive_tbptt(0.1, max_lag=12)
       >>> float(sweep.sweep(prob, [est], jax.random.key(0), 4).rel_bias[0]) <= 0.1
