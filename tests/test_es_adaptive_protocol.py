@@ -70,7 +70,7 @@ def test_adaptive_through_sweep_meets_delta():
     model, prob = _elman_problem()
     est = estimators.adaptive_tbptt(0.2, max_lag=16)
     res = sweep.sweep(prob, [est, estimators.full()], jax.random.key(0), 4)
-    k = est.holder["k"]
+    k = est.choose(prob)  # the pure choice the sweep made inside jit
     assert 1 <= k <= 16 and res.rel_bias[0] <= 0.2
     direct = est.samples(prob, jax.random.key(0), 1)[0]  # concrete path
     g = estimators.tbptt(k).samples(prob, jax.random.key(0), 1)[0]
