@@ -19,7 +19,7 @@ from jbptt._src.sparsity import sparsity_pattern as sparsity_pattern
 _TRAIN = "jbptt.train.train (or train.Trainer) with the estimator"
 _deprecated = {
     "sample_estimates": _Moved(
-        _forward_mode.sample_estimates,
+        _forward_mode.online_samples,
         "jbptt.sweep.sample_estimates(estimators.Problem(...), estimator, key, n) "
         "(its draws fold the estimator's name into the key)",
     ),

@@ -9,7 +9,7 @@ import pytest
 
 import jbptt
 from jbptt import cells, forward_mode
-from jbptt._src.forward_mode import sample_estimates as online_sample_estimates
+from jbptt._src.forward_mode import online_samples
 from jbptt._src.forward_mode_train import train as online_train
 
 tree_map = jax.tree_util.tree_map
@@ -129,8 +129,8 @@ def test_uoro_is_unbiased_at_the_root_n_rate():
 
 def test_uoro_vmap_over_keys_matches_single_calls():
     model, params, h0, xs, ys = _problem(cells.elman, batch=(2,))
-    # sample_estimates: a vmap over split keys, in chunks (3 = 2 + 1 padded).
-    samples = online_sample_estimates(
+    # online_samples: a vmap over split keys, in chunks (3 = 2 + 1 padded).
+    samples = online_samples(
         forward_mode.uoro(),
         model.cell,
         model.loss_fn,
@@ -364,13 +364,9 @@ def test_bad_inputs():
             update_every=4,
         )
     with pytest.raises(ValueError, match="n must be a positive int"):
-        online_sample_estimates(
-            est, model.cell, model.loss_fn, params, h0, xs, ys, key, 0
-        )
+        online_samples(est, model.cell, model.loss_fn, params, h0, xs, ys, key, 0)
     with pytest.raises(TypeError, match="OnlineEstimator"):
-        online_sample_estimates(
-            "uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2
-        )
+        online_samples("uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2)
     with pytest.raises(ValueError, match="clip"):
         online_train(
             model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), est, clip=-1.0

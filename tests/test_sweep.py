@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 import jbptt
 from jbptt import estimators as est
 from jbptt import sweep, truncation
-from jbptt._src.forward_mode import sample_estimates as online_sample_estimates
+from jbptt._src.forward_mode import online_samples
 from jbptt._src.protocol import estimator_key as _estimator_key
 from jbptt._src.sweep import Z95
 
@@ -261,9 +261,9 @@ def test_forward_mode_estimators_in_the_sweep():
     assert res.rel_bias[1] < 1e-10  # RTRL is exact
     assert res.rel_bias[2] > 1e-3 and res.rel_variance[2] == 0.0  # SnAp-1 biased
     assert res.rel_bias_lo[3] == 0.0 and res.rel_variance[3] > 0  # UORO unbiased
-    # The sweep's UORO draws are forward_mode.sample_estimates' with the
+    # The sweep's UORO draws are forward_mode.online_samples' with the
     # estimator's folded key.
-    draws = online_sample_estimates(
+    draws = online_samples(
         fm[2],
         prob.cell,
         prob.loss_fn,

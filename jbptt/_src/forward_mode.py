@@ -36,7 +36,7 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
 All three share one interface, :class:`OnlineEstimator`, which implements
 the estimator protocol (docs/design.md, "The estimator protocol"), and are
 pure functions of a PRNG key, so a sweep over keys is a ``vmap``
-(:func:`sample_estimates`); they train online through
+(:func:`online_samples`); they train online through
 :func:`jbptt.train.train` like every other estimator. The sparsity pattern
 SnAp-1 keeps lives in :mod:`jbptt._src.sparsity`.
 Parameters and states are any pytrees, flattened with
@@ -127,7 +127,7 @@ class OnlineEstimator(NamedTuple):
         self, problem: Problem, key, n: int, *, chunk: int = 64, mesh=None
     ) -> jax.Array:
         """``[n, P]`` flattened estimates from keys ``split(key, n)``
-        (:func:`sample_estimates`); ``problem.resets`` restart the state and
+        (:func:`online_samples`); ``problem.resets`` restart the state and
         zero the influence. ``problem.lengths`` is refused: forward mode
         reads ``loss_fn`` on the whole batch at every step."""
         protocol.check_problem(problem)
@@ -138,7 +138,7 @@ class OnlineEstimator(NamedTuple):
                 "use resets for episode starts, or equal-length sequences."
             )
         cell, loss_fn, params, h0, xs, ys = problem[:6]
-        return sample_estimates(
+        return online_samples(
             self, cell, loss_fn, params, h0, xs, ys, key, n,
             chunk=chunk, mesh=mesh, resets=problem.resets,
         )  # fmt: skip
@@ -480,7 +480,7 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
 # Many draws at once, for bias/variance sweeps.
 
 
-def sample_estimates(
+def online_samples(
     estimator: OnlineEstimator,
     cell: Cell,
     loss_fn: Callable,
@@ -513,7 +513,7 @@ def sample_estimates(
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
       >>> h0, xs = model.cell.initial_state(p), jnp.ones((6, 1))
-      >>> forward_mode.sample_estimates(forward_mode.uoro(), model.cell,
+      >>> forward_mode.online_samples(forward_mode.uoro(), model.cell,
       ...     model.loss_fn, p, h0, xs, xs, jax.random.key(1), 5).shape
       (5, 29)
     """
