@@ -7,7 +7,7 @@ independence: the segments between cuts do not exchange cotangents, so
 their reverse scans can run side by side, k steps over a batch ⌈T/k⌉ times
 larger instead of T steps in a row. This script times both forms of one
 TBPTT(k) gradient with the forward shared, as a sweep computes it
-(:func:`jbptt.sweep.gradient_fn`):
+(:func:`jbptt.estimators.gradient_fn`):
 
 * ``full``: one reverse scan over all T steps with the link weights;
 * ``segments``: ⌈T/k⌉ windows, one per segment (its losses only), each
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench_grad
-from jbptt import sweep, truncation
+from jbptt import estimators, truncation
 
 
 def segment_windows(w, m, k: int):
@@ -45,12 +45,12 @@ def compare(cell_name: str, shape, k: int, repeats: int) -> dict:
     w, m = truncation.tbptt(T, k), jnp.ones(T, xs.dtype)
 
     def full(params, h0, xs, ys):
-        prob = sweep.Problem(cell, bench_grad.loss_fn, params, h0, xs, ys)
-        return sweep.gradient_fn(prob)(w, m)
+        prob = estimators.Problem(cell, bench_grad.loss_fn, params, h0, xs, ys)
+        return estimators.gradient_fn(prob)(w, m)
 
     def segments(params, h0, xs, ys):
-        prob = sweep.Problem(cell, bench_grad.loss_fn, params, h0, xs, ys)
-        grad = sweep.gradient_fn(prob, span=k)
+        prob = estimators.Problem(cell, bench_grad.loss_fn, params, h0, xs, ys)
+        grad = estimators.gradient_fn(prob, span=k)
         parts = jax.vmap(lambda m_j: grad(w, m_j))(segment_windows(w, m, k))
         return jax.tree_util.tree_map(lambda g: g.sum(0), parts)
 

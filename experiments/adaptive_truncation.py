@@ -22,9 +22,9 @@ from pathlib import Path
 import jax
 import optax
 
-import jbptt
 from experiments import _cli, tasks
 from jbptt import estimators, sweep
+from jbptt._src.adaptive import train_adaptive  # until train.Trainer re-chooses k
 
 QUICK = {"steps": 96, "hidden": 8, "batch": 4, "max_lag": 16, "every": 2}
 
@@ -57,7 +57,7 @@ def main(argv=None):
     est = estimators.adaptive_tbptt(
         args.delta, max_lag=min(args.max_lag, args.steps), every=args.every
     )
-    hists, ks = jbptt.adaptive.train_adaptive(
+    hists, ks = train_adaptive(
         model.cell, model.loss_fn, prob.params, prob.xs, prob.ys,
         optax.adam(args.lr), est, key=jax.random.key(1), h0=prob.h0,
     )  # fmt: skip
@@ -66,7 +66,7 @@ def main(argv=None):
         n = int(sum(hist.length))
         span = min(args.steps - start, max(est.max_lag, args.every * k))
         win = slice(start, start + span)
-        p = sweep.Problem(model.cell, model.loss_fn, params, h,
+        p = estimators.Problem(model.cell, model.loss_fn, params, h,
                           prob.xs[win], prob.ys[win])  # fmt: skip
         r = sweep.sweep(p, [estimators.tbptt(k)], jax.random.key(0), 4)
         rows.append({"step": start, "k": k, "exact_rel_bias": float(r.rel_bias[0]),

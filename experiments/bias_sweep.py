@@ -154,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--on-mismatch",
         default="raise",
-        choices=runs.MISMATCH,
+        choices=("raise", "new", "overwrite"),
         help="if --out holds rows of another configuration: refuse "
         "(raise), write beside them (new) or start afresh "
         "(overwrite)",
@@ -215,7 +215,7 @@ def geometric_for_depth(k: float, T: int):
     when 1 < k < T fails (depth T would need c = 0: full BPTT)."""
     if not 1 < k < T:
         return None
-    c = est.artbp_c_for_depth(float(k), T)
+    c = est.artbp_matched(float(k), T=T).hparams["c"]
     return est.artbp(c)._replace(name=f"artbp-geom(k={k:g})", hparams={"c": c})
 
 

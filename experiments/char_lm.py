@@ -91,7 +91,7 @@ def make_eval(model, V, s, embed):
     cache_key = (model.cell, V, s.shape, embed, s.tobytes())
     if cache_key in _EVALS:
         return _EVALS[cache_key]
-    x, y = data.next_char_pairs(s)
+    x, y = s[:-1], s[1:]  # next-character pairs
     xs, ys = jax.numpy.asarray(inputs(x, V, embed)), jax.numpy.asarray(y)
     forward = jax.jit(jbptt.loss(model.cell, model.loss_fn))
 
@@ -175,7 +175,8 @@ class Record(NamedTuple):
 def training_stream(train_ids, batch: int, steps: int):
     """Inputs and targets ``[steps, B]`` of ``batch`` contiguous streams; past
     the end of a stream it starts over (one more epoch, the state carried)."""
-    x, y = data.next_char_pairs(data.streams(train_ids, batch))
+    stream = data.streams(train_ids, batch)
+    x, y = stream[:-1], stream[1:]  # next-character pairs
     idx = np.arange(steps) % len(y)
     return x[idx], y[idx], steps / len(y)
 

@@ -122,12 +122,11 @@ def es_study(T=200, K=10, sigma=0.1, pairs=1, ns=(1, 4, 16, 64), seed=0):
     (wrong sign for K ≤ 40). Rows: ``{estimator, N, rms_error, exact}``.
     """
     import jbptt
-    from jbptt import sweep
 
     c = cell()
     params = c.init(None)
     xs, ys = jnp.zeros((T, 1)), jnp.ones((T,))
-    prob = sweep.Problem(c, loss_fn, params, c.initial_state(params), xs, ys)
+    prob = estimators.Problem(c, loss_fn, params, c.initial_state(params), xs, ys)
     exact = float(
         jax.grad(lambda p: jbptt.loss(c, loss_fn)(p, prob.h0, xs, ys)[0])(params)[
             "theta"

@@ -57,11 +57,12 @@ def make_problem(args):
     model = jbptt.readout(jbptt.cells.lstm(), V, "xent", vocab_size=V)
     key = jax.random.key(args.seed)
     params = model.init(key, args.hidden, args.hidden)
-    xs_i, ys = jbptt.data.next_char_pairs(corpus.train[: args.T + 1])
+    text = corpus.train[: args.T + 1]
+    xs_i, ys = text[:-1], text[1:]  # next-character pairs
     xs = model.encode(jnp.asarray(xs_i)[:, None], jnp.float64)
     ys = jnp.asarray(ys)[:, None]
     h0 = model.cell.initial_state(params, (1,))
-    return sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    return estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
 
 
 def make_estimators(K, args):

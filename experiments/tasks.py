@@ -2,7 +2,7 @@
 
 Each task is a function ``(key, T, batch) -> (xs[T, B, I], ys[T, B, O])``,
 time-major, float, plus :func:`make_problem` that builds a model (cell with a
-linear readout and squared loss) and a :class:`jbptt.sweep.Problem` on it.
+linear readout and squared loss) and a :class:`jbptt.estimators.Problem` on it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 import jbptt
-from jbptt.sweep import Problem
+from jbptt.estimators import Problem
 
 CELLS = {
     "elman": lambda: jbptt.cells.elman("tanh"),
@@ -78,7 +78,7 @@ def make_model(cell_name: str, output_size: int) -> jbptt.Model:
 def make_problem(
     task: Task, cell_name: str, key, T: int, hidden: int, batch: int
 ) -> tuple[jbptt.Model, Problem]:
-    """Model and a :class:`jbptt.sweep.Problem` at freshly initialised params."""
+    """Model and a :class:`jbptt.estimators.Problem` at freshly initialised params."""
     model = make_model(cell_name, task.output_size)
     k_init, k_data = jax.random.split(key)
     params = model.init(k_init, task.input_size, hidden)

@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 
 import jbptt  # noqa: E402
 from experiments import _cli  # noqa: E402
-from jbptt import cells, diagnostics  # noqa: E402
+from jbptt import cells, diagnostics, truncation  # noqa: E402
 
 PREFIX = "vanishing_exploding"
 FAMILIES = {
@@ -339,7 +339,7 @@ def tbptt_tie_in(family, radius, cfg, key):
     prof = jax.jit(
         diagnostics.per_lag_norms(model.cell, model.loss_fn, T, per_step=True)
     )(params, h0, xs, ys)
-    ws = diagnostics.tbptt_ks(T, cfg["ks"])
+    ws = jnp.stack([truncation.tbptt(T, k) for k in cfg["ks"]])
     bias = jax.jit(
         jax.vmap(
             diagnostics.relative_bias(model.cell, model.loss_fn),

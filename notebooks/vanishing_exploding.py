@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import jbptt
-from jbptt import cells, diagnostics
+from jbptt import cells, diagnostics, truncation
 
 jax.config.update("jax_enable_x64", True)
 QUICK = os.environ.get("JBPTT_NOTEBOOK_QUICK", "1") == "1"
@@ -125,7 +125,7 @@ prof = diagnostics.per_lag_norms(elman.cell, elman.loss_fn, T, per_step=True)(
     p, h0, xs, ys
 )
 ks = [1, 2, 4, 8, 16]
-ws = diagnostics.tbptt_ks(T, ks)
+ws = jnp.stack([truncation.tbptt(T, k) for k in ks])
 bias = jax.vmap(
     diagnostics.relative_bias(elman.cell, elman.loss_fn),
     in_axes=(None, None, None, None, 0),

@@ -11,11 +11,11 @@ from jax.flatten_util import ravel_pytree
 import jbptt
 from jbptt import diagnostics, truncation
 from jbptt._src.adaptive import (
-    adaptive_tbptt,
     bias_bound,
     choose_k,
     fit_decay,
     param_lag_norms,
+    rechooser,
     tail_mass,
 )
 from tests.helpers import seeded_problem
@@ -58,7 +58,7 @@ def test_chosen_k_meets_delta_along_training(max_lag):
     the exact relative bias of TBPTT(k_chosen) is at most δ."""
     T, delta, every = 24, 0.1, 15
     model, params, h0, xs, ys = seeded_problem("elman", T, B=3, H=5)
-    rule = adaptive_tbptt(
+    rule = rechooser(
         model.cell,
         model.loss_fn,
         delta=delta,
@@ -94,4 +94,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_lag"):
         param_lag_norms(None, None, 0)
     with pytest.raises(ValueError, match="every"):
-        adaptive_tbptt(None, None, delta=0.1, max_lag=2, every=0)
+        rechooser(None, None, delta=0.1, max_lag=2, every=0)

@@ -14,6 +14,7 @@ import pytest
 
 import jbptt
 from jbptt import checks
+from jbptt._src import checks as loop_checks
 
 
 @pytest.mark.parametrize(
@@ -55,12 +56,12 @@ def test_check_finite_refuses_tracers():
 
 def test_flags_under_jit_and_vmap():
     def f(g):
-        return checks.finite_flags(loss=jnp.sum(g["W"]), grads=g)
+        return loop_checks.finite_flags(loss=jnp.sum(g["W"]), grads=g)
 
     g = {"W": jnp.array([1.0, jnp.nan]), "b": jnp.zeros(2)}
     flags = jax.jit(f)(g)
-    assert checks.nonfinite_names(flags) == ["grads['W']", "loss"]
-    assert not bool(checks.all_finite(flags))
+    assert loop_checks.nonfinite_names(flags) == ["grads['W']", "loss"]
+    assert not bool(loop_checks.all_finite(flags))
     batched = jax.vmap(f)(
         {"W": jnp.array([[1.0, 2.0], [jnp.inf, 0.0]]), "b": jnp.zeros((2, 2))}
     )
@@ -77,11 +78,13 @@ def _diverging_setup(on_nonfinite):
     @jax.jit
     def step(params, opt_state, xs):
         (L, _), g = grad_fn(params, model.cell.initial_state(params), xs, xs)
-        flags = checks.finite_flags(loss=L, grads=g)
+        flags = loop_checks.finite_flags(loss=L, grads=g)
         upd, new_opt = opt.update(g, opt_state, params)
         new = (optax.apply_updates(params, upd), new_opt)
         if on_nonfinite == "skip":  # Python-level policy: static, not a tracer
-            new = checks.select_if(checks.all_finite(flags), new, (params, opt_state))
+            new = loop_checks.select_if(
+                loop_checks.all_finite(flags), new, (params, opt_state)
+            )
         return new, flags
 
     return params, opt.init(params), step
@@ -95,7 +98,7 @@ def _train(on_nonfinite, bad_step=2, steps=5):
         if i == bad_step:
             xs = xs.at[1, 0].set(jnp.nan)  # e.g. a corrupt batch mid-stream
         (params, opt_state), flags = step(params, opt_state, xs)
-        div = checks.handle_nonfinite(i, flags, on_nonfinite)
+        div = loop_checks.handle_nonfinite(i, flags, on_nonfinite)
         history.append(params)
         if div is not None:
             events.append(div)
@@ -137,7 +140,7 @@ def test_stop_ends_at_the_bad_step():
 
 def test_unknown_policy():
     with pytest.raises(ValueError, match=r"on_nonfinite 'ignore'.*'raise', 'stop'"):
-        checks.check_policy("ignore")
+        loop_checks.check_policy("ignore")
 
 
 # ------------------------------------------------------- bad-input table ---

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jbptt import data
+from jbptt._src import data as data_files
 from jbptt._src.data import _stdlib_texts
 
 
@@ -15,10 +16,10 @@ def test_default_corpus_is_deterministic_and_split():
     assert len(a.valid) == len(a.test) == 1000
     for x, y in zip(a[:3], b[:3], strict=True):
         np.testing.assert_array_equal(x, y)
-    text = data.stdlib_text(20_000)
+    text = data_files.stdlib_text(20_000)
     assert a.decode(np.concatenate([a.train, a.valid, a.test])) == text
     # the first stdlib file in name order opens the corpus
-    first = data.stdlib_files()[0].read_text(encoding="utf-8")
+    first = data_files.stdlib_files()[0].read_text(encoding="utf-8")
     assert text.startswith(first[:100])
     assert a.vocab == tuple(sorted(set(text)))
 
@@ -47,9 +48,9 @@ def test_file_level_split_errors():
     with pytest.raises(ValueError, match="split must be"):
         data.load_corpus(max_chars=10_000, split="random")
     with pytest.raises(ValueError, match="too few to split"):
-        data.split_files(["abc", "def"], 0.05, 0.05)
+        data_files.split_files(["abc", "def"], 0.05, 0.05)
     files = [c * 10 for c in "abcdefghij"]
-    train, valid, test = data.split_files(files, 0.1, 0.1)
+    train, valid, test = data_files.split_files(files, 0.1, 0.1)
     assert len(valid) == len(test) == 10 and valid != test
     assert train == "".join(f for f in files if f not in (valid, test))
 
@@ -121,7 +122,7 @@ def test_streams_time_major():
     s = data.streams(ids, 4)
     assert s.shape == (5, 4)
     np.testing.assert_array_equal(s[:, 1], np.arange(5, 10))
-    x, y = data.next_char_pairs(s)
+    x, y = data_files.next_char_pairs(s)
     np.testing.assert_array_equal(y[:-1], x[1:])
     with pytest.raises(ValueError, match="batch_size"):
         data.streams(ids, 0)

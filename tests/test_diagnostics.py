@@ -197,7 +197,7 @@ def test_step_jacobians_lstm_state_and_batch():
 def test_truncation_tie_in():
     model, params, h0, xs, ys = _problem("gru")
     ks = [1, 2, 3, 6]
-    ws = diagnostics.tbptt_ks(T, ks)
+    ws = jnp.stack([truncation.tbptt(T, k) for k in ks])
     bias = diagnostics.relative_bias(model.cell, model.loss_fn)
     swept = jax.jit(jax.vmap(bias, in_axes=(None, None, None, None, 0)))(
         params, h0, xs, ys, ws

@@ -328,7 +328,7 @@ def test_estimate_accepts_windows_and_flax_cells():
         (lambda: estimators.artbp(-0.5), r"\[0, 1\)"),
         (lambda: estimators.artbp_matched(0.5), "depth must be a number > 1"),
         (lambda: estimators.artbp_matched(4, "cubic"), "Unknown schedule"),
-        (lambda: estimators.artbp_c_for_depth(4, T=0), "T must be"),
+        (lambda: estimators.artbp_matched(4, T=0), "T must be"),
         (lambda: estimators.artbp(jnp.full(5, 0.1)).expected_depth(6), "shape"),
         (
             lambda: estimators.williams_peng(2, 3).sample(jax.random.key(0), 0),

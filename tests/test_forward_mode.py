@@ -9,6 +9,8 @@ import pytest
 
 import jbptt
 from jbptt import cells, forward_mode
+from jbptt._src.forward_mode import online_samples
+from jbptt._src.forward_mode_train import train as online_train
 
 tree_map = jax.tree_util.tree_map
 T, I, H = 6, 2, 3
@@ -127,8 +129,8 @@ def test_uoro_is_unbiased_at_the_root_n_rate():
 
 def test_uoro_vmap_over_keys_matches_single_calls():
     model, params, h0, xs, ys = _problem(cells.elman, batch=(2,))
-    # sample_estimates: a vmap over split keys, in chunks (3 = 2 + 1 padded).
-    samples = forward_mode.sample_estimates(
+    # online_samples: a vmap over split keys, in chunks (3 = 2 + 1 padded).
+    samples = online_samples(
         forward_mode.uoro(),
         model.cell,
         model.loss_fn,
@@ -253,7 +255,7 @@ def test_online_training_reduces_loss_on_short_memory_task(name):
     xs = jax.random.normal(jax.random.key(1), (steps, B, 1))
     ys = jnp.concatenate([jnp.zeros((1, B, 1)), xs[:-1]])
     est = getattr(forward_mode, name)()
-    hist = forward_mode.train(
+    hist = online_train(
         model.cell,
         model.loss_fn,
         params,
@@ -273,7 +275,7 @@ def test_train_update_every_and_resume():
     params = model.init(jax.random.key(0), 1, 3)
     xs = jax.random.normal(jax.random.key(1), (8, 1))
     est, opt = forward_mode.rtrl(), optax.sgd(0.0)
-    train = lambda p, xs, **kw: forward_mode.train(
+    train = lambda p, xs, **kw: online_train(
         model.cell, model.loss_fn, p, xs, xs, opt, est, update_every=2, **kw
     )
     # Two halves, the second resuming the first's state (one compilation).
@@ -287,7 +289,7 @@ def test_train_update_every_and_resume():
     np.testing.assert_allclose(b.state.h, h_T, rtol=1e-12)
     assert _rel_err(b.params, params) == 0.0
     # clip: sgd(1) with a clip c moves params by a step of norm ≤ c.
-    clipped = forward_mode.train(
+    clipped = online_train(
         model.cell,
         model.loss_fn,
         params,
@@ -309,7 +311,7 @@ def test_jbptt_train_dispatches_forward_mode_estimators():
     params = model.init(jax.random.key(0), 1, 3)
     xs = jax.random.normal(jax.random.key(1), (8, 1))
     est, opt = forward_mode.snap1(), optax.sgd(0.1)
-    ref = forward_mode.train(model.cell, model.loss_fn, params, xs, xs, opt, est)
+    ref = online_train(model.cell, model.loss_fn, params, xs, xs, opt, est)
     hist = jbptt.train.train(model.cell, model.loss_fn, params, xs, xs, opt, est)
     np.testing.assert_allclose(hist.loss, ref.loss, rtol=1e-12)
     np.testing.assert_allclose(hist.grad_norm, ref.grad_norm, rtol=1e-12)
@@ -339,11 +341,9 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="floating"):
         est.init(model.cell, int_params, h0, xs[0])
     with pytest.raises(TypeError, match="OnlineEstimator"):
-        forward_mode.train(
-            model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), "rtrl"
-        )
+        online_train(model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), "rtrl")
     with pytest.raises(ValueError, match="pass key"):
-        forward_mode.train(
+        online_train(
             model.cell,
             model.loss_fn,
             params,
@@ -353,7 +353,7 @@ def test_bad_inputs():
             forward_mode.uoro(),
         )
     with pytest.raises(ValueError, match="update_every"):
-        forward_mode.train(
+        online_train(
             model.cell,
             model.loss_fn,
             params,
@@ -364,19 +364,15 @@ def test_bad_inputs():
             update_every=4,
         )
     with pytest.raises(ValueError, match="n must be a positive int"):
-        forward_mode.sample_estimates(
-            est, model.cell, model.loss_fn, params, h0, xs, ys, key, 0
-        )
+        online_samples(est, model.cell, model.loss_fn, params, h0, xs, ys, key, 0)
     with pytest.raises(TypeError, match="OnlineEstimator"):
-        forward_mode.sample_estimates(
-            "uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2
-        )
+        online_samples("uoro", model.cell, model.loss_fn, params, h0, xs, ys, key, 2)
     with pytest.raises(ValueError, match="clip"):
-        forward_mode.train(
+        online_train(
             model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), est, clip=-1.0
         )
     with pytest.raises(TypeError, match="optimizer"):
-        forward_mode.train(model.cell, model.loss_fn, params, xs, ys, None, est)
+        online_train(model.cell, model.loss_fn, params, xs, ys, None, est)
 
 
 def test_bias_sweep_forward_mode_flag():

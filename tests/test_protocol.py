@@ -98,7 +98,7 @@ class Doubled(NamedTuple):
 
 def test_user_estimator_through_sweep():
     model, params, h0, xs, ys = problem(CELLS["gru"](), T=6)
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    prob = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
     es = [estimators.full(), Doubled(), forward_mode.rtrl(), estimators.tbptt(2)]
     assert all(isinstance(e, estimators.GradientEstimator) for e in es)
     res = sweep.sweep(prob, es, jax.random.key(0), 8)

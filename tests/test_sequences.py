@@ -13,7 +13,7 @@ import pytest
 from helpers import CELLS, problem, random_w, rel_err, tree_allclose
 
 import jbptt
-from jbptt import sweep
+from jbptt import estimators
 
 # One rules cell with a one-leaf state, one with the packed (c, h) state, one
 # generic cell with a two-leaf pytree state.
@@ -159,8 +159,8 @@ def test_sweep_gradient_fn_and_grads_for_weights_take_lengths_and_resets():
     ws = jnp.stack([random_w(T, seed=s) for s in range(2)])
     vg = jbptt.value_and_grad(model.cell, model.loss_fn)
     refs = [vg(params, h0, xs, ys, w, **seq)[1] for w in ws]
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
-    grad = sweep.gradient_fn(prob, **seq)
+    prob = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    grad = estimators.gradient_fn(prob, **seq)
     for w, ref in zip(ws, refs, strict=True):
         assert tree_allclose(grad(w, jnp.ones(T)), ref, 1e-10)
     _, g = jbptt.grads_for_weights(
@@ -172,7 +172,7 @@ def test_sweep_gradient_fn_and_grads_for_weights_take_lengths_and_resets():
 
 def test_problem_keeps_lengths_and_resets_through_pytree_maps():
     model, params, h0, xs, ys = problem(CELLS["elman_tanh"](), T=T, batch=(B,))
-    prob = sweep.Problem(
+    prob = estimators.Problem(
         model.cell, model.loss_fn, params, h0, xs, ys,
         lengths=jnp.asarray(LENGTHS), resets=jnp.asarray(RESETS),
     )  # fmt: skip
@@ -181,7 +181,7 @@ def test_problem_keeps_lengths_and_resets_through_pytree_maps():
         return a * 2 if getattr(a, "dtype", None) not in (None, bool) else a
 
     doubled = jax.tree_util.tree_map(twice, prob)
-    assert isinstance(doubled, sweep.Problem)
+    assert isinstance(doubled, estimators.Problem)
     np.testing.assert_array_equal(doubled.lengths, 2 * LENGTHS)
     np.testing.assert_array_equal(doubled.resets, RESETS)
     assert doubled.cell == model.cell

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 import jbptt
 from jbptt import estimators as est
 from jbptt import sweep, truncation
+from jbptt._src.forward_mode import online_samples
 from jbptt._src.protocol import estimator_key as _estimator_key
 from jbptt._src.sweep import Z95
 
@@ -24,7 +25,7 @@ def _problem(cell, T=T, H=3, B=2, seed=0):
     xs = jax.random.normal(k2, (T, B, 2))
     ys = jnp.cumsum(xs[..., :1], axis=0)  # depends on the whole past
     h0 = model.cell.initial_state(params, (B,))
-    return sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    return est.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
 
 
 def _generic_tanh():
@@ -86,7 +87,7 @@ def _exact_grad(problem):
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_gradient_fn_matches_autodiff(cell):
     problem = _problem(CELLS[cell]())
-    grad = jax.jit(lambda p, w: sweep.gradient_fn(problem._replace(params=p))(w, w))
+    grad = jax.jit(lambda p, w: est.gradient_fn(problem._replace(params=p))(w, w))
     g = ravel_pytree(grad(problem.params, jnp.ones(T)))[0]
     ref = _exact_grad(problem)
     assert np.linalg.norm(g - ref) <= 1e-10 * np.linalg.norm(ref)
@@ -123,7 +124,7 @@ def test_deterministic_estimator_is_exact():
     problem = _problem(jbptt.cells.gru())
     res = sweep.sweep(problem, [est.tbptt(2)], jax.random.key(0), 8)
     grad_fn = jax.jit(jbptt.value_and_grad(problem.cell, problem.loss_fn))
-    gk = ravel_pytree(grad_fn(*problem[2:], truncation.tbptt(T, 2))[1])[0]
+    gk = ravel_pytree(grad_fn(*problem[2:6], truncation.tbptt(T, 2))[1])[0]
     g = _exact_grad(problem)
     expected = np.linalg.norm(gk - g) / np.linalg.norm(g)
     assert expected > 0.01
@@ -145,7 +146,7 @@ def test_vmapped_estimates_equal_one_by_one(cell):
     for i in range(n):
         w, m = e.sample(keys[i], T)
         assert w.shape == (1, T)
-        g = ravel_pytree(grad_fn(*problem[2:], w[0])[1])[0]
+        g = ravel_pytree(grad_fn(*problem[2:6], w[0])[1])[0]
         np.testing.assert_allclose(batched[i], g, rtol=1e-10, atol=1e-12)
 
 
@@ -260,9 +261,9 @@ def test_forward_mode_estimators_in_the_sweep():
     assert res.rel_bias[1] < 1e-10  # RTRL is exact
     assert res.rel_bias[2] > 1e-3 and res.rel_variance[2] == 0.0  # SnAp-1 biased
     assert res.rel_bias_lo[3] == 0.0 and res.rel_variance[3] > 0  # UORO unbiased
-    # The sweep's UORO draws are forward_mode.sample_estimates' with the
+    # The sweep's UORO draws are forward_mode.online_samples' with the
     # estimator's folded key.
-    draws = forward_mode.sample_estimates(
+    draws = online_samples(
         fm[2],
         prob.cell,
         prob.loss_fn,

@@ -50,7 +50,7 @@ def _problem(cell_name="lstm", seed=0, lengths=None, resets=None):
     xs = jax.random.normal(k1, (T, B, 3))
     ys = jax.random.normal(k2, (T, B, 2))
     h0 = tree_map(lambda a: a + 0.2, model.cell.initial_state(params, (B,)))
-    prob = sweep.Problem(
+    prob = estimators.Problem(
         model.cell, model.loss_fn, params, h0, xs, ys, lengths=lengths, resets=resets
     )
     return model, prob
@@ -80,7 +80,7 @@ def test_artbp_is_unbiased_on_a_reset_problem():
     drawn link weights."""
     c = 0.3
     _, prob = _problem("gru", seed=3, resets=RESETS)
-    grad = sweep.gradient_fn(prob)
+    grad = estimators.gradient_fn(prob)
     ones = jnp.ones(T)
     exact = ravel_pytree(grad(ones, ones))[0]
     mean = jnp.zeros_like(exact)

@@ -16,6 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 import jbptt
 from jbptt import cells, estimators, forward_mode
+from jbptt._src import checks as loop_checks
+from jbptt._src.forward_mode_train import train as online_train
 
 tree_map = jax.tree_util.tree_map
 T, B = 23, 2
@@ -222,7 +224,7 @@ def test_make_step_with_resets_is_train():
         p, s, h, loss, _, finite = step(
             p, s, h, xs_p, ys_p, w, start, n, k, resets=r_p, reset_state=h0
         )
-        assert bool(jnp.isfinite(loss)) and bool(jbptt.checks.all_finite(finite))
+        assert bool(jnp.isfinite(loss)) and bool(loop_checks.all_finite(finite))
     assert _rel(ravel_pytree(p)[0], ravel_pytree(one.params)[0]) <= 1e-12
     assert _rel(ravel_pytree(h)[0], ravel_pytree(one.h)[0]) <= 1e-12
 
@@ -237,7 +239,7 @@ def test_make_step_does_not_apply_a_nonfinite_update():
     w = jnp.ones(T, xs.dtype)
     p, _, h_new, _, _, finite = step(params, opt.init(params), h, xs, ys, w, 0, 8, 8)
     # a NaN learning rate: finite gradients, non-finite params, not applied
-    assert bool(jbptt.checks.all_finite(finite["grads"]))
+    assert bool(loop_checks.all_finite(finite["grads"]))
     assert not any(map(bool, jax.tree_util.tree_leaves(finite["params"])))
     assert _rel(ravel_pytree(p)[0], ravel_pytree(params)[0]) == 0.0
     assert bool(jnp.all(h_new == h))
@@ -273,7 +275,7 @@ def test_forward_mode_train_with_resets_is_exact(update_every):
     xs, ys, resets = xs[:20], ys[:20], resets[:20]  # T divisible by 4
     h0 = model.cell.initial_state(params, (B,)) + 0.2
     h_reset = h0 - 0.5
-    hist = forward_mode.train(
+    hist = online_train(
         model.cell, model.loss_fn, params, xs, ys, _accumulate(),
         forward_mode.rtrl(), h0=h0, resets=resets, reset_state=h_reset,
         update_every=update_every,

@@ -8,6 +8,7 @@ import pytest
 
 import jbptt
 from jbptt import truncation
+from jbptt._src import truncation as cut_law
 from tests.helpers import flat, seeded_problem
 
 T = 8  # 2^(T-1) = 128 cut patterns
@@ -25,7 +26,7 @@ C_KINDS = {
 
 
 def test_all_cut_patterns_are_distinct_and_never_cut_h0():
-    cuts = truncation.all_cut_patterns(6)
+    cuts = cut_law.all_cut_patterns(6)
     assert cuts.shape == (32, 6) and cuts.dtype == jnp.bool_
     assert not bool(jnp.any(cuts[:, 0]))
     assert len({tuple(r) for r in np.asarray(cuts).tolist()}) == 32
@@ -33,7 +34,7 @@ def test_all_cut_patterns_are_distinct_and_never_cut_h0():
 
 def test_steps_since_cut():
     cuts = jnp.array([False, False, False, True, True, False, False])
-    assert truncation.steps_since_cut(cuts).tolist() == [0, 1, 2, 3, 1, 1, 2]
+    assert cut_law.steps_since_cut(cuts).tolist() == [0, 1, 2, 3, 1, 1, 2]
 
 
 @pytest.mark.parametrize("kind", C_KINDS)
@@ -62,7 +63,7 @@ def test_sampler_follows_the_law(kind):
     w = jax.vmap(lambda k: truncation.artbp(k, Ts, c))(keys)
     cuts = w == 0
     # A sampled w is the weight vector of the pattern it cut.
-    np.testing.assert_allclose(w, truncation.weights_from_cuts(cuts, c), rtol=1e-14)
+    np.testing.assert_allclose(w, cut_law.weights_from_cuts(cuts, c), rtol=1e-14)
     index = np.asarray(cuts[:, 1:]).astype(int) @ (2 ** np.arange(Ts - 1))
     freq = np.bincount(index, minlength=2 ** (Ts - 1)) / N
     _, p = truncation.enumerate_artbp(Ts, c)
@@ -145,7 +146,7 @@ def test_artbp_works_under_jit_and_vmap_and_is_reproducible():
             lambda: truncation.log_prob(jnp.zeros(3, bool), lambda d: 2.0 + d),
             "schedule",
         ),
-        (lambda: truncation.all_cut_patterns(25), "T ≤ 20"),
+        (lambda: cut_law.all_cut_patterns(25), "T ≤ 20"),
         (
             lambda: truncation.artbp(jax.random.key(0), 6, lambda d: 0.3 * d),
             r"schedule values",

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jbptt import cells, estimators, sweep
+from jbptt import cells, estimators
 from jbptt._src import protocol
 from tests.helpers import fn_cell, problem, rel_err
 
@@ -35,9 +35,9 @@ def _windows(k1, k2, T):
 def test_span_equals_the_whole_reverse_scan(name, k1, k2):
     T = 11
     model, params, h0, xs, ys = problem(CELLS[name](), T=T, batch=(2,))
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
-    full = jax.jit(jax.vmap(sweep.gradient_fn(prob)))
-    sliced = jax.jit(jax.vmap(sweep.gradient_fn(prob, span=min(k2, T))))
+    prob = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    full = jax.jit(jax.vmap(estimators.gradient_fn(prob)))
+    sliced = jax.jit(jax.vmap(estimators.gradient_fn(prob, span=min(k2, T))))
     w, m = _windows(k1, k2, T)
     a, b = full(w, m), sliced(w, m)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -54,10 +54,12 @@ def test_span_with_padding_and_resets(kind):
         lengths = jnp.array([12, 7, 2])
     else:
         resets = jnp.zeros((T, B), bool).at[5, 1].set(True).at[9, 0].set(True)
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys, lengths, resets)
+    prob = estimators.Problem(
+        model.cell, model.loss_fn, params, h0, xs, ys, lengths, resets
+    )
     w, m = _windows(3, 4, T)
-    full = jax.vmap(sweep.gradient_fn(prob))(w, m)
-    sliced = jax.vmap(sweep.gradient_fn(prob, span=4))(w, m)
+    full = jax.vmap(estimators.gradient_fn(prob))(w, m)
+    sliced = jax.vmap(estimators.gradient_fn(prob, span=4))(w, m)
     assert rel_err(jbptt_flat(sliced), jbptt_flat(full)) <= 1e-12
 
 
@@ -68,7 +70,7 @@ def jbptt_flat(tree):  # all leaves as one vector
 def test_williams_peng_samples_use_the_span_and_match_autodiff():
     T = 30
     model, params, h0, xs, ys = problem(cells.gru(), T=T, batch=(2,))
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    prob = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
     est = estimators.williams_peng(2, 5)
     assert est.span(T) == 5 and est.span(3) == 3
     got = est.samples(prob, jax.random.key(0), 1)[0]
@@ -94,14 +96,14 @@ def _scan_lengths(jaxpr) -> list[int]:
 
 def test_span_is_checked():
     model, params, h0, xs, ys = problem(cells.elman(), T=6, batch=(2,))
-    prob = sweep.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    prob = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
     with pytest.raises(ValueError, match="span must be ≤ T = 6"):
-        sweep.gradient_fn(prob, span=7)
+        estimators.gradient_fn(prob, span=7)
     with pytest.raises(ValueError, match="span"):
-        sweep.gradient_fn(prob, span=0)
+        estimators.gradient_fn(prob, span=0)
     with pytest.raises(ValueError, match="one window"):
-        sweep.gradient_fn(prob, span=3)(jnp.ones((6, 2)), jnp.ones(6))
+        estimators.gradient_fn(prob, span=3)(jnp.ones((6, 2)), jnp.ones(6))
     with protocol.shared_forward():  # a cached forward checks span too
-        sweep.gradient_fn(prob)
+        estimators.gradient_fn(prob)
         with pytest.raises(ValueError, match="span must be ≤ T = 6"):
-            sweep.gradient_fn(prob, span=7)
+            estimators.gradient_fn(prob, span=7)

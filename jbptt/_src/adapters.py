@@ -122,8 +122,9 @@ def scoped(cell: Cell, key: str) -> Cell:
     Examples:
       >>> import jax
       >>> from jbptt import cells
+      >>> from jbptt._src.adapters import scoped
       >>> inner = cells.gru()
-      >>> cell = cells.scoped(inner, "rnn")
+      >>> cell = scoped(inner, "rnn")
       >>> params = {"rnn": inner.init(jax.random.key(0), 2, 3), "other": 1.0}
       >>> cell.initial_state(params, (4,)).shape
       (4, 3)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import validation
+from jbptt._src import estimators, protocol, truncation, validation
 from jbptt._src.losses import sum_of_losses
 
 
@@ -268,13 +268,13 @@ def choose_tbptt_k(lags: ParamLags, delta: float, tau0: int | None = None):
 
 
 class Rechooser(NamedTuple):
-    """Adaptive TBPTT for training (see :func:`adaptive_tbptt`)."""
+    """Re-choosing k during training (see :func:`rechooser`)."""
 
     measure: Callable  # (params, h0, xs, ys) -> ParamLags (jitted)
     update: Callable  # (count, k, params, h0, xs, ys) -> k (host side)
 
 
-def adaptive_tbptt(
+def rechooser(
     cell, loss_fn, *, delta: float, max_lag: int, every: int, tau0=None
 ) -> Rechooser:
     """Re-choose TBPTT's k every ``every`` updates from the current batch:
@@ -283,11 +283,11 @@ def adaptive_tbptt(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt._src.adaptive import adaptive_tbptt
+      >>> from jbptt._src.adaptive import rechooser
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
-      >>> r = adaptive_tbptt(model.cell, model.loss_fn, delta=0.2, max_lag=8,
-      ...                    every=10)
+      >>> r = rechooser(model.cell, model.loss_fn, delta=0.2, max_lag=8,
+      ...               every=10)
       >>> xs, ys = jnp.ones((16, 1)), jnp.zeros((16, 1))
       >>> 1 <= r.update(0, None, p, model.cell.initial_state(p), xs, ys) <= 16
       True
@@ -321,14 +321,15 @@ class AdaptiveTBPTT(NamedTuple):
     bound on the relative bias is ≤ ``delta`` (:func:`choose_tbptt_k`; T if
     none) and returns chunked TBPTT(k) on the shared forward. Inside
     ``jit`` (a sweep) the choice runs on the host through
-    ``jax.pure_callback``; the chosen k is also written to ``holder``.
+    ``jax.pure_callback``, a pure function of the problem (:meth:`choose`);
+    nothing is written.
 
     Online, k is re-estimated every ``every`` updates: ``plan`` cuts the
     stream into TBPTT segments of ``holder["k"]``, and :func:`train_adaptive`
     calls :func:`jbptt.train.train` in rounds of ``every`` updates, calling
-    :meth:`rechoose` on the stream ahead of each round (which updates the
-    holder). A plain ``train.train`` call uses the k of the last choice
-    (``k0`` before any).
+    :meth:`rechoose` on the stream ahead of each round, on the host (the one
+    place that records a choice in the holder). A plain ``train.train`` call
+    uses the k of the last :meth:`rechoose` (``k0`` before any).
 
     Attributes:
       delta: tolerance δ on the relative bias.
@@ -336,7 +337,8 @@ class AdaptiveTBPTT(NamedTuple):
       every: updates between re-estimations (online).
       k0: k before the first choice.
       tau0: first lag of the geometric fit (default ``max_lag − 2``).
-      holder: host-side ``{"k": ..., "history": [...]}``, shared by copies.
+      holder: host-side ``{"k": ..., "history": [...]}`` written by
+        :meth:`rechoose` only, shared by copies.
     """
 
     delta: float
@@ -349,57 +351,58 @@ class AdaptiveTBPTT(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"adaptive(delta={self.delta:g})"
+        return f"adaptive_tbptt(delta={self.delta:g})"
 
     @property
     def hparams(self) -> dict:
         return {"delta": self.delta, "max_lag": self.max_lag, "every": self.every}
 
-    def _choose_host(self, problem, T: int) -> int:
+    def __repr__(self) -> str:
+        return self.name
+
+    def _choose(self, problem, T: int) -> int:
         L = min(self.max_lag, T)
         lags = _measure(problem.cell, problem.loss_fn, L)(*problem[2:6])
         lags = ParamLags(np.asarray(lags.norms), np.asarray(lags.g_near))
         tau0 = self.tau0 if self.tau0 is None else min(self.tau0, L - 2)
         k = choose_tbptt_k(lags, self.delta, tau0) if L >= 2 else None
-        k = T if k is None else int(k)
+        return T if k is None else int(k)
+
+    def choose(self, problem) -> int:
+        """The k picked on ``problem`` (concrete arrays): the smallest whose
+        bias bound is ≤ ``delta`` (T if none); a pure function of it."""
+        return self._choose(problem, protocol.check_problem(problem))
+
+    def rechoose(self, problem) -> int:
+        """:meth:`choose` on ``problem``, recorded in the holder for the
+        online ``plan`` (host side, between training rounds)."""
+        k = self.choose(problem)
         self.holder["k"] = k
         self.holder.setdefault("history", []).append(k)
         return k
 
-    def rechoose(self, problem) -> int:
-        """Measure on ``problem`` (concrete arrays) and store the new k."""
-        from jbptt._src import protocol
-
-        return self._choose_host(problem, protocol.check_problem(problem))
-
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
         """``[n, D]``: TBPTT(k) for the k chosen on ``problem`` (repeated)."""
-        from jbptt._src import protocol, truncation
-
         T = protocol.check_problem(problem)
         if _is_traced(problem.params):
             k = jax.pure_callback(
-                lambda *a: np.int32(
-                    self._choose_host(type(problem)(*problem[:2], *a), T)
-                ),
+                lambda *a: np.int32(self._choose(type(problem)(*problem[:2], *a), T)),
                 jax.ShapeDtypeStruct((), jnp.int32),
                 *problem[2:6],
             )
         else:
-            k = self._choose_host(problem, T)
+            k = self._choose(problem, T)
         w = truncation.tbptt(T, k, dtype=problem.xs.dtype)
         g = protocol.gradient_fn(problem)(w, jnp.ones_like(w))
         return jnp.broadcast_to(ravel_pytree(g)[0], (n, ravel_pytree(g)[0].size))
 
     def cost(self, problem):
         """TBPTT's cost at the chosen k: chosen now when ``problem`` is
-        concrete, else the holder's last choice (``nan`` depth before any)."""
-        from jbptt._src import estimators, protocol
-
+        concrete, else the last :meth:`rechoose` (``nan`` depth before any)."""
         T = protocol.check_problem(problem)
         k = self.holder.get("k")
         if not _is_traced(problem.params):
-            k = self._choose_host(problem, T)
+            k = self._choose(problem, T)
         if k is None:
             c = estimators.full().cost(problem)
             return c._replace(depth=float("nan"))
@@ -407,8 +410,6 @@ class AdaptiveTBPTT(NamedTuple):
 
     def online(self):
         """TBPTT segments of ``holder["k"]`` (see the class docstring)."""
-        from jbptt._src import estimators
-
         rule = estimators.tbptt(1).online()  # the shared TBPTT segment
 
         def plan(key, T):
@@ -425,7 +426,7 @@ def _measure(cell, loss_fn, L):
     return jax.jit(param_lag_norms(cell, loss_fn, L))
 
 
-def adaptive(
+def adaptive_tbptt(
     delta: float, *, max_lag: int = 32, every: int = 10, k0: int = 8, tau0=None
 ) -> AdaptiveTBPTT:
     """Adaptive TBPTT (Aicher, Foti & Fox 2019) as a protocol estimator.
@@ -436,7 +437,7 @@ def adaptive(
       >>> from jbptt import estimators, sweep
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 3)
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
       ...     model.cell.initial_state(p), jnp.ones((12, 1)), jnp.zeros((12, 1)))
       >>> est = estimators.adaptive_tbptt(0.1, max_lag=12)
       >>> float(sweep.sweep(prob, [est], jax.random.key(0), 4).rel_bias[0]) <= 0.1

@@ -98,7 +98,7 @@ def finite_flags(**named) -> dict[str, Any]:
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jbptt import checks
+      >>> from jbptt._src import checks
       >>> f = jax.jit(lambda g: checks.finite_flags(loss=jnp.sum(g["W"]), grads=g))
       >>> flags = f({"W": jnp.array([1.0, jnp.inf]), "b": jnp.zeros(2)})
       >>> checks.nonfinite_names(flags)
@@ -124,7 +124,7 @@ def select_if(ok, new, old):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import checks
+      >>> from jbptt._src import checks
       >>> checks.select_if(jnp.array(False), {"a": jnp.ones(2)}, {"a": jnp.zeros(2)})
       {'a': Array([0., 0.], dtype=float64)}
     """
@@ -197,7 +197,7 @@ def handle_nonfinite(step: int, flags, on_nonfinite: str) -> Divergence | None:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import checks
+      >>> from jbptt._src import checks
       >>> flags = checks.finite_flags(loss=jnp.array(jnp.nan), grads=jnp.ones(2))
       >>> checks.handle_nonfinite(7, flags, "skip")
       Divergence(step=7, quantities=('loss',), action='skipped')

@@ -155,7 +155,7 @@ def split_files(
     files sorted by name holds out whichever few files sort last.
 
     Examples:
-      >>> from jbptt import data
+      >>> from jbptt._src import data
       >>> files = [c * 10 for c in "abcdefghij"]  # ten files of 10 characters
       >>> train, valid, test = data.split_files(files, 0.1, 0.1)
       >>> len(train), len(valid), len(test)  # one whole file each held out
@@ -235,7 +235,7 @@ def load_corpus(
       ValueError: a file is empty, not UTF-8, or too short to split.
 
     Examples:
-      >>> from jbptt import data
+      >>> from jbptt._src import data
       >>> corpus = data.load_corpus(max_chars=10_000)
       >>> corpus.n_chars, len(corpus.train) > len(corpus.valid) > 0
       (10000, True)

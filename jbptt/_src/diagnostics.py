@@ -386,7 +386,7 @@ def tbptt_ks(T: int, ks: Sequence[int]) -> jax.Array:
     """Stacked TBPTT(k) link weights ``[len(ks), T]`` for a vmapped sweep.
 
     Examples:
-      >>> from jbptt import diagnostics
+      >>> from jbptt._src import diagnostics
       >>> diagnostics.tbptt_ks(4, [1, 2]).tolist()
       [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
     """

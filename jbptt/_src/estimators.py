@@ -53,6 +53,12 @@ from jbptt._src.api import rnn_scan
 from jbptt._src.cell import Cell
 from jbptt._src.loops import loop as _scan_loop
 from jbptt._src.losses import per_step_losses
+from jbptt._src.depth import (
+    artbp_c_for_depth,
+    bisect,
+    check_depth,
+    mean_segment_length,
+)
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
 tree_map = jax.tree_util.tree_map
@@ -108,6 +114,9 @@ class Estimator(NamedTuple):
     backward_steps: Callable[[int], float] | None = None
     law: Any = None
     span: Callable[[int], int] | None = None
+
+    def __repr__(self) -> str:  # the name, e.g. artbp(c=0.25), not the closures
+        return protocol.describe(self.name, self.hparams)
 
     # ------------------------------------------ the estimator protocol ---
 
@@ -181,6 +190,44 @@ class Estimator(NamedTuple):
                 "with every loss counted once (full, tbptt, artbp)."
             )
         return protocol.segments(w[0])[1], w[0]
+
+
+class Links(NamedTuple):
+    """Fixed link weights ``w[T]`` as a (deterministic) estimator: what
+    :func:`as_estimator` makes of an array handed where an estimator goes."""
+
+    w: Any
+    name: str = "links"
+    deterministic: bool = True
+
+    @property
+    def hparams(self) -> dict:
+        return {}
+
+    def _estimator(self) -> Estimator:
+        w = jnp.asarray(self.w)
+
+        def sample(key, T):
+            checked = validation.link_weights(w, T, w.dtype)  # shape, finite, ≥ 0
+            return checked[None], jnp.ones_like(checked)[None]
+
+        return Estimator(self.name, sample, lambda T: float("nan"), True, {})
+
+    def samples(self, problem, key, n, *, chunk=64, mesh=None):
+        return self._estimator().samples(problem, key, n, chunk=chunk, mesh=mesh)
+
+    def cost(self, problem):
+        return self._estimator().cost(problem)
+
+    def online(self):
+        return self._estimator().online()
+
+
+def as_estimator(estimator) -> protocol.GradientEstimator:
+    """An estimator as given, or link weights ``w[T]`` wrapped in :class:`Links`."""
+    if hasattr(estimator, "shape") and not hasattr(estimator, "online"):
+        return Links(estimator)
+    return protocol.check_estimator(estimator)
 
 
 def _cuts_of(law):
@@ -392,17 +439,16 @@ def artbp(c) -> Estimator:
             )
         # As in truncation.artbp, c[0] (the link into h0) is never used.
         truncation.check_probability("c", arr[1:] if arr.ndim else arr)
-    label = getattr(c, "__name__", None) if callable(c) else c
 
     def depth(T):
-        return _mean_segment_length(c, T)
+        return mean_segment_length(c, T)
 
     return Estimator(
-        f"artbp(c={label})",
+        f"artbp(c={protocol.label(c)})",
         lambda key, T: _one_window(truncation.artbp(key, T, c)),
         depth,
         False,
-        {"c": c},
+        {"c": protocol.plain(c)},  # a NumPy/JAX scalar as the number it shows
         _T_steps,
         _artbp_law(c),
     )
@@ -416,59 +462,6 @@ def _artbp_law(c) -> stream.CutLaw | None:
     except jax.errors.TracerArrayConversionError:  # traced c: no stream law
         return None
     return stream.constant(float(c)) if c.ndim == 0 else stream.positional(c)
-
-
-def _check_depth(depth, T):
-    depth = validation.real("depth", depth, low=1, low_open=True, what="a number > 1")
-    if T is None:
-        return
-    truncation._check_T(T)
-    if not depth < T:
-        raise ValueError(
-            f"depth must be < T = {T} for ARTBP (depth T needs c = 0, i.e. full "
-            f"BPTT), got {depth!r}."
-        )
-
-
-def _bisect(f, lo, hi, target, iters=200):
-    """Root of the increasing ``f(x) = target`` in ``[lo, hi]`` (float64)."""
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def artbp_c_for_depth(depth: float, T: int | None = None) -> float:
-    """Constant cut probability whose expected depth is ``depth``.
-
-    With ``T``, solves ``E[min(L, T)] = (1 − (1 − c)^T)/c = depth`` (the
-    convention of ``Estimator.expected_depth``; needs ``1 < depth < T``).
-    Without ``T``, the long-sequence limit ``c = 1/depth``. Use it to compare
-    ARTBP with TBPTT(k) at equal depth (``depth = k``).
-
-    Args:
-      depth: target mean truncation length, > 1.
-      T: sequence length, or None for an unbounded sequence.
-
-    Examples:
-      >>> from jbptt import estimators
-      >>> estimators.artbp_c_for_depth(8)
-      0.125
-      >>> c = estimators.artbp_c_for_depth(8, T=16)
-      >>> round(c, 4), round(estimators.artbp(c).expected_depth(16), 9)
-      (0.1031, 8.0)
-    """
-    _check_depth(depth, T)
-    if T is None:
-        return 1.0 / depth
-    # E[min(L, T)] decreases from T (c → 0) to 1 (c → 1): bisect on c.
-    c = _bisect(lambda c: -_geometric_depth(c, T), 0.0, 1.0, -float(depth))
-    return float(c)
-
-
-def _geometric_depth(c: float, T: int) -> float:
-    # Σ_{d<T} (1 − c)^d = (1 − (1 − c)^T)/c, written to stay exact as c → 0.
-    return float(-np.expm1(T * np.log1p(-c)) / c) if c > 0 else float(T)
 
 
 def artbp_matched(
@@ -507,7 +500,7 @@ def artbp_matched(
             f"Unknown schedule {schedule!r}. It needs to be one of "
             "['geometric', 'poly_tail']."
         )
-    _check_depth(depth, T)
+    check_depth(depth, T)
     if schedule in ("geometric", "constant"):
         return artbp(artbp_c_for_depth(depth, T))
     if T is None:
@@ -515,7 +508,7 @@ def artbp_matched(
     else:
         # Depth increases with L0, from 1 at L0 = 1 (c_1 = 1) towards T.
         def log_depth(log_L0):
-            return _mean_segment_length(truncation.poly_tail(np.exp(log_L0), alpha), T)
+            return mean_segment_length(truncation.poly_tail(np.exp(log_L0), alpha), T)
 
         hi = np.log(float(depth))
         for _ in range(64):
@@ -524,7 +517,7 @@ def artbp_matched(
             hi += np.log(4.0)
         else:
             raise ValueError(f"depth {depth!r} is too close to T = {T} to match.")
-        L0 = float(np.exp(_bisect(log_depth, 0.0, hi, float(depth))))
+        L0 = float(np.exp(bisect(log_depth, 0.0, hi, float(depth))))
     sched = truncation.poly_tail(L0, alpha)
     return artbp(sched)._replace(hparams={"c": sched, "L0": L0, "alpha": alpha})
 
@@ -567,7 +560,7 @@ def williams_peng(k1: int, k2: int) -> Estimator:
         return jnp.minimum((jnp.arange(J) + 1) * k1, T) - 1  # [J]
 
     def sample(key, T):
-        truncation._check_T(T)
+        validation.positive_int("T", T, "a positive int (number of steps)")
         e = ends(T)[:, None]  # [J, 1]
         first_loss = jnp.arange(e.shape[0])[:, None] * k1  # e_{j-1} + 1, [J, 1]
         t = jnp.arange(T)[None, :]  # [1, T]
@@ -595,109 +588,12 @@ def williams_peng(k1: int, k2: int) -> Estimator:
     )
 
 
-def _mean_segment_length(c, T: int) -> float:
-    """``E[min(L, T)] = 1 + Σ_{d=1}^{T−1} ∏_{i=1}^{d} (1 − c_i)`` in float64.
-
-    ``c_i``: the cut probability i steps after a segment start: ``c(i)`` for a
-    schedule, ``c[i]`` for an array (the first segment), ``c`` for a float.
-    """
-    truncation._check_T(T)
-    d = np.arange(1, T)
-    if callable(c):
-        ci = np.broadcast_to(np.asarray(c(jnp.asarray(d)), np.float64), d.shape)
-    elif np.ndim(c) == 0:
-        ci = np.full(d.shape, float(c))
-    else:
-        c = np.asarray(c, np.float64)
-        if c.shape != (T,):
-            raise ValueError(f"c has shape {c.shape} but T = {T}; expected ({T},).")
-        ci = c[1:]
-    survive = np.cumprod(1.0 - ci)  # P(L > d), d = 1..T−1
-    return float(1.0 + np.sum(survive))
-
-
-def estimate(
-    cell: Cell,
-    loss_fn: Callable,
-    estimator,
-    params,
-    h0,
-    xs,
-    ys,
-    key: jax.Array | None = None,
-):
-    """The gradient estimate ``ĝ = Σ_j ∇^{(w_j)} Σ_t m_{j,t} ℓ_t``.
-
-    Windows are evaluated as one ``vmap`` over ``j``; the forward does not
-    depend on ``w``, so it is shared by all windows and only the reverse scan
-    is batched. Works under ``jit`` and ``vmap`` (e.g. over keys).
-
-    Args:
-      cell: a :class:`jbptt.cells.Cell`.
-      loss_fn: per-step loss ``(params, out_t, y_t) -> scalar``.
-      estimator: an :class:`Estimator` (sampled with ``key``) or windows
-        ``(w[J, T], m[J, T])`` (or a single ``w[T]``, meaning ``m ≡ 1``).
-      params, h0, xs, ys: as in :func:`jbptt.value_and_grad`.
-      key: PRNG key for random estimators (ignored by deterministic ones).
-
-    Returns:
-      The gradient estimate, a pytree like ``params``.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> import jbptt
-      >>> from jbptt import estimators
-      >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
-      >>> p = model.init(jax.random.key(0), 2, 3)
-      >>> xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 1))
-      >>> h0 = model.cell.initial_state(p)
-      >>> g = estimators.estimate(model.cell, model.loss_fn,
-      ...                         estimators.williams_peng(2, 4), p, h0, xs, ys)
-      >>> g["cell"]["W"].shape
-      (3, 3)
-    """
-    T = xs.shape[0]
-    if isinstance(estimator, Estimator):
-        if key is None:
-            if not estimator.deterministic:
-                raise ValueError(
-                    f"estimator {estimator.name} is random: pass a PRNG key."
-                )
-            key = jax.random.key(0)
-        w, m = estimator.sample(key, T)
-    elif isinstance(estimator, tuple | list) and len(estimator) == 2:
-        w, m = (jnp.asarray(a) for a in estimator)
-    elif hasattr(estimator, "shape"):
-        w = jnp.asarray(estimator)[None]
-        m = jnp.ones_like(w)
-    else:
-        raise TypeError(
-            "estimator must be an Estimator, a (w[J, T], m[J, T]) pair or "
-            f"link weights w[T], got {type(estimator).__name__}."
-        )
-    if w.ndim != 2 or w.shape != m.shape or w.shape[1] != T:
-        raise ValueError(
-            f"windows must be w[J, T] and m[J, T] with T = {T} (len(xs)); got "
-            f"w {tuple(w.shape)} and m {tuple(m.shape)}."
-        )
-    dtype = xs.dtype
-    w, m = w.astype(dtype), m.astype(dtype)
-
-    def window_loss(params, w_j, m_j):
-        _, outs = rnn_scan(cell, params, h0, xs, w_j)
-        losses = per_step_losses(loss_fn, params, outs, ys)
-        return jnp.sum(m_j * losses)
-
-    grads = jax.vmap(jax.grad(window_loss), in_axes=(None, 0, 0))(params, w, m)
-    return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
-
-
 __all__ = [
     "Estimator",
     "artbp",
-    "artbp_c_for_depth",
+    "Links",
     "artbp_matched",
-    "estimate",
+    "as_estimator",
     "full",
     "tbptt",
     "williams_peng",

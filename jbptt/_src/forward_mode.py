@@ -36,7 +36,7 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
 All three share one interface, :class:`OnlineEstimator`, which implements
 the estimator protocol (docs/design.md, "The estimator protocol"), and are
 pure functions of a PRNG key, so a sweep over keys is a ``vmap``
-(:func:`sample_estimates`); they train online through
+(:func:`online_samples`); they train online through
 :func:`jbptt.train.train` like every other estimator. The sparsity pattern
 SnAp-1 keeps lives in :mod:`jbptt._src.sparsity`.
 Parameters and states are any pytrees, flattened with
@@ -55,7 +55,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -64,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jbptt._src import influence as flat
 from jbptt._src import protocol, sequences, sharding, sparsity, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
@@ -71,24 +71,6 @@ from jbptt._src.protocol import Cost, OnlineRule, Problem
 tree_map = jax.tree_util.tree_map
 
 DEFAULT_MAX_BYTES = 2**30  # 1 GiB for the influence state and one-step Jacobians
-
-
-class Footprint(NamedTuple):
-    """What an online estimator's memory and work are on a given problem (per
-    sequence batch).
-
-    Attributes:
-      state_bytes: the influence representation carried from step to step
-        (RTRL ``B·S·P``, UORO ``B·(S+P)``, SnAp-1 ``B·k·P`` numbers).
-      work_bytes: transient arrays of one step (the one-step Jacobians, or
-        for SnAp-1 their parts on the pattern).
-      flops_per_step: estimated FLOPs of one step's influence update and
-        gradient read-out, from ``C``, XLA's FLOP count of one cell step.
-    """
-
-    state_bytes: int
-    work_bytes: int
-    flops_per_step: float
 
 
 class OnlineState(NamedTuple):
@@ -119,7 +101,7 @@ class OnlineEstimator(NamedTuple):
         :func:`jbptt.value_and_grad`; ``resets [T, *batch]`` restart the
         state from ``reset_state`` (default ``h0``) as in
         :func:`jbptt.value_and_grad`.
-      footprint: ``(cell, params, h0, x) -> Footprint``: memory and FLOPs.
+      footprint: ``(cell, params, h0, x) -> flat.Footprint``: memory and FLOPs.
       deterministic: whether the key is ignored.
       hparams: hyperparameters, for reports.
       segment: the online segment gradient (:class:`OnlineRule`'s
@@ -131,10 +113,13 @@ class OnlineEstimator(NamedTuple):
     init: Callable[..., OnlineState]
     step: Callable[..., tuple[OnlineState, tuple[jax.Array, Any]]]
     estimate: Callable[..., tuple[tuple[jax.Array, Any], Any]]
-    footprint: Callable[..., Footprint]
+    footprint: Callable[..., flat.Footprint]
     deterministic: bool
     hparams: dict[str, Any]
     segment: Callable[..., Any] | None = None
+
+    def __repr__(self) -> str:  # the name and hyperparameters
+        return protocol.describe(self.name, self.hparams)
 
     # ------------------------------------------ the estimator protocol ---
 
@@ -142,7 +127,7 @@ class OnlineEstimator(NamedTuple):
         self, problem: Problem, key, n: int, *, chunk: int = 64, mesh=None
     ) -> jax.Array:
         """``[n, P]`` flattened estimates from keys ``split(key, n)``
-        (:func:`sample_estimates`); ``problem.resets`` restart the state and
+        (:func:`online_samples`); ``problem.resets`` restart the state and
         zero the influence. ``problem.lengths`` is refused: forward mode
         reads ``loss_fn`` on the whole batch at every step."""
         protocol.check_problem(problem)
@@ -153,7 +138,7 @@ class OnlineEstimator(NamedTuple):
                 "use resets for episode starts, or equal-length sequences."
             )
         cell, loss_fn, params, h0, xs, ys = problem[:6]
-        return sample_estimates(
+        return online_samples(
             self, cell, loss_fn, params, h0, xs, ys, key, n,
             chunk=chunk, mesh=mesh, resets=problem.resets,
         )  # fmt: skip
@@ -182,119 +167,6 @@ def _every_step(key, T: int):
     return np.ones(T, int), None
 
 
-# --------------------------------------------------------------------------
-# The problem, flattened: θ ∈ R^P, per-example state s ∈ R^S, batch of B.
-
-
-class _Flat(NamedTuple):
-    cell: Cell
-    theta: jax.Array  # [P]
-    unravel_p: Callable
-    batch_shape: tuple[int, ...]
-    B: int
-    S: int
-    unravel_s: Callable  # [S] -> one example's state pytree
-    f_b: Callable  # (θ[P], s[S], x_b) -> s'[S], one example, one step
-    to_flat: Callable  # batched state pytree -> [B, S]
-    from_flat: Callable  # [B, S] -> batched state pytree
-    x_examples: Callable  # x_t[batch..., I] -> [B, I]
-
-
-def _flatten(cell: Cell, params, h, x) -> _Flat:
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
-    if not hasattr(x, "shape") or np.ndim(x) < 1:
-        raise ValueError(
-            f"x (one step's input) must be an array of shape (I,) or (B, I), got "
-            f"{getattr(x, 'shape', type(x).__name__)}."
-        )
-    leaves = jax.tree_util.tree_leaves(params)
-    if not leaves or not all(
-        jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves
-    ):
-        raise TypeError("params must be a non-empty pytree of floating arrays.")
-    batch_shape = tuple(x.shape[:-1])
-    validation.check_h0(cell, params, h, batch_shape)
-    theta, unravel_p = ravel_pytree(params)
-    B = math.prod(batch_shape)
-    nb = len(batch_shape)
-
-    def examples(tree):  # batch... -> [B, ...]
-        return jax.tree_util.tree_map(lambda a: a.reshape((B,) + a.shape[nb:]), tree)
-
-    def batched(tree):  # [B, ...] -> batch...
-        return jax.tree_util.tree_map(
-            lambda a: a.reshape(batch_shape + a.shape[1:]), tree
-        )
-
-    first = jax.tree_util.tree_map(lambda a: a[0], examples(h))
-    s0, unravel_s = ravel_pytree(first)
-
-    def f_b(theta, s, x_b):
-        new, _ = cell.step(unravel_p(theta), unravel_s(s), x_b)
-        return ravel_pytree(new)[0]
-
-    def to_flat(tree):
-        return jax.vmap(lambda e: ravel_pytree(e)[0])(examples(tree))
-
-    def from_flat(H):
-        return batched(jax.vmap(unravel_s)(H))
-
-    return _Flat(
-        cell,
-        theta,
-        unravel_p,
-        batch_shape,
-        B,
-        s0.size,
-        unravel_s,
-        f_b,
-        to_flat,
-        from_flat,
-        lambda x_t: x_t.reshape((B,) + x_t.shape[nb:]),
-    )
-
-
-def _loss_and_next(cell, loss_fn, fl: _Flat, x_t, y_t):
-    """ℓ_t and h_t as functions of (θ, H_{t-1}[B, S]), batched as the user's."""
-
-    def fn(theta, H):
-        params = fl.unravel_p(theta)
-        new, out = cell.step(params, fl.from_flat(H), x_t)
-        return loss_fn(params, out, y_t), fl.to_flat(new)
-
-    return fn
-
-
-def _step_flops(fl: _Flat, x_b) -> float:
-    """C: XLA's FLOP count of one example's cell step (a shape-only estimate
-    ``2·P`` when XLA reports none)."""
-    args = (
-        jax.ShapeDtypeStruct(fl.theta.shape, fl.theta.dtype),
-        jax.ShapeDtypeStruct((fl.S,), fl.theta.dtype),
-        jax.ShapeDtypeStruct(x_b.shape, x_b.dtype),
-    )
-    try:
-        analysis = jax.jit(fl.f_b).lower(*args).compile().cost_analysis()
-        if isinstance(analysis, list | tuple):
-            analysis = analysis[0] if analysis else {}
-        flops = float((analysis or {}).get("flops", 0.0))
-    except Exception:  # noqa: BLE001 -- cost analysis is best-effort
-        flops = 0.0
-    return flops if flops > 0 else 2.0 * fl.theta.size
-
-
-def _check_bytes(name: str, cost: Footprint, max_bytes: int, what: str) -> None:
-    need = cost.state_bytes + cost.work_bytes
-    if need > max_bytes:
-        raise ValueError(
-            f"{name}: {what} need {need:,} bytes ({need / 2**20:.1f} MiB: "
-            f"{cost.state_bytes:,} carried + {cost.work_bytes:,} per step), above "
-            f"max_bytes={max_bytes:,}. Use a smaller hidden size or batch, raise "
-            "max_bytes, or use uoro() (memory O(S + P))."
-        )
-
-
 def _check_max_bytes(max_bytes) -> int:
     return validation.positive_int("max_bytes", max_bytes)
 
@@ -309,15 +181,15 @@ class _Rule(NamedTuple):
     init: Callable  # (fl, x_b) -> influence
     read: Callable  # (fl, infl, gH[B, S], X[B, ...]) -> [P], Σ_b gH_bᵀ J_b
     update: Callable  # (fl, infl, key, H_prev[B,S], X[B,...]) -> infl
-    cost: Callable  # (fl, x_b, C) -> Footprint, C = FLOPs of one cell step
+    cost: Callable  # (fl, x_b, C) -> flat.Footprint, C = FLOPs of one cell step
     what: str  # what the memory is, for the size error
 
 
 def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
     def prepare(cell, params, h, x):
-        fl = _flatten(cell, params, h, x)
+        fl = flat.flatten(cell, params, h, x)
         x_b = fl.x_examples(x)[0]
-        _check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
+        flat.check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
         return fl, x_b
 
     def init(cell, params, h0, x):
@@ -331,7 +203,9 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         H = fl.to_flat(state.h)  # [B, S]
         # ℓ_t, ∂ℓ_t/∂θ (direct) and ∂ℓ_t/∂h_{t-1}, through the step.
         (loss, H_new), (g_theta, g_H) = jax.value_and_grad(
-            _loss_and_next(cell, loss_fn, fl, x_t, y_t), argnums=(0, 1), has_aux=True
+            flat.loss_and_next(cell, loss_fn, fl, x_t, y_t),
+            argnums=(0, 1),
+            has_aux=True,
         )(fl.theta, H)
         X = fl.x_examples(x_t)  # [B, ...]
         grad = g_theta + rule.read(fl, state.influence, g_H, X)  # g_t, [P]
@@ -363,9 +237,9 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         return (jnp.sum(losses), state.h), grads
 
     def cost(cell, params, h0, x):
-        fl = _flatten(cell, params, h0, x)
+        fl = flat.flatten(cell, params, h0, x)
         x_b = fl.x_examples(x)[0]
-        return rule.cost(fl, x_b, _step_flops(fl, x_b))
+        return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
 
     def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
                 resets=None, reset_state=None):  # fmt: skip
@@ -393,7 +267,7 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
     )
 
 
-def _restart(fl: _Flat, state: OnlineState, reset, h_reset) -> OnlineState:
+def _restart(fl: flat.Flat, state: OnlineState, reset, h_reset) -> OnlineState:
     """Sequences starting an episode (``reset [*batch]``): state ``h_reset``,
     influence zero. Every influence leaf has the examples ``[B]`` in front."""
     r = jnp.reshape(reset, (fl.B,))
@@ -405,16 +279,6 @@ def _restart(fl: _Flat, state: OnlineState, reset, h_reset) -> OnlineState:
 
     h = sequences.select(reset, h_reset, state.h)
     return OnlineState(h, tree_map(zero, state.influence))
-
-
-def _nbytes(fl: _Flat, n: int) -> int:
-    return int(n) * fl.theta.dtype.itemsize
-
-
-def _jacobians(fl: _Flat, H, X):
-    """Dense one-step Jacobians per example: F [B, S, P], D [B, S, S]."""
-    jac = jax.jacrev(fl.f_b, argnums=(0, 1))  # S reverse passes
-    return jax.vmap(jac, in_axes=(None, 0, 0))(fl.theta, H, X)
 
 
 def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
@@ -454,13 +318,15 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         return jnp.einsum("bs,bsp->p", g_H, J)
 
     def update(fl, J, key, H, X):
-        F, D = _jacobians(fl, H, X)
+        F, D = flat.jacobians(fl, H, X)
         return jnp.einsum("bij,bjp->bip", D, J) + F  # J_t = D_t J_{t-1} + F_t
 
     def cost(fl, x_b, C):
         B, S, P = fl.B, fl.S, fl.theta.size
         flops = B * ((1 + 2 * S) * C + 2 * S * S * P + 3 * S * P)
-        return Footprint(_nbytes(fl, B * S * P), _nbytes(fl, B * S * (P + S)), flops)
+        return flat.Footprint(
+            flat.nbytes(fl, B * S * P), flat.nbytes(fl, B * S * (P + S)), flops
+        )
 
     rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
     return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
@@ -523,9 +389,9 @@ def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEsti
 
     def cost(fl, x_b, C):
         B, S, P = fl.B, fl.S, fl.theta.size
-        return Footprint(
-            _nbytes(fl, B * (S + P)),
-            _nbytes(fl, B * (2 * S + P)),
+        return flat.Footprint(
+            flat.nbytes(fl, B * (S + P)),
+            flat.nbytes(fl, B * (2 * S + P)),
             B * (5 * C + 12 * (S + P)),
         )
 
@@ -604,7 +470,7 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         k, n_col = sp.rows.shape[0], sp.colors.shape[0]
         flops = B * ((1 + 2 * n_col + 2 * S) * C + 2 * k * k * P + 3 * k * P)
         work = B * (n_col * P + S * S + k * k * P)
-        return Footprint(_nbytes(fl, B * k * P), _nbytes(fl, work), flops)
+        return flat.Footprint(flat.nbytes(fl, B * k * P), flat.nbytes(fl, work), flops)
 
     rule = _Rule(init, read, update, cost, "the sparse influence and its update")
     return _make("snap1", rule, max_bytes, True, {"max_bytes": max_bytes})
@@ -614,7 +480,7 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
 # Many draws at once, for bias/variance sweeps.
 
 
-def sample_estimates(
+def online_samples(
     estimator: OnlineEstimator,
     cell: Cell,
     loss_fn: Callable,
@@ -643,11 +509,11 @@ def sample_estimates(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt import forward_mode
+      >>> from jbptt._src import forward_mode
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
       >>> h0, xs = model.cell.initial_state(p), jnp.ones((6, 1))
-      >>> forward_mode.sample_estimates(forward_mode.uoro(), model.cell,
+      >>> forward_mode.online_samples(forward_mode.uoro(), model.cell,
       ...     model.loss_fn, p, h0, xs, xs, jax.random.key(1), 5).shape
       (5, 29)
     """

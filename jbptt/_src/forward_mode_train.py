@@ -96,11 +96,12 @@ def train(
       >>> import jax, jax.numpy as jnp, optax
       >>> import jbptt
       >>> from jbptt import forward_mode
+      >>> from jbptt._src.forward_mode_train import train
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> params = model.init(jax.random.key(0), 1, 4)
       >>> xs = jax.random.normal(jax.random.key(1), (32, 1))
-      >>> hist = forward_mode.train(model.cell, model.loss_fn, params, xs, xs,
-      ...                           optax.sgd(1e-2), forward_mode.snap1())
+      >>> hist = train(model.cell, model.loss_fn, params, xs, xs,
+      ...              optax.sgd(1e-2), forward_mode.snap1())
       >>> hist.loss.shape
       (32,)
     """

@@ -31,22 +31,12 @@ from jbptt._src.losses import per_sequence_losses, per_step_losses
 tree_map = jax.tree_util.tree_map
 
 
-class _Fields(NamedTuple):
-    cell: Cell
-    loss_fn: Any
-    params: Any
-    h0: Any
-    xs: jax.Array
-    ys: Any
-
-
-class Problem(_Fields):
+class Problem(NamedTuple):
     """A gradient problem: L(θ) = Σ_t ℓ_t(θ, out_t, y_t) along one sequence.
 
-    A NamedTuple of the six fields below; ``lengths`` and ``resets`` are
-    keyword attributes beside them (default ``None``), so code that unpacks
-    a problem (``cell, loss_fn, params, h0, xs, ys = problem``, or
-    ``*problem[2:]``) keeps working. ``_replace`` takes them too.
+    A plain NamedTuple of eight fields; the last two default to ``None``.
+    Unpack all eight (``cell, loss_fn, params, h0, xs, ys, lengths, resets =
+    problem``) or the first six with ``problem[:6]``.
 
     Attributes:
       cell: a :class:`jbptt.cells.Cell`.
@@ -68,70 +58,26 @@ class Problem(_Fields):
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt import sweep
+      >>> from jbptt import estimators
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
       >>> xs = jnp.ones((6, 2, 1))
       >>> resets = jnp.zeros((6, 2), bool).at[3, 1].set(True)
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
-      ...                      model.cell.initial_state(p, (2,)), xs, xs,
-      ...                      resets=resets)
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
+      ...                           model.cell.initial_state(p, (2,)), xs, xs,
+      ...                           resets=resets)
       >>> len(prob), prob.resets.shape, prob._replace(resets=None).resets
-      (6, (6, 2), None)
+      (8, (6, 2), None)
     """
 
-    def __new__(
-        cls, cell, loss_fn, params, h0, xs, ys, lengths=None, resets=None
-    ) -> Problem:
-        self = super().__new__(cls, cell, loss_fn, params, h0, xs, ys)
-        self.__dict__.update(lengths=lengths, resets=resets)
-        return self
-
-    @property
-    def lengths(self):
-        return self.__dict__.get("lengths")
-
-    @property
-    def resets(self):
-        return self.__dict__.get("resets")
-
-    def _replace(self, **kwargs) -> Problem:
-        fields = {**self._asdict(), "lengths": self.lengths, "resets": self.resets}
-        unknown = set(kwargs) - set(fields)
-        if unknown:
-            raise ValueError(f"Problem has no fields {sorted(unknown)}.")
-        return Problem(**{**fields, **kwargs})
-
-    def __getnewargs__(self):
-        return (*self, self.lengths, self.resets)
-
-    def __repr__(self) -> str:
-        extra = "".join(
-            f", {k}={v!r}"
-            for k, v in (("lengths", self.lengths), ("resets", self.resets))
-            if v is not None
-        )
-        return super().__repr__()[:-1] + extra + ")"
-
-
-_EXTRA = ("lengths", "resets")
-
-
-def _problem_children(p: Problem):
-    keys = (*Problem._fields, *_EXTRA)
-    values = (*p, p.lengths, p.resets)
-    pairs = zip(keys, values, strict=True)
-    return tuple((jax.tree_util.GetAttrKey(k), v) for k, v in pairs), None
-
-
-# A pytree of its six fields and ``lengths``/``resets`` (a plain NamedTuple
-# node would rebuild it from the six alone, dropping them in tree_map).
-jax.tree_util.register_pytree_with_keys(
-    Problem,
-    _problem_children,
-    lambda _, children: Problem(*children),
-    lambda p: ((*p, p.lengths, p.resets), None),
-)
+    cell: Cell
+    loss_fn: Any
+    params: Any
+    h0: Any
+    xs: jax.Array
+    ys: Any
+    lengths: Any = None
+    resets: Any = None
 
 
 class Cost(NamedTuple):
@@ -300,7 +246,7 @@ def check_problem(problem: Problem) -> int:
     returns T."""
     if not isinstance(problem, Problem):
         raise TypeError(
-            f"problem must be a jbptt.sweep.Problem, got {type(problem).__name__}."
+            f"problem must be a jbptt.estimators.Problem, got {type(problem).__name__}."
         )
     validation.check_scan_args(
         problem.cell, problem.params, problem.h0, problem.xs, None
@@ -325,17 +271,36 @@ def estimator_key(key, estimator) -> jax.Array:
 
 # ------------------------------------------------- the shared forward pass ---
 
-_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+_SHARED: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "jbptt_shared_forward", default=None
 )
+
+
+class _Shared(NamedTuple):
+    """One shared forward: the arguments it was computed for (held, and
+    compared with ``is``) and the two gradient functions."""
+
+    problem: Problem
+    lengths: Any
+    resets: Any
+    grad: Callable
+    windowed: Callable
+
+    def serves(self, problem, lengths, resets) -> bool:
+        return (
+            self.problem is problem
+            and self.lengths is lengths
+            and self.resets is resets
+        )
 
 
 @contextlib.contextmanager
 def shared_forward():
     """Within this context :func:`gradient_fn` runs the forward once per
     :class:`Problem` object, so estimators sampled on the same problem (a
-    sweep) share it and only their reverse scans differ."""
-    token = _SHARED.set({})
+    sweep) share it and only their reverse scans differ. The context holds
+    the problems it served (no cache outlives it, none is keyed on ``id``)."""
+    token = _SHARED.set([])
     try:
         yield
     finally:
@@ -376,13 +341,13 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt import sweep, truncation
+      >>> from jbptt import estimators, truncation
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
       >>> xs, ys = jnp.ones((6, 1)), jnp.zeros((6, 1))
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
-      ...                      model.cell.initial_state(p), xs, ys)
-      >>> grad = sweep.gradient_fn(prob)
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
+      ...                           model.cell.initial_state(p), xs, ys)
+      >>> grad = estimators.gradient_fn(prob)
       >>> g = grad(truncation.full(6), jnp.ones(6))
       >>> ref = jax.grad(lambda p: jbptt.loss(model.cell, model.loss_fn)(
       ...     p, prob.h0, xs, ys)[0])(p)
@@ -393,17 +358,17 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
 
       >>> w = jnp.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
       >>> m = jnp.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
-      >>> a, b = grad(w, m), sweep.gradient_fn(prob, span=3)(w, m)
+      >>> a, b = grad(w, m), estimators.gradient_fn(prob, span=3)(w, m)
       >>> bool(jnp.allclose(a["cell"]["W"], b["cell"]["W"], atol=1e-6))
       True
     """
     lengths = problem.lengths if lengths is None else lengths
     resets = problem.resets if resets is None else resets
     shared = _SHARED.get()
-    key = (id(problem), id(lengths), id(resets))
-    if shared is not None and key in shared:
-        _, grad, windowed = shared[key]
-        return grad if span is None else windowed(_check_span(span, problem))
+    for entry in shared or ():
+        if entry.serves(problem, lengths, resets):
+            grad = entry.grad
+            return grad if span is None else entry.windowed(_check_span(span, problem))
     T = check_problem(problem)
     if span is not None:
         span = _check_span(span, problem)
@@ -411,9 +376,8 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
     if mask is not None:
         sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
-    h_reset = None if resets is None else h0
-    _, outs, residuals = _scan.cell_path(cell).forward(
-        cell, params, h0, xs, mask, resets, h_reset
+    _, outs, residuals = _scan.forward(
+        cell, params, h0, xs, lengths=mask, resets=resets
     )
 
     def step_losses(p, o, ys=ys, mask=mask):  # [T] or [T, *batch] (masked)
@@ -434,7 +398,7 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
 
     def grad(w, m):
         dp_loss, douts = loss_vjp(loss_weights(m))
-        dp_cell, *_ = _scan.backward_unchecked(
+        dp_cell, *_ = _scan.backward(
             cell, params, residuals, w.astype(xs.dtype), dh_T, douts
         )
         return tree_map(jnp.add, dp_cell, dp_loss)
@@ -464,15 +428,15 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
             losses_a = functools.partial(step_losses, ys=at(ys), mask=at(mask))
             _, vjp_a = jax.vjp(losses_a, params, at(outs))
             dp_loss, douts = vjp_a(loss_weights(sl(m), at(mask)))
-            dp_cell, *_ = _scan.backward_unchecked(
+            dp_cell, *_ = _scan.backward(
                 cell, params, r, sl(w.astype(xs.dtype)), dh_T, douts
             )
             return tree_map(jnp.add, dp_cell, dp_loss)
 
         return grad if L == T else grad_span
 
-    if shared is not None:  # holding the arguments keeps their ids
-        shared[key] = ((problem, lengths, resets), grad, windowed)
+    if shared is not None:
+        shared.append(_Shared(problem, lengths, resets, grad, windowed))
     return grad if span is None else windowed(span)
 
 
@@ -505,41 +469,44 @@ def segments(w) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-class Links(NamedTuple):
-    """Fixed link weights ``w[T]`` as a (deterministic) estimator: what
-    :func:`as_estimator` makes of an array handed where an estimator goes."""
+def plain(value):
+    """A hyperparameter as the user meant it: a NumPy or JAX scalar becomes
+    the Python number of its shortest repr in its own dtype (float32 ``0.1``
+    stays ``0.1``, not ``0.10000000149011612``); anything else is returned
+    as given (Python numbers, arrays ``[T]``, schedules).
 
-    w: Any
-    name: str = "links"
-    deterministic: bool = True
-
-    @property
-    def hparams(self) -> dict:
-        return {}
-
-    def _estimator(self):
-        from jbptt._src.estimators import Estimator
-
-        w = jnp.asarray(self.w)
-
-        def sample(key, T):
-            checked = validation.link_weights(w, T, w.dtype)  # shape, finite, ≥ 0
-            return checked[None], jnp.ones_like(checked)[None]
-
-        return Estimator(self.name, sample, lambda T: float("nan"), True, {})
-
-    def samples(self, problem, key, n, *, chunk=64, mesh=None):
-        return self._estimator().samples(problem, key, n, chunk=chunk, mesh=mesh)
-
-    def cost(self, problem):
-        return self._estimator().cost(problem)
-
-    def online(self):
-        return self._estimator().online()
+    Examples:
+      >>> import numpy as np
+      >>> from jbptt._src.protocol import plain
+      >>> plain(np.float32(0.1)), plain(0.25), plain(np.int32(3))
+      (0.1, 0.25, 3)
+    """
+    if isinstance(value, bool | int | float | str) or callable(value):
+        return value
+    try:
+        a = np.asarray(value)
+    except Exception:  # noqa: BLE001 -- traced or exotic: keep as given
+        return value
+    if a.ndim != 0:
+        return value
+    if np.issubdtype(a.dtype, np.floating):
+        return float(np.format_float_scientific(a[()], unique=True, trim="-"))
+    if np.issubdtype(a.dtype, np.integer):
+        return int(a)
+    return value
 
 
-def as_estimator(estimator) -> GradientEstimator:
-    """An estimator as given, or link weights ``w[T]`` wrapped in :class:`Links`."""
-    if hasattr(estimator, "shape") and not hasattr(estimator, "online"):
-        return Links(estimator)
-    return check_estimator(estimator)
+def label(value) -> str:
+    """How a hyperparameter reads in an estimator's name: numbers as the
+    user wrote them (:func:`plain`), a schedule by its ``__name__``."""
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)
+    return str(plain(value))
+
+
+def describe(name: str, hparams: dict) -> str:
+    """A readable repr of an estimator: its name if it shows its
+    hyperparameters, else ``name(k=v, ...)``."""
+    if "(" in name or not hparams:
+        return name
+    return f"{name}({', '.join(f'{k}={label(v)}' for k, v in hparams.items())})"

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jbptt._src import forward_mode
+from jbptt._src import influence
 from jbptt._src.cell import Cell
 
 
@@ -31,7 +31,7 @@ def sparsity_pattern(cell: Cell, params, h, x, *, draws: int = 3) -> np.ndarray:
       >>> M.shape, int(M.sum(0).max())  # every param touches one unit
       ((3, 18), 1)
     """
-    fl = forward_mode._flatten(cell, params, h, x)
+    fl = influence.flatten(cell, params, h, x)
     x_b = fl.x_examples(x)[0]
     return pattern(fl, x_b.shape, x_b.dtype, draws)
 

@@ -10,7 +10,7 @@ sample windows ``(w_j, m_j)`` (:mod:`jbptt.estimators`), each sample is
 
 Link weights ``w`` enter only the reverse scan, and loss weights ``m`` only
 the cotangents fed into it, so the forward scan and the per-step loss vjp are
-computed once (:func:`gradient_fn` under :func:`jbptt.estimators.shared_forward`)
+computed once (:func:`jbptt.estimators.gradient_fn`, shared within the sweep)
 and shared by every estimator, window and sample; what is vmapped is the
 reverse scan alone (docs/design.md, "Performance structure").
 
@@ -51,8 +51,6 @@ from jbptt._src.cell import Cell
 from jbptt._src.protocol import Problem, check_problem, estimator_key, gradient_fn
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-__all__ = ["Problem", "gradient_fn"]  # re-exported from the protocol
 
 
 class SweepResult(NamedTuple):
@@ -117,7 +115,7 @@ def sample_estimates(
       >>> from jbptt import estimators
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 4)
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
       ...     model.cell.initial_state(p), jnp.ones((6, 1)), jnp.zeros((6, 1)))
       >>> sweep.sample_estimates(prob, estimators.artbp(0.3),
       ...                        jax.random.key(1), 5).shape
@@ -380,7 +378,7 @@ def sweep(
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> p = model.init(jax.random.key(0), 1, 8)
       >>> xs = jax.random.normal(jax.random.key(1), (12, 1))
-      >>> prob = sweep.Problem(model.cell, model.loss_fn, p,
+      >>> prob = estimators.Problem(model.cell, model.loss_fn, p,
       ...                      model.cell.initial_state(p), xs, xs)
       >>> res = sweep.sweep(prob, [estimators.full(), estimators.tbptt(2),
       ...                          estimators.artbp(0.5)], jax.random.key(2), 64)

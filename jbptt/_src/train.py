@@ -80,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbptt._src import checks, protocol, sequences, sharding, validation
+from jbptt._src import checks, estimators, sequences, sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import _truncation_segment
 
@@ -649,7 +649,7 @@ _STREAM_SALT = 0x5EED  # folded into the run's key for the streams' own cuts
 
 def _stream_rule(stream_cuts, batch_shape):
     """The online rule whose cut law cuts each stream on its own."""
-    est = protocol.as_estimator(stream_cuts)
+    est = estimators.as_estimator(stream_cuts)
     rule = est.online()
     if rule.cuts is None:
         raise ValueError(
@@ -719,7 +719,7 @@ def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
       ((8, 3), True)
     """
     validation.positive_int("T", T)
-    estimator = protocol.as_estimator(estimator)
+    estimator = estimators.as_estimator(estimator)
     rule = estimator.online()
     if rule.cuts is None:
         raise ValueError(
@@ -955,7 +955,7 @@ def train(
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables event -> bool, got {cb!r}.")
-    estimator = protocol.as_estimator(estimator)
+    estimator = estimators.as_estimator(estimator)
     rule = estimator.online()
     stream_rule = None
     if stream_cuts is not None:

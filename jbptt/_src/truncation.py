@@ -263,7 +263,7 @@ def steps_since_cut(cuts) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import truncation
+      >>> from jbptt._src import truncation
       >>> cuts = jnp.array([False, False, True, False, False])
       >>> truncation.steps_since_cut(cuts).tolist()
       [0, 1, 2, 1, 2]
@@ -294,7 +294,7 @@ def cut_probabilities(cuts, c) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import truncation
+      >>> from jbptt._src import truncation
       >>> cuts = jnp.array([False, True, False])
       >>> c = truncation.cut_probabilities(cuts, lambda d: 0.1 * d)
       >>> [round(v, 6) for v in c.tolist()]
@@ -347,7 +347,7 @@ def prob(cuts, c) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import truncation
+      >>> from jbptt._src import truncation
       >>> round(float(truncation.prob(jnp.array([False, False]), 0.25)), 6)
       0.75
     """
@@ -362,7 +362,7 @@ def weights_from_cuts(cuts, c) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import truncation
+      >>> from jbptt._src import truncation
       >>> truncation.weights_from_cuts(jnp.array([False, True, False]), 0.5).tolist()
       [1.0, 0.0, 2.0]
     """
@@ -379,7 +379,7 @@ def all_cut_patterns(T: int) -> jax.Array:
     Limited to T ≤ 20 (about a million rows).
 
     Examples:
-      >>> from jbptt import truncation
+      >>> from jbptt._src import truncation
       >>> truncation.all_cut_patterns(3).astype(int).tolist()
       [[0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]]
     """

@@ -91,6 +91,9 @@ class ZerothOrder(NamedTuple):
     segment: Callable
     deterministic: bool = False
 
+    def __repr__(self) -> str:  # the name and hyperparameters
+        return protocol.describe(self.name, self.hparams)
+
     # ------------------------------------------ the estimator protocol ---
 
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
@@ -179,6 +182,64 @@ def _unroll(cell, loss_fn, params, h, xs, ys, mask):
     return losses, h
 
 
+def _broadcast(h, n: int):
+    return tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), h)
+
+
+def _particles(kind: str, horizon, pairs: int, est_state: ESState, h, fresh):
+    """One truncation's particle starts ``[2P, ...]``, perturbations ε and
+    the noise carried on (PES: the running sum ξ; NRES: the reused ε)."""
+    synced = _broadcast(h, 2 * pairs)
+    if kind == "truncated":  # fresh ε, particles start from the main state
+        return synced, fresh, est_state.noise
+    # PES never resamples ε; NRES every `horizon` truncations. A reset
+    # restarts the particles from the unperturbed state (and ξ at 0).
+    if horizon is None:
+        reset = est_state.count == 0
+    else:
+        reset = est_state.count % horizon == 0
+    starts = tree_map(lambda s, a: jnp.where(reset, a, s), est_state.states, synced)
+    if kind == "pes":
+        xi = jnp.where(reset, 0.0, est_state.noise) + fresh  # ξ_j
+        return starts, fresh, xi
+    eps = jnp.where(reset, fresh, est_state.noise)  # nres
+    return starts, eps, eps
+
+
+def _over_truncations(segment, init, main: bool, k: int, problem, key):
+    """One estimate ``[D]``: the sum of ``segment``'s gradients over the
+    truncations of length ``k`` (the last padded), from ``fold_in(key, j)``;
+    ``main``: whether the unperturbed states are tracked (truncated ES)."""
+    cell, loss_fn, params = problem.cell, problem.loss_fn, problem.params
+    h0, xs, ys = problem.h0, problem.xs, problem.ys
+    T = xs.shape[0]
+    J = -(-T // k)
+    pad = J * k - T
+
+    def padded(a):
+        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(J, k, *a.shape[1:])
+
+    xs_j, ys_j = tree_map(padded, xs), tree_map(padded, ys)
+    mask = padded(jnp.ones((T,), ravel_pytree(params)[0].dtype))
+    state = init(cell, params, h0, xs[0])
+
+    def body(carry, inp):
+        h, est, acc = carry
+        j, x, y, m = inp
+        k_j = jax.random.fold_in(key, j)
+        _, g, h, est = segment(
+            cell, loss_fn, params, h, est, x, y, None, m, k_j, track_main=main
+        )
+        return (h, est, acc + ravel_pytree(g)[0]), None
+
+    acc0 = jnp.zeros_like(ravel_pytree(params)[0])
+    (_, _, acc), _ = jax.lax.scan(
+        body, (h0, state, acc0), (jnp.arange(J), xs_j, ys_j, mask)
+    )
+    return acc
+
+
 def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | None):
     """Shared implementation; ``kind`` in {"truncated", "pes", "nres"}."""
 
@@ -195,36 +256,16 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
     def init(cell, params, h0, x0=None):
         D = ravel_pytree(params)[0].size
         dtype = ravel_pytree(params)[0].dtype
-        states = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h0)
+        states = _broadcast(h0, 2 * pairs)
         return ESState(states, jnp.zeros((pairs, D), dtype), jnp.zeros((), jnp.int32))
 
     def segment(
         cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, track_main=True
     ):
         del w  # zeroth order: no backward, no link weights
-        fresh = draw(key, params)
-        if kind == "truncated":
-            eps, noise = fresh, est_state.noise
-            starts = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h)
-        else:
-            # PES never resamples ε; NRES every `horizon` truncations. A reset
-            # restarts the particles from the unperturbed state (and ξ at 0).
-            reset = (
-                (est_state.count == 0)
-                if horizon is None
-                else (est_state.count % horizon == 0)
-            )
-            synced = tree_map(lambda a: jnp.broadcast_to(a, (2 * pairs, *a.shape)), h)
-            starts = tree_map(
-                lambda s, a: jnp.where(reset, a, s), est_state.states, synced
-            )
-            if kind == "pes":
-                eps = fresh
-                xi = jnp.where(reset, 0.0, est_state.noise) + fresh  # ξ_j
-                noise = xi
-            else:  # nres
-                eps = jnp.where(reset, fresh, est_state.noise)
-                noise = eps
+        starts, eps, noise = _particles(
+            kind, horizon, pairs, est_state, h, draw(key, params)
+        )
         thetas = perturbed(params, eps)
         L, states = jax.vmap(lambda p, s: _unroll(cell, loss_fn, p, s, xs, ys, mask))(
             thetas, starts
@@ -249,45 +290,8 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
         return T if K is None else min(K, T)
 
     def one_sample(problem, key):
-        cell, loss_fn, params = problem.cell, problem.loss_fn, problem.params
-        h0, xs, ys = problem.h0, problem.xs, problem.ys
-        T = xs.shape[0]
-        k = truncation_length(T)
-        J = -(-T // k)
-        pad = J * k - T
-
-        def padded(a):
-            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-            return a.reshape(J, k, *a.shape[1:])
-
-        xs_j, ys_j = tree_map(padded, xs), tree_map(padded, ys)
-        mask = padded(jnp.ones((T,), ravel_pytree(params)[0].dtype))
-        state = init(cell, params, h0, xs[0])
-        main = kind == "truncated"  # only truncated ES needs the main states
-
-        def body(carry, inp):
-            h, est, acc = carry
-            j, x, y, m = inp
-            _, g, h, est = segment(
-                cell,
-                loss_fn,
-                params,
-                h,
-                est,
-                x,
-                y,
-                None,
-                m,
-                jax.random.fold_in(key, j),
-                track_main=main,
-            )
-            return (h, est, acc + ravel_pytree(g)[0]), None
-
-        acc0 = jnp.zeros_like(ravel_pytree(params)[0])
-        (_, _, acc), _ = jax.lax.scan(
-            body, (h0, state, acc0), (jnp.arange(J), xs_j, ys_j, mask)
-        )
-        return acc
+        k = truncation_length(problem.xs.shape[0])
+        return _over_truncations(segment, init, kind == "truncated", k, problem, key)
 
     def forward_steps(T: int) -> float:
         main = 1 if kind == "truncated" else 0
@@ -306,7 +310,9 @@ def _make(kind: str, sigma: float, pairs: int, K: int | None, horizon: int | Non
         name = "es"
     if kind != "truncated" and horizon is not None:
         hparams["horizon"] = horizon
-    label = ", ".join(f"{a}={b}" for a, b in hparams.items() if b is not None)
+    label = ", ".join(
+        f"{a}={protocol.label(b)}" for a, b in hparams.items() if b is not None
+    )
     return ZerothOrder(
         f"{name}({label})",
         hparams,
