@@ -301,7 +301,7 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
         model, problem = tasks.make_problem(
             task, cell_name, k_prob, args.T, args.hidden, args.batch
         )
-        jbptt.check_finite(xs=problem.xs, ys=problem.ys)
+        jbptt.checks.check_finite(xs=problem.xs, ys=problem.ys)
         run_sweep = sweep.make_sweep(
             model.cell,
             model.loss_fn,

@@ -16,6 +16,7 @@ from jbptt import sharding as sharding
 from jbptt import sweep as sweep
 from jbptt import train as train
 from jbptt import truncation as truncation
+from jbptt._src import checks as _checks
 from jbptt._src.adjoint import Autodiff as Autodiff
 from jbptt._src.adjoint import Budget as Budget
 from jbptt._src.adjoint import ReverseScan as ReverseScan
@@ -23,12 +24,18 @@ from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss
 from jbptt._src.api import rnn_scan as rnn_scan
 from jbptt._src.api import value_and_grad as value_and_grad
-from jbptt._src.checks import check_finite as check_finite
+from jbptt._src.deprecations import Moved as _Moved
+from jbptt._src.deprecations import forward as _forward
 from jbptt._src.models import Model as Model
 from jbptt._src.models import readout as readout
 from jbptt._src.scan import Residuals as Residuals
 from jbptt._src.scan import backward as backward
 from jbptt._src.scan import forward as forward
+
+_deprecated = {
+    "check_finite": _Moved(_checks.check_finite, "jbptt.checks.check_finite"),
+}
+__getattr__ = _forward(__name__, _deprecated)
 
 
 def _version() -> str:

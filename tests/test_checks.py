@@ -37,11 +37,11 @@ from jbptt._src import checks as loop_checks
 )
 def test_check_finite_names_argument_and_first_index(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        jbptt.check_finite(**kwargs)
+        jbptt.checks.check_finite(**kwargs)
 
 
 def test_check_finite_passes_clean_integer_and_none():
-    jbptt.check_finite(
+    jbptt.checks.check_finite(
         xs=jnp.ones((3, 2)),
         ys=jnp.array([1, 2, 3]),
         h0=None,
@@ -51,7 +51,7 @@ def test_check_finite_passes_clean_integer_and_none():
 
 def test_check_finite_refuses_tracers():
     with pytest.raises(TypeError, match="outside jit"):
-        jax.jit(lambda x: jbptt.check_finite(xs=x))(jnp.ones(2))
+        jax.jit(lambda x: jbptt.checks.check_finite(xs=x))(jnp.ones(2))
 
 
 def test_flags_under_jit_and_vmap():

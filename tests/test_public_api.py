@@ -252,3 +252,9 @@ def test_module_and_body_sizes():
         n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_make"
     )
     assert make.end_lineno - make.body[0].lineno + 1 < 100
+
+
+def test_top_level_check_finite_warns_and_is_checks_check_finite():
+    with pytest.warns(DeprecationWarning, match="jbptt.checks.check_finite"):
+        old = jbptt.check_finite
+    assert old is jbptt.checks.check_finite

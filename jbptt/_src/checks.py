@@ -51,9 +51,9 @@ def check_finite(**named) -> None:
     Examples:
       >>> import jax.numpy as jnp
       >>> import jbptt
-      >>> jbptt.check_finite(xs=jnp.ones((3, 2)), ys=jnp.zeros(3))
+      >>> jbptt.checks.check_finite(xs=jnp.ones((3, 2)), ys=jnp.zeros(3))
       >>> try:
-      ...     jbptt.check_finite(xs=jnp.array([[1.0, 2.0], [jnp.nan, 0.0]]))
+      ...     jbptt.checks.check_finite(xs=jnp.array([[1.0, 2.0], [jnp.nan, 0.0]]))
       ... except ValueError as err:
       ...     print(str(err)[:45])
       xs contains non-finite values: xs[1, 0] = nan

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jbptt._src.api import per_step_losses
+from jbptt._src.api import rnn_scan
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
-from jbptt._src.scan import rnn_scan
+from jbptt._src.losses import per_step_losses
 
 
 def estimate(
