@@ -2,10 +2,10 @@
 training checkpoints (orbax, an optional extra: ``pip install "jbptt[runs]"``)."""
 
 from jbptt._src import runs as _runs
+from jbptt._src.checkpointer import Checkpointer as Checkpointer
 from jbptt._src.deprecations import Moved as _Moved
 from jbptt._src.deprecations import forward as _forward
 from jbptt._src.provenance import run_metadata as run_metadata
-from jbptt._src.checkpointer import Checkpointer as Checkpointer
 from jbptt._src.runs import ResultFile as ResultFile
 from jbptt._src.runs import config_hash as config_hash
 from jbptt._src.runs import read_rows as read_rows

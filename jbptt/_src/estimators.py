@@ -51,14 +51,14 @@ from jax.flatten_util import ravel_pytree
 from jbptt._src import protocol, sequences, sharding, stream, truncation, validation
 from jbptt._src.api import rnn_scan
 from jbptt._src.cell import Cell
-from jbptt._src.loops import loop as _scan_loop
-from jbptt._src.losses import per_step_losses
 from jbptt._src.depth import (
     artbp_c_for_depth,
     bisect,
     check_depth,
     mean_segment_length,
 )
+from jbptt._src.loops import loop as _scan_loop
+from jbptt._src.losses import per_step_losses
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
 tree_map = jax.tree_util.tree_map
