@@ -281,3 +281,39 @@ def test_forward_mode_estimators_in_the_sweep():
     )[0]
     var = jnp.sum(jnp.var(draws, axis=0, ddof=1)) / jnp.sum(g * g)
     np.testing.assert_allclose(res.rel_variance[3], var, rtol=1e-8)
+
+
+STRATEGIES = {
+    "sqrt": jbptt.ReverseScan(checkpoint="sqrt"),
+    "budget": jbptt.Budget(max_states=2),
+    "autodiff": jbptt.Autodiff(),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("extra", ["plain", "lengths", "resets"])
+def test_sweep_takes_the_reverse_pass_strategy(strategy, extra):
+    """sweep(adjoint=) and sample_estimates(adjoint=): every strategy gives the
+    default's estimates (shared forward, one reverse scan per window)."""
+    problem = _problem(jbptt.cells.lstm(), T=8)
+    if extra == "lengths":
+        problem = problem._replace(lengths=jnp.array([8, 5]))
+    if extra == "resets":
+        problem = problem._replace(resets=jnp.zeros((8, 2), bool).at[4, 1].set(True))
+    adjoint = STRATEGIES[strategy]
+    key = jax.random.key(3)
+    ests = [est.tbptt(3), est.artbp(0.3), est.williams_peng(2, 4)]
+    for e in ests:
+        a = sweep.sample_estimates(problem, e, key, 4)
+        b = sweep.sample_estimates(problem, e, key, 4, adjoint=adjoint)
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    ref = sweep.sweep(problem, ests, key, 4)
+    res = sweep.sweep(problem, ests, key, 4, adjoint=adjoint)
+    np.testing.assert_allclose(res.rel_bias, ref.rel_bias, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.rel_variance, ref.rel_variance, rtol=1e-9)
+
+
+def test_sweep_refuses_a_bad_adjoint():
+    problem = _problem(jbptt.cells.elman())
+    with pytest.raises(TypeError, match="adjoint must be a reverse-pass strategy"):
+        sweep.sweep(problem, [est.tbptt(2)], jax.random.key(0), 4, adjoint="sqrt")

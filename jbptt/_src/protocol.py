@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbptt._src import adjoint as _adjoint
 from jbptt._src import scan as _scan
 from jbptt._src import sequences, validation
 from jbptt._src.cell import Cell
@@ -271,9 +272,17 @@ def estimator_key(key, estimator) -> jax.Array:
 
 # ------------------------------------------------- the shared forward pass ---
 
-_SHARED: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+_SHARED: contextvars.ContextVar[_Context | None] = contextvars.ContextVar(
     "jbptt_shared_forward", default=None
 )
+
+
+class _Context(NamedTuple):
+    """What :func:`shared_forward` holds: the forwards it ran and the
+    reverse-pass strategy its :func:`gradient_fn` calls use."""
+
+    entries: list
+    adjoint: Any
 
 
 class _Shared(NamedTuple):
@@ -295,19 +304,29 @@ class _Shared(NamedTuple):
 
 
 @contextlib.contextmanager
-def shared_forward():
+def shared_forward(adjoint=None):
     """Within this context :func:`gradient_fn` runs the forward once per
     :class:`Problem` object, so estimators sampled on the same problem (a
     sweep) share it and only their reverse scans differ. The context holds
-    the problems it served (no cache outlives it, none is keyed on ``id``)."""
-    token = _SHARED.set([])
+    the problems it served (no cache outlives it, none is keyed on ``id``).
+
+    Args:
+      adjoint: the reverse-pass strategy of the :func:`gradient_fn` calls
+        made inside (``None``: ``jbptt.ReverseScan()``, the shared forward
+        above); another strategy (``jbptt.Budget(M)``,
+        ``jbptt.ReverseScan(checkpoint="sqrt")``, ``jbptt.Autodiff()``) runs
+        each estimate through its own loss instead, with the same values.
+    """
+    token = _SHARED.set(_Context([], _adjoint.resolve(adjoint)))
     try:
         yield
     finally:
         _SHARED.reset(token)
 
 
-def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
+def gradient_fn(
+    problem: Problem, *, lengths=None, resets=None, span=None, adjoint=None
+):
     """One shared forward; returns ``(w[T], m[T]) -> ∇^{(w)} Σ_t m_t ℓ_t``.
 
     The forward scan and the vjp of the per-step losses run once (when this
@@ -337,6 +356,12 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
       span: ``None`` (every step) or the static number of steps ``L ≤ T``
         each window's reverse scan covers (above); ``w`` and ``m`` must then
         be ``[T]`` (one window).
+      adjoint: how the reverse pass runs (``None``: the enclosing
+        :func:`shared_forward`'s, else ``jbptt.ReverseScan()``). The default
+        runs one forward per problem and one reverse scan per ``(w, m)``;
+        another strategy (e.g. ``jbptt.Budget(max_states=M)`` for long
+        sequences) differentiates ``Σ_t m_t ℓ_t`` through its own loss,
+        one forward per call, with the same gradients.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -365,7 +390,12 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
     lengths = problem.lengths if lengths is None else lengths
     resets = problem.resets if resets is None else resets
     shared = _SHARED.get()
-    for entry in shared or ():
+    if adjoint is None and shared is not None:
+        adjoint = shared.adjoint
+    adjoint = _adjoint.resolve(adjoint)
+    if adjoint != _adjoint.ReverseScan():
+        return _strategy_grad(problem, lengths, resets, adjoint)
+    for entry in shared.entries if shared else ():
         if entry.serves(problem, lengths, resets):
             grad = entry.grad
             return grad if span is None else entry.windowed(_check_span(span, problem))
@@ -436,8 +466,37 @@ def gradient_fn(problem: Problem, *, lengths=None, resets=None, span=None):
         return grad if L == T else grad_span
 
     if shared is not None:
-        shared.append(_Shared(problem, lengths, resets, grad, windowed))
+        shared.entries.append(_Shared(problem, lengths, resets, grad, windowed))
     return grad if span is None else windowed(span)
+
+
+def _strategy_grad(problem: Problem, lengths, resets, adjoint):
+    """``grad(w, m)`` = ∇θ Σ_t m_t ℓ_t with link weights ``w``, through the
+    strategy's own loss (:meth:`jbptt._src.adjoint.Adjoint.loss`)."""
+    check_problem(problem)
+    cell, loss_fn, params, h0, xs, ys = problem[:6]
+    _, mask, resets = sequences.check_args(cell, params, h0, xs, None, lengths, resets)
+    if mask is not None:
+        sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
+    h_reset = None if resets is None else h0
+
+    def weighted(p, out, y_m):  # m_t ℓ_t: the window's losses only
+        y, m_t = y_m
+        return m_t * loss_fn(p, out, y)
+
+    def grad(w, m):
+        m = m.astype(xs.dtype)
+        if mask is not None:  # per sequence: one weight per (t, b)
+            m = jnp.broadcast_to(sequences.bcast(m, mask), mask.shape)
+
+        def L(p):
+            w_ = w.astype(xs.dtype)
+            args = (cell, weighted, p, h0, xs, (ys, m), w_, mask, resets, h_reset)
+            return adjoint.loss(*args)[0]
+
+        return jax.grad(L)(params)
+
+    return grad
 
 
 def _check_span(span, problem: Problem) -> int:

@@ -46,6 +46,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from jbptt._src import adjoint as adjoint_lib
 from jbptt._src import protocol, sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Problem, check_problem, estimator_key, gradient_fn
@@ -99,14 +100,23 @@ class SweepResult(NamedTuple):
 
 
 def sample_estimates(
-    problem: Problem, estimator, key, n: int, *, chunk: int = 64, mesh=None
+    problem: Problem,
+    estimator,
+    key,
+    n: int,
+    *,
+    chunk: int = 64,
+    mesh=None,
+    adjoint=None,
 ) -> jax.Array:
     """``n`` flattened estimates ``[n, D]`` of any estimator of the protocol.
 
     Samples are drawn by ``estimator.samples`` from
     ``fold_in(key, crc32(estimator.name))``, exactly as :func:`sweep` draws
     them. Unflatten a row with
-    ``jax.flatten_util.ravel_pytree(problem.params)[1]``.
+    ``jax.flatten_util.ravel_pytree(problem.params)[1]``. ``adjoint=`` (a
+    reverse-pass strategy, e.g. ``jbptt.Budget(max_states=M)``) runs the
+    estimates' reverse passes as :func:`jbptt.estimators.gradient_fn` does.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -125,7 +135,10 @@ def sample_estimates(
     estimator = protocol.check_estimator(estimator)
     n, chunk = _check_n("n", n), _check_n("chunk", chunk)
     key = estimator_key(validation.prng_key("key", key), estimator)
-    return estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
+    if adjoint is None:
+        return estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
+    with protocol.shared_forward(adjoint):
+        return estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
 
 
 # ------------------------------------------------------------ statistics ---
@@ -254,6 +267,7 @@ def make_sweep(
     *,
     chunk: int = 64,
     mesh=None,
+    adjoint=None,
 ):
     """Compile-once sweep: ``(params, h0, xs, ys, key) -> (g, stats)``.
 
@@ -278,6 +292,10 @@ def make_sweep(
         devices or a :func:`jbptt.sharding.make_mesh` mesh. Same numbers as
         on one device, bitwise when ``chunk`` divides the rows per device
         (see :mod:`jbptt.sharding`).
+      adjoint: how the reverse passes run: ``None`` (``jbptt.ReverseScan()``:
+        one forward shared by every estimate), or another strategy, e.g.
+        ``jbptt.Budget(max_states=M)`` to bound memory on long sequences
+        (each estimate then runs its own forward; same values).
 
     Returns:
       ``run(params, h0, xs, ys, key, lengths=None, resets=None) ->
@@ -307,12 +325,13 @@ def make_sweep(
     n_samples = _check_n("n_samples", n_samples, 4)
     chunk = _check_n("chunk", chunk)
     mesh = sharding.resolve_mesh(mesh)
+    adjoint = adjoint_lib.resolve(adjoint)
 
     def run(params, h0, xs, ys, key, lengths=None, resets=None):
         problem = Problem(cell, loss_fn, params, h0, xs, ys, lengths, resets)
         T = check_problem(problem)
         key = validation.prng_key("key", key)
-        with protocol.shared_forward():  # one forward for every estimator
+        with protocol.shared_forward(adjoint):  # one forward for every estimator
             grad = gradient_fn(problem)
             ones = jnp.ones((T,), xs.dtype)
             g = jax.flatten_util.ravel_pytree(grad(ones, ones))[0]
@@ -353,6 +372,7 @@ def sweep(
     *,
     chunk: int = 64,
     mesh=None,
+    adjoint=None,
 ) -> SweepResult:
     """Bias, variance and cosines of each estimator on one problem.
 
@@ -366,6 +386,7 @@ def sweep(
       n_samples: samples per random estimator (≥ 4).
       chunk: samples per vmapped batch (memory bound).
       mesh: devices to split the samples over (see :func:`make_sweep`).
+      adjoint: how the reverse passes run (see :func:`make_sweep`).
 
     Returns:
       A :class:`SweepResult`; ``result.rows()`` gives CSV rows.
@@ -390,7 +411,13 @@ def sweep(
     check_problem(problem)
     estimators = _check_estimators(estimators)
     run = make_sweep(
-        problem.cell, problem.loss_fn, estimators, n_samples, chunk=chunk, mesh=mesh
+        problem.cell,
+        problem.loss_fn,
+        estimators,
+        n_samples,
+        chunk=chunk,
+        mesh=mesh,
+        adjoint=adjoint,
     )
     g, stats = run(
         problem.params, problem.h0, problem.xs, problem.ys, key,
