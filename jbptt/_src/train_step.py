@@ -1,0 +1,197 @@
+"""The traced half of online training: one jitted segment step (a
+:class:`StepOut` NamedTuple out) and :class:`Steps`, the compiled steps a
+trainer owns.
+
+One step trains one segment (or one block of a split segment) of static
+length ``xs.shape[0]`` (its bucket) with ``n`` real steps; ``n`` and the
+traced ``mode`` vary without recompiling, so a run compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jbptt._src import checks
+
+tree_map = jax.tree_util.tree_map
+
+# Modes of the split-capable step (traced, so one compilation per bucket).
+UPDATE, ADVANCE, ACCUMULATE = 0, 1, 2
+
+
+class StepOut(NamedTuple):
+    """What one segment step returns.
+
+    Attributes:
+      params, opt_state, h, est_state: the carried states after the step (the
+        old ones where the update was not finite or not applied).
+      losses: ``[bucket]`` per-step losses (zero on padding).
+      grads: the segment's gradient (a block's: accumulated into ``g_acc``).
+      dh_start: the cotangent leaving through the block's first link.
+      total, norm: the summed loss and the gradient's global norm.
+      finite: :func:`jbptt.checks.finite_flags` of loss, grads, state, params.
+      ok: all of ``finite`` (the one scalar the host reads per segment).
+    """
+
+    params: Any
+    opt_state: Any
+    h: Any
+    est_state: Any
+    losses: jax.Array
+    grads: Any
+    dh_start: Any
+    total: jax.Array
+    norm: jax.Array
+    finite: dict
+    ok: jax.Array
+
+
+def segment_step(
+    params, opt_state, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode,
+    resets=None, h_reset=None, *, cell, loss_fn, tx, segment, advance, block,
+) -> StepOut:  # fmt: skip
+    """One segment (or block) with ``n`` real steps, then (mode ``UPDATE``)
+    one guarded ``tx`` update.
+
+    Without ``block``: the rule's ``segment``. With it, every segment runs
+    through ``block`` (``dh_end = 0``, ``g_acc = 0`` for a whole segment) and
+    the traced ``mode`` picks the forward-only ``advance`` or a block whose
+    gradient is accumulated into ``g_acc``, without an update: the pieces of
+    a split segment share the bucket's one compilation. ``resets [bucket,
+    *batch]`` (or ``None``) are handed on with ``reset_state=h_reset``;
+    padded steps never reset.
+    """
+    bucket = xs.shape[0]
+    mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
+    kw = {}
+    if resets is not None:
+        real = (jnp.arange(bucket) < n).reshape((bucket,) + (1,) * (resets.ndim - 1))
+        kw = {"resets": resets & real, "reset_state": h_reset}
+    if block is None:
+        losses, g, h_new, est_new = segment(
+            cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, **kw
+        )
+        dh_start, apply = dh_end, True
+    else:
+        losses, g, h_new, dh_start = _split_piece(
+            cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
+            advance, block, kw,
+        )  # fmt: skip
+        est_new, apply = est_state, mode == UPDATE
+    total, norm = jnp.sum(losses), optax.tree.norm(g)
+    # Value-level guard (no Python `if` on tracers): a non-finite segment
+    # leaves everything as it was; the caller reports it from the flags.
+    finite = checks.finite_flags(loss=total, grads=g, state=h_new)
+    ok = checks.all_finite(finite) & apply
+
+    def update(_):
+        updates, new_opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    # The updated params are checked too: a NaN learning rate or clip makes
+    # them non-finite from finite gradients, and such an update is not applied.
+    if block is None:
+        new = (*update(None), h_new, est_new)
+        finite = {**finite, **checks.finite_flags(params=new[0])}
+        ok = checks.all_finite(finite) & apply
+        kept = checks.select_if(ok, new, (params, opt_state, h, est_state))
+    else:
+        p_o = jax.lax.cond(ok, update, lambda _: (params, opt_state), None)
+        finite = {**finite, **checks.finite_flags(params=p_o[0])}
+        ok = ok & checks.all_finite(finite)
+        p_o = checks.select_if(ok, p_o, (params, opt_state))
+        # a block always hands its state on; an update keeps it only if finite
+        h_kept = checks.select_if(ok | (mode != UPDATE), h_new, h)
+        kept = (*p_o, h_kept, est_new)
+    # one scalar for the host to read; the flags only when it is false
+    return StepOut(*kept, losses, g, dh_start, total, norm, finite,
+                   checks.all_finite(finite))  # fmt: skip
+
+
+def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
+                 advance, block, kw):  # fmt: skip
+    """A block's losses, accumulated gradient, end state and ``dh_start``, or
+    (mode ``ADVANCE``) the forward-only end state."""
+    bucket, ldt = xs.shape[0], jnp.result_type(float)
+
+    def run_block(_):
+        losses, g, h_new, dh = block(cell, loss_fn, params, h, xs, ys, w, mask,
+                                     dh_end, **kw)  # fmt: skip
+        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+        return losses.astype(ldt), tree_map(jnp.add, g, g_acc), h_new, dh
+
+    def run_advance(_):
+        h_new = advance(cell, params, h, xs, mask, **kw)
+        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+        zeros = tree_map(jnp.zeros_like, dh_end)
+        return jnp.zeros((bucket,), ldt), g_acc, h_new, zeros
+
+    return jax.lax.cond(mode == ADVANCE, run_advance, run_block, None)
+
+
+class Steps:
+    """The compiled segment steps of one trainer: one jitted
+    :func:`segment_step` (one executable per bucket and argument signature),
+    the ``top="auto"`` choices made on them, and the compilations started
+    ahead (:meth:`ahead`). Dropping it releases its executables.
+
+    Args:
+      cell, loss_fn, tx: the model and the optax transformation.
+      parts: the rule's :class:`jbptt._src.train_plan.RuleParts`.
+    """
+
+    def __init__(self, cell, loss_fn, tx, parts):
+        self.program = jax.jit(
+            functools.partial(
+                segment_step,
+                cell=cell,
+                loss_fn=loss_fn,
+                tx=tx,
+                segment=parts.segment,
+                advance=parts.advance,
+                block=parts.block,
+            )  # fmt: skip
+        )
+        self.tops: dict = {}  # top="auto": argument signature -> top bucket
+        self._pending: dict = {}  # (bucket, signature) -> future
+        self._pool = None
+
+    def compiled(self) -> int:
+        """How many executables the step holds (one per bucket and signature)."""
+        return self.program._cache_size()
+
+    def compile(self, args):
+        """The executable for ``args`` (compiled now, or reused)."""
+        return self.program.lower(*args).compile()
+
+    def ahead(self, key, args) -> None:
+        """Start compiling the step for ``args`` in a background thread (XLA
+        compiles without the GIL), unless started before."""
+        if key in self._pending:
+            return
+        if self._pool is None:
+            workers = max(1, min(4, (os.cpu_count() or 1)))
+            self._pool = concurrent.futures.ThreadPoolExecutor(workers)
+        self._pending[key] = self._pool.submit(self.compile, args)
+
+    def wait(self, key) -> float:
+        """Seconds spent waiting for the compilation of ``key`` started by
+        :meth:`ahead` (0 when none was)."""
+        fut = self._pending.get(key)
+        if fut is None or fut.done() and fut.exception() is None:
+            return 0.0
+        t0 = time.perf_counter()
+        concurrent.futures.wait([fut])
+        return time.perf_counter() - t0
+
+    def __del__(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
