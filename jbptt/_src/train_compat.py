@@ -253,9 +253,11 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer, *, guard: bool = False):
             if h_reset is None:
                 h_reset = cell.initial_state(params, jnp.shape(resets)[1:])
         out = program.program(
-            params, opt_state, h, (), None, None, cut(xs),
-            jax.tree_util.tree_map(cut, ys), cut(w), n, None, train_step.UPDATE,
-            resets, h_reset,
+            train_step.StepIn(
+                params, opt_state, h, (), None, None, cut(xs),
+                jax.tree_util.tree_map(cut, ys), cut(w), n, None, train_step.UPDATE,
+                resets, h_reset,
+            )
         )  # fmt: skip
         mean = out.total / n
         res = (out.params, out.opt_state, out.h, mean, out.norm)

@@ -15,7 +15,7 @@ import numpy as np
 from jbptt._src import buckets as buckets_lib
 from jbptt._src import checks, sharding
 from jbptt._src import train_plan as plan_lib
-from jbptt._src.train_step import ACCUMULATE, ADVANCE, UPDATE
+from jbptt._src.train_step import ACCUMULATE, ADVANCE, UPDATE, StepIn
 
 tree_map = jax.tree_util.tree_map
 
@@ -168,6 +168,9 @@ class _Loop:
         self.padded = self.advanced = 0
         self.waited = self.t_callbacks = 0.0
         self.ready = set()  # buckets called in this loop
+        # what, besides the bucket, keys the compilations started ahead
+        xs = plan.xs
+        self.sig = (signature((self.carry, self.h_reset)), xs.shape[1:], str(xs.dtype))
 
     def args(self, h, g_acc, dh, s, n, b, key, mode):
         """The step's arguments for ``n`` steps from ``s`` in bucket ``b``."""
@@ -181,18 +184,18 @@ class _Loop:
         if mesh is not None:  # [T, B, ...] split on B; shared w[T] replicated
             data, r = sharding.split_batch((data, r), mesh, axis=1)
         params, opt_state, _, est_state = self.carry
-        return (params, opt_state, h, est_state, g_acc, dh, *data, n, key, mode, r,
-                self.h_reset)  # fmt: skip
+        return StepIn(params, opt_state, h, est_state, g_acc, dh, *data, n, key, mode,
+                      r, self.h_reset)  # fmt: skip
 
     def call(self, h, g_acc, dh, s, n, b, key, mode):
         """One step; the first of each bucket timed as compilation (waiting
         for the compilation started ahead, or compiling in the call)."""
         args = self.args(h, g_acc, dh, s, n, b, key, mode)
         if b in self.ready:
-            return self.steps.program(*args)
+            return self.steps.program(args)
         t0 = time.perf_counter()
-        self.steps.wait(b)
-        out = self.steps.program(*args)  # dispatched, not waited for
+        self.steps.wait((b, self.sig))
+        out = self.steps.program(args)  # dispatched, not waited for
         self.waited += time.perf_counter() - t0
         self.ready.add(b)
         return out
@@ -219,7 +222,7 @@ class _Loop:
         if key not in self.steps.tops:
 
             def compiled(b):
-                self.steps.wait(b)
+                self.steps.wait((b, self.sig))
                 return self.steps.compile(self.probe_args(b))
 
             limit = cfg.policy.cpu_temp_bytes
@@ -241,7 +244,7 @@ class _Loop:
         (the same buckets the loop would compile, only sooner)."""
         top = None if self.cfg.ladder is None else self.cfg.ladder[-1]
         for b in dict.fromkeys(top if b is None else b for b in buckets):
-            self.steps.ahead(b, self.probe_args(b))
+            self.steps.ahead((b, self.sig), self.probe_args(b))
 
     def segment(self, i, b):
         """Train segment ``i`` in bucket ``b`` (``None``: split)."""

@@ -54,10 +54,41 @@ class StepOut(NamedTuple):
     ok: jax.Array
 
 
-def segment_step(
-    params, opt_state, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode,
-    resets=None, h_reset=None, *, cell, loss_fn, tx, segment, advance, block,
-) -> StepOut:  # fmt: skip
+class StepIn(NamedTuple):
+    """What one segment step takes (all traced).
+
+    Attributes:
+      params, opt_state, h, est_state: the carried states.
+      g_acc: the gradient accumulated by the later blocks of a split segment
+        (zeros for a whole segment).
+      dh_end: the cotangent arriving at the block's last real step from the
+        later blocks (zeros for a whole segment).
+      xs, ys, w: the segment's steps padded to its bucket (``w``: its link
+        weights).
+      n: how many of them are real.
+      key: the segment's key.
+      mode: ``UPDATE``, ``ADVANCE`` or ``ACCUMULATE``.
+      resets, h_reset: episode starts ``[bucket, *batch]`` and what they
+        restart from (``None`` without resets).
+    """
+
+    params: Any
+    opt_state: Any
+    h: Any
+    est_state: Any
+    g_acc: Any
+    dh_end: Any
+    xs: jax.Array
+    ys: Any
+    w: jax.Array
+    n: Any
+    key: Any
+    mode: Any
+    resets: Any = None
+    h_reset: Any = None
+
+
+def segment_step(inp: StepIn, *, cell, loss_fn, tx, segment, advance, block) -> StepOut:
     """One segment (or block) with ``n`` real steps, then (mode ``UPDATE``)
     one guarded ``tx`` update.
 
@@ -69,6 +100,8 @@ def segment_step(
     *batch]`` (or ``None``) are handed on with ``reset_state=h_reset``;
     padded steps never reset.
     """
+    params, opt_state, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode = inp[:12]
+    resets, h_reset = inp.resets, inp.h_reset
     bucket = xs.shape[0]
     mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
     kw = {}
@@ -168,9 +201,9 @@ class Steps:
         """How many executables the step holds (one per bucket and signature)."""
         return self.program._cache_size()
 
-    def compile(self, args):
-        """The executable for ``args`` (compiled now, or reused)."""
-        return self.program.lower(*args).compile()
+    def compile(self, inp: StepIn):
+        """The executable for ``inp`` (compiled now, or reused)."""
+        return self.program.lower(inp).compile()
 
     def ahead(self, key, args) -> None:
         """Start compiling the step for ``args`` in a background thread (XLA
