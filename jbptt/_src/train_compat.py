@@ -190,30 +190,29 @@ def _bucket_keywords(buckets, options) -> Buckets | None:
 
 
 def shared_trainer(cell, loss_fn, opt, estimator, state, buckets, kw) -> Trainer:
-    """A :class:`Trainer` for one call, on the compiled steps of an earlier
-    call with the same model, optimizer (and clipping) and rule. ``opt`` is
-    ``(optimizer, tx, (clip, clip_mode))``: the object given, the
-    transformation trained with and what clipping made of it."""
+    """A :class:`Trainer` for one call, on the compiled gradient passes of an
+    earlier call with the same model and rule (and its update too when the
+    optimizer and clipping are the same objects). ``opt`` is ``(optimizer,
+    tx, (clip, clip_mode))``: the object given, the transformation trained
+    with and what clipping made of it. ``state`` is unused (a fresh
+    optimizer per chunked call compiles only its update)."""
     optimizer, tx, clip = opt
     tr = Trainer(cell, loss_fn, tx, estimator, buckets=buckets, **kw)
     p = tr.parts
-    key = (cell, loss_fn, optimizer, *clip, p.segment, p.advance, p.block)
-    steps = _programs.pop(key, None)
+    key = (cell, loss_fn, p.segment, p.advance, p.block)
+    updates = _programs.pop(key, None)
+    if updates is None:
+        updates = {}
+    tx_key = (optimizer, *clip)
+    steps = updates.get(tx_key)
     if steps is None:
-        if state is not None and any(
-            k[:2] == key[:2] and k[5:] == key[5:] for k in _programs
-        ):
-            warnings.warn(
-                "train(state=...) got a new optimizer object, so the training "
-                "step compiles again for every bucket; build one "
-                "jbptt.train.Trainer(cell, loss_fn, optimizer, estimator) and "
-                "call its run(state, xs, ys) for every chunk.",
-                UserWarning,
-                stacklevel=3,
-            )
-        steps = tr.steps
+        steps = next(iter(updates.values()), None)
+        steps = tr.steps if steps is None else steps.with_tx(tx, p)
+        updates[tx_key] = steps
+        while len(updates) > _PROGRAMS:  # a fresh optimizer per call
+            updates.pop(next(iter(updates)))
     tr.steps = steps
-    _programs[key] = steps  # most recently used last
+    _programs[key] = updates  # most recently used last
     while len(_programs) > _PROGRAMS:
         _programs.popitem(last=False)
     return tr
@@ -252,15 +251,15 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer, *, guard: bool = False):
             h_reset = reset_state
             if h_reset is None:
                 h_reset = cell.initial_state(params, jnp.shape(resets)[1:])
-        out = program.program(
+        piece = program.pieces(
             train_step.StepIn(
-                params, opt_state, h, (), None, None, cut(xs),
+                params, h, (), None, None, cut(xs),
                 jax.tree_util.tree_map(cut, ys), cut(w), n, None, train_step.UPDATE,
                 resets, h_reset,
             )
         )  # fmt: skip
-        mean = out.total / n
-        res = (out.params, out.opt_state, out.h, mean, out.norm)
+        out = program.update(params, opt_state, h, (), piece)
+        res = (out.params, out.opt_state, out.h, piece.total / n, piece.norm)
         return res + ((out.finite,) if guard else ())
 
     return step

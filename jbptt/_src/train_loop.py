@@ -184,20 +184,32 @@ class _Loop:
         if mesh is not None:  # [T, B, ...] split on B; shared w[T] replicated
             data, r = sharding.split_batch((data, r), mesh, axis=1)
         params, opt_state, _, est_state = self.carry
-        return StepIn(params, opt_state, h, est_state, g_acc, dh, *data, n, key, mode,
-                      r, self.h_reset)  # fmt: skip
+        params, _, _, est_state = self.carry
+        return StepIn(params, h, est_state, g_acc, dh, *data, n, key, mode, r,
+                      self.h_reset)  # fmt: skip
 
     def call(self, h, g_acc, dh, s, n, b, key, mode):
         """One step; the first of each bucket timed as compilation (waiting
         for the compilation started ahead, or compiling in the call)."""
         args = self.args(h, g_acc, dh, s, n, b, key, mode)
         if b in self.ready:
-            return self.steps.program(args)
+            return self.steps.pieces(args)
         t0 = time.perf_counter()
         self.steps.wait((b, self.sig))
-        out = self.steps.program(args)  # dispatched, not waited for
+        out = self.steps.pieces(args)  # dispatched, not waited for
         self.waited += time.perf_counter() - t0
         self.ready.add(b)
+        return out
+
+    def update(self, piece):
+        """The guarded update with ``piece``'s gradient from the carried
+        states (its first call timed as compilation)."""
+        if "update" in self.ready:
+            return self.steps.update(*self.carry, piece)
+        t0 = time.perf_counter()
+        out = self.steps.update(*self.carry, piece)
+        self.waited += time.perf_counter() - t0
+        self.ready.add("update")
         return out
 
     def probe_args(self, b):
@@ -326,10 +338,11 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
         s, n = int(plan.starts[i]), int(plan.lengths[i])
         index = state.segment + i
         before = loop.carry
-        out, seg_losses, totals, h_end = loop.segment(i, b)
+        piece, seg_losses, totals, h_end = loop.segment(i, b)
+        out = loop.update(piece)
         total = functools.reduce(jnp.add, totals)
         loop.carry = tuple(out[:4])
-        loop.records.append((plan.base + s, n, total, out.norm, seg_losses))
+        loop.records.append((plan.base + s, n, total, piece.norm, seg_losses))
         if unchecked is not None and loop.check(*unchecked):  # the one before
             loop.carry = before
             loop.records.pop()
@@ -344,7 +357,7 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
                 # the split segment's end state (block 0 ends early)
                 loop.carry = (*loop.carry[:2], h_end, loop.carry[3])
         if setting.callbacks and not stopped:
-            stopped = loop.callbacks(index, s, n, total, out.norm, t_start)
+            stopped = loop.callbacks(index, s, n, total, piece.norm, t_start)
         if stopped:
             break
     if unchecked is not None:

@@ -1,10 +1,12 @@
-"""The traced half of online training: one jitted segment step (a
-:class:`StepOut` NamedTuple out) and :class:`Steps`, the compiled steps a
-trainer owns.
+"""The traced half of online training: the jitted gradient pass of one
+segment (:func:`piece_step`, a :class:`StepIn` NamedTuple in, a
+:class:`Piece` out), the jitted guarded update (:func:`update_step`) and
+:class:`Steps`, the compiled steps a trainer owns.
 
-One step trains one segment (or one block of a split segment) of static
-length ``xs.shape[0]`` (its bucket) with ``n`` real steps; ``n`` and the
-traced ``mode`` vary without recompiling, so a run compiles once per bucket.
+A pass runs one segment (or one block of a split segment) of static length
+``xs.shape[0]`` (its bucket) with ``n`` real steps; ``n`` and the traced
+``mode`` vary without recompiling, so a run compiles one pass per bucket and
+one update (the optimizer is compiled once, not into every bucket).
 """
 
 from __future__ import annotations
@@ -27,38 +29,11 @@ tree_map = jax.tree_util.tree_map
 UPDATE, ADVANCE, ACCUMULATE = 0, 1, 2
 
 
-class StepOut(NamedTuple):
-    """What one segment step returns.
-
-    Attributes:
-      params, opt_state, h, est_state: the carried states after the step (the
-        old ones where the update was not finite or not applied).
-      losses: ``[bucket]`` per-step losses (zero on padding).
-      grads: the segment's gradient (a block's: accumulated into ``g_acc``).
-      dh_start: the cotangent leaving through the block's first link.
-      total, norm: the summed loss and the gradient's global norm.
-      finite: :func:`jbptt.checks.finite_flags` of loss, grads, state, params.
-      ok: all of ``finite`` (the one scalar the host reads per segment).
-    """
-
-    params: Any
-    opt_state: Any
-    h: Any
-    est_state: Any
-    losses: jax.Array
-    grads: Any
-    dh_start: Any
-    total: jax.Array
-    norm: jax.Array
-    finite: dict
-    ok: jax.Array
-
-
 class StepIn(NamedTuple):
-    """What one segment step takes (all traced).
+    """What one segment's gradient pass takes (all traced).
 
     Attributes:
-      params, opt_state, h, est_state: the carried states.
+      params, h, est_state: the carried params, cell and estimator states.
       g_acc: the gradient accumulated by the later blocks of a split segment
         (zeros for a whole segment).
       dh_end: the cotangent arriving at the block's last real step from the
@@ -73,7 +48,6 @@ class StepIn(NamedTuple):
     """
 
     params: Any
-    opt_state: Any
     h: Any
     est_state: Any
     g_acc: Any
@@ -88,19 +62,60 @@ class StepIn(NamedTuple):
     h_reset: Any = None
 
 
-def segment_step(inp: StepIn, *, cell, loss_fn, tx, segment, advance, block) -> StepOut:
-    """One segment (or block) with ``n`` real steps, then (mode ``UPDATE``)
-    one guarded ``tx`` update.
+class Piece(NamedTuple):
+    """What one segment's (or block's) gradient pass returns.
+
+    Attributes:
+      h, est_state: the states after its last real step.
+      losses: ``[bucket]`` per-step losses (zero on padding).
+      grads: its gradient (a block's: accumulated into ``g_acc``).
+      dh_start: the cotangent leaving through the block's first link.
+      total, norm: the summed loss and the gradient's global norm.
+      finite: :func:`jbptt.checks.finite_flags` of loss, grads and state.
+    """
+
+    h: Any
+    est_state: Any
+    losses: jax.Array
+    grads: Any
+    dh_start: Any
+    total: jax.Array
+    norm: jax.Array
+    finite: dict
+
+
+class Update(NamedTuple):
+    """What one guarded update returns.
+
+    Attributes:
+      params, opt_state, h, est_state: the carried states after it (the old
+        ones where anything was not finite).
+      finite: the piece's flags and the new params' (a NaN learning rate
+        makes finite gradients give non-finite params).
+      ok: all of ``finite`` (the one scalar the host reads per segment).
+    """
+
+    params: Any
+    opt_state: Any
+    h: Any
+    est_state: Any
+    finite: dict
+    ok: jax.Array
+
+
+def piece_step(inp: StepIn, *, cell, loss_fn, segment, advance, block) -> Piece:
+    """The gradient pass of one segment (or block) with ``n`` real steps.
 
     Without ``block``: the rule's ``segment``. With it, every segment runs
     through ``block`` (``dh_end = 0``, ``g_acc = 0`` for a whole segment) and
     the traced ``mode`` picks the forward-only ``advance`` or a block whose
-    gradient is accumulated into ``g_acc``, without an update: the pieces of
-    a split segment share the bucket's one compilation. ``resets [bucket,
-    *batch]`` (or ``None``) are handed on with ``reset_state=h_reset``;
-    padded steps never reset.
+    gradient is accumulated into ``g_acc``: the pieces of a split segment
+    share the bucket's one compilation. ``resets [bucket, *batch]`` (or
+    ``None``) are handed on with ``reset_state=h_reset``; padded steps never
+    reset. The optimizer is not in it (:func:`update_step`), so the pass
+    compiles once per bucket whatever the optimizer.
     """
-    params, opt_state, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode = inp[:12]
+    params, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode = inp[:11]
     resets, h_reset = inp.resets, inp.h_reset
     bucket = xs.shape[0]
     mask = (jnp.arange(bucket) < n).astype(xs.dtype)  # padded steps: no loss
@@ -112,41 +127,46 @@ def segment_step(inp: StepIn, *, cell, loss_fn, tx, segment, advance, block) -> 
         losses, g, h_new, est_new = segment(
             cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, **kw
         )
-        dh_start, apply = dh_end, True
+        dh_start = dh_end
     else:
         losses, g, h_new, dh_start = _split_piece(
             cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
             advance, block, kw,
         )  # fmt: skip
-        est_new, apply = est_state, mode == UPDATE
+        est_new = est_state
     total, norm = jnp.sum(losses), optax.tree.norm(g)
-    # Value-level guard (no Python `if` on tracers): a non-finite segment
-    # leaves everything as it was; the caller reports it from the flags.
     finite = checks.finite_flags(loss=total, grads=g, state=h_new)
-    ok = checks.all_finite(finite) & apply
+    return Piece(h_new, est_new, losses, g, dh_start, total, norm, finite)
+
+
+def update_step(params, opt_state, h, est_state, piece: Piece, *, tx, split) -> Update:
+    """One guarded ``tx`` update with a piece's gradient, from the states
+    ``params, opt_state, h, est_state`` the piece started from.
+
+    Value-level guard (no Python `if` on tracers): where the loss, gradients,
+    new state or new params are not finite, everything stays as it was and
+    the caller reports it from the flags. ``split`` (static): the rule's
+    pieces are blocks, whose update runs under ``lax.cond``.
+    """
+    g, finite = piece.grads, piece.finite
+    ok = checks.all_finite(finite)
 
     def update(_):
         updates, new_opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), new_opt_state
 
-    # The updated params are checked too: a NaN learning rate or clip makes
-    # them non-finite from finite gradients, and such an update is not applied.
-    if block is None:
-        new = (*update(None), h_new, est_new)
+    if not split:
+        new = (*update(None), piece.h, piece.est_state)
         finite = {**finite, **checks.finite_flags(params=new[0])}
-        ok = checks.all_finite(finite) & apply
+        ok = checks.all_finite(finite)
         kept = checks.select_if(ok, new, (params, opt_state, h, est_state))
     else:
         p_o = jax.lax.cond(ok, update, lambda _: (params, opt_state), None)
         finite = {**finite, **checks.finite_flags(params=p_o[0])}
         ok = ok & checks.all_finite(finite)
         p_o = checks.select_if(ok, p_o, (params, opt_state))
-        # a block always hands its state on; an update keeps it only if finite
-        h_kept = checks.select_if(ok | (mode != UPDATE), h_new, h)
-        kept = (*p_o, h_kept, est_new)
-    # one scalar for the host to read; the flags only when it is false
-    return StepOut(*kept, losses, g, dh_start, total, norm, finite,
-                   checks.all_finite(finite))  # fmt: skip
+        kept = (*p_o, checks.select_if(ok, piece.h, h), piece.est_state)
+    return Update(*kept, finite, checks.all_finite(finite))
 
 
 def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
@@ -171,10 +191,11 @@ def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
 
 
 class Steps:
-    """The compiled segment steps of one trainer: one jitted
-    :func:`segment_step` (one executable per bucket and argument signature),
-    the ``top="auto"`` choices made on them, and the compilations started
-    ahead (:meth:`ahead`). Dropping it releases its executables.
+    """The compiled steps of one trainer: the jitted :func:`piece_step` (one
+    executable per bucket and argument signature) and :func:`update_step`
+    (one per argument signature, whatever the bucket), the ``top="auto"``
+    choices made on them and the compilations started ahead
+    (:meth:`ahead`). Dropping it releases its executables.
 
     Args:
       cell, loss_fn, tx: the model and the optax transformation.
@@ -182,28 +203,41 @@ class Steps:
     """
 
     def __init__(self, cell, loss_fn, tx, parts):
-        self.program = jax.jit(
+        self.pieces = jax.jit(
             functools.partial(
-                segment_step,
+                piece_step,
                 cell=cell,
                 loss_fn=loss_fn,
-                tx=tx,
                 segment=parts.segment,
                 advance=parts.advance,
                 block=parts.block,
             )  # fmt: skip
         )
+        self.update = jax.jit(
+            functools.partial(update_step, tx=tx, split=parts.block is not None)
+        )
         self.tops: dict = {}  # top="auto": argument signature -> top bucket
         self._pending: dict = {}  # (bucket, signature) -> future
         self._pool = None
 
+    def with_tx(self, tx, parts) -> Steps:
+        """The same gradient passes (compiled ones kept) with another update."""
+        new = Steps.__new__(Steps)
+        new.__dict__.update(self.__dict__)
+        new.update = jax.jit(
+            functools.partial(update_step, tx=tx, split=parts.block is not None)
+        )
+        return new
+
     def compiled(self) -> int:
-        """How many executables the step holds (one per bucket and signature)."""
-        return self.program._cache_size()
+        """How many gradient passes are compiled (one per bucket and
+        signature)."""
+        return self.pieces._cache_size()
 
     def compile(self, inp: StepIn):
-        """The executable for ``inp`` (compiled now, or reused)."""
-        return self.program.lower(inp).compile()
+        """The gradient pass's executable for ``inp`` (compiled now, or
+        reused)."""
+        return self.pieces.lower(inp).compile()
 
     def ahead(self, key, args) -> None:
         """Start compiling the step for ``args`` in a background thread (XLA
@@ -224,7 +258,3 @@ class Steps:
         t0 = time.perf_counter()
         concurrent.futures.wait([fut])
         return time.perf_counter() - t0
-
-    def __del__(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
