@@ -30,10 +30,12 @@ class Buckets(NamedTuple):
         estimator's own buckets as they are; 8 for rules without buckets,
         whose buckets are powers of two capped at the call's longest segment).
       max_buckets: how many lengths an estimator with a cut law may compile
-        (``None``: 3). More buckets pad less and compile more (once each;
-        the first call pays for the buckets its segments need). The loops
-        stop at each segment's real length, so padding costs only the GEMMs
-        outside them: raise it for large hidden sizes, where those dominate.
+        (``None``: the estimator's own choice, 6 for the built-in laws). More
+        buckets pad less and compile more (once each; the first call pays
+        for the buckets its segments need, less when ``ahead`` finds idle
+        cores). The loops stop at each segment's real length, so padding
+        costs only the GEMMs outside them; fewer buckets shorten the first
+        call (e.g. 2 or 3 in a notebook) and slow long runs at small depths.
       top: the longest length compiled: an int, ``None`` (the law's own,
         its 0.99 quantile) or ``"auto"`` (default). Longer segments are split
         into blocks without changing their gradient. ``"auto"``, on the CPU
@@ -62,9 +64,6 @@ class Buckets(NamedTuple):
     cpu_temp_bytes: int = 32 << 20
     step_arrays: int = 32
     ahead: bool = True
-
-
-DEFAULT_MAX_BUCKETS = 3  # Buckets().max_buckets when None
 
 
 def check(policy) -> Buckets:
@@ -108,12 +107,11 @@ def ladder(policy: Buckets, rule_buckets, name: str) -> tuple[int, ...] | None:
     if rule_buckets is None:
         return None
     lo = 1 if policy.min_bucket is None else policy.min_bucket
-    k = DEFAULT_MAX_BUCKETS if policy.max_buckets is None else policy.max_buckets
+    if policy.max_buckets is None:
+        return tuple(sorted(rule_buckets(lo)))
     try:
-        return tuple(sorted(rule_buckets(lo, max_buckets=k)))
+        return tuple(sorted(rule_buckets(lo, max_buckets=policy.max_buckets)))
     except TypeError as err:
-        if policy.max_buckets is None:  # a rule without the keyword: its own
-            return tuple(sorted(rule_buckets(lo)))
         raise TypeError(
             f"max_buckets: estimator {name}'s OnlineRule.buckets takes no "
             f"max_buckets= ({err})."
