@@ -14,9 +14,8 @@ from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import cells, estimators
-from jbptt._src import stream
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import train_compat
+from jbptt._src import stream, train_compat
 
 Buckets = jbptt.train.Buckets
 
@@ -398,3 +397,104 @@ def test_progress_bar_shows_loss_and_segments_per_second(capsys):
     err = capsys.readouterr().err
     assert "24/24" in err and f"loss={float(old.loss[-1]):.4g}" in err
     _same(old.params, h.params)
+
+
+def test_trainer_runs_chunks_bitwise_as_train_and_owns_its_steps():
+    """Trainer.init/run over chunks: bitwise the one-call train(); the
+    second chunk compiles nothing; History.seconds is never negative (the
+    first chunk's included, where compilation happens)."""
+    model, params, xs, ys = _setup(T=60)
+    est, opt, key = estimators.artbp_matched(4, "poly_tail"), optax.adam(1e-2), None
+    key = jax.random.key(5)
+    one = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, est, key=key
+    )
+    tr = jbptt.train.Trainer(model.cell, model.loss_fn, opt, est)
+    state, hists = tr.init(params, key), []
+    for a, b in [(0, 30), (30, 60)]:
+        state, h = tr.run(state, xs[a:b], ys[a:b], flush=b == 60)
+        hists.append(h)
+        assert h.seconds >= 0.0 and h.state is state
+    _same(one.params, state.params)
+    _same(one.opt_state, state.opt_state)
+    joined = np.concatenate([h.step_loss for h in hists])
+    np.testing.assert_array_equal(joined, one.step_loss)
+    # a new Trainer compiles its own steps; the same one reuses them
+    again = jbptt.train.Trainer(model.cell, model.loss_fn, opt, est)
+    _, h = again.run(again.init(params, key), xs[:30], ys[:30], flush=False)
+    assert h.compiles >= 1
+    _, h = tr.run(tr.init(params, key), xs[:30], ys[:30], flush=False)
+    assert h.compiles == 0
+    with pytest.raises(ValueError, match="is random: pass key"):
+        tr.init(params)
+    with pytest.raises(TypeError, match="TrainState"):
+        tr.run(dict(state._asdict()), xs, ys)
+
+
+def test_fresh_optimizer_per_chunked_call_reuses_the_compiled_steps():
+    """The train() docstring's old chunked spelling, a new optax.adam per
+    call: every gradient pass compiled by the first call is reused (only
+    the optimizer's update, outside the buckets, compiles again), and the
+    run is bitwise the one with one optimizer object."""
+    model, params, xs, ys = _setup(T=90)
+
+    def loss_fn(p, out, y):  # a fresh function: nothing compiled before
+        return model.loss_fn(p, out, y)
+
+    est, key = estimators.artbp_matched(5, "poly_tail"), jax.random.key(2)
+    hists, state = [], None
+    for a, b in [(0, 45), (45, 90)]:
+        h = jbptt.train.train(
+            model.cell, loss_fn, params, xs[a:b], ys[a:b], optax.adam(1e-2), est,
+            key=key, state=state, flush=b == 90,
+        )  # fmt: skip
+        hists.append(h)
+        state = h.state
+    assert hists[0].compiles >= 1 and hists[0].seconds >= 0.0
+    new = set(hists[1].buckets) - set(hists[0].buckets)
+    assert hists[1].compiles == len(new)  # no bucket compiled again
+    one = jbptt.train.train(
+        model.cell, loss_fn, params, xs, ys, optax.adam(1e-2), est, key=key
+    )
+    _same(one.params, hists[-1].params)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"min_bucket": 8}, {"min_bucket": 8}),
+        ({"max_buckets": 3}, {"max_buckets": 3}),
+        ({"top_bucket": 5}, {"top": 5}),
+        ({"top_bucket": None, "max_buckets": 4}, {"top": None, "max_buckets": 4}),
+    ],
+)
+def test_old_bucket_keywords_warn_and_train_the_same(old, new):
+    model, params, xs, ys = _setup(T=60)
+    est, opt, key = estimators.artbp_matched(4, "constant"), optax.sgd(1e-2), None
+    key = jax.random.key(1)
+
+    def run(**kw):
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, est, key=key, **kw
+        )
+
+    ref = run(buckets=Buckets(**new))
+    with pytest.warns(DeprecationWarning, match=r"buckets=jbptt\.train\.Buckets\("):
+        got = run(**old)
+    _same(got.params, ref.params)
+    assert got.buckets == ref.buckets and got.padded_steps == ref.padded_steps
+
+
+def test_unknown_keywords_and_bad_buckets_are_refused():
+    model, params, xs, ys = _setup(T=20)
+
+    def run(**kw):
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+            estimators.tbptt(4), **kw,
+        )  # fmt: skip
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lr'"):
+        run(lr=0.1)
+    with pytest.raises(TypeError, match="jbptt.train.Buckets"):
+        run(buckets={"top": 4})
