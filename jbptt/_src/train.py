@@ -130,22 +130,22 @@ class Trainer:
         self.on_nonfinite = checks.check_policy(on_nonfinite)
         self.mesh = None if mesh is None else sharding.resolve_mesh(mesh)
         self.estimator = protocol.as_estimator(estimator)
-        self.parts = read_rule(self.estimator.online())
+        self.host, self.rule = read_rule(self.estimator.online())
         self.stream_cuts = stream_cuts
-        if stream_cuts is not None and self.parts.cuts is None:
+        if stream_cuts is not None and self.host.cuts is None:
             plan_lib.stream_rule(stream_cuts, (1,))  # its own errors first
             raise ValueError(
                 f"stream_cuts: estimator {self.estimator.name} draws no shared "
                 "cuts along the stream (OnlineRule.cuts), so there are no "
                 "segments to cut further; use a truncation estimator (tbptt, artbp)."
             )
-        self.steps = step_lib.Steps(cell, loss_fn, optimizer, self.parts)
+        self.steps = step_lib.Steps(cell, loss_fn, optimizer, self.rule)
         self._ladder = buckets_lib.ladder(
-            self.buckets, self.parts.buckets, self.estimator.name
+            self.buckets, self.host.buckets, self.estimator.name
         )
         if self.buckets.top not in (None, "auto"):
             self._ladder = buckets_lib.capped(
-                self._ladder, self.buckets.top, self.parts.splits, self.estimator.name
+                self._ladder, self.buckets.top, self.rule.splits, self.estimator.name
             )
 
     def init(self, params, key: jax.Array | None = None, h0=None) -> TrainState:
@@ -201,7 +201,7 @@ class Trainer:
             _check_mesh(self.mesh, batch_shape)
         if resets is not None:
             resets = np.asarray(sequences.check_resets(resets, T, batch_shape))
-            if not self.parts.takes_resets:
+            if not self.rule.takes_resets:
                 raise ValueError(
                     f"resets: estimator {self.estimator.name} cannot train on a "
                     "stream with resets (its OnlineRule.segment takes no resets= "
@@ -222,11 +222,11 @@ class Trainer:
             h_reset = self._reset_state(state, reset_state, batch_shape)
         xs_np, ys_np = np.asarray(xs), tree_map(np.asarray, ys)
         plan = plan_lib.plan_call(
-            self.parts, own, state, xs_np, ys_np, resets, flush, self.estimator.name
+            self.host, own, state, xs_np, ys_np, resets, flush, self.estimator.name
         )
         mb = 8 if self.buckets.min_bucket is None else self.buckets.min_bucket
         setting = Setting(
-            self._ladder, self.parts.splits, mb, self.on_nonfinite, self.mesh,
+            self._ladder, self.rule.splits, mb, self.on_nonfinite, self.mesh,
             h_reset, callbacks, self.buckets,
         )  # fmt: skip
         hist = run_plan(self.steps, plan, state, setting)
@@ -240,7 +240,7 @@ class Trainer:
             h = self.cell.initial_state(state.params, tuple(xs.shape[1:-1]))
         est_state = state.est_state
         if est_state is None:
-            est_state = self.parts.init(self.cell, state.params, h, xs[0])
+            est_state = self.rule.init(self.cell, state.params, h, xs[0])
         return state._replace(h=h, est_state=est_state)
 
     def _reset_state(self, state, reset_state, batch_shape):

@@ -198,7 +198,7 @@ def shared_trainer(cell, loss_fn, opt, estimator, state, buckets, kw) -> Trainer
     optimizer per chunked call compiles only its update)."""
     optimizer, tx, clip = opt
     tr = Trainer(cell, loss_fn, tx, estimator, buckets=buckets, **kw)
-    p = tr.parts
+    p = tr.rule
     key = (cell, loss_fn, p.segment, p.advance, p.block)
     updates = _programs.pop(key, None)
     if updates is None:
@@ -238,7 +238,7 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer, *, guard: bool = False):
     rule = protocol.OnlineRule(
         segment_rules.no_state, None, segment_rules.truncation_segment
     )
-    program = train_step.Steps(cell, loss_fn, optimizer, train_plan.read_rule(rule))
+    program = train_step.Steps(cell, loss_fn, optimizer, train_plan.read_rule(rule)[1])
 
     def step(params, opt_state, h, xs, ys, w, start, n, bucket, resets=None,
              reset_state=None):  # fmt: skip

@@ -24,23 +24,38 @@ tree_map = jax.tree_util.tree_map
 _STREAM_SALT = 0x5EED  # folded into the run's key for the streams' own cuts
 
 
-class RuleParts(NamedTuple):
-    """An :class:`jbptt.estimators.OnlineRule` read into its host plan and its
-    traced segment rule, with what the trainer needs to know said in flags
-    (instead of read from function attributes and signatures at every call).
+class HostPlan(NamedTuple):
+    """The host half of an online rule: where segments start and end.
 
     Attributes:
-      init, plan, cuts, buckets: the rule's host-side (and init) functions.
-      segment, advance, block: the traced functions (``advance`` and
-        ``block`` ``None`` unless they split this ``segment``).
+      plan: ``(key, T) -> (lengths, w)``: one call's segment lengths and link
+        weights (rules without a cut law).
+      cuts: ``(key, t0, T, d) -> (w[T], d)``: link weights drawn along the
+        stream by global step (``None`` without a cut law).
+      buckets: ``(min_bucket, max_buckets=...) -> lengths``: the static
+        segment lengths of the law (``None``: powers of two).
+    """
+
+    plan: Callable
+    cuts: Callable | None
+    buckets: Callable | None
+
+
+class SegmentRule(NamedTuple):
+    """The traced half of an online rule, with what the trainer needs to
+    know said in flags (instead of read from function attributes and
+    signatures at every call).
+
+    Attributes:
+      init: ``(cell, params, h0, x0) -> est_state``.
+      segment: one segment's ``(losses, grads, h_new, est_state)``.
+      advance, block: the forward-only and the gradient pass of one block of
+        a split segment (``None`` unless ``splits``).
       splits: whether long segments can be split into blocks.
       takes_resets: whether ``segment`` takes ``resets=``/``reset_state=``.
     """
 
     init: Callable
-    plan: Callable
-    cuts: Callable | None
-    buckets: Callable | None
     segment: Callable
     advance: Callable | None
     block: Callable | None
@@ -48,11 +63,12 @@ class RuleParts(NamedTuple):
     takes_resets: bool
 
 
-def read_rule(rule: protocol.OnlineRule) -> RuleParts:
-    """The :class:`RuleParts` of today's ``OnlineRule``: ``block`` splits the
-    rule's ``segment`` when it says so (``block.splits is segment``) or says
-    nothing; ``segment`` takes resets when its signature names ``resets`` or
-    takes ``**kwargs`` (or has no signature to read)."""
+def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
+    """Today's ``OnlineRule`` split into its :class:`HostPlan` and its
+    :class:`SegmentRule`: ``block`` splits the rule's ``segment`` when it
+    says so (``block.splits is segment``) or says nothing; ``segment`` takes
+    resets when its signature names ``resets`` or takes ``**kwargs`` (or has
+    no signature to read)."""
     splits = rule.block is not None and rule.advance is not None
     if splits:
         splits = getattr(rule.block, "splits", rule.segment) is rule.segment
@@ -62,11 +78,12 @@ def read_rule(rule: protocol.OnlineRule) -> RuleParts:
         takes = "resets" in params or inspect.Parameter.VAR_KEYWORD in kinds
     except (TypeError, ValueError):  # no signature to read: let it run
         takes = True
-    return RuleParts(
-        rule.init, rule.plan, rule.cuts, rule.buckets, rule.segment,
-        rule.advance if splits else None, rule.block if splits else None,
-        splits, takes,
+    host = HostPlan(rule.plan, rule.cuts, rule.buckets)
+    traced = SegmentRule(
+        rule.init, rule.segment, rule.advance if splits else None,
+        rule.block if splits else None, splits, takes,
     )  # fmt: skip
+    return host, traced
 
 
 class Plan(NamedTuple):
@@ -95,14 +112,14 @@ class Plan(NamedTuple):
     stream_cut: Any
 
 
-def plan_call(parts, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
+def plan_call(host, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
     """The :class:`Plan` of one call on ``xs [T, *batch, I]`` from ``state``
-    (a :class:`jbptt.train.TrainState`): the cut law's draws (pending steps
-    joined) or, for rules without one, the rule's ``plan``."""
+    (a :class:`jbptt.train.TrainState`): ``host.cuts``'s draws (pending steps
+    joined) or, for rules without a cut law, ``host.plan``."""
     T, batch_shape, dtype = xs.shape[0], tuple(xs.shape[1:-1]), xs.dtype
     P = 0 if state.pending is None else int(state.pending[0].shape[0])
     base = state.step - P
-    if parts.cuts is None:
+    if host.cuts is None:
         if P:
             raise ValueError(
                 f"state has {P} pending steps but estimator {name} draws no cuts "
@@ -111,7 +128,7 @@ def plan_call(parts, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
         key = (
             state.key if state.step == 0 else jax.random.fold_in(state.key, state.step)
         )
-        lengths, w = parts.plan(key, T)
+        lengths, w = host.plan(key, T)
         lengths = np.asarray(lengths, int)
         if lengths.ndim != 1 or lengths.sum() != T or np.any(lengths < 1):
             raise ValueError(
@@ -124,7 +141,7 @@ def plan_call(parts, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
             xs, ys, w, resets, starts, lengths, len(lengths), base, state.cut, None
         )
     shared, w, cut, stream_cut = draw(
-        parts, stream_rule, state.key, state.step, T, state.cut, state.stream_cut,
+        host, stream_rule, state.key, state.step, T, state.cut, state.stream_cut,
         batch_shape, dtype,
     )  # fmt: skip
     cuts = P + np.flatnonzero((shared == 0) & (state.step + np.arange(T) > 0))

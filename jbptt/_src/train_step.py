@@ -199,33 +199,33 @@ class Steps:
 
     Args:
       cell, loss_fn, tx: the model and the optax transformation.
-      parts: the rule's :class:`jbptt._src.train_plan.RuleParts`.
+      rule: the rule's :class:`jbptt._src.train_plan.SegmentRule`.
     """
 
-    def __init__(self, cell, loss_fn, tx, parts):
+    def __init__(self, cell, loss_fn, tx, rule):
         self.pieces = jax.jit(
             functools.partial(
                 piece_step,
                 cell=cell,
                 loss_fn=loss_fn,
-                segment=parts.segment,
-                advance=parts.advance,
-                block=parts.block,
+                segment=rule.segment,
+                advance=rule.advance,
+                block=rule.block,
             )  # fmt: skip
         )
         self.update = jax.jit(
-            functools.partial(update_step, tx=tx, split=parts.block is not None)
+            functools.partial(update_step, tx=tx, split=rule.block is not None)
         )
         self.tops: dict = {}  # top="auto": argument signature -> top bucket
         self._pending: dict = {}  # (bucket, signature) -> future
         self._pool = None
 
-    def with_tx(self, tx, parts) -> Steps:
+    def with_tx(self, tx, rule) -> Steps:
         """The same gradient passes (compiled ones kept) with another update."""
         new = Steps.__new__(Steps)
         new.__dict__.update(self.__dict__)
         new.update = jax.jit(
-            functools.partial(update_step, tx=tx, split=parts.block is not None)
+            functools.partial(update_step, tx=tx, split=rule.block is not None)
         )
         return new
 
