@@ -51,6 +51,7 @@ def train(
     callbacks: Sequence[Callable[[Event], Any]] = (),
     resets=None,
     reset_state=None,
+    stream_cuts=None,
     buckets: Buckets | None = None,
     **options,
 ) -> History:
@@ -73,8 +74,9 @@ def train(
         default ``reset_state``.
       state: a :class:`TrainState` to continue from (``History.state``).
       flush, callbacks, resets, reset_state: as :meth:`Trainer.run` takes them.
+      stream_cuts: as :class:`Trainer` takes it.
       buckets: the compile-tuning policy (:class:`Buckets`).
-      **options: ``stream_cuts``, ``on_nonfinite`` and ``mesh`` (as
+      **options: ``on_nonfinite`` and ``mesh`` (as
         :class:`Trainer` takes them); ``opt_state`` and ``est_state`` to
         resume from without a ``state``; and the deprecated ``clip``,
         ``clip_mode``, ``progress``, ``min_bucket``, ``max_buckets``,
@@ -116,11 +118,8 @@ def train(
             stacklevel=2,
         )
         callbacks = (progress_bar(int(xs.shape[0])), *callbacks)
-    kw = {
-        k: options.pop(k)
-        for k in ("stream_cuts", "on_nonfinite", "mesh")
-        if k in options
-    }
+    kw = {k: options.pop(k) for k in ("on_nonfinite", "mesh") if k in options}
+    kw["stream_cuts"] = stream_cuts
     opt_state, est_state = (
         options.pop("opt_state", None),
         options.pop("est_state", None),
