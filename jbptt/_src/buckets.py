@@ -49,8 +49,9 @@ class Buckets(NamedTuple):
         time step: a model whose top bucket fits ``cpu_temp_bytes`` at that
         count skips the probe (and its compilations).
       ahead: compile the buckets a call's plan needs in background threads
-        while the first segments run (the plan is known before the loop;
-        the same buckets, only sooner).
+        (one per spare core, at most 4) while the first segments run (the
+        plan is known before the loop: the same buckets, only sooner). It
+        shortens the first call where cores are idle, not on a busy one.
 
     Examples:
       >>> from jbptt import train

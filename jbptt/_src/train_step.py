@@ -244,8 +244,8 @@ class Steps:
         compiles without the GIL), unless started before."""
         if key in self._pending:
             return
-        if self._pool is None:
-            workers = max(1, min(4, (os.cpu_count() or 1)))
+        if self._pool is None:  # no more compile threads than spare cores
+            workers = max(1, min(4, (os.cpu_count() or 2) - 1))
             self._pool = concurrent.futures.ThreadPoolExecutor(workers)
         self._pending[key] = self._pool.submit(self.compile, args)
 
