@@ -4,7 +4,9 @@ run through a trainer's compiled segment step, and what it returns
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -18,6 +20,25 @@ from jbptt._src import train_plan as plan_lib
 from jbptt._src.train_step import ACCUMULATE, ADVANCE, UPDATE, StepIn
 
 tree_map = jax.tree_util.tree_map
+
+
+# Backend compile seconds per thread (jax.monitoring calls its listeners in
+# the compiling thread), to leave the loop's own compilations out of
+# History.seconds; those started ahead in other threads are left out as the
+# time spent waiting for them.
+_COMPILE_SECONDS: collections.defaultdict = collections.defaultdict(float)
+
+
+def _on_duration(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILE_SECONDS[threading.get_ident()] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def _compiled_here() -> float:
+    return _COMPILE_SECONDS[threading.get_ident()]
 
 
 class TrainState(NamedTuple):
@@ -167,7 +188,8 @@ class _Loop:
         self.records, self.divergences, self.used = [], [], set()
         self.padded = self.advanced = 0
         self.waited = self.t_callbacks = 0.0
-        self.ready = set()  # buckets called in this loop
+        self.ready = set()  # buckets whose compilation was waited for
+        self.compiled0 = self.cb_compiled = 0.0
         # what, besides the bucket, keys the compilations started ahead
         xs = plan.xs
         self.sig = (signature((self.carry, self.h_reset)), xs.shape[1:], str(xs.dtype))
@@ -189,28 +211,23 @@ class _Loop:
                       self.h_reset)  # fmt: skip
 
     def call(self, h, g_acc, dh, s, n, b, key, mode):
-        """One step; the first of each bucket timed as compilation (waiting
-        for the compilation started ahead, or compiling in the call)."""
+        """One gradient pass (after waiting for its compilation, when it was
+        started ahead)."""
         args = self.args(h, g_acc, dh, s, n, b, key, mode)
-        if b in self.ready:
-            return self.steps.pieces(args)
-        t0 = time.perf_counter()
-        self.steps.wait((b, self.sig))
-        out = self.steps.pieces(args)  # dispatched, not waited for
-        self.waited += time.perf_counter() - t0
-        self.ready.add(b)
-        return out
+        if b not in self.ready:
+            self.waited += self.steps.wait((b, self.sig))
+            self.ready.add(b)
+        return self.steps.pieces(args)
+
+    def compile_seconds(self) -> float:
+        """Seconds this thread compiled since the loop started, outside the
+        callbacks."""
+        return _compiled_here() - self.compiled0 - self.cb_compiled
 
     def update(self, piece):
         """The guarded update with ``piece``'s gradient from the carried
-        states (its first call timed as compilation)."""
-        if "update" in self.ready:
-            return self.steps.update(*self.carry, piece)
-        t0 = time.perf_counter()
-        out = self.steps.update(*self.carry, piece)
-        self.waited += time.perf_counter() - t0
-        self.ready.add("update")
-        return out
+        states."""
+        return self.steps.update(*self.carry, piece)
 
     def probe_args(self, b):
         """A segment's arguments in bucket ``b`` (to compile it)."""
@@ -307,15 +324,17 @@ class _Loop:
     def callbacks(self, index, s, n, total, norm, t_start) -> bool:
         """Call the callbacks with this segment's :class:`Event`; whether one
         asked to stop."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _compiled_here()
         base, stop = self.plan.base, False
         now = TrainState(*self.carry, self.state.key, base + s + n, index + 1, 1, None)
-        seconds = max(0.0, t0 - t_start - self.t_callbacks - self.waited)
+        seconds = max(0.0, t0 - t_start - self.t_callbacks - self.waited
+                      - self.compile_seconds())  # fmt: skip
         event = Event(now, index, base + s, n, total / n, norm, seconds)
         for cb in self.cfg.callbacks:
             if cb(event) is True:
                 stop = True
         self.t_callbacks += time.perf_counter() - t0
+        self.cb_compiled += _compiled_here() - c0  # left out with the callbacks
         return stop
 
 
@@ -328,6 +347,7 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
     if setting.policy.ahead:
         loop.compile_ahead(buckets)
     cache0 = steps.compiled()
+    loop.compiled0 = _compiled_here()
     t_start, stopped = time.perf_counter(), False
     # Without callbacks, the finite flags of segment i are read after segment
     # i + 1 is dispatched, so the host prepares the next segment while the
@@ -364,6 +384,7 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
         stopped = loop.check(*unchecked)
     jax.block_until_ready(loop.carry[0])
     seconds = time.perf_counter() - t_start - loop.t_callbacks - loop.waited
+    seconds -= loop.compile_seconds()
     return _history(loop, stopped, steps.compiled() - cache0, max(0.0, seconds))
 
 
