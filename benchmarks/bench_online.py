@@ -78,7 +78,8 @@ def time_jbptt(
     def run():
         return jbptt.train.train(
             model.cell, model.loss_fn, params, xs, ys, opt, est, key=key,
-            max_buckets=max_buckets, top_bucket=top_bucket, mesh=mesh,
+            buckets=jbptt.train.Buckets(max_buckets=max_buckets, top=top_bucket),
+            mesh=mesh,
         )  # fmt: skip
 
     first = run()  # compiles every bucket these cuts use

@@ -230,7 +230,7 @@ def run_one(setup_, est, corpus, args, key, bar=None):
             state=state,
             flush=b == T,
             callbacks=[record],
-            min_bucket=QUICK_SIZE if args.quick else None,
+            buckets=jbptt.train.Buckets(min_bucket=QUICK_SIZE if args.quick else None),
         )
         state = hist.state
         clock[0] = recs[-1].seconds if recs else 0.0

@@ -77,7 +77,15 @@ def rnn_forecast(setup_, est, series: np.ndarray, n_train: int, args, key):
     xs = np.tile(x_tr, (args.epochs, 1))  # epochs back to back along one stream
     ys = np.tile(y_tr, (args.epochs, 1))
     hist = jbptt.train.train(
-        model.cell, loss_fn, params, xs, ys, opt, est, key=k_w, min_bucket=SIZE
+        model.cell,
+        loss_fn,
+        params,
+        xs,
+        ys,
+        opt,
+        est,
+        key=k_w,
+        buckets=jbptt.train.Buckets(min_bucket=SIZE),
     )
     params = hist.params
     # read the whole series from a zero state: outs[t] predicts series[t+1]

@@ -189,7 +189,7 @@ for k in (1, 2, 4, 8):
 # standard library sources). `vocab_size=` puts an embedding of the integer
 # tokens in front of the cell, `cells.stack` stacks two LSTM layers that keep
 # their hand-derived reverse rules, `hidden=` makes the readout an MLP; ARTBP
-# segments of expected length 10 drive one Adam update each (`min_bucket=64`:
+# segments of expected length 10 drive one Adam update each (`Buckets(min_bucket=64)`:
 # segments up to 64 steps share one compiled step).
 
 # %%
@@ -212,11 +212,10 @@ hist = jbptt.train.train(
     lm_params,
     lm.encode(ids[:-1]),
     ids[1:],
-    optax.adam(3e-3),
+    optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3)),
     estimators.artbp_matched(10, "poly_tail"),
     key=jax.random.key(5),
-    clip=1.0,
-    min_bucket=64,
+    buckets=jbptt.train.Buckets(min_bucket=64),
 )
 first, last = np.mean(hist.loss[:5]), np.mean(hist.loss[-5:])
 print(

@@ -167,7 +167,8 @@ resets = np.zeros((40, 4), bool)
 resets[17, 1] = True
 runs = {
     "elman": (estimators.tbptt(6), {}),
-    "lstm": (estimators.artbp_matched(8), dict(top_bucket=8, resets=resets)),
+    "lstm": (estimators.artbp_matched(8),
+             dict(buckets=jbptt.train.Buckets(top=8), resets=resets)),
     "gru": (estimators.artbp_matched(12),
             dict(stream_cuts=estimators.artbp_matched(6))),
 }

@@ -14,8 +14,10 @@ from helpers import accumulate as _accumulate
 
 import jbptt
 from jbptt import cells, estimators
-from jbptt._src import stream
-from jbptt._src import train as train_impl
+from jbptt._src import buckets as buckets_lib
+from jbptt._src import stream, train_compat
+
+Buckets = jbptt.train.Buckets
 
 
 def _flat(tree):
@@ -153,7 +155,7 @@ def test_compiled_steps_of_dropped_models_are_released():
     run(first)
     gone = weakref.ref(first.loss_fn)
     del first
-    for _ in range(train_impl._PROGRAMS - 2):  # fill the window, keep `kept`
+    for _ in range(train_compat._PROGRAMS - 2):  # fill the window, keep `kept`
         run(jbptt.readout(cells.elman("tanh"), output_size=1))
         assert run(kept).compiles == 0
     gc.collect()
@@ -161,7 +163,7 @@ def test_compiled_steps_of_dropped_models_are_released():
     run(jbptt.readout(cells.elman("tanh"), output_size=1))
     gc.collect()
     assert gone() is None  # its program, and so its executables, released
-    assert len(train_impl._programs) == train_impl._PROGRAMS
+    assert len(train_compat._programs) == train_compat._PROGRAMS
     assert run(kept).compiles == 0
 
 
@@ -187,13 +189,16 @@ def test_more_buckets_pad_less_and_train_the_same_segments():
     fine = est.online().buckets(1, max_buckets=16)
     assert len(est.online().buckets(1)) == 6 < len(fine) <= 16
     assert max(fine) == max(est.online().buckets(1))  # the same top quantile
-    run, (six, many) = _ladders(est, 240, {}, {"max_buckets": 16})
+    run, (six, many) = _ladders(
+        est, 240, {"buckets": Buckets(max_buckets=6)},
+        {"buckets": Buckets(max_buckets=16)},
+    )  # fmt: skip
     np.testing.assert_array_equal(six.length, many.length)
     assert set(many.buckets) <= set(fine) and many.compiles <= len(fine)
     assert many.padded_steps < six.padded_steps
     np.testing.assert_allclose(many.loss, six.loss, rtol=1e-9)
     with pytest.raises(ValueError, match="max_buckets"):
-        run(max_buckets=0)
+        run(buckets=Buckets(max_buckets=0))
 
 
 def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
@@ -202,7 +207,10 @@ def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
     est = estimators.artbp_matched(6, "constant")
     ladder = est.online().buckets(1)
     assert max(ladder) > 5
-    run, (full, capped) = _ladders(est, 120, {}, {"top_bucket": 5})
+    six = Buckets(max_buckets=6)
+    run, (full, capped) = _ladders(
+        est, 120, {"buckets": six}, {"buckets": six._replace(top=5)}
+    )
     np.testing.assert_array_equal(full.length, capped.length)
     assert max(full.length) > 5 and capped.advanced_steps > full.advanced_steps
     assert set(capped.buckets) <= {b for b in ladder if b <= 5}
@@ -210,43 +218,46 @@ def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():
     leaves = map(jax.tree_util.tree_leaves, (capped.params, full.params))
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
-    _, (ref, tb) = _ladders(estimators.tbptt(6), 120, {}, {"top_bucket": 4})
+    _, (ref, tb) = _ladders(estimators.tbptt(6), 120, {}, {"buckets": Buckets(top=4)})
     assert tb.buckets == (4,) and tb.advanced_steps == 4 * len(tb.length)
     np.testing.assert_allclose(tb.loss, ref.loss, rtol=1e-10)  # blocks of 4, 2
     with pytest.raises(ValueError, match="top_bucket"):
-        run(top_bucket=0)
+        run(buckets=Buckets(top=0))
     with pytest.raises(ValueError, match="top_bucket: estimator"):
-        run(estimator=jbptt.forward_mode.uoro(), top_bucket=8)
+        run(estimator=jbptt.forward_mode.uoro(), buckets=Buckets(top=8))
 
 
-def test_auto_top_bucket_caps_only_past_the_page_fault_size(monkeypatch):
+def test_auto_top_bucket_caps_only_past_the_page_fault_size():
     """top_bucket="auto" (the default) keeps the whole ladder while every
-    bucket's step fits in _CPU_TEMP_BYTES of temporaries (a tiny model);
+    bucket's step fits in the policy's cpu_temp_bytes of temporaries (a tiny model);
     with no room it keeps the lower half of the ladder, splits longer
     segments (the uncapped run up to round-off), and makes the same choice
     in every chunked call (bitwise one call)."""
     est = estimators.artbp_matched(6, "constant")
     ladder = tuple(sorted(est.online().buckets(1)))
     middle = ladder[(len(ladder) - 1) // 2]
-    run, (full, auto) = _ladders(est, 240, {"top_bucket": None}, {})
+    six = Buckets(max_buckets=6)
+    run, (full, auto) = _ladders(
+        est, 240, {"buckets": six._replace(top=None)}, {"buckets": six}
+    )
     assert auto.buckets == full.buckets and max(full.buckets) > middle
     _same(auto.params, full.params)
-    monkeypatch.setattr(train_impl, "_CPU_TEMP_BYTES", 0)
-    capped = run()
+    no_room = six._replace(cpu_temp_bytes=0)
+    capped = run(buckets=no_room)
     assert max(capped.buckets) <= middle < max(full.length)
     assert capped.advanced_steps > full.advanced_steps
     np.testing.assert_allclose(capped.loss, full.loss, rtol=1e-10)
     model, params, xs, ys = _setup(T=240)
     parts = _chunked(
         model, params, xs, ys, optax.sgd(1e-2), est, [0, 90, 170, 240],
-        key=jax.random.key(3),
+        key=jax.random.key(3), buckets=no_room,
     )  # fmt: skip
     assert max(b for h in parts for b in h.buckets) <= middle
     _same(parts[-1].params, capped.params)
 
 
-def test_auto_top_bucket_reads_the_line_of_real_temporaries(monkeypatch):
-    """_auto_top extrapolates the first and middle buckets' temporaries
+def test_auto_top_bucket_reads_the_line_of_real_temporaries():
+    """buckets.auto_top extrapolates the first and middle buckets' temporaries
     linearly; on XLA's own compiled steps (a GRU's value and gradient) that
     picks the bucket a limit at the real temporaries allows (the estimate is
     within 5 % at four times the middle bucket)."""
@@ -262,13 +273,12 @@ def test_auto_top_bucket_reads_the_line_of_real_temporaries(monkeypatch):
         ys = jnp.zeros((b, 8, 16))
         return jax.jit(vg).lower(params, h0, xs, ys).compile()
 
-    temps = [train_impl._temp_bytes(compiled(b)) for b in ladder]
+    temps = [buckets_lib.temp_bytes(compiled(b)) for b in ladder]
     assert temps[-1] > temps[0] > 0
     for i in range(2, len(ladder)):  # limits between two buckets' temporaries
         last = i + 1 == len(ladder)
         limit = temps[i] * 1.05 if last else (temps[i] + temps[i + 1]) / 2
-        monkeypatch.setattr(train_impl, "_CPU_TEMP_BYTES", int(limit))
-        assert train_impl._auto_top(ladder, compiled, {}, ()) == ladder[i]
+        assert buckets_lib.auto_top(ladder, compiled, int(limit)) == ladder[i]
 
 
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
@@ -324,15 +334,16 @@ def test_callbacks_see_every_step_exactly_once():
 def test_a_callback_stops_training():
     model, params, xs, ys = _setup(T=64)
     stop_after = jbptt.train.every(20, lambda e: True)
+    opt = optax.sgd(1e-2)  # one optimizer for the chunked calls
     h = jbptt.train.train(
-        model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+        model.cell, model.loss_fn, params, xs, ys, opt,
         estimators.tbptt(8), callbacks=[stop_after],
     )  # fmt: skip
     assert h.stopped and h.length.tolist() == [8, 8, 8]
     assert h.state.step == 24 and h.state.pending is None
     # continuing from the state on the rest of the data is the one run
     rest = jbptt.train.train(
-        model.cell, model.loss_fn, None, xs[24:], ys[24:], optax.sgd(1e-2),
+        model.cell, model.loss_fn, None, xs[24:], ys[24:], opt,
         estimators.tbptt(8), state=h.state,
     )  # fmt: skip
     one = jbptt.train.train(
@@ -372,8 +383,118 @@ def test_progress_bar_shows_loss_and_segments_per_second(capsys):
     model, params, xs, ys = _setup(T=24)
     h = jbptt.train.train(
         model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
-        estimators.tbptt(4), progress=True,
+        estimators.tbptt(4), callbacks=[jbptt.train.progress_bar(24)],
     )  # fmt: skip
     err = capsys.readouterr().err
     assert "24/24" in err and "loss=" in err and "seg_s=" in err
     assert f"loss={float(h.loss[-1]):.4g}" in err  # the last segment's loss
+    # progress=True: deprecated, the same bar and the same run
+    with pytest.deprecated_call(match="progress_bar"):
+        old = jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+            estimators.tbptt(4), progress=True,
+        )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "24/24" in err and f"loss={float(old.loss[-1]):.4g}" in err
+    _same(old.params, h.params)
+
+
+def test_trainer_runs_chunks_bitwise_as_train_and_owns_its_steps():
+    """Trainer.init/run over chunks: bitwise the one-call train(); the
+    second chunk compiles nothing; History.seconds is never negative (the
+    first chunk's included, where compilation happens)."""
+    model, params, xs, ys = _setup(T=60)
+    est, opt, key = estimators.artbp_matched(4, "poly_tail"), optax.adam(1e-2), None
+    key = jax.random.key(5)
+    one = jbptt.train.train(
+        model.cell, model.loss_fn, params, xs, ys, opt, est, key=key
+    )
+    tr = jbptt.train.Trainer(model.cell, model.loss_fn, opt, est)
+    state, hists = tr.init(params, key), []
+    for a, b in [(0, 30), (30, 60)]:
+        state, h = tr.run(state, xs[a:b], ys[a:b], flush=b == 60)
+        hists.append(h)
+        assert h.seconds >= 0.0 and h.state is state
+    _same(one.params, state.params)
+    _same(one.opt_state, state.opt_state)
+    joined = np.concatenate([h.step_loss for h in hists])
+    np.testing.assert_array_equal(joined, one.step_loss)
+    # a new Trainer compiles its own steps; the same one reuses them
+    again = jbptt.train.Trainer(model.cell, model.loss_fn, opt, est)
+    _, h = again.run(again.init(params, key), xs[:30], ys[:30], flush=False)
+    assert h.compiles >= 1
+    _, h = tr.run(tr.init(params, key), xs[:30], ys[:30], flush=False)
+    assert h.compiles == 0
+    with pytest.raises(ValueError, match="is random: pass key"):
+        tr.init(params)
+    with pytest.raises(TypeError, match="TrainState"):
+        tr.run(dict(state._asdict()), xs, ys)
+
+
+def test_fresh_optimizer_per_chunked_call_reuses_the_compiled_steps():
+    """The train() docstring's old chunked spelling, a new optax.adam per
+    call: every gradient pass compiled by the first call is reused (only
+    the optimizer's update, outside the buckets, compiles again), and the
+    run is bitwise the one with one optimizer object."""
+    model, params, xs, ys = _setup(T=90)
+
+    def loss_fn(p, out, y):  # a fresh function: nothing compiled before
+        return model.loss_fn(p, out, y)
+
+    est, key = estimators.artbp_matched(5, "poly_tail"), jax.random.key(2)
+    hists, state = [], None
+    for a, b in [(0, 45), (45, 90)]:
+        h = jbptt.train.train(
+            model.cell, loss_fn, params, xs[a:b], ys[a:b], optax.adam(1e-2), est,
+            key=key, state=state, flush=b == 90,
+        )  # fmt: skip
+        hists.append(h)
+        state = h.state
+    assert hists[0].compiles >= 1 and hists[0].seconds >= 0.0
+    new = set(hists[1].buckets) - set(hists[0].buckets)
+    assert hists[1].compiles == len(new)  # no bucket compiled again
+    one = jbptt.train.train(
+        model.cell, loss_fn, params, xs, ys, optax.adam(1e-2), est, key=key
+    )
+    _same(one.params, hists[-1].params)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"min_bucket": 8}, {"min_bucket": 8}),
+        ({"max_buckets": 3}, {"max_buckets": 3}),
+        ({"top_bucket": 5}, {"top": 5}),
+        ({"top_bucket": None, "max_buckets": 4}, {"top": None, "max_buckets": 4}),
+    ],
+)
+def test_old_bucket_keywords_warn_and_train_the_same(old, new):
+    model, params, xs, ys = _setup(T=60)
+    est, opt, key = estimators.artbp_matched(4, "constant"), optax.sgd(1e-2), None
+    key = jax.random.key(1)
+
+    def run(**kw):
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, opt, est, key=key, **kw
+        )
+
+    ref = run(buckets=Buckets(**new))
+    with pytest.warns(DeprecationWarning, match=r"buckets=jbptt\.train\.Buckets\("):
+        got = run(**old)
+    _same(got.params, ref.params)
+    assert got.buckets == ref.buckets and got.padded_steps == ref.padded_steps
+
+
+def test_unknown_keywords_and_bad_buckets_are_refused():
+    model, params, xs, ys = _setup(T=20)
+
+    def run(**kw):
+        return jbptt.train.train(
+            model.cell, model.loss_fn, params, xs, ys, optax.sgd(1e-2),
+            estimators.tbptt(4), **kw,
+        )  # fmt: skip
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lr'"):
+        run(lr=0.1)
+    with pytest.raises(TypeError, match="jbptt.train.Buckets"):
+        run(buckets={"top": 4})

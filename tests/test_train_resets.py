@@ -210,7 +210,8 @@ def test_make_step_with_resets_is_train():
         model.cell, model.loss_fn, params, xs, ys, opt, estimators.tbptt(k),
         h0=h0, resets=resets, reset_state=h0,
     )  # fmt: skip
-    step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
+    with pytest.deprecated_call(match="Trainer"):  # deprecated, still working
+        step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
     pad = (-T) % k  # the caller pads to whole buckets; padded steps are masked
 
     def padded(a):
@@ -234,7 +235,8 @@ def test_make_step_does_not_apply_a_nonfinite_update():
     params = model.init(jax.random.key(1), 3, 4)
     xs, ys, _ = _stream()
     opt = optax.sgd(float("nan"))
-    step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
+    with pytest.deprecated_call(match="Trainer"):
+        step = jbptt.train.make_step(model.cell, model.loss_fn, opt, guard=True)
     h = model.cell.initial_state(params, (B,))
     w = jnp.ones(T, xs.dtype)
     p, _, h_new, _, _, finite = step(params, opt.init(params), h, xs, ys, w, 0, 8, 8)

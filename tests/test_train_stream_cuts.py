@@ -46,7 +46,7 @@ def test_segment_gradients_sum_to_the_per_stream_estimator(cell):
     key = jax.random.key(5)
     hist = jbptt.train.train(
         model.cell, model.loss_fn, params, xs, ys, _accumulate(), SHARED,
-        key=key, stream_cuts=OWN, min_bucket=4,
+        key=key, stream_cuts=OWN, buckets=jbptt.train.Buckets(min_bucket=4),
     )  # fmt: skip
     W = jbptt.train.link_weights(SHARED, key, T, batch_shape=(B,), stream_cuts=OWN)
     assert W.shape == (T, B)
@@ -95,7 +95,7 @@ def test_chunked_calls_equal_one_call_bitwise():
     model, params, xs, ys = _setup(T, B)
     opt = optax.adam(1e-2)
     key = jax.random.key(7)
-    kw = dict(key=key, stream_cuts=OWN, min_bucket=4)
+    kw = dict(key=key, stream_cuts=OWN, buckets=jbptt.train.Buckets(min_bucket=4))
     whole = jbptt.train.train(
         model.cell, model.loss_fn, params, xs, ys, opt, SHARED, **kw
     )

@@ -458,16 +458,17 @@ def train_adaptive(
 
     Each round: :meth:`AdaptiveTBPTT.rechoose` on the next
     ``max(max_lag, every·k)`` steps of the stream from the current state and
-    params, then :func:`jbptt.train.train` over ``every·k`` steps (``every``
-    TBPTT(k) updates), carrying params, optimizer state and h.
+    params, then one :meth:`jbptt.train.Trainer.run` over ``every·k`` steps
+    (``every`` TBPTT(k) updates), carrying params, optimizer state and h.
 
     Returns:
       ``(histories, ks)``: the rounds' :class:`jbptt.train.History` and the
       k chosen before each.
     """
-    from jbptt._src import train as _train
     from jbptt._src.protocol import Problem
+    from jbptt._src.train import Trainer
 
+    tr = Trainer(cell, loss_fn, optimizer, estimator)  # one compiled step
     T = xs.shape[0]
     start, histories, ks, opt_state, h = 0, [], [], None, h0
     while start < T:
@@ -477,10 +478,10 @@ def train_adaptive(
         k = estimator.rechoose(Problem(cell, loss_fn, params, h, xs[win], ys[win]))
         n = min(T - start, estimator.every * k)
         seg = slice(start, start + n)
-        hist = _train.train(
-            cell, loss_fn, params, xs[seg], ys[seg], optimizer, estimator,
-            key=jax.random.fold_in(key, start), h0=h, opt_state=opt_state,
-        )  # fmt: skip
+        state = tr.init(params, jax.random.fold_in(key, start), h)
+        if opt_state is not None:
+            state = state._replace(opt_state=opt_state)
+        _, hist = tr.run(state, xs[seg], ys[seg])
         params, opt_state, h = hist.params, hist.opt_state, hist.h
         histories.append(hist)
         ks.append(k)

@@ -48,18 +48,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sequences, sharding, stream, truncation, validation
-from jbptt._src.api import rnn_scan
-from jbptt._src.cell import Cell
+from jbptt._src import protocol, sharding, stream, truncation, validation
 from jbptt._src.depth import (
     artbp_c_for_depth,
     bisect,
     check_depth,
     mean_segment_length,
 )
-from jbptt._src.loops import loop as _scan_loop
-from jbptt._src.losses import per_step_losses
 from jbptt._src.protocol import Cost, OnlineRule, Problem
+from jbptt._src.segment_rules import no_state as _no_state
+from jbptt._src.segment_rules import truncation_advance as _truncation_advance
+from jbptt._src.segment_rules import truncation_block as _truncation_block
+from jbptt._src.segment_rules import truncation_segment as _truncation_segment
 
 tree_map = jax.tree_util.tree_map
 
@@ -239,103 +239,6 @@ def _cuts_of(law):
 
     cuts.streams = functools.partial(stream.draw_streams, law)
     return cuts
-
-
-def _no_state(cell, params, h0, x0):
-    return ()
-
-
-def _with_states(cell: Cell) -> Cell:
-    """The same cell whose output is ``(h_t, out_t)``, to read any state."""
-
-    def step(params, h, x):
-        h, out = cell.step(params, h, x)
-        return h, (h, out)
-
-    rules = cell.rules
-    if rules is not None:
-        base = rules
-
-        def backward(params, h_prev, h, res, dh, dout):
-            dh_state, dout = dout
-            dh = tree_map(jnp.add, dh, dh_state)
-            return base.backward(params, h_prev, h, res, dh, dout)
-
-        rules = base._replace(
-            backward=backward, output=lambda hs: (hs, base.output(hs))
-        )
-    return cell._replace(step=step, rules=rules)
-
-
-def _truncation_segment(
-    cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, resets=None,
-    reset_state=None,
-):  # fmt: skip
-    """One online segment: the reverse scan with the segment's link weights
-    ``w`` (1 for TBPTT, ARTBP's ``1/(1 − c_t)`` compensation) and the carried
-    state entering with its gradient stopped (the cut before the segment).
-    ``resets [n, *batch]``: episode starts, from ``reset_state`` (the link
-    into the previous step cut, :func:`jbptt.rnn_scan`)."""
-    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
-    kw = dict(resets=resets, reset_state=reset_state, steps=n)
-
-    def seg_loss(params):
-        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)
-        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
-        h_last = tree_map(lambda a: a[n - 1], hs)  # state after the last real step
-        return jnp.sum(losses), (losses, h_last)
-
-    (_, (losses, h_last)), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
-    return losses, g, jax.lax.stop_gradient(h_last), est_state
-
-
-def _truncation_advance(cell, params, h, xs, mask, resets=None, reset_state=None):
-    """The state after the block's last real step, forward only (the blocks
-    before the last of a split segment); resets restart from
-    ``reset_state``."""
-
-    def body(h, inp):
-        x, r = inp
-        h_in = h if r is None else sequences.select(r, reset_state, h)
-        return cell.step(params, h_in, x)[0], None
-
-    n = jnp.sum(mask).astype(int)  # the real steps only
-    h, _ = _scan_loop(body, h, (xs, resets), n)
-    return h
-
-
-def _truncation_block(
-    cell, loss_fn, params, h, xs, ys, w, mask, dh_end, resets=None, reset_state=None
-):
-    """One block of a split segment: the gradient of the block's losses plus
-    ``⟨dh_end, h_last⟩`` (``dh_end``: the cotangent arriving from the later
-    blocks), and ``dh_start``, the cotangent leaving through the block's
-    first link (scaled by ``w[0]``), to hand to the block before. Summed over
-    the blocks, the gradients are the unsplit segment's (the reverse scan
-    is linear in its cotangents)."""
-    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
-    kw = dict(resets=resets, reset_state=reset_state, steps=n)
-
-    def block_loss(params, h):
-        _, (hs, outs) = rnn_scan(_with_states(cell), params, h, xs, w, **kw)
-        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
-        h_last = tree_map(lambda a: a[n - 1], hs)
-        carried = sum(
-            jnp.vdot(a, b)
-            for a, b in zip(
-                jax.tree_util.tree_leaves(h_last),
-                jax.tree_util.tree_leaves(dh_end),
-                strict=True,
-            )
-        )
-        return jnp.sum(losses) + carried, (losses, h_last)
-
-    grad = jax.value_and_grad(block_loss, argnums=(0, 1), has_aux=True)
-    (_, (losses, h_last)), (g, dh_start) = grad(params, h)
-    return losses, g, jax.lax.stop_gradient(h_last), dh_start
-
-
-_truncation_block.splits = _truncation_segment  # what it splits (train.py)
 
 
 def _one_window(w):

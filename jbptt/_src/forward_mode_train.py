@@ -1,7 +1,7 @@
 """Online training with a forward-mode estimator, as it was spelled before
 the estimator protocol: :func:`train` returns an :class:`OnlineHistory` with
 per-step losses and resumes from an :class:`OnlineState`. The loop itself is
-:func:`jbptt.train.train`, the same for every estimator."""
+:class:`jbptt.train.Trainer`, the same for every estimator."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jbptt._src import validation
+from jbptt._src.buckets import Buckets
 from jbptt._src.cell import Cell
 from jbptt._src.forward_mode import OnlineEstimator, OnlineState
 from jbptt._src.protocol import OnlineRule
-from jbptt._src.train import train as _train
+from jbptt._src.train_compat import shared_trainer
 
 
 class OnlineHistory(NamedTuple):
@@ -134,24 +136,21 @@ def train(
             f"{update_every!r}."
         )
     clip = validation.positive_float("clip", clip, allow_none=True)
-    every = _EveryN(estimator, update_every)
-    hist = _train(
-        cell,
-        loss_fn,
-        params,
-        xs,
-        ys,
-        optimizer,
-        every,
-        key=key,
-        h0=h0,
-        opt_state=opt_state,
-        est_state=None if state is None else state.influence,
-        clip=clip,
-        min_bucket=update_every,
-        resets=resets,
-        reset_state=reset_state,
-    )
+    tx = optimizer
+    if clip is not None:
+        tx = optax.chain(optax.clip_by_global_norm(clip), optimizer)
+    tr = shared_trainer(
+        cell, loss_fn, (optimizer, tx, (clip, "global_norm")),
+        _EveryN(estimator, update_every), None, Buckets(min_bucket=update_every), {},
+    )  # fmt: skip
+    run = tr.init(params, key, h0)
+    if opt_state is not None:
+        run = run._replace(opt_state=opt_state)
+    run = run._replace(est_state=None if state is None else state.influence)
+    _, hist = tr.run(
+        run, xs, ys, resets=resets,
+        reset_state=h0 if reset_state is None else reset_state,
+    )  # fmt: skip
     return OnlineHistory(
         hist.params,
         hist.opt_state,

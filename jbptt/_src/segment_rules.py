@@ -1,0 +1,126 @@
+"""The truncation estimators' online segment functions (the traced half of
+their :class:`jbptt.estimators.OnlineRule`): one segment's gradient, a
+forward-only block and one block of a split segment.
+
+A segment ``[s, e]`` of the stream runs the reverse scan with the segment's
+link weights ``w`` (1 for TBPTT, ARTBP's ``1/(1 − c_t)`` compensation), its
+carried state entering with the gradient stopped (the cut before it):
+
+    g_seg = ∇_θ^{(w)} Σ_{t=s}^{e} ℓ_t(θ, h_t, y_t),  h_{s−1} = stop_gradient(·).
+
+A segment longer than the longest compiled bucket is split into blocks:
+forward through them (:func:`truncation_advance`), then :func:`truncation_block`
+from the last one back, each handing ``dh_start`` (the cotangent leaving
+through its first link) to the block before. The reverse scan is linear in
+its cotangents, so the blocks' gradients sum to the segment's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jbptt._src import sequences
+from jbptt._src.api import rnn_scan
+from jbptt._src.cell import Cell
+from jbptt._src.losses import per_step_losses
+
+tree_map = jax.tree_util.tree_map
+
+
+def no_state(cell, params, h0, x0):
+    """``OnlineRule.init`` of a stateless estimator: carries ``()``."""
+    return ()
+
+
+def with_states(cell: Cell) -> Cell:
+    """The same cell whose output is ``(h_t, out_t)``, to read any state."""
+
+    def step(params, h, x):
+        h, out = cell.step(params, h, x)
+        return h, (h, out)
+
+    rules = cell.rules
+    if rules is not None:
+        base = rules
+
+        def backward(params, h_prev, h, res, dh, dout):
+            dh_state, dout = dout
+            dh = tree_map(jnp.add, dh, dh_state)
+            return base.backward(params, h_prev, h, res, dh, dout)
+
+        rules = base._replace(
+            backward=backward, output=lambda hs: (hs, base.output(hs))
+        )
+    return cell._replace(step=step, rules=rules)
+
+
+def truncation_segment(
+    cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, resets=None,
+    reset_state=None,
+):  # fmt: skip
+    """One online segment: the reverse scan with the segment's link weights
+    ``w`` and the carried state entering with its gradient stopped.
+    ``resets [n, *batch]``: episode starts, from ``reset_state`` (the link
+    into the previous step cut, :func:`jbptt.rnn_scan`). Returns ``(losses,
+    grads, h_last, est_state)``."""
+    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
+    kw = dict(resets=resets, reset_state=reset_state, steps=n)
+
+    def seg_loss(params):
+        _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
+        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
+        h_last = tree_map(lambda a: a[n - 1], hs)  # state after the last real step
+        return jnp.sum(losses), (losses, h_last)
+
+    (_, (losses, h_last)), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
+    return losses, g, jax.lax.stop_gradient(h_last), est_state
+
+
+def truncation_advance(cell, params, h, xs, mask, resets=None, reset_state=None):
+    """The state after the block's real steps, forward only (the blocks
+    before the last of a split segment); resets restart from
+    ``reset_state``."""
+
+    def body(t, h):
+        x = jax.lax.dynamic_index_in_dim(xs, t, 0, False)
+        if resets is not None:
+            r = jax.lax.dynamic_index_in_dim(resets, t, 0, False)
+            h = sequences.select(r, reset_state, h)
+        return cell.step(params, h, x)[0]
+
+    n = jnp.sum(mask).astype(int)  # the real steps only
+    return jax.lax.fori_loop(jnp.zeros_like(n), n, body, h)
+
+
+def truncation_block(
+    cell, loss_fn, params, h, xs, ys, w, mask, dh_end, resets=None, reset_state=None
+):
+    """One block of a split segment: the gradient of the block's losses plus
+    ``⟨dh_end, h_last⟩`` (``dh_end``: the cotangent arriving from the later
+    blocks), and ``dh_start``, the cotangent leaving through the block's
+    first link (scaled by ``w[0]``), to hand to the block before."""
+    n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
+    kw = dict(resets=resets, reset_state=reset_state, steps=n)
+
+    def block_loss(params, h):
+        _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
+        losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
+        h_last = tree_map(lambda a: a[n - 1], hs)
+        carried = sum(
+            jnp.vdot(a, b)
+            for a, b in zip(
+                jax.tree_util.tree_leaves(h_last),
+                jax.tree_util.tree_leaves(dh_end),
+                strict=True,
+            )
+        )
+        return jnp.sum(losses) + carried, (losses, h_last)
+
+    grad = jax.value_and_grad(block_loss, argnums=(0, 1), has_aux=True)
+    (_, (losses, h_last)), (g, dh_start) = grad(params, h)
+    return losses, g, jax.lax.stop_gradient(h_last), dh_start
+
+
+# What the block splits (read by the trainer's OnlineRule adapter).
+truncation_block.splits = truncation_segment
