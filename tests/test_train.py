@@ -273,3 +273,53 @@ def test_nonfinite_learning_rate_or_link_weights_never_reach_the_params():
     w = truncation.tbptt(16, 8).at[3].set(jnp.nan)
     with pytest.raises(ValueError, match=r"finite and ≥ 0, got w\[3\]"):
         jbptt.train.train(model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1), w)
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [
+        jbptt.ReverseScan(checkpoint="sqrt"),
+        jbptt.Budget(max_states=2),
+        jbptt.Autodiff(),
+    ],
+    ids=["sqrt", "budget", "autodiff"],
+)
+def test_trainer_takes_the_reverse_pass_strategy(adjoint):
+    """Trainer(adjoint=) runs each segment's reverse pass by the strategy:
+    the same training as the default, including segments split into blocks
+    (ARTBP with a capped top bucket) and resets."""
+    T, B = 40, 2
+    model, params = _model("lstm")
+    xs = jax.random.normal(jax.random.key(1), (T, B, 2))
+    ys = jax.random.normal(jax.random.key(2), (T, B, 2))
+    resets = jnp.zeros((T, B), bool).at[17, 1].set(True)
+    opt = optax.sgd(0.05)
+    buckets = jbptt.train.Buckets(top=8)
+    for est in (estimators.tbptt(6), estimators.artbp(0.15)):
+        runs = []
+        for adj in (None, adjoint):
+            tr = jbptt.train.Trainer(
+                model.cell, model.loss_fn, opt, est, buckets=buckets, adjoint=adj
+            )
+            state = tr.init(params, jax.random.key(5))
+            state, hist = tr.run(state, xs, ys, resets=resets)
+            runs.append((_flat(state.params), np.asarray(hist.loss)))
+        (p0, l0), (p1, l1) = runs
+        assert _rel(p1, p0) < 1e-10
+        np.testing.assert_allclose(l1, l0, rtol=1e-10)
+
+
+def test_trainer_refuses_a_strategy_for_forward_mode():
+    model, params = _model("elman")
+    with pytest.raises(ValueError, match="adjoint: the online rule of estimator"):
+        jbptt.train.Trainer(
+            model.cell,
+            model.loss_fn,
+            optax.sgd(0.1),
+            jbptt.forward_mode.rtrl(),
+            adjoint=jbptt.Budget(max_states=2),
+        )
+    with pytest.raises(TypeError, match="adjoint must be a reverse-pass strategy"):
+        jbptt.train.Trainer(
+            model.cell, model.loss_fn, optax.sgd(0.1), estimators.tbptt(4), adjoint=3
+        )

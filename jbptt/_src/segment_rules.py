@@ -55,17 +55,28 @@ def with_states(cell: Cell) -> Cell:
     return cell._replace(step=step, rules=rules)
 
 
+def _scan_keywords(n, resets, reset_state, adjoint) -> dict:
+    """``rnn_scan``'s keywords for a segment of ``n`` real steps: its loops
+    stop there where the strategy takes ``steps=``; other strategies run the
+    padded steps too, which carry no loss and so no gradient."""
+    kw = dict(resets=resets, reset_state=reset_state, adjoint=adjoint)
+    if adjoint is None or adjoint.takes_steps:
+        kw["steps"] = n
+    return kw
+
+
 def truncation_segment(
     cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, resets=None,
-    reset_state=None,
+    reset_state=None, adjoint=None,
 ):  # fmt: skip
     """One online segment: the reverse scan with the segment's link weights
     ``w`` and the carried state entering with its gradient stopped.
     ``resets [n, *batch]``: episode starts, from ``reset_state`` (the link
-    into the previous step cut, :func:`jbptt.rnn_scan`). Returns ``(losses,
+    into the previous step cut, :func:`jbptt.rnn_scan`). ``adjoint``: how the
+    reverse pass runs (``None``: ``jbptt.ReverseScan()``). Returns ``(losses,
     grads, h_last, est_state)``."""
     n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
-    kw = dict(resets=resets, reset_state=reset_state, steps=n)
+    kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def seg_loss(params):
         _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
@@ -94,14 +105,15 @@ def truncation_advance(cell, params, h, xs, mask, resets=None, reset_state=None)
 
 
 def truncation_block(
-    cell, loss_fn, params, h, xs, ys, w, mask, dh_end, resets=None, reset_state=None
-):
+    cell, loss_fn, params, h, xs, ys, w, mask, dh_end, resets=None, reset_state=None,
+    adjoint=None,
+):  # fmt: skip
     """One block of a split segment: the gradient of the block's losses plus
     ``⟨dh_end, h_last⟩`` (``dh_end``: the cotangent arriving from the later
     blocks), and ``dh_start``, the cotangent leaving through the block's
     first link (scaled by ``w[0]``), to hand to the block before."""
     n = jnp.sum(mask).astype(int)  # real steps: the loops stop there
-    kw = dict(resets=resets, reset_state=reset_state, steps=n)
+    kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def block_loss(params, h):
         _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)

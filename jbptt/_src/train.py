@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jbptt._src import adjoint as adjoint_lib
 from jbptt._src import buckets as buckets_lib
 from jbptt._src import checks, estimators, sequences, sharding, validation
 from jbptt._src import train_plan as plan_lib
@@ -101,6 +102,11 @@ class Trainer:
         mesh (:func:`jbptt.sharding.make_mesh`) to split the batch over
         (data parallel): params and optimizer state replicated, gradients
         summed across devices; ``B`` must divide evenly.
+      adjoint: how each segment's reverse pass runs: ``None`` (default,
+        ``jbptt.ReverseScan()``) or another strategy, e.g.
+        ``jbptt.Budget(max_states=M)`` or ``jbptt.ReverseScan(checkpoint="sqrt")``
+        to bound the memory of long segments; same gradients. Truncation
+        estimators only (forward-mode rules run no reverse scan).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -119,7 +125,7 @@ class Trainer:
 
     def __init__(self, cell: Cell, loss_fn: Callable, optimizer, estimator, *,
                  stream_cuts=None, buckets: Buckets | None = None,
-                 on_nonfinite: str = "raise", mesh=None):  # fmt: skip
+                 on_nonfinite: str = "raise", mesh=None, adjoint=None):  # fmt: skip
         if not isinstance(cell, Cell):
             raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
         if not callable(loss_fn):
@@ -131,6 +137,10 @@ class Trainer:
         self.mesh = None if mesh is None else sharding.resolve_mesh(mesh)
         self.estimator = estimators.as_estimator(estimator)
         self.host, self.rule = read_rule(self.estimator.online())
+        if adjoint is not None:
+            adjoint = adjoint_lib.resolve(adjoint)
+        self.adjoint = adjoint
+        self.rule = plan_lib.with_adjoint(self.rule, adjoint, self.estimator.name)
         self.stream_cuts = stream_cuts
         if stream_cuts is not None and self.host.cuts is None:
             plan_lib.stream_rule(stream_cuts, (1,))  # its own errors first

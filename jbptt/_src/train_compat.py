@@ -76,7 +76,7 @@ def train(
       flush, callbacks, resets, reset_state: as :meth:`Trainer.run` takes them.
       stream_cuts: as :class:`Trainer` takes it.
       buckets: the compile-tuning policy (:class:`Buckets`).
-      **options: ``on_nonfinite`` and ``mesh`` (as
+      **options: ``on_nonfinite``, ``mesh`` and ``adjoint`` (as
         :class:`Trainer` takes them); ``opt_state`` and ``est_state`` to
         resume from without a ``state``; and the deprecated ``clip``,
         ``clip_mode``, ``progress``, ``min_bucket``, ``max_buckets``,
@@ -118,7 +118,9 @@ def train(
             stacklevel=2,
         )
         callbacks = (progress_bar(int(xs.shape[0])), *callbacks)
-    kw = {k: options.pop(k) for k in ("on_nonfinite", "mesh") if k in options}
+    kw = {
+        k: options.pop(k) for k in ("on_nonfinite", "mesh", "adjoint") if k in options
+    }
     kw["stream_cuts"] = stream_cuts
     opt_state, est_state = (
         options.pop("opt_state", None),

@@ -9,6 +9,7 @@ plan through it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -53,6 +54,8 @@ class SegmentRule(NamedTuple):
         a split segment (``None`` unless ``splits``).
       splits: whether long segments can be split into blocks.
       takes_resets: whether ``segment`` takes ``resets=``/``reset_state=``.
+      takes_adjoint: whether ``segment`` (and ``block``) take ``adjoint=``, a
+        reverse-pass strategy (the truncation estimators' rules do).
     """
 
     init: Callable
@@ -61,6 +64,7 @@ class SegmentRule(NamedTuple):
     block: Callable | None
     splits: bool
     takes_resets: bool
+    takes_adjoint: bool = False
 
 
 def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
@@ -68,7 +72,8 @@ def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
     :class:`SegmentRule`: ``block`` splits the rule's ``segment`` when it
     says so (``block.splits is segment``) or says nothing; ``segment`` takes
     resets when its signature names ``resets`` or takes ``**kwargs`` (or has
-    no signature to read)."""
+    no signature to read), and a reverse-pass strategy when it names
+    ``adjoint``."""
     splits = rule.block is not None and rule.advance is not None
     if splits:
         splits = getattr(rule.block, "splits", rule.segment) is rule.segment
@@ -76,12 +81,13 @@ def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
         params = inspect.signature(rule.segment).parameters
         kinds = {p.kind for p in params.values()}
         takes = "resets" in params or inspect.Parameter.VAR_KEYWORD in kinds
+        takes_adjoint = "adjoint" in params
     except (TypeError, ValueError):  # no signature to read: let it run
-        takes = True
+        takes, takes_adjoint = True, False
     host = HostPlan(rule.plan, rule.cuts, rule.buckets)
     traced = SegmentRule(
         rule.init, rule.segment, rule.advance if splits else None,
-        rule.block if splits else None, splits, takes,
+        rule.block if splits else None, splits, takes, takes_adjoint,
     )  # fmt: skip
     return host, traced
 
@@ -261,3 +267,22 @@ def draw(rule, own_rule, key, t0: int, T: int, cut, stream_cut, batch_shape,
     own, stream_cut = _stream_weights(own_rule, key, t0, T, stream_cut, batch_shape)
     w = shared.reshape((T,) + (1,) * len(batch_shape)) * own.astype(dtype)
     return shared, w, cut, stream_cut
+
+
+def with_adjoint(rule: SegmentRule, adjoint, name: str) -> SegmentRule:
+    """``rule`` whose segments (and blocks) run their reverse pass by the
+    checked strategy ``adjoint``; ``None`` leaves the rule as it is."""
+    if adjoint is None:
+        return rule
+    if not rule.takes_adjoint:
+        raise ValueError(
+            f"adjoint: the online rule of estimator {name} runs no jbptt "
+            "reverse scan (forward-mode, zeroth-order or your own rule); "
+            "adjoint= applies to truncation estimators (full, tbptt, artbp); "
+            "drop it."
+        )
+    block = rule.block
+    return rule._replace(
+        segment=functools.partial(rule.segment, adjoint=adjoint),
+        block=None if block is None else functools.partial(block, adjoint=adjoint),
+    )
