@@ -12,6 +12,8 @@ Run each configuration in a fresh process (compiled code is per process):
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import time
 
 import jax
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-buckets", type=int, default=None)
     ap.add_argument("--no-ahead", action="store_true", help="Buckets(ahead=False)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
+    ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
     if args.quick:
         args.T, args.chunks, args.batch, args.hidden, args.k = 32, 2, 2, 4, 4
@@ -69,6 +72,9 @@ def main(argv=None) -> dict:
         "buckets": sorted({b for r in rows for b in r[3]}),
     }
     print(args.estimator, out)
+    name = f"first_call_{args.estimator}.json"
+    pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(args.out) / name).write_text(json.dumps(out, indent=1))
     return out
 
 
