@@ -138,6 +138,7 @@ def test_built_in_rules_state_their_flags():
     """The trainer reads what a built-in rule states (OnlineRule's flags),
     nothing hung on its functions."""
     from jbptt._src import segment_rules
+    from jbptt._src.estimators import as_estimator
     from jbptt._src.train_plan import read_rule
 
     rule = estimators.artbp(0.25).online()
@@ -148,7 +149,7 @@ def test_built_in_rules_state_their_flags():
     host, traced = read_rule(rule)
     assert traced.splits and traced.block is rule.block
     assert host.stream_cuts is rule.stream_cuts
-    links = estimators.as_estimator(jnp.ones(4))  # no cut law, no blocks
+    links = as_estimator(jnp.ones(4))  # no cut law, no blocks
     for est, flags in (
         (links, (True, True)),
         (forward_mode.uoro(), (True, False)),
