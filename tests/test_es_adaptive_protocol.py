@@ -104,6 +104,30 @@ def test_adaptive_train_rechooses_and_meets_delta_at_every_point():
         params, h0, start = h.params, h.h, start + n
 
 
+def test_adaptive_k_is_data_of_the_estimator():
+    """rechoose returns the estimator with its k; nothing is written: the
+    estimator given to train_adaptive is unchanged, and the online rule
+    plans TBPTT segments of the value's k (k0 while None)."""
+    model, prob = _elman_problem(T=48, seed=3)
+    est = estimators.adaptive_tbptt(0.25, max_lag=12, every=2, k0=4)
+    before = tuple(est)
+    chosen = est.rechoose(prob)
+    assert est.k is None and tuple(est) == before
+    assert chosen.k == est.choose(prob) and chosen._replace(k=None) == est
+    assert chosen.cost(prob).depth == estimators.tbptt(chosen.k).cost(prob).depth
+    key = jax.random.key(0)
+    assert est.online().plan(key, 10)[0].tolist() == [4, 4, 2]
+    assert est._replace(k=3).online().plan(key, 10)[0].tolist() == [3, 3, 3, 1]
+    hists, ks = train_adaptive(
+        model.cell, model.loss_fn, prob.params, prob.xs, prob.ys,
+        optax.sgd(0.05), est, key=jax.random.key(0), h0=prob.h0,
+    )  # fmt: skip
+    assert tuple(est) == before and ks[0] == chosen.k
+    # One compile per bucket over all rounds: the rounds share their steps.
+    buckets = {int(b) for h in hists for b in h.buckets}
+    assert sum(h.compiles for h in hists) <= len(buckets)
+
+
 def test_adaptive_bad_arguments():
     with pytest.raises(ValueError, match="delta"):
         estimators.adaptive_tbptt(1.5)

@@ -132,3 +132,71 @@ def test_sweep_and_train_never_ask_the_estimator_kind():
         text = (src / module).read_text()
         for kind in ("Estimator)", "OnlineEstimator", "Estimator |", "Links"):
             assert kind not in text, (module, kind)
+
+
+def test_built_in_rules_state_their_flags():
+    """The trainer reads what a built-in rule states (OnlineRule's flags),
+    nothing hung on its functions."""
+    from jbptt._src import segment_rules
+    from jbptt._src.estimators import as_estimator
+    from jbptt._src.train_plan import read_rule
+
+    rule = estimators.artbp(0.25).online()
+    assert rule.splits is rule.segment and rule.takes_resets and rule.takes_adjoint
+    assert rule.stream_cuts is not None
+    assert not hasattr(segment_rules.truncation_block, "splits")
+    assert not hasattr(rule.cuts, "streams")
+    host, traced = read_rule(rule)
+    assert traced.splits and traced.block is rule.block
+    assert host.stream_cuts is rule.stream_cuts
+    links = as_estimator(jnp.ones(4))  # no cut law, no blocks
+    for est, flags in (
+        (links, (True, True)),
+        (forward_mode.uoro(), (True, False)),
+        (estimators.es(0.1), (False, False)),
+    ):
+        r = est.online()
+        assert (r.takes_resets, r.takes_adjoint) == flags
+        _, traced = read_rule(r)
+        assert (traced.takes_resets, traced.takes_adjoint) == flags
+    # A rule made by _replace(segment=f) runs f whole: its blocks split
+    # another segment.
+    _, traced = read_rule(Doubled().online())
+    assert not traced.splits and traced.block is None and traced.advance is None
+
+
+def test_a_rule_without_flags_is_read_as_before():
+    """Flags left None: inferred as before the flags existed (signature,
+    block.splits, cuts.streams), for compatibility only."""
+    from jbptt._src import stream
+    from jbptt._src.train_plan import read_rule
+
+    base = (
+        estimators.tbptt(4)
+        .online()
+        ._replace(stream_cuts=None, splits=None, takes_resets=None, takes_adjoint=None)
+    )
+    host, traced = read_rule(base)
+    assert traced.splits and traced.takes_resets and traced.takes_adjoint
+    assert host.stream_cuts is None
+    law = stream.periodic(4)
+
+    def cuts(key, t0, T, d):
+        return stream.draw(law, key, t0, T, d)
+
+    def block(*args, **kwargs):
+        return base.block(*args, **kwargs)
+
+    cuts.streams = lambda keys, t0, T, d: stream.draw_streams(law, keys, t0, T, d)
+    block.splits = base.segment  # it splits another segment
+    host, traced = read_rule(
+        base._replace(segment=_doubled_segment, cuts=cuts, block=block)
+    )
+    assert host.stream_cuts is cuts.streams
+    assert not traced.splits and traced.block is None
+    assert not traced.takes_resets and not traced.takes_adjoint
+    # Stated flags win over the signature.
+    _, traced = read_rule(base._replace(takes_resets=False, takes_adjoint=False))
+    assert not traced.takes_resets and not traced.takes_adjoint
+    with pytest.raises(TypeError, match="OnlineRule.splits must be the segment"):
+        read_rule(base._replace(splits=True))

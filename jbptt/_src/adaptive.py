@@ -324,12 +324,12 @@ class AdaptiveTBPTT(NamedTuple):
     ``jax.pure_callback``, a pure function of the problem (:meth:`choose`);
     nothing is written.
 
-    Online, k is re-estimated every ``every`` updates: ``plan`` cuts the
-    stream into TBPTT segments of ``holder["k"]``, and :func:`train_adaptive`
-    calls :func:`jbptt.train.train` in rounds of ``every`` updates, calling
-    :meth:`rechoose` on the stream ahead of each round, on the host (the one
-    place that records a choice in the holder). A plain ``train.train`` call
-    uses the k of the last :meth:`rechoose` (``k0`` before any).
+    Online, the estimator trains TBPTT segments of its ``k`` (``k0`` while
+    it is ``None``): the chosen k is data of the estimator value, never
+    written anywhere. :meth:`rechoose` returns the estimator with ``k``
+    chosen on a problem, and :func:`train_adaptive` trains in rounds of
+    ``every`` updates, each with the estimator :meth:`rechoose` returned on
+    the stream ahead of it.
 
     Attributes:
       delta: tolerance δ on the relative bias.
@@ -337,8 +337,8 @@ class AdaptiveTBPTT(NamedTuple):
       every: updates between re-estimations (online).
       k0: k before the first choice.
       tau0: first lag of the geometric fit (default ``max_lag − 2``).
-      holder: host-side ``{"k": ..., "history": [...]}`` written by
-        :meth:`rechoose` only, shared by copies.
+      k: the chosen k its online rule trains with (``None``: none chosen
+        yet, ``k0``).
     """
 
     delta: float
@@ -346,7 +346,7 @@ class AdaptiveTBPTT(NamedTuple):
     every: int
     k0: int
     tau0: int | None
-    holder: dict
+    k: int | None = None
     deterministic: bool = True
 
     @property
@@ -373,13 +373,10 @@ class AdaptiveTBPTT(NamedTuple):
         bias bound is ≤ ``delta`` (T if none); a pure function of it."""
         return self._choose(problem, protocol.check_problem(problem))
 
-    def rechoose(self, problem) -> int:
-        """:meth:`choose` on ``problem``, recorded in the holder for the
-        online ``plan`` (host side, between training rounds)."""
-        k = self.choose(problem)
-        self.holder["k"] = k
-        self.holder.setdefault("history", []).append(k)
-        return k
+    def rechoose(self, problem) -> AdaptiveTBPTT:
+        """This estimator with ``k`` the :meth:`choose` on ``problem`` (host
+        side, between training rounds): its online rule trains TBPTT(k)."""
+        return self._replace(k=self.choose(problem))
 
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
         """``[n, D]``: TBPTT(k) for the k chosen on ``problem`` (repeated)."""
@@ -398,9 +395,9 @@ class AdaptiveTBPTT(NamedTuple):
 
     def cost(self, problem):
         """TBPTT's cost at the chosen k: chosen now when ``problem`` is
-        concrete, else the last :meth:`rechoose` (``nan`` depth before any)."""
+        concrete, else its ``k`` (``nan`` depth while none is chosen)."""
         T = protocol.check_problem(problem)
-        k = self.holder.get("k")
+        k = self.k
         if not _is_traced(problem.params):
             k = self._choose(problem, T)
         if k is None:
@@ -409,16 +406,17 @@ class AdaptiveTBPTT(NamedTuple):
         return estimators.tbptt(int(k)).cost(problem)
 
     def online(self):
-        """TBPTT segments of ``holder["k"]`` (see the class docstring)."""
+        """TBPTT segments of ``k`` (``k0`` while ``None``)."""
         rule = estimators.tbptt(1).online()  # the shared TBPTT segment
+        chosen = self.k0 if self.k is None else self.k
 
         def plan(key, T):
-            k = min(int(self.holder.get("k") or self.k0), T)
+            k = min(int(chosen), T)
             lengths = np.full(T // k, k, int)
             return (np.append(lengths, T % k) if T % k else lengths), None
 
         # its own plan: the TBPTT(1) law's cuts and buckets do not apply
-        return rule._replace(plan=plan, cuts=None, buckets=None)
+        return rule._replace(plan=plan, cuts=None, buckets=None, stream_cuts=None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -448,7 +446,7 @@ def adaptive_tbptt(
     for nm, v, low in (("max_lag", max_lag, 2), ("every", every, 1), ("k0", k0, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ValueError(f"{nm} must be an int ≥ {low}, got {v!r}.")
-    return AdaptiveTBPTT(float(delta), max_lag, every, k0, tau0, {"k": None})
+    return AdaptiveTBPTT(float(delta), max_lag, every, k0, tau0)
 
 
 def train_adaptive(
@@ -458,8 +456,11 @@ def train_adaptive(
 
     Each round: :meth:`AdaptiveTBPTT.rechoose` on the next
     ``max(max_lag, every·k)`` steps of the stream from the current state and
-    params, then one :meth:`jbptt.train.Trainer.run` over ``every·k`` steps
-    (``every`` TBPTT(k) updates), carrying params, optimizer state and h.
+    params (k: the last round's, ``estimator.k`` or ``k0`` at first), then
+    one :meth:`jbptt.train.Trainer.run` of the estimator it returned over
+    ``every·k`` steps (``every`` TBPTT(k) updates), carrying params,
+    optimizer state and h. The rounds' trainers share one set of compiled
+    steps (the segment rule does not depend on k).
 
     Returns:
       ``(histories, ks)``: the rounds' :class:`jbptt.train.History` and the
@@ -468,22 +469,26 @@ def train_adaptive(
     from jbptt._src.protocol import Problem
     from jbptt._src.train import Trainer
 
-    tr = Trainer(cell, loss_fn, optimizer, estimator)  # one compiled step
     T = xs.shape[0]
     start, histories, ks, opt_state, h = 0, [], [], None, h0
+    est, steps = estimator, None
     while start < T:
-        k = estimator.k0 if estimator.holder.get("k") is None else estimator.holder["k"]
-        span = min(T - start, max(estimator.max_lag, estimator.every * k))
+        k = est.k0 if est.k is None else est.k
+        span = min(T - start, max(est.max_lag, est.every * k))
         win = slice(start, start + span)
-        k = estimator.rechoose(Problem(cell, loss_fn, params, h, xs[win], ys[win]))
-        n = min(T - start, estimator.every * k)
+        est = est.rechoose(Problem(cell, loss_fn, params, h, xs[win], ys[win]))
+        n = min(T - start, est.every * est.k)
         seg = slice(start, start + n)
+        tr = Trainer(cell, loss_fn, optimizer, est)
+        if steps is None:
+            steps = tr.steps
+        tr.steps = steps  # the first round's compiled steps: one compile per bucket
         state = tr.init(params, jax.random.fold_in(key, start), h)
         if opt_state is not None:
             state = state._replace(opt_state=opt_state)
         _, hist = tr.run(state, xs[seg], ys[seg])
         params, opt_state, h = hist.params, hist.opt_state, hist.h
         histories.append(hist)
-        ks.append(k)
+        ks.append(est.k)
         start += n
     return histories, ks

@@ -166,18 +166,25 @@ class Estimator(NamedTuple):
         (:func:`jbptt._src.stream.draw`), the segments run in the law's static
         buckets and longer ones are split (``advance`` and ``block``)."""
         if self.law is None:
-            return OnlineRule(_no_state, self._plan, _truncation_segment)
+            return OnlineRule(
+                _no_state, self._plan, _truncation_segment,
+                takes_resets=True, takes_adjoint=True,
+            )  # fmt: skip
         law = self.law
         return OnlineRule(
             _no_state,
             self._plan,
             _truncation_segment,
-            cuts=_cuts_of(law),
+            cuts=functools.partial(stream.draw, law),
             buckets=lambda min_bucket, max_buckets=6: stream.buckets(
                 law, min_bucket, max_buckets
             ),
             advance=_truncation_advance,
             block=_truncation_block,
+            stream_cuts=functools.partial(stream.draw_streams, law),
+            splits=_truncation_segment,
+            takes_resets=True,
+            takes_adjoint=True,
         )
 
     def _plan(self, key, T: int):
@@ -228,17 +235,6 @@ def as_estimator(estimator) -> protocol.GradientEstimator:
     if hasattr(estimator, "shape") and not hasattr(estimator, "online"):
         return Links(estimator)
     return protocol.check_estimator(estimator)
-
-
-def _cuts_of(law):
-    """``OnlineRule.cuts`` of a cut law, with ``cuts.streams`` drawing many
-    streams' cuts at once (:func:`jbptt._src.stream.draw_streams`)."""
-
-    def cuts(key, t0, T, d):
-        return stream.draw(law, key, t0, T, d)
-
-    cuts.streams = functools.partial(stream.draw_streams, law)
-    return cuts
 
 
 def _one_window(w):

@@ -105,8 +105,8 @@ class OnlineEstimator(NamedTuple):
       deterministic: whether the key is ignored.
       hparams: hyperparameters, for reports.
       segment: the online segment gradient (:class:`OnlineRule`'s
-        ``segment``), built once with the estimator so that training
-        compiles once per segment length.
+        ``segment``, taking ``resets=`` and ``reset_state=``), built once
+        with the estimator so that training compiles once per segment length.
     """
 
     name: str
@@ -157,7 +157,10 @@ class OnlineEstimator(NamedTuple):
 
     def online(self) -> OnlineRule:
         """One update per step; the influence is the carried state."""
-        return OnlineRule(self._init_influence, _every_step, self.segment)
+        return OnlineRule(
+            self._init_influence, _every_step, self.segment,
+            takes_resets=True, takes_adjoint=False,
+        )  # fmt: skip
 
     def _init_influence(self, cell, params, h0, x0):
         return self.init(cell, params, h0, x0).influence

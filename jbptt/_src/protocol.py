@@ -134,15 +134,17 @@ class OnlineRule(NamedTuple):
         since the last cut). When given, :func:`jbptt.train.train` uses it
         instead of ``plan``, so a stream fed in chunks is cut as if fed at
         once, and the unfinished last segment of a chunk waits for the next.
-        It may carry ``cuts.streams``: ``(keys, t0, T, d[n]) -> (w[T, n],
-        d[n])``, the same draws for ``n`` streams at once (used for
-        ``train(stream_cuts=)``; the built-in laws have it).
+      stream_cuts: optional ``(keys, t0, T, d[n]) -> (w[T, n], d[n])``, on
+        the host: ``cuts``'s draws for ``n`` streams at once, stream ``j``
+        from ``keys[j]`` (``train(stream_cuts=)``; the built-in laws give
+        it). ``None``: ``cuts`` is called per stream (or its ``streams``
+        attribute, read for compatibility).
       buckets: optional ``(min_bucket, max_buckets=6) -> tuple[int, ...]``:
         the static segment lengths the training step compiles (at most
         ``max_buckets`` of them), fixed by the estimator (not by one draw).
         Segments run in the smallest bucket that holds them; a longer one
-        is split into blocks of the largest (needs ``advance`` and
-        ``block``). Without it, buckets are powers of two capped at the
+        is split into blocks of the largest (needs ``advance``, ``block``
+        and ``splits``). Without it, buckets are powers of two capped at the
         call's longest segment.
       advance: optional ``(cell, params, h, xs, mask) -> h_new``, traceable:
         the state after a block's real steps, forward only.
@@ -152,10 +154,23 @@ class OnlineRule(NamedTuple):
         the block's last real step from later blocks and ``dh_start`` the one
         leaving through its first link. The gradients summed over the blocks
         must equal ``segment``'s on the whole (for stateless estimators, whose
-        ``est_state`` is ``()``). A rule that replaces ``segment`` with
-        ``_replace`` keeps the old ``block``; it is used only when it says it
-        splits this segment (``block.splits is segment``) or has no
-        ``splits`` attribute.
+        ``est_state`` is ``()``).
+      splits: the ``segment`` function that ``advance`` and ``block`` split
+        (the built-in truncation rules name their own). Blocks run only
+        while it is this rule's ``segment``: a rule made by
+        ``_replace(segment=f)`` runs ``f`` whole unless it also passes
+        ``splits=f``. ``None`` (compatibility only): blocks run when
+        ``advance`` and ``block`` are given, unless ``block`` carries a
+        ``splits`` attribute naming another segment.
+      takes_resets: whether ``segment`` (and ``advance``, ``block``) take
+        ``resets=`` and ``reset_state=``: episode starts ``[n, *batch]`` and
+        the state they restart from (``Trainer.run(resets=)`` needs it).
+        ``None`` (compatibility only): read from ``segment``'s signature.
+      takes_adjoint: whether ``segment`` and ``block`` take ``adjoint=``, a
+        reverse-pass strategy (``Trainer(adjoint=)`` needs it). ``None``
+        (compatibility only): whether ``segment``'s signature names it.
+        Both describe the ``segment`` they came with: restate them (or set
+        ``None``) when replacing it.
     """
 
     init: Callable[..., Any]
@@ -165,6 +180,10 @@ class OnlineRule(NamedTuple):
     buckets: Callable[[int], tuple[int, ...]] | None = None
     advance: Callable[..., Any] | None = None
     block: Callable[..., tuple[jax.Array, Any, Any, Any]] | None = None
+    stream_cuts: Callable[..., tuple[np.ndarray, Any]] | None = None
+    splits: Callable[..., Any] | None = None
+    takes_resets: bool | None = None
+    takes_adjoint: bool | None = None
 
 
 @runtime_checkable

@@ -132,7 +132,3 @@ def truncation_block(
     grad = jax.value_and_grad(block_loss, argnums=(0, 1), has_aux=True)
     (_, (losses, h_last)), (g, dh_start) = grad(params, h)
     return losses, g, jax.lax.stop_gradient(h_last), dh_start
-
-
-# What the block splits (read by the trainer's OnlineRule adapter).
-truncation_block.splits = truncation_segment

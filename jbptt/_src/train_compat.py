@@ -237,8 +237,9 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer, *, guard: bool = False):
 
     check_optimizer(optimizer)
     rule = protocol.OnlineRule(
-        segment_rules.no_state, None, segment_rules.truncation_segment
-    )
+        segment_rules.no_state, None, segment_rules.truncation_segment,
+        takes_resets=True, takes_adjoint=True,
+    )  # fmt: skip
     program = train_step.Steps(cell, loss_fn, optimizer, train_plan.read_rule(rule)[1])
 
     def step(params, opt_state, h, xs, ys, w, start, n, bucket, resets=None,

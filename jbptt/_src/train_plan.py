@@ -35,17 +35,19 @@ class HostPlan(NamedTuple):
         stream by global step (``None`` without a cut law).
       buckets: ``(min_bucket, max_buckets=...) -> lengths``: the static
         segment lengths of the law (``None``: powers of two).
+      stream_cuts: ``(keys, t0, T, d[n]) -> (w[T, n], d[n])``: ``cuts`` for
+        ``n`` streams at once (``None``: ``cuts`` per stream).
     """
 
     plan: Callable
     cuts: Callable | None
     buckets: Callable | None
+    stream_cuts: Callable | None = None
 
 
 class SegmentRule(NamedTuple):
     """The traced half of an online rule, with what the trainer needs to
-    know said in flags (instead of read from function attributes and
-    signatures at every call).
+    know said in flags.
 
     Attributes:
       init: ``(cell, params, h0, x0) -> est_state``.
@@ -68,28 +70,59 @@ class SegmentRule(NamedTuple):
 
 
 def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
-    """Today's ``OnlineRule`` split into its :class:`HostPlan` and its
-    :class:`SegmentRule`: ``block`` splits the rule's ``segment`` when it
-    says so (``block.splits is segment``) or says nothing; ``segment`` takes
-    resets when its signature names ``resets`` or takes ``**kwargs`` (or has
-    no signature to read), and a reverse-pass strategy when it names
-    ``adjoint``."""
+    """``rule`` split into its :class:`HostPlan` and its :class:`SegmentRule`,
+    its flags as the rule states them (``OnlineRule.splits``,
+    ``takes_resets``, ``takes_adjoint``, ``stream_cuts``). A flag left
+    ``None`` is inferred as before the flags existed, for compatibility
+    only: ``block`` splits ``segment`` unless it carries a ``splits``
+    attribute naming another; ``segment`` takes resets when its signature
+    names ``resets`` or takes ``**kwargs`` (or has none to read), and a
+    strategy when it names ``adjoint``; ``cuts.streams`` draws many
+    streams."""
+    said = _said(rule)
     splits = rule.block is not None and rule.advance is not None
     if splits:
-        splits = getattr(rule.block, "splits", rule.segment) is rule.segment
-    try:
-        params = inspect.signature(rule.segment).parameters
-        kinds = {p.kind for p in params.values()}
-        takes = "resets" in params or inspect.Parameter.VAR_KEYWORD in kinds
-        takes_adjoint = "adjoint" in params
-    except (TypeError, ValueError):  # no signature to read: let it run
-        takes, takes_adjoint = True, False
-    host = HostPlan(rule.plan, rule.cuts, rule.buckets)
+        target = said["splits"]
+        if target is None:  # compatibility: an attribute on the block
+            target = getattr(rule.block, "splits", rule.segment)
+        elif not callable(target):
+            raise TypeError(
+                "OnlineRule.splits must be the segment function that advance "
+                f"and block split (e.g. splits=segment), got {target!r}."
+            )
+        splits = target is rule.segment
+    takes, takes_adjoint = said["takes_resets"], said["takes_adjoint"]
+    if takes is None or takes_adjoint is None:  # compatibility: the signature
+        sig_resets, sig_adjoint = _signature_flags(rule.segment)
+        takes = sig_resets if takes is None else takes
+        takes_adjoint = sig_adjoint if takes_adjoint is None else takes_adjoint
+    many = said["stream_cuts"]
+    if many is None and rule.cuts is not None:  # compatibility: an attribute
+        many = getattr(rule.cuts, "streams", None)
+    host = HostPlan(rule.plan, rule.cuts, rule.buckets, many)
     traced = SegmentRule(
         rule.init, rule.segment, rule.advance if splits else None,
-        rule.block if splits else None, splits, takes, takes_adjoint,
+        rule.block if splits else None, splits, bool(takes), bool(takes_adjoint),
     )  # fmt: skip
     return host, traced
+
+
+def _said(rule) -> dict:
+    """The flags ``rule`` states (``None`` where it says nothing, as a rule
+    of another type than :class:`~jbptt._src.protocol.OnlineRule` does)."""
+    names = ("splits", "takes_resets", "takes_adjoint", "stream_cuts")
+    return {n: getattr(rule, n, None) for n in names}
+
+
+def _signature_flags(segment) -> tuple[bool, bool]:
+    """Whether ``segment``'s signature takes resets and a strategy."""
+    try:
+        params = inspect.signature(segment).parameters
+    except (TypeError, ValueError):  # no signature to read: let it run
+        return True, False
+    kinds = {p.kind for p in params.values()}
+    takes = "resets" in params or inspect.Parameter.VAR_KEYWORD in kinds
+    return takes, "adjoint" in params
 
 
 class Plan(NamedTuple):
@@ -216,10 +249,10 @@ def cat(a, b):
     return b if a is None else tree_map(lambda u, v: np.concatenate([u, v]), a, b)
 
 
-def stream_rule(stream_cuts, batch_shape):
-    """The online rule whose cut law cuts each stream on its own."""
+def stream_rule(stream_cuts, batch_shape) -> HostPlan:
+    """The host plan whose cut law cuts each stream on its own."""
     est = estimators.as_estimator(stream_cuts)
-    rule = est.online()
+    rule = read_rule(est.online())[0]
     if rule.cuts is None:
         raise ValueError(
             f"stream_cuts: estimator {est.name} draws no cuts along a stream "
@@ -243,9 +276,8 @@ def _stream_weights(rule, key, t0: int, T: int, carry, batch_shape):
     carry = np.ones(n, int) if carry is None else np.asarray(carry, int)
     base = jax.random.fold_in(key, _STREAM_SALT)
     keys = [jax.random.fold_in(base, j) for j in range(n)]
-    many = getattr(rule.cuts, "streams", None)  # all streams at once
-    if many is not None:
-        w, new = many(keys, t0, T, carry)
+    if rule.stream_cuts is not None:  # all streams at once
+        w, new = rule.stream_cuts(keys, t0, T, carry)
         return np.asarray(w).reshape((T, *batch_shape)), np.asarray(new, int)
     cols, new = [], np.empty(n, int)
     for j in range(n):

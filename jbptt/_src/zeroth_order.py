@@ -130,7 +130,10 @@ class ZerothOrder(NamedTuple):
     def online(self) -> OnlineRule:
         """One update per truncation of K steps (T for :func:`es`, which then
         updates once per call); particles and ξ are the carried state."""
-        return OnlineRule(self.init, _truncations(self.hparams.get("K")), self.segment)
+        return OnlineRule(
+            self.init, _truncations(self.hparams.get("K")), self.segment,
+            takes_resets=False, takes_adjoint=False,
+        )  # fmt: skip
 
 
 @functools.cache
