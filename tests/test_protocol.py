@@ -200,3 +200,7 @@ def test_a_rule_without_flags_is_read_as_before():
     assert not traced.takes_resets and not traced.takes_adjoint
     with pytest.raises(TypeError, match="OnlineRule.splits must be the segment"):
         read_rule(base._replace(splits=True))
+    # A built-in rule whose segment is replaced (as Doubled's is): its stated
+    # call flags described the old segment, so the new one's are read.
+    _, traced = read_rule(estimators.full().online()._replace(segment=_doubled_segment))
+    assert not traced.splits and not traced.takes_resets and not traced.takes_adjoint

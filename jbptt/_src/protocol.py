@@ -169,8 +169,9 @@ class OnlineRule(NamedTuple):
       takes_adjoint: whether ``segment`` and ``block`` take ``adjoint=``, a
         reverse-pass strategy (``Trainer(adjoint=)`` needs it). ``None``
         (compatibility only): whether ``segment``'s signature names it.
-        Both describe the ``segment`` they came with: restate them (or set
-        ``None``) when replacing it.
+        Both describe the ``segment`` they came with: when ``splits`` names
+        another function than ``segment`` (a rule made by
+        ``_replace(segment=f)``), they are read from ``f``'s signature.
     """
 
     init: Callable[..., Any]

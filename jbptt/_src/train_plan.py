@@ -80,6 +80,10 @@ def read_rule(rule: protocol.OnlineRule) -> tuple[HostPlan, SegmentRule]:
     strategy when it names ``adjoint``; ``cuts.streams`` draws many
     streams."""
     said = _said(rule)
+    if callable(said["splits"]) and said["splits"] is not rule.segment:
+        # segment replaced (rule._replace(segment=f)): the stated call flags
+        # describe the old segment, so f's are read as if unstated
+        said.update(takes_resets=None, takes_adjoint=None)
     splits = rule.block is not None and rule.advance is not None
     if splits:
         target = said["splits"]
