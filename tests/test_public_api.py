@@ -258,3 +258,12 @@ def test_top_level_check_finite_warns_and_is_checks_check_finite():
     with pytest.warns(DeprecationWarning, match="jbptt.checks.check_finite"):
         old = jbptt.check_finite
     assert old is jbptt.checks.check_finite
+
+
+def test_the_migration_page_lists_every_old_name():
+    page = (
+        pathlib.Path(jbptt.__file__).parents[1] / "docs" / "migration.md"
+    ).read_text()
+    olds = [f"jbptt.{m}.{o}" for m, o in DEPRECATED] + ["jbptt.check_finite"]
+    missing = [old for old in olds if f"`{old}`" not in page]
+    assert not missing, missing
