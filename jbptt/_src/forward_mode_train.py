@@ -141,7 +141,7 @@ def train(
         tx = optax.chain(optax.clip_by_global_norm(clip), optimizer)
     tr = shared_trainer(
         cell, loss_fn, (optimizer, tx, (clip, "global_norm")),
-        _EveryN(estimator, update_every), None, Buckets(min_bucket=update_every), {},
+        _EveryN(estimator, update_every), Buckets(min_bucket=update_every), {},
     )  # fmt: skip
     run = tr.init(params, key, h0)
     if opt_state is not None:

@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from jbptt._src import validation
+from jbptt._src import buckets as buckets_lib
+from jbptt._src import protocol, segment_rules, train_plan, train_step, validation
 from jbptt._src.buckets import Buckets
 from jbptt._src.cell import Cell
 from jbptt._src.train import Trainer, check_optimizer, progress_bar
@@ -130,9 +132,7 @@ def train(
         raise TypeError(
             f"train() got an unexpected keyword argument {next(iter(options))!r}."
         )
-    tr = shared_trainer(
-        cell, loss_fn, (optimizer, tx, clip), estimator, state, buckets, kw
-    )
+    tr = shared_trainer(cell, loss_fn, (optimizer, tx, clip), estimator, buckets, kw)
     if state is None:
         state = tr.init(params, key, h0)
         if opt_state is not None:
@@ -174,8 +174,6 @@ def _bucket_keywords(buckets, options) -> Buckets | None:
     old = {k: options.pop(k) for k in list(_BUCKET_KEYWORDS) if k in options}
     if not old:
         return buckets
-    from jbptt._src import buckets as buckets_lib
-
     new = (buckets or Buckets())._replace(
         **{_BUCKET_KEYWORDS[k]: v for k, v in old.items()}
     )
@@ -190,13 +188,13 @@ def _bucket_keywords(buckets, options) -> Buckets | None:
     return new
 
 
-def shared_trainer(cell, loss_fn, opt, estimator, state, buckets, kw) -> Trainer:
+def shared_trainer(cell, loss_fn, opt, estimator, buckets, kw) -> Trainer:
     """A :class:`Trainer` for one call, on the compiled gradient passes of an
     earlier call with the same model and rule (and its update too when the
     optimizer and clipping are the same objects). ``opt`` is ``(optimizer,
     tx, (clip, clip_mode))``: the object given, the transformation trained
-    with and what clipping made of it. ``state`` is unused (a fresh
-    optimizer per chunked call compiles only its update)."""
+    with and what clipping made of it (a fresh optimizer per chunked call
+    compiles only its update)."""
     optimizer, tx, clip = opt
     tr = Trainer(cell, loss_fn, tx, estimator, buckets=buckets, **kw)
     p = tr.rule
@@ -231,10 +229,6 @@ def make_step(cell: Cell, loss_fn: Callable, optimizer, *, guard: bool = False):
     are not finite is not applied; ``guard=True`` also returns the
     :func:`jbptt.checks.finite_flags`.
     """
-    import jax.numpy as jnp
-
-    from jbptt._src import protocol, segment_rules, train_plan, train_step
-
     check_optimizer(optimizer)
     rule = protocol.OnlineRule(
         segment_rules.no_state, None, segment_rules.truncation_segment,

@@ -205,7 +205,6 @@ class _Loop:
         r = None if plan.resets is None else plan_lib.pad(plan.resets, s, n, b)
         if mesh is not None:  # [T, B, ...] split on B; shared w[T] replicated
             data, r = sharding.split_batch((data, r), mesh, axis=1)
-        params, opt_state, _, est_state = self.carry
         params, _, _, est_state = self.carry
         return StepIn(params, h, est_state, g_acc, dh, *data, n, key, mode, r,
                       self.h_reset)  # fmt: skip
