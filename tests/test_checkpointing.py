@@ -408,8 +408,6 @@ def test_budget_with_lengths_resets_and_weights_is_exact(name, M, unit):
 @pytest.mark.parametrize("name", ["elman_tanh", "gru", "from_fn"])
 @pytest.mark.parametrize("M, unit", [(2, 1), (3, 2)])
 def test_budget_rnn_scan_is_exact(name, M, unit):
-    from jbptt._src.checkpointing import budget_rnn_scan
-
     T = 11
     model, params, h0, xs, ys, lengths, resets, w = _masked_problem(name, T, seed=3)
     cell, p = model.cell, params
@@ -436,10 +434,7 @@ def test_budget_rnn_scan_is_exact(name, M, unit):
         return jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
 
     g_ref, out_ref = loss(jbptt.rnn_scan, adjoint=jbptt.Autodiff())(p, h0, xs)
-    g, out = loss(budget_rnn_scan, budget=Budget(M, unit))(p, h0, xs)
-    assert rel_err(out, out_ref) <= 1e-12
-    assert rel_err(g, g_ref) <= 1e-10
-    # the public rnn_scan takes the budget as its adjoint= strategy
+    # rnn_scan takes the budget as its adjoint= strategy
     g, out = loss(jbptt.rnn_scan, adjoint=Budget(M, unit))(p, h0, xs)
     assert rel_err(out, out_ref) <= 1e-12
     assert rel_err(g, g_ref) <= 1e-10

@@ -344,54 +344,12 @@ def budget_loss(cell, loss_fn, budget):
     return objective
 
 
-def budget_rnn_scan(
-    cell,
-    params,
-    h0,
-    xs,
-    w=None,
-    *,
-    lengths=None,
-    resets=None,
-    reset_state=None,
-    budget,
-):
-    """:func:`jbptt.rnn_scan` under a memory budget: ``(h_T, outs)``, whose
-    gradient (any loss of ``outs`` and ``h_T``) runs the optimal schedule.
-
-    The same interpreter as :func:`budget_loss` (see there for what is
-    stored and what is recomputed), with the cotangents of ``outs`` in place
-    of the loss's: ``outs`` itself is ``[T, ...]``, so the budget bounds the
-    states and residuals, not the outputs. Arguments as for
-    :func:`jbptt.rnn_scan`.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp
-      >>> import jbptt
-      >>> from jbptt._src.checkpointing import budget_rnn_scan
-      >>> from jbptt import Budget
-      >>> cell = jbptt.cells.gru()
-      >>> p = cell.init(jax.random.key(0), 2, 3)
-      >>> xs = jnp.ones((7, 2))
-      >>> def f(scan, **kw):
-      ...     h0 = cell.initial_state(p)
-      ...     return lambda p: jnp.sum(scan(cell, p, h0, xs, **kw)[1] ** 2)
-      >>> g = jax.grad(f(budget_rnn_scan, budget=Budget(2)))(p)
-      >>> ref = jax.grad(f(jbptt.rnn_scan))(p)
-      >>> jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.allclose, g, ref))
-      True
-    """
-    check_budget(budget)
-    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
-    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-    return budget_scan(cell, budget)(params, h0, xs, w, mask, resets, h_reset)
-
-
 def budget_scan(cell, budget):
     """``(params, h0, xs, w, mask, resets, h_reset) -> (h_T, outs)`` on checked
-    arguments (what :func:`budget_rnn_scan` runs after its checks): a
-    ``jax.custom_vjp`` whose backward runs the optimal schedule under
-    ``budget``. ``w``, ``mask`` and ``resets`` get no cotangent."""
+    arguments (what ``jbptt.rnn_scan(..., adjoint=jbptt.Budget(M))`` runs
+    after its checks): a ``jax.custom_vjp`` whose backward runs the optimal
+    schedule under ``budget``. ``w``, ``mask`` and ``resets`` get no
+    cotangent."""
 
     def first_pass(params, h0, xs, mask, resets, h_reset):
         prog = program(xs.shape[0], budget)
