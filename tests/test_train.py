@@ -323,3 +323,11 @@ def test_trainer_refuses_a_strategy_for_forward_mode():
         jbptt.train.Trainer(
             model.cell, model.loss_fn, optax.sgd(0.1), estimators.tbptt(4), adjoint=3
         )
+
+
+def test_progress_bar_bad_input(monkeypatch):
+    with pytest.raises(ValueError, match="total"):
+        jbptt.train.progress_bar(0)
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match="pip install tqdm"):
+        jbptt.train.progress_bar(16)

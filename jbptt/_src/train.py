@@ -348,7 +348,14 @@ def progress_bar(total: int, **tqdm_kwargs) -> Callable[[Event], None]:
       >>> cb(train.Event(None, 0, 0, 16, 0.5, 1.0, 0.1)) is None
       True
     """
-    from tqdm.auto import tqdm
+    total = validation.positive_int("total", total)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:
+        raise ImportError(
+            "train.progress_bar draws with tqdm: pip install tqdm "
+            '(or pip install "jbptt[experiments]").'
+        ) from err
 
     bar = tqdm(total=total, unit="step", mininterval=0.5, **tqdm_kwargs)
     t0, count = time.perf_counter(), [0]
