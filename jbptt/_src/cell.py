@@ -76,6 +76,9 @@ class Cell(NamedTuple):
       input_size: ``params -> int``, the feature size ``x`` must have, or
         ``None`` when it cannot be read from ``params``.
       name: a short description used in error messages and reports.
+      diagonal: for diagonal linear recurrences ``h_t = a_t ⊙ h_{t-1} + b_t``
+        (:func:`jbptt.cells.diagonal`), their
+        :class:`~jbptt.cells.DiagonalRules`; ``None`` otherwise.
     """
 
     init: Callable[..., Params]
@@ -84,3 +87,4 @@ class Cell(NamedTuple):
     rules: ReverseRules | None = None
     input_size: Callable[[Params], int] | None = None
     name: str = "cell"
+    diagonal: Any = None
