@@ -76,7 +76,8 @@ def check_budget(budget):
     M, unit = budget.max_states, budget.unit
     for name, v, low in (("max_states", M, 2), ("unit", unit, 1)):
         if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < low:
-            raise ValueError(f"Budget.{name} must be an int ≥ {low}, got {v!r}.")
+            why = " (a bool is not a number)" if isinstance(v, bool) else ""
+            raise ValueError(f"Budget.{name} must be an int ≥ {low}, got {v!r}{why}.")
     return budget
 
 
