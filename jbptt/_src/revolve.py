@@ -91,7 +91,7 @@ def _beta(c: int, r: int) -> int:
 
 def _band(t: int, m: int, r: int = 1) -> int:
     """The band r ≥ 1 of t > m ≥ 2: β(m−1, r) < t ≤ β(m−1, r+1); ``r`` is a
-    guess (a parent's band is its children's or one above)."""
+    guess (a parent's band is at most two above its children's)."""
     if m == 2:  # β(1, r) = r + 1: each band holds one chain length
         return t - 2
     lo, hi = 1, r
@@ -137,10 +137,10 @@ def forward_steps(T: int, M: int) -> int:
       >>> forward_steps(10, 2), forward_steps(10, 4), forward_steps(10, 10)
       (54, 19, 10)
     """
-    if M < 2 and T > 1:
-        raise ValueError(f"max_states must be ≥ 2 for T > 1, got {M}.")
     if T <= M:
         return T
+    if M < 2:
+        raise ValueError(f"max_states must be ≥ 2 (or ≥ T = {T}), got {M}.")
     r = _band(T, M)
     n = T - _beta(M - 1, r)
     g, rest = _greedy(n, r, M)
