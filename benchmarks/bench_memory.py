@@ -9,9 +9,17 @@ steps the schedule runs (first pass included), recomputed steps, XLA's compiled
 temporary memory (``jax.jit(f).lower(...).compile().memory_analysis()``), compile and
 run time, and the gradient's agreement with the uncheckpointed one.
 
+It also times the host-side planning of the schedule
+(``revolve.program``: the closed form and the flattened action arrays, made
+once per static T at trace time) for T in ``--plan-T`` and M in
+``--plan-M`` (best of three uncached calls), printed and kept under
+``"plan"`` in the JSON and in ``results_plan.csv``; ``--plan-only`` skips
+the compiled runs.
+
 Run ``python -m benchmarks.bench_memory --out benchmarks``; ``--quick`` uses
 a short sequence and finishes in seconds. Writes ``results_memory.csv``,
-``results_memory.json`` and ``memory.png`` to ``--out``.
+``results_memory.json``, ``results_plan.csv`` and ``memory.png`` to
+``--out``.
 """
 
 from __future__ import annotations
@@ -120,6 +128,40 @@ def run(T, H, I, unit, budgets, repeats, log):
     return rows
 
 
+def plan_times(Ts, Ms, log, repeats=3):
+    """Host-side planning time of ``Budget(M)`` over T steps: the best of
+    ``repeats`` uncached :func:`revolve.program` calls, with its size."""
+    rows = []
+    for T in Ts:
+        for M in Ms:
+            best = math.inf
+            for _ in range(repeats):
+                program.cache_clear()
+                t0 = time.perf_counter()
+                prog = program(T, Budget(M))
+                best = min(best, time.perf_counter() - t0)
+            row = {
+                "T": T,
+                "max_states": M,
+                "plan_ms": 1e3 * best,
+                "actions": len(prog.spine) + 1 + len(prog.kind),
+                "recomputed_steps": prog.steps - T,
+            }
+            rows.append(row)
+            log(
+                f"plan  T={T:>7}  M={M:>3}  {row['plan_ms']:9.2f} ms  "
+                f"actions={row['actions']:>7}  recomputed={row['recomputed_steps']}"
+            )
+    return rows
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -159,16 +201,24 @@ def main(argv=None):
     ap.add_argument("--unit", type=int, default=100, help="steps per block")
     ap.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 6, 11, 21, 101])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--plan-T", type=int, nargs="+", default=[1_000, 20_000, 100_000])
+    ap.add_argument("--plan-M", type=int, nargs="+", default=[2, 8, 16, 64])
+    ap.add_argument("--plan-only", action="store_true", help="time the planning only")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks")
     a = ap.parse_args(argv)
     if a.quick:
         a.T, a.hidden, a.input, a.unit, a.repeats = 12, 4, 2, 2, 1
         a.budgets = [2, 7]
+        a.plan_T, a.plan_M = [1_000], [2, 8]
     if min(a.budgets) < 2:
         raise ValueError(f"--budgets must all be ≥ 2, got {a.budgets}.")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    plan = plan_times(a.plan_T, a.plan_M, print)
+    _write_csv(out / "results_plan.csv", plan)
+    if a.plan_only:
+        return {"plan": plan}
     rows = run(a.T, a.hidden, a.input, a.unit, a.budgets, a.repeats, print)
     config = {
         "T": a.T,
@@ -182,15 +232,11 @@ def main(argv=None):
         "backend": jax.default_backend(),
         "machine": platform.platform(),
     }
-    with open(out / "results_memory.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (out / "results_memory.json").write_text(
-        json.dumps({"config": config, "rows": rows}, indent=1)
-    )
+    _write_csv(out / "results_memory.csv", rows)
+    result = {"config": config, "rows": rows, "plan": plan}
+    (out / "results_memory.json").write_text(json.dumps(result, indent=1))
     plot(rows, out / "memory.png")
-    return {"config": config, "rows": rows}
+    return result
 
 
 if __name__ == "__main__":

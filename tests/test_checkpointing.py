@@ -6,6 +6,7 @@ import heapq
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jbptt
@@ -13,6 +14,7 @@ from jbptt import Budget
 from jbptt._src.checkpointing import concat_outs, scan_budget
 from jbptt._src.losses import sum_of_losses
 from jbptt._src.revolve import (
+    ADVANCE,
     check_budget,
     forward_steps,
     recomputations,
@@ -488,3 +490,121 @@ def test_budget_vmaps_over_link_weights():
         return jax.jit(jax.vmap(lambda w: vg(p, h0, xs, ys, w)[1]))(ws)
 
     assert rel_err(grads(Budget(2)), grads(None)) <= 1e-10
+
+
+# ------------------------------------- the closed form against the table ---
+
+
+def _dynamic_program(T: int, M: int):
+    """F[m, t] by the recurrence itself, O(M·T²): the table the closed form
+    replaced (leaf t ≤ m costs t; else min_s s + F(t−s, m−1) + F(s, m))."""
+    INF = np.iinfo(np.int64).max // 4
+    F = np.full((M + 1, T + 1), INF, dtype=np.int64)
+    F[:, 0] = 0
+    for m in range(1, M + 1):
+        F[m, 1 : m + 1] = np.arange(1, min(m, T) + 1)
+        for t in range(m + 1, T + 1):
+            s = np.arange(1, t)
+            F[m, t] = min(int(np.min(s + F[m - 1, t - s] + F[m, s])), INF)
+    return F
+
+
+def test_closed_form_equals_the_dynamic_program_exhaustively():
+    # Every T ≤ 200 and M ≤ 8: the optimum and an optimal split.
+    from jbptt._src.revolve import split
+
+    F = _dynamic_program(200, 8)
+    for M in range(2, 9):
+        for T in range(1, 201):
+            assert forward_steps(T, M) == F[min(M, T), T], (T, M)
+            if T > M:
+                s, _ = split(T, M)
+                assert 1 <= s < T and s + F[M, s] + F[M - 1, T - s] == F[M, T]
+    assert [forward_steps(T, 1) for T in (0, 1)] == [0, 1]
+    with pytest.raises(ValueError, match="max_states"):
+        forward_steps(2, 1)
+
+
+def _replay(prog, T: int, M: int, unit: int = 1) -> int:
+    """Run a Program's actions on a model of its slots and return the forward
+    steps: each range starts at the step whose state its slot holds, the
+    leaves reverse T−1, …, 0 in order, and the states kept plus a leaf's
+    residuals (in blocks of ``unit``) never exceed M."""
+    held, steps = {0: 0}, 0
+    for i, (a, b) in enumerate(prog.spine.tolist()):
+        assert held[i] == a < b and i + 1 < M
+        held[i + 1], steps = b, steps + b - a
+    d, (a, b) = len(prog.spine), prog.first_leaf
+    assert held[d] == a and b == T and d + -(-(b - a) // unit) <= M
+    done, steps = a, steps + b - a  # reversed down to step `done`
+    cols = (prog.kind, prog.slot, prog.start, prog.stop)
+    for kind, slot, a, b in zip(*(v.tolist() for v in cols), strict=True):
+        assert held[slot] == a < b, (kind, slot, a, b)
+        steps += b - a
+        if kind == ADVANCE:  # advance: store the state at b in the next slot
+            assert slot + 1 < prog.slots <= M
+            held[slot + 1] = b
+        else:  # leaf: re-run a..b−1 with residuals and reverse them at once
+            assert b == done and slot + -(-(b - a) // unit) <= M
+            done = a
+    assert done == 0
+    return steps
+
+
+@pytest.mark.parametrize(
+    "T, M, unit", [(100_000, 16, 1), (100_000, 2, 1), (3001, 3, 1), (1000, 5, 7)]
+)
+def test_long_plan_keeps_the_invariants(T, M, unit):
+    # Not timed: planning T = 100 000 is milliseconds (no T×M table); the
+    # replay checks every action and the count against the closed form.
+    from jbptt._src.revolve import program
+
+    prog = program(T, Budget(M, unit))
+    n = -(-T // unit)
+    assert _replay(prog, T, M, unit) == prog.steps
+    if unit == 1:
+        assert prog.steps - T == recomputations(T, M)
+    assert prog.slots <= M and len(prog.leaf_lengths) <= M
+    assert prog.steps == _steps_of_blocks(n, M, T, unit)
+
+
+def _steps_of_blocks(n, M, T, unit):
+    """Forward steps of the n-block schedule in steps (a short last block)."""
+    if T % unit == 0:
+        return forward_steps(n, M) * unit
+    return _steps_of(schedule(n, M), T, unit)
+
+
+@pytest.mark.parametrize("M", [3, 8])
+def test_budget_gradients_at_longer_T_equal_the_reverse_scan(M):
+    model = jbptt.readout(jbptt.cells.lstm(), output_size=2)
+    T = 150
+    p = model.init(jax.random.key(0), 3, 4)
+    xs = jax.random.normal(jax.random.key(1), (T, 2, 3))
+    ys = jax.random.normal(jax.random.key(2), (T, 2, 2))
+    h0 = model.cell.initial_state(p, (2,))
+    ref = jbptt.value_and_grad(model.cell, model.loss_fn, argnums=(0, 1))
+    got = jbptt.value_and_grad(
+        model.cell, model.loss_fn, argnums=(0, 1), adjoint=Budget(M)
+    )
+    (L0, _), g0 = jax.jit(ref)(p, h0, xs, ys)
+    (L1, _), g1 = jax.jit(got)(p, h0, xs, ys)
+    assert rel_err(L1, L0) < 1e-12 and rel_err(g1, g0) < 1e-10
+
+
+def test_traced_program_does_not_grow_with_T():
+    # The schedule runs as loops over action arrays: the jaxpr has the same
+    # equations at T = 2 000 and T = 20 000 (only the arrays grow).
+    cell = jbptt.cells.elman()
+    p = cell.init(jax.random.key(0), 2, 3)
+
+    def loss_fn(p, o, y):
+        return jnp.sum((o - y) ** 2)
+
+    def eqns(T):
+        xs, ys = jnp.ones((T, 2)), jnp.ones((T, 3))
+        vg = jbptt.value_and_grad(cell, loss_fn, adjoint=Budget(4))
+        text = str(jax.make_jaxpr(lambda p: vg(p, cell.initial_state(p), xs, ys))(p))
+        return len([line for line in text.splitlines() if " = " in line])
+
+    assert eqns(2000) == eqns(20_000)

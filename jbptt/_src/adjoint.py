@@ -248,8 +248,9 @@ class Autodiff(_Segmented):
 class Budget(Adjoint):
     """Store at most ``max_states`` states and recompute the fewest steps.
 
-    Gruslys et al. 2016's dynamic program (:mod:`jbptt._src.revolve`), run
-    as loops so that XLA's memory falls with M
+    Gruslys et al. 2016's dynamic program, planned by its closed form in
+    binomial coefficients (:mod:`jbptt._src.revolve`: milliseconds at
+    T = 100 000), run as loops so that XLA's memory falls with M
     (:mod:`jbptt._src.checkpointing`). Takes ``lengths`` and ``resets``, not
     ``compute_dtype`` or ``rnn_scan(steps=)``. Values and gradients are
     unchanged.
@@ -260,8 +261,8 @@ class Budget(Adjoint):
       unit: steps per schedule step (default 1). The schedule is optimal over
         blocks of ``unit`` steps; a leaf keeps up to M blocks of residuals,
         so memory is about M·unit steps' worth. Values above 1 keep the
-        dynamic program (O(M·n²) for n = ⌈T / unit⌉ blocks, in Python) and
-        the action list small for very long sequences.
+        action list (at most 2n actions for n = ⌈T / unit⌉ blocks) small for
+        very long sequences.
 
     Examples:
       >>> import jbptt

@@ -239,9 +239,10 @@ def budget_loss(cell, loss_fn, budget):
     """``(params, h0, xs, ys, w, mask=None, resets=None, h_reset=None) ->
     (L, h_T)`` whose gradient runs the optimal schedule under ``budget``.
 
-    The schedule (:func:`revolve.schedule`, Gruslys et al.'s dynamic program) is
-    flattened into a :class:`revolve.Program` and run by an interpreter whose every
-    level lives in a loop, so XLA allocates O(M) states whatever T is:
+    The schedule (:func:`revolve.schedule`, Gruslys et al.'s dynamic program
+    solved in closed form) is flattened into a :class:`revolve.Program` and
+    run by an interpreter whose every level lives in a loop, so XLA allocates
+    O(M) states whatever T is:
 
     * the first pass is a ``lax.scan`` over the spine's advances (each a
       ``fori_loop`` over its steps, summing the losses and storing its end
