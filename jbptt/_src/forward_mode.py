@@ -63,8 +63,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jbptt._src import (
+    diagonal_rtrl,
+    protocol,
+    sequences,
+    sharding,
+    sparsity,
+    validation,
+)
 from jbptt._src import influence as flat
-from jbptt._src import protocol, sequences, sharding, sparsity, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
@@ -189,6 +196,13 @@ class _Rule(NamedTuple):
 
 
 def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
+    init, step, cost = _parts(name, rule, max_bytes)
+    return _assemble(name, init, step, cost, deterministic, hparams)
+
+
+def _parts(name: str, rule: _Rule, max_bytes: int):
+    """``init``, ``step`` and ``footprint`` of an estimator on the flat J."""
+
     def prepare(cell, params, h, x):
         fl = flat.flatten(cell, params, h, x)
         x_b = fl.x_examples(x)[0]
@@ -215,6 +229,18 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         influence = rule.update(fl, state.influence, key, H, X)
         return OnlineState(fl.from_flat(H_new), influence), (loss, fl.unravel_p(grad))
 
+    def cost(cell, params, h0, x):
+        fl = flat.flatten(cell, params, h0, x)
+        x_b = fl.x_examples(x)[0]
+        return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
+
+    return init, step, cost
+
+
+def _assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
+    """An :class:`OnlineEstimator` from its ``init`` and ``step``: the
+    sequence estimate and the training segment are scans of ``step``."""
+
     def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
                  reset_state=None):  # fmt: skip
         validation.check_scan_args(cell, params, h0, xs, None)
@@ -238,11 +264,6 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
             body, (state, zeros), (keys, xs, ys, resets)
         )
         return (jnp.sum(losses), state.h), grads
-
-    def cost(cell, params, h0, x):
-        fl = flat.flatten(cell, params, h0, x)
-        x_b = fl.x_examples(x)[0]
-        return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
 
     def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
                 resets=None, reset_state=None):  # fmt: skip
@@ -284,7 +305,9 @@ def _restart(fl: flat.Flat, state: OnlineState, reset, h_reset) -> OnlineState:
     return OnlineState(h, tree_map(zero, state.influence))
 
 
-def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+def rtrl(
+    *, max_bytes: int = DEFAULT_MAX_BYTES, diagonal: bool = True
+) -> OnlineEstimator:
     """Real-time recurrent learning: the exact influence matrix.
 
     Memory is ``B·S·P`` numbers for ``J`` plus the one-step Jacobians
@@ -313,6 +336,8 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
       True
     """
     max_bytes = _check_max_bytes(max_bytes)
+    if not isinstance(diagonal, bool):
+        raise TypeError(f"diagonal must be True or False, got {diagonal!r}.")
 
     def init(fl, x_b):
         return jnp.zeros((fl.B, fl.S, fl.theta.size), fl.theta.dtype)
@@ -332,7 +357,12 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         )
 
     rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
-    return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
+    hparams = {"max_bytes": max_bytes}
+    if not diagonal:
+        return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
+    dense = _parts("rtrl", rule, max_bytes)
+    parts = diagonal_rtrl.parts("rtrl", max_bytes, dense, OnlineState)
+    return _assemble("rtrl", *parts, True, hparams)
 
 
 def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
