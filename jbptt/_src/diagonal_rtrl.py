@@ -303,13 +303,40 @@ def step(cell, loss_fn, params, h, infl, x_t, y_t):
     return h_new, infl, loss, g
 
 
-def footprint(cell, params, h0, x) -> flat.Footprint:
-    """Carried bytes :meth:`Layout.nbytes`; per-step work the same again (the
-    immediate term) plus one cell step; FLOPs about 4 per carried number."""
+class DiagonalFootprint(NamedTuple):
+    """:class:`~jbptt._src.influence.Footprint` of the diagonal influence,
+    with what it is.
+
+    Attributes:
+      state_bytes: carried bytes, :meth:`Layout.nbytes`.
+      work_bytes: one step's immediate term (as many numbers again).
+      flops_per_step: about 4 per carried number (multiply, add, read-out).
+      what: a sentence: exact, and the memory formula with its numbers.
+    """
+
+    state_bytes: int
+    work_bytes: int
+    flops_per_step: float
+    what: str
+
+
+def footprint(cell, params, h0, x) -> DiagonalFootprint:
+    """The :class:`DiagonalFootprint` of ``cell`` on a batch shaped like
+    ``x [*batch, I]``."""
     _, B, X = _per_example(x)
     lay = layout(cell, params, X[0])
     n = lay.numbers(B)
-    return flat.Footprint(lay.nbytes(B), lay.nbytes(B), float(4 * n))
+    unit, shared = (
+        sum(n for k, n in zip(lay.kinds, lay.sizes, strict=True) if k == kind)
+        for kind in (UNIT, SHARED)
+    )
+    size = np.dtype(lay.dtype).itemsize
+    what = (
+        f"exact (diagonal influence): B·Σ per-unit + B·H·Σ shared = {B}·{unit} + "
+        f"{B}·{lay.H}·{shared} = {n:,} numbers × {size} bytes "
+        f"({np.dtype(lay.dtype).name}) = {lay.nbytes(B):,} bytes"
+    )
+    return DiagonalFootprint(lay.nbytes(B), lay.nbytes(B), float(4 * n), what)
 
 
 def check_params(params) -> None:

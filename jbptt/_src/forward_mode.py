@@ -162,6 +162,18 @@ class OnlineEstimator(NamedTuple):
             state_bytes=int(fp.state_bytes),
         )
 
+    def cost_report(self, problem: Problem) -> str:
+        """What the influence is (exact or not) and the bytes it carries per
+        sequence batch, as one line (for a diagonal cell under :func:`rtrl`,
+        the memory formula with its numbers)."""
+        protocol.check_problem(problem)
+        fp = self.footprint(problem.cell, problem.params, problem.h0, problem.xs[0])
+        what = getattr(fp, "what", None) or _WHAT.get(self.name, self.name)
+        return (
+            f"{self.name} on {problem.cell.name}: {what}; carries "
+            f"{int(fp.state_bytes):,} bytes of influence"
+        )
+
     def online(self) -> OnlineRule:
         """One update per step; the influence is the carried state."""
         return OnlineRule(
@@ -171,6 +183,13 @@ class OnlineEstimator(NamedTuple):
 
     def _init_influence(self, cell, params, h0, x0):
         return self.init(cell, params, h0, x0).influence
+
+
+_WHAT = {
+    "rtrl": "exact (the full influence matrix J, B·S·P numbers)",
+    "uoro": "unbiased (a rank-one influence, B·(S + P) numbers)",
+    "snap1": "biased unless D_t is diagonal on the pattern (B·k·P numbers)",
+}
 
 
 def _every_step(key, T: int):
@@ -205,6 +224,7 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
 
     def prepare(cell, params, h, x):
         fl = flat.flatten(cell, params, h, x)
+        _check_real_state(name, cell, h)
         x_b = fl.x_examples(x)[0]
         flat.check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
         return fl, x_b
@@ -235,6 +255,15 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
         return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
 
     return init, step, cost
+
+
+def _check_real_state(name: str, cell, h) -> None:
+    if any(jnp.iscomplexobj(a) for a in jax.tree_util.tree_leaves(h)):
+        hint = "; rtrl() is exact on it" if cell.diagonal is not None else ""
+        raise TypeError(
+            f"{name}: the flat influence needs a real state, got a complex state "
+            f"from {cell.name}{hint}."
+        )
 
 
 def _assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
