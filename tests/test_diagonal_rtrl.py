@@ -214,3 +214,89 @@ def test_bad_inputs():
     cell, p, h0, xs, ys, _ = _problem("lru")
     with pytest.raises(TypeError, match="real state"):
         forward_mode.snap1().estimate(jax.random.key(0), cell, _mse, p, h0, xs, ys)
+
+
+def _memoryless():
+    """A diagonal layer with a = 0: h_t = tanh(W x_t), no recurrence."""
+
+    def gates(p, x):
+        b = jnp.tanh(x @ p["W"].T)
+        return jnp.zeros_like(b), b
+
+    def init(key, i, h):
+        return {"W": jax.random.normal(key, (h, i))}
+
+    return cells.diagonal(gates, init, input_size=lambda p: p["W"].shape[1])
+
+
+def _stack_problem(layers, I=4):
+    cell = cells.stack(layers)
+    p = cell.init(jax.random.key(0), I, H)
+    h0 = cell.initial_state(p, (B,))
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    ys = jax.random.normal(jax.random.key(2), (T, B, H if I != H else I))
+    resets = jax.random.bernoulli(jax.random.key(3), 0.25, (T, B))
+    return cell, p, h0, xs, ys, resets
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [cells.min_gru(), cells.min_lstm()],
+        lambda: [cells.lru(r_min=0.5, r_max=0.9), cells.lru(r_min=0.5, r_max=0.9)],
+    ],
+    ids=["min_gru+min_lstm", "lru+lru"],
+)
+def test_layerwise_rtrl_exact_on_top_layer_biased_below(layers):
+    """layerwise_rtrl on a 2-layer stack: the top layer's gradient is BPTT's
+    to 1e-12, the bottom layer's is not (the path through the upper
+    recurrence is ignored); a one-layer stack is exact."""
+    layers = layers()
+    cell, p, h0, xs, ys, resets = _stack_problem(layers)
+    est = forward_mode.layerwise_rtrl(layers)
+    (L, h_T), g = est.estimate(
+        jax.random.key(0), cell, _mse, p, h0, xs, ys, resets=resets
+    )
+    (L_ref, h_ref), g_ref = jbptt.value_and_grad(cell, _mse)(
+        p, h0, xs, ys, resets=resets
+    )
+    assert _rel(g[1], g_ref[1]) <= 1e-12
+    assert _rel(g[0], g_ref[0]) > 1e-3  # biased across layers
+    assert _rel(h_T, h_ref) <= 1e-12
+    one = cells.stack(layers[:1])
+    _, p1, h1, xs1, ys1, _ = _stack_problem(layers[:1])
+    _, g1 = forward_mode.layerwise_rtrl(layers[:1]).estimate(
+        jax.random.key(0), one, _mse, p1, h1, xs1, ys1, resets=resets
+    )
+    _, g1_ref = jbptt.value_and_grad(one, _mse)(p1, h1, xs1, ys1, resets=resets)
+    assert _rel(g1, g1_ref) <= 1e-12
+
+
+def test_layerwise_rtrl_spatial_backprop_is_exact_under_a_memoryless_layer():
+    """With a memoryless top layer (a = 0) no path through an upper
+    recurrence exists, so the bottom layer's layer-wise gradient, which
+    crosses the top layer by spatial backprop, is exact too."""
+    layers = [cells.min_gru(), _memoryless()]
+    cell, p, h0, xs, ys, resets = _stack_problem(layers)
+    _, g = forward_mode.layerwise_rtrl(layers).estimate(
+        jax.random.key(0), cell, _mse, p, h0, xs, ys, resets=resets
+    )
+    _, g_ref = jbptt.value_and_grad(cell, _mse)(p, h0, xs, ys, resets=resets)
+    assert _rel(g, g_ref) <= 1e-12
+
+
+def test_layerwise_rtrl_trains_and_checks_its_cell():
+    layers = [cells.min_gru(), cells.min_gru()]
+    cell, p, h0, xs, ys, resets = _stack_problem(layers)
+    est = forward_mode.layerwise_rtrl(layers)
+    tr = jbptt.train.Trainer(cell, _mse, optax.sgd(0.05), est)
+    state, hist = tr.run(tr.init(p, h0=h0), xs, ys, resets=resets)
+    assert _rel(state.params, p) > 1e-3 and np.all(np.isfinite(hist.step_loss))
+    problem = estimators.Problem(cell, _mse, p, h0, xs, ys)
+    n = sum(B * sum(a.size for a in jax.tree_util.tree_leaves(q)) for q in p)
+    assert est.cost(problem).state_bytes == n * 8
+    assert "biased across layers" in est.cost_report(problem)
+    with pytest.raises(ValueError, match="cells.stack of the layers"):
+        est.estimate(jax.random.key(0), layers[0], _mse, p[0], h0[0], xs, ys)
+    with pytest.raises(TypeError, match="must be a diagonal cell"):
+        forward_mode.layerwise_rtrl([cells.gru()])

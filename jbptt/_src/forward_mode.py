@@ -216,7 +216,7 @@ class _Rule(NamedTuple):
 
 def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
     init, step, cost = _parts(name, rule, max_bytes)
-    return _assemble(name, init, step, cost, deterministic, hparams)
+    return assemble(name, init, step, cost, deterministic, hparams)
 
 
 def _parts(name: str, rule: _Rule, max_bytes: int):
@@ -266,7 +266,7 @@ def _check_real_state(name: str, cell, h) -> None:
         )
 
 
-def _assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
+def assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
     """An :class:`OnlineEstimator` from its ``init`` and ``step``: the
     sequence estimate and the training segment are scans of ``step``."""
 
@@ -391,7 +391,7 @@ def rtrl(
         return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
     dense = _parts("rtrl", rule, max_bytes)
     parts = diagonal_rtrl.parts("rtrl", max_bytes, dense, OnlineState)
-    return _assemble("rtrl", *parts, True, hparams)
+    return assemble("rtrl", *parts, True, hparams)
 
 
 def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
