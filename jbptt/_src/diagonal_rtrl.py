@@ -381,3 +381,27 @@ def parts(name: str, max_bytes: int, dense, state_cls):
 def cell_is_diagonal(cell) -> bool:
     """Whether ``cell`` carries :class:`~jbptt.cells.DiagonalRules`."""
     return getattr(cell, "diagonal", None) is not None
+
+
+def check_real_state(name: str, cell, h) -> None:
+    """The flat influence (dense RTRL, UORO, SnAp-1) needs a real state."""
+    if any(jnp.iscomplexobj(a) for a in jax.tree_util.tree_leaves(h)):
+        hint = "; rtrl() is exact on it" if cell_is_diagonal(cell) else ""
+        raise TypeError(
+            f"{name}: the flat influence needs a real state, got a complex state "
+            f"from {cell.name}{hint}."
+        )
+
+
+_WHAT = {
+    "rtrl": "exact (the full influence matrix J, B·S·P numbers)",
+    "uoro": "unbiased (a rank-one influence, B·(S + P) numbers)",
+    "snap1": "biased unless D_t is diagonal on the pattern (B·k·P numbers)",
+}
+
+
+def report(name: str, cell, fp) -> str:
+    """One line: what the influence is (exact or not) and its carried bytes
+    (:meth:`~jbptt.forward_mode.OnlineEstimator.cost_report`)."""
+    what = getattr(fp, "what", None) or _WHAT.get(name, name)
+    return f"{name} on {cell.name}: {what}; carries {int(fp.state_bytes):,} bytes"

@@ -32,6 +32,9 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
   step, so each parameter keeps one influence entry and ``D_t`` enters only
   through its diagonal. Biased, exact when ``D_t`` is (block-)diagonal on
   the pattern, e.g. a diagonal recurrent matrix.
+* On **diagonal cells** (``D_t = diag(a_t)``: LRU, minGRU, minLSTM) RTRL is
+  exact at ``O(|θ|)`` memory and SnAp-1 exact too (:func:`rtrl`, :func:`snap1`;
+  stacks: :func:`jbptt.forward_mode.layerwise_rtrl`, biased across layers).
 
 All three share one interface, :class:`OnlineEstimator`, which implements
 the estimator protocol (docs/design.md, "The estimator protocol"), and are
@@ -50,7 +53,8 @@ References:
   recurrent neural networks". Tallec & Ollivier 2017, "Unbiased Online
   Recurrent Optimization" (arXiv 1702.05043). Menick, Elsen, Evci, Osindero,
   Simonyan & Graves 2021, "Practical real time recurrent learning with a
-  sparse approximation" (ICLR).
+  sparse approximation" (ICLR). Zucchet, Meier, Schug, Mujika & Sacramento
+  2023, "Online learning of long-range dependencies" (NeurIPS).
 """
 
 from __future__ import annotations
@@ -168,11 +172,7 @@ class OnlineEstimator(NamedTuple):
         the memory formula with its numbers)."""
         protocol.check_problem(problem)
         fp = self.footprint(problem.cell, problem.params, problem.h0, problem.xs[0])
-        what = getattr(fp, "what", None) or _WHAT.get(self.name, self.name)
-        return (
-            f"{self.name} on {problem.cell.name}: {what}; carries "
-            f"{int(fp.state_bytes):,} bytes of influence"
-        )
+        return diagonal_rtrl.report(self.name, problem.cell, fp)
 
     def online(self) -> OnlineRule:
         """One update per step; the influence is the carried state."""
@@ -183,13 +183,6 @@ class OnlineEstimator(NamedTuple):
 
     def _init_influence(self, cell, params, h0, x0):
         return self.init(cell, params, h0, x0).influence
-
-
-_WHAT = {
-    "rtrl": "exact (the full influence matrix J, B·S·P numbers)",
-    "uoro": "unbiased (a rank-one influence, B·(S + P) numbers)",
-    "snap1": "biased unless D_t is diagonal on the pattern (B·k·P numbers)",
-}
 
 
 def _every_step(key, T: int):
@@ -215,8 +208,7 @@ class _Rule(NamedTuple):
 
 
 def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
-    init, step, cost = _parts(name, rule, max_bytes)
-    return assemble(name, init, step, cost, deterministic, hparams)
+    return assemble(name, *_parts(name, rule, max_bytes), deterministic, hparams)
 
 
 def _parts(name: str, rule: _Rule, max_bytes: int):
@@ -224,7 +216,7 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
 
     def prepare(cell, params, h, x):
         fl = flat.flatten(cell, params, h, x)
-        _check_real_state(name, cell, h)
+        diagonal_rtrl.check_real_state(name, cell, h)
         x_b = fl.x_examples(x)[0]
         flat.check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
         return fl, x_b
@@ -255,15 +247,6 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
         return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
 
     return init, step, cost
-
-
-def _check_real_state(name: str, cell, h) -> None:
-    if any(jnp.iscomplexobj(a) for a in jax.tree_util.tree_leaves(h)):
-        hint = "; rtrl() is exact on it" if cell.diagonal is not None else ""
-        raise TypeError(
-            f"{name}: the flat influence needs a real state, got a complex state "
-            f"from {cell.name}{hint}."
-        )
 
 
 def assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
@@ -345,13 +328,28 @@ def rtrl(
     step. Problems above ``max_bytes`` are refused at trace time with the
     bytes they would need.
 
+    **Diagonal cells** (``cell.diagonal`` set: LRU, minGRU, minLSTM,
+    :func:`jbptt.cells.diagonal`) take the diagonal influence automatically
+    (Zucchet et al. 2023, :mod:`jbptt._src.diagonal_rtrl`): still exact,
+    complex states included, at memory ``O(|θ|)`` per sequence instead of
+    ``O(H·|θ|)``, ``B·Σ per-unit leaf sizes + B·H·Σ shared leaf sizes``
+    numbers of the state's dtype (per-unit: each row feeds its own unit
+    only, probed at trace time). Stacks: :func:`layerwise_rtrl`.
+
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
+      diagonal: take the diagonal influence on diagonal cells (default);
+        ``False`` keeps the full influence matrix ``J`` everywhere (real
+        states only), the reference the diagonal form is tested against.
 
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt import forward_mode
+      >>> from jbptt import cells, forward_mode
+      >>> cell = cells.min_gru()
+      >>> p, x = cell.init(jax.random.key(0), 3, 8), jnp.ones((2, 3))
+      >>> forward_mode.rtrl().footprint(cell, p, cell.initial_state(p, (2,)), x)[0]
+      1024
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> params = model.init(jax.random.key(0), 2, 4)
       >>> h0 = model.cell.initial_state(params)
@@ -473,6 +471,13 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     for the built-in cells) and ``D_t`` densely (``S`` VJPs in the state
     only; its ``k×k`` blocks on the pattern enter, for Elman its diagonal),
     so the per-step work is ``B·(C·P + S²)`` numbers, never ``S·P``.
+
+    Exact on a diagonal cell with a real state (``min_gru``, ``min_lstm``,
+    :func:`jbptt.cells.diagonal`): ``D_t = diag(a_t)``, so masking
+    ``D_t J_{t-1}`` to the pattern drops nothing and SnAp-1 is RTRL (tested
+    against BPTT to 1e-12); there :func:`rtrl` is exact at the same
+    ``O(|θ|)`` memory and needs no ``D_t``. The flat influence needs a real
+    state, so a complex one (the LRU) is refused: use :func:`rtrl`.
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
