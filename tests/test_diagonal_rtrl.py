@@ -300,3 +300,22 @@ def test_layerwise_rtrl_trains_and_checks_its_cell():
         est.estimate(jax.random.key(0), layers[0], _mse, p[0], h0[0], xs, ys)
     with pytest.raises(TypeError, match="must be a diagonal cell"):
         forward_mode.layerwise_rtrl([cells.gru()])
+
+
+def test_bench_diagonal_rtrl_quick_runs(tmp_path):
+    """The benchmark's --quick form runs, writes its files, and the carried
+    bytes it prints equal its own formula for both cells."""
+    import json
+
+    from benchmarks import bench_diagonal_rtrl
+
+    result = bench_diagonal_rtrl.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_diagonal_rtrl.json").read_text())
+    assert saved["config"]["quick"] is True
+    assert [r["cell"] for r in result["rows"]] == ["lru", "min_gru"]
+    for row in result["rows"]:
+        assert row["carried_bytes"] == row["formula_bytes"] > 0
+        assert row["ratio"] > 0 and "exact" in row["report"]
+    text = (tmp_path / "bench_diagonal_rtrl.md").read_text()
+    assert "| lru | 8 | 2 | 4 | 3 |" in text
+    assert (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,T,")

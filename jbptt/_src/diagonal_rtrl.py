@@ -247,8 +247,11 @@ def read(lay: Layout, params, infl, c):
         if kind == UNUSED:
             out.append(jnp.zeros_like(p))
             continue
-        ce = c.reshape(c.shape + (1,) * (e.ndim - 2)) * e
-        g = jnp.sum(ce, axis=0) if kind == UNIT else jnp.sum(ce, axis=(0, 1))
+        # contractions over the examples (and the units, for a shared
+        # leaf) as dot_generals: XLA:CPU reduces a leading axis slowly
+        e3 = e.reshape(e.shape[:2] + (-1,))  # [B, H, n]
+        spec = "bj,bjn->jn" if kind == UNIT else "bj,bjn->n"
+        g = jnp.einsum(spec, c.astype(e.dtype), e3).reshape(np.shape(p))
         out.append(jnp.real(g).astype(p.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
