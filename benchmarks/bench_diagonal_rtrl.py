@@ -10,7 +10,9 @@ jitted ``lax.scan`` loops over the same T steps are timed (best of
   inputs (state update, the diagonal influence update, the gradient read
   out and summed), i.e. ``rtrl().estimate``.
 
-The ratio rtrl/forward per step is the figure of merit (target ≤ 3×). The
+The ratio rtrl/forward per step is the figure of merit (target ≤ 3×): the
+two loops are timed in alternation, and the table gives the ratio of the
+best times and the median of the per-round ratios. The
 carried memory printed by ``rtrl().cost(problem).state_bytes`` is checked
 against the formula ``B·Σ per-unit leaf sizes + B·H·Σ shared leaf sizes``
 (times the influence's item size: complex64 for the LRU), written out here
@@ -58,14 +60,20 @@ def _problem(name, T, B, H, I, dtype):
     return estimators.Problem(cell, _mse, params, h0, xs, ys)
 
 
-def _best(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # compiles
-    times = []
+def _paired(fns, args, repeats):
+    """Best seconds of each function, timed in alternation (so a loaded
+    machine slows both alike), and the median of the per-round ratios
+    ``fns[1] / fns[0]``."""
+    for fn in fns:
+        jax.block_until_ready(fn(*args))  # compiles
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts.append(time.perf_counter() - t0)
+    ratios = [b / a for a, b in zip(*times, strict=True)]
+    return [min(ts) for ts in times], float(np.median(ratios))
 
 
 def _forward_fn(cell):
@@ -97,14 +105,16 @@ def measure(name, T, B, H, I, dtype, repeats) -> dict:
     rtrl = jax.jit(
         lambda p, h, x, y: est.estimate(jax.random.key(0), cell, _mse, p, h, x, y)
     )
-    t_fwd = _best(_forward_fn(cell), (params, h0, xs, ys), repeats)
-    t_rtrl = _best(rtrl, (params, h0, xs, ys), repeats)
+    (t_fwd, t_rtrl), median = _paired(
+        (_forward_fn(cell), rtrl), (params, h0, xs, ys), repeats
+    )
     return {
         "cell": name,
         "T": T, "B": B, "H": H, "I": I, "dtype": str(np.dtype(dtype)),
         "forward_us_per_step": 1e6 * t_fwd / T,
         "rtrl_us_per_step": 1e6 * t_rtrl / T,
         "ratio": t_rtrl / t_fwd,
+        "ratio_median": median,
         "carried_bytes": int(est.cost(problem).state_bytes),
         "formula_bytes": int(formula_bytes(name, problem)),
         "report": est.cost_report(problem),
@@ -114,14 +124,15 @@ def measure(name, T, B, H, I, dtype, repeats) -> dict:
 def table(rows) -> str:
     lines = [
         "| cell | T | B | H | I | forward (µs/step) | exact RTRL (µs/step) | "
-        "ratio | carried bytes | formula |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "ratio (best) | ratio (median) | carried bytes | formula |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {r['I']} | "
             f"{r['forward_us_per_step']:.1f} | {r['rtrl_us_per_step']:.1f} | "
-            f"{r['ratio']:.2f}× | {r['carried_bytes']:,} | {r['formula_bytes']:,} |"
+            f"{r['ratio']:.2f}× | {r['ratio_median']:.2f}× | "
+            f"{r['carried_bytes']:,} | {r['formula_bytes']:,} |"
         )
     return "\n".join(lines)
 
@@ -137,7 +148,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--inputs", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls (best)")
+    ap.add_argument("--repeats", type=int, default=15, help="timed rounds")
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
