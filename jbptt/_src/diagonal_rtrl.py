@@ -31,11 +31,11 @@ step ``t`` reads
 Which leaves are per-unit is not read from shapes alone (a shared ``[H, I]``
 projection feeding every unit has the same shape): :func:`layout` probes
 ``gates`` at trace time with concrete random params and input of the same
-shapes, with a tangent only in the leaf's first (and last) row, and calls
-the leaf per-unit only when every other unit's ``(a, b)`` tangent is exactly
-zero. A shared leaf keeps the full influence ``[H, *leaf.shape]`` per
-example (still exact); a leaf the gates do not read (readout-only, like the
-LRU's ``C`` and ``D``) carries nothing.
+shapes (two draws), with tangents each in one row of the leaf (up to 16
+rows), and calls the leaf per-unit only when no row moves another unit's
+``(a, b)`` at either draw. A shared leaf keeps the full influence
+``[H, *leaf.shape]`` per example (still exact); a leaf the gates do not
+read (readout-only, like the LRU's ``C`` and ``D``) carries nothing.
 """
 
 from __future__ import annotations
@@ -93,12 +93,23 @@ def layout(cell, params, x_b) -> Layout:
     shapes = tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
     key = (cell, treedef, shapes, tuple(x_b.shape), str(x_b.dtype))
     if key not in _CACHE:
-        _CACHE[key] = _probe(cell.diagonal.gates, treedef, shapes, x_b)
+        # two random points, so an accidental zero (a saturated or
+        # rectified gate) neither hides a leaf nor a unit it reaches
+        a, b = (_probe(cell.diagonal.gates, treedef, shapes, x_b, s) for s in (0, 1))
+        _CACHE[key] = a._replace(
+            kinds=tuple(_merge(u, v) for u, v in zip(a.kinds, b.kinds, strict=True))
+        )
     return _CACHE[key]
 
 
-def _probe(gates, treedef, shapes, x_b) -> Layout:
-    rng = np.random.default_rng(0)
+def _merge(u: str, v: str) -> str:
+    if SHARED in (u, v):
+        return SHARED
+    return UNIT if UNIT in (u, v) else UNUSED
+
+
+def _probe(gates, treedef, shapes, x_b, seed: int) -> Layout:
+    rng = np.random.default_rng(seed)
     probe = [0.5 * rng.normal(size=s).astype(d) for s, d in shapes]
     x = rng.normal(size=x_b.shape).astype(x_b.dtype)
 
@@ -107,14 +118,18 @@ def _probe(gates, treedef, shapes, x_b) -> Layout:
         shape = jnp.broadcast_shapes(a.shape, b.shape)
         return jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape)
 
-    def tangent_out(k, t_k):
-        ts = [np.zeros(s, d) for s, d in shapes]
-        ts[k] = t_k
-        with jax.ensure_compile_time_eval():  # concrete even inside a trace
-            (a, b), (da, db) = jax.jvp(ab, tuple(probe), tuple(ts))
-            return np.asarray(a), np.asarray(da), np.asarray(db)
+    def tangent_out(k, t_k):  # t_k [R, *leaf]: R tangents of leaf k at once
+        def one(t):
+            ts = [jnp.zeros(s, d) for s, d in shapes]
+            ts[k] = t
+            return jax.jvp(ab, tuple(probe), tuple(ts))[1]
 
-    a0, _, _ = tangent_out(0, np.zeros(shapes[0][0], shapes[0][1]))
+        with jax.ensure_compile_time_eval():  # concrete even inside a trace
+            da, db = jax.vmap(one)(jnp.asarray(t_k))
+            return (np.asarray(da) != 0) | (np.asarray(db) != 0)  # [R, H] moved
+
+    with jax.ensure_compile_time_eval():
+        a0 = np.asarray(ab(*probe)[0])
     H = a0.shape[-1]
     kinds = tuple(
         _kind(tangent_out, k, s, d, H, rng) for k, (s, d) in enumerate(shapes)
@@ -125,19 +140,19 @@ def _probe(gates, treedef, shapes, x_b) -> Layout:
 
 
 def _kind(tangent_out, k, shape, dtype, H, rng) -> str:
-    _, da, db = tangent_out(k, rng.normal(size=shape).astype(dtype))
-    if not (np.any(da != 0) or np.any(db != 0)):
+    if not tangent_out(k, rng.normal(size=(1, *shape)).astype(dtype)).any():
         return UNUSED
     if len(shape) == 0 or shape[0] != H:
         return SHARED
-    for row in {0, H - 1}:  # a tangent in one row may move that unit only
-        t = np.zeros(shape, dtype)
-        t[row] = rng.normal(size=shape[1:]).astype(dtype)
-        _, da, db = tangent_out(k, t)
-        others = np.arange(H) != row
-        if np.any(da[..., others] != 0) or np.any(db[..., others] != 0):
-            return SHARED
-    return UNIT
+    # up to 16 rows spread over the units, each tangent in one row only: a
+    # row that moves any unit but its own makes the leaf shared (a row that
+    # moves nothing at this point is no evidence either way)
+    rows = np.unique(np.linspace(0, H - 1, min(H, 16)).astype(int))
+    t = np.zeros((rows.size, *shape), dtype)
+    t[np.arange(rows.size), rows] = rng.normal(size=(rows.size, *shape[1:]))
+    moved = tangent_out(k, t)
+    moved[np.arange(rows.size), rows] = False
+    return SHARED if moved.any() else UNIT
 
 
 # --------------------------------------------------------------------------
