@@ -319,3 +319,19 @@ def test_bench_diagonal_rtrl_quick_runs(tmp_path):
     text = (tmp_path / "bench_diagonal_rtrl.md").read_text()
     assert "| lru | 8 | 2 | 4 | 3 |" in text
     assert (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,T,")
+
+
+@pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])
+def test_diagonal_rtrl_any_batch_shape(batch):
+    """One unbatched sequence and a [2, 3] batch, with resets: exact."""
+    cell = cells.lru(r_min=0.5, r_max=0.95)
+    p = cell.init(jax.random.key(0), I, H)
+    h0 = cell.initial_state(p, batch) + 0.1j
+    xs = jax.random.normal(jax.random.key(1), (T, *batch, I))
+    ys = jax.random.normal(jax.random.key(2), (T, *batch, I))
+    resets = jnp.zeros((T, *batch), bool).at[3].set(True)
+    _, g = forward_mode.rtrl().estimate(
+        jax.random.key(0), cell, _mse, p, h0, xs, ys, resets=resets
+    )
+    _, g_ref = jbptt.value_and_grad(cell, _mse)(p, h0, xs, ys, resets=resets)
+    assert _rel(g, g_ref) <= 1e-12
