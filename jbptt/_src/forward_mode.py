@@ -67,15 +67,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import (
-    diagonal_rtrl,
-    protocol,
-    sequences,
-    sharding,
-    sparsity,
-    validation,
-)
+from jbptt._src import diagonal_rtrl as diag
 from jbptt._src import influence as flat
+from jbptt._src import protocol, sequences, sharding, sparsity, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
@@ -172,7 +166,7 @@ class OnlineEstimator(NamedTuple):
         the memory formula with its numbers)."""
         protocol.check_problem(problem)
         fp = self.footprint(problem.cell, problem.params, problem.h0, problem.xs[0])
-        return diagonal_rtrl.report(self.name, problem.cell, fp)
+        return diag.report(self.name, problem.cell, fp)
 
     def online(self) -> OnlineRule:
         """One update per step; the influence is the carried state."""
@@ -216,7 +210,7 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
 
     def prepare(cell, params, h, x):
         fl = flat.flatten(cell, params, h, x)
-        diagonal_rtrl.check_real_state(name, cell, h)
+        diag.check_real_state(name, cell, h)
         x_b = fl.x_examples(x)[0]
         flat.check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
         return fl, x_b
@@ -328,13 +322,11 @@ def rtrl(
     step. Problems above ``max_bytes`` are refused at trace time with the
     bytes they would need.
 
-    **Diagonal cells** (``cell.diagonal`` set: LRU, minGRU, minLSTM,
-    :func:`jbptt.cells.diagonal`) take the diagonal influence automatically
-    (Zucchet et al. 2023, :mod:`jbptt._src.diagonal_rtrl`): still exact,
-    complex states included, at memory ``O(|θ|)`` per sequence instead of
-    ``O(H·|θ|)``, ``B·Σ per-unit leaf sizes + B·H·Σ shared leaf sizes``
-    numbers of the state's dtype (per-unit: each row feeds its own unit
-    only, probed at trace time). Stacks: :func:`layerwise_rtrl`.
+    **Diagonal cells** (LRU, minGRU, minLSTM, :func:`jbptt.cells.diagonal`)
+    take the diagonal influence automatically (Zucchet et al. 2023,
+    :mod:`jbptt._src.diagonal_rtrl`): exact, complex states included, at
+    ``O(|θ|)`` memory per sequence instead of ``O(H·|θ|)``
+    (:meth:`OnlineEstimator.cost_report`). Stacks: :func:`layerwise_rtrl`.
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
@@ -345,11 +337,7 @@ def rtrl(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
-      >>> from jbptt import cells, forward_mode
-      >>> cell = cells.min_gru()
-      >>> p, x = cell.init(jax.random.key(0), 3, 8), jnp.ones((2, 3))
-      >>> forward_mode.rtrl().footprint(cell, p, cell.initial_state(p, (2,)), x)[0]
-      1024
+      >>> from jbptt import forward_mode
       >>> model = jbptt.readout(jbptt.cells.elman(), output_size=1)
       >>> params = model.init(jax.random.key(0), 2, 4)
       >>> h0 = model.cell.initial_state(params)
@@ -388,7 +376,7 @@ def rtrl(
     if not diagonal:
         return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
     dense = _parts("rtrl", rule, max_bytes)
-    parts = diagonal_rtrl.parts("rtrl", max_bytes, dense, OnlineState)
+    parts = diag.parts("rtrl", max_bytes, dense, OnlineState)
     return assemble("rtrl", *parts, True, hparams)
 
 
@@ -472,12 +460,9 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     only; its ``k×k`` blocks on the pattern enter, for Elman its diagonal),
     so the per-step work is ``B·(C·P + S²)`` numbers, never ``S·P``.
 
-    Exact on a diagonal cell with a real state (``min_gru``, ``min_lstm``,
-    :func:`jbptt.cells.diagonal`): ``D_t = diag(a_t)``, so masking
-    ``D_t J_{t-1}`` to the pattern drops nothing and SnAp-1 is RTRL (tested
-    against BPTT to 1e-12); there :func:`rtrl` is exact at the same
-    ``O(|θ|)`` memory and needs no ``D_t``. The flat influence needs a real
-    state, so a complex one (the LRU) is refused: use :func:`rtrl`.
+    Exact on a diagonal cell with a real state (``D_t = diag(a_t)``: the
+    mask drops nothing; tested against BPTT), where :func:`rtrl` is exact at
+    ``O(|θ|)`` too; a complex state (the LRU) is refused: use :func:`rtrl`.
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
