@@ -1,4 +1,5 @@
-"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1.
+"""Forward-mode online gradient estimators: RTRL, UORO and SnAp-1, and
+layer-wise RTRL for stacks of diagonal recurrences.
 
 They implement the estimator protocol (:mod:`jbptt.estimators`): sample
 them with :func:`jbptt.sweep.sample_estimates` or :func:`jbptt.sweep.sweep`
@@ -14,6 +15,7 @@ from jbptt._src.forward_mode import OnlineEstimator as OnlineEstimator
 from jbptt._src.forward_mode import rtrl as rtrl
 from jbptt._src.forward_mode import snap1 as snap1
 from jbptt._src.forward_mode import uoro as uoro
+from jbptt._src.layerwise_rtrl import layerwise_rtrl as layerwise_rtrl
 from jbptt._src.sparsity import sparsity_pattern as sparsity_pattern
 
 _TRAIN = "jbptt.train.train (or train.Trainer) with the estimator"

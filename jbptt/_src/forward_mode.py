@@ -32,6 +32,9 @@ output ``out_t = h_t`` this is the familiar ``(∂ℓ_t/∂h_t)^T J_t``.
   step, so each parameter keeps one influence entry and ``D_t`` enters only
   through its diagonal. Biased, exact when ``D_t`` is (block-)diagonal on
   the pattern, e.g. a diagonal recurrent matrix.
+* On **diagonal cells** (``D_t = diag(a_t)``: LRU, minGRU, minLSTM) RTRL is
+  exact at ``O(|θ|)`` memory and SnAp-1 exact too (:func:`rtrl`, :func:`snap1`;
+  stacks: :func:`jbptt.forward_mode.layerwise_rtrl`, biased across layers).
 
 All three share one interface, :class:`OnlineEstimator`, which implements
 the estimator protocol (docs/design.md, "The estimator protocol"), and are
@@ -50,7 +53,8 @@ References:
   recurrent neural networks". Tallec & Ollivier 2017, "Unbiased Online
   Recurrent Optimization" (arXiv 1702.05043). Menick, Elsen, Evci, Osindero,
   Simonyan & Graves 2021, "Practical real time recurrent learning with a
-  sparse approximation" (ICLR).
+  sparse approximation" (ICLR). Zucchet, Meier, Schug, Mujika & Sacramento
+  2023, "Online learning of long-range dependencies" (NeurIPS).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jbptt._src import diagonal_rtrl as diag
 from jbptt._src import influence as flat
 from jbptt._src import protocol, sequences, sharding, sparsity, validation
 from jbptt._src.cell import Cell
@@ -155,6 +160,14 @@ class OnlineEstimator(NamedTuple):
             state_bytes=int(fp.state_bytes),
         )
 
+    def cost_report(self, problem: Problem) -> str:
+        """What the influence is (exact or not) and the bytes it carries per
+        sequence batch, as one line (for a diagonal cell under :func:`rtrl`,
+        the memory formula with its numbers)."""
+        protocol.check_problem(problem)
+        fp = self.footprint(problem.cell, problem.params, problem.h0, problem.xs[0])
+        return diag.report(self.name, problem.cell, fp)
+
     def online(self) -> OnlineRule:
         """One update per step; the influence is the carried state."""
         return OnlineRule(
@@ -189,8 +202,15 @@ class _Rule(NamedTuple):
 
 
 def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
+    return assemble(name, *_parts(name, rule, max_bytes), deterministic, hparams)
+
+
+def _parts(name: str, rule: _Rule, max_bytes: int):
+    """``init``, ``step`` and ``footprint`` of an estimator on the flat J."""
+
     def prepare(cell, params, h, x):
         fl = flat.flatten(cell, params, h, x)
+        diag.check_real_state(name, cell, h)
         x_b = fl.x_examples(x)[0]
         flat.check_bytes(name, rule.cost(fl, x_b, 0.0), max_bytes, rule.what)
         return fl, x_b
@@ -215,6 +235,18 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
         influence = rule.update(fl, state.influence, key, H, X)
         return OnlineState(fl.from_flat(H_new), influence), (loss, fl.unravel_p(grad))
 
+    def cost(cell, params, h0, x):
+        fl = flat.flatten(cell, params, h0, x)
+        x_b = fl.x_examples(x)[0]
+        return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
+
+    return init, step, cost
+
+
+def assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
+    """An :class:`OnlineEstimator` from its ``init`` and ``step``: the
+    sequence estimate and the training segment are scans of ``step``."""
+
     def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
                  reset_state=None):  # fmt: skip
         validation.check_scan_args(cell, params, h0, xs, None)
@@ -238,11 +270,6 @@ def _make(name: str, rule: _Rule, max_bytes: int, deterministic: bool, hparams):
             body, (state, zeros), (keys, xs, ys, resets)
         )
         return (jnp.sum(losses), state.h), grads
-
-    def cost(cell, params, h0, x):
-        fl = flat.flatten(cell, params, h0, x)
-        x_b = fl.x_examples(x)[0]
-        return rule.cost(fl, x_b, flat.step_flops(fl, x_b))
 
     def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
                 resets=None, reset_state=None):  # fmt: skip
@@ -284,7 +311,9 @@ def _restart(fl: flat.Flat, state: OnlineState, reset, h_reset) -> OnlineState:
     return OnlineState(h, tree_map(zero, state.influence))
 
 
-def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
+def rtrl(
+    *, max_bytes: int = DEFAULT_MAX_BYTES, diagonal: bool = True
+) -> OnlineEstimator:
     """Real-time recurrent learning: the exact influence matrix.
 
     Memory is ``B·S·P`` numbers for ``J`` plus the one-step Jacobians
@@ -293,8 +322,17 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     step. Problems above ``max_bytes`` are refused at trace time with the
     bytes they would need.
 
+    **Diagonal cells** (LRU, minGRU, minLSTM, :func:`jbptt.cells.diagonal`)
+    take the diagonal influence automatically (Zucchet et al. 2023,
+    :mod:`jbptt._src.diagonal_rtrl`): exact, complex states included, at
+    ``O(|θ|)`` memory per sequence instead of ``O(H·|θ|)``
+    (:meth:`OnlineEstimator.cost_report`). Stacks: :func:`layerwise_rtrl`.
+
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
+      diagonal: take the diagonal influence on diagonal cells (default);
+        ``False`` keeps the full influence matrix ``J`` everywhere (real
+        states only), the reference the diagonal form is tested against.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -313,6 +351,8 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
       True
     """
     max_bytes = _check_max_bytes(max_bytes)
+    if not isinstance(diagonal, bool):
+        raise TypeError(f"diagonal must be True or False, got {diagonal!r}.")
 
     def init(fl, x_b):
         return jnp.zeros((fl.B, fl.S, fl.theta.size), fl.theta.dtype)
@@ -332,7 +372,12 @@ def rtrl(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
         )
 
     rule = _Rule(init, read, update, cost, "the influence matrix J (B·S·P numbers)")
-    return _make("rtrl", rule, max_bytes, True, {"max_bytes": max_bytes})
+    hparams = {"max_bytes": max_bytes}
+    if not diagonal:
+        return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
+    dense = _parts("rtrl", rule, max_bytes)
+    parts = diag.parts("rtrl", max_bytes, dense, OnlineState)
+    return assemble("rtrl", *parts, True, hparams)
 
 
 def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
@@ -414,6 +459,10 @@ def snap1(*, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
     for the built-in cells) and ``D_t`` densely (``S`` VJPs in the state
     only; its ``k×k`` blocks on the pattern enter, for Elman its diagonal),
     so the per-step work is ``B·(C·P + S²)`` numbers, never ``S·P``.
+
+    Exact on a diagonal cell with a real state (``D_t = diag(a_t)``: the
+    mask drops nothing; tested against BPTT), where :func:`rtrl` is exact at
+    ``O(|θ|)`` too; a complex state (the LRU) is refused: use :func:`rtrl`.
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.

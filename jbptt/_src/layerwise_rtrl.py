@@ -1,0 +1,180 @@
+r"""Layer-wise exact RTRL for stacks of diagonal recurrences.
+
+In ``cells.stack(layers)`` of diagonal layers, layer ``l`` reads
+``x^l_t = readout_{l-1}(θ_{l-1}, h^{l-1}_t, x^{l-1}_t)`` and runs
+``h^l_t = a^l_t ⊙ h^l_{t-1} + b^l_t`` with ``(a^l_t, b^l_t) =
+gates_l(θ_l, x^l_t)``. Layer ``l``'s input does not depend on ``θ_l``, so
+its own diagonal influence ``e^l_t = ∂h^l_t/∂θ_l`` is exact
+(:mod:`jbptt._src.diagonal_rtrl`), at ``O(|θ_l|)`` memory. The estimate at
+step ``t`` combines them by spatial backprop within the step:
+
+.. math::
+
+    g_t = ∂ℓ_t/∂θ \big|_{h^{0..L-1}_t} + \mathrm{Re} \textstyle\sum_l
+    c^l_t \cdot e^l_t, \qquad c^l_t = dℓ_t/dh^l_t
+    \text{ through layers } l+1..L-1 \text{ at step } t,
+
+where the first term holds every layer's new state as a function of its
+gates' *inputs* but not of its gates' params (the readouts' params and the
+loss's act directly). Exact for one layer and for the top layer's params;
+biased below: layer ``l``'s params reach the states of layers above at later
+steps through those layers' recurrences (``h^{l+1}_{t'}`` depends on
+``x^{l+1}_t``, ``t < t'``), and that path is ignored (Zucchet et al. 2023,
+"Online learning of long-range dependencies", Section 3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jbptt._src import diagonal_rtrl as diag
+from jbptt._src import forward_mode, validation
+from jbptt._src import influence as flat
+from jbptt._src.cell import Cell
+from jbptt._src.stack import stack
+
+tree_map = jax.tree_util.tree_map
+
+
+def _check_layers(layers) -> tuple[Cell, ...]:
+    if isinstance(layers, Cell) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError(
+            "layers must be the non-empty list of diagonal cells given to "
+            f"cells.stack, got {type(layers).__name__}."
+        )
+    for k, c in enumerate(layers):
+        if not isinstance(c, Cell) or c.diagonal is None:
+            raise TypeError(
+                f"layers[{k}] must be a diagonal cell (cells.diagonal, lru, "
+                f"min_gru, min_lstm), got {getattr(c, 'name', type(c).__name__)}."
+            )
+    return tuple(layers)
+
+
+def _forward(layers, params, hs, x_t, us=None):
+    """New states and the inputs each layer read; with ``us``, layer ``l``'s
+    gates see its params through ``stop_gradient`` and its new state is
+    shifted by ``us[l]`` (so ``d/dus[l]`` is the spatial cotangent)."""
+    new, inputs, x = [], [], x_t
+    for l, (c, p, h) in enumerate(zip(layers, params, hs, strict=True)):
+        inputs.append(x)
+        g_p = p if us is None else jax.lax.stop_gradient(p)
+        a, b = c.diagonal.gates(g_p, x)
+        h_new = a * h + b if us is None else a * h + b + us[l]
+        new.append(h_new)
+        x = c.diagonal.readout(p, h_new, x)
+    return tuple(new), tuple(inputs), x
+
+
+def _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t):
+    def spatial(params, us):
+        new, inputs, out = _forward(layers, params, hs, x_t, us)
+        return loss_fn(params, out, y_t), (new, inputs)
+
+    shapes = jax.eval_shape(lambda: _forward(layers, params, hs, x_t)[0])
+    us = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
+    (loss, (new, inputs)), (g, cs) = jax.value_and_grad(
+        spatial, argnums=(0, 1), has_aux=True
+    )(params, us)
+    g, new_infl = list(g), []
+    for l, c in enumerate(layers):
+        X = inputs[l].reshape((-1, inputs[l].shape[-1]))
+        H_prev = jnp.broadcast_to(hs[l], new[l].shape).reshape(X.shape[0], -1)
+        e = diag.update(lays[l], c.diagonal.gates, params[l], infl[l], H_prev, X)
+        read = diag.read(lays[l], params[l], e, cs[l].reshape(X.shape[0], -1))
+        g[l] = tree_map(jnp.add, g[l], read)
+        new_infl.append(e)
+    return new, tuple(new_infl), loss, tuple(g)
+
+
+def layerwise_rtrl(
+    layers: Sequence[Cell], *, max_bytes: int = forward_mode.DEFAULT_MAX_BYTES
+) -> forward_mode.OnlineEstimator:
+    """Per-layer exact diagonal RTRL for ``cells.stack(layers)``, with
+    spatial backprop between layers (module docstring).
+
+    Every layer carries its own diagonal influence (as :func:`rtrl` on one
+    diagonal cell: memory ``O(|θ_l|)`` per sequence); the gradient reads
+    each layer's influence with the cotangent of its new state taken through
+    the layers above at the same step. Exact for a one-layer stack and for
+    the top layer; biased for the layers below, whose params also reach the
+    layers above at later steps through the upper recurrences, a path this
+    estimator ignores. :func:`rtrl` on the stack is the exact (dense,
+    ``O(S·|θ|)``) alternative for small real-state models.
+
+    Args:
+      layers: the diagonal cells given to :func:`jbptt.cells.stack`; the
+        estimator takes that stack (checked by name) as its cell.
+      max_bytes: largest carried influence plus per-step work, in bytes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jbptt import cells, forward_mode
+      >>> layers = [cells.min_gru(), cells.min_gru()]
+      >>> cell = cells.stack(layers)
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> h0 = cell.initial_state(p, (4,))
+      >>> xs, ys = jnp.ones((5, 4, 2)), jnp.zeros((5, 4, 3))
+      >>> mse = lambda p, out, y: jnp.mean((out - y) ** 2)
+      >>> est = forward_mode.layerwise_rtrl(layers)
+      >>> (L, h_T), g = est.estimate(jax.random.key(0), cell, mse, p, h0, xs, ys)
+      >>> g[0]["W_z"].shape
+      (3, 2)
+    """
+    layers = _check_layers(layers)
+    max_bytes = validation.positive_int("max_bytes", max_bytes)
+    name = stack(list(layers)).name
+
+    def layouts(cell, params, x):
+        if not isinstance(cell, Cell) or cell.name != name:
+            raise ValueError(
+                f"layerwise_rtrl: cell must be {name} (cells.stack of the "
+                f"layers given), got {getattr(cell, 'name', type(cell).__name__)}."
+            )
+        diag.check_params(params)
+        x_b = x.reshape((-1, x.shape[-1]))[0]
+        lays = []
+        for c, p in zip(layers, params, strict=True):
+            lay = diag.layout(c, p, x_b)
+            lays.append(lay)
+            x_b = jax.eval_shape(
+                c.diagonal.readout, p, jnp.zeros(lay.H, lay.dtype), x_b
+            )
+            x_b = jnp.zeros(x_b.shape, x_b.dtype)
+        return tuple(lays)
+
+    def cost(cell, params, h0, x):
+        lays = layouts(cell, params, x)
+        B = int(np.prod(x.shape[:-1]))
+        n = sum(lay.numbers(B) for lay in lays)
+        nbytes = sum(lay.nbytes(B) for lay in lays)
+        what = (
+            f"exact per layer, biased across layers (layer-wise diagonal "
+            f"influence): {n:,} numbers = {nbytes:,} bytes"
+        )
+        return diag.DiagonalFootprint(nbytes, nbytes, float(4 * n), what)
+
+    def init(cell, params, h0, x):
+        lays = layouts(cell, params, x)
+        validation.check_h0(cell, params, h0, tuple(x.shape[:-1]))
+        fp = cost(cell, params, h0, x)
+        flat.check_bytes("layerwise_rtrl", fp, max_bytes, "the influences")
+        B = int(np.prod(x.shape[:-1]))
+        infl = tuple(diag.zeros(lay, p, B) for lay, p in zip(lays, params, strict=True))
+        return forward_mode.OnlineState(h0, infl)
+
+    def step(cell, loss_fn, key, params, state, x_t, y_t, reset=None, h_reset=None):
+        lays = layouts(cell, params, x_t)
+        hs, infl = state
+        if reset is not None:  # episode start: h := h_reset, every e := 0
+            hs, infl = diag.restart(reset, h_reset, hs, infl)
+        hs, infl, loss, g = _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t)
+        return forward_mode.OnlineState(hs, infl), (loss, g)
+
+    return forward_mode.assemble(
+        "layerwise_rtrl", init, step, cost, True, {"max_bytes": max_bytes}
+    )
