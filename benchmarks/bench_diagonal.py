@@ -76,7 +76,7 @@ SHAPES = [
     (4096, 32, 1, 32),
 ]
 # T >= 16 384, where the parallel path is to beat the sequential scan on GPU.
-GPU_SHAPES = [(16384, 1, 16, 16), (16384, 8, 256, 256), (65536, 4, 64, 64)]
+GPU_SHAPES = [(16384, 1, 16, 16), (16384, 8, 256, 256)]
 QUICK_SHAPES = [(32, 2, 3, 4)]
 CELLS = {"lru": cells.lru, "min_gru": cells.min_gru, "min_lstm": cells.min_lstm}
 METHODS = ("auto", "sequential", "associative", "blocked")
