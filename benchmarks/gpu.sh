@@ -25,7 +25,8 @@
 #            LSTM and Elman as two steps, so that one timing out keeps the other
 #   d online python -m benchmarks.bench_online (GPU-sized config)
 # Steps device..online share one budget (JBPTT_GPU_BUDGET_S, default 480 s =
-# 8 minutes); a step left with under 5 s is skipped.
+# 8 minutes); a step left with under 5 s is skipped. With --quick (the CPU
+# test, often on a loaded machine) the budget and every time box are doubled.
 #
 # Environment:
 #   JBPTT_GPU_SKIP_INSTALL=1   use the interpreter as it is (no venv, no pip)
@@ -33,7 +34,7 @@
 #                              (e.g. an image's python3 that has jax with CUDA)
 #   VENV=.venv                 the project venv (made by `make venv`)
 #   JBPTT_GPU_JAX_EXTRA=cuda12 the jax extra to install (cuda12, cuda13)
-#   JBPTT_GPU_BUDGET_S=480     seconds for the steps after install
+#   JBPTT_GPU_BUDGET_S=480     seconds for the steps after install (960 with --quick)
 #   JBPTT_GPU_INSTALL_S=600    seconds for the install step
 #   JBPTT_GPU_STEP_S=N         cap every step at N seconds (default: none)
 #   JBPTT_GPU_SHAPES           grad part's shapes, "T,B,I,H T,B,I,H"
@@ -67,7 +68,7 @@ mkdir -p "$LOGS" "$STATUS"
 
 VENV=${VENV:-.venv}
 EXTRA=${JBPTT_GPU_JAX_EXTRA:-cuda12}
-BUDGET=${JBPTT_GPU_BUDGET_S:-480}
+BUDGET=${JBPTT_GPU_BUDGET_S:-$([ "$QUICK" = 1 ] && echo 960 || echo 480)}
 INSTALL_S=${JBPTT_GPU_INSTALL_S:-600}
 STEP_S=${JBPTT_GPU_STEP_S:-}
 if [ -n "${JBPTT_GPU_PYTHON:-}" ]; then
@@ -106,8 +107,11 @@ declare -A TITLE=(
 # Each step's share of the budget (seconds); what is left caps it further.
 # The diagonal steps took their shares from the grad, long and online steps,
 # so that the total stays the budget.
-declare -A CAP=([device]=45 [check]=60 [check_diagonal]=30 [grad]=100
-    [diagonal]=90 [long_lstm]=60 [long_elman]=45 [online]=50)
+declare -A CAP=([device]=45 [check]=55 [check_diagonal]=30 [grad]=90
+    [diagonal]=75 [long_lstm]=65 [long_elman]=50 [online]=70)
+if [ "$QUICK" = 1 ]; then
+    for step in "${!CAP[@]}"; do CAP[$step]=$((2 * CAP[$step])); done
+fi
 # The markdown a step writes, shown under its heading in the summary.
 declare -A TABLE=(
     [device]=$OUT/device.md
@@ -288,7 +292,7 @@ else
     check_diagonal=(--cases lru,min_gru)
     read -r -a shapes <<<"${JBPTT_GPU_SHAPES:-1000,64,128,512 200,256,256,1024}"
     read -r -a diagonal_shapes <<<"${JBPTT_GPU_DIAGONAL_SHAPES:-16384,1,16,16 16384,8,256,256}"
-    diagonal=(--repeats 3)
+    diagonal=(--repeats 2)
     grad=(--cells elman,lstm,gru --repeats 5 --shapes "${shapes[@]}")
     long=(--repeats 1)
     read -r -a online <<<"${JBPTT_GPU_ONLINE_ARGS:---T 2048 --batch 256 --hidden 512 --inputs 128 --outputs 16 --ks 32}"

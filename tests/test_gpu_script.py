@@ -161,6 +161,7 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     for step in STEPS[1:]:
         assert _status_of(statuses, step) == "ok", step
     assert "jax backend `cpu`" in text and "no accelerator" in text
+    assert "budget 960 s" in text  # --quick doubles the budget and time boxes
     # each step's table is in the one file, and peers that cannot run say why
     assert "| elman | float64 | highest |" in text and "All checks pass: yes" in text
     # the diagonal cells' float64 check and their benchmark, one row per cell
