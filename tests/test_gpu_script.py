@@ -85,6 +85,9 @@ def test_gpu_check_dtypes_runs_only_the_dtypes_asked_for(tmp_path):
     assert {r["dtype"] for r in result["rows"]} == {"float64"}
     assert {r["case"] for r in result["rows"]} == {"lru", "min_gru"}
     assert "float32: not asked for (--dtypes)" in result["skipped"]
+    # no check left to run is no pass
+    none = gpu_check.main(argv + ["--no-x64", "--out", str(tmp_path / "none")])
+    assert none["rows"] == [] and not none["ok"]
     with pytest.raises(ValueError, match="--dtypes"):
         gpu_check.main(["--quick", "--dtypes", "float16", "--out", str(tmp_path)])
 
