@@ -41,7 +41,9 @@ every case so that a run cut short keeps what it measured.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -63,7 +65,6 @@ from benchmarks.bench_grad import (
     max_rel_diff,
     memory_bytes,
     ref_value_and_grad,
-    write_csv,
 )
 from experiments import _cli
 from jbptt import cells, truncation
@@ -153,9 +154,21 @@ def diagonal_scan_variants(cell) -> dict[str, Callable]:
     """
     if not hasattr(jbptt, "DiagonalScan"):
         return {}
-    return {
-        f"diag_{m}": _jbptt(cell, adjoint=jbptt.DiagonalScan(method=m)) for m in METHODS
-    }
+    return {f"diag_{m}": _diagonal_scan(cell, m) for m in METHODS}
+
+
+def _diagonal_scan(cell, method):
+    """value+grad with ``DiagonalScan(method)``; a method refused here (say on
+    this backend) raises when compiled, so its column is left out with why."""
+    try:
+        return _jbptt(cell, adjoint=jbptt.DiagonalScan(method=method))
+    except (TypeError, ValueError) as e:
+        error = e
+
+        def refused(*args):
+            raise error
+
+        return refused
 
 
 def variants(cell) -> dict[str, Callable]:
@@ -349,12 +362,28 @@ def markdown(result) -> str:
     env, config = result["environment"], result["config"]
     lines = _header(env, config)
     if result["grad"]:
-        lines += _grad_tables(result["grad"])
+        lines += _grad_tables(_filled(result["grad"]))
         notes = [f"- {r['cell']} {r['T']}: {r['notes']}" for r in result["grad"]]
         lines += [n for n in notes if not n.endswith(": ")]
     if result["sweep"]:
         lines += _sweep_table(result["sweep"])
     return "\n".join(lines) + "\n"
+
+
+def _filled(rows) -> list[dict]:
+    """Rows with every key of any row (NaN where a column was left out)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k, math.nan) for k in keys} for r in rows]
+
+
+def _write_csv(path: Path, rows) -> None:
+    if not rows:
+        return
+    rows = _filled(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write(out: Path, result) -> list[Path]:
@@ -363,8 +392,8 @@ def write(out: Path, result) -> list[Path]:
         out / f"bench_diagonal{s}" for s in (".json", "_grad.csv", "_sweep.csv", ".md")
     ]
     paths[0].write_text(json.dumps(result, indent=1))
-    write_csv(paths[1], result["grad"])
-    write_csv(paths[2], result["sweep"])
+    _write_csv(paths[1], result["grad"])
+    _write_csv(paths[2], result["sweep"])
     paths[3].write_text(markdown(result))
     return [p for p in paths if p.exists()]
 

@@ -77,6 +77,8 @@ def test_bench_diagonal_adds_a_column_per_diagonal_scan_method(tmp_path, monkeyp
 
     def stand_in(method="auto", chunk=None):
         made.append(method)
+        if method == "blocked":  # a method refused here loses its column only
+            raise ValueError("blocked: not on this backend")
         return jbptt.ReverseScan()
 
     monkeypatch.setattr(jbptt, "DiagonalScan", stand_in, raising=False)
@@ -85,11 +87,16 @@ def test_bench_diagonal_adds_a_column_per_diagonal_scan_method(tmp_path, monkeyp
     assert made == list(bench_diagonal.METHODS)
     assert result["config"]["diagonal_scan"] is True
     (row,) = result["grad"]
-    for m in bench_diagonal.METHODS:
+    for m in ("auto", "sequential", "associative"):
         assert _finite_positive(row, f"diag_{m}_ms")
         assert row[f"diag_{m}_grad_err"] <= 1e-4
+    assert "diag_blocked_ms" not in row
+    assert (
+        "diag_blocked skipped: ValueError: blocked: not on this backend" in row["notes"]
+    )
     text = (tmp_path / "bench_diagonal.md").read_text()
-    assert all(f"| diag_{m} |" in text for m in bench_diagonal.METHODS)
+    assert all(f"| diag_{m} |" in text for m in ("auto", "sequential", "associative"))
+    assert "blocked: not on this backend" in text
 
 
 @pytest.mark.parametrize(
@@ -98,3 +105,13 @@ def test_bench_diagonal_adds_a_column_per_diagonal_scan_method(tmp_path, monkeyp
 def test_bench_diagonal_refuses_unknown_parts_and_cells(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         bench_diagonal.main(["--quick", *bad, "--out", str(tmp_path)])
+
+
+def test_bench_diagonal_csv_keeps_columns_that_only_some_rows_have(tmp_path):
+    # a column left out of one row (a refused strategy) stays in the CSV
+    rows = [{"cell": "lru", "a_ms": 1.0}, {"cell": "min_gru", "a_ms": 2.0, "b_ms": 3.0}]
+    bench_diagonal._write_csv(tmp_path / "rows.csv", rows)
+    with open(tmp_path / "rows.csv") as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == ["cell", "a_ms", "b_ms"]
+    assert read[0]["b_ms"] == "nan" and read[1]["b_ms"] == "3.0"
