@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # jbptt on a GPU in one command (`make gpu`): install jax with CUDA, check
-# that jbptt's gradients equal autodiff there, time value+grad against
-# jax.value_and_grad, cuDNN's LSTM and PyTorch CUDA, the T = 100 000
+# that jbptt's gradients equal autodiff there (the diagonal cells in float64
+# too), time value+grad against jax.value_and_grad, cuDNN's LSTM and PyTorch
+# CUDA, the diagonal recurrences at T >= 16 384, the T = 100 000
 # checkpointed run and online training, and write ONE summary,
 # OUT/gpu_results.md (device, versions, every step's status and tables).
 #
@@ -14,12 +15,18 @@
 #   install  venv + "jax[cuda12]==<the venv's jax version>" (own time box)
 #   device   jax.devices() and versions
 #   a check  python -m benchmarks.gpu_check: gradients equal autodiff
+#   a diag   python -m benchmarks.gpu_check --cases lru,min_gru --dtypes float64:
+#            the diagonal cells' gradients equal autodiff to 1e-10
 #   b grad   python -m benchmarks.bench_grad --parts grad (GPU shapes, cuDNN, torch CUDA)
+#   b diag   python -m benchmarks.bench_diagonal --gpu --parts grad: LRU and
+#            minGRU at T >= 16 384, the parallel path against autodiff of a
+#            lax.scan (target >= 5x) and the floor
 #   c long   python -m benchmarks.bench_grad --parts long (T = 100 000, checkpointed),
 #            LSTM and Elman as two steps, so that one timing out keeps the other
 #   d online python -m benchmarks.bench_online (GPU-sized config)
 # Steps device..online share one budget (JBPTT_GPU_BUDGET_S, default 480 s =
-# 8 minutes); a step left with under 5 s is skipped.
+# 8 minutes); a step left with under 5 s is skipped. With --quick (the CPU
+# test, often on a loaded machine) the budget and every time box are doubled.
 #
 # Environment:
 #   JBPTT_GPU_SKIP_INSTALL=1   use the interpreter as it is (no venv, no pip)
@@ -27,10 +34,11 @@
 #                              (e.g. an image's python3 that has jax with CUDA)
 #   VENV=.venv                 the project venv (made by `make venv`)
 #   JBPTT_GPU_JAX_EXTRA=cuda12 the jax extra to install (cuda12, cuda13)
-#   JBPTT_GPU_BUDGET_S=480     seconds for the steps after install
+#   JBPTT_GPU_BUDGET_S=480     seconds for the steps after install (960 with --quick)
 #   JBPTT_GPU_INSTALL_S=600    seconds for the install step
 #   JBPTT_GPU_STEP_S=N         cap every step at N seconds (default: none)
 #   JBPTT_GPU_SHAPES           grad part's shapes, "T,B,I,H T,B,I,H"
+#   JBPTT_GPU_DIAGONAL_SHAPES  bench_diagonal's shapes, "T,B,I,H T,B,I,H"
 #   JBPTT_GPU_LONG_VARIANTS    long part's variants (bench_grad --long-variants)
 #   JBPTT_GPU_ONLINE_ARGS      bench_online's shape flags
 # Exit status: 0 when every step is ok (the install may be skipped), else 1.
@@ -60,7 +68,7 @@ mkdir -p "$LOGS" "$STATUS"
 
 VENV=${VENV:-.venv}
 EXTRA=${JBPTT_GPU_JAX_EXTRA:-cuda12}
-BUDGET=${JBPTT_GPU_BUDGET_S:-480}
+BUDGET=${JBPTT_GPU_BUDGET_S:-$([ "$QUICK" = 1 ] && echo 960 || echo 480)}
 INSTALL_S=${JBPTT_GPU_INSTALL_S:-600}
 STEP_S=${JBPTT_GPU_STEP_S:-}
 if [ -n "${JBPTT_GPU_PYTHON:-}" ]; then
@@ -84,24 +92,33 @@ fi
 START=$(date -u '+%Y-%m-%d %H:%M')
 
 # ---------------------------------------------------------------- steps ---
-STEPS=(install device check grad long_lstm long_elman online)
+STEPS=(install device check check_diagonal grad diagonal long_lstm long_elman online)
 declare -A TITLE=(
     [install]="install jax[$EXTRA]"
     [device]="device and versions"
     [check]="a. gradients equal autodiff (benchmarks.gpu_check)"
+    [check_diagonal]="a. diagonal cells' gradients equal autodiff, float64 (benchmarks.gpu_check)"
     [grad]="b. value+grad against jax.value_and_grad, cuDNN LSTM, PyTorch CUDA"
+    [diagonal]="b. diagonal recurrences at T >= 16 384 (benchmarks.bench_diagonal)"
     [long_lstm]="c. T = 100 000, checkpointed: LSTM (bench_grad --parts long)"
     [long_elman]="c. T = 100 000, checkpointed: Elman (bench_grad --parts long)"
     [online]="d. online training (benchmarks.bench_online)"
 )
 # Each step's share of the budget (seconds); what is left caps it further.
-declare -A CAP=([device]=45 [check]=75 [grad]=120 [long_lstm]=90 [long_elman]=60
-    [online]=90)
+# The diagonal steps took their shares from the grad, long and online steps,
+# so that the total stays the budget.
+declare -A CAP=([device]=45 [check]=55 [check_diagonal]=30 [grad]=90
+    [diagonal]=75 [long_lstm]=65 [long_elman]=50 [online]=70)
+if [ "$QUICK" = 1 ]; then
+    for step in "${!CAP[@]}"; do CAP[$step]=$((2 * CAP[$step])); done
+fi
 # The markdown a step writes, shown under its heading in the summary.
 declare -A TABLE=(
     [device]=$OUT/device.md
     [check]=$OUT/check/gpu_check.md
+    [check_diagonal]=$OUT/check_diagonal/gpu_check.md
     [grad]=$OUT/grad/RESULTS.md
+    [diagonal]=$OUT/diagonal/bench_diagonal.md
     [long_lstm]=$OUT/long_lstm/RESULTS.md
     [long_elman]=$OUT/long_elman/RESULTS.md
     [online]=$OUT/online/bench_online.md
@@ -263,13 +280,19 @@ run_step device "${CAP[device]}" "$PY" -c "$device_script" "$OUT/device.md"
 # ---------------------------------------------------------- a-d: checks ---
 if [ "$QUICK" = 1 ]; then
     check=(--quick --cases elman)
+    check_diagonal=(--quick --cases lru,min_gru)
     read -r -a shapes <<<"${JBPTT_GPU_SHAPES:-8,2,3,4}"
+    read -r -a diagonal_shapes <<<"${JBPTT_GPU_DIAGONAL_SHAPES:-16,2,3,4}"
+    diagonal=(--quick --repeats 1)
     grad=(--quick --cells lstm --repeats 1 --shapes "${shapes[@]}")
     long=(--quick --repeats 1)
     online=(--quick --cells elman)
 else
     check=(--cases elman,lstm,gru,stack,masked)
+    check_diagonal=(--cases lru,min_gru)
     read -r -a shapes <<<"${JBPTT_GPU_SHAPES:-1000,64,128,512 200,256,256,1024}"
+    read -r -a diagonal_shapes <<<"${JBPTT_GPU_DIAGONAL_SHAPES:-16384,1,16,16 16384,8,256,256}"
+    diagonal=(--repeats 2)
     grad=(--cells elman,lstm,gru --repeats 5 --shapes "${shapes[@]}")
     long=(--repeats 1)
     read -r -a online <<<"${JBPTT_GPU_ONLINE_ARGS:---T 2048 --batch 256 --hidden 512 --inputs 128 --outputs 16 --ks 32}"
@@ -277,8 +300,12 @@ fi
 long+=(--long-variants "${JBPTT_GPU_LONG_VARIANTS:-jbptt-sqrt,jax-sqrt}")
 
 run_step check "${CAP[check]}" "$PY" -m benchmarks.gpu_check "${check[@]}" --out "$OUT/check"
+run_step check_diagonal "${CAP[check_diagonal]}" "$PY" -m benchmarks.gpu_check \
+    --dtypes float64 "${check_diagonal[@]}" --out "$OUT/check_diagonal"
 run_step grad "${CAP[grad]}" "$PY" -m benchmarks.bench_grad --parts grad --processes 1 \
     --cudnn --torch-device cuda "${grad[@]}" --out "$OUT/grad"
+run_step diagonal "${CAP[diagonal]}" "$PY" -m benchmarks.bench_diagonal --gpu --parts grad \
+    --cells lru,min_gru "${diagonal[@]}" --shapes "${diagonal_shapes[@]}" --out "$OUT/diagonal"
 for cell in lstm elman; do
     run_step "long_$cell" "${CAP[long_$cell]}" "$PY" -m benchmarks.bench_grad --parts long \
         --cells "$cell" "${long[@]}" --out "$OUT/long_$cell"

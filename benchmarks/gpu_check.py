@@ -1,7 +1,8 @@
 """Gradients equal autodiff on the default backend (the GPU test subset).
 
-For Elman, LSTM, GRU, a two-layer stack (LSTM then GRU) and a masked batch
-(LSTM, sequences of different lengths), jitted
+For Elman, LSTM, GRU, a two-layer stack (LSTM then GRU), a masked batch
+(LSTM, sequences of different lengths) and the diagonal linear recurrences
+(the LRU, whose state is complex, and minGRU), jitted
 ``jbptt.value_and_grad(cell, loss_fn)`` is compared with
 ``jax.value_and_grad`` of the same forward written as a plain ``lax.scan``
 of ``cell.step`` (no jbptt code on the reference side but the step):
@@ -28,8 +29,9 @@ tolerance:
 
 Run ``python -m benchmarks.gpu_check --out DIR`` (``benchmarks/gpu.sh``
 runs it first); it prints a table, writes ``gpu_check.json`` and
-``gpu_check.md`` and exits with status 1 when a check fails. ``--quick``
-uses tiny shapes.
+``gpu_check.md`` and exits with status 1 when a check fails (or when no
+check ran). ``--quick`` uses tiny shapes; ``--dtypes float64`` runs the
+float64 checks only (gpu.sh's step for the diagonal cells).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import jax.numpy as jnp
 import jbptt
 from jbptt import cells
 
-CASES = ("elman", "lstm", "gru", "stack", "masked")
+CASES = ("elman", "lstm", "gru", "stack", "masked", "lru", "min_gru")
 SHAPE = (100, 8, 16, 32)  # (T, B, I, H)
 QUICK_SHAPE = (6, 2, 3, 4)
 # (dtype, matmul precision, tolerance on the relative error)
@@ -56,6 +58,7 @@ CHECKS = (
     ("float32", "default", 1e-2),
     ("float64", "highest", 1e-10),
 )
+CHECKS_DTYPES = ("float32", "float64")  # what --dtypes chooses from
 
 GradFn = Callable[..., tuple[tuple[jax.Array, object], object]]
 
@@ -67,7 +70,8 @@ def loss_fn(params, out_t, y_t):
 
 
 def make_cell(case: str) -> cells.Cell:
-    """The cell of a case (``masked`` runs the LSTM on a padded batch)."""
+    """The cell of a case (``masked`` runs the LSTM on a padded batch;
+    ``lru`` and ``min_gru`` are diagonal linear recurrences)."""
     if case not in CASES:
         raise ValueError(f"case must be one of {list(CASES)}, got {case!r}.")
     return {
@@ -76,19 +80,24 @@ def make_cell(case: str) -> cells.Cell:
         "gru": cells.gru,
         "stack": lambda: cells.stack([cells.lstm(), cells.gru()]),
         "masked": cells.lstm,
+        "lru": cells.lru,
+        "min_gru": cells.min_gru,
     }[case]()
 
 
 def problem(case: str, shape, dtype, seed: int = 0):
     """``(cell, (params, h0, xs, ys), lengths)``; ``lengths`` is ``None``
-    except for ``masked``, whose sequences run ``T/B, 2T/B, …, T`` steps."""
+    except for ``masked``, whose sequences run ``T/B, 2T/B, …, T`` steps.
+    ``ys`` has the shape of the cell's output (the LRU's has the input's
+    size)."""
     T, B, I, H = shape
     cell = make_cell(case)
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     params = cell.init(k1, I, H, dtype=dtype)
     h0 = cell.initial_state(params, (B,))
     xs = jax.random.normal(k2, (T, B, I), dtype)
-    ys = jax.random.normal(k3, (T, B, H), dtype)
+    out = jax.eval_shape(cell.step, params, h0, xs[0])[1]
+    ys = jax.random.normal(k3, (T, *out.shape), dtype)
     lengths = None
     if case == "masked":
         lengths = jnp.maximum(1, (T * (jnp.arange(B) + 1)) // B)
@@ -245,23 +254,34 @@ def main(argv=None) -> dict:
     p.add_argument("--shape", type=_shape, default=None, help="T,B,I,H")
     p.add_argument("--cases", default=",".join(CASES), help="comma list of cases")
     p.add_argument("--no-x64", action="store_true", help="skip the float64 checks")
+    p.add_argument(
+        "--dtypes", default="float32,float64", help="comma list of dtypes to check"
+    )
     args = p.parse_args(argv)
     cases = args.cases.split(",")
     if set(cases) - set(CASES):
         raise ValueError(f"--cases takes {list(CASES)}; got {cases}.")
+    dtypes = args.dtypes.split(",")
+    if not dtypes or set(dtypes) - {"float32", "float64"}:
+        raise ValueError(f"--dtypes takes float32, float64; got {dtypes}.")
     shape = args.shape or (QUICK_SHAPE if args.quick else SHAPE)
     if not args.no_x64:
         jax.config.update("jax_enable_x64", True)
     no64 = "--no-x64" if args.no_x64 else float64_support()
-    skipped = [f"float64: {no64}"] if no64 else []
+    skipped = [f"float64: {no64}"] if no64 and "float64" in dtypes else []
+    skipped += [
+        f"{d}: not asked for (--dtypes)" for d in CHECKS_DTYPES if d not in dtypes
+    ]
     cpu = jax.default_backend() == "cpu"
-    if cpu:
+    if cpu and "float32" in dtypes:
         skipped.append("float32 at the default matmul precision: the same as "
                        "highest on CPU")  # fmt: skip
     t0 = time.perf_counter()
     rows = []
     for dtype, precision, tol in CHECKS:
         if (dtype == "float64" and no64) or (cpu and precision == "default"):
+            continue
+        if dtype not in dtypes:
             continue
         for case in cases:
             try:
@@ -279,7 +299,7 @@ def main(argv=None) -> dict:
         "shape": list(shape),
         "skipped": skipped,
         "seconds": time.perf_counter() - t0,
-        "ok": all(r["ok"] for r in rows),
+        "ok": bool(rows) and all(r["ok"] for r in rows),  # none run: no pass
         "rows": rows,
     }
     md = [

@@ -21,7 +21,9 @@ from benchmarks import gpu_check
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 LONG = ("c. T = 100 000, checkpointed: LSTM", "c. T = 100 000, checkpointed: Elman")
-STEPS = ("install", "device", "a. gradients", "b. value+grad", *LONG, "d. online")
+DIAGONAL = ("a. diagonal cells'", "b. diagonal recurrences")
+STEPS = ("install", "device", "a. gradients", "b. value+grad", *DIAGONAL, *LONG,
+         "d. online")  # fmt: skip
 
 
 def _perturbed(eps):
@@ -41,7 +43,12 @@ def _perturbed(eps):
 
 @pytest.mark.parametrize(
     "case, dtype, tol, eps",
-    [("stack", "float64", 1e-10, 1e-8), ("masked", "float32", 1e-4, 1e-3)],
+    [
+        ("stack", "float64", 1e-10, 1e-8),
+        ("masked", "float32", 1e-4, 1e-3),
+        ("lru", "float64", 1e-10, 1e-8),  # complex state
+        ("min_gru", "float64", 1e-10, 1e-8),
+    ],
 )
 def test_gpu_check_passes_jbptt_and_fails_a_wrong_gradient(case, dtype, tol, eps):
     shape = gpu_check.QUICK_SHAPE
@@ -69,6 +76,29 @@ def test_gpu_check_reports_a_broken_case_and_checks_the_others(tmp_path, monkeyp
     assert by_case["gru", "float64"]["error"] == "RuntimeError: no kernel for this"
     md = (tmp_path / "gpu_check.md").read_text()
     assert "FAIL" in md and "All checks pass: NO" in md and "no kernel" in md
+
+
+def test_gpu_check_dtypes_runs_only_the_dtypes_asked_for(tmp_path):
+    argv = ["--quick", "--cases", "lru,min_gru", "--dtypes", "float64"]
+    result = gpu_check.main(argv + ["--out", str(tmp_path)])
+    assert result["ok"] and len(result["rows"]) == 2
+    assert {r["dtype"] for r in result["rows"]} == {"float64"}
+    assert {r["case"] for r in result["rows"]} == {"lru", "min_gru"}
+    assert "float32: not asked for (--dtypes)" in result["skipped"]
+    # no check left to run is no pass
+    none = gpu_check.main(argv + ["--no-x64", "--out", str(tmp_path / "none")])
+    assert none["rows"] == [] and not none["ok"]
+    with pytest.raises(ValueError, match="--dtypes"):
+        gpu_check.main(["--quick", "--dtypes", "float16", "--out", str(tmp_path)])
+
+
+def test_gpu_check_diagonal_ys_have_the_output_shape():
+    # The LRU's output has the input's size I, not the state's H.
+    T, B, I, H = 5, 2, 3, 4
+    _, (_, h0, _, ys), _ = gpu_check.problem("lru", (T, B, I, H), "float64")
+    assert ys.shape == (T, B, I) and h0.shape == (B, H) and h0.dtype.kind == "c"
+    _, (_, _, _, ys), _ = gpu_check.problem("min_gru", (T, B, I, H), "float64")
+    assert ys.shape == (T, B, H)
 
 
 def test_gpu_check_reference_masks_each_sequence():
@@ -134,8 +164,15 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     for step in STEPS[1:]:
         assert _status_of(statuses, step) == "ok", step
     assert "jax backend `cpu`" in text and "no accelerator" in text
+    assert "budget 960 s" in text  # --quick doubles the budget and time boxes
     # each step's table is in the one file, and peers that cannot run say why
     assert "| elman | float64 | highest |" in text and "All checks pass: yes" in text
+    # the diagonal cells' float64 check and their benchmark, one row per cell
+    assert "| lru | float64 | highest |" in text
+    assert "| min_gru | float64 | highest |" in text
+    assert "| lru | float32 |" not in text
+    assert "| lru | 16 | 2 | 3 | 4 |" in text and "| min_gru | 16 | 2 | 3 | 4 |" in text
+    assert "scan / jbptt" in text
     assert "cuDNN LSTM skipped: the backend is 'cpu'" in text
     assert "| lstm | 8 | 2 | 3 | 4 |" in text
     assert "| lstm | jbptt checkpoint='sqrt' |" in text
@@ -143,7 +180,9 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     assert "| elman | 4 |" in text  # bench_online's row
     for name in ("check/gpu_check.json", "grad/results.json",
                  "long_lstm/results.json", "long_elman/results.json",
-                 "online/bench_online.json"):  # fmt: skip
+                 "online/bench_online.json", "check_diagonal/gpu_check.json",
+                 "diagonal/bench_diagonal.json",
+                 "diagonal/bench_diagonal_grad.csv"):  # fmt: skip
         assert (tmp_path / name).exists(), name
 
 
@@ -172,9 +211,11 @@ def test_gpu_sh_goes_on_after_a_failed_and_a_timed_out_step(tmp_path):
     statuses = _statuses(text)
     assert _status_of(statuses, "install") == "ok"
     assert _status_of(statuses, "a. gradients") == "failed"
+    assert _status_of(statuses, DIAGONAL[0]) == "failed"  # gpu_check too
     assert [_status_of(statuses, step) for step in LONG] == ["timed out"] * 2
     # the steps after each of them still ran
     assert _status_of(statuses, "b. value+grad") == "ok"
+    assert _status_of(statuses, DIAGONAL[1]) == "ok"
     assert _status_of(statuses, "d. online") == "ok"
     assert "boom: the check broke" in text and "exit status 3" in text
     assert "Not known: the device step" in text  # the fake wrote no device.md
