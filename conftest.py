@@ -84,7 +84,7 @@ def _is_e2e(item, helpers: set[str]) -> bool:
     return _runs_e2e(_source(item.function), helpers)
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-xdist has named the groups
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     helpers: dict[str, set[str]] = {}
     for item in items:
@@ -95,7 +95,11 @@ def pytest_collection_modifyitems(config, items):
             helpers[name] = _e2e_helpers(item.module)
         if _is_e2e(item, helpers[name]):
             item.add_marker(pytest.mark.e2e)
-    _check_groups(config, items)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has named the groups
+def pytest_collection_finish(session):
+    _check_groups(session.config, session.items)
 
 
 def _check_groups(config, items) -> None:
