@@ -205,16 +205,20 @@ class ReverseScan(_Segmented):
             )
         path = scan.cell_path(cell)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
-        return shared_forward_grads(path.forward, scan.backward_unchecked, *args)
+        over = diagonal_scan.over_weights(cell)
+        return shared_forward_grads(path.forward, scan.backward_unchecked, args, over)
 
 
-def shared_forward_grads(
-    forward, backward, cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset
-):
+def shared_forward_grads(forward, backward, args, over=jax.vmap):
     """``((L, h_T), grads[K])`` for the rows of ``ws``: one ``forward``
     ``(cell, params, h0, xs, mask, resets, h_reset) -> (h_T, outs, saved)``,
     one loss vjp, then K reverse passes ``backward(cell, params, saved, w,
-    dh_T, douts)`` vmapped (what does not depend on ``w`` runs once)."""
+    dh_T, douts)`` mapped by ``over`` (``jax.vmap``: batched, what does not
+    depend on ``w`` running once; or ``jax.lax.map``: one after another).
+
+    ``args`` is ``(cell, loss_fn, params, h0, xs, ys, ws, mask, resets,
+    h_reset)``."""
+    cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset = args
     h_T, outs, saved = forward(cell, params, h0, xs, mask, resets, h_reset)
     L, loss_vjp = jax.vjp(
         lambda p, o: total_loss(loss_fn, p, o, ys, mask), params, outs
@@ -226,7 +230,7 @@ def shared_forward_grads(
         dparams, *_ = backward(cell, params, saved, w, dh_T, douts)
         return tree_map(jnp.add, dparams, dparams_loss)
 
-    return (L, h_T), jax.vmap(one)(ws)
+    return (L, h_T), over(one, ws)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +298,7 @@ class DiagonalScan(Adjoint):
             return diagonal_scan.backward(*args, how=how)
 
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
-        return shared_forward_grads(forward, backward, *args)
+        return shared_forward_grads(forward, backward, args, jax.lax.map)
 
 
 @dataclasses.dataclass(frozen=True)
