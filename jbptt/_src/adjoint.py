@@ -209,12 +209,13 @@ class ReverseScan(_Segmented):
         return shared_forward_grads(path.forward, scan.backward_unchecked, args, over)
 
 
-def shared_forward_grads(forward, backward, args, over=jax.vmap):
+def shared_forward_grads(forward, backward, args, over=None):
     """``((L, h_T), grads[K])`` for the rows of ``ws``: one ``forward``
     ``(cell, params, h0, xs, mask, resets, h_reset) -> (h_T, outs, saved)``,
     one loss vjp, then K reverse passes ``backward(cell, params, saved, w,
-    dh_T, douts)`` mapped by ``over`` (``jax.vmap``: batched, what does not
-    depend on ``w`` running once; or ``jax.lax.map``: one after another).
+    dh_T, douts)`` mapped by ``over(f, ws)`` (``None``: ``jax.vmap(f)(ws)``,
+    batched, what does not depend on ``w`` running once; ``jax.lax.map``:
+    one after another).
 
     ``args`` is ``(cell, loss_fn, params, h0, xs, ys, ws, mask, resets,
     h_reset)``."""
@@ -230,7 +231,7 @@ def shared_forward_grads(forward, backward, args, over=jax.vmap):
         dparams, *_ = backward(cell, params, saved, w, dh_T, douts)
         return tree_map(jnp.add, dparams, dparams_loss)
 
-    return (L, h_T), over(one, ws)
+    return (L, h_T), (jax.vmap(one)(ws) if over is None else over(one, ws))
 
 
 @dataclasses.dataclass(frozen=True)
