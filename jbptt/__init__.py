@@ -19,6 +19,7 @@ from jbptt import truncation as truncation
 from jbptt._src import checks as _checks
 from jbptt._src.adjoint import Autodiff as Autodiff
 from jbptt._src.adjoint import Budget as Budget
+from jbptt._src.adjoint import DiagonalScan as DiagonalScan
 from jbptt._src.adjoint import ReverseScan as ReverseScan
 from jbptt._src.api import grads_for_weights as grads_for_weights
 from jbptt._src.api import loss as loss

@@ -141,6 +141,11 @@ def scoped(cell: Cell, key: str) -> Cell:
             backward=sub(rules.backward),
             linear=sub(rules.linear),
         )
+    diagonal = cell.diagonal
+    if diagonal is not None:  # a diagonal cell keeps its elementwise path
+        diagonal = diagonal._replace(
+            gates=sub(diagonal.gates), readout=sub(diagonal.readout)
+        )
     return Cell(
         init=cell.init,
         initial_state=sub(cell.initial_state),
@@ -148,6 +153,7 @@ def scoped(cell: Cell, key: str) -> Cell:
         rules=rules,
         input_size=None if cell.input_size is None else sub(cell.input_size),
         name=cell.name,
+        diagonal=diagonal,
     )
 
 

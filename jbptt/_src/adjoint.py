@@ -9,6 +9,10 @@ reverse pass is run:
   optionally in checkpointed segments (``checkpoint="sqrt"`` or an int);
 * :class:`Budget`: at most ``max_states`` stored states, the fewest
   recomputed steps (:mod:`jbptt._src.checkpointing`);
+* :class:`DiagonalScan`: for diagonal cells (``cell.diagonal``), the
+  recurrence and its adjoint elementwise by a chosen scan (sequential,
+  associative or blocked); ``ReverseScan()`` runs it with the scan measured
+  fastest on the backend (:mod:`jbptt._src.diagonal_scan`);
 * :class:`Autodiff`: JAX's own autodiff through the plain forward (the
   reference; forward mode works).
 
@@ -29,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src import checkpointing, revolve, scan
+from jbptt._src import checkpointing, diagonal_scan, revolve, scan
 from jbptt._src.losses import total_loss
 
 tree_map = jax.tree_util.tree_map
@@ -199,23 +203,103 @@ class ReverseScan(_Segmented):
             return super().grads_for_weights(
                 cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset
             )
-        # One forward and one loss vjp, then K reverse scans: a vmap of backward.
-        h_T, outs, residuals = scan.cell_path(cell).forward(
-            cell, params, h0, xs, mask, resets, h_reset
-        )
-        L, loss_vjp = jax.vjp(
-            lambda p, o: total_loss(loss_fn, p, o, ys, mask), params, outs
-        )
-        dparams_loss, douts = loss_vjp(jnp.ones_like(L))
-        dh_T = tree_map(jnp.zeros_like, h_T)
+        path = scan.cell_path(cell)
+        args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
+        over = diagonal_scan.over_weights(cell)
+        return shared_forward_grads(path.forward, scan.backward_unchecked, args, over)
 
-        def one(w):
-            dparams, *_ = scan.backward_unchecked(
-                cell, params, residuals, w, dh_T, douts
-            )
-            return tree_map(jnp.add, dparams, dparams_loss)
 
-        return (L, h_T), jax.vmap(one)(ws)
+def shared_forward_grads(forward, backward, args, over=None):
+    """``((L, h_T), grads[K])`` for the rows of ``ws``: one ``forward``
+    ``(cell, params, h0, xs, mask, resets, h_reset) -> (h_T, outs, saved)``,
+    one loss vjp, then K reverse passes ``backward(cell, params, saved, w,
+    dh_T, douts)`` mapped by ``over(f, ws)`` (``None``: ``jax.vmap(f)(ws)``,
+    batched, what does not depend on ``w`` running once; ``jax.lax.map``:
+    one after another).
+
+    ``args`` is ``(cell, loss_fn, params, h0, xs, ys, ws, mask, resets,
+    h_reset)``."""
+    cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset = args
+    h_T, outs, saved = forward(cell, params, h0, xs, mask, resets, h_reset)
+    L, loss_vjp = jax.vjp(
+        lambda p, o: total_loss(loss_fn, p, o, ys, mask), params, outs
+    )
+    dparams_loss, douts = loss_vjp(jnp.ones_like(L))
+    dh_T = tree_map(jnp.zeros_like, h_T)
+
+    def one(w):
+        dparams, *_ = backward(cell, params, saved, w, dh_T, douts)
+        return tree_map(jnp.add, dparams, dparams_loss)
+
+    return (L, h_T), (jax.vmap(one)(ws) if over is None else over(one, ws))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalScan(Adjoint):
+    """The reverse pass of a diagonal cell, elementwise, by a chosen scan.
+
+    For cells with ``cell.diagonal`` (:func:`jbptt.cells.diagonal`,
+    ``lru``, ``min_gru``, ``min_lstm``): the gates on all steps, the
+    recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` as one scan, and in reverse the
+    same elementwise recurrence on the cotangents (scaled by the link
+    weights), then one vjp of the gates over all steps (docs/design.md,
+    "Diagonal recurrences"). The default ``jbptt.ReverseScan()`` runs this
+    path with ``method="auto"`` on diagonal cells already; this strategy
+    picks the scan. Values and gradients are those of every other strategy.
+
+    Attributes:
+      method: ``"auto"`` (default: the fastest measured on the backend,
+        ``jax.default_backend()``: ``"sequential"`` on CPU, ``"associative"``
+        on GPU/TPU), ``"sequential"`` (a fused ``lax.scan``),
+        ``"associative"`` (``jax.lax.associative_scan``, depth O(log T)) or
+        ``"blocked"`` (sequential in chunks run side by side, then the
+        chunks' carries: about 2C + T/C sequential steps).
+      chunk: the blocked scan's chunk length C (``None``: ⌈√(T/2)⌉).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> cell = jbptt.cells.min_gru()
+      >>> p = cell.init(jax.random.key(0), 2, 3)
+      >>> h0, xs, ys = cell.initial_state(p), jnp.ones((9, 2)), jnp.ones((9, 3))
+      >>> mse = lambda p, o, y: jnp.sum((o - y) ** 2)
+      >>> par = jbptt.DiagonalScan(method="associative")
+      >>> (L, _), g = jbptt.value_and_grad(cell, mse, adjoint=par)(p, h0, xs, ys)
+      >>> (L0, _), g0 = jbptt.value_and_grad(cell, mse)(p, h0, xs, ys)
+      >>> bool(jnp.allclose(L, L0)), bool(jnp.allclose(g["W_z"], g0["W_z"]))
+      (True, True)
+    """
+
+    method: str = "auto"
+    chunk: int | None = None
+
+    takes_steps = True
+
+    def check(self):
+        diagonal_scan.check_method(self.method, self.chunk)
+        return self
+
+    def scan(self, cell, params, h0, xs, w, mask, resets, h_reset, steps=None):
+        diagonal_scan.check_cell(cell)
+        how = (self.method, self.chunk)
+        return diagonal_scan.scan(
+            cell, how, params, h0, xs, w, mask, resets, h_reset, steps
+        )
+
+    def grads_for_weights(
+        self, cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset
+    ):
+        diagonal_scan.check_cell(cell)
+        how = (self.method, self.chunk)
+
+        def forward(*args):
+            return diagonal_scan.forward(*args, how=how)
+
+        def backward(*args):
+            return diagonal_scan.backward(*args, how=how)
+
+        args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
+        return shared_forward_grads(forward, backward, args, jax.lax.map)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +378,7 @@ class Budget(Adjoint):
 _MODES = ("scan", "autodiff")
 _EXPECTED = (
     "jbptt.ReverseScan(checkpoint=None | 'sqrt' | int), "
-    "jbptt.Budget(max_states=M) or jbptt.Autodiff()"
+    "jbptt.Budget(max_states=M), jbptt.DiagonalScan(method=...) or jbptt.Autodiff()"
 )
 
 

@@ -230,6 +230,16 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
     def step(params, h, x):
         return cell.step(params["cell"], h, lookup(params, x))
 
+    diagonal = cell.diagonal
+    if diagonal is not None:  # the lookup in front of the gates and readout
+        gates, readout = diagonal
+        diagonal = diagonal._replace(
+            gates=lambda params, xs: gates(params["cell"], lookup(params, xs)),
+            readout=lambda params, h, xs: readout(
+                params["cell"], h, lookup(params, xs)
+            ),
+        )
+
     # Marks the cell as reading token ids: loss, value_and_grad, rnn_scan and
     # train then take integer xs [T, *batch] (jbptt._src.sequences.as_inputs).
     step.vocab_size = vocab_size
@@ -240,4 +250,5 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
         rules=rules,
         input_size=lambda params: 1,
         name=f"embed({vocab_size}) -> {cell.name}",
+        diagonal=diagonal,
     )

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jbptt._src import dtypes, loops, sequences
+from jbptt._src import diagonal_scan, dtypes, loops, sequences
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
@@ -294,6 +294,11 @@ def _transpose_generic(cell: Cell, params, h_prev, h, res_t, x_t, d):
     return vjp(d)[0]
 
 
+def _forward_diagonal(cell: Cell, params, h0, xs, *args):
+    h_T, outs, saved = diagonal_scan.forward(cell, params, h0, xs, *args)
+    return h_T, outs, Residuals(*saved)
+
+
 class Path(NamedTuple):
     forward: Callable
     backward: Callable
@@ -302,11 +307,16 @@ class Path(NamedTuple):
 
 _RULES = Path(_forward_rules, _backward_rules, _transpose_rules)
 _GENERIC = Path(_forward_generic, _backward_generic, _transpose_generic)
+# Diagonal cells: the recurrence and its adjoint elementwise, by the scan
+# fastest on the backend (jbptt._src.diagonal_scan), one vjp of the gates.
+_DIAGONAL = Path(_forward_diagonal, diagonal_scan.backward, _transpose_generic)
 
 
 def cell_path(cell: Cell) -> Path:
-    """The one place where the hand-derived and generic paths part."""
-    return _GENERIC if cell.rules is None else _RULES
+    """The one place where the hand-derived, diagonal and generic paths part."""
+    if cell.rules is None:
+        return _GENERIC if cell.diagonal is None else _DIAGONAL
+    return _RULES
 
 
 # ------------------------------------------------------------ public core ---

@@ -52,7 +52,11 @@ def with_states(cell: Cell) -> Cell:
         rules = base._replace(
             backward=backward, output=lambda hs: (hs, base.output(hs))
         )
-    return cell._replace(step=step, rules=rules)
+    diagonal = cell.diagonal
+    if diagonal is not None:  # a diagonal cell's readout returns the state too
+        read = diagonal.readout
+        diagonal = diagonal._replace(readout=lambda p, h, x: (h, read(p, h, x)))
+    return cell._replace(step=step, rules=rules, diagonal=diagonal)
 
 
 def _scan_keywords(n, resets, reset_state, adjoint) -> dict:
@@ -119,8 +123,8 @@ def truncation_block(
         _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
         h_last = tree_map(lambda a: a[n - 1], hs)
-        carried = sum(
-            jnp.vdot(a, b)
+        carried = sum(  # ⟨dh_end, h_last⟩ whose gradient in h_last is dh_end
+            jnp.sum(jnp.real(a * b))  # (complex states too: JAX's convention)
             for a, b in zip(
                 jax.tree_util.tree_leaves(h_last),
                 jax.tree_util.tree_leaves(dh_end),

@@ -1,0 +1,341 @@
+r"""The forward and reverse pass of a diagonal cell over all steps at once.
+
+A diagonal cell (:func:`jbptt.cells.diagonal`) is ``h_t = a_t ⊙ h_{t-1} +
+b_t`` with ``(a_t, b_t) = gates(θ, x_t)`` read from the input only, and
+``out_t = readout(θ, h_t, x_t)``. Its forward here is: the gates on all steps
+(GEMMs), the elementwise recurrence as one scan, the readout on all steps.
+Its reverse pass with link weights ``w`` (docs/design.md, "Diagonal
+recurrences") is the same elementwise recurrence run backwards, because
+``∂h_t/∂h_{t-1} = diag(a_t)``:
+
+.. math::
+
+    E_t = g_t + w_{t+1} a_{t+1} ⊙ E_{t+1}, \qquad E_{T-1} = g_{T-1} + \bar h_T,
+
+with ``g_t = ∂ℓ_t/∂h_t`` through the readout and ``E_t`` the cotangent of
+``h_t``; then ``∂L/∂a_t = E_t ⊙ h_{t-1}``, ``∂L/∂b_t = E_t`` and ONE vjp of
+``gates`` (and one of ``readout``) over all steps gives the parameters'
+gradients. JAX's complex convention (a vjp of ``a * h`` sends ``c`` to
+``c * h`` and ``c * a``, no conjugate) holds for complex states.
+
+Padding, resets and ``steps`` fold into the pairs ``(a_t, b_t)``: a padded
+step is ``(1, 0)`` (the state is kept), a reset step ``(0, a_t h_reset +
+b_t)``; in the adjoint a padded step passes the cotangent through unweighted
+and a reset step sends ``w_t a_t ⊙ E_t`` to ``h_reset`` instead of
+``h_{t-1}``, exactly as the generic reverse scan (:mod:`jbptt._src.scan`).
+
+The recurrence, forward and adjoint, runs by one of :data:`METHODS`:
+``"sequential"`` (a fused ``lax.scan`` whose carry is one array),
+``"associative"`` (``jax.lax.associative_scan``, depth O(log T)),
+``"blocked"`` (sequential within chunks of C steps, all chunks at once, then
+the chunk carries, then one fix-up pass: 2C + T/C loop iterations), or
+``"auto"``, the one measured fastest on the backend (:data:`AUTO`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jbptt._src import dtypes, sequences
+
+tree_map = jax.tree_util.tree_map
+
+METHODS = ("auto", "sequential", "associative", "blocked")
+
+# "auto" by backend. XLA:CPU: the fused sequential loop (measured on 2 cores,
+# float32 minGRU value+grad, T = 4096, B = 8, H = 64: lax.scan 47.5 ms,
+# associative_scan 71.0 ms, blocked 54.2 ms; the parallel forms lose at every
+# shape measured, docs/design.md "Diagonal recurrences"). GPU/TPU: the
+# associative scan, whose O(log T) depth replaces T sequential steps (each a
+# kernel launch on a GPU); not measured here, no accelerator being at hand.
+AUTO = {"cpu": "sequential", "gpu": "associative", "tpu": "associative"}
+AUTO_HOW = ("auto", None)  # (method, chunk)
+
+
+class Saved(NamedTuple):
+    """What the reverse pass reads from the forward (the fields of
+    :class:`jbptt._src.scan.Residuals`; ``res`` and ``steps`` stay ``None``:
+    ``steps`` is folded into ``mask``)."""
+
+    h0: Any
+    xs: jax.Array
+    hs: jax.Array
+    res: Any = None
+    mask: Any = None
+    resets: Any = None
+    h_reset: Any = None
+    steps: Any = None
+
+
+def check_method(method, chunk) -> None:
+    """``method`` one of :data:`METHODS`, ``chunk`` ``None`` or an int ≥ 1."""
+    if method not in METHODS:
+        raise ValueError(
+            f"method: unknown method {method!r}. It needs to be one of {list(METHODS)}."
+        )
+    bad_int = not isinstance(chunk, int) or isinstance(chunk, bool)
+    if chunk is not None and (bad_int or chunk < 1):
+        raise ValueError(f"chunk must be None or an int ≥ 1, got {chunk!r}.")
+
+
+def check_cell(cell, strategy: str = "DiagonalScan") -> None:
+    """A ``TypeError`` naming ``cell`` unless it is diagonal."""
+    if getattr(cell, "diagonal", None) is None:
+        name = getattr(cell, "name", type(cell).__name__)
+        raise TypeError(
+            f"{strategy} runs diagonal cells only (cell.diagonal is not None: "
+            "cells.diagonal, cells.lru, cells.min_gru, cells.min_lstm), got "
+            f"{name}, whose cell.diagonal is None; use jbptt.ReverseScan() for it."
+        )
+
+
+def resolve_method(method: str) -> str:
+    """``"auto"`` → the method of :data:`AUTO` for ``jax.default_backend()``."""
+    if method != "auto":
+        return method
+    return AUTO.get(jax.default_backend(), "associative")
+
+
+def over_weights(cell):
+    """How K link-weight vectors map over the reverse pass of ``cell``:
+    ``jax.lax.map`` for diagonal cells, ``None`` (a vmap) for the others.
+
+    XLA:CPU measured (min_gru, T = 1024, B = 8, H = 64, K = 8): the reverse
+    pass vmapped over K took about 100 times one pass (its batched GEMMs
+    and scans), one after another about 8.5 times.
+    """
+    diagonal = cell.rules is None and cell.diagonal is not None
+    return jax.lax.map if diagonal else None
+
+
+# ------------------------------------------------------------ the solvers ---
+
+
+def _sequential(a, b, h0):
+    def body(h, ab):
+        h = ab[0] * h + ab[1]  # h_t = a_t ⊙ h_{t-1} + b_t
+        return h, h
+
+    return jax.lax.scan(body, h0, (a, b))[1]
+
+
+def _combine(left, right):
+    # (a1, b1) then (a2, b2): h ↦ a2 (a1 h + b1) + b2
+    a1, b1 = left
+    a2, b2 = right
+    return a2 * a1, a2 * b1 + b2
+
+
+def _associative(a, b, h0):
+    b = b.at[0].add(a[0] * h0)  # h_0 = a_0 h0 + b_0: the prefix of b is h
+    return jax.lax.associative_scan(_combine, (a, b))[1]
+
+
+def chunk_length(T: int, chunk: int | None) -> int:
+    """The blocked scan's chunk: ``chunk`` or ⌈√(T/2)⌉ (fewest 2C + T/C)."""
+    return chunk if chunk is not None else max(1, math.ceil(math.sqrt(T / 2)))
+
+
+def _blocked(a, b, h0, chunk):
+    T = a.shape[0]
+    C = min(chunk_length(T, chunk), T)
+    n = -(-T // C)
+    pad = n * C - T  # trailing steps (1, 0) keep the state
+
+    def chunks(v, fill):  # [T, ...] -> [C, n, ...]: step j of every chunk
+        v = jnp.concatenate([v, jnp.full((pad, *v.shape[1:]), fill, v.dtype)])
+        return jnp.moveaxis(v.reshape(n, C, *v.shape[1:]), 1, 0)
+
+    a, b = chunks(a, 1), chunks(b, 0)
+
+    def compose(carry, ab):  # every chunk's map h ↦ A h + B, all chunks at once
+        A, B = carry
+        return _combine((A, B), ab), None
+
+    (A, B), _ = jax.lax.scan(
+        compose, (jnp.ones_like(a[0]), jnp.zeros_like(b[0])), (a, b)
+    )
+    h_ends = _sequential(A, B, h0)  # [n, ...]: the state after each chunk
+    h_starts = jnp.concatenate([h0[None], h_ends[:-1]])
+    hs = _sequential(a, b, h_starts)  # [C, n, ...]: the fix-up within chunks
+    return jnp.moveaxis(hs, 0, 1).reshape(n * C, *hs.shape[2:])[:T]
+
+
+def solve(a, b, h0, how) -> jax.Array:
+    """``h_t = a_t ⊙ h_{t-1} + b_t`` for t = 0..T-1 from ``h_{-1} = h0``.
+
+    Args:
+      a, b: ``[T, *batch, H]`` (the same shape).
+      h0: ``[*batch, H]``.
+      how: ``(method, chunk)``, method one of :data:`METHODS`.
+
+    Returns:
+      The states ``[T, *batch, H]``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jbptt._src.diagonal_scan import solve
+      >>> a, b = jnp.full((5, 1), 0.5), jnp.ones((5, 1))
+      >>> solve(a, b, jnp.zeros(1), ("blocked", 2))[:, 0].tolist()
+      [1.0, 1.5, 1.75, 1.875, 1.9375]
+    """
+    method, chunk = how
+    method = resolve_method(method)
+    if method == "sequential":
+        return _sequential(a, b, h0)
+    if method == "associative":
+        return _associative(a, b, h0)
+    return _blocked(a, b, h0, chunk)
+
+
+def solve_reverse(c, g, e_last, how) -> jax.Array:
+    """``E_t = g_t + c_t ⊙ E_{t+1}`` for t = T-1..0 from ``E_T = e_last``."""
+    if resolve_method(how[0]) == "sequential":  # no flips: a reverse scan
+
+        def body(e, cg):
+            e = cg[0] * e + cg[1]
+            return e, e
+
+        return jax.lax.scan(body, e_last, (c, g), reverse=True)[1]
+    return solve(c[::-1], g[::-1], e_last, how)[::-1]
+
+
+# ------------------------------------------------------- forward, reverse ---
+
+
+def _full(ab, shape):
+    return tuple(jnp.broadcast_to(v, shape) for v in ab)
+
+
+def _bcast(v, shape):  # [T] or [T, *batch] against [T, *batch, H]
+    v = jnp.asarray(v)
+    return v.reshape(v.shape + (1,) * (len(shape) - v.ndim))
+
+
+def with_steps(mask, steps, shape):
+    """The padding mask with the steps from ``steps`` on padded too."""
+    if steps is None:
+        return mask
+    run = jnp.arange(shape[0]) < steps  # [T]
+    run = jnp.broadcast_to(run.reshape((-1,) + (1,) * (len(shape) - 2)), shape[:-1])
+    return run if mask is None else run & mask
+
+
+def _fold(a, b, mask, resets, h_reset):
+    """``(a, b)`` with resets (``(0, a h_reset + b)``) and padding (``(1, 0)``)."""
+    if resets is not None:
+        r = _bcast(resets, a.shape)
+        b = jnp.where(r, a * h_reset[None] + b, b)
+        a = jnp.where(r, jnp.zeros((), a.dtype), a)
+    if mask is not None:
+        m = _bcast(mask, a.shape)
+        a = jnp.where(m, a, jnp.ones((), a.dtype))
+        b = jnp.where(m, b, jnp.zeros((), b.dtype))
+    return a, b
+
+
+def forward(
+    cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None, how=AUTO_HOW
+):
+    """``(h_T, outs, saved)`` of a diagonal cell over all steps.
+
+    ``steps`` (``rnn_scan(steps=)``) pads the steps from ``steps`` on: they
+    keep the state and output zeros, as the per-step loop's early stop does.
+    """
+    gates, readout = cell.diagonal
+    p = dtypes.cast(params, xs.dtype)  # the compute copy
+    shape = (xs.shape[0], *h0.shape)
+    mask = with_steps(mask, steps, shape)
+    a, b = _fold(*_full(gates(p, xs), shape), mask, resets, h_reset)
+    hs = solve(a, b, h0, how)
+    outs = readout(p, hs, xs)
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    return hs[-1], outs, Saved(h0, xs, hs, None, mask, resets, h_reset)
+
+
+def _like(ct, primal):
+    """A cotangent in its primal's dtype (a real primal takes the real part)."""
+    if jnp.iscomplexobj(ct) and not jnp.iscomplexobj(primal):
+        ct = jnp.real(ct)
+    return ct.astype(primal.dtype)
+
+
+def _link_factors(a, w, r: Saved):
+    """``(c, w_reset)``: ``c_t`` the factor of ``E_t`` in ``E_{t-1}``
+    (``w_t a_t``, cut at resets, 1 at padded steps) and ``w_t ⊙ resets_t``."""
+    w = _bcast(w, a.shape).astype(jnp.real(a).dtype)
+    w_reset = None
+    if r.resets is not None:
+        reset = _bcast(r.resets, a.shape)
+        w, w_reset = jnp.where(reset, 0, w), jnp.where(reset, w, 0)
+    c = w * a
+    if r.mask is not None:
+        c = jnp.where(_bcast(r.mask, a.shape), c, jnp.ones((), c.dtype))
+    return c, w_reset
+
+
+def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
+    """The reverse pass of :func:`forward` with link weights ``w``.
+
+    Returns ``(dparams, dh0, dxs, dh_reset)`` as
+    :func:`jbptt._src.scan.backward_unchecked` does.
+    """
+    gates, readout = cell.diagonal
+    xs, hs = r.xs, r.hs
+    pdt = dtypes.float_dtype(params) or xs.dtype
+    if r.mask is not None:
+        douts = sequences.zero_padding(r.mask, douts)
+    # One vjp of the readout over all steps (in the params' dtype): g_t.
+    states, xs_p = dtypes.cast((hs, xs), pdt)
+    _, readout_vjp = jax.vjp(readout, params, states, xs_p)
+    dp_out, g, dx_out = readout_vjp(dtypes.cast(douts, pdt))
+    full_gates = lambda p_, x: _full(gates(p_, x), hs.shape)  # noqa: E731
+    (a_p, b_p), gates_vjp = jax.vjp(full_gates, params, xs_p)
+    a = a_p if pdt == xs.dtype else full_gates(dtypes.cast(params, xs.dtype), xs)[0]
+    c, w_reset = _link_factors(a, w, r)
+    # E_{t-1} = g_{t-1} + c_t E_t: the coefficient of E_{t+1} at t is c_{t+1}.
+    c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
+    E = solve_reverse(c_next, g.astype(hs.dtype), dh_T, how)
+    delta = E if r.mask is None else sequences.zero_padding(r.mask, E)
+    h_in = jnp.concatenate([r.h0[None], hs[:-1]])  # the state entering step t
+    if r.resets is not None:
+        h_in = jnp.where(_bcast(r.resets, hs.shape), r.h_reset[None], h_in)
+        dh_reset = jnp.sum(w_reset * a * delta, axis=0)
+    # One vjp of the gates over all steps: ∂L/∂a_t = E_t h_{t-1}, ∂L/∂b_t = E_t.
+    dp_in, dx_in = gates_vjp((_like(delta * h_in, a_p), _like(delta, b_p)))
+    dparams = tree_map(jnp.add, dp_out, dp_in)
+    dxs = (dx_out + dx_in).astype(xs.dtype)
+    return dparams, c[0] * E[0], dxs, (dh_reset if r.resets is not None else None)
+
+
+# ------------------------------------------------------------- custom_vjp ---
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps):
+    """``(h_T, outs)`` of a diagonal cell, whose ``jax.grad`` is
+    :func:`backward` with link weights ``w`` (``how = (method, chunk)``)."""
+    h_T, outs, _ = forward(cell, params, h0, xs, mask, resets, h_reset, steps, how)
+    return h_T, outs
+
+
+def _scan_fwd(cell, how, params, h0, xs, w, mask, resets, h_reset, steps):
+    h_T, outs, saved = forward(cell, params, h0, xs, mask, resets, h_reset, steps, how)
+    return (h_T, outs), (params, saved, w)
+
+
+def _scan_bwd(cell, how, saved, cotangents):
+    params, r, w = saved
+    dh_T, douts = cotangents
+    dh_T = dh_T.astype(r.h0.dtype)  # a symbolic zero arrives as zeros
+    dparams, dh0, dxs, dh_reset = backward(cell, params, r, w, dh_T, douts, how)
+    return dparams, dh0, dxs, jnp.zeros_like(w), None, None, dh_reset, None
+
+
+scan.defvjp(_scan_fwd, _scan_bwd)
