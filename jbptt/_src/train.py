@@ -52,7 +52,7 @@ import optax
 
 from jbptt._src import adjoint as adjoint_lib
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import checks, estimators, sequences, sharding, validation
+from jbptt._src import checks, dtypes, estimators, sequences, sharding, validation
 from jbptt._src import train_plan as plan_lib
 from jbptt._src import train_step as step_lib
 from jbptt._src.buckets import Buckets
@@ -134,7 +134,7 @@ class Trainer:
         self.cell, self.loss_fn, self.optimizer = cell, loss_fn, optimizer
         self.buckets = buckets_lib.check(buckets)
         self.on_nonfinite = checks.check_policy(on_nonfinite)
-        self.mesh = None if mesh is None else sharding.resolve_mesh(mesh)
+        self.mesh = None if mesh is None else sharding.resolve_mesh(_mesh_kind(mesh))
         self.estimator = estimators.as_estimator(estimator)
         self.host, self.rule = read_rule(self.estimator.online())
         if adjoint is not None:
@@ -161,14 +161,18 @@ class Trainer:
     def init(self, params, key: jax.Array | None = None, h0=None) -> TrainState:
         """The :class:`TrainState` of a run from ``params``: the optimizer's
         state, ``h0`` (default: the cell's initial state, shaped at the
-        first :meth:`run`) and ``key`` (needed by random estimators)."""
+        first :meth:`run`; also the run's reset target ``h_reset``) and
+        ``key`` (a PRNG key, ``jax.random.key(seed)``; needed by random
+        estimators)."""
         if key is None:
             if not self.estimator.deterministic:
                 raise ValueError(
                     f"estimator {self.estimator.name} is random: pass key=."
                 )
             key = jax.random.key(0)
-        return TrainState(params, self.optimizer.init(params), h0, None, key)
+        key = validation.prng_key("key", key)
+        return TrainState(params, self.optimizer.init(params), h0, None, key,
+                          h_reset=h0)  # fmt: skip
 
     def run(self, state: TrainState, xs, ys, *, resets=None, reset_state=None,
             flush: bool = True,
@@ -186,82 +190,114 @@ class Trainer:
             starts: the state entering that step is ``reset_state`` and no
             gradient crosses the reset. Resets do not move the cuts; pending
             steps keep theirs.
-          reset_state: what a reset restarts from (default: the cell's
-            initial state).
+          reset_state: what a reset restarts from in this and every later
+            call: it replaces ``state.h_reset`` (kept in the returned state).
+            ``None`` (default) keeps ``state.h_reset`` (``Trainer.init``'s
+            ``h0``), and the cell's initial state when that is ``None`` too.
           flush: whether the stream ends with this call: the last segment is
             trained even though no cut ends it. With ``flush=False`` it waits
-            in ``state.pending`` for the next call.
-          callbacks: functions ``event -> bool | None`` called after every
-            segment with an :class:`Event` (:func:`every`,
-            :func:`progress_bar`); one returning ``True`` stops training
-            after that segment.
+            in ``state.pending`` for the next call. A bool (NumPy and 0-d
+            array bools too).
+          callbacks: a list of functions ``event -> bool | None`` called
+            after every segment with an :class:`Event` (:func:`every`,
+            :func:`progress_bar`); one returning a true value (as ``bool()``
+            reads it: ``np.bool_(True)``, ``jnp.array(True)``) stops
+            training after that segment.
 
         Returns:
           ``(state, history)``: the :class:`TrainState` to continue from and
           the :class:`History` of this call.
         """
-        if not isinstance(state, TrainState):
-            raise TypeError(
-                "state must be a jbptt.train.TrainState (Trainer.init, "
-                f"History.state), got {type(state).__name__}."
-            )
+        state = self._check_state(state)
         xs = sequences.as_inputs(self.cell, state.params, xs)
         T, batch_shape = _check_data(xs, ys), tuple(xs.shape[1:-1])
         if self.mesh is not None:
             _check_mesh(self.mesh, batch_shape)
         if resets is not None:
             resets = np.asarray(sequences.check_resets(resets, T, batch_shape))
-            if not self.rule.takes_resets:
-                raise ValueError(
-                    f"resets: estimator {self.estimator.name} cannot train on a "
-                    "stream with resets (its OnlineRule.segment takes no resets= "
-                    "and reset_state= arguments); use a truncation or "
-                    "forward-mode estimator, or split the stream at the episode "
-                    "starts."
-                )
+            self._check_takes_resets()
         checks.check_finite(xs=xs, ys=ys, h0=state.h)
-        if not isinstance(flush, bool):
-            raise TypeError(f"flush must be a bool, got {flush!r}.")
+        flush = _flag("flush", flush)
         callbacks = _check_callbacks(callbacks)
         own = None
         if self.stream_cuts is not None:
             own = plan_lib.stream_rule(self.stream_cuts, batch_shape)
-        state = self._started(state, xs)
-        h_reset = None
-        if resets is not None:
-            h_reset = self._reset_state(state, reset_state, batch_shape)
+        _check_pending(state, xs, ys)
+        state, xs = self._started(state, xs, reset_state)
+        h_reset, h_restart = self._reset_targets(state, resets, batch_shape)
         xs_np, ys_np = np.asarray(xs), tree_map(np.asarray, ys)
         plan = plan_lib.plan_call(
             self.host, own, state, xs_np, ys_np, resets, flush, self.estimator.name
         )
         mb = 8 if self.buckets.min_bucket is None else self.buckets.min_bucket
+        carries = plan_lib.carries(self.host, own, state.key, batch_shape, xs_np.dtype)
         setting = Setting(
             self._ladder, self.rule.splits, mb, self.on_nonfinite, self.mesh,
-            h_reset, callbacks, self.buckets,
+            h_reset, callbacks, self.buckets, h_restart, carries,
         )  # fmt: skip
         hist = run_plan(self.steps, plan, state, setting)
         return hist.state, hist
 
-    def _started(self, state: TrainState, xs) -> TrainState:
-        """``state`` with the cell's initial state and the rule's estimator
-        state filled in where they are still ``None``."""
+    def _check_state(self, state) -> TrainState:
+        """``state`` checked: a :class:`TrainState` with a PRNG key and the
+        optimizer state of this trainer's optimizer."""
+        if not isinstance(state, TrainState):
+            raise TypeError(
+                "state must be a jbptt.train.TrainState (Trainer.init, "
+                f"History.state), got {type(state).__name__}."
+            )
+        key = state.key
+        if key is None and self.estimator.deterministic:
+            key = jax.random.key(0)
+        state = state._replace(key=validation.prng_key("state.key", key))
+        _check_opt_state(self.optimizer, state)
+        return state
+
+    def _check_takes_resets(self) -> None:
+        if not self.rule.takes_resets:
+            raise ValueError(
+                f"resets: estimator {self.estimator.name} cannot train on a "
+                "stream with resets (its OnlineRule.segment takes no resets= "
+                "and reset_state= arguments); use a truncation or "
+                "forward-mode estimator, or split the stream at the episode "
+                "starts."
+            )
+
+    def _started(self, state: TrainState, xs, reset_state):
+        """``(state, xs)`` in the compute dtype (JAX's promotion of the
+        params' floating dtype and that of ``xs``), with ``reset_state``
+        (when given) as the state's reset target, and the cell's initial
+        state and the rule's estimator state filled in where they are still
+        ``None``."""
+        if reset_state is not None:
+            state = state._replace(h_reset=reset_state)
+        dtype = dtypes.compute_dtype(state.params, xs)
+        xs = dtypes.cast(xs, dtype)
         h = state.h
         if h is None:
             h = self.cell.initial_state(state.params, tuple(xs.shape[1:-1]))
+        h, h_reset = dtypes.cast((h, state.h_reset), dtype)
         est_state = state.est_state
         if est_state is None:
             est_state = self.rule.init(self.cell, state.params, h, xs[0])
-        return state._replace(h=h, est_state=est_state)
+        return state._replace(h=h, est_state=est_state, h_reset=h_reset), xs
 
-    def _reset_state(self, state, reset_state, batch_shape):
-        h_reset = reset_state
-        if h_reset is None:
-            h_reset = self.cell.initial_state(state.params, batch_shape)
+    def _reset_targets(self, state, resets, batch_shape):
+        """What a reset restarts from (``None`` without resets: the step's
+        argument) and what a skipped segment whose end state is not finite
+        restarts from: ``state.h_reset``, by default the cell's initial
+        state (checked like ``h0``)."""
+        target, dtype = state.h_reset, dtypes.float_dtype(state.h)
+        if target is None:
+            target = self.cell.initial_state(state.params, batch_shape)
+            if dtype is not None:
+                target = dtypes.cast(target, dtype)
         try:
-            validation.check_h0(self.cell, state.params, h_reset, batch_shape)
+            validation.check_h0(self.cell, state.params, target, batch_shape, dtype)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"reset_state (checked like h0): {err}") from err
-        return h_reset
+            name = "reset_state" if resets is not None else "h_reset"
+            raise type(err)(f"{name} (checked like h0): {err}") from err
+        return (None if resets is None else target), target
 
 
 def check_optimizer(optimizer) -> None:
@@ -303,11 +339,78 @@ def _check_mesh(mesh, batch_shape) -> None:
 
 
 def _check_callbacks(callbacks) -> tuple:
+    if callable(callbacks) or not isinstance(callbacks, list | tuple):
+        raise TypeError(
+            "callbacks must be a list of callables event -> bool (e.g. "
+            f"callbacks=[fn]), got {type(callbacks).__name__} {callbacks!r}."
+        )
     callbacks = tuple(callbacks)
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables event -> bool, got {cb!r}.")
     return callbacks
+
+
+def _flag(name: str, value) -> bool:
+    """A flag as Python's ``bool()`` reads it: a bool, a NumPy bool or a 0-d
+    boolean array (JAX's included)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.shape(value) == () and dtype == np.bool_:
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}.")
+
+
+def _mesh_kind(mesh):
+    """``mesh`` if it is of a kind :func:`jbptt.sharding.resolve_mesh` takes
+    (a device count, a list of devices or a 1-D mesh)."""
+    count = isinstance(mesh, int | np.integer) and not isinstance(mesh, bool)
+    if count or isinstance(mesh, jax.sharding.Mesh | list | tuple):
+        return mesh
+    raise TypeError(
+        "mesh must be None, a device count (int), a list of jax devices or a "
+        "1-D jax.sharding.Mesh (jbptt.sharding.make_mesh), got "
+        f"{type(mesh).__name__} {mesh!r}."
+    )
+
+
+def _check_opt_state(optimizer, state) -> None:
+    """``state.opt_state`` has the tree structure of ``optimizer.init``'s."""
+    want = jax.tree_util.tree_structure(jax.eval_shape(optimizer.init, state.params))
+    got = jax.tree_util.tree_structure(state.opt_state)
+    if got != want:
+        raise ValueError(
+            "state: its opt_state was not made by this trainer's optimizer "
+            f"(optimizer.init(params) has structure {want}, state.opt_state "
+            f"has {got}); continue a run with the optimizer it started with, "
+            "or start from Trainer.init(params, key)."
+        )
+
+
+def _check_pending(state, xs, ys) -> None:
+    """The steps of a call continue ``state.pending``'s: same rank, batch
+    and feature size (and targets' shapes)."""
+    if state.pending is None:
+        return
+    pxs, pys = state.pending[0], state.pending[1]
+    if tuple(np.shape(pxs)[1:]) != tuple(xs.shape[1:]):
+        raise ValueError(
+            f"xs: steps of shape {tuple(xs.shape[1:])} ([T, *batch, I] less T) "
+            f"cannot continue the pending steps of state, of shape "
+            f"{tuple(np.shape(pxs)[1:])}: every call of a run takes the same "
+            "batch and feature size (or flush=True ends the stream first)."
+        )
+    got = [np.shape(a)[1:] for a in jax.tree_util.tree_leaves(ys)]
+    want = [np.shape(a)[1:] for a in jax.tree_util.tree_leaves(pys)]
+    if jax.tree_util.tree_structure(ys) != jax.tree_util.tree_structure(pys) or (
+        got != want
+    ):
+        raise ValueError(
+            f"ys: targets of per-step shapes {got} cannot continue the pending "
+            f"steps of state, of per-step shapes {want}: every call of a run "
+            "takes targets of the same shapes."
+        )
 
 
 def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:

@@ -322,3 +322,20 @@ def with_adjoint(rule: SegmentRule, adjoint, name: str) -> SegmentRule:
         segment=functools.partial(rule.segment, adjoint=adjoint),
         block=None if block is None else functools.partial(block, adjoint=adjoint),
     )
+
+
+def carries(host, stream_rule, key, batch_shape, dtype):
+    """``(t0, n, cut, stream_cut) -> (cut, stream_cut)``: the cut laws'
+    carries ``n`` steps after global step ``t0`` (redrawn: the draws depend
+    on the key and the global step only), for the state of a call that ends
+    inside its data."""
+
+    def at(t0, n, cut, stream_cut):
+        if host.cuts is None or n <= 0:
+            return cut, stream_cut
+        _, _, cut, stream_cut = draw(
+            host, stream_rule, key, t0, n, cut, stream_cut, batch_shape, dtype
+        )
+        return cut, stream_cut
+
+    return at
