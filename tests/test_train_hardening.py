@@ -375,3 +375,23 @@ def test_compute_dtype_still_asks_for_low_precision():
         model.cell, params, h0.astype(jnp.bfloat16), xs.astype(jnp.bfloat16)
     )
     assert outs.dtype == jnp.float32
+
+
+def test_numpy_and_0d_integers_where_the_trainer_takes_ints():
+    model = _model()
+    args = (model.cell, model.loss_fn, optax.sgd(0.1), estimators.tbptt(5))
+    assert train.Trainer(*args, mesh=jnp.array(1)).mesh.size == 1
+    seen = []
+    cb = train.every(np.int64(10), lambda e: seen.append(e.start + e.length))
+    for s in (0, 8, 16):
+        cb(train.Event(None, s // 8, s, 8, 0.0, 0.0, 0.0))
+    assert seen == [16, 24]
+
+
+def test_train_checks_callbacks_before_adding_the_progress_bar():
+    model = _model()
+    params = model.init(jax.random.key(0), I, 4)
+    xs, ys, _ = _data()
+    with pytest.raises(TypeError, match=r"callbacks must be a list of callables"):
+        train.train(model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1),
+                    estimators.tbptt(5), callbacks=print)  # fmt: skip

@@ -96,8 +96,11 @@ class Trainer:
       on_nonfinite: what to do when a segment's loss, gradients, state or
         new params are NaN or inf (its update is never applied): ``"raise"``
         a :class:`jbptt.checks.DivergenceError`, ``"stop"`` and return the
-        history so far, or ``"skip"`` the segment; either way it is listed
-        in ``History.divergences``.
+        history so far with the state exactly as before that segment (a
+        run continued from it retries the segment), or ``"skip"`` the
+        update and train on (the stream moves past the segment); either
+        way it is listed in ``History.divergences``. What each policy does
+        to every field of the state: :class:`TrainState`.
       mesh: ``None`` (one device) or a device count, device list or 1-D
         mesh (:func:`jbptt.sharding.make_mesh`) to split the batch over
         (data parallel): params and optimizer state replicated, gradients
@@ -218,7 +221,7 @@ class Trainer:
             self._check_takes_resets()
         checks.check_finite(xs=xs, ys=ys, h0=state.h)
         flush = _flag("flush", flush)
-        callbacks = _check_callbacks(callbacks)
+        callbacks = check_callbacks(callbacks)
         own = None
         if self.stream_cuts is not None:
             own = plan_lib.stream_rule(self.stream_cuts, batch_shape)
@@ -338,7 +341,8 @@ def _check_mesh(mesh, batch_shape) -> None:
         )
 
 
-def _check_callbacks(callbacks) -> tuple:
+def check_callbacks(callbacks) -> tuple:
+    """``callbacks`` as a tuple: a list (or tuple) of callables."""
     if callable(callbacks) or not isinstance(callbacks, list | tuple):
         raise TypeError(
             "callbacks must be a list of callables event -> bool (e.g. "
@@ -368,6 +372,9 @@ def _mesh_kind(mesh):
     count = isinstance(mesh, int | np.integer) and not isinstance(mesh, bool)
     if count or isinstance(mesh, jax.sharding.Mesh | list | tuple):
         return mesh
+    dtype = getattr(mesh, "dtype", None)
+    if dtype is not None and np.shape(mesh) == () and np.issubdtype(dtype, np.integer):
+        return int(mesh)  # a concrete 0-d integer array
     raise TypeError(
         "mesh must be None, a device count (int), a list of jax devices or a "
         "1-D jax.sharding.Mesh (jbptt.sharding.make_mesh), got "
@@ -429,8 +436,7 @@ def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
       >>> seen
       [16, 24, 32]
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}.")
+    n = validation.positive_int("n", n)  # NumPy and 0-d integers too
 
     def callback(event: Event):
         if (event.start + event.length) // n > event.start // n:

@@ -108,8 +108,10 @@ class Event(NamedTuple):
     """What a callback sees after each segment's update.
 
     Attributes:
-      state: the :class:`TrainState` after the update (``pending`` not yet
-        set: it is filled in at the end of the call).
+      state: the :class:`TrainState` after the update, as a call ending
+        after this segment would return it (its cut-law carries as of the
+        segment's end, ``pending`` ``None``): a run continued from it takes
+        the stream's steps from ``state.step`` on.
       index: global segment index.
       start: global index of the segment's first step.
       length: number of steps in the segment (each step of the stream is in
@@ -162,7 +164,9 @@ class History(NamedTuple):
       seconds: wall-clock of the call less the time spent waiting for
         compilation and in callbacks (never negative).
       stopped: whether a callback or ``on_nonfinite="stop"`` ended the call
-        early (the rest of its data was not used).
+        early (the rest of its data was not used). After ``"stop"`` the
+        diverged segment is still recorded (its loss), while ``params``,
+        ``opt_state``, ``h``, ``est_state`` and ``state`` are those before it.
     """
 
     params: Any
