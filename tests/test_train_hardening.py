@@ -395,3 +395,15 @@ def test_train_checks_callbacks_before_adding_the_progress_bar():
     with pytest.raises(TypeError, match=r"callbacks must be a list of callables"):
         train.train(model.cell, model.loss_fn, params, xs, ys, optax.sgd(0.1),
                     estimators.tbptt(5), callbacks=print)  # fmt: skip
+
+
+def test_a_bad_h0_or_reset_state_is_named():
+    model = _model()
+    params = model.init(jax.random.key(0), I, 4)
+    xs, ys, resets = _data()
+    tr = train.Trainer(model.cell, model.loss_fn, optax.sgd(0.1), estimators.tbptt(5))
+    with pytest.raises(ValueError, match=r"^h0 has shape"):
+        tr.run(tr.init(params, None, jnp.zeros((3, 4))), xs, ys)
+    state, _ = tr.run(tr.init(params), xs[:7], ys[:7], flush=False)
+    with pytest.raises(ValueError, match=r"reset_state \(the run's reset target"):
+        tr.run(state, xs[7:], ys[7:], resets=resets[7:], reset_state=jnp.zeros(4))

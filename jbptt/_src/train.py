@@ -291,6 +291,8 @@ class Trainer:
         restarts from: ``state.h_reset``, by default the cell's initial
         state (checked like ``h0``)."""
         target, dtype = state.h_reset, dtypes.float_dtype(state.h)
+        # the carried state first, named as given (h0)
+        validation.check_h0(self.cell, state.params, state.h, batch_shape, dtype)
         if target is None:
             target = self.cell.initial_state(state.params, batch_shape)
             if dtype is not None:
@@ -298,7 +300,7 @@ class Trainer:
         try:
             validation.check_h0(self.cell, state.params, target, batch_shape, dtype)
         except (TypeError, ValueError) as err:
-            name = "reset_state" if resets is not None else "h_reset"
+            name = "reset_state (the run's reset target, state.h_reset)"
             raise type(err)(f"{name} (checked like h0): {err}") from err
         return (None if resets is None else target), target
 
