@@ -173,10 +173,12 @@ def update_step(params, opt_state, h, est_state, piece: Piece, h_restart=None, *
         p_o = checks.select_if(ok, p_o, (params, opt_state))
         kept = (*p_o, checks.select_if(ok, piece.h, h), piece.est_state)
     if h_restart is not None:  # the stream moves on, or restarts
-        ends = checks.finite_flags(h=piece.h, est=piece.est_state)
+        ends = [a for a in jax.tree_util.tree_leaves((piece.h, piece.est_state))
+                if jnp.issubdtype(a.dtype, jnp.inexact)]  # fmt: skip
         moved = checks.select_if(
-            checks.all_finite(ends), (piece.h, piece.est_state), (h_restart, est_state)
-        )
+            checks.all_finite(checks.finite_flags(ends=ends)),
+            (piece.h, piece.est_state), (h_restart, est_state),
+        )  # fmt: skip
         kept = (*kept[:2], *moved)
     return Update(*kept, finite, checks.all_finite(finite))
 
