@@ -405,5 +405,7 @@ def test_a_bad_h0_or_reset_state_is_named():
     with pytest.raises(ValueError, match=r"^h0 has shape"):
         tr.run(tr.init(params, None, jnp.zeros((3, 4))), xs, ys)
     state, _ = tr.run(tr.init(params), xs[:7], ys[:7], flush=False)
-    with pytest.raises(ValueError, match=r"reset_state \(the run's reset target"):
+    with pytest.raises(
+        ValueError, match=r"reset_state \(checked like h0\).*state.h_reset"
+    ):
         tr.run(state, xs[7:], ys[7:], resets=resets[7:], reset_state=jnp.zeros(4))

@@ -300,8 +300,10 @@ class Trainer:
         try:
             validation.check_h0(self.cell, state.params, target, batch_shape, dtype)
         except (TypeError, ValueError) as err:
-            name = "reset_state (the run's reset target, state.h_reset)"
-            raise type(err)(f"{name} (checked like h0): {err}") from err
+            raise type(err)(
+                f"reset_state (checked like h0): {err} (the run's reset target, "
+                "state.h_reset)"
+            ) from err
         return (None if resets is None else target), target
 
 
