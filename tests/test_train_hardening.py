@@ -409,3 +409,42 @@ def test_a_bad_h0_or_reset_state_is_named():
         ValueError, match=r"reset_state \(checked like h0\).*state.h_reset"
     ):
         tr.run(state, xs[7:], ys[7:], resets=resets[7:], reset_state=jnp.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "est,own",
+    [
+        (estimators.tbptt(4, random_offset=True), None),
+        (estimators.artbp_matched(5), estimators.artbp_matched(3)),
+        (estimators.artbp(0.3), estimators.tbptt(3, random_offset=True)),
+    ],
+    ids=["tbptt", "matched", "artbp"],
+)
+@pytest.mark.parametrize("t0", [0, 7])
+def test_carries_read_from_the_plan_equal_a_redraw(est, own, t0):
+    """The cut laws' carries at any step inside a call (the state after a
+    callback's stop or before a diverged segment) equal those a draw of
+    the steps up to there gives."""
+    from jbptt._src import train_plan
+
+    host = train_plan.read_rule(est.online())[0]
+    own_rule = None if own is None else train_plan.stream_rule(own, (B,))
+    key, T_call = jax.random.key(4), 40
+    _, _, cut0, sc0, _ = train_plan.draw(host, own_rule, key, 0, t0, 1, None,
+                                         (B,), np.float64)  # fmt: skip
+    if t0 == 0:
+        cut0, sc0 = 1, None
+    state = train.TrainState(None, None, None, None, key, t0, 0, cut0, None, sc0)
+    xs = np.zeros((T_call, B, I))
+    plan = train_plan.plan_call(host, own_rule, state, xs, xs[..., :1], None, True, "")
+    at = train_plan.carries(plan, t0, cut0, sc0)
+    for n in (0, 1, 5, 13, T_call):
+        _, _, cut, sc, _ = train_plan.draw(host, own_rule, key, t0, n, cut0, sc0,
+                                           (B,), np.float64)  # fmt: skip
+        if n == 0:
+            cut, sc = cut0, sc0
+        got = at(n)
+        assert got[0] == cut, n
+        if own is not None:
+            assert np.asarray(got[1]).tolist() == np.asarray(sc).tolist(), n
+    assert at(T_call)[0] == plan.cut

@@ -233,7 +233,7 @@ class Trainer:
             self.host, own, state, xs_np, ys_np, resets, flush, self.estimator.name
         )
         mb = 8 if self.buckets.min_bucket is None else self.buckets.min_bucket
-        carries = plan_lib.carries(self.host, own, state.key, batch_shape, xs_np.dtype)
+        carries = plan_lib.carries(plan, state.step, state.cut, state.stream_cut)
         setting = Setting(
             self._ladder, self.rule.splits, mb, self.on_nonfinite, self.mesh,
             h_reset, callbacks, self.buckets, h_restart, carries,
@@ -516,5 +516,5 @@ def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
         None if stream_cuts is None else plan_lib.stream_rule(stream_cuts, batch_shape)
     )
     dtype = jnp.result_type(float)
-    _, w, _, _ = plan_lib.draw(rule, own, key, 0, T, 1, None, batch_shape, dtype)
+    _, w, _, _, _ = plan_lib.draw(rule, own, key, 0, T, 1, None, batch_shape, dtype)
     return w

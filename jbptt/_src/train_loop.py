@@ -229,7 +229,6 @@ class _Loop:
         self.h_restart = setting.h_restart
         if setting.mesh is not None and self.h_restart is not None:
             self.h_restart = sharding.split_batch(self.h_restart, setting.mesh)
-        self.at = (state.step, state.cut, state.stream_cut)  # cut-law carries
         self.stop_state = None
 
     def args(self, h, g_acc, dh, s, n, b, key, mode):
@@ -354,13 +353,10 @@ class _Loop:
         return out, seg_losses, totals, h_end
 
     def carries_to(self, step: int) -> tuple:
-        """The cut laws' carries ``(cut, stream_cut)`` as of global ``step``
-        (drawn on from the last step asked for: steps only grow)."""
-        at, cut, stream_cut = self.at
-        if step != at and self.cfg.carries is not None:
-            cut, stream_cut = self.cfg.carries(at, step - at, cut, stream_cut)
-            self.at = (step, cut, stream_cut)
-        return cut, stream_cut
+        """The cut laws' carries ``(cut, stream_cut)`` as of global ``step``."""
+        if self.cfg.carries is None:
+            return self.state.cut, self.state.stream_cut
+        return self.cfg.carries(step - self.state.step)
 
     def state_at(self, step: int, segment: int, carry) -> TrainState:
         """The :class:`TrainState` of a call ending at global ``step`` with
