@@ -60,8 +60,8 @@ def cast(tree, dtype):
     """Floating leaves of ``tree`` in ``dtype`` (no-op where they already are).
 
     Mixed precision: params are kept in their own dtype and cast once to the
-    compute dtype (that of ``xs``) before a scan; the casts' transposes bring
-    cotangents back to the params' dtype.
+    compute dtype (:func:`compute_dtype`; the scan finds ``xs`` in it) before
+    a scan; the casts' transposes bring cotangents back to the params' dtype.
 
     Examples:
       >>> import jax.numpy as jnp
