@@ -49,7 +49,8 @@ def test_gradient_error_against_float32(name):
 
 
 def test_rnn_scan_takes_low_precision_inputs_with_float32_params():
-    # No compute_dtype needed: xs and h0 in bfloat16 set the compute dtype.
+    # xs and h0 in bfloat16 with float32 params: the recurrence runs in their
+    # promotion (float32); the cotangents of xs and h0 come back in bfloat16.
     cell = CELLS["lstm"]()
     _, params, h0, xs, _ = problem(cell, T=8, batch=(2,))
     params, h0, xs = _f32((params, h0, xs))

@@ -17,19 +17,38 @@ from jbptt._src.losses import LossFn, total_loss
 from jbptt._src.scan import reference_scan
 
 
-def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype):
+def _prepare(cell, params, h0, xs, ys, w, lengths, resets, compute_dtype,
+             reset_state=None):  # fmt: skip
     """Checks and the compute-dtype casts shared by :func:`loss` and
-    :func:`value_and_grad`; returns ``(h0, xs, w, mask, resets)``."""
+    :func:`value_and_grad`; returns ``(h0, xs, w, mask, resets, h_reset)``."""
+    h0, xs, w, mask, resets, h_reset = _scan_args(
+        cell, params, h0, xs, w, lengths, resets, reset_state, compute_dtype
+    )
+    validation.check_ys(ys, xs.shape[0])
+    if mask is not None:
+        sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
+    return h0, xs, w, mask, resets, h_reset
+
+
+def _scan_args(cell, params, h0, xs, w, lengths, resets, reset_state, compute_dtype):
+    """The checked arguments of a scan in the compute dtype (the one place
+    the entry points cast, :func:`jbptt._src.dtypes.compute_dtype`):
+    ``compute_dtype=`` casts ``xs``, ``h0`` and ``reset_state`` before the
+    checks; without it they are checked in ``xs``'s dtype (``h0`` shares
+    it) and cast to its promotion with the params' dtype. Returns ``(h0,
+    xs, w, mask, resets, h_reset)``."""
     xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     if compute_dtype is not None:
         validation.check_xs(xs)
         _check_token_ids_fit(cell, compute_dtype)
-        h0, xs = dtypes.cast((h0, xs), jnp.dtype(compute_dtype))
+        h0, xs, reset_state = dtypes.cast(
+            (h0, xs, reset_state), jnp.dtype(compute_dtype)
+        )
     w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
-    validation.check_ys(ys, xs.shape[0])
-    if mask is not None:
-        sequences.check_ys_batched(ys, xs.shape[0], tuple(xs.shape[1:-1]))
-    return h0, xs, w, mask, resets
+    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    dtype = dtypes.compute_dtype(params, xs, compute_dtype)
+    h0, xs, w, h_reset = dtypes.cast((h0, xs, w, h_reset), dtype)
+    return h0, xs, w, mask, resets, h_reset
 
 
 def _check_token_ids_fit(cell, compute_dtype):
@@ -68,6 +87,7 @@ def rnn_scan(
     steps=None,
     checkpoint=None,
     mode: str | None = None,
+    compute_dtype=None,
 ):
     """Run ``cell`` over ``xs``; its gradient is jbptt's reverse scan with ``w``.
 
@@ -79,9 +99,11 @@ def rnn_scan(
       cell: a :class:`jbptt.cells.Cell`.
       params: the cell's params (pytree of arrays).
       h0: initial state, batch shape matching ``xs``.
-      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major). Its dtype (shared
-        by ``h0``) is the compute dtype; params may be kept in another
-        floating dtype, their gradient comes back in it.
+      xs: inputs ``[T, I]`` or ``[T, B, I]`` (time-major), in the dtype of
+        ``h0``. The recurrence runs in JAX's promotion of it and the params'
+        floating dtype (float32 params with float64 ``xs``: float64), unless
+        ``compute_dtype`` is given; params keep their own dtype, and their
+        gradient comes back in it (and ``xs``'s and ``h0``'s in theirs).
       w: link weights ``[T]`` (default: ones, i.e. full BPTT), or
         ``[T, *batch]`` per sequence. ``w[t]`` scales the gradient from step t
         into h_{t-1}; ``w[0]`` the one into ``h0``. ``w`` is a constant of the
@@ -117,9 +139,14 @@ def rnn_scan(
         (tested). Only with the default ``adjoint=jbptt.ReverseScan()``.
       checkpoint, mode: deprecated spellings of ``adjoint=`` (see
         :func:`jbptt.value_and_grad`).
+      compute_dtype: ``None`` or a floating dtype to cast ``xs``, ``h0`` and
+        ``reset_state`` to and run the recurrence in (mixed precision, e.g.
+        ``jnp.bfloat16`` with float32 params; see
+        :func:`jbptt.value_and_grad`).
 
     Returns:
-      ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``.
+      ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``, in the compute
+      dtype.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -144,9 +171,10 @@ def rnn_scan(
       (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     """
     strategy = adjoints.resolve(adjoint, checkpoint, mode)
-    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
-    w, mask, resets = sequences.check_args(cell, params, h0, xs, w, lengths, resets)
-    h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
+    _check_compute_dtype(compute_dtype)
+    h0, xs, w, mask, resets, h_reset = _scan_args(
+        cell, params, h0, xs, w, lengths, resets, reset_state, compute_dtype
+    )
     if steps is not None:
         steps = adjoints.check_steps(steps, xs.shape[0], strategy)
     return strategy.scan(cell, params, h0, xs, w, mask, resets, h_reset, steps)
@@ -187,12 +215,9 @@ def loss(cell: Cell, loss_fn: LossFn, *, compute_dtype=None):
     def forward(
         params, h0, xs, ys, w=None, *, lengths=None, resets=None, reset_state=None
     ):
-        h0, xs, w, mask, resets = _prepare(
-            cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
+        h0, xs, w, mask, resets, h_reset = _prepare(
+            cell, params, h0, xs, ys, w, lengths, resets, compute_dtype, reset_state
         )
-        if reset_state is not None and compute_dtype is not None:
-            reset_state = dtypes.cast(reset_state, jnp.dtype(compute_dtype))
-        h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
         h_T, outs = reference_scan(cell, params, h0, xs, w, mask, resets, h_reset)
         return total_loss(loss_fn, params, outs, ys, mask), h_T
 
@@ -243,7 +268,10 @@ def value_and_grad(
     summed over all steps in the params' dtype (the weight-gradient GEMM
     after the reverse scan, or the generic path's accumulator), and the loss
     is evaluated in the params' dtype on the outputs cast up. ``rnn_scan``
-    applies the same policy whenever ``xs`` has another dtype than the params.
+    takes the same ``compute_dtype``. Without it the recurrence runs in
+    JAX's promotion of the params' floating dtype and that of ``xs`` (which
+    ``h0`` shares): float64 params with float32 ``xs`` run in float64, as do
+    float32 params with float64 ``xs``.
 
     Args:
       cell: a :class:`jbptt.cells.Cell`.
@@ -264,8 +292,9 @@ def value_and_grad(
         ``jax.value_and_grad`` of the same forward by plain scan: slower, but
         ``jax.jvp`` of the returned function works, e.g. for Hessian-vector
         products. Values and gradients are the same for all.
-      compute_dtype: ``None`` (compute in the dtype of ``xs``) or a floating
-        dtype to cast ``xs`` and ``h0`` to (see above).
+      compute_dtype: ``None`` (compute in the promotion of the params' dtype
+        and ``xs``'s) or a floating dtype to cast ``xs`` and ``h0`` to (see
+        above).
       checkpoint: deprecated, use ``adjoint=jbptt.ReverseScan(checkpoint=...)``
         (or ``adjoint=jbptt.Budget(...)``).
       mode: deprecated: ``"autodiff"`` is ``adjoint=jbptt.Autodiff()``,
@@ -302,12 +331,9 @@ def value_and_grad(
         )
 
     def objective(params, h0, xs, ys, w, lengths, resets, reset_state):
-        h0_c, xs, w, mask, resets = _prepare(
-            cell, params, h0, xs, ys, w, lengths, resets, compute_dtype
+        h0_c, xs, w, mask, resets, h_reset = _prepare(
+            cell, params, h0, xs, ys, w, lengths, resets, compute_dtype, reset_state
         )
-        if reset_state is not None and compute_dtype is not None:
-            reset_state = dtypes.cast(reset_state, jnp.dtype(compute_dtype))
-        h_reset = sequences.reset_target(cell, params, h0_c, xs, resets, reset_state)
         return strategy.loss(
             cell, loss_fn, params, h0_c, xs, ys, w, mask, resets, h_reset
         )
@@ -378,7 +404,7 @@ def grads_for_weights(
             f"ws must have shape (K, T) = (K, {T}), got "
             f"{getattr(ws, 'shape', type(ws).__name__)}."
         )
-    h0, xs, _, mask, resets = _prepare(
+    h0, xs, _, mask, resets, _ = _prepare(
         cell, params, h0, xs, ys, ws[0], lengths, resets, None
     )
     ws = jnp.asarray(ws, xs.dtype)

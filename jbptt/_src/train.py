@@ -52,7 +52,7 @@ import optax
 
 from jbptt._src import adjoint as adjoint_lib
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import checks, estimators, sequences, sharding, validation
+from jbptt._src import checks, dtypes, estimators, sequences, sharding, validation
 from jbptt._src import train_plan as plan_lib
 from jbptt._src import train_step as step_lib
 from jbptt._src.buckets import Buckets
@@ -96,8 +96,11 @@ class Trainer:
       on_nonfinite: what to do when a segment's loss, gradients, state or
         new params are NaN or inf (its update is never applied): ``"raise"``
         a :class:`jbptt.checks.DivergenceError`, ``"stop"`` and return the
-        history so far, or ``"skip"`` the segment; either way it is listed
-        in ``History.divergences``.
+        history so far with the state exactly as before that segment (a
+        run continued from it retries the segment), or ``"skip"`` the
+        update and train on (the stream moves past the segment); either
+        way it is listed in ``History.divergences``. What each policy does
+        to every field of the state: :class:`TrainState`.
       mesh: ``None`` (one device) or a device count, device list or 1-D
         mesh (:func:`jbptt.sharding.make_mesh`) to split the batch over
         (data parallel): params and optimizer state replicated, gradients
@@ -134,7 +137,7 @@ class Trainer:
         self.cell, self.loss_fn, self.optimizer = cell, loss_fn, optimizer
         self.buckets = buckets_lib.check(buckets)
         self.on_nonfinite = checks.check_policy(on_nonfinite)
-        self.mesh = None if mesh is None else sharding.resolve_mesh(mesh)
+        self.mesh = None if mesh is None else sharding.resolve_mesh(_mesh_kind(mesh))
         self.estimator = estimators.as_estimator(estimator)
         self.host, self.rule = read_rule(self.estimator.online())
         if adjoint is not None:
@@ -161,14 +164,18 @@ class Trainer:
     def init(self, params, key: jax.Array | None = None, h0=None) -> TrainState:
         """The :class:`TrainState` of a run from ``params``: the optimizer's
         state, ``h0`` (default: the cell's initial state, shaped at the
-        first :meth:`run`) and ``key`` (needed by random estimators)."""
+        first :meth:`run`; also the run's reset target ``h_reset``) and
+        ``key`` (a PRNG key, ``jax.random.key(seed)``; needed by random
+        estimators)."""
         if key is None:
             if not self.estimator.deterministic:
                 raise ValueError(
                     f"estimator {self.estimator.name} is random: pass key=."
                 )
             key = jax.random.key(0)
-        return TrainState(params, self.optimizer.init(params), h0, None, key)
+        key = validation.prng_key("key", key)
+        return TrainState(params, self.optimizer.init(params), h0, None, key,
+                          h_reset=h0)  # fmt: skip
 
     def run(self, state: TrainState, xs, ys, *, resets=None, reset_state=None,
             flush: bool = True,
@@ -186,82 +193,118 @@ class Trainer:
             starts: the state entering that step is ``reset_state`` and no
             gradient crosses the reset. Resets do not move the cuts; pending
             steps keep theirs.
-          reset_state: what a reset restarts from (default: the cell's
-            initial state).
+          reset_state: what a reset restarts from in this and every later
+            call: it replaces ``state.h_reset`` (kept in the returned state).
+            ``None`` (default) keeps ``state.h_reset`` (``Trainer.init``'s
+            ``h0``), and the cell's initial state when that is ``None`` too.
           flush: whether the stream ends with this call: the last segment is
             trained even though no cut ends it. With ``flush=False`` it waits
-            in ``state.pending`` for the next call.
-          callbacks: functions ``event -> bool | None`` called after every
-            segment with an :class:`Event` (:func:`every`,
-            :func:`progress_bar`); one returning ``True`` stops training
-            after that segment.
+            in ``state.pending`` for the next call. A bool (NumPy and 0-d
+            array bools too).
+          callbacks: a list of functions ``event -> bool | None`` called
+            after every segment with an :class:`Event` (:func:`every`,
+            :func:`progress_bar`); one returning a true value (as ``bool()``
+            reads it: ``np.bool_(True)``, ``jnp.array(True)``) stops
+            training after that segment.
 
         Returns:
           ``(state, history)``: the :class:`TrainState` to continue from and
           the :class:`History` of this call.
         """
-        if not isinstance(state, TrainState):
-            raise TypeError(
-                "state must be a jbptt.train.TrainState (Trainer.init, "
-                f"History.state), got {type(state).__name__}."
-            )
+        state = self._check_state(state)
         xs = sequences.as_inputs(self.cell, state.params, xs)
         T, batch_shape = _check_data(xs, ys), tuple(xs.shape[1:-1])
         if self.mesh is not None:
             _check_mesh(self.mesh, batch_shape)
         if resets is not None:
             resets = np.asarray(sequences.check_resets(resets, T, batch_shape))
-            if not self.rule.takes_resets:
-                raise ValueError(
-                    f"resets: estimator {self.estimator.name} cannot train on a "
-                    "stream with resets (its OnlineRule.segment takes no resets= "
-                    "and reset_state= arguments); use a truncation or "
-                    "forward-mode estimator, or split the stream at the episode "
-                    "starts."
-                )
+            self._check_takes_resets()
         checks.check_finite(xs=xs, ys=ys, h0=state.h)
-        if not isinstance(flush, bool):
-            raise TypeError(f"flush must be a bool, got {flush!r}.")
-        callbacks = _check_callbacks(callbacks)
+        flush = _flag("flush", flush)
+        callbacks = check_callbacks(callbacks)
         own = None
         if self.stream_cuts is not None:
             own = plan_lib.stream_rule(self.stream_cuts, batch_shape)
-        state = self._started(state, xs)
-        h_reset = None
-        if resets is not None:
-            h_reset = self._reset_state(state, reset_state, batch_shape)
+        _check_pending(state, xs, ys)
+        state, xs = self._started(state, xs, reset_state)
+        h_reset, h_restart = self._reset_targets(state, resets, batch_shape)
         xs_np, ys_np = np.asarray(xs), tree_map(np.asarray, ys)
         plan = plan_lib.plan_call(
             self.host, own, state, xs_np, ys_np, resets, flush, self.estimator.name
         )
         mb = 8 if self.buckets.min_bucket is None else self.buckets.min_bucket
+        carries = plan_lib.carries(plan, state.step, state.cut, state.stream_cut)
         setting = Setting(
             self._ladder, self.rule.splits, mb, self.on_nonfinite, self.mesh,
-            h_reset, callbacks, self.buckets,
+            h_reset, callbacks, self.buckets, h_restart, carries,
         )  # fmt: skip
         hist = run_plan(self.steps, plan, state, setting)
         return hist.state, hist
 
-    def _started(self, state: TrainState, xs) -> TrainState:
-        """``state`` with the cell's initial state and the rule's estimator
-        state filled in where they are still ``None``."""
+    def _check_state(self, state) -> TrainState:
+        """``state`` checked: a :class:`TrainState` with a PRNG key and the
+        optimizer state of this trainer's optimizer."""
+        if not isinstance(state, TrainState):
+            raise TypeError(
+                "state must be a jbptt.train.TrainState (Trainer.init, "
+                f"History.state), got {type(state).__name__}."
+            )
+        key = state.key
+        if key is None and self.estimator.deterministic:
+            key = jax.random.key(0)
+        state = state._replace(key=validation.prng_key("state.key", key))
+        _check_opt_state(self.optimizer, state)
+        return state
+
+    def _check_takes_resets(self) -> None:
+        if not self.rule.takes_resets:
+            raise ValueError(
+                f"resets: estimator {self.estimator.name} cannot train on a "
+                "stream with resets (its OnlineRule.segment takes no resets= "
+                "and reset_state= arguments); use a truncation or "
+                "forward-mode estimator, or split the stream at the episode "
+                "starts."
+            )
+
+    def _started(self, state: TrainState, xs, reset_state):
+        """``(state, xs)`` in the compute dtype (JAX's promotion of the
+        params' floating dtype and that of ``xs``), with ``reset_state``
+        (when given) as the state's reset target, and the cell's initial
+        state and the rule's estimator state filled in where they are still
+        ``None``."""
+        if reset_state is not None:
+            state = state._replace(h_reset=reset_state)
+        dtype = dtypes.compute_dtype(state.params, xs)
+        xs = dtypes.cast(xs, dtype)
         h = state.h
         if h is None:
             h = self.cell.initial_state(state.params, tuple(xs.shape[1:-1]))
+        h, h_reset = dtypes.cast((h, state.h_reset), dtype)
         est_state = state.est_state
         if est_state is None:
             est_state = self.rule.init(self.cell, state.params, h, xs[0])
-        return state._replace(h=h, est_state=est_state)
+        return state._replace(h=h, est_state=est_state, h_reset=h_reset), xs
 
-    def _reset_state(self, state, reset_state, batch_shape):
-        h_reset = reset_state
-        if h_reset is None:
-            h_reset = self.cell.initial_state(state.params, batch_shape)
+    def _reset_targets(self, state, resets, batch_shape):
+        """What a reset restarts from (``None`` without resets: the step's
+        argument) and what a skipped segment whose end state is not finite
+        restarts from: ``state.h_reset``, by default the cell's initial
+        state (checked like ``h0``)."""
+        target, dtype = state.h_reset, dtypes.float_dtype(state.h)
+        # the carried state first, named as given (h0)
+        validation.check_h0(self.cell, state.params, state.h, batch_shape, dtype)
+        if target is None:
+            target = self.cell.initial_state(state.params, batch_shape)
+            if dtype is not None:
+                target = dtypes.cast(target, dtype)
         try:
-            validation.check_h0(self.cell, state.params, h_reset, batch_shape)
+            validation.check_h0(self.cell, state.params, target, batch_shape, dtype)
         except (TypeError, ValueError) as err:
-            raise type(err)(f"reset_state (checked like h0): {err}") from err
-        return h_reset
+            raise type(err)(
+                f"reset_state (checked like h0): {err} (the run's reset target, "
+                "state.h_reset)"
+            ) from err
+        return (None if resets is None else target), target
 
 
 def check_optimizer(optimizer) -> None:
@@ -302,12 +345,83 @@ def _check_mesh(mesh, batch_shape) -> None:
         )
 
 
-def _check_callbacks(callbacks) -> tuple:
+def check_callbacks(callbacks) -> tuple:
+    """``callbacks`` as a tuple: a list (or tuple) of callables."""
+    if callable(callbacks) or not isinstance(callbacks, list | tuple):
+        raise TypeError(
+            "callbacks must be a list of callables event -> bool (e.g. "
+            f"callbacks=[fn]), got {type(callbacks).__name__} {callbacks!r}."
+        )
     callbacks = tuple(callbacks)
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables event -> bool, got {cb!r}.")
     return callbacks
+
+
+def _flag(name: str, value) -> bool:
+    """A flag as Python's ``bool()`` reads it: a bool, a NumPy bool or a 0-d
+    boolean array (JAX's included)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.shape(value) == () and dtype == np.bool_:
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}.")
+
+
+def _mesh_kind(mesh):
+    """``mesh`` if it is of a kind :func:`jbptt.sharding.resolve_mesh` takes
+    (a device count, a list of devices or a 1-D mesh)."""
+    count = isinstance(mesh, int | np.integer) and not isinstance(mesh, bool)
+    if count or isinstance(mesh, jax.sharding.Mesh | list | tuple):
+        return mesh
+    dtype = getattr(mesh, "dtype", None)
+    if dtype is not None and np.shape(mesh) == () and np.issubdtype(dtype, np.integer):
+        return int(mesh)  # a concrete 0-d integer array
+    raise TypeError(
+        "mesh must be None, a device count (int), a list of jax devices or a "
+        "1-D jax.sharding.Mesh (jbptt.sharding.make_mesh), got "
+        f"{type(mesh).__name__} {mesh!r}."
+    )
+
+
+def _check_opt_state(optimizer, state) -> None:
+    """``state.opt_state`` has the tree structure of ``optimizer.init``'s."""
+    want = jax.tree_util.tree_structure(jax.eval_shape(optimizer.init, state.params))
+    got = jax.tree_util.tree_structure(state.opt_state)
+    if got != want:
+        raise ValueError(
+            "state: its opt_state was not made by this trainer's optimizer "
+            f"(optimizer.init(params) has structure {want}, state.opt_state "
+            f"has {got}); continue a run with the optimizer it started with, "
+            "or start from Trainer.init(params, key)."
+        )
+
+
+def _check_pending(state, xs, ys) -> None:
+    """The steps of a call continue ``state.pending``'s: same rank, batch
+    and feature size (and targets' shapes)."""
+    if state.pending is None:
+        return
+    pxs, pys = state.pending[0], state.pending[1]
+    if tuple(np.shape(pxs)[1:]) != tuple(xs.shape[1:]):
+        raise ValueError(
+            f"xs: steps of shape {tuple(xs.shape[1:])} ([T, *batch, I] less T) "
+            f"cannot continue the pending steps of state, of shape "
+            f"{tuple(np.shape(pxs)[1:])}: every call of a run takes the same "
+            "batch and feature size (or flush=True ends the stream first)."
+        )
+    got = [np.shape(a)[1:] for a in jax.tree_util.tree_leaves(ys)]
+    want = [np.shape(a)[1:] for a in jax.tree_util.tree_leaves(pys)]
+    if jax.tree_util.tree_structure(ys) != jax.tree_util.tree_structure(pys) or (
+        got != want
+    ):
+        raise ValueError(
+            f"ys: targets of per-step shapes {got} cannot continue the pending "
+            f"steps of state, of per-step shapes {want}: every call of a run "
+            "takes targets of the same shapes."
+        )
 
 
 def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
@@ -326,8 +440,7 @@ def every(n: int, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
       >>> seen
       [16, 24, 32]
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}.")
+    n = validation.positive_int("n", n)  # NumPy and 0-d integers too
 
     def callback(event: Event):
         if (event.start + event.length) // n > event.start // n:
@@ -403,5 +516,5 @@ def link_weights(estimator, key, T: int, *, batch_shape=(), stream_cuts=None):
         None if stream_cuts is None else plan_lib.stream_rule(stream_cuts, batch_shape)
     )
     dtype = jnp.result_type(float)
-    _, w, _, _ = plan_lib.draw(rule, own, key, 0, T, 1, None, batch_shape, dtype)
+    _, w, _, _, _ = plan_lib.draw(rule, own, key, 0, T, 1, None, batch_shape, dtype)
     return w

@@ -21,7 +21,7 @@ from jbptt._src import buckets as buckets_lib
 from jbptt._src import protocol, segment_rules, train_plan, train_step, validation
 from jbptt._src.buckets import Buckets
 from jbptt._src.cell import Cell
-from jbptt._src.train import Trainer, check_optimizer, progress_bar
+from jbptt._src.train import Trainer, check_callbacks, check_optimizer, progress_bar
 from jbptt._src.train_loop import Event, History, TrainState
 
 _CLIPS = {"global_norm": optax.clip_by_global_norm, "value": optax.clip}
@@ -71,10 +71,14 @@ def train(
       cell, loss_fn, optimizer, estimator: as :class:`Trainer` takes them.
       params: initial params (ignored when ``state`` is given).
       xs, ys: as :meth:`Trainer.run` takes them.
-      key: PRNG key for random estimators (ignored when ``state`` is given).
-      h0: initial state (default: the cell's initial state); also the
-        default ``reset_state``.
-      state: a :class:`TrainState` to continue from (``History.state``).
+      key: PRNG key for random estimators, ``jax.random.key(seed)``
+        (ignored when ``state`` is given).
+      h0: initial state (default: the cell's initial state); also the run's
+        reset target (``TrainState.h_reset``: what ``resets`` restart from
+        in this and every later call). With ``state`` it replaces the
+        state's reset target, as ``reset_state`` does.
+      state: a :class:`TrainState` to continue from (``History.state``): it
+        carries the reset target of the call that started the run.
       flush, callbacks, resets, reset_state: as :meth:`Trainer.run` takes them.
       stream_cuts: as :class:`Trainer` takes it.
       buckets: the compile-tuning policy (:class:`Buckets`).
@@ -112,6 +116,7 @@ def train(
     check_optimizer(optimizer)
     tx, clip = _clipped(optimizer, options)
     buckets = _bucket_keywords(buckets, options)
+    callbacks = check_callbacks(callbacks)
     if options.pop("progress", False):
         warnings.warn(
             "train(progress=True) is deprecated: pass "

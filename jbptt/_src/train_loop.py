@@ -63,6 +63,32 @@ class TrainState(NamedTuple):
         stream's end.
       stream_cut: with ``stream_cuts=``, every stream's own cut-law carry
         (``[n_streams]`` steps since its last own cut), else ``None``.
+      h_reset: the reset target of the run: the state an episode start
+        (``resets=``) restarts from in this and every later call (``None``:
+        the cell's initial state). :meth:`Trainer.init` sets it to ``h0``;
+        a call's ``reset_state=`` replaces it from that call on.
+
+    A segment whose loss, gradients, state or new params are not finite
+    (``on_nonfinite``) leaves the fields as follows:
+
+    * ``"raise"``: nothing is returned (a :class:`jbptt.checks.DivergenceError`
+      is raised); the state passed in is unchanged, as always.
+    * ``"skip"``: the update is not applied (``params``, ``opt_state`` as
+      before the segment) but the stream moves past the segment as if it had
+      trained with a zero step: ``h`` and ``est_state`` are the segment's end
+      under the unchanged params (where that end state is not finite, ``h``
+      restarts from ``h_reset`` and ``est_state`` keeps its value from the
+      segment's start); ``step``, ``segment``, ``cut``, ``stream_cut`` and
+      ``pending`` as without the divergence; ``key``, ``h_reset`` unchanged.
+    * ``"stop"``: the state returned is exactly the state before the
+      diverged segment, every field as a call that ended right before it
+      would leave it: ``params``, ``opt_state``, ``h``, ``est_state`` after
+      the segment before; ``step`` the diverged segment's first global step,
+      ``segment`` its index, ``cut`` and ``stream_cut`` the cut laws' carries
+      as of that step, ``pending`` ``None``; ``key``, ``h_reset`` unchanged.
+      When the diverged segment is the call's first, that is the state the
+      call was given (its ``pending`` included). A run continued from it
+      with the data from ``step`` on retries the segment.
     """
 
     params: Any
@@ -75,14 +101,17 @@ class TrainState(NamedTuple):
     cut: int = 1
     pending: Any = None
     stream_cut: Any = None
+    h_reset: Any = None
 
 
 class Event(NamedTuple):
     """What a callback sees after each segment's update.
 
     Attributes:
-      state: the :class:`TrainState` after the update (``pending`` not yet
-        set: it is filled in at the end of the call).
+      state: the :class:`TrainState` after the update, as a call ending
+        after this segment would return it (its cut-law carries as of the
+        segment's end, ``pending`` ``None``): a run continued from it takes
+        the stream's steps from ``state.step`` on.
       index: global segment index.
       start: global index of the segment's first step.
       length: number of steps in the segment (each step of the stream is in
@@ -135,7 +164,9 @@ class History(NamedTuple):
       seconds: wall-clock of the call less the time spent waiting for
         compilation and in callbacks (never negative).
       stopped: whether a callback or ``on_nonfinite="stop"`` ended the call
-        early (the rest of its data was not used).
+        early (the rest of its data was not used). After ``"stop"`` the
+        diverged segment is still recorded (its loss), while ``params``,
+        ``opt_state``, ``h``, ``est_state`` and ``state`` are those before it.
     """
 
     params: Any
@@ -168,6 +199,8 @@ class Setting(NamedTuple):
     h_reset: Any
     callbacks: tuple
     policy: buckets_lib.Buckets
+    h_restart: Any = None
+    carries: Any = None
 
 
 class _Loop:
@@ -193,6 +226,10 @@ class _Loop:
         # what, besides the bucket, keys the compilations started ahead
         xs = plan.xs
         self.sig = (signature((self.carry, self.h_reset)), xs.shape[1:], str(xs.dtype))
+        self.h_restart = setting.h_restart
+        if setting.mesh is not None and self.h_restart is not None:
+            self.h_restart = sharding.split_batch(self.h_restart, setting.mesh)
+        self.stop_state = None
 
     def args(self, h, g_acc, dh, s, n, b, key, mode):
         """The step's arguments for ``n`` steps from ``s`` in bucket ``b``."""
@@ -226,7 +263,7 @@ class _Loop:
     def update(self, piece):
         """The guarded update with ``piece``'s gradient from the carried
         states."""
-        return self.steps.update(*self.carry, piece)
+        return self.steps.update(*self.carry, piece, self.h_restart)
 
     def probe_args(self, b):
         """A segment's arguments in bucket ``b`` (to compile it)."""
@@ -309,7 +346,44 @@ class _Loop:
             totals.insert(0, out.total)
             if j == m - 1:
                 h_end = out.h
+        # the update reads the first block's flags: those of the whole
+        # segment's loss and end state in their place
+        flags = checks.finite_flags(loss=functools.reduce(jnp.add, totals), state=h_end)
+        out = out._replace(finite={**out.finite, **flags})
         return out, seg_losses, totals, h_end
+
+    def carries_to(self, step: int) -> tuple:
+        """The cut laws' carries ``(cut, stream_cut)`` as of global ``step``."""
+        if self.cfg.carries is None:
+            return self.state.cut, self.state.stream_cut
+        return self.cfg.carries(step - self.state.step)
+
+    def state_at(self, step: int, segment: int, carry) -> TrainState:
+        """The :class:`TrainState` of a call ending at global ``step`` with
+        ``carry`` (nothing pending)."""
+        cut, stream_cut = self.carries_to(step)
+        return self.state._replace(
+            params=carry[0], opt_state=carry[1], h=carry[2], est_state=carry[3],
+            step=step, segment=segment, cut=cut, pending=None, stream_cut=stream_cut,
+        )  # fmt: skip
+
+    def stop_before(self, i: int, carry) -> None:
+        """``on_nonfinite="stop"`` at the call's segment ``i``: the state is
+        the one before it (the call's own for ``i = 0``)."""
+        self.carry = carry
+        if i == 0:
+            self.stop_state = self.state
+            return
+        step = self.plan.base + int(self.plan.starts[i])
+        self.stop_state = self.state_at(step, self.state.segment + i, carry)
+
+    def skipped_split(self, h_end) -> None:
+        """A skipped split segment: the stream moves on to its end state, or
+        restarts where that is not finite."""
+        flags = checks.finite_flags(h=h_end)
+        if not bool(checks.all_finite(flags)) and self.h_restart is not None:
+            h_end = self.h_restart
+        self.carry = (*self.carry[:2], h_end, self.carry[3])
 
     def check(self, index, finite, all_ok) -> bool:
         """Record a non-finite segment; whether training stops there."""
@@ -325,12 +399,12 @@ class _Loop:
         asked to stop."""
         t0, c0 = time.perf_counter(), _compiled_here()
         base, stop = self.plan.base, False
-        now = TrainState(*self.carry, self.state.key, base + s + n, index + 1, 1, None)
+        now = self.state_at(base + s + n, index + 1, self.carry)
         seconds = max(0.0, t0 - t_start - self.t_callbacks - self.waited
                       - self.compile_seconds())  # fmt: skip
         event = Event(now, index, base + s, n, total / n, norm, seconds)
         for cb in self.cfg.callbacks:
-            if cb(event) is True:
+            if bool(cb(event)):  # NumPy and JAX scalars mean what bool() says
                 stop = True
         self.t_callbacks += time.perf_counter() - t0
         self.cb_compiled += _compiled_here() - c0  # left out with the callbacks
@@ -362,25 +436,30 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
         total = functools.reduce(jnp.add, totals)
         loop.carry = tuple(out[:4])
         loop.records.append((plan.base + s, n, total, piece.norm, seg_losses))
-        if unchecked is not None and loop.check(*unchecked):  # the one before
-            loop.carry = before
+        if unchecked is not None and loop.check(*unchecked[:3]):  # the one before
+            loop.stop_before(unchecked[3], unchecked[4])
             loop.records.pop()
             stopped, unchecked = True, None
             break
         unchecked = None
         if lag and b is not None:
-            unchecked = (index, out.finite, out.ok)
+            unchecked = (index, out.finite, out.ok, i, before)
         else:
             stopped = loop.check(index, out.finite, out.ok)
-            if b is None and bool(out.ok):
-                # the split segment's end state (block 0 ends early)
-                loop.carry = (*loop.carry[:2], h_end, loop.carry[3])
+            if stopped:
+                loop.stop_before(i, before)
+            elif b is None:  # the split segment's end state (block 0 ends early)
+                if bool(out.ok):
+                    loop.carry = (*loop.carry[:2], h_end, loop.carry[3])
+                else:
+                    loop.skipped_split(h_end)
         if setting.callbacks and not stopped:
             stopped = loop.callbacks(index, s, n, total, piece.norm, t_start)
         if stopped:
             break
-    if unchecked is not None:
-        stopped = loop.check(*unchecked)
+    if unchecked is not None and loop.check(*unchecked[:3]):
+        loop.stop_before(unchecked[3], unchecked[4])
+        stopped = True
     jax.block_until_ready(loop.carry[0])
     seconds = time.perf_counter() - t_start - loop.t_callbacks - loop.waited
     seconds -= loop.compile_seconds()
@@ -390,13 +469,17 @@ def run_plan(steps, plan, state, setting: Setting) -> History:
 def _history(loop: _Loop, stopped: bool, compiles: int, seconds: float) -> History:
     plan, state, records = loop.plan, loop.state, loop.records
     trained = len(records)
-    if stopped:
+    if loop.stop_state is not None:  # on_nonfinite="stop"
+        new = loop.stop_state
+    elif stopped:  # by a callback, after the last record's segment
         end = plan.base + int(plan.starts[trained - 1] + plan.lengths[trained - 1])
-        new = TrainState(*loop.carry, state.key, end, state.segment + trained, 1, None)
+        new = loop.state_at(end, state.segment + trained, loop.carry)
     else:
-        new = TrainState(
-            *loop.carry, state.key, plan.base + len(plan.xs), state.segment + trained,
-            plan.cut, plan_lib.pending(plan, trained), plan.stream_cut,
+        new = state._replace(
+            params=loop.carry[0], opt_state=loop.carry[1], h=loop.carry[2],
+            est_state=loop.carry[3], step=plan.base + len(plan.xs),
+            segment=state.segment + trained, cut=plan.cut,
+            pending=plan_lib.pending(plan, trained), stream_cut=plan.stream_cut,
         )  # fmt: skip
     if records:
         step_loss = np.concatenate(

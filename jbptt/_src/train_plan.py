@@ -141,6 +141,8 @@ class Plan(NamedTuple):
         unless flushed).
       base: the global step of ``xs[0]``.
       cut, stream_cut: the cut laws' carries after this call.
+      drawn: ``(shared [T], own [T, *batch] or None)``: the weights the cut
+        laws drew for the call's own steps (``None`` without a cut law).
     """
 
     xs: np.ndarray
@@ -153,6 +155,7 @@ class Plan(NamedTuple):
     base: int
     cut: Any
     stream_cut: Any
+    drawn: Any = None
 
 
 def plan_call(host, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
@@ -183,7 +186,7 @@ def plan_call(host, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
         return Plan(
             xs, ys, w, resets, starts, lengths, len(lengths), base, state.cut, None
         )
-    shared, w, cut, stream_cut = draw(
+    shared, w, cut, stream_cut, own = draw(
         host, stream_rule, state.key, state.step, T, state.cut, state.stream_cut,
         batch_shape, dtype,
     )  # fmt: skip
@@ -195,7 +198,8 @@ def plan_call(host, stream_rule, state, xs, ys, resets, flush, name) -> Plan:
         xs, ys, w, resets = _join_pending(state.pending, xs, ys, w, resets, batch_shape)
     lengths = ends - starts
     n_train = len(lengths) if flush else len(lengths) - 1
-    return Plan(xs, ys, w, resets, starts, lengths, n_train, base, cut, stream_cut)
+    return Plan(xs, ys, w, resets, starts, lengths, n_train, base, cut, stream_cut,
+                (shared, own))  # fmt: skip
 
 
 def _join_pending(pending, xs, ys, w, resets, batch_shape):
@@ -295,14 +299,15 @@ def draw(rule, own_rule, key, t0: int, T: int, cut, stream_cut, batch_shape,
     """The link weights of global steps ``t0 .. t0 + T − 1``: the shared
     ones ``[T]`` (their zeros are the segment ends), the ones the segments
     use (the shared ones, times each stream's own ``[T, *batch]`` when
-    ``own_rule`` is given) and both laws' new carries."""
+    ``own_rule`` is given), both laws' new carries and the streams' own
+    weights (``None`` without ``own_rule``)."""
     shared, cut = rule.cuts(key, t0, T, cut)
     shared = np.asarray(shared, dtype)
     if own_rule is None:
-        return shared, shared, cut, None
+        return shared, shared, cut, None, None
     own, stream_cut = _stream_weights(own_rule, key, t0, T, stream_cut, batch_shape)
     w = shared.reshape((T,) + (1,) * len(batch_shape)) * own.astype(dtype)
-    return shared, w, cut, stream_cut
+    return shared, w, cut, stream_cut, own
 
 
 def with_adjoint(rule: SegmentRule, adjoint, name: str) -> SegmentRule:
@@ -322,3 +327,41 @@ def with_adjoint(rule: SegmentRule, adjoint, name: str) -> SegmentRule:
         segment=functools.partial(rule.segment, adjoint=adjoint),
         block=None if block is None else functools.partial(block, adjoint=adjoint),
     )
+
+
+def carries(plan: Plan, t0: int, cut, stream_cut):
+    """``n -> (cut, stream_cut)``: the cut laws' carries (steps since the
+    last cut, shared and per stream) as of global step ``t0 + n``, read from
+    the weights ``plan`` drew for the call's steps from ``t0`` on (no
+    redraw), for the state of a call that ends inside its data."""
+    if plan.drawn is None:  # no cut law: nothing carried changes
+        return lambda n: (cut, stream_cut)
+    shared, own = plan.drawn
+    T = len(shared)
+    shared_last = _last_cuts((np.asarray(shared) == 0).reshape(T, 1))
+    own_last = None if own is None else _last_cuts(np.asarray(own).reshape(T, -1) == 0)
+
+    def since(last, n, d0):
+        if n <= 0:
+            return np.asarray(d0)
+        # the stream start counts as a cut at step 0 (its link is never cut)
+        none = n if t0 == 0 else np.asarray(d0) + n
+        return np.where(last[n - 1] >= 0, n - last[n - 1], none)
+
+    def at(n):
+        if n <= 0:
+            return cut, stream_cut
+        new_cut = int(np.ravel(since(shared_last, n, cut))[0])
+        if own_last is None:
+            return new_cut, stream_cut
+        d0 = np.ones(own_last.shape[1], int) if stream_cut is None else stream_cut
+        return new_cut, np.asarray(since(own_last, n, d0), int)
+
+    return at
+
+
+def _last_cuts(zero: np.ndarray) -> np.ndarray:
+    """``[T, k]``: the index of the last cut at or before each step (``-1``:
+    none yet) of each of ``k`` columns."""
+    idx = np.arange(zero.shape[0])[:, None]
+    return np.maximum.accumulate(np.where(zero, idx, -1), axis=0)

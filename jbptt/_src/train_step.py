@@ -139,14 +139,20 @@ def piece_step(inp: StepIn, *, cell, loss_fn, segment, advance, block) -> Piece:
     return Piece(h_new, est_new, losses, g, dh_start, total, norm, finite)
 
 
-def update_step(params, opt_state, h, est_state, piece: Piece, *, tx, split) -> Update:
+def update_step(params, opt_state, h, est_state, piece: Piece, h_restart=None, *,
+                tx, split) -> Update:  # fmt: skip
     """One guarded ``tx`` update with a piece's gradient, from the states
     ``params, opt_state, h, est_state`` the piece started from.
 
     Value-level guard (no Python `if` on tracers): where the loss, gradients,
-    new state or new params are not finite, everything stays as it was and
-    the caller reports it from the flags. ``split`` (static): the rule's
-    pieces are blocks, whose update runs under ``lax.cond``.
+    new state or new params are not finite, ``params`` and ``opt_state``
+    stay as they were and the caller reports it from the flags. The stream
+    still moves past the segment: ``h`` and ``est_state`` are the piece's
+    end states (the segment run under the unchanged params) where those are
+    finite, else ``h_restart`` and the old ``est_state``; with ``h_restart``
+    ``None`` they stay as they were. ``split`` (static): the rule's pieces
+    are blocks, whose update runs under ``lax.cond`` (the caller sets a split
+    segment's end state).
     """
     g, finite = piece.grads, piece.finite
     ok = checks.all_finite(finite)
@@ -166,6 +172,14 @@ def update_step(params, opt_state, h, est_state, piece: Piece, *, tx, split) -> 
         ok = ok & checks.all_finite(finite)
         p_o = checks.select_if(ok, p_o, (params, opt_state))
         kept = (*p_o, checks.select_if(ok, piece.h, h), piece.est_state)
+    if h_restart is not None:  # the stream moves on, or restarts
+        ends = [a for a in jax.tree_util.tree_leaves((piece.h, piece.est_state))
+                if jnp.issubdtype(a.dtype, jnp.inexact)]  # fmt: skip
+        moved = checks.select_if(
+            checks.all_finite(checks.finite_flags(ends=ends)),
+            (piece.h, piece.est_state), (h_restart, est_state),
+        )  # fmt: skip
+        kept = (*kept[:2], *moved)
     return Update(*kept, finite, checks.all_finite(finite))
 
 
