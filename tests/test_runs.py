@@ -435,3 +435,159 @@ def test_a_step_killed_before_its_manifest_is_not_reported(tmp_path):
     with runs.Checkpointer(tmp_path) as ckpt:
         assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
         assert ckpt.restore(state)["step"] == 1
+
+
+# ------------------------------------------- shared files: locks and moves ---
+
+_APPENDER = textwrap.dedent(
+    """
+    import sys
+    from jbptt import runs
+    f = runs.ResultFile(sys.argv[1], {"seed": 5}, key=("i",))
+    print("ready", flush=True)
+    for i in range(int(sys.argv[2])):
+        if f.append({"i": i, "by": "A"}):
+            print(i, flush=True)
+    """
+)
+
+
+def _plant_torn_line(path):
+    # A writer killed mid-line held the lock while writing: plant it so.
+    from jbptt._src import durable
+
+    with durable.locked(os.path.realpath(path)):
+        with open(path, "ab") as fh:
+            fh.write(b'{"i": -1, "by": "kil')
+
+
+def test_an_opener_loses_no_row_of_a_concurrent_appender(tmp_path):
+    path = tmp_path / "r.jsonl"
+    runs.ResultFile(path, {"seed": 5}, key=("i",))
+    _plant_torn_line(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, str(path), "400"],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.stdout.readline().strip() == b"ready"
+    opens = 0
+    while proc.poll() is None or opens < 3:  # B: reopen (and rewrite) meanwhile
+        runs.ResultFile(path, {"seed": 5}, key=("i",))
+        _plant_torn_line(path)
+        opens += 1
+    confirmed = [int(x) for x in proc.stdout.read().split()]
+    proc.stdout.close()
+    assert proc.returncode == 0 and confirmed == list(range(400))
+    _, rows = runs.read_rows(path)
+    assert sorted(r["i"] for r in rows) == confirmed  # every confirmed row
+    with open(f"{path}.corrupt") as fh:
+        side = [json.loads(line) for line in fh]
+    assert side and all(s["torn"] and s["text"].startswith('{"i": -1') for s in side)
+
+
+def test_overwrite_keeps_every_earlier_file_as_a_numbered_backup(tmp_path):
+    path = tmp_path / "r.jsonl"
+    hashes = []
+    for seed in range(4):  # 4 runs, each overwriting the one before
+        f = runs.ResultFile(path, {"seed": seed}, key=("i",), on_mismatch="overwrite")
+        f.append({"i": seed})
+        hashes.append(f.config_hash[:10])
+    for seed in range(3):  # back to seed 0 twice more
+        f = runs.ResultFile(
+            path, {"seed": seed % 2}, key=("i",), on_mismatch="overwrite"
+        )
+        assert f.replaced is not None and os.path.exists(f.replaced)
+        f.append({"i": 10 + seed})
+    kept = sorted(p.name for p in tmp_path.glob("r.jsonl.replaced-*"))
+    assert len(kept) == 6  # one backup per overwrite, none overwritten
+    rows = {
+        (c["seed"], r["i"])
+        for name in kept + ["r.jsonl"]
+        for c, rs in [runs.read_rows(tmp_path / name)]
+        for r in rs
+    }
+    assert {(s, s) for s in range(4)} | {(0, 10), (1, 11), (0, 12)} == rows
+    assert f"r.jsonl.replaced-{hashes[0]}.1" in kept  # the second seed-0 backup
+
+
+def test_a_symlinked_path_is_locked_and_rewritten_at_its_target(tmp_path):
+    real = tmp_path / "data" / "r.jsonl"
+    link = tmp_path / "link.jsonl"
+    f = runs.ResultFile(real, {"seed": 0}, key=("i",))
+    link.symlink_to(real)
+    f.append({"i": 0})
+    _plant_torn_line(link)
+    g = runs.ResultFile(link, {"seed": 0}, key=("i",))  # rewrites the target
+    assert link.is_symlink() and g.resumed == 1
+    assert f.append({"i": 1}) and g.append({"i": 2})
+    assert [r["i"] for r in runs.read_rows(real)[1]] == [0, 1, 2]
+    h = runs.ResultFile(link, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    assert link.is_symlink() and h.replaced.startswith(str(real) + ".replaced-")
+    assert [r["i"] for r in runs.read_rows(h.replaced)[1]] == [0, 1, 2]
+    assert (tmp_path / "data" / "r.jsonl.lock").exists()
+
+
+def test_append_to_a_replaced_or_removed_file_writes_nothing(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    f.append({"i": 0})
+    runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    with pytest.raises(ValueError, match="no longer holds this run's results"):
+        f.append({"i": 1})
+    assert runs.read_rows(path)[1] == [] and not f.done({"i": 1})
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="moved or deleted since it was opened"):
+        f.append({"i": 2})
+    assert not path.exists()  # not recreated without its header
+
+
+def test_a_torn_line_is_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    f.append({"i": 0})
+    _plant_torn_line(path)
+    assert f.append({"i": 1})  # would otherwise be glued to the torn bytes
+    assert [r["i"] for r in runs.read_rows(path)[1]] == [0, 1]
+    side = json.loads((tmp_path / "r.jsonl.corrupt").read_text())
+    assert side == {"line": 3, "text": '{"i": -1, "by": "kil', "torn": True}
+
+
+def test_two_joined_files_of_other_configurations_are_refused(tmp_path):
+    a, b, joined = (tmp_path / n for n in ("a.jsonl", "b.jsonl", "j.jsonl"))
+    runs.ResultFile(a, {"T": 8}, key=("i",)).append({"i": 0})
+    runs.ResultFile(b, {"T": 9}, key=("i",)).append({"i": 1})
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    before = joined.read_bytes()
+    match = r"j.jsonl, line 3: a second header, of another configuration.*T: 8 -> 9"
+    for mode in ("raise", "new", "overwrite"):
+        with pytest.raises(ValueError, match=match):
+            runs.ResultFile(joined, {"T": 8}, key=("i",), on_mismatch=mode)
+    with pytest.raises(ValueError, match=match):
+        runs.read_rows(joined)
+    assert joined.read_bytes() == before  # left untouched
+    same = tmp_path / "s.jsonl"  # two files of one configuration: one run
+    same.write_bytes(a.read_bytes() + a.read_bytes().replace(b'"i": 0', b'"i": 2'))
+    assert [r["i"] for r in runs.ResultFile(same, {"T": 8}, key=("i",)).rows()] == [
+        0,
+        2,
+    ]
+
+
+def test_rows_without_their_key_or_with_an_unhashable_key_are_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("cell", "k"))
+    f.append({"cell": "elman", "k": [1, 2]})  # a list is a fine key value
+    assert f.done({"cell": "elman", "k": (1, 2)})
+    with pytest.raises(ValueError, match=r"row passed to append.*no key field 'k'"):
+        f.append({"cell": "elman"})
+    with open(path, "a") as fh:
+        fh.write('{"cell": "gru", "bias": 0.1}\n')
+    with pytest.raises(
+        ValueError, match=r"r.jsonl, line 3: the row has no key field 'k'.*'cell', 'k'"
+    ):
+        runs.ResultFile(path, {"seed": 0}, key=("cell", "k"))
+    g = runs.ResultFile(tmp_path / "g.jsonl", {"seed": 0}, key=lambda r: {r["k"]})
+    with pytest.raises(ValueError, match="row passed to append: the row's key"):
+        g.append({"k": 1})
