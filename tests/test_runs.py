@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -591,3 +592,108 @@ def test_rows_without_their_key_or_with_an_unhashable_key_are_named(tmp_path):
     g = runs.ResultFile(tmp_path / "g.jsonl", {"seed": 0}, key=lambda r: {r["k"]})
     with pytest.raises(ValueError, match="row passed to append: the row's key"):
         g.append({"k": 1})
+
+
+# ------------------------------------- shared checkpoint folders, damage ---
+
+
+def _state(s):
+    return {"w": jnp.arange(3.0) * s, "step": s}
+
+
+def test_pruning_touches_only_the_steps_this_checkpointer_saved(tmp_path):
+    old = runs.Checkpointer(tmp_path, config={"lr": 1.0}, max_to_keep=2)
+    for s in (1, 2, 3):  # the old process keeps 2 and 3
+        old.save(s, _state(s))
+    new = runs.Checkpointer(tmp_path, config={"lr": 1.0}, max_to_keep=1)
+    for s in (10, 11, 12):  # a restarted process, while the old one runs
+        new.save(s, _state(s))
+    assert new.all_steps() == [2, 3, 12]  # new pruned only 10 and 11
+    old.save(4, _state(4))  # old prunes 2, its own, not 12
+    assert old.all_steps() == [3, 4, 12]
+    for s in (3, 4, 12):
+        assert new.restore(_state(0), step=s)["step"] == s
+    old.close()
+    new.close()
+
+
+def test_a_step_of_another_configuration_is_refused_naming_both(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with runs.Checkpointer(a, config={"lr": 1.0, "T": 8}) as ckpt:
+        ckpt.save(1, _state(1))
+    with runs.Checkpointer(b, config={"lr": 0.5, "T": 8}) as ckpt:
+        ckpt.save(2, _state(2))
+    shutil.copytree(b / "2", a / "2")  # a step copied in from another run
+    shutil.copy(b / "jbptt-manifests" / "2.json", a / "jbptt-manifests" / "2.json")
+    hash_a = runs.config_hash({"lr": 1.0, "T": 8})[:10]
+    hash_b = runs.config_hash({"lr": 0.5, "T": 8})[:10]
+    match = (
+        rf"step 2 in .* another configuration \(the step's hash {hash_b}, "
+        rf"this run's {hash_a}\); changed: lr: 0.5 -> 1.0"
+    )
+    for config in ({"lr": 1.0, "T": 8}, None):  # None: the stored config.json
+        with runs.Checkpointer(a, config=config) as ckpt:
+            with pytest.raises(ValueError, match=match):
+                ckpt.restore(_state(0))
+            with pytest.raises(ValueError, match=match):
+                ckpt.restore(_state(0), step=2)
+            assert ckpt.restore(_state(0), step=1)["step"] == 1
+    assert (a / "2").is_dir()  # refused, not moved: it is intact
+
+
+def test_a_damaged_manifest_is_named_quarantined_and_the_step_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+    manifest = tmp_path / "jbptt-manifests" / "2.json"
+    manifest.write_text(manifest.read_text()[:30])  # truncated
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        assert ckpt.latest_step() == 1  # only restorable steps
+        with pytest.warns(RuntimeWarning, match=rf"manifest {manifest} is damaged"):
+            assert ckpt.restore(_state(0))["step"] == 1
+        moved = tmp_path / "jbptt-quarantine" / "step-2"
+        assert (moved / "checkpoint").is_dir() and (moved / "manifest.json").exists()
+        assert "is damaged" in (moved / "reason.txt").read_text()
+        ckpt.save(2, _state(2))  # the step number is free again
+        assert ckpt.latest_step() == 2 and ckpt.restore(_state(0))["step"] == 2
+        with pytest.raises(ValueError, match="step 2 already exists"):
+            ckpt.save(2, _state(2))
+
+
+def test_a_corrupted_step_is_moved_aside_so_it_can_be_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+        _flip_bytes(tmp_path / "2")
+        with pytest.warns(RuntimeWarning, match="step 2 .*(corrupted|unreadable)"):
+            assert ckpt.restore(_state(0))["step"] == 1
+        assert ckpt.latest_step() == 1 and not (tmp_path / "2").exists()
+        assert (tmp_path / "jbptt-quarantine" / "step-2" / "checkpoint").is_dir()
+        ckpt.save(2, _state(2))
+        assert ckpt.restore(_state(0))["step"] == 2
+        _flip_bytes(tmp_path / "2")
+        with pytest.raises(ValueError, match="step 2 .*(corrupted|unreadable)"):
+            ckpt.restore(_state(0), step=2)
+        assert (tmp_path / "jbptt-quarantine" / "step-2.1" / "checkpoint").is_dir()
+
+
+def test_damaged_orbax_metadata_falls_back_naming_the_step(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+    for dirpath, _, names in os.walk(tmp_path / "2"):
+        for name in names:
+            if "METADATA" in name.upper():
+                with open(os.path.join(dirpath, name), "w") as fh:
+                    fh.write("{not json")
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        with pytest.warns(RuntimeWarning, match="step 2 .*(corrupted|unreadable)"):
+            assert ckpt.restore(_state(0))["step"] == 1
+
+
+def test_a_damaged_config_file_is_named(tmp_path):
+    runs.Checkpointer(tmp_path, config={"lr": 1.0}).close()
+    (tmp_path / "config.json").write_text('{"config_hash": "ab')
+    for config in ({"lr": 1.0}, None):
+        with pytest.raises(ValueError, match=r"config.json is damaged \(expected JSON"):
+            runs.Checkpointer(tmp_path, config=config)
