@@ -340,7 +340,9 @@ class CheckpointFolder(RuleBasedStateMachine):
         on_disk = {int(n) for n in os.listdir(self.dir) if n.isdigit()}
         assert must <= on_disk | moved, sorted(must - on_disk - moved)
         assert moved <= self.damaged  # only damaged steps are moved aside
-        assert self.damaged <= on_disk | moved  # and never deleted
+        # and never deleted, unless its own writer pruned it (max_to_keep)
+        prunable = {s for w, ss in self.saved.items() for s in ss[: -self.keep[w]]}
+        assert self.damaged <= on_disk | moved | prunable
 
     @invariant()
     def latest_step_is_complete(self):
