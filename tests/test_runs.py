@@ -697,3 +697,45 @@ def test_a_damaged_config_file_is_named(tmp_path):
     for config in ({"lr": 1.0}, None):
         with pytest.raises(ValueError, match=r"config.json is damaged \(expected JSON"):
             runs.Checkpointer(tmp_path, config=config)
+
+
+def _crash_on(monkeypatch, module, name, when):
+    """Make ``module.name`` raise (a kill at that system call) when ``when``."""
+    real = getattr(module, name)
+
+    def crash(*args, **kwargs):
+        if when(*args):
+            raise KeyboardInterrupt(f"killed at {name}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, crash)
+
+
+def test_a_kill_inside_overwrite_or_quarantine_loses_nothing(tmp_path, monkeypatch):
+    from jbptt._src import durable
+
+    path = tmp_path / "r.jsonl"
+    runs.ResultFile(path, {"seed": 0}, key=("i",)).extend({"i": i} for i in range(3))
+    with monkeypatch.context() as m:  # killed after the backup link, before unlink
+        _crash_on(m, durable.os, "unlink", lambda p, *a: str(p) == str(path))
+        with pytest.raises(KeyboardInterrupt):
+            runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    backup = f"{path}.replaced-{runs.config_hash({'seed': 0})[:10]}"
+    assert runs.read_rows(path)[1] == runs.read_rows(backup)[1]  # both, not neither
+    f = runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    assert f.replaced.endswith(".1") and len(runs.read_rows(f.replaced)[1]) == 3
+    with monkeypatch.context() as m:  # killed before the corrupt line's rewrite
+        _plant_torn_line(path)
+        f.append({"i": 9})  # the torn tail is cut first
+        with open(path, "ab") as fh:
+            fh.write(b"damage\n" + b'{"i": 10}\n')
+        _crash_on(m, durable.os, "replace", lambda src, dst: str(dst) == str(path))
+        with pytest.raises(KeyboardInterrupt):  # the warning comes after
+            runs.ResultFile(path, {"seed": 1}, key=("i",))
+    with pytest.warns(RuntimeWarning, match="corrupt line"):
+        g = runs.ResultFile(path, {"seed": 1}, key=("i",))
+    assert [r["i"] for r in g.rows()] == [9, 10]
+    side = [
+        json.loads(x) for x in (tmp_path / "r.jsonl.corrupt").read_text().splitlines()
+    ]
+    assert [s["text"] for s in side if not s["torn"]] == ["damage\n", "damage\n"]
