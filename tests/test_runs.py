@@ -739,3 +739,16 @@ def test_a_kill_inside_overwrite_or_quarantine_loses_nothing(tmp_path, monkeypat
         json.loads(x) for x in (tmp_path / "r.jsonl.corrupt").read_text().splitlines()
     ]
     assert [s["text"] for s in side if not s["torn"]] == ["damage\n", "damage\n"]
+
+
+def test_a_step_killed_before_its_manifest_can_be_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _state(1))
+        ckpt.save(2, _state(2))
+    os.remove(tmp_path / "jbptt-manifests" / "2.json")  # a kill before it was written
+    with runs.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1
+        ckpt.save(2, _state(2))  # the incomplete step is moved aside quietly
+        assert ckpt.restore(_state(0))["step"] == 2
+    reason = tmp_path / "jbptt-quarantine" / "step-2" / "reason.txt"
+    assert "has no manifest" in reason.read_text()
