@@ -819,6 +819,21 @@ def _shape_arg(text: str) -> tuple[int, int, int, int]:
     return shape
 
 
+def _case_arg(text: str) -> tuple[str, tuple[int, int, int, int]]:
+    """``NAME:T,B,I,H`` (a cell of ``CELLS``, four ints ≥ 1) for ``--case``."""
+    name, colon, shape = text.partition(":")
+    try:
+        dims = tuple(int(v) for v in shape.split(","))
+    except ValueError:
+        dims = ()
+    if not colon or name not in CELLS or len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:T,B,I,H with NAME one of {sorted(CELLS)} and four "
+            f"ints ≥ 1 (e.g. elman:16,4,3,8), got {text!r}"
+        )
+    return name, dims
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_grad",
@@ -882,7 +897,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(None: 3; 1 with --quick)",
     )
     p.add_argument(
-        "--case", default=None, help="time one grad case NAME:T,B,I,H, print JSON"
+        "--case",
+        type=_case_arg,
+        default=None,
+        metavar="NAME:T,B,I,H",
+        help="time one grad case NAME:T,B,I,H, print JSON",
     )
     return p.parse_args(argv)
 
@@ -900,8 +919,7 @@ def main(argv=None) -> dict:
         )  # fmt: skip
         return r
     if args.case:
-        name, shape = args.case.split(":")
-        T, B, I, H = map(int, shape.split(","))
+        name, (T, B, I, H) = args.case
         row = grad_case(
             name, T, B, I, H, args.repeats or 7, not args.no_torch,
             cudnn=args.cudnn, torch_device=args.torch_device,

@@ -5,6 +5,9 @@
 * Flag types (``positive_int``, ``nonneg_int``, ``positive_float``,
   ``finite_float``, ``probability``): refuse bools, NaN/inf and out-of-range
   values with a message naming what was expected.
+* ``run_name``: a file stem written inside ``--out`` (non-empty, no path
+  separator, no ``..``, no leading dot), so a run writes only inside its
+  output folder.
 * ``finish``: always writes the JSON summary (with ``error`` when a step
   after the rows failed), prints the summary table and the files written,
   and exits non-zero on failure.
@@ -131,6 +134,31 @@ def probability(value) -> float:
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {v}")
     return v
+
+
+def run_name(value) -> str:
+    """A name used as a file stem inside ``--out``.
+
+    Refused: the empty name (``OUT/.json`` would sit beside ``OUT``'s
+    contents as a hidden file, and ``Path(OUT) / ""`` is ``OUT`` itself), a
+    path separator or ``..`` (it would leave ``--out``), a leading dot (a
+    hidden file) and control characters.
+    """
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected a run name, got {value!r}")
+    bad = (
+        not value
+        or value.startswith(".")
+        or ".." in value
+        or any(sep in value for sep in ("/", "\\", os.sep, os.altsep or "/"))
+        or any(ord(c) < 32 for c in value)
+    )
+    if bad:
+        raise argparse.ArgumentTypeError(
+            "expected a run name: a non-empty file stem without path "
+            f"separators, '..' or a leading dot (e.g. char_lm_gru), got {value!r}"
+        )
+    return value
 
 
 # ----------------------------------------------------------------- finish ---

@@ -376,7 +376,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
     ap.add_argument(
-        "--name", default="char_lm", help="output file stem: NAME.{csv,json,png}"
+        "--name",
+        type=_cli.run_name,
+        default="char_lm",
+        help="output file stem inside --out: NAME.{csv,json,png}",
     )
     ap.add_argument(
         "--replot",

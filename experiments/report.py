@@ -230,10 +230,32 @@ def render(text: str, figures: Path = FIGURES) -> str:
         if name not in TABLES:
             raise ValueError(f"RESULTS.md names an unknown table {name!r}")
         path, build = TABLES[name]
-        d = json.loads((figures / path).read_text())
-        return m.group(1) + "\n".join(build(d)) + "\n" + m.group(4)
+        return m.group(1) + "\n".join(_build(name, figures / path, build)) + m.group(4)
 
     return _BLOCK.sub(table, text)
+
+
+def _build(name: str, path: Path, build) -> list[str]:
+    """Table ``name`` from its JSON file; ``ValueError`` naming the file when
+    it is missing, damaged (e.g. truncated) or lacks a field the table needs."""
+    try:
+        d = json.loads(path.read_text())
+        lines = build(d)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path} (the JSON of table {name!r}) is missing; rerun its experiment."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} (the JSON of table {name!r}) is damaged, not valid JSON "
+            f"({e}); rerun its experiment or restore the file."
+        ) from None
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(
+            f"{path} (the JSON of table {name!r}) lacks what the table needs "
+            f"({type(e).__name__}: {e}); rerun its experiment."
+        ) from None
+    return [*lines, ""]
 
 
 def check(results: Path = RESULTS, figures: Path = FIGURES) -> list[str]:
@@ -247,9 +269,11 @@ def check(results: Path = RESULTS, figures: Path = FIGURES) -> list[str]:
     problems = [
         f"table {n!r} missing from {results.name}" for n in TABLES if n not in found
     ]
-    fresh = {
-        m.group("name"): m.group("body") for m in _BLOCK.finditer(render(text, figures))
-    }
+    try:
+        rendered = render(text, figures)
+    except ValueError as e:  # a missing or damaged JSON, named
+        return [*problems, str(e)]
+    fresh = {m.group("name"): m.group("body") for m in _BLOCK.finditer(rendered)}
     for m in _BLOCK.finditer(text):
         name, body = m.group("name"), m.group("body")
         want = fresh[name]

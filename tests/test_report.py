@@ -68,3 +68,14 @@ def test_char_lm_commands_match_the_runs_on_the_page():
         for key in ("out", "jobs"):  # where and how fast, not what
             saved.pop(key), args.pop(key)
         assert args == saved, name
+
+
+def test_a_truncated_json_is_named(tmp_path):
+    figures = tmp_path / "figures"
+    shutil.copytree(report.FIGURES, figures, ignore=shutil.ignore_patterns("*.png"))
+    path = figures / "sunspots.json"
+    path.write_text(path.read_text()[:40])  # a copy cut short
+    problems = report.check(report.RESULTS, figures)
+    assert len(problems) == 1
+    assert str(path) in problems[0] and "damaged, not valid JSON" in problems[0]
+    assert "'sunspots'" in problems[0]

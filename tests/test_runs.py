@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -435,3 +436,319 @@ def test_a_step_killed_before_its_manifest_is_not_reported(tmp_path):
     with runs.Checkpointer(tmp_path) as ckpt:
         assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
         assert ckpt.restore(state)["step"] == 1
+
+
+# ------------------------------------------- shared files: locks and moves ---
+
+_APPENDER = textwrap.dedent(
+    """
+    import sys
+    from jbptt import runs
+    f = runs.ResultFile(sys.argv[1], {"seed": 5}, key=("i",))
+    print("ready", flush=True)
+    for i in range(int(sys.argv[2])):
+        if f.append({"i": i, "by": "A"}):
+            print(i, flush=True)
+    """
+)
+
+
+def _plant_torn_line(path):
+    # A writer killed mid-line held the lock while writing: plant it so.
+    from jbptt._src import durable
+
+    with durable.locked(os.path.realpath(path)):
+        with open(path, "ab") as fh:
+            fh.write(b'{"i": -1, "by": "kil')
+
+
+def test_an_opener_loses_no_row_of_a_concurrent_appender(tmp_path):
+    path = tmp_path / "r.jsonl"
+    runs.ResultFile(path, {"seed": 5}, key=("i",))
+    _plant_torn_line(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, str(path), "400"],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.stdout.readline().strip() == b"ready"
+    opens = 0
+    while proc.poll() is None or opens < 3:  # B: reopen (and rewrite) meanwhile
+        runs.ResultFile(path, {"seed": 5}, key=("i",))
+        _plant_torn_line(path)
+        opens += 1
+    confirmed = [int(x) for x in proc.stdout.read().split()]
+    proc.stdout.close()
+    assert proc.returncode == 0 and confirmed == list(range(400))
+    _, rows = runs.read_rows(path)
+    assert sorted(r["i"] for r in rows) == confirmed  # every confirmed row
+    with open(f"{path}.corrupt") as fh:
+        side = [json.loads(line) for line in fh]
+    assert side and all(s["torn"] and s["text"].startswith('{"i": -1') for s in side)
+
+
+def test_overwrite_keeps_every_earlier_file_as_a_numbered_backup(tmp_path):
+    path = tmp_path / "r.jsonl"
+    hashes = []
+    for seed in range(4):  # 4 runs, each overwriting the one before
+        f = runs.ResultFile(path, {"seed": seed}, key=("i",), on_mismatch="overwrite")
+        f.append({"i": seed})
+        hashes.append(f.config_hash[:10])
+    for seed in range(3):  # back to seed 0 twice more
+        f = runs.ResultFile(
+            path, {"seed": seed % 2}, key=("i",), on_mismatch="overwrite"
+        )
+        assert f.replaced is not None and os.path.exists(f.replaced)
+        f.append({"i": 10 + seed})
+    kept = sorted(p.name for p in tmp_path.glob("r.jsonl.replaced-*"))
+    assert len(kept) == 6  # one backup per overwrite, none overwritten
+    rows = {
+        (c["seed"], r["i"])
+        for name in kept + ["r.jsonl"]
+        for c, rs in [runs.read_rows(tmp_path / name)]
+        for r in rs
+    }
+    assert {(s, s) for s in range(4)} | {(0, 10), (1, 11), (0, 12)} == rows
+    assert f"r.jsonl.replaced-{hashes[0]}.1" in kept  # the second seed-0 backup
+
+
+def test_a_symlinked_path_is_locked_and_rewritten_at_its_target(tmp_path):
+    real = tmp_path / "data" / "r.jsonl"
+    link = tmp_path / "link.jsonl"
+    f = runs.ResultFile(real, {"seed": 0}, key=("i",))
+    link.symlink_to(real)
+    f.append({"i": 0})
+    _plant_torn_line(link)
+    g = runs.ResultFile(link, {"seed": 0}, key=("i",))  # rewrites the target
+    assert link.is_symlink() and g.resumed == 1
+    assert f.append({"i": 1}) and g.append({"i": 2})
+    assert [r["i"] for r in runs.read_rows(real)[1]] == [0, 1, 2]
+    h = runs.ResultFile(link, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    assert link.is_symlink() and h.replaced.startswith(str(real) + ".replaced-")
+    assert [r["i"] for r in runs.read_rows(h.replaced)[1]] == [0, 1, 2]
+    assert (tmp_path / "data" / "r.jsonl.lock").exists()
+
+
+def test_append_to_a_replaced_or_removed_file_writes_nothing(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    f.append({"i": 0})
+    runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    with pytest.raises(ValueError, match="no longer holds this run's results"):
+        f.append({"i": 1})
+    assert runs.read_rows(path)[1] == [] and not f.done({"i": 1})
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="moved or deleted since it was opened"):
+        f.append({"i": 2})
+    assert not path.exists()  # not recreated without its header
+
+
+def test_a_torn_line_is_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("i",))
+    f.append({"i": 0})
+    _plant_torn_line(path)
+    assert f.append({"i": 1})  # would otherwise be glued to the torn bytes
+    assert [r["i"] for r in runs.read_rows(path)[1]] == [0, 1]
+    side = json.loads((tmp_path / "r.jsonl.corrupt").read_text())
+    assert side == {"line": 3, "text": '{"i": -1, "by": "kil', "torn": True}
+
+
+def test_two_joined_files_of_other_configurations_are_refused(tmp_path):
+    a, b, joined = (tmp_path / n for n in ("a.jsonl", "b.jsonl", "j.jsonl"))
+    runs.ResultFile(a, {"T": 8}, key=("i",)).append({"i": 0})
+    runs.ResultFile(b, {"T": 9}, key=("i",)).append({"i": 1})
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    before = joined.read_bytes()
+    match = r"j.jsonl, line 3: a second header, of another configuration.*T: 8 -> 9"
+    for mode in ("raise", "new", "overwrite"):
+        with pytest.raises(ValueError, match=match):
+            runs.ResultFile(joined, {"T": 8}, key=("i",), on_mismatch=mode)
+    with pytest.raises(ValueError, match=match):
+        runs.read_rows(joined)
+    assert joined.read_bytes() == before  # left untouched
+    same = tmp_path / "s.jsonl"  # two files of one configuration: one run
+    same.write_bytes(a.read_bytes() + a.read_bytes().replace(b'"i": 0', b'"i": 2'))
+    assert [r["i"] for r in runs.ResultFile(same, {"T": 8}, key=("i",)).rows()] == [
+        0,
+        2,
+    ]
+
+
+def test_rows_without_their_key_or_with_an_unhashable_key_are_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    f = runs.ResultFile(path, {"seed": 0}, key=("cell", "k"))
+    f.append({"cell": "elman", "k": [1, 2]})  # a list is a fine key value
+    assert f.done({"cell": "elman", "k": (1, 2)})
+    with pytest.raises(ValueError, match=r"row passed to append.*no key field 'k'"):
+        f.append({"cell": "elman"})
+    with open(path, "a") as fh:
+        fh.write('{"cell": "gru", "bias": 0.1}\n')
+    with pytest.raises(
+        ValueError, match=r"r.jsonl, line 3: the row has no key field 'k'.*'cell', 'k'"
+    ):
+        runs.ResultFile(path, {"seed": 0}, key=("cell", "k"))
+    g = runs.ResultFile(tmp_path / "g.jsonl", {"seed": 0}, key=lambda r: {r["k"]})
+    with pytest.raises(ValueError, match="row passed to append: the row's key"):
+        g.append({"k": 1})
+
+
+# ------------------------------------- shared checkpoint folders, damage ---
+
+
+def _state(s):
+    return {"w": jnp.arange(3.0) * s, "step": s}
+
+
+def test_pruning_touches_only_the_steps_this_checkpointer_saved(tmp_path):
+    old = runs.Checkpointer(tmp_path, config={"lr": 1.0}, max_to_keep=2)
+    for s in (1, 2, 3):  # the old process keeps 2 and 3
+        old.save(s, _state(s))
+    new = runs.Checkpointer(tmp_path, config={"lr": 1.0}, max_to_keep=1)
+    for s in (10, 11, 12):  # a restarted process, while the old one runs
+        new.save(s, _state(s))
+    assert new.all_steps() == [2, 3, 12]  # new pruned only 10 and 11
+    old.save(4, _state(4))  # old prunes 2, its own, not 12
+    assert old.all_steps() == [3, 4, 12]
+    for s in (3, 4, 12):
+        assert new.restore(_state(0), step=s)["step"] == s
+    old.close()
+    new.close()
+
+
+def test_a_step_of_another_configuration_is_refused_naming_both(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with runs.Checkpointer(a, config={"lr": 1.0, "T": 8}) as ckpt:
+        ckpt.save(1, _state(1))
+    with runs.Checkpointer(b, config={"lr": 0.5, "T": 8}) as ckpt:
+        ckpt.save(2, _state(2))
+    shutil.copytree(b / "2", a / "2")  # a step copied in from another run
+    shutil.copy(b / "jbptt-manifests" / "2.json", a / "jbptt-manifests" / "2.json")
+    hash_a = runs.config_hash({"lr": 1.0, "T": 8})[:10]
+    hash_b = runs.config_hash({"lr": 0.5, "T": 8})[:10]
+    match = (
+        rf"step 2 in .* another configuration \(the step's hash {hash_b}, "
+        rf"this run's {hash_a}\); changed: lr: 0.5 -> 1.0"
+    )
+    for config in ({"lr": 1.0, "T": 8}, None):  # None: the stored config.json
+        with runs.Checkpointer(a, config=config) as ckpt:
+            with pytest.raises(ValueError, match=match):
+                ckpt.restore(_state(0))
+            with pytest.raises(ValueError, match=match):
+                ckpt.restore(_state(0), step=2)
+            assert ckpt.restore(_state(0), step=1)["step"] == 1
+    assert (a / "2").is_dir()  # refused, not moved: it is intact
+
+
+def test_a_damaged_manifest_is_named_quarantined_and_the_step_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+    manifest = tmp_path / "jbptt-manifests" / "2.json"
+    manifest.write_text(manifest.read_text()[:30])  # truncated
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        assert ckpt.latest_step() == 1  # only restorable steps
+        with pytest.warns(RuntimeWarning, match=rf"manifest {manifest} is damaged"):
+            assert ckpt.restore(_state(0))["step"] == 1
+        moved = tmp_path / "jbptt-quarantine" / "step-2"
+        assert (moved / "checkpoint").is_dir() and (moved / "manifest.json").exists()
+        assert "is damaged" in (moved / "reason.txt").read_text()
+        ckpt.save(2, _state(2))  # the step number is free again
+        assert ckpt.latest_step() == 2 and ckpt.restore(_state(0))["step"] == 2
+        with pytest.raises(ValueError, match="step 2 already exists"):
+            ckpt.save(2, _state(2))
+
+
+def test_a_corrupted_step_is_moved_aside_so_it_can_be_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+        _flip_bytes(tmp_path / "2")
+        with pytest.warns(RuntimeWarning, match="step 2 .*(corrupted|unreadable)"):
+            assert ckpt.restore(_state(0))["step"] == 1
+        assert ckpt.latest_step() == 1 and not (tmp_path / "2").exists()
+        assert (tmp_path / "jbptt-quarantine" / "step-2" / "checkpoint").is_dir()
+        ckpt.save(2, _state(2))
+        assert ckpt.restore(_state(0))["step"] == 2
+        _flip_bytes(tmp_path / "2")
+        with pytest.raises(ValueError, match="step 2 .*(corrupted|unreadable)"):
+            ckpt.restore(_state(0), step=2)
+        assert (tmp_path / "jbptt-quarantine" / "step-2.1" / "checkpoint").is_dir()
+
+
+def test_damaged_orbax_metadata_falls_back_naming_the_step(tmp_path):
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, _state(s))
+    for dirpath, _, names in os.walk(tmp_path / "2"):
+        for name in names:
+            if "METADATA" in name.upper():
+                with open(os.path.join(dirpath, name), "w") as fh:
+                    fh.write("{not json")
+    with runs.Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        with pytest.warns(RuntimeWarning, match="step 2 .*(corrupted|unreadable)"):
+            assert ckpt.restore(_state(0))["step"] == 1
+
+
+def test_a_damaged_config_file_is_named(tmp_path):
+    runs.Checkpointer(tmp_path, config={"lr": 1.0}).close()
+    (tmp_path / "config.json").write_text('{"config_hash": "ab')
+    for config in ({"lr": 1.0}, None):
+        with pytest.raises(ValueError, match=r"config.json is damaged \(expected JSON"):
+            runs.Checkpointer(tmp_path, config=config)
+
+
+def _crash_on(monkeypatch, module, name, when):
+    """Make ``module.name`` raise (a kill at that system call) when ``when``."""
+    real = getattr(module, name)
+
+    def crash(*args, **kwargs):
+        if when(*args):
+            raise KeyboardInterrupt(f"killed at {name}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, crash)
+
+
+def test_a_kill_inside_overwrite_or_quarantine_loses_nothing(tmp_path, monkeypatch):
+    from jbptt._src import durable
+
+    path = tmp_path / "r.jsonl"
+    runs.ResultFile(path, {"seed": 0}, key=("i",)).extend({"i": i} for i in range(3))
+    with monkeypatch.context() as m:  # killed after the backup link, before unlink
+        _crash_on(m, durable.os, "unlink", lambda p, *a: str(p) == str(path))
+        with pytest.raises(KeyboardInterrupt):
+            runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    backup = f"{path}.replaced-{runs.config_hash({'seed': 0})[:10]}"
+    assert runs.read_rows(path)[1] == runs.read_rows(backup)[1]  # both, not neither
+    f = runs.ResultFile(path, {"seed": 1}, key=("i",), on_mismatch="overwrite")
+    assert f.replaced.endswith(".1") and len(runs.read_rows(f.replaced)[1]) == 3
+    with monkeypatch.context() as m:  # killed before the corrupt line's rewrite
+        _plant_torn_line(path)
+        f.append({"i": 9})  # the torn tail is cut first
+        with open(path, "ab") as fh:
+            fh.write(b"damage\n" + b'{"i": 10}\n')
+        _crash_on(m, durable.os, "replace", lambda src, dst: str(dst) == str(path))
+        with pytest.raises(KeyboardInterrupt):  # the warning comes after
+            runs.ResultFile(path, {"seed": 1}, key=("i",))
+    with pytest.warns(RuntimeWarning, match="corrupt line"):
+        g = runs.ResultFile(path, {"seed": 1}, key=("i",))
+    assert [r["i"] for r in g.rows()] == [9, 10]
+    side = [
+        json.loads(x) for x in (tmp_path / "r.jsonl.corrupt").read_text().splitlines()
+    ]
+    assert [s["text"] for s in side if not s["torn"]] == ["damage\n", "damage\n"]
+
+
+def test_a_step_killed_before_its_manifest_can_be_saved_again(tmp_path):
+    with runs.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _state(1))
+        ckpt.save(2, _state(2))
+    os.remove(tmp_path / "jbptt-manifests" / "2.json")  # a kill before it was written
+    with runs.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1
+        ckpt.save(2, _state(2))  # the incomplete step is moved aside quietly
+        assert ckpt.restore(_state(0))["step"] == 2
+    reason = tmp_path / "jbptt-quarantine" / "step-2" / "reason.txt"
+    assert "has no manifest" in reason.read_text()
