@@ -400,6 +400,8 @@ def artbp_matched(
             "['geometric', 'poly_tail']."
         )
     check_depth(depth, T)
+    # Checked for every schedule: a NaN alpha is a mistake even where unused.
+    alpha = validation.real("alpha", alpha, low=2.0, low_open=True, what="> 2")
     if schedule in ("geometric", "constant"):
         return artbp(artbp_c_for_depth(depth, T))
     if T is None:
