@@ -327,8 +327,8 @@ def artbp(c) -> Estimator:
       ((1, 8), 4.0, 1.0)
     """
     if not callable(c):
-        try:
-            arr = jnp.asarray(c)
+        try:  # a string is no number (NumPy would read it as a dtype alias)
+            arr = None if isinstance(c, str | bytes) else jnp.asarray(c)
         except TypeError:
             arr = None
         if arr is None or arr.ndim > 1 or not jnp.issubdtype(arr.dtype, jnp.number):
