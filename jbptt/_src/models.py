@@ -5,6 +5,7 @@ optionally an embedding of integer tokens in front of the cell."""
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -213,7 +214,9 @@ def _check_hidden(hidden) -> tuple[int, ...]:
 
 def _out_size(hidden_size):
     # A stack's hidden_size may list every layer's size: the top one is read.
-    return hidden_size if isinstance(hidden_size, int) else tuple(hidden_size)[-1]
+    if isinstance(hidden_size, numbers.Integral):  # NumPy ints too
+        return int(hidden_size)
+    return tuple(hidden_size)[-1]
 
 
 def _encode(tokens, dtype=None, *, vocab_size):
