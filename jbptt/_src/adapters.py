@@ -23,7 +23,9 @@ from jbptt._src.cell import Cell
 def checked_step(step: Callable, name: str) -> Callable:
     """``step`` refusing, at trace time, a returned state whose structure,
     shapes or dtypes differ from the state it was given
-    (:func:`jbptt._src.validation.check_step_state`, naming the cell).
+    (:func:`jbptt._src.validation.check_step_state`, naming the cell). The
+    dtype is compared when params, state and input share one floating dtype
+    (as inside a scan).
 
     Only static properties are compared, once per trace, so the check costs
     nothing in the compiled scan.
@@ -31,10 +33,22 @@ def checked_step(step: Callable, name: str) -> Callable:
 
     def step_checked(params, h, x):
         new_h, out = step(params, h, x)
-        validation.check_step_state(name, h, new_h)
+        # A dtype change is the step's own only when params, h and x share
+        # one floating dtype (as in the scan, which casts the params to the
+        # compute dtype); mixed inputs promote, which is the caller's doing.
+        uniform = len(_float_dtypes((params, h, x))) <= 1
+        validation.check_step_state(name, h, new_h, dtypes=uniform)
         return new_h, out
 
     return step_checked
+
+
+def _float_dtypes(tree) -> set:
+    return {
+        jax.numpy.result_type(a)
+        for a in jax.tree_util.tree_leaves(tree)
+        if jax.numpy.issubdtype(jax.numpy.result_type(a), jax.numpy.floating)
+    }
 
 
 def _keyed(init: Callable) -> Callable:

@@ -459,10 +459,10 @@ def check_loss(loss_fn, params, out_t, ys) -> None:
 # ------------------------------------------- appended: adapted steps ---
 
 
-def check_step_state(name: str, h, new_h) -> None:
-    """A step's returned state must keep the structure, shapes and dtypes of
-    the state it was given (a scan carries it unchanged); static, so it runs
-    once per trace.
+def check_step_state(name: str, h, new_h, *, dtypes: bool = True) -> None:
+    """A step's returned state must keep the structure, shapes and (with
+    ``dtypes``) dtypes of the state it was given (a scan carries it
+    unchanged); static, so it runs once per trace.
 
     Raises:
       ValueError: another structure or shape, naming the cell and both.
@@ -474,7 +474,7 @@ def check_step_state(name: str, h, new_h) -> None:
       >>> try:
       ...     validation.check_step_state("cell", jnp.zeros(3), jnp.zeros(4))
       ... except ValueError as err:
-      ...     print(str(err)[:62])
+      ...     print(str(err)[:61])
       cell.step returns a state float64[4] but was given float64[3]
     """
     same = tree_util.tree_structure(h) == tree_util.tree_structure(new_h)
@@ -488,7 +488,7 @@ def check_step_state(name: str, h, new_h) -> None:
             f"{_describe(h)}: the state must keep its structure and shapes "
             "from step to step."
         )
-    elif any(jnp.result_type(a) != jnp.result_type(b) for a, b in pairs):
+    elif dtypes and any(jnp.result_type(a) != jnp.result_type(b) for a, b in pairs):
         err = TypeError(
             f"{name}.step returns a state {_describe(new_h)} but was given "
             f"{_describe(h)}: the state must keep its dtype from step to step "
