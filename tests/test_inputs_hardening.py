@@ -435,3 +435,25 @@ def test_a_step_that_changes_the_state_dtype_or_shape_is_named():
         _grads(_fn_cell(lambda h: (h, h)), 2, 3)
     (loss, _), _ = _grads(_fn_cell(lambda h: h), 2, 3)
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        cells.elman(),
+        cells.gru(),
+        cells.lstm(),
+        cells.stack([cells.gru(), cells.elman()]),
+        jbptt.readout(cells.lstm(), 2).cell,
+    ],
+    ids=lambda c: c.name,
+)
+def test_cells_take_numpy_sizes_and_refuse_int_keys(cell):
+    want = cell.init(jax.random.key(0), 2, 3)
+    got = cell.init(jax.random.key(0), np.int64(2), np.int64(3))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match=r"key must be a PRNG key .*got int 0"):
+        cell.init(0, 2, 3)
