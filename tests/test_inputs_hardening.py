@@ -457,3 +457,24 @@ def test_cells_take_numpy_sizes_and_refuse_int_keys(cell):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(TypeError, match=r"key must be a PRNG key .*got int 0"):
         cell.init(0, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        estimators.tbptt(2),
+        estimators.artbp(0.3),
+        estimators.es(0.1),
+        estimators.pes(0.1, K=2),
+        forward_mode.uoro(),
+        estimators.adaptive_tbptt(0.1, max_lag=4),
+    ],
+    ids=lambda e: e.name,
+)
+def test_samples_check_their_count_by_name(est):
+    p = _problem()
+    key = jax.random.key(0)
+    assert est.samples(p, key, np.int64(2)).shape[0] == 2
+    for n in (2.5, float("nan"), -1, True, "a", 0):
+        with pytest.raises((TypeError, ValueError), match="n must be a positive int"):
+            est.samples(p, key, n)

@@ -401,6 +401,7 @@ class AdaptiveTBPTT(NamedTuple):
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
         """``[n, D]``: TBPTT(k) for the k chosen on ``problem`` (repeated)."""
         T = protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         if _is_traced(problem.params):
             k = jax.pure_callback(
                 lambda *a: np.int32(self._choose(type(problem)(*problem[:2], *a), T)),

@@ -320,7 +320,9 @@ def check_data(cell, loss_fn, *, xs, ys, prefix: str = "") -> None:
     vocab = sequences.token_vocab(cell)
     if vocab is not None and hasattr(xs, "dtype"):
         a = np.asarray(xs)
-        if np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
+        if jnp.issubdtype(a.dtype, jnp.integer) or jnp.issubdtype(
+            a.dtype, jnp.floating
+        ):
             _check_id_range(prefix + "xs", a, vocab, "token ids")
     classes = getattr(loss_fn, "num_classes", None)
     if classes is not None:

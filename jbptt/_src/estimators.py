@@ -130,6 +130,7 @@ class Estimator(NamedTuple):
         window, over the estimator's ``span`` when it has one.
         """
         T = protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         span = None if self.span is None else min(int(self.span(T)), T)
         grad = protocol.gradient_fn(problem, span=span)
         ws, ms = jax.vmap(lambda k: self.sample(k, T))(jax.random.split(key, n))

@@ -497,3 +497,9 @@ def check_step_state(name: str, h, new_h, *, dtypes: bool = True) -> None:
     if err is not None:
         err.names_the_state = True
         raise err
+
+
+def sample_count(n, chunk) -> tuple[int, int]:
+    """``(n, chunk)`` of an estimator's ``samples``: positive ints (NumPy
+    ints accepted), each named in the error."""
+    return positive_int("n", n), positive_int("chunk", chunk)

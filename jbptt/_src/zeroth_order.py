@@ -102,6 +102,7 @@ class ZerothOrder(NamedTuple):
         ``Problem.lengths`` and ``resets`` are refused (the particles' unrolls
         do not take them yet)."""
         protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         if problem.lengths is not None or problem.resets is not None:
             raise ValueError(
                 f"{self.name}: zeroth-order estimators do not take "
