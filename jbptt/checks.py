@@ -4,6 +4,7 @@ from jbptt._src import checks as _checks
 from jbptt._src.checks import Divergence as Divergence
 from jbptt._src.checks import DivergenceError as DivergenceError
 from jbptt._src.checks import check_finite as check_finite
+from jbptt._src.checks import check_tokens as check_tokens
 from jbptt._src.deprecations import Moved as _Moved
 from jbptt._src.deprecations import forward as _forward
 

@@ -1,7 +1,12 @@
 """Adapters: any Flax recurrent cell or plain step function as a :class:`Cell`.
 
 Adapted cells have no hand-derived rules; :func:`jbptt.rnn_scan` runs their
-reverse scan with one ``jax.vjp`` of the step per time step.
+reverse scan with one ``jax.vjp`` of the step per time step. Their steps are
+checked when traced: a step that returns a state of another structure,
+shape or dtype than it was given is refused, naming the cell (a scan needs
+the state to keep all three). The ``init`` of an adapted Flax or Equinox
+module takes a PRNG key (``jax.random.key(seed)``), checked like every
+other key.
 """
 
 from __future__ import annotations
@@ -11,8 +16,50 @@ from collections.abc import Callable
 
 import jax
 
-from jbptt._src import _init
+from jbptt._src import _init, validation
 from jbptt._src.cell import Cell
+
+
+def checked_step(step: Callable, name: str) -> Callable:
+    """``step`` refusing, at trace time, a returned state whose structure,
+    shapes or dtypes differ from the state it was given
+    (:func:`jbptt._src.validation.check_step_state`, naming the cell). The
+    dtype is compared when params, state and input share one floating dtype
+    (as inside a scan).
+
+    Only static properties are compared, once per trace, so the check costs
+    nothing in the compiled scan.
+    """
+
+    def step_checked(params, h, x):
+        new_h, out = step(params, h, x)
+        # A dtype change is the step's own only when params, h and x share
+        # one floating dtype (as in the scan, which casts the params to the
+        # compute dtype); mixed inputs promote, which is the caller's doing.
+        uniform = len(_float_dtypes((params, h, x))) <= 1
+        validation.check_step_state(name, h, new_h, dtypes=uniform)
+        return new_h, out
+
+    return step_checked
+
+
+def _float_dtypes(tree) -> set:
+    return {
+        jax.numpy.result_type(a)
+        for a in jax.tree_util.tree_leaves(tree)
+        if jax.numpy.issubdtype(jax.numpy.result_type(a), jax.numpy.floating)
+    }
+
+
+def _keyed(init: Callable) -> Callable:
+    """``init`` with its key checked (and a legacy key wrapped) first."""
+
+    def init_checked(key, *args, **kwargs):
+        if not isinstance(key, dict):  # flax also takes a dict of named keys
+            key = validation.prng_key("key", key)
+        return init(key, *args, **kwargs)
+
+    return init_checked
 
 
 def from_fn(
@@ -50,9 +97,9 @@ def from_fn(
         if not callable(fn):
             raise TypeError(f"{arg} must be callable, got {type(fn).__name__}.")
     return Cell(
-        init,
+        init,  # the user's: it takes whatever key it documents
         lambda params, batch_shape=(): initial_state(params, tuple(batch_shape)),
-        step,
+        checked_step(step, name),
         name=name,
     )
 
@@ -110,7 +157,8 @@ def from_flax(module) -> Cell:
     def step(params, h, x):
         return module.apply({"params": params["params"]}, h, x)
 
-    return Cell(init, initial_state, step, name=f"from_flax({type(module).__name__})")
+    name = f"from_flax({type(module).__name__})"
+    return Cell(_keyed(init), initial_state, checked_step(step, name), name=name)
 
 
 def scoped(cell: Cell, key: str) -> Cell:
@@ -164,9 +212,13 @@ def from_nnx(module) -> Cell:
     ``nnx.SimpleCell`` and any ``nnx.Module`` with the same calling convention
     and an ``initialize_carry(input_shape)`` method. Params are the module's
     ``nnx.Param`` state (``nnx.split(module, nnx.Param, ...)``), so gradients
-    are an ``nnx.State`` with the module's structure; other state (e.g. rngs)
-    is held fixed. The module is already initialised, so ``init`` returns its
-    current params (the key is unused) after checking the sizes.
+    are an ``nnx.State`` with the module's structure; other state (rngs,
+    batch statistics) is held fixed: the cell runs a copy of the module in
+    evaluation mode (``module.eval()``: ``Dropout`` deterministic,
+    ``BatchNorm`` on its running averages), and a module whose step would
+    still change such state is refused when traced, naming that state. The
+    module is already initialised, so ``init`` returns its current params
+    (the key is checked but unused) after checking the sizes.
 
     Args:
       module: an ``nnx.Module`` recurrent cell.
@@ -185,6 +237,7 @@ def from_nnx(module) -> Cell:
       >>> y.shape
       (2, 4)
     """
+    import flax.errors
     from flax import nnx
 
     if not isinstance(module, nnx.Module) or not hasattr(module, "initialize_carry"):
@@ -193,7 +246,10 @@ def from_nnx(module) -> Cell:
             "module(carry, x) -> (carry, y), with initialize_carry), got "
             f"{type(module).__name__}."
         )
+    module = nnx.clone(module)
+    module.eval()  # Dropout deterministic, BatchNorm on running averages
     graphdef, params0, rest = nnx.split(module, nnx.Param, ...)
+    name = f"from_nnx({type(module).__name__})"
     in_features = getattr(module, "in_features", None)
     hidden = getattr(module, "hidden_features", None)
 
@@ -223,18 +279,37 @@ def from_nnx(module) -> Cell:
         return jax.tree_util.tree_map(lambda a: a.astype(dtype), carry)
 
     def step(params, h, x):
-        return bound(params)(h, x)
+        try:
+            return bound(params)(h, x)
+        except flax.errors.TraceContextError as err:
+            raise TypeError(
+                f"{name}: the module changes state other than nnx.Param during a "
+                f"step ({err}); from_nnx holds that state fixed ({_fixed(rest)}). "
+                "Make it deterministic (e.g. Dropout(deterministic=True), "
+                "BatchNorm(use_running_average=True)) or hold it as nnx.Param."
+            ) from None
 
     return Cell(
-        init,
+        _keyed(init),
         initial_state,
-        step,
+        checked_step(step, name),
         input_size=None if in_features is None else (lambda p: in_features),
-        name=f"from_nnx({type(module).__name__})",
+        name=name,
     )
 
 
-def from_equinox(module, *, initial_state: Callable | None = None) -> Cell:
+def _fixed(state) -> str:
+    """The paths of the leaves of an ``nnx.State``, e.g. ``drop/rngs/count``."""
+    paths = [
+        "/".join(str(getattr(k, "key", k)) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+    ]
+    return "fixed: " + (", ".join(paths) if paths else "none")
+
+
+def from_equinox(
+    module, *, initial_state: Callable | None = None, output: Callable | None = None
+) -> Cell:
     """A cell from an Equinox recurrent cell ``(x, hidden) -> hidden``.
 
     Works with ``equinox.nn.LSTMCell`` (state ``(h, c)``, Equinox's order),
@@ -243,14 +318,19 @@ def from_equinox(module, *, initial_state: Callable | None = None) -> Cell:
     the batch dimensions. Params are the module's inexact arrays
     (``eqx.partition(module, eqx.is_inexact_array)``), so gradients are a
     module of the same structure that ``optax`` updates and
-    ``eqx.apply_updates`` applies as usual. The step output is the state, or
-    its first element for a tuple state (``h`` for the LSTM).
+    ``eqx.apply_updates`` applies as usual. The state may be any pytree
+    (an array, a tuple, a dict, ...); the step output is ``output(state)``,
+    by default the state's first leaf (``h`` of the LSTM's ``(h, c)``, the
+    state itself when it is one array).
 
     Args:
       module: an ``eqx.Module`` recurrent cell.
       initial_state: ``(params, batch_shape) -> h0``; needed for cells
-        without a ``hidden_size`` attribute. By default zeros of
+        without a ``hidden_size`` attribute or whose state is not an array
+        of ``hidden_size`` (e.g. a dict). By default zeros of
         ``hidden_size`` (a pair ``(h, c)`` for ``eqx.nn.LSTMCell``).
+      output: ``state -> out``, what the step outputs (default: the
+        state's first leaf).
 
     Raises:
       TypeError: if ``module`` is not a callable ``eqx.Module``, or has no
@@ -281,10 +361,11 @@ def from_equinox(module, *, initial_state: Callable | None = None) -> Cell:
             f"{type(module).__name__} has no int hidden_size attribute; pass "
             "initial_state=(params, batch_shape) -> h0 to from_equinox."
         )
-    if initial_state is not None and not callable(initial_state):
-        raise TypeError(
-            f"initial_state must be callable, got {type(initial_state).__name__}."
-        )
+    for arg, fn in (("initial_state", initial_state), ("output", output)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{arg} must be callable, got {type(fn).__name__}.")
+    if output is None:
+        output = _first_leaf
     params0, static = eqx.partition(module, eqx.is_inexact_array)
     pair = isinstance(module, eqx.nn.LSTMCell)
 
@@ -311,13 +392,24 @@ def from_equinox(module, *, initial_state: Callable | None = None) -> Cell:
         for _ in range(x.ndim - 1):  # one example per call: map the batch dims
             fn = jax.vmap(fn)
         h = fn(x, h)
-        return h, (h[0] if isinstance(h, tuple) else h)
+        return h, output(h)
 
     state_fn = zeros if initial_state is None else initial_state
+    name = f"from_equinox({type(module).__name__})"
     return Cell(
-        init,
+        _keyed(init),
         lambda params, batch_shape=(): state_fn(params, tuple(batch_shape)),
-        step,
+        checked_step(step, name),
         input_size=(lambda p: in_size) if isinstance(in_size, int) else None,
-        name=f"from_equinox({type(module).__name__})",
+        name=name,
     )
+
+
+def _first_leaf(state):
+    """A state's first leaf (``h`` of ``(h, c)``; the state if an array)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    if not leaves:
+        raise ValueError(
+            "the cell's state has no arrays; pass output= to from_equinox."
+        )
+    return leaves[0]

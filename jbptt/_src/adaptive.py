@@ -42,6 +42,26 @@ class Decay(NamedTuple):
     tau0: int
 
 
+def _check_delta(delta) -> float:
+    """δ, a relative bias, as a Python float in (0, 1)."""
+    return validation.real(
+        "delta",
+        delta,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        what="a float in (0, 1)",
+    )
+
+
+def _check_tau0(tau0) -> int | None:
+    """``None`` (the default fit start) or an int ≥ 0."""
+    if tau0 is None:
+        return None
+    return validation.integer("tau0", tau0, minimum=0, what="None or an int ≥ 0")
+
+
 def fit_decay(norms, tau0: int, *, conservative: bool = True) -> Decay:
     """Fit the decay rate β of the per-lag norms beyond lag ``tau0``.
 
@@ -65,10 +85,10 @@ def fit_decay(norms, tau0: int, *, conservative: bool = True) -> Decay:
     m = np.asarray(norms, dtype=np.float64)
     if m.ndim != 1:
         raise ValueError(f"norms must be one-dimensional [L], got shape {m.shape}.")
-    if not isinstance(tau0, int | np.integer) or not 0 <= tau0 <= m.size - 2:
-        raise ValueError(
-            f"tau0 must be an int in [0, {m.size - 2}] (two lags to fit), got {tau0!r}."
-        )
+    what = f"an int in [0, {m.size - 2}] (two lags to fit)"
+    tau0 = validation.integer("tau0", tau0, minimum=0, what=what)
+    if tau0 > m.size - 2:
+        raise ValueError(f"tau0 must be {what}, got {tau0!r}.")
     tail = np.maximum(m[tau0:], np.finfo(np.float64).tiny)
     if conservative:
         beta = float(np.max(tail[1:] / tail[:-1]))
@@ -124,8 +144,9 @@ def choose_k(
       >>> choose_k(m, 0.1, 2, mode="window")
       11
     """
-    if not isinstance(delta, int | float) or not 0 < delta < 1:
-        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
+    delta = _check_delta(delta)
+    if k_max is not None:
+        k_max = validation.positive_int("k_max", k_max)
     decay = fit_decay(norms, tau0)
     if not decay.beta < 1:
         return None
@@ -175,8 +196,7 @@ def param_lag_norms(cell, loss_fn, max_lag: int):
       >>> r.norms.shape
       (6, 4)
     """
-    if not isinstance(max_lag, int) or isinstance(max_lag, bool) or max_lag < 1:
-        raise ValueError(f"max_lag must be a positive int, got {max_lag!r}.")
+    max_lag = validation.positive_int("max_lag", max_lag)
 
     def fn(params, h0, xs, ys):
         validation.check_scan_args(cell, params, h0, xs, None)
@@ -261,8 +281,8 @@ def choose_tbptt_k(lags: ParamLags, delta: float, tau0: int | None = None):
       >>> 1 <= choose_tbptt_k(lags, 0.5) <= 8
       True
     """
-    if not isinstance(delta, int | float) or not 0 < delta < 1:
-        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
+    delta = _check_delta(delta)
+    tau0 = _check_tau0(tau0)
     ok = np.nonzero(tbptt_bias_bounds(lags, tau0) <= delta)[0]
     return int(ok[0]) + 1 if ok.size else None
 
@@ -292,8 +312,8 @@ def rechooser(
       >>> 1 <= r.update(0, None, p, model.cell.initial_state(p), xs, ys) <= 16
       True
     """
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"every must be a positive int, got {every!r}.")
+    every = validation.positive_int("every", every)
+    delta, tau0 = _check_delta(delta), _check_tau0(tau0)
     measure = jax.jit(param_lag_norms(cell, loss_fn, max_lag))
 
     def update(count, k, params, h0, xs, ys):
@@ -381,6 +401,7 @@ class AdaptiveTBPTT(NamedTuple):
     def samples(self, problem, key, n: int, *, chunk: int = 64, mesh=None):
         """``[n, D]``: TBPTT(k) for the k chosen on ``problem`` (repeated)."""
         T = protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         if _is_traced(problem.params):
             k = jax.pure_callback(
                 lambda *a: np.int32(self._choose(type(problem)(*problem[:2], *a), T)),
@@ -441,12 +462,12 @@ def adaptive_tbptt(
       >>> float(sweep.sweep(prob, [est], jax.random.key(0), 4).rel_bias[0]) <= 0.1
       True
     """
-    if not isinstance(delta, int | float) or not 0 < delta < 1:
-        raise ValueError(f"delta must be a float in (0, 1), got {delta!r}.")
-    for nm, v, low in (("max_lag", max_lag, 2), ("every", every, 1), ("k0", k0, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ValueError(f"{nm} must be an int ≥ {low}, got {v!r}.")
-    return AdaptiveTBPTT(float(delta), max_lag, every, k0, tau0)
+    delta = _check_delta(delta)
+    max_lag, every, k0 = (
+        validation.integer(nm, v, minimum=low)
+        for nm, v, low in (("max_lag", max_lag, 2), ("every", every, 1), ("k0", k0, 1))
+    )
+    return AdaptiveTBPTT(delta, max_lag, every, k0, _check_tau0(tau0))
 
 
 def train_adaptive(

@@ -211,3 +211,119 @@ def handle_nonfinite(step: int, flags, on_nonfinite: str) -> Divergence | None:
     if on_nonfinite == "raise":
         raise DivergenceError(div)
     return div
+
+
+# ------------------------------------------------ token ids and labels ---
+
+
+def _concrete(name: str, tree, fn: str):
+    """``tree``'s leaves as NumPy arrays; a tracer is a TypeError."""
+    out = []
+    for path, leaf in tree_util.tree_flatten_with_path(tree)[0]:
+        label = _leaf_name(name, path)
+        if isinstance(leaf, jax.core.Tracer):
+            raise TypeError(
+                f"{fn}({name}=...) got a traced array for {label}; it checks "
+                "values, so call it on concrete arrays outside jit."
+            )
+        out.append((label, np.asarray(leaf)))
+    return out
+
+
+def _check_id_range(label: str, a: np.ndarray, size: int, what: str) -> None:
+    # Ids index a table of `size` rows: valid ids are 0 ≤ id < size, whole.
+    bad = (a < 0) | (a >= size) | (a != np.floor(a))
+    if not bad.any():
+        return
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"{label}[{', '.join(map(str, idx))}]" if idx else label
+    raise ValueError(
+        f"{label} must hold {what} in [0, {size}), got {where} = {a[idx]} "
+        f"({int(bad.sum())} of {a.size} entries are out of range). Under jit "
+        "such an id gives NaN; fix or mask the data."
+    )
+
+
+def check_tokens(
+    tokens, vocab_size, name: str = "xs", *, what: str = "token ids"
+) -> None:
+    """Reject integer ids outside ``[0, vocab_size)``, naming the argument.
+
+    The host-side check of token ids (the ``xs`` of a model built with
+    :func:`jbptt.readout` ``(..., vocab_size=V)``) and of cross-entropy class
+    labels (the ``ys`` of ``loss="xent"``, with ``vocab_size`` the number of
+    classes). Call it outside ``jit`` on concrete data; inside ``jit`` an
+    out-of-range id is not refused but gives NaN (see :func:`jbptt.readout`).
+
+    Args:
+      tokens: an integer array (or a pytree of them).
+      vocab_size: the number of valid ids (a positive int).
+      name: the argument's name, for the message.
+      what: what the ids are, for the message (e.g. ``"class labels"``).
+
+    Raises:
+      TypeError: ``tokens`` is not of an integer dtype (a float such as
+        ``1.7`` is not an id), or is traced.
+      ValueError: an id is negative or ≥ ``vocab_size``; the message gives
+        the first bad index and value.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jbptt
+      >>> jbptt.checks.check_tokens(jnp.array([[0, 4], [2, 1]]), 5)
+      >>> try:
+      ...     jbptt.checks.check_tokens(jnp.array([[0, 5], [2, 1]]), 5)
+      ... except ValueError as err:
+      ...     print(str(err)[:50])
+      xs must hold token ids in [0, 5), got xs[0, 1] = 5
+    """
+    from jbptt._src import validation
+
+    size = validation.positive_int("vocab_size", vocab_size)
+    for label, a in _concrete(name, tokens, "check_tokens"):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(
+                f"{label} must hold integer token ids or class labels, got dtype "
+                f"{a.dtype}; convert whole-valued floats with .astype(jnp.int32)."
+            )
+        _check_id_range(label, a, size, what)
+
+
+def check_data(cell, loss_fn, *, xs, ys, prefix: str = "") -> None:
+    """The host-level value checks of a model's data: ``xs`` and ``ys``
+    finite (:func:`check_finite`), token ids of a token model's ``xs`` in
+    ``[0, vocab_size)`` (integer ids, or the whole-valued float ids ``[T,
+    ..., 1]`` of ``model.encode``) and class labels of a cross-entropy
+    loss's ``ys`` in ``[0, output_size)`` (:func:`check_tokens`).
+
+    Does nothing when ``xs`` or ``ys`` is traced (inside ``jit`` values are
+    not inspected). ``prefix`` is put in front of the names, e.g.
+    ``"problem."``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jbptt
+      >>> from jbptt._src.checks import check_data
+      >>> model = jbptt.readout(jbptt.cells.elman(), 3, "xent", vocab_size=4)
+      >>> try:
+      ...     check_data(model.cell, model.loss_fn, xs=jnp.array([[0], [3]]),
+      ...                ys=jnp.array([[2], [-1]]))
+      ... except ValueError as err:
+      ...     print(str(err)[:54])
+      ys must hold class labels in [0, 3), got ys[1, 0] = -1
+    """
+    from jbptt._src import sequences, validation
+
+    if validation.is_traced((xs, ys)):
+        return
+    check_finite(**{prefix + "xs": xs, prefix + "ys": ys})
+    vocab = sequences.token_vocab(cell)
+    if vocab is not None and hasattr(xs, "dtype"):
+        a = np.asarray(xs)
+        if jnp.issubdtype(a.dtype, jnp.integer) or jnp.issubdtype(
+            a.dtype, jnp.floating
+        ):
+            _check_id_range(prefix + "xs", a, vocab, "token ids")
+    classes = getattr(loss_fn, "num_classes", None)
+    if classes is not None:
+        check_tokens(ys, classes, prefix + "ys", what="class labels")

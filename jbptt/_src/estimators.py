@@ -130,6 +130,7 @@ class Estimator(NamedTuple):
         window, over the estimator's ``span`` when it has one.
         """
         T = protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         span = None if self.span is None else min(int(self.span(T)), T)
         grad = protocol.gradient_fn(problem, span=span)
         ws, ms = jax.vmap(lambda k: self.sample(k, T))(jax.random.split(key, n))
@@ -327,8 +328,8 @@ def artbp(c) -> Estimator:
       ((1, 8), 4.0, 1.0)
     """
     if not callable(c):
-        try:
-            arr = jnp.asarray(c)
+        try:  # a string is no number (NumPy would read it as a dtype alias)
+            arr = None if isinstance(c, str | bytes) else jnp.asarray(c)
         except TypeError:
             arr = None
         if arr is None or arr.ndim > 1 or not jnp.issubdtype(arr.dtype, jnp.number):
@@ -400,6 +401,8 @@ def artbp_matched(
             "['geometric', 'poly_tail']."
         )
     check_depth(depth, T)
+    # Checked for every schedule: a NaN alpha is a mistake even where unused.
+    alpha = validation.real("alpha", alpha, low=2.0, low_open=True, what="> 2")
     if schedule in ("geometric", "constant"):
         return artbp(artbp_c_for_depth(depth, T))
     if T is None:

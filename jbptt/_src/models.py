@@ -4,13 +4,15 @@ optionally an embedding of integer tokens in front of the cell."""
 
 from __future__ import annotations
 
+import functools
+import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jbptt._src import _init
+from jbptt._src import _init, checks, validation
 from jbptt._src.adapters import scoped
 from jbptt._src.cell import Cell
 
@@ -51,6 +53,12 @@ def _mse(pred, y):
 
 def _xent(logits, y):
     # −log softmax(ŷ)[y] for integer labels, mean over the batch.
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        raise TypeError(
+            f"ys must hold integer class labels in [0, {jnp.shape(logits)[-1]}) "
+            f"for the xent loss, got dtype {jnp.result_type(y)}; a float label "
+            "is not a class (convert with ys.astype(jnp.int32))."
+        )
     if jnp.shape(y) != jnp.shape(logits)[:-1]:
         raise ValueError(
             f"ys[t] has shape {jnp.shape(y)} but the readout's logits are "
@@ -58,7 +66,22 @@ def _xent(logits, y):
             "(xent loss)."
         )
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+    # A label outside [0, C) would read another class (−1: the last) or
+    # nothing: it makes the loss and its gradient NaN instead.
+    label, poison = _safe_index(y, jnp.shape(logits)[-1], logp.dtype)
+    picked = jnp.take_along_axis(logp, label[..., None], axis=-1)[..., 0]
+    return -jnp.mean(picked * poison)
+
+
+def _safe_index(ids, size: int, dtype):
+    """``(ids clipped into [0, size), 1 where ids was valid else NaN)``: an
+    index that cannot read the wrong row, and a factor that poisons whatever
+    an invalid one touches."""
+    ok = (ids >= 0) & (ids < size)
+    if jnp.issubdtype(jnp.result_type(ids), jnp.floating):
+        ok &= ids == jnp.floor(ids)  # float ids must be whole
+    safe = jnp.clip(ids, 0, size - 1).astype(jnp.int32)
+    return safe, jnp.where(ok, jnp.ones((), dtype), jnp.full((), jnp.nan, dtype))
 
 
 _LOSSES = {"mse": _mse, "xent": _xent}
@@ -78,7 +101,8 @@ def readout(
       cell: any :class:`jbptt.cells.Cell` (a stack too).
       output_size: size of ``ŷ_t`` (number of classes for ``"xent"``).
       loss: ``"mse"`` (½‖ŷ−y‖², ``y`` float ``[..., output_size]``) or
-        ``"xent"`` (softmax cross-entropy, ``y`` integer labels ``[...]``).
+        ``"xent"`` (softmax cross-entropy, ``y`` integer labels ``[...]`` in
+        ``[0, output_size)``; a float ``ys`` is a TypeError at trace time).
         Both average over batch dimensions and sum over time.
       vocab_size: when given, the model reads integer tokens in
         ``[0, vocab_size)`` through an embedding ``E[vocab_size, input_size]``
@@ -90,6 +114,17 @@ def readout(
         embedding's gradient is the scatter-add of the cell's input
         cotangents, and it stays on the cell's fast path (the lookup is part
         of the cell's input projection).
+
+        Out-of-range ids: inside ``jit`` values are not inspected, so an
+        id outside ``[0, vocab_size)`` (or a float id that is not whole) is
+        not refused there: its embedding is NaN, hence the loss and the
+        gradients are NaN (it never silently reads another row, as ``-1``
+        would read the last). The same holds for an ``"xent"`` label
+        outside ``[0, output_size)``. The host check is
+        :func:`jbptt.checks.check_tokens` (``check_tokens(xs, vocab_size,
+        "xs")``, and ``check_tokens(ys, output_size, "ys")`` for labels);
+        ``model.encode``, :func:`jbptt.sweep.sweep` and
+        :func:`jbptt.sweep.sample_estimates` call it on concrete data.
       hidden: sizes of tanh hidden layers of an MLP readout
         ``ŷ = V tanh(… tanh(V₁ h + c₁) …) + c`` (default: linear).
 
@@ -117,29 +152,18 @@ def readout(
         raise ValueError(
             f"Unknown loss {loss!r}. It needs to be one of {sorted(_LOSSES)}."
         )
-    if not isinstance(output_size, int) or output_size <= 0:
-        raise ValueError(f"output_size must be a positive int, got {output_size!r}.")
-    if vocab_size is not None and (
-        not isinstance(vocab_size, int)
-        or isinstance(vocab_size, bool)
-        or vocab_size <= 0
-    ):
-        raise ValueError(
-            f"vocab_size must be None or a positive int, got {vocab_size!r}."
+    output_size = validation.positive_int("output_size", output_size)
+    if vocab_size is not None:
+        vocab_size = validation.positive_int(
+            "vocab_size", vocab_size, "None or a positive int"
         )
-    if isinstance(hidden, int) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hidden
-    ):
-        raise ValueError(
-            f"hidden must be a sequence of positive ints (MLP layer sizes), "
-            f"got {hidden!r}."
-        )
-    hidden = tuple(hidden)
+    hidden = _check_hidden(hidden)
     per_step = _LOSSES[loss]
 
     def init(key, input_size, hidden_size, **kwargs):
         # Same keys as a plain linear readout always had, so a seed gives the
         # same params as before heads and embeddings existed.
+        key = validation.prng_key("key", key)
         k_cell, k_out = jax.random.split(key)
         cell_params = cell.init(k_cell, input_size, hidden_size, **kwargs)
         dtype = jax.tree_util.tree_leaves(cell_params)[0].dtype
@@ -169,21 +193,47 @@ def readout(
     def loss_fn(params, out_t, y_t):
         return per_step(predict(params, out_t), y_t)
 
+    if loss == "xent":  # host-level checks read it (checks.check_data)
+        loss_fn.num_classes = output_size
+
     if vocab_size is None:
         return Model(scoped(cell, "cell"), loss_fn, init, predict)
-    return Model(embedded(cell, vocab_size), loss_fn, init, predict, _encode)
+    encode = functools.partial(_encode, vocab_size=vocab_size)
+    return Model(embedded(cell, vocab_size), loss_fn, init, predict, encode)
+
+
+def _check_hidden(hidden) -> tuple[int, ...]:
+    what = "a sequence of positive ints (MLP layer sizes)"
+    if isinstance(hidden, str) or not hasattr(hidden, "__iter__"):
+        raise ValueError(f"hidden must be {what}, got {hidden!r}.")
+    try:
+        return tuple(validation.positive_int("hidden", n, what) for n in hidden)
+    except (TypeError, ValueError):
+        raise ValueError(f"hidden must be {what}, got {hidden!r}.") from None
 
 
 def _out_size(hidden_size):
     # A stack's hidden_size may list every layer's size: the top one is read.
-    return hidden_size if isinstance(hidden_size, int) else tuple(hidden_size)[-1]
+    if isinstance(hidden_size, numbers.Integral):  # NumPy ints too
+        return int(hidden_size)
+    return tuple(hidden_size)[-1]
 
 
-def _encode(tokens, dtype=None):
-    """Integer ids ``[T, ...]`` -> floats ``[T, ..., 1]`` (exact below 2^24 in f32)."""
+def _encode(tokens, dtype=None, *, vocab_size):
+    """Integer ids ``[T, ...]`` -> floats ``[T, ..., 1]`` (exact below 2^24 in f32).
+
+    Concrete ids are checked against the vocabulary on the host
+    (:func:`jbptt.checks.check_tokens`); traced ones are not (an id out of
+    range gives NaN in the model, see :func:`readout`).
+    """
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}.")
+        raise TypeError(
+            f"tokens must be integer ids in [0, {vocab_size}), got dtype "
+            f"{tokens.dtype}."
+        )
+    if not validation.is_traced(tokens):
+        checks.check_tokens(tokens, vocab_size, "tokens")
     dtype = jnp.zeros((), float).dtype if dtype is None else dtype
     return tokens[..., None].astype(dtype)
 
@@ -205,9 +255,14 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
                 f"xs of a token model must be ids of shape (T, ..., 1) (see "
                 f"model.encode), got shape {tuple(xs.shape)}."
             )
-        # Ids are data: no gradient flows into them (float -> int cast).
-        ids = jax.lax.stop_gradient(xs[..., 0]).astype(jnp.int32)
-        return jnp.take(params["embed"], ids, axis=0)
+        # Ids are data: no gradient flows into them (float -> int cast). An
+        # invalid id (outside [0, V), or not whole) poisons its row with NaN
+        # instead of reading another token's.
+        E = params["embed"]
+        ids, poison = _safe_index(
+            jax.lax.stop_gradient(xs[..., 0]), vocab_size, E.dtype
+        )
+        return jnp.take(E, ids, axis=0) * poison[..., None]
 
     rules = cell.rules
     if rules is not None:

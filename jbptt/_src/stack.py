@@ -23,10 +23,12 @@ their params. When every layer has :class:`ReverseRules`, so does the stack:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
 
+from jbptt._src import validation
 from jbptt._src.cell import Cell, ReverseRules
 
 # The stacked `linear` reads the states h_1..h_T besides h_0..h_{T-1}: a layer
@@ -77,14 +79,8 @@ def stack(layers: Sequence[Cell]) -> Cell:
     L = len(layers)
 
     def init(key, input_size, hidden_size, **kwargs):
-        sizes = (hidden_size,) * L if isinstance(hidden_size, int) else hidden_size
-        sizes = tuple(sizes)
-        if len(sizes) != L or not all(isinstance(h, int) for h in sizes):
-            raise ValueError(
-                f"hidden_size must be an int or {L} ints (one per layer), "
-                f"got {hidden_size!r}."
-            )
-        keys = jax.random.split(key, L)
+        sizes = _layer_sizes(hidden_size, L)
+        keys = jax.random.split(validation.prng_key("key", key), L)
         ins = (input_size,) + sizes[:-1]
         return tuple(
             c.init(k, i, h, **kwargs)
@@ -193,3 +189,17 @@ def _input_cotangent(r: ReverseRules, params, x, h_prev, h, dlin):
     extra = (h,) if r.linear_states else ()  # a nested stack reads its states
     _, pull = jax.vjp(lambda x: r.linear(params, x, h_prev, *extra), x)
     return pull(dlin)[0]
+
+
+def _layer_sizes(hidden_size, L: int) -> tuple:
+    """One hidden size per layer from an int (NumPy ints too) or ``L`` ints;
+    each is checked again, by name, by its layer's ``init``."""
+    if isinstance(hidden_size, numbers.Integral):
+        return (hidden_size,) * L
+    sizes = tuple(hidden_size) if isinstance(hidden_size, Sequence) else ()
+    if len(sizes) != L or not all(isinstance(h, numbers.Integral) for h in sizes):
+        raise ValueError(
+            f"hidden_size must be an int or {L} ints (one per layer), "
+            f"got {hidden_size!r}."
+        )
+    return sizes

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import adjoint as adjoint_lib
-from jbptt._src import protocol, sharding, validation
+from jbptt._src import checks, protocol, sharding, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Problem, check_problem, estimator_key, gradient_fn
 
@@ -132,6 +132,7 @@ def sample_estimates(
       (5, 29)
     """
     check_problem(problem)
+    _check_values(problem)
     estimator = protocol.check_estimator(estimator)
     n, chunk = _check_n("n", n), _check_n("chunk", chunk)
     key = estimator_key(validation.prng_key("key", key), estimator)
@@ -300,6 +301,10 @@ def make_sweep(
     Returns:
       ``run(params, h0, xs, ys, key, lengths=None, resets=None) ->
       (g_flat[D], {field: [E]})``; pack it with :func:`to_result`.
+      Concrete ``xs`` and ``ys`` are checked on the host before the jitted
+      call (NaN/inf, token ids and class labels in range, as
+      :func:`jbptt.checks.check_finite` and
+      :func:`jbptt.checks.check_tokens`); traced ones are not.
       ``lengths`` and ``resets`` are those of :class:`Problem`: the exact
       gradient and every estimator's samples are taken on the masked or
       reset problem.
@@ -361,7 +366,27 @@ def make_sweep(
         out["windows"] = jnp.array([c.reverse_scans for c in costs])
         return g, out
 
-    return jax.jit(run)
+    return _checked(cell, loss_fn, jax.jit(run))
+
+
+def _check_values(problem: Problem) -> None:
+    """Host-level value checks of a concrete problem's data (NaN/inf, token
+    ids, class labels; :func:`jbptt._src.checks.check_data`)."""
+    checks.check_data(
+        problem.cell, problem.loss_fn, xs=problem.xs, ys=problem.ys, prefix="problem."
+    )
+
+
+def _checked(cell, loss_fn, run):
+    """``run`` (jitted), checking concrete ``xs`` and ``ys`` on the host first
+    (traced ones, e.g. under an outer ``jit``, are passed through)."""
+
+    def checked(params, h0, xs, ys, key, lengths=None, resets=None):
+        checks.check_data(cell, loss_fn, xs=xs, ys=ys)
+        return run(params, h0, xs, ys, key, lengths, resets)
+
+    checked.lower = run.lower
+    return checked
 
 
 def sweep(
@@ -409,6 +434,7 @@ def sweep(
       (True, 0.0)
     """
     check_problem(problem)
+    _check_values(problem)
     estimators = _check_estimators(estimators)
     run = make_sweep(
         problem.cell,

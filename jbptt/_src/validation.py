@@ -385,6 +385,8 @@ def _check_step_runs(cell: Cell, params, h0, xs) -> None:
     try:
         new_h, _ = jax.eval_shape(cell.step, params, h0, xs[0])
     except (TypeError, ValueError) as err:
+        if getattr(err, "names_the_state", False):
+            raise  # the step's own state check (check_step_state) says it all
         raise ValueError(
             f"{cell.name}.step failed on h0 {_describe(h0)} and x_t of shape "
             f"{tuple(xs.shape[1:])} (xs shape {tuple(xs.shape)}); check the "
@@ -452,3 +454,52 @@ def check_loss(loss_fn, params, out_t, ys) -> None:
             f"loss_fn must return a scalar per step, got {_describe(value)} for "
             f"outputs {_describe(out_t)} and targets ys[t] {_describe(y_0)}."
         )
+
+
+# ------------------------------------------- appended: adapted steps ---
+
+
+def check_step_state(name: str, h, new_h, *, dtypes: bool = True) -> None:
+    """A step's returned state must keep the structure, shapes and (with
+    ``dtypes``) dtypes of the state it was given (a scan carries it
+    unchanged); static, so it runs once per trace.
+
+    Raises:
+      ValueError: another structure or shape, naming the cell and both.
+      TypeError: another dtype, naming the cell and both.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jbptt._src import validation
+      >>> try:
+      ...     validation.check_step_state("cell", jnp.zeros(3), jnp.zeros(4))
+      ... except ValueError as err:
+      ...     print(str(err)[:61])
+      cell.step returns a state float64[4] but was given float64[3]
+    """
+    same = tree_util.tree_structure(h) == tree_util.tree_structure(new_h)
+    pairs = list(
+        zip(tree_util.tree_leaves(h), tree_util.tree_leaves(new_h), strict=False)
+    )
+    err = None
+    if not same or any(np.shape(a) != np.shape(b) for a, b in pairs):
+        err = ValueError(
+            f"{name}.step returns a state {_describe(new_h)} but was given "
+            f"{_describe(h)}: the state must keep its structure and shapes "
+            "from step to step."
+        )
+    elif dtypes and any(jnp.result_type(a) != jnp.result_type(b) for a, b in pairs):
+        err = TypeError(
+            f"{name}.step returns a state {_describe(new_h)} but was given "
+            f"{_describe(h)}: the state must keep its dtype from step to step "
+            "(e.g. return h_new.astype(h.dtype))."
+        )
+    if err is not None:
+        err.names_the_state = True
+        raise err
+
+
+def sample_count(n, chunk) -> tuple[int, int]:
+    """``(n, chunk)`` of an estimator's ``samples``: positive ints (NumPy
+    ints accepted), each named in the error."""
+    return positive_int("n", n), positive_int("chunk", chunk)

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jbptt._src import protocol, sharding
+from jbptt._src import protocol, sharding, validation
 from jbptt._src.protocol import Cost, OnlineRule
 
 tree_map = jax.tree_util.tree_map
@@ -102,6 +102,7 @@ class ZerothOrder(NamedTuple):
         ``Problem.lengths`` and ``resets`` are refused (the particles' unrolls
         do not take them yet)."""
         protocol.check_problem(problem)
+        n, chunk = validation.sample_count(n, chunk)
         if problem.lengths is not None or problem.resets is not None:
             raise ValueError(
                 f"{self.name}: zeroth-order estimators do not take "
@@ -162,13 +163,13 @@ class ESState(NamedTuple):
 
 
 def _check(sigma, pairs, K, horizon):
-    if not isinstance(sigma, int | float) or isinstance(sigma, bool) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive float, got {sigma!r}.")
-    for name, v in (("pairs", pairs), ("K", K), ("horizon", horizon)):
-        if v is None and name != "pairs":
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+    """The hyperparameters as Python numbers (NumPy scalars accepted); NaN,
+    ±inf, bools and non-positive values refused, naming the argument."""
+    sigma = validation.positive_float("sigma", sigma)
+    ints = [validation.positive_int("pairs", pairs)]
+    for name, v in (("K", K), ("horizon", horizon)):
+        ints.append(None if v is None else validation.positive_int(name, v))
+    return (sigma, *ints)
 
 
 def _unroll(cell, loss_fn, params, h, xs, ys, mask):
@@ -347,8 +348,7 @@ def es(sigma: float = 0.01, pairs: int = 1) -> ZerothOrder:
       >>> es(0.01, pairs=2).samples(prob, jax.random.key(1), 3).shape
       (3, 19)
     """
-    _check(sigma, pairs, None, None)
-    return _make("nres", float(sigma), pairs, None, None)
+    return _make("nres", *_check(sigma, pairs, None, None))
 
 
 def truncated_es(sigma: float = 0.01, pairs: int = 1, K: int = 10) -> ZerothOrder:
@@ -362,8 +362,7 @@ def truncated_es(sigma: float = 0.01, pairs: int = 1, K: int = 10) -> ZerothOrde
       >>> truncated_es(0.1, pairs=4, K=5).name
       'truncated_es(sigma=0.1, pairs=4, K=5)'
     """
-    _check(sigma, pairs, K, None)
-    return _make("truncated", float(sigma), pairs, K, None)
+    return _make("truncated", *_check(sigma, pairs, K, None))
 
 
 def pes(
@@ -386,8 +385,7 @@ def pes(
       >>> pes(0.1, pairs=2, K=5).hparams
       {'sigma': 0.1, 'pairs': 2, 'K': 5}
     """
-    _check(sigma, pairs, K, horizon)
-    return _make("pes", float(sigma), pairs, K, horizon)
+    return _make("pes", *_check(sigma, pairs, K, horizon))
 
 
 def nres(
@@ -403,5 +401,4 @@ def nres(
       >>> nres(0.1, pairs=2, K=5, horizon=4).name
       'nres(sigma=0.1, pairs=2, K=5, horizon=4)'
     """
-    _check(sigma, pairs, K, horizon)
-    return _make("nres", float(sigma), pairs, K, horizon)
+    return _make("nres", *_check(sigma, pairs, K, horizon))
