@@ -448,3 +448,22 @@ def test_carries_read_from_the_plan_equal_a_redraw(est, own, t0):
         if own is not None:
             assert np.asarray(got[1]).tolist() == np.asarray(sc).tolist(), n
     assert at(T_call)[0] == plan.cut
+
+
+def test_train_refuses_token_ids_and_labels_out_of_range_by_name():
+    # An id equal to vocab_size would give NaN (and a DivergenceError blaming
+    # the learning rate); a label of -1 would silently mean the last class.
+    model = jbptt.readout(cells.elman(), 3, "xent", vocab_size=3)
+    params = model.init(jax.random.key(0), 2, 4)
+    trainer = train.Trainer(
+        model.cell, model.loss_fn, optax.sgd(0.1), estimators.tbptt(2)
+    )
+    state = trainer.init(params, jax.random.key(1))
+    ids = np.zeros((6, 2), np.int32)
+    labels = np.zeros((6, 2), np.int32)
+    bad_ids, bad_labels = ids.copy(), labels.copy()
+    bad_ids[2, 1], bad_labels[3, 1] = 3, -1
+    with pytest.raises(ValueError, match=r"xs.*\[0, 3\)"):
+        trainer.run(state, bad_ids, labels)
+    with pytest.raises(ValueError, match=r"ys.*\[0, 3\)"):
+        trainer.run(state, ids, bad_labels)

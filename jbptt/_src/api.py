@@ -148,6 +148,10 @@ def rnn_scan(
       ``(h_T, outs)`` with ``outs`` of shape ``[T, ..., H]``, in the compute
       dtype.
 
+    Values are not checked (this runs under ``jit``): call
+    :func:`jbptt.checks.check_finite` (and :func:`jbptt.checks.check_tokens`
+    for token ids) on concrete data first; NaN inputs give NaN outputs.
+
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import jbptt
@@ -302,6 +306,10 @@ def value_and_grad(
 
     Returns:
       A pure function; ``w`` is an ordinary (traceable, vmappable) argument.
+      It does not check values (it runs under ``jit``): call
+      :func:`jbptt.checks.check_finite` (and :func:`jbptt.checks.check_tokens`
+      for token ids) on concrete data first; NaN data give a NaN loss and
+      gradients. The trainer and the sweep check their data themselves.
 
     Examples:
       >>> import jax, jax.numpy as jnp

@@ -219,7 +219,8 @@ class Trainer:
         if resets is not None:
             resets = np.asarray(sequences.check_resets(resets, T, batch_shape))
             self._check_takes_resets()
-        checks.check_finite(xs=xs, ys=ys, h0=state.h)
+        checks.check_data(self.cell, self.loss_fn, xs=xs, ys=ys)  # values, ids
+        checks.check_finite(h0=state.h)
         flush = _flag("flush", flush)
         callbacks = check_callbacks(callbacks)
         own = None
