@@ -248,15 +248,27 @@ def forward(
     keep the state and output zeros, as the per-step loop's early stop does.
     """
     gates, readout = cell.diagonal
-    p = dtypes.cast(params, xs.dtype)  # the compute copy
     shape = (xs.shape[0], *h0.shape)
     mask = with_steps(mask, steps, shape)
-    a, b = _fold(*_full(gates(p, xs), shape), mask, resets, h_reset)
-    hs = solve(a, b, h0, how)
-    outs = readout(p, hs, xs)
+    # In one dtype the vjps of the gates and the readout are kept for the
+    # reverse pass (no second evaluation of either); in mixed precision the
+    # reverse pass differentiates them again in the params' dtype.
+    keep = (dtypes.float_dtype(params) or xs.dtype) == xs.dtype
+    p = params if keep else dtypes.cast(params, xs.dtype)  # the compute copy
+    full_gates = lambda p_, x: _full(gates(p_, x), shape)  # noqa: E731
+    if keep:
+        (a, b), gates_vjp = jax.vjp(full_gates, p, xs)
+    else:
+        a, b = full_gates(p, xs)
+    hs = solve(*_fold(a, b, mask, resets, h_reset), h0, how)
+    if keep:
+        outs, readout_vjp = jax.vjp(readout, p, hs, xs)
+        kept = Kept(a, jnp.zeros((0,), b.dtype), gates_vjp, readout_vjp)
+    else:
+        outs, kept = readout(p, hs, xs), None
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
-    return hs[-1], outs, Saved(h0, xs, hs, None, mask, resets, h_reset)
+    return hs[-1], outs, Saved(h0, xs, hs, kept, mask, resets, h_reset)
 
 
 def _like(ct, primal):
@@ -280,24 +292,44 @@ def _link_factors(a, w, r: Saved):
     return c, w_reset
 
 
+class Kept(NamedTuple):
+    """The forward's vjps, kept for the reverse pass (one dtype only)."""
+
+    a: jax.Array  # the gates' a_t, broadcast to the states' shape
+    b_dtype: jax.Array  # an empty array in the dtype of b_t
+    gates_vjp: Any
+    readout_vjp: Any
+
+
+def _vjps(cell, params, r: Saved):
+    """``(a, a_p, b_p, gates_vjp, readout_vjp)``: ``a`` in the compute dtype,
+    ``a_p``/``b_p`` carrying the dtypes of the gates' outputs in the params'
+    dtype, and the vjps of the gates and the readout over all steps."""
+    if r.res is not None:
+        k = r.res
+        return k.a, k.a, k.b_dtype, k.gates_vjp, k.readout_vjp
+    gates, readout = cell.diagonal
+    pdt = dtypes.float_dtype(params) or r.xs.dtype
+    states, xs_p = dtypes.cast((r.hs, r.xs), pdt)
+    _, readout_vjp = jax.vjp(readout, params, states, xs_p)
+    full_gates = lambda p_, x: _full(gates(p_, x), r.hs.shape)  # noqa: E731
+    (a_p, b_p), gates_vjp = jax.vjp(full_gates, params, xs_p)
+    a = full_gates(dtypes.cast(params, r.xs.dtype), r.xs)[0]
+    return a, a_p, b_p, gates_vjp, readout_vjp
+
+
 def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     """The reverse pass of :func:`forward` with link weights ``w``.
 
     Returns ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` does.
     """
-    gates, readout = cell.diagonal
     xs, hs = r.xs, r.hs
-    pdt = dtypes.float_dtype(params) or xs.dtype
     if r.mask is not None:
         douts = sequences.zero_padding(r.mask, douts)
+    a, a_p, b_p, gates_vjp, readout_vjp = _vjps(cell, params, r)
     # One vjp of the readout over all steps (in the params' dtype): g_t.
-    states, xs_p = dtypes.cast((hs, xs), pdt)
-    _, readout_vjp = jax.vjp(readout, params, states, xs_p)
-    dp_out, g, dx_out = readout_vjp(dtypes.cast(douts, pdt))
-    full_gates = lambda p_, x: _full(gates(p_, x), hs.shape)  # noqa: E731
-    (a_p, b_p), gates_vjp = jax.vjp(full_gates, params, xs_p)
-    a = a_p if pdt == xs.dtype else full_gates(dtypes.cast(params, xs.dtype), xs)[0]
+    dp_out, g, dx_out = readout_vjp(dtypes.cast(douts, a_p.real.dtype))
     c, w_reset = _link_factors(a, w, r)
     # E_{t-1} = g_{t-1} + c_t E_t: the coefficient of E_{t+1} at t is c_{t+1}.
     c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
