@@ -3,8 +3,11 @@
 The docstrings are Google style with a few reST constructs. This turns
 ``:class:`X``` / ``:func:`X``` (and ``:meth:``, ``:mod:``, ``:attr:``,
 ``:data:``) into cross-references when ``X`` names a documented public name
-(``jbptt.train.Trainer``, or ``Trainer`` as seen from the module that writes
-it), into code otherwise, and ``.. math::`` blocks into display math.
+(``jbptt.train.Trainer``; ``Trainer`` as seen from the module that writes it,
+or the one public name so called), into code when it names something
+internal, and ``.. math::`` blocks into display math. A spelled-out public
+path (``jbptt.sweep.gradient_fn``) always becomes a cross-reference, so one
+that names nothing fails the strict build where its docstring is rendered.
 """
 
 from __future__ import annotations
@@ -63,10 +66,22 @@ def _documented_member(pkg: griffe.Module, path: str) -> bool:
     return bool(member.docstring and member.docstring.value.strip())
 
 
+def _unique(public: dict[str, str], name: str) -> str | None:
+    """The public path whose last parts are ``name``, if exactly one is."""
+    head, _, rest = name.partition(".")
+    found = {p for p in public.values() if p.endswith(f".{head}")}
+    if len(found) != 1:
+        return None
+    (path,) = found
+    return f"{path}.{rest}" if rest else path
+
+
 def _target(pkg, public: dict[str, str], obj, name: str) -> str | None:
-    path = _canonical(obj, name)
+    path = _canonical(obj, name) or _unique(public, name)
     if path is None:
         return None
+    if path.startswith("jbptt.") and "._" not in path and path == name:
+        return public.get(path, path)  # spelled out: must name a documented object
     if path in public:
         return public[path]
     owner, _, attr = path.rpartition(".")
