@@ -24,6 +24,13 @@ _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([^`]+)`")
 _MATH = re.compile(r"^( *)\.\. math::\n\n((?:\1 +\S.*\n|\n)+)", re.M)
 
 
+def _require_docstring(member: griffe.Object | griffe.Alias) -> None:
+    """Warn (which fails the strict build) about a public name without one."""
+    docstring = member.docstring
+    if docstring is None or not docstring.value.strip():
+        griffe.logger.warning(f"{member.path}: a public name without a docstring")
+
+
 def _public_names(pkg: griffe.Module) -> dict[str, str]:
     """Where each public name is documented: canonical path -> public path.
 
@@ -39,6 +46,7 @@ def _public_names(pkg: griffe.Module) -> dict[str, str]:
             if name.startswith("_") or (facade is pkg and name in FACADES):
                 continue
             member.public = True
+            _require_docstring(member)
             path = f"{facade.path}.{name}"
             public[path] = path
             if member.is_alias:
@@ -99,8 +107,12 @@ def _role(pkg, public, obj, match: re.Match) -> str:
 
 def _math(match: re.Match) -> str:
     body = "\n".join(line.strip() for line in match.group(2).strip().splitlines())
+    # reST math aligns its lines with & and \\; MathJax needs an environment
+    if "&" in body or "\\\\" in body:
+        body = f"\\begin{{aligned}}\n{body}\n\\end{{aligned}}"
     indent = match.group(1)
-    return f"{indent}$$\n{indent}{body}\n{indent}$$\n\n"
+    lines = ["$$", *body.splitlines(), "$$"]
+    return "".join(f"{indent}{line}\n" for line in lines) + "\n"
 
 
 def _objects(obj: griffe.Object):
