@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # `make test PEERS=` skips it. `make demo` never installs it.
 PEERS  ?= torch==2.13.0
 
-.PHONY: venv venv-base demo test test-fast bench lint clean report
+.PHONY: venv venv-base demo test test-fast bench lint clean report docs
 
 venv-base: $(BASE)
 venv: $(STAMP)
@@ -62,6 +62,11 @@ GPU_ARGS ?=
 .PHONY: gpu
 gpu:
 	VENV=$(VENV) bash benchmarks/gpu.sh --out $(GPU_OUT) $(GPU_ARGS)
+
+# The documentation site into site/ (open site/index.html); a warning (a
+# broken link or cross-reference, an unreadable docstring) fails the build.
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
 
 # Rerun every full-run experiment and rebuild experiments/RESULTS.md's tables.
 report: venv

@@ -88,7 +88,7 @@ class Estimator(NamedTuple):
       span: ``T -> L`` or ``None``: a promise that every window's losses lie
         within ``L`` steps from the last cut at or before its first loss, so
         its reverse scan runs over those ``L`` steps only
-        (:func:`jbptt.sweep.gradient_fn` with ``span=``); Williams–Peng's
+        (:func:`jbptt.estimators.gradient_fn` with ``span=``); Williams–Peng's
         windows span ``k2`` steps. ``None``: every window runs over all T.
 
     Examples:
@@ -125,7 +125,7 @@ class Estimator(NamedTuple):
     ) -> jax.Array:
         """``[n, D]`` flattened estimates from keys ``split(key, n)``.
 
-        The forward is shared (:func:`jbptt.sweep.gradient_fn`); what is
+        The forward is shared (:func:`jbptt.estimators.gradient_fn`); what is
         vmapped, ``chunk`` draws at a time, is the reverse scan of each
         window, over the estimator's ``span`` when it has one.
         """

@@ -360,7 +360,7 @@ def gradient_fn(
     ``a + L`` (shifted back to end at T). Before ``a`` the cotangent is
     zero, because nothing crosses the cut and no loss lies there; the
     result is exact when every loss of ``m`` lies before ``a + L`` (what
-    :attr:`jbptt.estimators.Estimator.span` promises), so a window of a
+    ``span`` of :class:`jbptt.estimators.Estimator` promises), so a window of a
     Williams–Peng estimator costs ``k2`` reverse steps instead of ``T``.
 
     Args:
