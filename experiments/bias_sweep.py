@@ -88,6 +88,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=sorted(tasks.CELLS),
         help="cells to sweep",
     )
+    p.add_argument(
+        "--r-max",
+        type=_cli.positive_float,
+        nargs="+",
+        default=[0.9, 0.99, 0.999],
+        help="with --cells lru: one LRU per value, its ring initialisation "
+        "|λ| ≤ r_max (rows name it lru(r_max=…))",
+    )
+    p.add_argument(
+        "--r-min",
+        type=float,
+        default=0.0,
+        help="with --cells lru: the ring's inner radius, 0 ≤ r_min < every r_max",
+    )
     p.add_argument("--T", type=_cli.positive_int, default=64, help="sequence length")
     p.add_argument("--hidden", type=_cli.positive_int, default=32, help="hidden size")
     p.add_argument(
@@ -160,6 +174,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(overwrite)",
     )
     args = _cli.parse(p, argv, QUICK)
+    if "lru" in args.cells and not all(
+        0.0 <= args.r_min < r <= 1.0 for r in args.r_max
+    ):
+        p.error(
+            f"--r-min and --r-max must satisfy 0 ≤ r_min < r_max ≤ 1, got "
+            f"--r-min {args.r_min} --r-max {args.r_max}"
+        )
     if args.samples < 4:
         p.error(f"--samples must be ≥ 4, got {args.samples}")
     if args.points > 1 and args.train_steps < args.points - 1:
@@ -193,8 +214,29 @@ NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch")
 
 
 def run_config(args) -> dict:
-    """The configuration that identifies the rows (hashed by jbptt.runs)."""
-    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    """The configuration that identifies the rows (hashed by jbptt.runs).
+
+    The LRU's ring enters only when an LRU is swept, so runs without one keep
+    the configuration (and resume) they had before the flags existed."""
+    skip = NOT_CONFIG + (() if "lru" in args.cells else ("r_max", "r_min"))
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def cell_variants(args) -> list[tuple[str, str, object]]:
+    """``(row name, base cell, cell)`` per swept cell: one LRU per ``r_max``.
+
+    The base cell picks the seed (:data:`experiments.tasks.CELL_ORDER`), so
+    the LRU variants share their draws (B, C, phases, data) and differ only
+    in their eigenvalues' moduli."""
+    out = []
+    for name in args.cells:
+        if name != "lru":
+            out.append((name, name, tasks.CELLS[name]()))
+            continue
+        for r in args.r_max:
+            cell = jbptt.cells.lru(r_min=args.r_min, r_max=r)
+            out.append((f"lru(r_max={r:g})", name, cell))
+    return out
 
 
 # ------------------------------------------------------------ estimators ---
@@ -219,7 +261,7 @@ def geometric_for_depth(k: float, T: int):
     return est.artbp(c)._replace(name=f"artbp-geom(k={k:g})", hparams={"c": c})
 
 
-def make_estimators(ks, T, forward_mode=False):
+def make_estimators(ks, T, forward_mode=False, forward=FORWARD):
     """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
     (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate.
 
@@ -229,7 +271,7 @@ def make_estimators(ks, T, forward_mode=False):
     out = [("full", float(T), est.full())]
     if forward_mode:
         out += [
-            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in FORWARD
+            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in forward
         ]
     for k in ks:
         out.append(("tbptt", k, est.tbptt(k)))
@@ -285,23 +327,26 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     task = tasks.delayed_sum(tuple(args.delays))
-    specs = make_estimators(args.ks, args.T, args.forward_mode)
-    estimators = [e for _, _, e in specs]
     rows = []
+    variants = cell_variants(args)
     bar = tqdm(
-        total=len(args.cells) * args.points,
+        total=len(variants) * args.points,
         disable=args.no_progress,
         desc="bias sweep",
         unit="point",
     )
     key = jax.random.key(args.seed)
-    for cell_name in args.cells:
-        cell_key = jax.random.fold_in(key, sorted(tasks.CELLS).index(cell_name))
+    for cell_name, base, cell in variants:
+        cell_key = jax.random.fold_in(key, tasks.CELL_ORDER.index(base))
         k_prob, k_train, k_sweep = jax.random.split(cell_key, 3)
         model, problem = tasks.make_problem(
-            task, cell_name, k_prob, args.T, args.hidden, args.batch
+            task, cell, k_prob, args.T, args.hidden, args.batch
         )
         jbptt.checks.check_finite(xs=problem.xs, ys=problem.ys)
+        # A complex state (the LRU) has exact diagonal RTRL only.
+        forward = ("rtrl",) if jnp.iscomplexobj(problem.h0) else FORWARD
+        specs = make_estimators(args.ks, args.T, args.forward_mode, forward)
+        estimators = [e for _, _, e in specs]
         run_sweep = sweep.make_sweep(
             model.cell,
             model.loss_fn,
@@ -569,16 +614,17 @@ def main(argv=None) -> list[dict]:
     out = _cli.Run()
     out.step("CSV", write_csv, rows, base + ".csv")
     out.wrote(base + ".csv")
-    if out.step("plot", plot, rows, base + ".png", args.cells, out.notes) is None:
+    names = [name for name, _, _ in cell_variants(args)]
+    if out.step("plot", plot, rows, base + ".png", names, out.notes) is None:
         out.wrote(base + ".png")
     last = max(r["train_step"] for r in rows)
     headline = {
         c: headline_table(
             [r for r in rows if r["cell"] == c and r["train_step"] == last]
         )
-        for c in args.cells
+        for c in names
     }
-    for c in args.cells:
+    for c in names:
         print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
         print(headline[c])
     out.finish(
