@@ -13,14 +13,12 @@ from jbptt._src.diagnostics import per_lag_norms as per_lag_norms
 from jbptt._src.diagnostics import relative_bias as relative_bias
 from jbptt._src.diagnostics import singular_values as singular_values
 from jbptt._src.diagnostics import step_jacobians as step_jacobians
-from jbptt._src.diagonal_bias import LinearBias as LinearBias
 from jbptt._src.diagonal_bias import (
     diagonal_truncation_bias as diagonal_truncation_bias,
 )
 from jbptt._src.diagonal_bias import (
     geometric_truncation_bias as geometric_truncation_bias,
 )
-from jbptt._src.diagonal_bias import linear_truncation_bias as linear_truncation_bias
 
 _deprecated = {
     "LagNorms": _Moved(

@@ -12,6 +12,7 @@ import pytest
 
 import jbptt
 from jbptt import cells, diagnostics, truncation
+from jbptt._src.diagonal_bias import linear_truncation_bias
 
 
 def _mse(p, out, y):
@@ -128,7 +129,7 @@ def test_pairs_sum_equals_grouped_form():
             if t // k != s // k:
                 want_b[s] -= lam ** (t - s) * c[t]
                 want_lam -= lam ** (t - s) * c[t] * hs[s]
-    got = diagnostics.linear_truncation_bias(lam, bs, c, k, h0)
+    got = linear_truncation_bias(lam, bs, c, k, h0)
     np.testing.assert_allclose(got.b, want_b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got.lam, want_lam, rtol=1e-12, atol=1e-12)
 
@@ -154,13 +155,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="k"):
         diagnostics.geometric_truncation_bias(0.5, 0)
     with pytest.raises(ValueError, match="k"):
-        diagnostics.linear_truncation_bias(
-            jnp.ones(2), jnp.ones((3, 2)), jnp.ones((3, 2)), 0
-        )
+        linear_truncation_bias(jnp.ones(2), jnp.ones((3, 2)), jnp.ones((3, 2)), 0)
     with pytest.raises(ValueError, match="dl_dh"):
-        diagnostics.linear_truncation_bias(
-            jnp.ones(2), jnp.ones((3, 2)), jnp.ones((3, 1)), 1
-        )
+        linear_truncation_bias(jnp.ones(2), jnp.ones((3, 2)), jnp.ones((3, 1)), 1)
     cell = cells.min_gru()  # its decay reads the input
     p = cell.init(jax.random.key(0), 2, 3)
     xs = jnp.ones((4, 2))

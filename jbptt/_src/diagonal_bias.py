@@ -116,10 +116,10 @@ def linear_truncation_bias(lam, bs, dl_dh, k: int, h0=None) -> LinearBias:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jbptt import diagnostics
+      >>> from jbptt._src.diagonal_bias import linear_truncation_bias
       >>> lam = jnp.array([0.5])
       >>> c = jnp.zeros((4, 1)).at[2].set(1.0)  # one loss, at t = 2
-      >>> bias = diagnostics.linear_truncation_bias(lam, jnp.ones((4, 1)), c, 2)
+      >>> bias = linear_truncation_bias(lam, jnp.ones((4, 1)), c, 2)
       >>> bias.b[:, 0].tolist()  # t = 0, 1 lose λ², λ (chunk [0, 1] | [2, 3])
       [-0.25, -0.5, 0.0, 0.0]
     """
@@ -167,7 +167,8 @@ def _state_cotangents(cell: Cell, loss_fn, params, hs, xs, ys):
 def diagonal_truncation_bias(cell: Cell, loss_fn: Callable, params, h0, xs, ys, k: int):
     r"""TBPTT(k)'s gradient bias on a diagonal cell with constant decay.
 
-    The closed form of :func:`linear_truncation_bias` carried to the
+    The closed form of ``linear_truncation_bias`` (in λ, ``b_t`` and
+    ``∂ℓ_t/∂h_t``; module ``jbptt._src.diagonal_bias``) carried to the
     parameters: for the LRU, the bias of ``nu_log, theta_log`` (through λ)
     and of ``gamma_log, B_re, B_im`` (through ``b_t``); parameters the gates
     do not read (the readout's) have no truncation bias. It equals
