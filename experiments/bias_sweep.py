@@ -13,7 +13,15 @@ forward shared, reverse scans vmapped). Estimators:
   (unbiased; k < T only);
 * with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
   (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
-  which never truncate (shown at depth T).
+  which never truncate (shown at depth T); on a diagonal cell RTRL is the
+  exact diagonal RTRL, and a complex state (the LRU) has RTRL only.
+
+Cells: ``elman``, ``lstm``, ``gru`` and the diagonal linear recurrences
+``lru`` (one variant per ``--r-max``, named ``lru(r_max=…)``), ``min_gru``,
+``min_lstm``. For the LRU, whose λ is constant, two more rows per k: the
+closed-form TBPTT(k) bias at the point's params (``closed-form``, equal to
+the measured one) and its |λ|-only form for a stationary input
+(``geometric``).
 
 Writes ``bias_sweep.csv``, ``bias_sweep.json`` (config, seed, versions) and
 ``bias_sweep.png`` to ``--out``. Run ``python -m experiments.bias_sweep
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 import jbptt
 from experiments import _cli, tasks
@@ -60,6 +69,17 @@ COLUMNS = (
 )
 FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
 FORWARD = ("rtrl", "snap1", "uoro")  # --forward-mode: one estimator each
+# LRU rows beside the measured TBPTT(k) bias: the closed form at the point's
+# params (jbptt.diagnostics.diagonal_truncation_bias) and its |λ|-only form
+# for a stationary input (geometric_truncation_bias, mean over units).
+CLOSED = ("closed-form", "geometric")
+# Marker of each deterministic family in the figure ("": a line only).
+DETERMINISTIC = {"tbptt": "o", "rtrl": "o", "snap1": "o", "closed-form": "x"}
+DETERMINISTIC["geometric"] = ""
+LABELS = {
+    "closed-form": "TBPTT closed form (λ, b, ∂ℓ/∂h)",
+    "geometric": "TBPTT closed form in |λ| (stationary input)",
+}
 
 
 # --quick sets these defaults only: flags given explicitly are kept.
@@ -318,6 +338,43 @@ def trajectory(model, task, params, h0, args, key, dtype):
         yield i * seg, params, float(loss)
 
 
+# ----------------------------------------------------------- closed form ---
+
+
+def _closed_row(cell_name, step, loss, family, k, rel, g_norm):
+    nan = float("nan")
+    r = dict.fromkeys(COLUMNS, nan)
+    r.update(cell=cell_name, train_step=step, train_loss=loss, family=family, k=k)
+    r.update(estimator=f"{family}(k={k:g})", expected_depth=float(k), windows=nan)
+    r.update(n_samples=1, rel_bias=rel, rel_bias_sq=rel**2, rel_variance=0.0)
+    r.update(rel_mse=rel**2, grad_norm=g_norm)
+    return r
+
+
+def closed_form_rows(model, problem, params, g, ks, meta) -> list[dict]:
+    """The LRU's closed-form TBPTT(k) bias per k, relative to ‖g‖ (flat
+    exact gradient), exact and |λ|-only; ``meta``: (cell, step, loss)."""
+    g_norm = float(jnp.linalg.norm(g))
+    modulus = jnp.abs(jbptt.cells.lru_eigenvalues(params["cell"]))
+    rows = []
+    for k in ks:
+        bias = _bias_fn(model, k)(params, problem.h0, problem.xs, problem.ys)
+        rel = float(jnp.linalg.norm(ravel_pytree(bias)[0])) / g_norm
+        rows.append(_closed_row(*meta, "closed-form", k, rel, g_norm))
+        f = float(jnp.mean(jbptt.diagnostics.geometric_truncation_bias(modulus, k)))
+        rows.append(_closed_row(*meta, "geometric", k, f, g_norm))
+    return rows
+
+
+def _bias_fn(model, k):
+    def bias(params, h0, xs, ys):
+        return jbptt.diagnostics.diagonal_truncation_bias(
+            model.cell, model.loss_fn, params, h0, xs, ys, k
+        )
+
+    return jax.jit(bias)
+
+
 # ------------------------------------------------------------------ run ---
 
 
@@ -375,6 +432,9 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
                 )
                 r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
                 point_rows.append({c: r[c] for c in COLUMNS})
+            if base == "lru":
+                meta = (cell_name, step, loss)
+                point_rows += closed_form_rows(model, problem, params, g, args.ks, meta)
             if results is not None:
                 results.extend(point_rows)
             rows.extend(point_rows)
@@ -468,9 +528,11 @@ def plot(rows, path, cells, notes=None):
         "rtrl": "black",
         "snap1": "tab:purple",
         "uoro": "tab:orange",
+        "closed-form": "tab:brown",
+        "geometric": "tab:gray",
     }
     present = {r["family"] for r in rows}
-    families = FAMILIES + tuple(f for f in FORWARD if f in present)
+    families = FAMILIES + tuple(f for f in FORWARD + CLOSED if f in present)
     styles = [":", "--", "-", "-."]
     steps = sorted({r["train_step"] for r in rows})
     fig, axes = plt.subplots(
@@ -504,11 +566,14 @@ def plot(rows, path, cells, notes=None):
                 x, b = series(cell, step, fam, "rel_bias")
                 if not len(x):
                     continue
-                if fam in ("tbptt", "rtrl", "snap1"):  # deterministic
-                    ax_b.plot(x, b, "o", ls=ls, color=colors[fam])
+                if fam in DETERMINISTIC:
+                    mk = DETERMINISTIC[fam]
+                    ax_b.plot(
+                        x, b, mk, ls=ls, color=colors[fam], ms=9 if mk == "x" else 6
+                    )
                     big = b > 1e-3  # k = T is exact up to round-off: off the log axis
                     ax_v.plot(
-                        x[big], b[big] ** 2, "o", ls=ls, color=colors[fam], mfc="none"
+                        x[big], b[big] ** 2, mk, ls=ls, color=colors[fam], mfc="none"
                     )
                     exact[0] += int((~big).sum())
                     v_all.extend(b[big] ** 2)
@@ -557,8 +622,8 @@ def plot(rows, path, cells, notes=None):
                 [],
                 [],
                 color=colors[f],
-                label=f,
-                marker="o" if f in ("tbptt", "rtrl", "snap1") else "s",
+                label=LABELS.get(f, f),
+                marker=DETERMINISTIC.get(f, "s") or None,
             )
             for f in families
         ]
@@ -635,6 +700,12 @@ def main(argv=None) -> list[dict]:
             "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
             "wall_time_s": wall,
             "headline": headline,
+            # every point: the deterministic families' bias per k
+            "tbptt_bias": [
+                {c: r[c] for c in ("cell", "train_step", "family", "k", "rel_bias")}
+                for r in rows
+                if r["family"] in ("tbptt", *CLOSED)
+            ],
         },
         config=dict(vars(args)),
         seed=args.seed,
