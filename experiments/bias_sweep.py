@@ -572,13 +572,23 @@ def plot(rows, path, cells, notes=None):
                 if not len(x):
                     continue
                 if fam in DETERMINISTIC:
-                    mk = DETERMINISTIC[fam]
+                    mk = DETERMINISTIC[fam] or None  # None: a line only
                     ax_b.plot(
-                        x, b, mk, ls=ls, color=colors[fam], ms=9 if mk == "x" else 6
+                        x,
+                        b,
+                        marker=mk,
+                        ls=ls,
+                        color=colors[fam],
+                        ms=9 if mk == "x" else 6,
                     )
                     big = b > 1e-3  # k = T is exact up to round-off: off the log axis
                     ax_v.plot(
-                        x[big], b[big] ** 2, mk, ls=ls, color=colors[fam], mfc="none"
+                        x[big],
+                        b[big] ** 2,
+                        marker=mk,
+                        ls=ls,
+                        color=colors[fam],
+                        mfc="none",
                     )
                     exact[0] += int((~big).sum())
                     v_all.extend(b[big] ** 2)

@@ -196,5 +196,12 @@ def test_bias_sweep_quick_modern_cells(tmp_path):
     fams = {(r["cell"], r["family"]) for r in rows}
     assert ("lru(r_max=0.9)", "rtrl") in fams and ("lru(r_max=0.9)", "uoro") not in fams
     assert ("min_gru", "uoro") in fams
+    # The closed form sits on the measured TBPTT(k) bias of every LRU.
+    tb = {(r["cell"], r["train_step"], r["k"]): r["rel_bias"] for r in rows
+          if r["family"] == "tbptt"}  # fmt: skip
+    closed = [r for r in rows if r["family"] == "closed-form"]
+    assert {r["cell"] for r in closed} == names - {"min_gru"}
+    for r in closed:
+        assert abs(r["rel_bias"] - tb[(r["cell"], r["train_step"], r["k"])]) < 1e-10
     meta = json.loads((tmp_path / "bias_sweep.json").read_text())
     assert set(meta["headline"]) == names and meta["error"] is None
