@@ -718,7 +718,12 @@ def main(argv=None) -> list[dict]:
             # every row's bias and variance, at every point
             "bias_rows": [{c: r[c] for c in JSON_FIELDS} for r in rows],
         },
-        config=dict(vars(args)),
+        # every flag, less the LRU's ring when no LRU is swept (as run_config)
+        config={
+            k: v
+            for k, v in vars(args).items()
+            if k in NOT_CONFIG or k in run_config(args)
+        },
         seed=args.seed,
         rows=[
             {
