@@ -46,6 +46,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jbptt._src import validation
 from jbptt._src.cell import Cell
@@ -238,9 +239,9 @@ def geometric_truncation_bias(modulus, k):
     """
     r, k = jnp.asarray(modulus), jnp.asarray(k)
     if not validation.is_traced(r) and not bool(jnp.all((r >= 0) & (r <= 1))):
-        raise ValueError(f"modulus must lie in [0, 1], got {modulus!r}.")
+        raise ValueError(f"modulus must lie in [0, 1], got {np.asarray(modulus)}.")
     if not validation.is_traced(k) and not bool(jnp.all(k >= 1)):
-        raise ValueError(f"k must be ≥ 1, got {k!r}.")
+        raise ValueError(f"k must be ≥ 1 (TBPTT lengths), got {np.asarray(k)}.")
     r_safe = jnp.where(r < 1, r, 0.5)  # the r = 1 limit is 1 (f → r)
     f = r_safe * (1 - r_safe**k) / (k * (1 - r_safe))
     return jnp.where(r < 1, f, 1.0)
