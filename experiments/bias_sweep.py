@@ -13,7 +13,15 @@ forward shared, reverse scans vmapped). Estimators:
   (unbiased; k < T only);
 * with ``--forward-mode``: RTRL (exact), SnAp-1 (biased) and UORO
   (unbiased), the forward-mode estimators of :mod:`jbptt.forward_mode`,
-  which never truncate (shown at depth T).
+  which never truncate (shown at depth T); on a diagonal cell RTRL is the
+  exact diagonal RTRL, and a complex state (the LRU) has RTRL only.
+
+Cells: ``elman``, ``lstm``, ``gru`` and the diagonal linear recurrences
+``lru`` (one variant per ``--r-max``, named ``lru(r_max=…)``), ``min_gru``,
+``min_lstm``. For the LRU, whose λ is constant, two more rows per k: the
+closed-form TBPTT(k) bias at the point's params (``closed-form``, equal to
+the measured one) and its |λ|-only form for a stationary input
+(``geometric``).
 
 Writes ``bias_sweep.csv``, ``bias_sweep.json`` (config, seed, versions) and
 ``bias_sweep.png`` to ``--out``. Run ``python -m experiments.bias_sweep
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 import jbptt
 from experiments import _cli, tasks
@@ -60,6 +69,19 @@ COLUMNS = (
 )
 FAMILIES = ("tbptt", "artbp-geom", "artbp-poly")
 FORWARD = ("rtrl", "snap1", "uoro")  # --forward-mode: one estimator each
+# LRU rows beside the measured TBPTT(k) bias: the closed form at the point's
+# params (jbptt.diagnostics.diagonal_truncation_bias) and its |λ|-only form
+# for a stationary input (geometric_truncation_bias, mean over units).
+CLOSED = ("closed-form", "geometric")
+JSON_FIELDS = ("cell", "train_step", "family", "estimator", "k", "rel_bias")
+JSON_FIELDS += ("rel_bias_hi", "rel_variance")
+# Marker of each deterministic family in the figure ("": a line only).
+DETERMINISTIC = {"tbptt": "o", "rtrl": "o", "snap1": "o", "closed-form": "x"}
+DETERMINISTIC["geometric"] = ""
+LABELS = {
+    "closed-form": "TBPTT closed form (λ, b, ∂ℓ/∂h)",
+    "geometric": "TBPTT closed form in |λ| (stationary input)",
+}
 
 
 # --quick sets these defaults only: flags given explicitly are kept.
@@ -87,6 +109,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=["elman", "lstm"],
         choices=sorted(tasks.CELLS),
         help="cells to sweep",
+    )
+    p.add_argument(
+        "--r-max",
+        type=_cli.positive_float,
+        nargs="+",
+        default=[0.9, 0.99, 0.999],
+        help="with --cells lru: one LRU per value, its ring initialisation "
+        "|λ| ≤ r_max (rows name it lru(r_max=…))",
+    )
+    p.add_argument(
+        "--r-min",
+        type=float,
+        default=0.0,
+        help="with --cells lru: the ring's inner radius, 0 ≤ r_min < every r_max",
     )
     p.add_argument("--T", type=_cli.positive_int, default=64, help="sequence length")
     p.add_argument("--hidden", type=_cli.positive_int, default=32, help="hidden size")
@@ -160,6 +196,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(overwrite)",
     )
     args = _cli.parse(p, argv, QUICK)
+    if "lru" in args.cells and not all(
+        0.0 <= args.r_min < r <= 1.0 for r in args.r_max
+    ):
+        p.error(
+            f"--r-min and --r-max must satisfy 0 ≤ r_min < r_max ≤ 1, got "
+            f"--r-min {args.r_min} --r-max {args.r_max}"
+        )
     if args.samples < 4:
         p.error(f"--samples must be ≥ 4, got {args.samples}")
     if args.points > 1 and args.train_steps < args.points - 1:
@@ -193,8 +236,29 @@ NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch")
 
 
 def run_config(args) -> dict:
-    """The configuration that identifies the rows (hashed by jbptt.runs)."""
-    return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    """The configuration that identifies the rows (hashed by jbptt.runs).
+
+    The LRU's ring enters only when an LRU is swept, so runs without one keep
+    the configuration (and resume) they had before the flags existed."""
+    skip = NOT_CONFIG + (() if "lru" in args.cells else ("r_max", "r_min"))
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def cell_variants(args) -> list[tuple[str, str, object]]:
+    """``(row name, base cell, cell)`` per swept cell: one LRU per ``r_max``.
+
+    The base cell picks the seed (:data:`experiments.tasks.CELL_ORDER`), so
+    the LRU variants share their draws (B, C, phases, data) and differ only
+    in their eigenvalues' moduli."""
+    out = []
+    for name in args.cells:
+        if name != "lru":
+            out.append((name, name, tasks.CELLS[name]()))
+            continue
+        for r in args.r_max:
+            cell = jbptt.cells.lru(r_min=args.r_min, r_max=r)
+            out.append((f"lru(r_max={r:g})", name, cell))
+    return out
 
 
 # ------------------------------------------------------------ estimators ---
@@ -219,7 +283,7 @@ def geometric_for_depth(k: float, T: int):
     return est.artbp(c)._replace(name=f"artbp-geom(k={k:g})", hparams={"c": c})
 
 
-def make_estimators(ks, T, forward_mode=False):
+def make_estimators(ks, T, forward_mode=False, forward=FORWARD):
     """Full BPTT, then TBPTT(k), ARTBP geometric and poly-tail per k, then
     (``forward_mode``) RTRL, SnAp-1 and UORO, which never truncate.
 
@@ -229,7 +293,7 @@ def make_estimators(ks, T, forward_mode=False):
     out = [("full", float(T), est.full())]
     if forward_mode:
         out += [
-            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in FORWARD
+            (name, float(T), getattr(jbptt.forward_mode, name)()) for name in forward
         ]
     for k in ks:
         out.append(("tbptt", k, est.tbptt(k)))
@@ -276,6 +340,46 @@ def trajectory(model, task, params, h0, args, key, dtype):
         yield i * seg, params, float(loss)
 
 
+# ----------------------------------------------------------- closed form ---
+
+
+def _closed_row(cell_name, step, loss, family, k, rel, g_norm):
+    nan = float("nan")
+    r = dict.fromkeys(COLUMNS, nan)
+    r.update(cell=cell_name, train_step=step, train_loss=loss, family=family, k=k)
+    r.update(estimator=f"{family}(k={k:g})", expected_depth=float(k), windows=nan)
+    r.update(n_samples=1, rel_bias=rel, rel_bias_sq=rel**2, rel_variance=0.0)
+    r.update(rel_mse=rel**2, grad_norm=g_norm)
+    return r
+
+
+def closed_form_rows(model, problem, params, g, ks, meta) -> list[dict]:
+    """The LRU's closed-form TBPTT(k) bias per k, relative to ‖g‖ (flat
+    exact gradient): exact, and |λ|-only (the mean over units of the
+    stationary form, for k < T: it assumes T ≫ k); ``meta``: (cell, step,
+    loss)."""
+    g_norm = float(jnp.linalg.norm(g))
+    modulus = jnp.abs(jbptt.cells.lru_eigenvalues(params["cell"]))
+    rows = []
+    for k in ks:
+        bias = _bias_fn(model, k)(params, problem.h0, problem.xs, problem.ys)
+        rel = float(jnp.linalg.norm(ravel_pytree(bias)[0])) / g_norm
+        rows.append(_closed_row(*meta, "closed-form", k, rel, g_norm))
+        if k < problem.xs.shape[0]:  # one chunk (k ≥ T) drops nothing
+            f = jbptt.diagnostics.geometric_truncation_bias(modulus, k)
+            rows.append(_closed_row(*meta, "geometric", k, float(jnp.mean(f)), g_norm))
+    return rows
+
+
+def _bias_fn(model, k):
+    def bias(params, h0, xs, ys):
+        return jbptt.diagnostics.diagonal_truncation_bias(
+            model.cell, model.loss_fn, params, h0, xs, ys, k
+        )
+
+    return jax.jit(bias)
+
+
 # ------------------------------------------------------------------ run ---
 
 
@@ -285,23 +389,26 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     task = tasks.delayed_sum(tuple(args.delays))
-    specs = make_estimators(args.ks, args.T, args.forward_mode)
-    estimators = [e for _, _, e in specs]
     rows = []
+    variants = cell_variants(args)
     bar = tqdm(
-        total=len(args.cells) * args.points,
+        total=len(variants) * args.points,
         disable=args.no_progress,
         desc="bias sweep",
         unit="point",
     )
     key = jax.random.key(args.seed)
-    for cell_name in args.cells:
-        cell_key = jax.random.fold_in(key, sorted(tasks.CELLS).index(cell_name))
+    for cell_name, base, cell in variants:
+        cell_key = jax.random.fold_in(key, tasks.CELL_ORDER.index(base))
         k_prob, k_train, k_sweep = jax.random.split(cell_key, 3)
         model, problem = tasks.make_problem(
-            task, cell_name, k_prob, args.T, args.hidden, args.batch
+            task, cell, k_prob, args.T, args.hidden, args.batch
         )
         jbptt.checks.check_finite(xs=problem.xs, ys=problem.ys)
+        # A complex state (the LRU) has exact diagonal RTRL only.
+        forward = ("rtrl",) if jnp.iscomplexobj(problem.h0) else FORWARD
+        specs = make_estimators(args.ks, args.T, args.forward_mode, forward)
+        estimators = [e for _, _, e in specs]
         run_sweep = sweep.make_sweep(
             model.cell,
             model.loss_fn,
@@ -330,6 +437,9 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
                 )
                 r["rel_mse"] = r["rel_bias_sq"] + r["rel_variance"]
                 point_rows.append({c: r[c] for c in COLUMNS})
+            if base == "lru":
+                meta = (cell_name, step, loss)
+                point_rows += closed_form_rows(model, problem, params, g, args.ks, meta)
             if results is not None:
                 results.extend(point_rows)
             rows.extend(point_rows)
@@ -423,9 +533,11 @@ def plot(rows, path, cells, notes=None):
         "rtrl": "black",
         "snap1": "tab:purple",
         "uoro": "tab:orange",
+        "closed-form": "tab:brown",
+        "geometric": "tab:gray",
     }
     present = {r["family"] for r in rows}
-    families = FAMILIES + tuple(f for f in FORWARD if f in present)
+    families = FAMILIES + tuple(f for f in FORWARD + CLOSED if f in present)
     styles = [":", "--", "-", "-."]
     steps = sorted({r["train_step"] for r in rows})
     fig, axes = plt.subplots(
@@ -459,11 +571,24 @@ def plot(rows, path, cells, notes=None):
                 x, b = series(cell, step, fam, "rel_bias")
                 if not len(x):
                     continue
-                if fam in ("tbptt", "rtrl", "snap1"):  # deterministic
-                    ax_b.plot(x, b, "o", ls=ls, color=colors[fam])
+                if fam in DETERMINISTIC:
+                    mk = DETERMINISTIC[fam] or None  # None: a line only
+                    ax_b.plot(
+                        x,
+                        b,
+                        marker=mk,
+                        ls=ls,
+                        color=colors[fam],
+                        ms=9 if mk == "x" else 6,
+                    )
                     big = b > 1e-3  # k = T is exact up to round-off: off the log axis
                     ax_v.plot(
-                        x[big], b[big] ** 2, "o", ls=ls, color=colors[fam], mfc="none"
+                        x[big],
+                        b[big] ** 2,
+                        marker=mk,
+                        ls=ls,
+                        color=colors[fam],
+                        mfc="none",
                     )
                     exact[0] += int((~big).sum())
                     v_all.extend(b[big] ** 2)
@@ -512,8 +637,8 @@ def plot(rows, path, cells, notes=None):
                 [],
                 [],
                 color=colors[f],
-                label=f,
-                marker="o" if f in ("tbptt", "rtrl", "snap1") else "s",
+                label=LABELS.get(f, f),
+                marker=DETERMINISTIC.get(f, "s") or None,
             )
             for f in families
         ]
@@ -569,16 +694,17 @@ def main(argv=None) -> list[dict]:
     out = _cli.Run()
     out.step("CSV", write_csv, rows, base + ".csv")
     out.wrote(base + ".csv")
-    if out.step("plot", plot, rows, base + ".png", args.cells, out.notes) is None:
+    names = [name for name, _, _ in cell_variants(args)]
+    if out.step("plot", plot, rows, base + ".png", names, out.notes) is None:
         out.wrote(base + ".png")
     last = max(r["train_step"] for r in rows)
     headline = {
         c: headline_table(
             [r for r in rows if r["cell"] == c and r["train_step"] == last]
         )
-        for c in args.cells
+        for c in names
     }
-    for c in args.cells:
+    for c in names:
         print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
         print(headline[c])
     out.finish(
@@ -589,8 +715,15 @@ def main(argv=None) -> list[dict]:
             "‖E ĝ − g‖², Hoeffding variance (jbptt.sweep docstring)",
             "wall_time_s": wall,
             "headline": headline,
+            # every row's bias and variance, at every point
+            "bias_rows": [{c: r[c] for c in JSON_FIELDS} for r in rows],
         },
-        config=dict(vars(args)),
+        # every flag, less the LRU's ring when no LRU is swept (as run_config)
+        config={
+            k: v
+            for k, v in vars(args).items()
+            if k in NOT_CONFIG or k in run_config(args)
+        },
         seed=args.seed,
         rows=[
             {

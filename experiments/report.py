@@ -42,7 +42,13 @@ RUNS = {
                     "--name", "char_lm_k64"],
     "sunspots": ["experiments.sunspots"],
     "stream_cuts": ["experiments.stream_cuts"],
+    # the bias sweep on the diagonal recurrences, in a folder of its own
+    "modern_bias_sweep": ["experiments.bias_sweep", "--cells", "lru", "min_gru",
+                          "min_lstm", "--r-max", "0.9", "0.99", "0.999",
+                          "--forward-mode", "--x64", "--no-progress"],
 }  # fmt: skip
+# Runs whose files would clash with another's (bias_sweep.*) write here.
+SUBFOLDER = {"modern_bias_sweep": "modern_bias_sweep"}
 
 FAMILY = {
     "elman_tanh": "Elman tanh",
@@ -203,6 +209,77 @@ def stream_cuts_table(d) -> list[str]:
     )  # fmt: skip
 
 
+def _k_of(estimator: str) -> float | None:
+    """k of a row name like ``tbptt(k=4)`` (None without one)."""
+    m = re.search(r"\(k=([\d.]+)\)", estimator)
+    return float(m.group(1)) if m else None
+
+
+def _bias_line(by, cell, step, family, ks, fmt=".3f") -> list[str]:
+    return [_f(by.get((cell, step, family, k)), fmt) for k in ks]
+
+
+def modern_bias_table(d) -> list[str]:
+    """TBPTT(k)'s relative bias per cell and point; for the LRU also the
+    |λ|-only closed form and the largest gap of the exact closed form."""
+    data = d["bias_rows"]
+    ks = sorted({r["k"] for r in data if r["family"] == "tbptt"})
+    by = {
+        (r["cell"], r["train_step"], r["family"], r["k"]): r["rel_bias"] for r in data
+    }
+    rows = []
+    for cell, step in dict.fromkeys((r["cell"], r["train_step"]) for r in data):
+        measured = _bias_line(by, cell, step, "tbptt", ks)
+        gap = "—"
+        if (cell, step, "closed-form", ks[0]) in by:
+            gaps = [
+                abs(by[(cell, step, "closed-form", k)] - by[(cell, step, "tbptt", k)])
+                for k in ks
+            ]
+            gap = _f(max(gaps), ".1e")
+        rows.append([cell, str(step), "measured", *measured, gap])
+        if (cell, step, "geometric", ks[0]) in by:
+            geo = _bias_line(by, cell, step, "geometric", ks)
+            rows.append([cell, str(step), "closed form in abs(λ)", *geo, ""])
+    head = ["cell", "train step", "TBPTT(k) bias", *(f"k = {k:g}" for k in ks)]
+    return _md(
+        [*head, "closed form − measured (max)"],
+        rows,
+        ["---", "---:", "---"] + ["---:"] * (len(ks) + 1),
+    )
+
+
+def _bias_variance(r) -> str:
+    if r is None:
+        return "—"
+    return f"{_f(r['rel_bias'], '.3f')} / {_f(r['rel_variance'], '.3g')}"
+
+
+def modern_artbp_table(d) -> list[str]:
+    """At the last point: ARTBP's bias / variance per k, and the forward-mode
+    estimators (which never truncate), per cell."""
+    last = max(r["train_step"] for r in d["bias_rows"])
+    rows = [r for r in d["bias_rows"] if r["train_step"] == last]
+    names = [r["estimator"] for r in rows if r["estimator"].startswith("artbp")]
+    ks = sorted({_k_of(n) for n in names})
+    out = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        mine = {r["estimator"]: r for r in rows if r["cell"] == cell}
+        for fam in ("artbp-geom", "artbp-poly"):
+            vals = [_bias_variance(mine.get(f"{fam}(k={k:g})")) for k in ks]
+            out.append([cell, fam, *vals])
+        for fam in ("rtrl", "snap1", "uoro"):
+            if fam in mine:
+                r = mine[fam]
+                val = f"{_f(r['rel_bias'], '.1e')} / {_f(r['rel_variance'], '.3g')}"
+                out.append([cell, f"{fam} (depth T)", val] + [""] * (len(ks) - 1))
+    return _md(
+        ["cell", "estimator", *(f"k = {k:g}: bias / variance" for k in ks)],
+        out,
+        ["---", "---"] + ["---:"] * len(ks),
+    )
+
+
 # Table name -> (JSON file in experiments/figures, builder).
 TABLES = {
     "lags": ("vanishing_exploding.json", lags_table),
@@ -214,6 +291,8 @@ TABLES = {
     "sunspots": ("sunspots.json", sunspots_table),
     "influence_es": ("influence_balancing_es.json", influence_es_table),
     "stream_cuts": ("stream_cuts.json", stream_cuts_table),
+    "modern_bias": ("modern_bias_sweep/bias_sweep.json", modern_bias_table),
+    "modern_artbp": ("modern_bias_sweep/bias_sweep.json", modern_artbp_table),
 }
 
 _BLOCK = re.compile(
@@ -311,7 +390,8 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     if not args.tables:
         for name, command in RUNS.items():
-            cmd = [sys.executable, "-m", *command, "--out", str(FIGURES)]
+            out = FIGURES / SUBFOLDER.get(name, "")
+            cmd = [sys.executable, "-m", *command, "--out", str(out)]
             print(f"running {name}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, check=True)
     RESULTS.write_text(render(RESULTS.read_text()))

@@ -20,7 +20,14 @@ CELLS = {
     "elman": lambda: jbptt.cells.elman("tanh"),
     "lstm": jbptt.cells.lstm,
     "gru": jbptt.cells.gru,
+    # diagonal linear recurrences (jbptt.cells.diagonal)
+    "lru": jbptt.cells.lru,
+    "min_gru": jbptt.cells.min_gru,
+    "min_lstm": jbptt.cells.min_lstm,
 }
+# Seed index of each cell (experiments fold it into their key): new cells are
+# appended, so the draws of the cells already there never change.
+CELL_ORDER = ("elman", "gru", "lstm", "lru", "min_gru", "min_lstm")
 
 
 class Task(NamedTuple):
@@ -66,19 +73,56 @@ def delayed_sum(delays: tuple[int, ...] = (2, 8, 24)) -> Task:
     return Task(f"delayed_sum{delays}", sample, len(delays), 1)
 
 
-def make_model(cell_name: str, output_size: int) -> jbptt.Model:
-    """A built-in cell (``elman`` tanh, ``lstm``, ``gru``) with a readout."""
-    if cell_name not in CELLS:
+def make_model(cell_name, output_size: int) -> jbptt.Model:
+    """A built-in cell (a name in :data:`CELLS`) or a given
+    :class:`jbptt.cells.Cell` with a linear readout and squared loss."""
+    if isinstance(cell_name, jbptt.cells.Cell):
+        cell = cell_name
+    elif cell_name in CELLS:
+        cell = CELLS[cell_name]()
+    else:
         raise ValueError(
             f"Unknown cell {cell_name!r}. It needs to be one of {sorted(CELLS)}."
         )
-    return jbptt.readout(CELLS[cell_name](), output_size=output_size)
+    if cell.name.startswith("lru("):
+        return _lru_model(cell, output_size)
+    return jbptt.readout(cell, output_size=output_size)
+
+
+def _re_im(params, h, x):
+    del params, x
+    return jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
+
+
+def _lru_model(lru: jbptt.cells.Cell, output_size: int) -> jbptt.Model:
+    """The LRU's recurrence read out as ``ŷ = V [Re h; Im h] + c``.
+
+    That is ``Re(C h) + c`` with a complex ``C = V_re − i V_im [O, H]``, the
+    LRU's own readout at any output size (its built-in one has the input's
+    size). Its ``C``, ``D`` stay in the params, unread (zero gradient).
+    """
+    rules = lru.diagonal
+    body = jbptt.cells.diagonal(
+        rules.gates, lru.init, input_size=lru.input_size, readout=_re_im, name=lru.name
+    )
+    model = jbptt.readout(body, output_size=output_size)
+
+    def init(key, input_size, hidden_size, **kwargs):
+        params = model.init(key, input_size, 2 * hidden_size, **kwargs)  # V: [O, 2H]
+        k_cell, _ = jax.random.split(key)
+        params["cell"] = lru.init(k_cell, input_size, hidden_size, **kwargs)
+        return params
+
+    return model._replace(init=init)
 
 
 def make_problem(
-    task: Task, cell_name: str, key, T: int, hidden: int, batch: int
+    task: Task, cell_name, key, T: int, hidden: int, batch: int
 ) -> tuple[jbptt.Model, Problem]:
-    """Model and a :class:`jbptt.estimators.Problem` at freshly initialised params."""
+    """Model and a :class:`jbptt.estimators.Problem` at freshly initialised params.
+
+    ``cell_name`` is a name in :data:`CELLS` or a :class:`jbptt.cells.Cell`.
+    """
     model = make_model(cell_name, task.output_size)
     k_init, k_data = jax.random.split(key)
     params = model.init(k_init, task.input_size, hidden)

@@ -1,6 +1,6 @@
 """Diagnostics of vanishing and exploding gradients: per-lag gradient norms,
 step-Jacobian spectra, Lyapunov exponents, memory length, and the link to
-truncation bias."""
+truncation bias (in closed form for linear diagonal recurrences)."""
 
 from jbptt._src import diagnostics as _diagnostics
 from jbptt._src.deprecations import Moved as _Moved
@@ -13,6 +13,12 @@ from jbptt._src.diagnostics import per_lag_norms as per_lag_norms
 from jbptt._src.diagnostics import relative_bias as relative_bias
 from jbptt._src.diagnostics import singular_values as singular_values
 from jbptt._src.diagnostics import step_jacobians as step_jacobians
+from jbptt._src.diagonal_bias import (
+    diagonal_truncation_bias as diagonal_truncation_bias,
+)
+from jbptt._src.diagonal_bias import (
+    geometric_truncation_bias as geometric_truncation_bias,
+)
 
 _deprecated = {
     "LagNorms": _Moved(

@@ -217,3 +217,63 @@ def test_cli_log_axis_falls_back_to_linear():
     assert _cli.set_log_scale(ax, [0.0, 1e-3, 10.0]) is None
     assert ax.get_yscale() == "log" and ax.get_ylim()[0] == pytest.approx(5e-4)
     plt.close(fig)
+
+
+def test_cell_variants_and_seeds():
+    """One LRU per --r-max, named by it; the cells there before keep their
+    seed index (the sorted order of elman, gru, lstm), so their rows do not
+    change when cells are added."""
+    from experiments import tasks
+
+    args = bias_sweep.parse_args(
+        ["--cells", "lru", "elman", "min_lstm", "--r-max", "0.9", "0.99"]
+    )
+    variants = bias_sweep.cell_variants(args)
+    assert [v[0] for v in variants] == [
+        "lru(r_max=0.9)",
+        "lru(r_max=0.99)",
+        "elman",
+        "min_lstm",
+    ]
+    assert all(v[2].diagonal is not None for v in variants if v[1] != "elman")
+    for name in ("elman", "gru", "lstm"):
+        assert tasks.CELL_ORDER.index(name) == sorted(("elman", "gru", "lstm")).index(
+            name
+        )
+    assert "r_max" in bias_sweep.run_config(args)
+    default = bias_sweep.run_config(bias_sweep.parse_args([]))
+    assert "r_max" not in default and "r_min" not in default  # same hash as before
+    assert default["cells"] == ["elman", "lstm"]
+
+
+def test_lru_model_reads_the_complex_state():
+    """The sweep's LRU model: V [O, 2H] on [Re h; Im h], C and D unread."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import tasks
+
+    model = tasks.make_model(bias_sweep.jbptt.cells.lru(r_max=0.9), 1)
+    p = model.init(jax.random.key(0), 3, 5)
+    assert p["readout"]["V"].shape == (1, 10) and p["cell"]["B_re"].shape == (5, 3)
+    h0 = model.cell.initial_state(p, (2,))
+    xs = jax.random.normal(jax.random.key(1), (6, 2, 3))
+    ys = jnp.zeros((6, 2, 1))
+    (_, _), g = bias_sweep.jbptt.value_and_grad(model.cell, model.loss_fn)(
+        p, h0, xs, ys
+    )
+    assert float(jnp.abs(g["cell"]["C_re"]).max()) == 0.0
+    assert float(jnp.abs(g["cell"]["B_re"]).max()) > 0.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--cells", "lru", "--r-max", "1.5"],
+        ["--cells", "lru", "--r-min", "0.95", "--r-max", "0.9"],
+        ["--cells", "lru", "--r-max", "0"],
+    ],
+)
+def test_bad_ring(bad):
+    with pytest.raises(SystemExit):
+        bias_sweep.parse_args(bad)
