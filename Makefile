@@ -33,9 +33,11 @@ demo: venv-base
 	$(PY) -m experiments.bias_sweep --out results
 
 # Two workers: CI has 2 cores; tests sharing one notebook run stay together;
-# the 20 slowest tests are listed at the end (the 15-minute budget).
+# the 20 slowest tests are listed at the end (the 15-minute budget). A worker
+# that dies is not replaced: pytest-xdist 3.8's loadgroup scheduler can wait
+# forever for a replaced worker, so the run fails at once, naming the test.
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --durations=20
 
 # The inner loop (about 1.5 min on 2 cores, warm compilation cache): the core
 # and estimator modules, jitted variants only, and no end-to-end runs

@@ -120,6 +120,19 @@ def test_numpy_scalars_are_accepted_like_python_numbers(
         assert got == want
 
 
+@pytest.mark.parametrize(
+    "est",
+    [estimators.full(), estimators.tbptt(4), estimators.artbp(0.2),
+     estimators.williams_peng(2, 4)],
+    ids=repr,
+)  # fmt: skip
+def test_expected_depth_checks_the_sequence_length(est):
+    assert est.expected_depth(np.int64(10)) == est.expected_depth(10)
+    for bad in (float("nan"), 0, -3, 2.5):
+        with pytest.raises((TypeError, ValueError), match="T must be"):
+            est.expected_depth(bad)
+
+
 def test_param_lag_norms_checks_max_lag():
     model = jbptt.readout(cells.elman(), 1)
     assert adaptive.param_lag_norms(model.cell, model.loss_fn, np.int64(3))

@@ -3,6 +3,9 @@ streams train bitwise as one call), a compile count bounded by the
 estimator's buckets, long segments split without changing the gradient,
 callbacks that see every step once."""
 
+import os
+import subprocess
+import sys
 from typing import NamedTuple
 
 import jax
@@ -15,7 +18,7 @@ from helpers import accumulate as _accumulate
 import jbptt
 from jbptt import cells, estimators
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import stream, train_compat
+from jbptt._src import stream, train_compat, train_step
 
 Buckets = jbptt.train.Buckets
 
@@ -498,3 +501,52 @@ def test_unknown_keywords_and_bad_buckets_are_refused():
         run(lr=0.1)
     with pytest.raises(TypeError, match="jbptt.train.Buckets"):
         run(buckets={"top": 4})
+
+
+# Compiling ahead runs only without JAX's persistent cache (the suite's is
+# on), so it is checked in a fresh interpreter that has none.
+AHEAD = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np, optax
+import jbptt
+from jbptt import cells, estimators
+model = jbptt.readout(cells.elman("tanh"), output_size=1)
+params = model.init(jax.random.key(0), 1, 4)
+xs = jax.random.normal(jax.random.key(1), (90, 2, 1))
+ys = jax.numpy.concatenate([jax.numpy.zeros((2, 2, 1)), xs[:-2]])
+est = estimators.artbp_matched(4, "poly_tail")
+out = []
+for ahead in (True, False):
+    tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.adam(1e-2), est,
+                             buckets=jbptt.train.Buckets(ahead=ahead))
+    state, hist = tr.run(tr.init(params, jax.random.key(5)), xs, ys)
+    assert (tr.steps._pool is not None) == ahead, ahead
+    out.append(np.concatenate([np.ravel(a) for a in
+                               jax.tree_util.tree_leaves(state.params)]))
+    out.append(hist.step_loss)
+assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[3])
+print("same")
+"""
+
+
+def test_compiling_ahead_trains_bitwise_as_compiling_in_turn():
+    """Buckets(ahead=True) compiles in background threads (where JAX's
+    persistent cache is off) and trains bitwise as ahead=False."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", AHEAD], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "same"
+
+
+def test_persistent_cache_turns_compiling_ahead_off():
+    """With JAX's persistent cache on (the suite's, unless turned off), no
+    compile threads start."""
+    model, params, xs, ys = _setup(T=30)
+    tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.adam(1e-2),
+                             estimators.tbptt(4))  # fmt: skip
+    tr.run(tr.init(params), xs, ys)
+    assert (tr.steps._pool is None) == train_step.persistent_cache_on()

@@ -52,6 +52,8 @@ class Buckets(NamedTuple):
         (one per spare core, at most 4) while the first segments run (the
         plan is known before the loop: the same buckets, only sooner). It
         shortens the first call where cores are idle, not on a busy one.
+        Off while JAX's persistent compilation cache is on (its writes are
+        not safe beside a compilation in another thread).
 
     Examples:
       >>> from jbptt import train

@@ -246,6 +246,11 @@ def _T_steps(T: int) -> float:
     return float(T)
 
 
+def _depth(fn: Callable[[int], float]) -> Callable[[int], float]:
+    """``fn`` with its sequence length checked (a positive int, by name)."""
+    return lambda T: fn(validation.positive_int("T", T))
+
+
 def full() -> Estimator:
     """Exact BPTT: one window, every link kept.
 
@@ -259,7 +264,7 @@ def full() -> Estimator:
     return Estimator(
         "full",
         lambda key, T: _one_window(truncation.full(T)),
-        lambda T: float(T),
+        _depth(float),
         True,
         {},
         _T_steps,
@@ -303,7 +308,7 @@ def tbptt(k: int, random_offset: bool = False) -> Estimator:
     return Estimator(
         name,
         sample,
-        lambda T: float(min(k, T)),
+        _depth(lambda T: float(min(k, T))),
         not random_offset,
         {"k": k, "random_offset": random_offset},
         _T_steps,
@@ -346,7 +351,7 @@ def artbp(c) -> Estimator:
     return Estimator(
         f"artbp(c={protocol.label(c)})",
         lambda key, T: _one_window(truncation.artbp(key, T, c)),
-        depth,
+        _depth(depth),
         False,
         {"c": protocol.plain(c)},  # a NumPy/JAX scalar as the number it shows
         _T_steps,
@@ -482,7 +487,7 @@ def williams_peng(k1: int, k2: int) -> Estimator:
     return Estimator(
         f"williams_peng(k1={k1},k2={k2})",
         sample,
-        depth,
+        _depth(depth),
         True,
         {"k1": k1, "k2": k2},
         lambda T: float(sum(window_lengths(T))),
