@@ -61,14 +61,7 @@ def check_finite(**named) -> None:
     for name, tree in named.items():
         if tree is None:
             continue
-        for path, leaf in tree_util.tree_flatten_with_path(tree)[0]:
-            label = _leaf_name(name, path)
-            if isinstance(leaf, jax.core.Tracer):
-                raise TypeError(
-                    f"check_finite({name}=...) got a traced array for {label}; it "
-                    "checks values, so call it on concrete arrays outside jit."
-                )
-            a = np.asarray(leaf)
+        for label, a in _concrete(name, tree, "check_finite"):
             # jnp.issubdtype knows the ml_dtypes floats (bfloat16, float8_*)
             # that NumPy's own type hierarchy does not list as floating.
             if not (
