@@ -39,7 +39,8 @@ demo: venv-base
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadgroup --max-worker-restart=0 --durations=20
 
-# The inner loop (about 1.5 min on 2 cores, warm compilation cache): the core
+# The inner loop (about 1.5 min on 2 cores, warm compilation cache, which
+# JBPTT_TEST_CACHE= turns off; conftest.py): the core
 # and estimator modules, jitted variants only, and no end-to-end runs
 # (subprocesses, notebooks, CLIs, README examples: marked `e2e` by conftest.py).
 # `make test` runs everything.
@@ -47,6 +48,7 @@ FAST := tests/test_core.py tests/test_protocol.py tests/test_cells.py \
 	tests/test_truncation.py tests/test_validation.py tests/test_checks.py \
 	tests/test_train.py tests/test_sweep.py tests/test_estimators.py
 test-fast: venv
+	JBPTT_TEST_CACHE=$${JBPTT_TEST_CACHE-.pytest_cache/jax-compilation} \
 	$(PY) -m pytest -q -n 2 -m "not e2e" -k "not without_jit" $(FAST)
 
 bench: venv

@@ -6,7 +6,6 @@ that ``make test-fast`` deselects.
 
 import inspect
 import os
-import pathlib
 
 import pytest
 
@@ -25,18 +24,17 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-# Persistent compilation cache: a second run of the suite loads its many small
-# programs from disk instead of compiling them again. Every program is cached
-# (no minimum compile time or size). The directory lives with pytest's own
-# cache (ignored by git); JBPTT_TEST_CACHE overrides it, "" turns it off.
-# The xdist workers share it (each loads what the other compiled). JAX does not
-# write an entry atomically, so a worker may read one the other is still
-# writing; JAX then warns and compiles again, and pyproject.toml's
-# filterwarnings lets that warning pass.
-_CACHE = os.environ.get(
-    "JBPTT_TEST_CACHE",
-    str(pathlib.Path(__file__).parent / ".pytest_cache" / "jax-compilation"),
-)
+# Persistent compilation cache, for the inner loop: with JBPTT_TEST_CACHE=DIR
+# (`make test-fast` sets it) a second run loads its many small programs from
+# DIR instead of compiling them again. Every program is cached (no minimum
+# compile time or size). The xdist workers share it (each loads what the
+# other compiled). JAX does not write an entry atomically, so a worker may
+# read one the other is still writing; JAX then warns and compiles again, and
+# pyproject.toml's filterwarnings lets that warning pass. Off by default, so
+# in `make test` and CI: a cold run gains little from it, and jaxlib 0.10's
+# serialisation of an executable into the cache has crashed a worker now and
+# then (a segfault in put_executable_and_time, main thread or not).
+_CACHE = os.environ.get("JBPTT_TEST_CACHE", "")
 if _CACHE:
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
