@@ -68,7 +68,7 @@ def check_finite(**named) -> None:
                     f"check_finite({name}=...) got a traced array for {label}; it "
                     "checks values, so call it on concrete arrays outside jit."
                 )
-            a = np.asarray(leaf)
+            a = _host_value(leaf)
             # jnp.issubdtype knows the ml_dtypes floats (bfloat16, float8_*)
             # that NumPy's own type hierarchy does not list as floating.
             if not (
@@ -87,6 +87,23 @@ def check_finite(**named) -> None:
                     f"({int(bad.sum())} of {a.size} entries are NaN or inf). "
                     "Clean or mask the data before training."
                 )
+
+
+def _host_value(leaf) -> np.ndarray:
+    """``leaf`` whole, as a NumPy array. A ``jax.Array`` split over the
+    devices of several processes (``jax.distributed``: a batch placed by
+    :func:`jbptt.sharding.split_batch`, the state a data-parallel run
+    returns) is gathered first; every process calls this on the same data,
+    so every process gets the whole array and the same verdict."""
+    if (
+        isinstance(leaf, jax.Array)
+        and not leaf.is_fully_addressable
+        and not leaf.is_fully_replicated
+    ):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
 
 
 def finite_flags(**named) -> dict[str, Any]:

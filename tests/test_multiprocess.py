@@ -1,0 +1,175 @@
+"""Two processes joined by ``jax.distributed`` give the numbers of one
+process with two host devices.
+
+Each process of the pair holds one CPU device; they meet at a coordinator on
+the loopback and run their collectives over gloo. The same script runs once
+more in a single process that holds two host devices. Every output is
+compared bit for bit: the rows of a sweep are computed independently and
+gathered, and a data-parallel gradient is a sum of two per-device parts, the
+same two addends in either order, so no rounding can differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".pytest_cache", "jax-compilation")
+TIMEOUT = 240  # seconds per process: a hang fails the test instead
+
+# argv: "single", or "multi PROCESS_ID PORT". Prints one JSON line of hex
+# digests of every output (replicated outputs, and split ones gathered).
+SCRIPT = r"""
+import hashlib, json, sys
+import jax
+
+if sys.argv[1] == "multi":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{sys.argv[3]}", num_processes=2,
+                               process_id=int(sys.argv[2]))
+jax.config.update("jax_enable_x64", True)
+
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+import jbptt
+from jbptt import estimators, sharding, sweep, train, truncation
+
+def host(x):
+    # Every leaf on this host, whole: split leaves are gathered first.
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if not a.is_fully_replicated:
+                a = multihost_utils.process_allgather(a, tiled=True)
+        return np.asarray(a)
+    return jax.tree_util.tree_map(one, x)
+
+def digest(tree):
+    h = hashlib.sha256()
+    for a in jax.tree_util.tree_leaves(host(tree)):
+        h.update(str((a.dtype, a.shape)).encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+out = {"processes": jax.process_count(), "devices": jax.device_count(),
+       "local": jax.local_device_count()}
+mesh = sharding.make_mesh()
+model = jbptt.readout(jbptt.cells.elman(), output_size=2)
+p = model.init(jax.random.key(0), 3, 5)
+xs = jax.random.normal(jax.random.key(1), (24, 4, 3))
+ys = jax.random.normal(jax.random.key(2), (24, 4, 2))
+h0 = model.cell.initial_state(p, (4,))
+
+# 1. The sweep engine: estimator configurations x samples split over the mesh.
+es = [estimators.full(), estimators.tbptt(3), estimators.artbp(0.3)]
+run = sweep.make_sweep(model.cell, model.loss_fn, es, 8, chunk=4, mesh=mesh)
+g, stats = run(p, h0, xs, ys, jax.random.key(9))
+out["sweep"] = digest((g, stats))
+out["sweep_rel_bias"] = host(stats["rel_bias"]).tolist()
+
+# 2. Online training, data parallel, fed in two chunks: TBPTT through
+# train.train(state=), ARTBP through Trainer.run.
+opt = optax.adam(1e-2)
+a = train.train(model.cell, model.loss_fn, p, xs[:13], ys[:13], opt,
+                estimators.tbptt(4), flush=False, mesh=mesh)
+b = train.train(model.cell, model.loss_fn, None, xs[13:], ys[13:], opt,
+                estimators.tbptt(4), state=a.state, mesh=mesh)
+out["tbptt"] = digest((b.params, b.opt_state, b.h, a.loss, b.loss, b.step_loss))
+out["tbptt_segments"] = a.length.tolist() + b.length.tolist()
+tr = train.Trainer(model.cell, model.loss_fn, opt, estimators.artbp_matched(5),
+                   buckets=train.Buckets(max_buckets=2), mesh=mesh)
+state = tr.init(p, jax.random.key(3))
+state, c = tr.run(state, xs[:11], ys[:11], flush=False)
+state, d = tr.run(state, xs[11:], ys[11:])
+out["artbp"] = digest((d.params, d.opt_state, d.h, c.loss, d.loss, d.step_loss))
+out["artbp_segments"] = c.length.tolist() + d.length.tolist()
+out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
+
+# 3. grads_for_weights on a batch split over the mesh: one forward, K reverse
+# scans, per-device gradients summed across the mesh.
+ws = jnp.stack([truncation.tbptt(24, k) for k in (1, 3, 24)])
+gw = jax.jit(lambda *args: jbptt.grads_for_weights(model.cell, model.loss_fn, *args))
+res = gw(sharding.replicate(p, mesh), sharding.split_batch(h0, mesh),
+         sharding.split_batch(xs, mesh, axis=1),
+         sharding.split_batch(ys, mesh, axis=1), sharding.replicate(ws, mesh))
+out["grads_for_weights"] = digest(res)
+out["grads_for_weights_norm"] = float(jnp.linalg.norm(
+    jax.flatten_util.ravel_pytree(host(res[1]))[0]))
+print(json.dumps(out), flush=True)
+jax.distributed.shutdown() if jax.process_count() > 1 else None
+"""
+
+
+def _env(n_host_devices: int | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cache = os.environ.get("JBPTT_TEST_CACHE", CACHE)
+    if cache:  # the suite's persistent compilation cache (conftest.py)
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    # conftest's compile flags are kept; the device count is set here
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if n_host_devices:
+        flags.append(f"--xla_force_host_platform_device_count={n_host_devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], env: dict, cwd=ROOT) -> list[str]:
+    """Run ``commands`` together, each under ``TIMEOUT``; their stdouts. A
+    process that fails or hangs ends the others and fails the test."""
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for cmd in commands
+    ]
+    outs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, f"{proc.args[3:]}: {stderr[-3000:]}"
+            outs.append(stdout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return outs
+
+
+def test_two_processes_equal_one_process_with_two_devices():
+    port = str(free_port())
+    multi = [[sys.executable, "-c", SCRIPT, "multi", str(i), port] for i in (0, 1)]
+    single = [sys.executable, "-c", SCRIPT, "single"]
+    outs = run_processes(multi, _env(None))
+    (ref_out,) = run_processes([single], _env(2))
+    ref = json.loads(ref_out.strip().splitlines()[-1])
+    p0, p1 = (json.loads(o.strip().splitlines()[-1]) for o in outs)
+    assert ref["processes"] == 1 and ref["devices"] == ref["local"] == 2
+    for p in (p0, p1):
+        assert p["processes"] == 2 and p["devices"] == 2 and p["local"] == 1
+        assert p["train_devices"] == 2  # the final state stays split
+        for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
+            assert p[name] == ref[name], name  # bitwise
+        assert p == ref | {"processes": 2, "local": 1}
+    assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
+    assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
+
