@@ -1,5 +1,6 @@
 """Two processes joined by ``jax.distributed`` give the numbers of one
-process with two host devices.
+process with two host devices, and an experiment CLI run on both writes its
+files once, from process 0, resuming what process 0 had written.
 
 Each process of the pair holds one CPU device; they meet at a coordinator on
 the loopback and run their collectives over gloo. The same script runs once
@@ -16,6 +17,8 @@ import os
 import socket
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".pytest_cache", "jax-compilation")
@@ -173,3 +176,94 @@ def test_two_processes_equal_one_process_with_two_devices():
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
 
+
+BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
+BIAS_SWEEP += ["--no-progress"]
+
+
+def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
+    """The quick bias sweep on one process with two host devices, then on
+    two processes resuming from a result file that holds the first point's
+    rows and a torn line: what a job killed on any process leaves, since
+    only process 0 writes. Same CSV, same JSON (less times and --out),
+    every row once, written by process 0 alone."""
+    ref, two = tmp_path / "ref", tmp_path / "two"
+    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    two.mkdir()
+    lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
+    later = [ln for ln in lines[1:] if ln not in first]
+    assert first and later
+    (two / "bias_sweep.jsonl").write_text(lines[0] + "".join(first) + later[0][:40])
+    port = str(free_port())
+    flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    flags += ["--out", str(two)]
+    out0, out1 = run_processes(
+        [[*BIAS_SWEEP, *flags, "--process-id", str(i)] for i in (0, 1)], _env(None)
+    )
+    for out, i in ((out0, 0), (out1, 1)):
+        assert f"process {i} of 2: 1 local device(s), 2 in all" in out
+        assert f"resuming: {len(first)} rows already in" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    assert (two / "bias_sweep.csv").read_bytes() == (
+        ref / "bias_sweep.csv"
+    ).read_bytes()
+    meta_ref, meta_two = (
+        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, two)
+    )  # fmt: skip
+    for meta in (meta_ref, meta_two):
+        for field in ("utc_time", "wall_time_s"):
+            meta.pop(field)
+        meta["config"].pop("out")
+    assert meta_two == meta_ref
+    rows = (two / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    assert sorted(rows) == sorted(lines)  # each row once, the torn line moved
+    assert "torn" in (two / "bias_sweep.jsonl.corrupt").read_text()
+    assert sorted(os.listdir(two)) == sorted(
+        os.listdir(ref) + ["bias_sweep.jsonl.corrupt"]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--coordinator", "node0"], {}, "argument --coordinator: expected HOST:PORT"),
+        (
+            ["--coordinator", "127.0.0.1:1234", "--num-processes", "2"],
+            {},
+            "missing --process-id (or add --distributed",
+        ),
+        (
+            ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+            {},
+            "--process-id must be < --num-processes = 2, got 2",
+        ),
+        (
+            ["--coordinator", "h:1", "--process-id", "0"],
+            {"JBPTT_NUM_PROCESSES": "two"},
+            "JBPTT_NUM_PROCESSES (the default of --num-processes): expected an "
+            "integer, got 'two'",
+        ),
+        (["--num-processes", "0"], {}, "argument --num-processes: expected an"),
+    ],
+)
+def test_bad_distributed_flags(argv, env, message, monkeypatch, capsys):
+    from experiments import bias_sweep
+
+    for var in ("JBPTT_COORDINATOR", "JBPTT_NUM_PROCESSES", "JBPTT_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit) as exc:
+        bias_sweep.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_distributed_flags_leave_the_config_as_before():
+    from experiments import bias_sweep
+
+    args = bias_sweep.parse_args([])
+    for dest in ("coordinator", "num_processes", "process_id", "distributed"):
+        assert not hasattr(args, dest)  # not part of the hashed configuration
+    assert args.devices is None
