@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".pytest_cache", "jax-compilation")
 TIMEOUT = 240  # seconds per process: a hang fails the test instead
 
-# argv: "single", or "multi PROCESS_ID PORT". Prints one JSON line of hex
-# digests of every output (replicated outputs, and split ones gathered).
+# argv: "single DIR", or "multi PROCESS_ID PORT DIR" (DIR: checkpoints).
+# Prints one JSON line of hex digests of every output (replicated outputs,
+# and split ones gathered).
 SCRIPT = r"""
 import hashlib, json, sys
 import jax
@@ -43,7 +44,7 @@ import optax
 from jax.experimental import multihost_utils
 
 import jbptt
-from jbptt import estimators, sharding, sweep, train, truncation
+from jbptt import estimators, runs, sharding, sweep, train, truncation
 
 def host(x):
     # Every leaf on this host, whole: split leaves are gathered first.
@@ -91,6 +92,26 @@ state = tr.init(p, jax.random.key(3))
 state, c = tr.run(state, xs[:11], ys[:11], flush=False)
 state, d = tr.run(state, xs[11:], ys[11:])
 out["artbp"] = digest((d.params, d.opt_state, d.h, c.loss, d.loss, d.step_loss))
+
+# Killed after the first chunk and resumed: process 0 alone saves the state
+# (gathered whole on every process), every process restores it and goes on.
+def whole(tree):
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if not a.is_fully_replicated:
+                return multihost_utils.process_allgather(a, tiled=True)
+        return a
+    return jax.tree_util.tree_map(one, tree)
+
+saved = whole(c.state)
+if jax.process_index() == 0:
+    with runs.Checkpointer(sys.argv[-1]) as ckpt:
+        ckpt.save(11, saved)
+multihost_utils.sync_global_devices("saved") if jax.process_count() > 1 else None
+with runs.Checkpointer(sys.argv[-1]) as ckpt:
+    back = ckpt.restore(saved)
+_, e = tr.run(back, xs[11:], ys[11:])
+out["artbp_resumed"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
 out["artbp_segments"] = c.length.tolist() + d.length.tolist()
 out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
 
@@ -158,10 +179,12 @@ def run_processes(commands: list[list[str]], env: dict, cwd=ROOT) -> list[str]:
     return outs
 
 
-def test_two_processes_equal_one_process_with_two_devices():
-    port = str(free_port())
-    multi = [[sys.executable, "-c", SCRIPT, "multi", str(i), port] for i in (0, 1)]
-    single = [sys.executable, "-c", SCRIPT, "single"]
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+    port, ckpt = str(free_port()), str(tmp_path / "multi")
+    multi = [
+        [sys.executable, "-c", SCRIPT, "multi", str(i), port, ckpt] for i in (0, 1)
+    ]
+    single = [sys.executable, "-c", SCRIPT, "single", str(tmp_path / "single")]
     outs = run_processes(multi, _env(None))
     (ref_out,) = run_processes([single], _env(2))
     ref = json.loads(ref_out.strip().splitlines()[-1])
@@ -172,9 +195,11 @@ def test_two_processes_equal_one_process_with_two_devices():
         assert p["train_devices"] == 2  # the final state stays split
         for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
             assert p[name] == ref[name], name  # bitwise
+        assert p["artbp_resumed"] == p["artbp"]
         assert p == ref | {"processes": 2, "local": 1}
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
+    assert os.listdir(tmp_path / "multi")  # written by process 0
 
 
 BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
