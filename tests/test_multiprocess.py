@@ -123,6 +123,21 @@ res = gw(sharding.replicate(p, mesh), sharding.split_batch(h0, mesh),
          sharding.split_batch(xs, mesh, axis=1),
          sharding.split_batch(ys, mesh, axis=1), sharding.replicate(ws, mesh))
 out["grads_for_weights"] = digest(res)
+# The same, each process holding only its own streams (its shard of h0, xs
+# and ys), assembled into global arrays without the others' data.
+mine = slice(2 * jax.process_index(), 2 * jax.process_index() + 2)
+if jax.process_count() == 1:
+    mine = slice(None)
+
+def own(a, axis):
+    spec = jax.sharding.PartitionSpec(*([None] * axis), mesh.axis_names[0])
+    local = np.asarray(a)[(slice(None),) * axis + (mine,)]
+    return jax.make_array_from_process_local_data(
+        jax.sharding.NamedSharding(mesh, spec), local, a.shape)
+
+out["grads_for_weights_own"] = digest(gw(sharding.replicate(p, mesh), own(h0, 0),
+                                         own(xs, 1), own(ys, 1),
+                                         sharding.replicate(ws, mesh)))
 out["grads_for_weights_norm"] = float(jnp.linalg.norm(
     jax.flatten_util.ravel_pytree(host(res[1]))[0]))
 print(json.dumps(out), flush=True)
@@ -196,6 +211,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
         for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
             assert p[name] == ref[name], name  # bitwise
         assert p["artbp_resumed"] == p["artbp"]
+        assert p["grads_for_weights_own"] == p["grads_for_weights"]
         assert p == ref | {"processes": 2, "local": 1}
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
