@@ -308,3 +308,55 @@ def test_no_distributed_flags_leave_the_config_as_before():
     for dest in ("coordinator", "num_processes", "process_id", "distributed"):
         assert not hasattr(args, dest)  # not part of the hashed configuration
     assert args.devices is None
+
+
+def test_result_file_on_a_process_other_than_0_mirrors_and_writes_nothing(
+    tmp_path, monkeypatch
+):
+    """What process 1 of a two-process job does with a ResultFile, with the
+    broadcast from process 0 stood in for: it takes process 0's rows, skips
+    them, and writes nothing, not even the folder."""
+    from jbptt._src import runs as runs_src
+
+    sent = []
+
+    def broadcast(obj, is_source):
+        assert not is_source
+        return sent.pop(0)
+
+    monkeypatch.setattr(runs_src, "_process_group", lambda: (1, 2))
+    monkeypatch.setattr(runs_src, "_broadcast", broadcast)
+    path = tmp_path / "out" / "rows.jsonl"
+    sent.append({"path": str(path), "replaced": None, "rows": [{"k": 1, "x": 0.5}]})
+    f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert not f.writes and f.resumed == 1 and f.done({"k": 1})
+    assert f.append({"k": 2, "x": 1.0}) and not f.append({"k": 2, "x": 1.0})
+    assert [r["k"] for r in f.rows()] == [1, 2]
+    assert not (tmp_path / "out").exists()
+    sent.append({"error": "ValueError: another configuration"})
+    with pytest.raises(ValueError, match="process 0 could not open .*another conf"):
+        runs_src.ResultFile(path, {"T": 9}, key=("k",))
+
+
+def test_result_file_on_process_0_writes_and_sends_its_rows(tmp_path, monkeypatch):
+    from jbptt._src import runs as runs_src
+
+    sent = []
+    monkeypatch.setattr(runs_src, "_process_group", lambda: (0, 2))
+    monkeypatch.setattr(runs_src, "_broadcast", lambda obj, src: sent.append(obj))
+    path = tmp_path / "rows.jsonl"
+    f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert f.writes and f.append({"k": 1, "x": 0.5})
+    again = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert again.resumed == 1
+    assert sent[-1] == {
+        "path": str(path),
+        "replaced": None,
+        "rows": [{"k": 1, "x": 0.5}],
+    }
+    with pytest.raises(ValueError, match="different configuration"):
+        runs_src.ResultFile(path, {"T": 9}, key=("k",))
+    assert (
+        sent[-1]["error"].startswith("ValueError: ")
+        and "T: 8 -> 9" in sent[-1]["error"]
+    )
