@@ -575,7 +575,14 @@ class ResultFile:
 def _process_group() -> tuple[int, int]:
     """``(index, count)`` of this process in a ``jax.distributed`` job;
     ``(0, 1)`` outside one (without starting JAX's backend)."""
-    if not jax.distributed.is_initialized():
+    initialized = getattr(jax.distributed, "is_initialized", None)
+    if initialized is None:  # jax before is_initialized
+        from jax._src import distributed
+
+        up = distributed.global_state.client is not None
+    else:
+        up = initialized()
+    if not up:
         return 0, 1
     return jax.process_index(), jax.process_count()
 
