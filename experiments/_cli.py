@@ -5,6 +5,11 @@
 * Flag types (``positive_int``, ``nonneg_int``, ``positive_float``,
   ``finite_float``, ``probability``): refuse bools, NaN/inf and out-of-range
   values with a message naming what was expected.
+* ``add_distributed`` and ``start_distributed``: the flags that run the same
+  command on every process of a ``jax.distributed`` job (``--coordinator``,
+  ``--num-processes``, ``--process-id``, ``--distributed``, or the
+  ``JBPTT_*`` environment variables), and the start of that job, before
+  any other JAX call.
 * ``run_name``: a file stem written inside ``--out`` (non-empty, no path
   separator, no ``..``, no leading dot), so a run writes only inside its
   output folder.
@@ -159,6 +164,128 @@ def run_name(value) -> str:
             f"separators, '..' or a leading dot (e.g. char_lm_gru), got {value!r}"
         )
     return value
+
+
+# ------------------------------------------------------ several processes ---
+
+# Flag destination -> environment variable read when the flag is not given.
+DISTRIBUTED_ENV = {
+    "coordinator": "JBPTT_COORDINATOR",
+    "num_processes": "JBPTT_NUM_PROCESSES",
+    "process_id": "JBPTT_PROCESS_ID",
+}
+
+
+def address(value) -> str:
+    """``HOST:PORT`` (port 1-65535), e.g. ``127.0.0.1:1234`` or ``node0:1234``."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port in 1..65535, got {value!r}"
+        )
+    return str(value)
+
+
+def add_distributed(p: argparse.ArgumentParser) -> None:
+    """Adds the flags of a multi-process run (see :func:`start_distributed`)."""
+    g = p.add_argument_group(
+        "several processes (jax.distributed)",
+        "Run the same command on every process of the job; only process 0 "
+        "writes files. Each flag falls back to the environment variable "
+        "named in its help.",
+    )
+    g.add_argument(
+        "--coordinator",
+        type=address,
+        default=None,
+        help="HOST:PORT of process 0, reachable by every process (JBPTT_COORDINATOR)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=None,
+        help="processes in the job (JBPTT_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=nonneg_int,
+        default=None,
+        help="this process, 0 .. num-processes - 1 (JBPTT_PROCESS_ID)",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a jax.distributed job, letting JAX detect what the three "
+        "flags above leave out (Slurm, Open MPI, Cloud TPU)",
+    )
+
+
+def _from_env(p, args, dest: str, kind) -> None:
+    var = DISTRIBUTED_ENV[dest]
+    if getattr(args, dest) is not None or not os.environ.get(var):
+        return
+    try:
+        setattr(args, dest, kind(os.environ[var]))
+    except argparse.ArgumentTypeError as err:
+        flag = "--" + dest.replace("_", "-")
+        p.error(f"{var} (the default of {flag}): {err}")
+
+
+def start_distributed(p: argparse.ArgumentParser, args) -> tuple[int, int]:
+    """Joins the ``jax.distributed`` job that the flags of
+    :func:`add_distributed` describe; call it right after parsing, before
+    any other JAX call. Returns ``(process index, process count)``:
+    ``(0, 1)`` when no flag is given.
+
+    The flags are then removed from ``args``: where a run is computed does
+    not change its numbers, so they stay out of the configuration that
+    result files hash. CPU processes exchange their collectives over gloo.
+    Processes other than 0 get ``--no-progress``.
+    """
+    _from_env(p, args, "coordinator", address)
+    _from_env(p, args, "num_processes", positive_int)
+    _from_env(p, args, "process_id", nonneg_int)
+    given = {d: getattr(args, d) for d in DISTRIBUTED_ENV}
+    auto = args.distributed
+    for dest in (*DISTRIBUTED_ENV, "distributed"):
+        delattr(args, dest)
+    if not auto and all(v is None for v in given.values()):
+        return 0, 1
+    missing = ["--" + d.replace("_", "-") for d, v in given.items() if v is None]
+    if missing and not auto:
+        p.error(
+            "--coordinator, --num-processes and --process-id go together; "
+            f"missing {', '.join(missing)} (or add --distributed to let JAX "
+            "detect them on Slurm, Open MPI or Cloud TPU)"
+        )
+    n, i = given["num_processes"], given["process_id"]
+    if n is not None and i is not None and i >= n:
+        p.error(f"--process-id must be < --num-processes = {n}, got {i}")
+    import jax
+
+    # CPU collectives across processes (XLA's GPU and TPU ones need nothing).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=given["coordinator"],
+            num_processes=n,
+            process_id=i,
+        )
+    except (ValueError, RuntimeError, TypeError) as err:
+        p.error(
+            "--distributed: jax.distributed.initialize failed "
+            f"({type(err).__name__}: {err}); give --coordinator, "
+            "--num-processes and --process-id"
+        )
+    index, count = jax.process_index(), jax.process_count()
+    print(
+        f"process {index} of {count}: {jax.local_device_count()} local "
+        f"device(s), {jax.device_count()} in all",
+        flush=True,
+    )
+    if index and hasattr(args, "no_progress"):
+        args.no_progress = True
+    return index, count
 
 
 # ----------------------------------------------------------------- finish ---

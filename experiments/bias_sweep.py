@@ -183,7 +183,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--devices",
         type=_cli.positive_int,
         default=None,
-        help="split the samples over this many devices (None: one; "
+        help="split the samples over this many devices (None: one; every "
+        "device of every process with --coordinator/--distributed; "
         "on CPU set XLA_FLAGS=--xla_force_host_platform_device_"
         "count=N first)",
     )
@@ -195,7 +196,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(raise), write beside them (new) or start afresh "
         "(overwrite)",
     )
+    _cli.add_distributed(p)
     args = _cli.parse(p, argv, QUICK)
+    # Several processes: joined before any JAX call; each runs every point,
+    # its share of each sweep's samples on its devices, and process 0 writes.
+    if _cli.start_distributed(p, args)[1] > 1 and args.devices is None:
+        args.devices = jax.device_count()
     if "lru" in args.cells and not all(
         0.0 <= args.r_min < r <= 1.0 for r in args.r_max
     ):
@@ -668,7 +674,8 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    os.makedirs(args.out, exist_ok=True)
+    if jax.process_index() == 0:  # the only process that writes
+        os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, "bias_sweep")
     # Finished rows go to bias_sweep.jsonl as they are done; rerunning the
     # same command after an interruption skips them (jbptt.runs).
@@ -689,6 +696,8 @@ def main(argv=None) -> list[dict]:
         print(f"resuming: {results.resumed} rows already in {results.path}")
     t0 = time.perf_counter()
     rows = run(args, results)
+    if jax.process_index() != 0:  # process 0 writes the files
+        return rows
     wall = time.perf_counter() - t0
     print_table(rows)
     out = _cli.Run()

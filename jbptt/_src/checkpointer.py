@@ -25,6 +25,12 @@ never deleted) to ``<folder>/jbptt-quarantine/step-<n>[.k]/`` with a
 was killed before its manifest was written is moved there quietly. So
 :meth:`Checkpointer.latest_step` reports only complete steps and the same
 step number can be saved again.
+
+**Several processes.** In a ``jax.distributed`` job a :class:`Checkpointer`
+belongs to the process that makes it (orbax waits for no other process):
+let process 0 save, ``if jax.process_index() == 0: ckpt.save(...)``. It
+stores host arrays, so gather a state split over processes first, on every
+process (``jax.experimental.multihost_utils.process_allgather``).
 """
 
 from __future__ import annotations
@@ -62,9 +68,10 @@ def _is_key(a) -> bool:
 
 
 def _to_saveable(state):
-    # Typed PRNG keys are stored as their raw key data (uint32 words).
+    # Typed PRNG keys are stored as their raw key data (uint32 words); all as
+    # NumPy arrays (orbax refuses a one-device jax.Array in a multi-process job).
     return jax.tree_util.tree_map(
-        lambda a: jax.random.key_data(a) if _is_key(a) else np.asarray(a), state
+        lambda a: np.asarray(jax.random.key_data(a) if _is_key(a) else a), state
     )
 
 
@@ -242,10 +249,19 @@ class Checkpointer:
         self._config, self._config_hash = self._check_config(config)
         # Pruning is done here, not by orbax: orbax's max_to_keep would
         # delete every old step in the folder, including other writers'.
+        # In a jax.distributed job orbax would wait at barriers for every
+        # process; this object's process alone saves and restores.
+        index, count = runs._process_group()
+        alone = {}
+        if count > 1:
+            alone["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=index, active_processes={index}
+            )
+            alone["create"] = False  # the folder was made above
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=None, enable_async_checkpointing=False
+                max_to_keep=None, enable_async_checkpointing=False, **alone
             ),
         )
 

@@ -82,6 +82,23 @@ def check_finite(**named) -> None:
                 )
 
 
+def _host_value(leaf) -> np.ndarray:
+    """``leaf`` whole, as a NumPy array. A ``jax.Array`` split over the
+    devices of several processes (``jax.distributed``: a batch placed by
+    :func:`jbptt.sharding.split_batch`, the state a data-parallel run
+    returns) is gathered first; every process calls this on the same data,
+    so every process gets the whole array and the same verdict."""
+    if (
+        isinstance(leaf, jax.Array)
+        and not leaf.is_fully_addressable
+        and not leaf.is_fully_replicated
+    ):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
 def finite_flags(**named) -> dict[str, Any]:
     """Per-leaf "all entries finite" flags, traceable (use inside ``jit``).
 
@@ -219,7 +236,7 @@ def _concrete(name: str, tree, fn: str):
                 f"{fn}({name}=...) got a traced array for {label}; it checks "
                 "values, so call it on concrete arrays outside jit."
             )
-        out.append((label, np.asarray(leaf)))
+        out.append((label, _host_value(leaf)))
     return out
 
 

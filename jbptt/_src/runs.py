@@ -21,6 +21,9 @@ is only rewritten under the lock, from what was read under it, by writing
 a temporary file, ``fsync`` and rename, so no row appended by another
 process is lost.
 
+**Several processes** of a ``jax.distributed`` job share a file through
+process 0, the only one that writes it (:class:`ResultFile`).
+
 **Reopening.** With the same configuration a file resumes: rows already
 there are skipped by key. A different configuration, by ``on_mismatch``:
 ``"raise"`` refuses with a message saying what changed and touches
@@ -279,11 +282,23 @@ class ResultFile:
         overwritten), named in :attr:`replaced`. A file that is not a jbptt
         result file is refused in every mode and left as it is.
 
+    **Several processes of one job.** In a ``jax.distributed`` job (more
+    than one process), every process opens the file at the same point of
+    the program, but only process 0 touches it: it opens the file as above
+    and sends its rows (or its error, raised on every process) to the
+    others, which keep them in memory, skip the same rows and write
+    nothing. A job killed on any process and started again resumes from
+    the rows process 0 had written. :meth:`append` then returns on every
+    process whether the row was new; only process 0 writes it. (Opening is
+    a collective: a process that does not open the file stalls the others.)
+
     Attributes:
       path: the file actually used (differs from ``path`` under ``"new"``).
       config_hash: the configuration's hash.
       resumed: how many rows were already there when the file was opened.
       replaced: where ``"overwrite"`` moved the old file, else ``None``.
+      writes: whether this process writes the file (``False`` on processes
+        other than 0 of a ``jax.distributed`` job).
 
     Examples:
       >>> import os, tempfile
@@ -319,6 +334,15 @@ class ResultFile:
         self.config_hash = config_hash(config)
         self.replaced: str | None = None
         self.path = os.fspath(path)
+        index, count = _process_group()
+        self.writes = index == 0
+        if count == 1:
+            self._open(on_mismatch)
+        else:
+            self._open_shared(on_mismatch)
+        self.resumed = len(self._rows)
+
+    def _open(self, on_mismatch: str) -> None:
         opened = self._open_locked(on_mismatch)
         if opened is None:  # "new": the sibling named after this hash
             stem, ext = os.path.splitext(self.path)
@@ -326,7 +350,29 @@ class ResultFile:
             opened = self._open_locked("raise")
         self._rows, keys = opened
         self._done = set(keys)
-        self.resumed = len(self._rows)
+
+    def _open_shared(self, on_mismatch: str) -> None:
+        """In a ``jax.distributed`` job: process 0 opens the file and sends
+        what it found (rows, path, or the error) to every other process,
+        which writes nothing."""
+        sent = None
+        if self.writes:
+            try:
+                self._open(on_mismatch)
+            except Exception as err:
+                _broadcast({"error": f"{type(err).__name__}: {err}"}, True)
+                raise
+            sent = {"path": self.path, "replaced": self.replaced, "rows": self._rows}
+        got = _broadcast(sent, self.writes)
+        if self.writes:
+            return
+        if "error" in got:
+            raise ValueError(f"process 0 could not open {self.path}: {got['error']}")
+        self.path, self.replaced, self._rows = got["path"], got["replaced"], got["rows"]
+        self._done = {
+            self._row_key(row, f"{self.path} (process 0's row {i + 1})")
+            for i, row in enumerate(self._rows)
+        }
 
     def _open_locked(self, on_mismatch: str):
         """``(rows, keys)`` of the file at ``self.path``, created if missing;
@@ -447,7 +493,8 @@ class ResultFile:
         still holds this configuration's header.
 
         Returns:
-          Whether it was written (``True`` only once it is on disk).
+          Whether it was written (``True`` only once it is on disk; on a
+          process that does not write, whether the row was new).
 
         Raises:
           ValueError: the row has no key field, or the file was replaced by
@@ -461,8 +508,9 @@ class ResultFile:
         key = self._row_key(row, "the row passed to append")
         if key in self._done:
             return False
-        with durable.locked(self._real):
-            self._append_checked(_line(row))
+        if self.writes:
+            with durable.locked(self._real):
+                self._append_checked(_line(row))
         self._rows.append(row)
         self._done.add(key)
         return True
@@ -522,6 +570,37 @@ class ResultFile:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+def _process_group() -> tuple[int, int]:
+    """``(index, count)`` of this process in a ``jax.distributed`` job;
+    ``(0, 1)`` outside one (without starting JAX's backend)."""
+    initialized = getattr(jax.distributed, "is_initialized", None)
+    if initialized is None:  # jax before is_initialized
+        from jax._src import distributed
+
+        up = distributed.global_state.client is not None
+    else:
+        up = initialized()
+    if not up:
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def _broadcast(obj, is_source: bool):
+    """Process 0's ``obj`` (JSON-able) on every process: a collective, so
+    every process of the job calls it at the same point."""
+    from jax.experimental import multihost_utils
+
+    data = _line(obj) if is_source else b""
+    size = multihost_utils.broadcast_one_to_all(
+        np.int32(len(data)), is_source=is_source
+    )
+    buf = np.zeros(int(size), np.uint8)
+    if is_source:
+        buf[:] = np.frombuffer(data, np.uint8)
+    got = multihost_utils.broadcast_one_to_all(buf, is_source=is_source)
+    return json.loads(np.asarray(got, np.uint8).tobytes())
 
 
 def read_rows(path: str | os.PathLike) -> tuple[dict, list[dict]]:

@@ -1,0 +1,362 @@
+"""Two processes joined by ``jax.distributed`` give the numbers of one
+process with two host devices, and an experiment CLI run on both writes its
+files once, from process 0, resuming what process 0 had written.
+
+Each process of the pair holds one CPU device; they meet at a coordinator on
+the loopback and run their collectives over gloo. The same script runs once
+more in a single process that holds two host devices. Every output is
+compared bit for bit: the rows of a sweep are computed independently and
+gathered, and a data-parallel gradient is a sum of two per-device parts, the
+same two addends in either order, so no rounding can differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".pytest_cache", "jax-compilation")
+TIMEOUT = 240  # seconds per process: a hang fails the test instead
+
+# argv: "single DIR", or "multi PROCESS_ID PORT DIR" (DIR: checkpoints).
+# Prints one JSON line of hex digests of every output (replicated outputs,
+# and split ones gathered).
+SCRIPT = r"""
+import hashlib, json, sys
+import jax
+
+if sys.argv[1] == "multi":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{sys.argv[3]}", num_processes=2,
+                               process_id=int(sys.argv[2]))
+jax.config.update("jax_enable_x64", True)
+
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+import jbptt
+from jbptt import estimators, runs, sharding, sweep, train, truncation
+
+def host(x):
+    # Every leaf on this host, whole: split leaves are gathered first.
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if not a.is_fully_replicated:
+                a = multihost_utils.process_allgather(a, tiled=True)
+        return np.asarray(a)
+    return jax.tree_util.tree_map(one, x)
+
+def digest(tree):
+    h = hashlib.sha256()
+    for a in jax.tree_util.tree_leaves(host(tree)):
+        h.update(str((a.dtype, a.shape)).encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+out = {"processes": jax.process_count(), "devices": jax.device_count(),
+       "local": jax.local_device_count()}
+mesh = sharding.make_mesh()
+model = jbptt.readout(jbptt.cells.elman(), output_size=2)
+p = model.init(jax.random.key(0), 3, 5)
+xs = jax.random.normal(jax.random.key(1), (24, 4, 3))
+ys = jax.random.normal(jax.random.key(2), (24, 4, 2))
+h0 = model.cell.initial_state(p, (4,))
+
+# 1. The sweep engine: estimator configurations x samples split over the mesh.
+es = [estimators.full(), estimators.tbptt(3), estimators.artbp(0.3)]
+run = sweep.make_sweep(model.cell, model.loss_fn, es, 8, chunk=4, mesh=mesh)
+g, stats = run(p, h0, xs, ys, jax.random.key(9))
+out["sweep"] = digest((g, stats))
+out["sweep_rel_bias"] = host(stats["rel_bias"]).tolist()
+
+# 2. Online training, data parallel, fed in two chunks: TBPTT through
+# train.train(state=), ARTBP through Trainer.run.
+opt = optax.adam(1e-2)
+a = train.train(model.cell, model.loss_fn, p, xs[:13], ys[:13], opt,
+                estimators.tbptt(4), flush=False, mesh=mesh)
+b = train.train(model.cell, model.loss_fn, None, xs[13:], ys[13:], opt,
+                estimators.tbptt(4), state=a.state, mesh=mesh)
+out["tbptt"] = digest((b.params, b.opt_state, b.h, a.loss, b.loss, b.step_loss))
+out["tbptt_segments"] = a.length.tolist() + b.length.tolist()
+tr = train.Trainer(model.cell, model.loss_fn, opt, estimators.artbp_matched(5),
+                   buckets=train.Buckets(max_buckets=2), mesh=mesh)
+state = tr.init(p, jax.random.key(3))
+state, c = tr.run(state, xs[:11], ys[:11], flush=False)
+state, d = tr.run(state, xs[11:], ys[11:])
+out["artbp"] = digest((d.params, d.opt_state, d.h, c.loss, d.loss, d.step_loss))
+
+# Killed after the first chunk and resumed: process 0 alone saves the state
+# (gathered whole on every process), every process restores it and goes on.
+def whole(tree):
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            if not a.is_fully_replicated:
+                return multihost_utils.process_allgather(a, tiled=True)
+        return a
+    return jax.tree_util.tree_map(one, tree)
+
+saved = whole(c.state)
+if jax.process_index() == 0:
+    with runs.Checkpointer(sys.argv[-1]) as ckpt:
+        ckpt.save(11, saved)
+multihost_utils.sync_global_devices("saved") if jax.process_count() > 1 else None
+with runs.Checkpointer(sys.argv[-1]) as ckpt:
+    back = ckpt.restore(saved)
+_, e = tr.run(back, xs[11:], ys[11:])
+out["artbp_resumed"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
+out["artbp_segments"] = c.length.tolist() + d.length.tolist()
+out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
+
+# 3. grads_for_weights on a batch split over the mesh: one forward, K reverse
+# scans, per-device gradients summed across the mesh.
+ws = jnp.stack([truncation.tbptt(24, k) for k in (1, 3, 24)])
+gw = jax.jit(lambda *args: jbptt.grads_for_weights(model.cell, model.loss_fn, *args))
+res = gw(sharding.replicate(p, mesh), sharding.split_batch(h0, mesh),
+         sharding.split_batch(xs, mesh, axis=1),
+         sharding.split_batch(ys, mesh, axis=1), sharding.replicate(ws, mesh))
+out["grads_for_weights"] = digest(res)
+# The same, each process holding only its own streams (its shard of h0, xs
+# and ys), assembled into global arrays without the others' data.
+mine = slice(2 * jax.process_index(), 2 * jax.process_index() + 2)
+if jax.process_count() == 1:
+    mine = slice(None)
+
+def own(a, axis):
+    spec = jax.sharding.PartitionSpec(*([None] * axis), mesh.axis_names[0])
+    local = np.asarray(a)[(slice(None),) * axis + (mine,)]
+    return jax.make_array_from_process_local_data(
+        jax.sharding.NamedSharding(mesh, spec), local, a.shape)
+
+out["grads_for_weights_own"] = digest(gw(sharding.replicate(p, mesh), own(h0, 0),
+                                         own(xs, 1), own(ys, 1),
+                                         sharding.replicate(ws, mesh)))
+out["grads_for_weights_norm"] = float(jnp.linalg.norm(
+    jax.flatten_util.ravel_pytree(host(res[1]))[0]))
+print(json.dumps(out), flush=True)
+jax.distributed.shutdown() if jax.process_count() > 1 else None
+"""
+
+
+def _env(n_host_devices: int | None) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cache = os.environ.get("JBPTT_TEST_CACHE", CACHE)
+    if cache:  # the suite's persistent compilation cache (conftest.py)
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    # conftest's compile flags are kept; the device count is set here
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if n_host_devices:
+        flags.append(f"--xla_force_host_platform_device_count={n_host_devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(commands: list[list[str]], env: dict, cwd=ROOT) -> list[str]:
+    """Run ``commands`` together, each under ``TIMEOUT``; their stdouts. A
+    process that fails or hangs ends the others and fails the test."""
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for cmd in commands
+    ]
+    outs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, f"{proc.args[3:]}: {stderr[-3000:]}"
+            outs.append(stdout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return outs
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+    port, ckpt = str(free_port()), str(tmp_path / "multi")
+    multi = [
+        [sys.executable, "-c", SCRIPT, "multi", str(i), port, ckpt] for i in (0, 1)
+    ]
+    single = [sys.executable, "-c", SCRIPT, "single", str(tmp_path / "single")]
+    outs = run_processes(multi, _env(None))
+    (ref_out,) = run_processes([single], _env(2))
+    ref = json.loads(ref_out.strip().splitlines()[-1])
+    p0, p1 = (json.loads(o.strip().splitlines()[-1]) for o in outs)
+    assert ref["processes"] == 1 and ref["devices"] == ref["local"] == 2
+    for p in (p0, p1):
+        assert p["processes"] == 2 and p["devices"] == 2 and p["local"] == 1
+        assert p["train_devices"] == 2  # the final state stays split
+        for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
+            assert p[name] == ref[name], name  # bitwise
+        assert p["artbp_resumed"] == p["artbp"]
+        assert p["grads_for_weights_own"] == p["grads_for_weights"]
+        assert p == ref | {"processes": 2, "local": 1}
+    assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
+    assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
+    assert os.listdir(tmp_path / "multi")  # written by process 0
+
+
+BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
+BIAS_SWEEP += ["--no-progress"]
+
+
+def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
+    """The quick bias sweep on one process with two host devices, then on
+    two processes resuming from a result file that holds the first point's
+    rows and a torn line: what a job killed on any process leaves, since
+    only process 0 writes. Same CSV, same JSON (less times and --out),
+    every row once, written by process 0 alone."""
+    ref, two = tmp_path / "ref", tmp_path / "two"
+    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    two.mkdir()
+    lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
+    later = [ln for ln in lines[1:] if ln not in first]
+    assert first and later
+    (two / "bias_sweep.jsonl").write_text(lines[0] + "".join(first) + later[0][:40])
+    port = str(free_port())
+    flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    flags += ["--out", str(two)]
+    out0, out1 = run_processes(
+        [[*BIAS_SWEEP, *flags, "--process-id", str(i)] for i in (0, 1)], _env(None)
+    )
+    for out, i in ((out0, 0), (out1, 1)):
+        assert f"process {i} of 2: 1 local device(s), 2 in all" in out
+        assert f"resuming: {len(first)} rows already in" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    assert (two / "bias_sweep.csv").read_bytes() == (
+        ref / "bias_sweep.csv"
+    ).read_bytes()
+    meta_ref, meta_two = (
+        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, two)
+    )  # fmt: skip
+    for meta in (meta_ref, meta_two):
+        for field in ("utc_time", "wall_time_s"):
+            meta.pop(field)
+        meta["config"].pop("out")
+    assert meta_two == meta_ref
+    rows = (two / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    assert sorted(rows) == sorted(lines)  # each row once, the torn line moved
+    assert "torn" in (two / "bias_sweep.jsonl.corrupt").read_text()
+    assert sorted(os.listdir(two)) == sorted(
+        os.listdir(ref) + ["bias_sweep.jsonl.corrupt"]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--coordinator", "node0"], {}, "argument --coordinator: expected HOST:PORT"),
+        (
+            ["--coordinator", "127.0.0.1:1234", "--num-processes", "2"],
+            {},
+            "missing --process-id (or add --distributed",
+        ),
+        (
+            ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
+            {},
+            "--process-id must be < --num-processes = 2, got 2",
+        ),
+        (
+            ["--coordinator", "h:1", "--process-id", "0"],
+            {"JBPTT_NUM_PROCESSES": "two"},
+            "JBPTT_NUM_PROCESSES (the default of --num-processes): expected an "
+            "integer, got 'two'",
+        ),
+        (["--num-processes", "0"], {}, "argument --num-processes: expected an"),
+    ],
+)
+def test_bad_distributed_flags(argv, env, message, monkeypatch, capsys):
+    from experiments import bias_sweep
+
+    for var in ("JBPTT_COORDINATOR", "JBPTT_NUM_PROCESSES", "JBPTT_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit) as exc:
+        bias_sweep.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_distributed_flags_leave_the_config_as_before():
+    from experiments import bias_sweep
+
+    args = bias_sweep.parse_args([])
+    for dest in ("coordinator", "num_processes", "process_id", "distributed"):
+        assert not hasattr(args, dest)  # not part of the hashed configuration
+    assert args.devices is None
+
+
+def test_result_file_on_a_process_other_than_0_mirrors_and_writes_nothing(
+    tmp_path, monkeypatch
+):
+    """What process 1 of a two-process job does with a ResultFile, with the
+    broadcast from process 0 stood in for: it takes process 0's rows, skips
+    them, and writes nothing, not even the folder."""
+    from jbptt._src import runs as runs_src
+
+    sent = []
+
+    def broadcast(obj, is_source):
+        assert not is_source
+        return sent.pop(0)
+
+    monkeypatch.setattr(runs_src, "_process_group", lambda: (1, 2))
+    monkeypatch.setattr(runs_src, "_broadcast", broadcast)
+    path = tmp_path / "out" / "rows.jsonl"
+    sent.append({"path": str(path), "replaced": None, "rows": [{"k": 1, "x": 0.5}]})
+    f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert not f.writes and f.resumed == 1 and f.done({"k": 1})
+    assert f.append({"k": 2, "x": 1.0}) and not f.append({"k": 2, "x": 1.0})
+    assert [r["k"] for r in f.rows()] == [1, 2]
+    assert not (tmp_path / "out").exists()
+    sent.append({"error": "ValueError: another configuration"})
+    with pytest.raises(ValueError, match="process 0 could not open .*another conf"):
+        runs_src.ResultFile(path, {"T": 9}, key=("k",))
+
+
+def test_result_file_on_process_0_writes_and_sends_its_rows(tmp_path, monkeypatch):
+    from jbptt._src import runs as runs_src
+
+    sent = []
+    monkeypatch.setattr(runs_src, "_process_group", lambda: (0, 2))
+    monkeypatch.setattr(runs_src, "_broadcast", lambda obj, src: sent.append(obj))
+    path = tmp_path / "rows.jsonl"
+    f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert f.writes and f.append({"k": 1, "x": 0.5})
+    again = runs_src.ResultFile(path, {"T": 8}, key=("k",))
+    assert again.resumed == 1
+    assert sent[-1] == {
+        "path": str(path),
+        "replaced": None,
+        "rows": [{"k": 1, "x": 0.5}],
+    }
+    with pytest.raises(ValueError, match="different configuration"):
+        runs_src.ResultFile(path, {"T": 9}, key=("k",))
+    assert (
+        sent[-1]["error"].startswith("ValueError: ")
+        and "T: 8 -> 9" in sent[-1]["error"]
+    )
