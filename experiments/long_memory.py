@@ -1,7 +1,7 @@
 r"""Online learning of long-range memory: TBPTT, ARTBP, exact diagonal RTRL
 and UORO against full BPTT, on the LRU, minGRU and LSTM.
 
-Tasks (``--delays``, ``--delayed-sum``):
+Tasks (``--delays``; ``--no-delayed-sum`` leaves out the last):
 
 * ``recall(D)``: a stream of episodes of ``D + 1`` steps, each starting with
   a reset (the state restarts, no gradient crosses; ``resets=`` of
@@ -11,6 +11,10 @@ Tasks (``--delays``, ``--delayed-sum``):
   episode's last step, ``D`` steps after the cue: the loss is
   ``(ŷ − c)²`` there and zero elsewhere. Score: the mean squared error at
   the recall step over ``E[c²]`` (1 for the trivial predictor ŷ = 0).
+  The LRU starts from the ring initialisation on ``[--r-min, --r-max]``
+  (default 0.99–0.9999: a unit keeps ``|λ|^D`` of the cue, 0.7 on average
+  at D = 64); minGRU and the LSTM start from their defaults and run the
+  delays up to ``--gated-max-D`` only.
 * ``delayed_sum``: ``experiments/tasks.py``'s ``delayed_sum((2, 8, 24))``
   along one unbroken stream, squared loss at every step. Score: the mean
   squared error over ``E[y²]`` (1 for ŷ = 0).
@@ -454,6 +458,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--name", type=_cli.run_name, default="long_memory",
                    help="file stem: NAME.{csv,json,png}")  # fmt: skip
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw NAME.png from its CSV and JSON")  # fmt: skip
     _cli.add_quick(p, QUICK)
     args = _cli.parse(p, argv, QUICK)
     if args.k < 2:
@@ -479,8 +485,27 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), se
 
 
+def replot(out: Path, name: str) -> Path:
+    """Redraw ``NAME.png`` from ``NAME.csv`` and ``NAME.json`` (no training),
+    with the settings the run recorded."""
+    import json
+
+    meta = json.loads((out / f"{name}.json").read_text())
+    with open(out / f"{name}.csv") as f:
+        rows = [
+            {k: v if k in ("task", "cell", "estimator") else float(v)
+             for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+    args = argparse.Namespace(**meta["config"])
+    return plot(out / f"{name}.png", rows, meta, args)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote:\n  {replot(Path(args.out), args.name)}")
+        return None
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     t_start = time.perf_counter()
@@ -649,6 +674,7 @@ def plot(path, rows, meta, args):
     groups = list(dict.fromkeys((s["task"], s["cell"]) for s in meta["summary"]))
     tasks_ = list(dict.fromkeys(t for t, _ in groups))
     cells = list(dict.fromkeys(c for _, c in groups))
+    left_out = {(s["task"], s["cell"]) for s in meta["skipped"]}
     width = max(8.0, 3.2 * 2 * len(cells))
     fig, axes = plt.subplots(
         len(tasks_), 2 * len(cells), squeeze=False,
@@ -658,6 +684,17 @@ def plot(path, rows, meta, args):
     for i, task in enumerate(tasks_):
         for j, cell in enumerate(cells):
             a_u, a_s = axes[i, 2 * j], axes[i, 2 * j + 1]
+            if (task, cell) not in groups:
+                for a in (a_u, a_s):
+                    a.set_axis_off()
+                why = "not run" + (
+                    ": gated cells run recall\nup to --gated-max-D only"
+                    if (task, cell) in left_out else ""
+                )  # fmt: skip
+                a_u.text(0.5, 0.5, f"{cell}: {task}\n{why}", ha="center",
+                         va="center", fontsize=8, color="gray",
+                         transform=a_u.transAxes)  # fmt: skip
+                continue
             for s in meta["summary"]:
                 if (s["task"], s["cell"]) != (task, cell):
                     continue
