@@ -44,6 +44,8 @@ def test_notebook_executes_from_the_root_and_elsewhere(monkeypatch):
     }
     if cache:  # the second run loads the first one's compiled programs
         env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     with tempfile.TemporaryDirectory() as elsewhere:
         for cwd in (elsewhere, str(ROOT)):
             nb = nbformat.read(NB, as_version=4)
