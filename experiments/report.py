@@ -46,6 +46,7 @@ RUNS = {
     "modern_bias_sweep": ["experiments.bias_sweep", "--cells", "lru", "min_gru",
                           "min_lstm", "--r-max", "0.9", "0.99", "0.999",
                           "--forward-mode", "--x64", "--no-progress"],
+    "long_memory": ["experiments.long_memory", "--no-progress"],
 }  # fmt: skip
 # Runs whose files would clash with another's (bias_sweep.*) write here.
 SUBFOLDER = {"modern_bias_sweep": "modern_bias_sweep"}
@@ -280,6 +281,41 @@ def modern_artbp_table(d) -> list[str]:
     )
 
 
+def long_memory_table(d) -> list[str]:
+    """Final held-out score (MSE over the trivial predictor's) per task and
+    cell, one column per estimator (mean ± s.e. over seeds; — not run), and
+    TBPTT(k)'s exact relative bias at initialisation and at BPTT's end."""
+    order = ("tbptt", "artbp", "rtrl", "uoro", "bptt")
+    ests = sorted(
+        dict.fromkeys(s["estimator"] for s in d["summary"]),
+        key=lambda e: order.index(e) if e in order else len(order),
+    )
+    by = {(s["task"], s["cell"], s["estimator"]): s for s in d["summary"]}
+    bias = {(b["task"], b["cell"]): b for b in d["truncation_bias"]}
+    k = d["config"]["k"]
+    rows = []
+    for task, cell in dict.fromkeys((s["task"], s["cell"]) for s in d["summary"]):
+        cells = []
+        for e in ests:
+            s = by.get((task, cell, e))
+            cells.append(
+                "—" if s is None else
+                f"{_f(s['final_score'], '.3f')} ± {_f(s['final_score_se'], '.3f')}"
+            )  # fmt: skip
+        b = bias[(task, cell)]
+        rows.append([task, cell, *cells, _f(b["rel_bias_init"], ".2f"),
+                     _f(b["rel_bias_bptt_end"], ".2f")])  # fmt: skip
+    names = {"tbptt": f"TBPTT({k})", "artbp": f"ARTBP (poly-tail, {k})",
+             "rtrl": "exact RTRL", "uoro": "UORO",
+             "bptt": "full BPTT (offline)"}  # fmt: skip
+    return _md(
+        ["task", "cell", *(names.get(e, e) for e in ests),
+         f"TBPTT({k}) bias at init", f"TBPTT({k}) bias at BPTT's end"],
+        rows,
+        ["---", "---"] + ["---:"] * (len(ests) + 2),
+    )  # fmt: skip
+
+
 # Table name -> (JSON file in experiments/figures, builder).
 TABLES = {
     "lags": ("vanishing_exploding.json", lags_table),
@@ -293,6 +329,7 @@ TABLES = {
     "stream_cuts": ("stream_cuts.json", stream_cuts_table),
     "modern_bias": ("modern_bias_sweep/bias_sweep.json", modern_bias_table),
     "modern_artbp": ("modern_bias_sweep/bias_sweep.json", modern_artbp_table),
+    "long_memory": ("long_memory.json", long_memory_table),
 }
 
 _BLOCK = re.compile(

@@ -105,15 +105,7 @@ def _lru_model(lru: jbptt.cells.Cell, output_size: int) -> jbptt.Model:
     body = jbptt.cells.diagonal(
         rules.gates, lru.init, input_size=lru.input_size, readout=_re_im, name=lru.name
     )
-    model = jbptt.readout(body, output_size=output_size)
-
-    def init(key, input_size, hidden_size, **kwargs):
-        params = model.init(key, input_size, 2 * hidden_size, **kwargs)  # V: [O, 2H]
-        k_cell, _ = jax.random.split(key)
-        params["cell"] = lru.init(k_cell, input_size, hidden_size, **kwargs)
-        return params
-
-    return model._replace(init=init)
+    return jbptt.readout(body, output_size=output_size)  # V: [O, 2H]
 
 
 def make_problem(

@@ -92,3 +92,21 @@ def test_readout_losses_refuse_targets_that_would_broadcast():
         h0, xs = model.cell.initial_state(p, (3,)), jnp.ones((5, 3, 1))
         with pytest.raises(ValueError, match=r"ys\[t\] has shape \(3, 1\)"):
             jbptt.value_and_grad(model.cell, model.loss_fn)(p, h0, xs, bad)
+
+
+def test_readout_sizes_its_weights_by_a_diagonal_cells_output():
+    """The LRU emits Re(C h) + D x, of the input's size, not H: the readout's
+    weights take the cell's output size, and the model trains."""
+    model = jbptt.readout(cells.lru(), output_size=1)
+    params = model.init(jax.random.key(0), 2, 5)
+    assert params["readout"]["V"].shape == (1, 2)
+    xs = jax.random.normal(jax.random.key(1), (6, 3, 2))
+    ys = xs[..., :1]
+    h0 = model.cell.initial_state(params, (3,))
+    (L, _), g = jbptt.value_and_grad(model.cell, model.loss_fn)(params, h0, xs, ys)
+    ref = jax.grad(lambda p: jbptt.loss(model.cell, model.loss_fn)(p, h0, xs, ys)[0])
+    assert tree_allclose(g, ref(params))
+    # cells whose output is the state keep V [O, H]
+    assert jbptt.readout(cells.min_gru(), 1).init(jax.random.key(0), 2, 5)["readout"][
+        "V"
+    ].shape == (1, 5)

@@ -168,6 +168,12 @@ def readout(
         cell_params = cell.init(k_cell, input_size, hidden_size, **kwargs)
         dtype = jax.tree_util.tree_leaves(cell_params)[0].dtype
         top = _out_size(hidden_size)
+        if cell.diagonal is not None:
+            # a diagonal cell's readout sets its output's size (the LRU's
+            # Re(C h) + D x has the input's), not the state's
+            h = cell.initial_state(cell_params, ())
+            x = jax.ShapeDtypeStruct((input_size,), dtype)
+            top = jax.eval_shape(cell.step, cell_params, h, x)[1].shape[-1]
         sizes = (top, *hidden)
         keys = jax.random.split(k_out, len(sizes)) if hidden else [k_out]
         layers = [
