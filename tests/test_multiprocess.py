@@ -316,6 +316,7 @@ def test_result_file_on_a_process_other_than_0_mirrors_and_writes_nothing(
     """What process 1 of a two-process job does with a ResultFile, with the
     broadcast from process 0 stood in for: it takes process 0's rows, skips
     them, and writes nothing, not even the folder."""
+    from jbptt._src import processes
     from jbptt._src import runs as runs_src
 
     sent = []
@@ -324,8 +325,10 @@ def test_result_file_on_a_process_other_than_0_mirrors_and_writes_nothing(
         assert not is_source
         return sent.pop(0)
 
-    monkeypatch.setattr(runs_src, "_process_group", lambda: (1, 2))
-    monkeypatch.setattr(runs_src, "_broadcast", broadcast)
+    monkeypatch.setattr(processes, "group", lambda: (1, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: broadcast(obj, src)
+    )
     path = tmp_path / "out" / "rows.jsonl"
     sent.append({"path": str(path), "replaced": None, "rows": [{"k": 1, "x": 0.5}]})
     f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
@@ -339,11 +342,14 @@ def test_result_file_on_a_process_other_than_0_mirrors_and_writes_nothing(
 
 
 def test_result_file_on_process_0_writes_and_sends_its_rows(tmp_path, monkeypatch):
+    from jbptt._src import processes
     from jbptt._src import runs as runs_src
 
     sent = []
-    monkeypatch.setattr(runs_src, "_process_group", lambda: (0, 2))
-    monkeypatch.setattr(runs_src, "_broadcast", lambda obj, src: sent.append(obj))
+    monkeypatch.setattr(processes, "group", lambda: (0, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: sent.append(obj)
+    )
     path = tmp_path / "rows.jsonl"
     f = runs_src.ResultFile(path, {"T": 8}, key=("k",))
     assert f.writes and f.append({"k": 1, "x": 0.5})

@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jbptt._src import durable, runs, validation
+from jbptt._src import durable, processes, runs, validation
 
 _INSTALL = 'pip install "jbptt[runs]"'
 
@@ -251,7 +251,7 @@ class Checkpointer:
         # delete every old step in the folder, including other writers'.
         # In a jax.distributed job orbax would wait at barriers for every
         # process; this object's process alone saves and restores.
-        index, count = runs._process_group()
+        index, count = processes.group()
         alone = {}
         if count > 1:
             alone["multiprocessing_options"] = ocp.options.MultiprocessingOptions(

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jbptt._src import durable
+from jbptt._src import durable, processes
 
 MISMATCH = ("raise", "new", "overwrite")
 _FORMAT = "jbptt-results-v1"
@@ -334,7 +334,7 @@ class ResultFile:
         self.config_hash = config_hash(config)
         self.replaced: str | None = None
         self.path = os.fspath(path)
-        index, count = _process_group()
+        index, count = processes.group()
         self.writes = index == 0
         if count == 1:
             self._open(on_mismatch)
@@ -360,10 +360,12 @@ class ResultFile:
             try:
                 self._open(on_mismatch)
             except Exception as err:
-                _broadcast({"error": f"{type(err).__name__}: {err}"}, True)
+                processes.broadcast(
+                    {"error": f"{type(err).__name__}: {err}"}, True, _jsonable
+                )
                 raise
             sent = {"path": self.path, "replaced": self.replaced, "rows": self._rows}
-        got = _broadcast(sent, self.writes)
+        got = processes.broadcast(sent, self.writes, _jsonable)
         if self.writes:
             return
         if "error" in got:
@@ -570,37 +572,6 @@ class ResultFile:
 
     def __len__(self) -> int:
         return len(self._rows)
-
-
-def _process_group() -> tuple[int, int]:
-    """``(index, count)`` of this process in a ``jax.distributed`` job;
-    ``(0, 1)`` outside one (without starting JAX's backend)."""
-    initialized = getattr(jax.distributed, "is_initialized", None)
-    if initialized is None:  # jax before is_initialized
-        from jax._src import distributed
-
-        up = distributed.global_state.client is not None
-    else:
-        up = initialized()
-    if not up:
-        return 0, 1
-    return jax.process_index(), jax.process_count()
-
-
-def _broadcast(obj, is_source: bool):
-    """Process 0's ``obj`` (JSON-able) on every process: a collective, so
-    every process of the job calls it at the same point."""
-    from jax.experimental import multihost_utils
-
-    data = _line(obj) if is_source else b""
-    size = multihost_utils.broadcast_one_to_all(
-        np.int32(len(data)), is_source=is_source
-    )
-    buf = np.zeros(int(size), np.uint8)
-    if is_source:
-        buf[:] = np.frombuffer(data, np.uint8)
-    got = multihost_utils.broadcast_one_to_all(buf, is_source=is_source)
-    return json.loads(np.asarray(got, np.uint8).tobytes())
 
 
 def read_rows(path: str | os.PathLike) -> tuple[dict, list[dict]]:

@@ -1,0 +1,46 @@
+"""Who this process is in a ``jax.distributed`` job, and process 0's word
+for all: what result files and checkpoints need to let process 0 alone
+write while every process reads the same rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def group() -> tuple[int, int]:
+    """``(index, count)`` of this process in a ``jax.distributed`` job;
+    ``(0, 1)`` outside one (without starting JAX's backend)."""
+    initialized = getattr(jax.distributed, "is_initialized", None)
+    if initialized is None:  # jax before is_initialized
+        from jax._src import distributed
+
+        up = distributed.global_state.client is not None
+    else:
+        up = initialized()
+    if not up:
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def broadcast(obj, is_source: bool, default: Callable[[Any], Any] | None = None):
+    """Process 0's ``obj`` (JSON-able, through ``default`` where it is not)
+    on every process: a collective, so every process of the job calls it at
+    the same point."""
+    from jax.experimental import multihost_utils
+
+    data = (
+        json.dumps(obj, default=default, allow_nan=True).encode() if is_source else b""
+    )
+    size = multihost_utils.broadcast_one_to_all(
+        np.int32(len(data)), is_source=is_source
+    )
+    buf = np.zeros(int(size), np.uint8)
+    if is_source:
+        buf[:] = np.frombuffer(data, np.uint8)
+    got = multihost_utils.broadcast_one_to_all(buf, is_source=is_source)
+    return json.loads(np.asarray(got, np.uint8).tobytes())
