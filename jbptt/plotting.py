@@ -119,7 +119,7 @@ def bias_variance(rows, axes=None, *, ls="-", style=None, title=None, legend=Tru
         ax.set_xlabel("expected truncation depth (steps backpropagated)")
         ax.grid(alpha=0.3, which="both")
     ax_b.set_ylabel("relative bias ‖E ĝ − g‖ / ‖g‖ (bars: 95% CI)")
-    ax_v.set_ylabel("relative error part (per sample)")
+    ax_v.set_ylabel("one sample's error ‖ĝ − g‖² / ‖g‖², by part")
     if any(line.get_ydata().size for line in ax_v.get_lines()):
         ax_v.set_yscale("log")
     if legend:
