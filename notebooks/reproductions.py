@@ -103,7 +103,7 @@ for name, est in [
     )
     ax.plot(*np.array(thetas, dtype=float).T, label=name)
     final[name] = float(thetas[-1][1])
-    print(f"{name:26s} θ after {STEPS} steps: {final[name]:+.3f} (θ* = -0.167)")
+    print(f"{name:26s} θ after {STEPS} steps: {final[name]:+.4g} (θ* = -0.167)")
 ax.axhline(-1 / 6, color="gray", ls="--", label="θ* = −1/6")
 ax.set(
     xlabel="time step t",
