@@ -43,8 +43,8 @@ if _CACHE:
 # End-to-end tests: subprocesses, notebook executions, CLI runs of experiments
 # and benchmarks, and the README's examples. Classified here by module and by
 # what a test calls, so test files need no marker of their own.
-_E2E_MODULES = {"test_readme", "test_reproductions_notebook"}
-_E2E_CALLS = ("subprocess.", "reproductions_notebook(", '"--quick"')
+_E2E_MODULES = {"test_readme", "test_notebooks"}
+_E2E_CALLS = ("subprocess.", "quick_reproductions(", '"--quick"')
 
 
 def _source(obj) -> str:

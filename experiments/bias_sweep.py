@@ -38,14 +38,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 import jbptt
 from experiments import _cli, tasks
 from jbptt import estimators as est
-from jbptt import runs, sweep
+from jbptt import plotting, runs, sweep
 
 COLUMNS = (
     "cell",
@@ -457,28 +456,33 @@ def run(args, results: runs.ResultFile | None = None) -> list[dict]:
 # ---------------------------------------------------------------- output ---
 
 
-def print_table(rows, file=None):
-    file = file or sys.stdout
-    head = (
-        f"{'cell':6} {'step':>5} {'estimator':24} {'depth':>6} "
-        f"{'rel_bias':>9} {'95% CI':>17} {'rel_var':>9} {'cos(Eĝ,g)':>9} "
-        f"{'cos(ĝ,g)':>9}"
+def figure_title(args) -> str:
+    """The run in one line: task, T, batch, samples, seed (figure and summary)."""
+    task = tasks.delayed_sum(tuple(args.delays)).name
+    return (
+        f"{task}, T = {args.T}, batch {args.batch}, hidden {args.hidden}, "
+        f"{args.samples} samples per random estimator, seed {args.seed}; "
+        f"{args.points} points along {args.train_steps} Adam steps of full BPTT"
     )
-    print(head, file=file)
-    print("-" * len(head), file=file)
-    for r in rows:
-        ci = (
-            ""
-            if np.isnan(r["rel_bias_lo"])
-            else f"[{r['rel_bias_lo']:.3f}, {r['rel_bias_hi']:.3f}]"
-        )
-        print(
-            f"{r['cell']:6} {r['train_step']:>5} {r['estimator']:24} "
-            f"{r['expected_depth']:6.1f} {r['rel_bias']:9.3f} {ci:>17} "
-            f"{r['rel_variance']:9.3g} {r['cos_mean']:9.3f} "
-            f"{r['cos_sample']:9.3f}",
-            file=file,
-        )
+
+
+def print_summary(title, headline, last, wall, base, file=None):
+    """The one summary ``main`` prints: each cell's headline table and where
+    the files are (every estimator at every point is in the CSV and JSON)."""
+    file = file or sys.stdout
+    print(f"\nbias sweep: {title} ({wall:.0f} s)", file=file)
+    print(
+        f"summary (train step {last}; bias and variance relative to ‖g‖, "
+        "ARTBP with its 95% CI):",
+        file=file,
+    )
+    for cell, table in headline.items():
+        print(f"\n{cell}\n{table}", file=file)
+    print(
+        f"\nevery estimator at every point: {base}.csv (all columns), "
+        f"{base}.json (config, versions, bias rows)",
+        file=file,
+    )
 
 
 def headline_table(rows) -> str:
@@ -519,12 +523,15 @@ def write_csv(rows, path):
         w.writerows(rows)
 
 
-def plot(rows, path, cells, notes=None):
-    """Bias (top) and variance (bottom) against expected depth, per cell.
+def plot(rows, path, cells, notes=None, title=None):
+    """Bias (top) and one sample's error (bottom) against expected depth, per
+    cell (:func:`jbptt.plotting.bias_variance`).
 
     Colour: estimator family; line style: point along the trajectory. The
-    variance panel also shows TBPTT's squared bias (its variance is 0), so
-    one sample's error E‖ĝ − g‖² = bias² + variance can be compared.
+    lower panel shows the variance of random estimators (filled) and the
+    squared bias of deterministic ones (open; their variance is 0), so one
+    sample's error E‖ĝ − g‖² = bias² + variance can be compared. ``title``:
+    the run (task, T, batch, samples, seed) above the panels.
     """
     import matplotlib
 
@@ -532,98 +539,51 @@ def plot(rows, path, cells, notes=None):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    colors = {
-        "tbptt": "tab:red",
-        "artbp-geom": "tab:blue",
-        "artbp-poly": "tab:green",
-        "rtrl": "black",
-        "snap1": "tab:purple",
-        "uoro": "tab:orange",
-        "closed-form": "tab:brown",
-        "geometric": "tab:gray",
-    }
     present = {r["family"] for r in rows}
     families = FAMILIES + tuple(f for f in FORWARD + CLOSED if f in present)
+    style = {
+        f: {"marker": m, "label": LABELS.get(f, f)} for f, m in DETERMINISTIC.items()
+    }
+    style["closed-form"]["color"] = "tab:brown"
+    style["geometric"]["color"] = "tab:gray"
     styles = [":", "--", "-", "-."]
     steps = sorted({r["train_step"] for r in rows})
     fig, axes = plt.subplots(
         2,
         len(cells),
-        figsize=(5.4 * len(cells), 8),
+        figsize=(max(5.4 * len(cells), 8.0), 9.0),
         squeeze=False,
         constrained_layout=True,
     )
-
-    def series(cell, step, fam, field):
-        rs = sorted(
-            (
-                r
-                for r in rows
-                if r["cell"] == cell and r["train_step"] == step and r["family"] == fam
-            ),
-            key=lambda r: r["expected_depth"],
-        )
-        return (
-            np.array([r["expected_depth"] for r in rs]),
-            np.array([r[field] for r in rs]),
-        )
-
+    handles = {}
     for j, cell in enumerate(cells):
         ax_b, ax_v = axes[0, j], axes[1, j]
-        v_all, exact = [], [0]
+        v_all, exact = [], 0
         for s_i, step in enumerate(steps):
             ls = styles[s_i % len(styles)] if len(steps) > 1 else "-"
-            for fam in families:
-                x, b = series(cell, step, fam, "rel_bias")
-                if not len(x):
-                    continue
-                if fam in DETERMINISTIC:
-                    mk = DETERMINISTIC[fam] or None  # None: a line only
-                    ax_b.plot(
-                        x,
-                        b,
-                        marker=mk,
-                        ls=ls,
-                        color=colors[fam],
-                        ms=9 if mk == "x" else 6,
-                    )
-                    big = b > 1e-3  # k = T is exact up to round-off: off the log axis
-                    ax_v.plot(
-                        x[big],
-                        b[big] ** 2,
-                        marker=mk,
-                        ls=ls,
-                        color=colors[fam],
-                        mfc="none",
-                    )
-                    exact[0] += int((~big).sum())
-                    v_all.extend(b[big] ** 2)
-                    continue
-                _, lo = series(cell, step, fam, "rel_bias_lo")
-                _, hi = series(cell, step, fam, "rel_bias_hi")
-                ax_b.errorbar(
-                    x,
-                    b,
-                    yerr=[b - lo, hi - b],
-                    fmt="s",
-                    ls=ls,
-                    capsize=3,
-                    color=colors[fam],
-                )
-                _, v = series(cell, step, fam, "rel_variance")
-                ax_v.plot(x, v, "s", ls=ls, color=colors[fam])
-                v_all.extend(v)
-        for ax in (ax_b, ax_v):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("expected truncation depth k (steps backpropagated)")
-            ax.grid(alpha=0.3, which="both")
-        ax_b.set_ylabel("relative bias ‖E ĝ − g‖ / ‖g‖  (ARTBP: 95% CI)")
+            point = [
+                r
+                for fam in families
+                for r in rows
+                if r["cell"] == cell and r["train_step"] == step and r["family"] == fam
+            ]
+            for h in plotting.bias_variance(
+                point, (ax_b, ax_v), ls=ls, style=style, legend=False
+            ):
+                handles.setdefault(h.get_label(), h)
+            for r in point:
+                if r["family"] in DETERMINISTIC:
+                    big = r["rel_bias"] > 1e-3  # k = T: exact up to round-off
+                    exact += not big
+                    v_all += [r["rel_bias"] ** 2] if big else []
+                else:
+                    v_all.append(r["rel_variance"])
         ax_b.set_title(f"{cell}: bias")
         ax_b.set_ylim(-0.02, 1.05)
         note = _cli.set_log_scale(ax_v, v_all, label=f"{cell} lower panel")
         if note and notes is not None:
             notes.append(note)
-        if exact[0]:
+        if exact:
             ax_v.text(
                 0.98,
                 0.02,
@@ -634,36 +594,34 @@ def plot(rows, path, cells, notes=None):
                 color="gray",
             )
         ax_v.set_ylabel(
-            "ARTBP (filled): relative variance E‖ĝ − E ĝ‖² / ‖g‖²\n"
-            "TBPTT (open): relative squared bias ‖E ĝ − g‖² / ‖g‖²"
+            "one sample's error ‖ĝ − g‖² / ‖g‖², by part:\n"
+            "variance (filled) or squared bias (open)"
         )
-        ax_v.set_title(f"{cell}: one sample's error, variance vs squared bias")
-        handles = [
+        ax_v.set_title(f"{cell}: variance vs squared bias")
+    legend = list(handles.values())
+    if len(steps) > 1:
+        legend += [
             Line2D(
                 [],
                 [],
-                color=colors[f],
-                label=LABELS.get(f, f),
-                marker=DETERMINISTIC.get(f, "s") or None,
+                color="gray",
+                ls=styles[i % len(styles)],
+                label=f"train step {st}",
             )
-            for f in families
+            for i, st in enumerate(steps)
         ]
-        if len(steps) > 1:
-            handles += [
-                Line2D(
-                    [],
-                    [],
-                    color="gray",
-                    ls=styles[i % len(styles)],
-                    label=f"train step {st}",
-                )
-                for i, st in enumerate(steps)
-            ]
+    if title:
+        run, _, points = title.partition("; ")
+        fig.suptitle(
+            f"Bias and variance of gradient estimators against the exact gradient\n"
+            f"{run}\n{points}",
+            fontsize=9,
+        )
     # One legend below the panels, never over the data.
     fig.legend(
-        handles=handles,
+        handles=legend,
         loc="outside lower center",
-        ncol=min(len(handles), 3 * len(cells)),
+        ncol=min(len(legend), max(2, round(fig.get_figwidth() / 3.2))),
         fontsize=8,
     )
     fig.savefig(path, dpi=110)
@@ -699,12 +657,12 @@ def main(argv=None) -> list[dict]:
     if jax.process_index() != 0:  # process 0 writes the files
         return rows
     wall = time.perf_counter() - t0
-    print_table(rows)
     out = _cli.Run()
     out.step("CSV", write_csv, rows, base + ".csv")
     out.wrote(base + ".csv")
     names = [name for name, _, _ in cell_variants(args)]
-    if out.step("plot", plot, rows, base + ".png", names, out.notes) is None:
+    title = figure_title(args)
+    if out.step("plot", plot, rows, base + ".png", names, out.notes, title) is None:
         out.wrote(base + ".png")
     last = max(r["train_step"] for r in rows)
     headline = {
@@ -713,9 +671,7 @@ def main(argv=None) -> list[dict]:
         )
         for c in names
     }
-    for c in names:
-        print(f"\n{c}, after {last} training steps (relative to ‖g‖):")
-        print(headline[c])
+    print_summary(title, headline, last, wall, base)
     out.finish(
         base + ".json",
         {
@@ -734,15 +690,6 @@ def main(argv=None) -> list[dict]:
             if k in NOT_CONFIG or k in run_config(args)
         },
         seed=args.seed,
-        rows=[
-            {
-                k: r[k]
-                for k in ("cell", "train_step", "estimator", "rel_bias", "rel_variance")
-            }
-            for r in rows
-            if r["train_step"] == last
-        ],
-        title=f"summary (train step {last})",
     )
     return rows
 

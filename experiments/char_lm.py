@@ -521,7 +521,8 @@ def main(argv=None):
     stem = out / args.name
     run.step("CSV", write_csv, f"{stem}.csv", rows)
     run.wrote(f"{stem}.csv")
-    if run.step("plot", plot, f"{stem}.png", rows, summary, meta) is None:
+    drawn = {**meta, "config": vars(args)}  # as the JSON holds it (replot)
+    if run.step("plot", plot, f"{stem}.png", rows, summary, drawn) is None:
         run.wrote(f"{stem}.png")
     return run.finish(
         f"{stem}.json",
@@ -732,9 +733,17 @@ def plot(path, rows, summary, meta):
     axes[-1, 1].set_xlabel("training wall-clock (s, mean over seeds)")
     c, n = meta["corpus"], len(meta["seeds"])
     spread = f"mean ± s.e. over {n} seeds" if n > 1 else "one seed"
+    cfg = meta.get("config") or {}
+    model = (
+        f"\nhidden {cfg['hidden']}, batch {cfg['batch']} streams, Adam lr "
+        f"{cfg['lr']:g}, seeds from {cfg['seed']}; solid: TBPTT(k), dashed: ARTBP "
+        "(mean segment k); shading: ± s.e."
+        if {"hidden", "batch", "lr", "seed"} <= set(cfg)
+        else ""
+    )
     fig.suptitle(
         f"Char LM, online TBPTT vs ARTBP — {c['source']}, {c['n_chars']:,} chars, "
-        f"{meta['epochs']:.1f} epochs; {spread}",
+        f"{meta['epochs']:.1f} epochs; {spread}{model}",
         fontsize=10,
     )
     fig.tight_layout()

@@ -372,7 +372,12 @@ def plot(path, rows, summary, args, notes=None):
     fig.legend(
         handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8
     )
-    fig.suptitle("Influence balancing: TBPTT(k) vs ARTBP")
+    fig.suptitle(
+        f"Influence balancing (Tallec & Ollivier 2017): TBPTT(k) vs ARTBP, one "
+        f"stream of {args.steps} steps (batch 1), {N_UNITS} units, θ₀ = {THETA0}, "
+        f"SGD η₀/√(1 + t), seed {args.seed}",
+        fontsize=9,
+    )
     rows_ = -(-len(labels) // 3)
     fig.tight_layout(rect=(0, 0.05 * rows_ + 0.02, 1, 1))
     fig.savefig(path, dpi=110)

@@ -195,7 +195,13 @@ def plot(path, rows, args):
     ax.set_ylim(bottom=lo / 20)  # room for the legend under the curves
     ax.set_xlabel(f"updates per stream of T = {args.T} (fewer: more own cuts)")
     ax.set_ylabel("relative variance E‖ĝ − Eĝ‖² / ‖∇L‖²")
-    ax.set_title(f"LSTM({args.hidden}), B = {args.batch} streams: shared vs own cuts")
+    ax.set_title(
+        f"Online ARTBP, shared vs each stream's own cuts: LSTM({args.hidden}) on "
+        f"delayed_sum(2, 8, 24),\nT = {args.T}, batch {args.batch} streams, "
+        f"{args.samples} samples of the link weights, seed {args.seed}; "
+        "m = updates every m·k steps",
+        fontsize=8,
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

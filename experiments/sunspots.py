@@ -220,7 +220,7 @@ def main(argv=None):
     run = _cli.Run()
     run.step("CSV", write_csv, out / "sunspots.csv", summary)
     run.wrote(str(out / "sunspots.csv"))
-    if run.step("plot", plot, out / "sunspots.png", s, preds, meta) is None:
+    if run.step("plot", plot, out / "sunspots.png", s, preds, meta, args) is None:
         run.wrote(str(out / "sunspots.png"))
     return run.finish(
         str(out / "sunspots.json"),
@@ -248,7 +248,7 @@ def write_csv(path, summary):
         wr.writerows(summary)
 
 
-def plot(path, s, preds, meta):
+def plot(path, s, preds, meta, args=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +269,16 @@ def plot(path, s, preds, meta):
     ax.axvline(s.years[n] - 0.5, color="gray", ls=":", lw=1)
     ax.set_xlabel("year")
     ax.set_ylabel("yearly sunspot number")
-    ax.set_title("One-step-ahead forecasts on the held-out tail")
+    title = "Sunspots: one-step-ahead forecasts on the held-out tail"
+    if args is not None:
+        seeds = f"seed {args.seed}" if args.seeds == 1 else (
+            f"mean over seeds {args.seed}–{args.seed + args.seeds - 1}")  # fmt: skip
+        title += (
+            f" (last {args.test_size} years; trained on {n} years)\nGRU({args.hidden}) "
+            f"trained online over {args.epochs} epochs along one stream (batch 1), "
+            f"Adam lr {args.lr:g}, {seeds}; RMSE in sunspot units"
+        )
+    ax.set_title(title, fontsize=9)
     # legend to the right of the axes, never over the forecasts
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

@@ -192,7 +192,11 @@ def plot_lags(profiles, cfg, path):
     for ax in axes[:, 0]:
         ax.set_ylabel("‖(∂h_t/∂h_{t-τ})ᵀ ∂ℓ_t/∂h_t‖ / lag 0")
     fig.suptitle(
-        f"Per-lag gradient norm (T={cfg['T']}, H={cfg['H']}, mean over t, batch)"
+        f"Per-lag gradient norm at initialisation, mean over t and batch\n"
+        f"target = input 5 steps back, T = {cfg['T']}, batch {cfg['B']}, "
+        f"H = {cfg['H']}, seed {cfg['seed']}\none line per spectral radius ρ(W) "
+        "of the recurrent weights",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -317,8 +321,10 @@ def plot_training(rows, cfg, path):
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     gap = ", non-finite steps: gap" if bad else ""
     fig.suptitle(
-        f"Adding problem T={cfg['train_T']}, relu Elman H={cfg['train_H']}, "
-        f"ρ(W)={cfg['train_radius']}, SGD lr={cfg['lr']}{gap}"
+        f"Adding problem T={cfg['train_T']}, batch {cfg['train_B']}, relu Elman "
+        f"H={cfg['train_H']}, ρ(W)={cfg['train_radius']}, SGD lr={cfg['lr']}, "
+        f"{cfg['train_steps']} steps, seed {cfg['seed']}{gap}",
+        fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
@@ -407,8 +413,10 @@ def plot_tie_in(results, cfg, path):
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
     axes[0].set_ylabel("relative size")
     fig.suptitle(
-        f"Per-lag profile beside TBPTT(k)'s dropped mass and exact bias "
-        f"(T={cfg['bias_T']})"
+        f"Per-lag profile beside TBPTT(k)'s dropped mass and exact bias: target = "
+        f"input 5 steps back,\nT = {cfg['bias_T']}, batch {cfg['B']}, "
+        f"H = {cfg['H']}, at initialisation, seed {cfg['seed']}",
+        fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
@@ -560,6 +568,8 @@ def main(argv=None) -> dict:
         run.step(name, _write_csv, path(name), rows)
         run.wrote(path(name))
 
+    drawn = {**cfg, "seed": args.seed}  # the figures' titles name the seed
+
     def draw(name, fn, *a):
         if run.step(name, fn, *a, path(name)) is None:
             run.wrote(path(name))
@@ -584,14 +594,14 @@ def main(argv=None) -> dict:
         ]
     write("lags.csv", lag_rows)
     write("summary.csv", summary)
-    draw("lags.png", plot_lags, profiles, cfg)
+    draw("lags.png", plot_lags, profiles, drawn)
 
     # 2. clipping
     train_rows = []
     for method in ("none", "global_norm", "value"):
         train_rows += train_adding(method, cfg, jax.random.fold_in(key, 1000))
     write("clipping.csv", train_rows)
-    draw("clipping.png", plot_training, train_rows, cfg)
+    draw("clipping.png", plot_training, train_rows, drawn)
     clip_summary = {}
     for method in ("none", "global_norm", "value"):
         r = [x for x in train_rows if x["method"] == method]
@@ -623,7 +633,7 @@ def main(argv=None) -> dict:
             for k, d, b in zip(cfg["ks"], dropped, bias, strict=True)
         ],
     )
-    draw("tbptt.png", plot_tie_in, tie, cfg)
+    draw("tbptt.png", plot_tie_in, tie, drawn)
 
     report = dict(
         config=cfg,

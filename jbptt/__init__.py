@@ -11,6 +11,7 @@ from jbptt import data as data
 from jbptt import diagnostics as diagnostics
 from jbptt import estimators as estimators
 from jbptt import forward_mode as forward_mode
+from jbptt import plotting as plotting
 from jbptt import runs as runs
 from jbptt import sharding as sharding
 from jbptt import sweep as sweep

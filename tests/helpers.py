@@ -6,6 +6,8 @@ import atexit
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -102,30 +104,48 @@ def random_w(T, seed=1):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@functools.cache
-def reproductions_notebook():
-    """Executes notebooks/reproductions.ipynb once per test process.
+def child_env() -> dict:
+    """The environment of a Python process (or notebook kernel) the suite
+    starts: this checkout's jbptt and experiments first on the path, wherever
+    it runs, and the suite's compilation cache (conftest.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cache = os.environ.get(
+        "JBPTT_TEST_CACHE", str(ROOT / ".pytest_cache/jax-compilation")
+    )
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    return env
 
-    The notebook runs the quick forms of influence_balancing, char_lm and
-    sunspots through their `main(argv)` into a folder given by
-    JBPTT_NOTEBOOK_OUT; the notebook test and each experiment's test check that
-    one run instead of running every quick experiment twice.
+
+@functools.cache
+def quick_reproductions() -> Path:
+    """Runs the quick forms of influence_balancing, char_lm and sunspots once
+    per test process: ``main(["--quick", "--out", DIR])`` of each, in one
+    Python process of their own (float32, as a user runs them, with the
+    suite's compilation cache); the experiments' tests check that one run's
+    files instead of running every quick form again.
 
     Returns:
-        (executed notebook, output folder as a Path).
+        The output folder, holding each experiment's CSV, JSON and PNG.
     """
-    import nbformat
-    from nbclient import NotebookClient
-
     out = Path(tempfile.mkdtemp(prefix="jbptt_reproductions_"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
-    nb_path = ROOT / "notebooks" / "reproductions.ipynb"
-    nb = nbformat.read(nb_path, as_version=4)
-    resources = {"metadata": {"path": str(nb_path.parent)}}
-    NotebookClient(nb, timeout=600, resources=resources).execute(
-        env={**os.environ, "JBPTT_NOTEBOOK_OUT": str(out)}
+    env = child_env()
+    names = ("influence_balancing", "char_lm", "sunspots")
+    run = "importlib.import_module('experiments.{}').main(['--quick', '--out', out])"
+    code = "import importlib, sys\nout = sys.argv[1]\n"
+    code += "\n".join(run.format(n) for n in names)
+    subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
-    return nb, out
+    return out
 
 
 SEEDED_CELLS = {

@@ -123,37 +123,6 @@ def test_artbp_families_are_matched_to_tbptt_depth():
     assert {"tbptt", "artbp-geom", "artbp-poly"} <= fams
 
 
-@pytest.mark.slow
-def test_notebook_executes(monkeypatch):
-    """notebooks/artbp_vs_tbptt.ipynb runs top to bottom (in a kernel of its own,
-    without a second pytest process)."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
-    nb = nbformat.read(f"{root}/notebooks/artbp_vs_tbptt.ipynb", as_version=4)
-    resources = {"metadata": {"path": f"{root}/notebooks"}}
-    # The kernel must use its inline backend to emit figures, whatever the
-    # caller's MPLBACKEND (e.g. Agg on a headless CI machine).
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    NotebookClient(nb, timeout=600, resources=resources).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "relative bias" in text and "after training" in text
-
-
-def test_notebook_is_paired():
-    """The .ipynb and its jupytext .py hold the same cells."""
-    import jupytext
-
-    root = bias_sweep.__file__.rsplit("/experiments/", 1)[0]
-    nb = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.ipynb")
-    py = jupytext.read(f"{root}/notebooks/artbp_vs_tbptt.py")
-    assert [c.source for c in nb.cells] == [c.source for c in py.cells]
-
-
 def test_delayed_sum_task():
     import jax
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import char_lm
-from tests.helpers import reproductions_notebook
+from tests.helpers import quick_reproductions
 
 
 def test_unigram_bpc():
@@ -30,11 +30,11 @@ def test_held_out_reads_the_whole_split_by_default():
         char_lm.held_out(ids[:15], None, 10)
 
 
-@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
+@pytest.mark.xdist_group("quick_reproductions")  # one shared run
 def test_quick_run():
-    # `char_lm.main(["--quick", "--out", out])`, run once by the reproductions
-    # notebook (tests/helpers.py); its JSON is the dict main returns.
-    _, out = reproductions_notebook()
+    # `python -m experiments.NAME --quick --out DIR`, run once for these tests
+    # by tests/helpers.quick_reproductions; its JSON is the dict main returns.
+    out = quick_reproductions()
     meta = json.loads((out / "char_lm.json").read_text())
     for ext in ("csv", "json", "png"):
         assert (out / f"char_lm.{ext}").stat().st_size > 0

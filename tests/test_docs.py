@@ -19,7 +19,7 @@ import jbptt
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 API = ROOT / "docs" / "api"
 FACADES = (
-    "adaptive cells checks data diagnostics estimators forward_mode runs "
+    "adaptive cells checks data diagnostics estimators forward_mode plotting runs "
     "sharding sweep train truncation"
 ).split()
 MODULES = ["jbptt"] + [f"jbptt.{name}" for name in FACADES]

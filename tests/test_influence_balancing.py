@@ -10,7 +10,7 @@ import pytest
 
 import jbptt
 from experiments import influence_balancing as ib
-from tests.helpers import reproductions_notebook
+from tests.helpers import quick_reproductions
 
 # docs/design.md, "Reference facts":
 # S(K) = Σ_{k<K} (Aᵏv)₁ for K = 1, 10, 20, 40, 41, ≥80.
@@ -52,11 +52,11 @@ def test_steady_state_optimum():
     assert s1 == pytest.approx(-6.0) and 1 / s1 == pytest.approx(ib.THETA_STAR)
 
 
-@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
+@pytest.mark.xdist_group("quick_reproductions")  # one shared run
 def test_quick_run_outputs_and_claim():
-    # `ib.main(["--quick", "--out", out])`, run once by the reproductions
-    # notebook (tests/helpers.py); the JSON holds the summary main returns.
-    _, out = reproductions_notebook()
+    # `python -m experiments.NAME --quick --out DIR`, run once for these tests
+    # by tests/helpers.quick_reproductions; the JSON holds the summary main returns.
+    out = quick_reproductions()
     for ext in ("csv", "json", "png"):
         assert (out / f"influence_balancing.{ext}").stat().st_size > 0
     with open(out / "influence_balancing.csv") as f:

@@ -23,6 +23,7 @@ FACADES = (
     "diagnostics",
     "estimators",
     "forward_mode",
+    "plotting",
     "runs",
     "sharding",
     "sweep",

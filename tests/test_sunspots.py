@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import sunspots
-from tests.helpers import reproductions_notebook
+from tests.helpers import quick_reproductions
 
 
 def test_ar_forecast_recovers_an_ar_process():
@@ -26,11 +26,11 @@ def test_naive_forecast_is_previous_value():
     np.testing.assert_array_equal(sunspots.naive_forecast(y, 7), [6.0, 7.0, 8.0])
 
 
-@pytest.mark.xdist_group("reproductions_notebook")  # one shared run
+@pytest.mark.xdist_group("quick_reproductions")  # one shared run
 def test_quick_run_beats_naive():
-    # `sunspots.main(["--quick", "--out", out])`, run once by the reproductions
-    # notebook (tests/helpers.py); its JSON is the dict main returns.
-    _, out = reproductions_notebook()
+    # `python -m experiments.NAME --quick --out DIR`, run once for these tests
+    # by tests/helpers.quick_reproductions; its JSON is the dict main returns.
+    out = quick_reproductions()
     meta = json.loads((out / "sunspots.json").read_text())
     for ext in ("csv", "json", "png"):
         assert (out / f"sunspots.{ext}").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""experiments.vanishing_exploding: CLI, outputs, clipping; the notebook runs."""
+"""experiments.vanishing_exploding: CLI, outputs, clipping (its notebook:
+tests/test_notebooks.py)."""
 
 import csv
 import json
@@ -135,23 +136,3 @@ def test_rescale_recurrent_sets_spectral_radius():
         np.testing.assert_allclose(ve.spectral_radius(block), 0.7, rtol=1e-10)
     e = ve.rescale_recurrent("elman_tanh", cells.elman().init(key, 2, 5), 1.5, key)
     np.testing.assert_allclose(ve.spectral_radius(e["W"]), 1.5, rtol=1e-10)
-
-
-def test_notebook_runs(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(os.path.join(ROOT, "notebooks", "vanishing_exploding.ipynb"), 4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute(env={**os.environ, "PYTHONPATH": ROOT, "JBPTT_NOTEBOOK_QUICK": "1"})
-    text = "".join(
-        o.get("text", "")
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-    )
-    assert "top Lyapunov exponent" in text and "TBPTT( 1)" in text
