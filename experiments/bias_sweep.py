@@ -364,7 +364,8 @@ def closed_form_rows(model, problem, params, g, ks, meta) -> list[dict]:
     stationary form, for k < T: it assumes T ≫ k); ``meta``: (cell, step,
     loss)."""
     g_norm = float(jnp.linalg.norm(g))
-    modulus = jnp.abs(jbptt.cells.lru_eigenvalues(params["cell"]))
+    lam, _ = model.cell.diagonal.gates(params["cell"], problem.xs[:1])  # λ: [H]
+    modulus = jnp.abs(lam)
     rows = []
     for k in ks:
         bias = _bias_fn(model, k)(params, problem.h0, problem.xs, problem.ys)

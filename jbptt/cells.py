@@ -12,10 +12,8 @@ from jbptt._src.cell import Cell as Cell
 from jbptt._src.cell import ReverseRules as ReverseRules
 from jbptt._src.deprecations import Moved as _Moved
 from jbptt._src.deprecations import forward as _forward
-from jbptt._src.diagonal import DiagonalRules as DiagonalRules
 from jbptt._src.diagonal import diagonal as diagonal
 from jbptt._src.diagonal import lru as lru
-from jbptt._src.diagonal import lru_eigenvalues as lru_eigenvalues
 from jbptt._src.diagonal import min_gru as min_gru
 from jbptt._src.diagonal import min_lstm as min_lstm
 from jbptt._src.elman import elman as elman

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -34,7 +34,7 @@
 #    back, with TBPTT(k), ARTBP at mean depth k, exact diagonal RTRL
 #    (`forward_mode.rtrl()`) and, offline, full BPTT, at matched updates.
 #
-# It runs in a few minutes on a 2-core CPU; with `JBPTT_NOTEBOOK_QUICK=1`
+# It runs in a few minutes on a 2-core CPU; with `JBPTT_QUICK=1`
 # in the environment it runs tiny settings in seconds (the test suite does).
 # The full study, with minGRU, the LSTM, UORO, three delays and three seeds,
 # is `python -m experiments.long_memory` (experiments/RESULTS.md).
@@ -52,7 +52,7 @@ import optax
 import jbptt
 from jbptt import cells, diagnostics, estimators, forward_mode, train, truncation
 
-QUICK = bool(os.environ.get("JBPTT_NOTEBOOK_QUICK"))
+QUICK = os.environ.get("JBPTT_QUICK") == "1"
 D = 8 if QUICK else 64  # recall delay
 K = 4 if QUICK else 16  # truncation depth, ARTBP's mean segment, RTRL's update interval
 H = 4 if QUICK else 16  # LRU units

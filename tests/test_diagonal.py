@@ -294,8 +294,10 @@ def test_lru_forward_is_the_papers():
 def test_lru_ring_initialisation():
     """|λ| within [r_min, r_max], phase within [0, max_phase], γ = √(1−|λ|²)."""
     r_min, r_max, phase = 0.4, 0.9, math.pi / 3
-    p = cells.lru(r_min, r_max, phase).init(jax.random.key(0), 3, 512)
-    lam = cells.lru_eigenvalues(p)
+    cell = cells.lru(r_min, r_max, phase)
+    p = cell.init(jax.random.key(0), 3, 512)
+    lam, _ = cell.diagonal.gates(p, jnp.zeros((1, 3)))  # λ, constant: [H]
+    assert lam.shape == (512,)
     mod = np.abs(lam)
     assert r_min <= mod.min() and mod.max() <= r_max
     assert mod.min() < r_min + 0.05 and mod.max() > r_max - 0.05  # fills the ring

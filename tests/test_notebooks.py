@@ -16,7 +16,10 @@ EXPECTED = {
     "artbp_vs_tbptt": ("relative bias", "after training", "full BPTT"),
     "vanishing_exploding": ("top Lyapunov exponent", "TBPTT( 1)"),
     "reproductions": ("θ after", "valid", "test RMSE"),
+    "modern_recurrences": ("closed form − measured", "full BPTT"),
 }
+# How many figures a notebook draws, where the count is checked.
+FIGURES = {"modern_recurrences": 2}
 
 
 def _execute(name: str, cwd: Path):
@@ -40,7 +43,8 @@ def test_notebook_executes(name, where, tmp_path):
     nb = _execute(name, ROOT if where == "root" else tmp_path)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images and len(images) == FIGURES.get(name, len(images))
     text = "".join(o.get("text", "") for o in outputs)
     for phrase in EXPECTED[name]:
         assert phrase in text, phrase
@@ -52,6 +56,8 @@ def test_notebook_uses_the_public_api_only(name):
     assert not re.search(r"^\s*(from|import) experiments", source, re.M)
     assert "parse_args" not in source and "sys.path" not in source
     assert not re.search(r"from jbptt\._src|jbptt\._src", source)
+    assert not re.search(r"^\s*(from|import) tests", source, re.M)
+    assert re.search(r"^(import|from) jbptt\b", source, re.M)
 
 
 def test_every_notebook_is_tested():

@@ -154,6 +154,8 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
         out_t = \mathrm{Re}((C_{re} + i C_{im}) h_t) + D ⊙ x_t.
 
     The state is complex ``[..., H]``; the output has the input's size.
+    The eigenvalues λ ``[H]`` are the gates' ``a``:
+    ``lam, _ = cell.diagonal.gates(params, x)``.
     Initialisation (the paper's ring): |λ| uniform in the area of the ring
     ``r_min ≤ |λ| ≤ r_max``, phase uniform in ``[0, max_phase]``,
     γ = sqrt(1 − |λ|²) (stored as ``gamma_log``), ``B`` entries
