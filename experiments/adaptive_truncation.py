@@ -42,12 +42,20 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="Adam lr")
     p.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw OUT/adaptive_truncation.png from its JSON",
+    )
     _cli.add_quick(p, QUICK)
     return _cli.parse(p, argv, QUICK)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote:\n  {replot(Path(args.out))}")
+        return None
     jax.config.update("jax_enable_x64", True)
     t0 = time.time()
     task = tasks.delayed_sum((2, 8, 24))
@@ -113,6 +121,17 @@ def plot(path, rows, args):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(out: Path) -> Path:
+    """Redraw ``adaptive_truncation.png`` from ``adaptive_truncation.json``
+    (no training), with the settings the run recorded."""
+    import argparse
+
+    meta = json.loads((out / "adaptive_truncation.json").read_text())
+    path = out / "adaptive_truncation.png"
+    plot(path, meta["rows"], argparse.Namespace(**meta["config"]))
+    return path
 
 
 if __name__ == "__main__":
