@@ -43,6 +43,8 @@ def parse_args(argv=None):
                    default=200000, help="corpus characters read")  # fmt: skip
     p.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw OUT/pes_variance.png from its JSON")  # fmt: skip
     _cli.add_quick(p, QUICK)
     args = _cli.parse(p, argv, QUICK)
     args.ks = [int(k) for k in str(args.ks).split(",")]
@@ -80,6 +82,9 @@ FAMILIES = ("TBPTT", "ARTBP", "truncated ES", "PES")
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote:\n  {replot(Path(args.out))}")
+        return None
     jax.config.update("jax_enable_x64", True)
     t0 = time.time()
     prob = make_problem(args)
@@ -142,6 +147,17 @@ def plot(path, rows, args):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(out: Path) -> Path:
+    """Redraw ``pes_variance.png`` from ``pes_variance.json`` (no sweep),
+    with the settings the run recorded."""
+    import argparse
+
+    meta = json.loads((out / "pes_variance.json").read_text())
+    path = out / "pes_variance.png"
+    plot(path, meta["rows"], argparse.Namespace(**meta["config"]))
+    return path
 
 
 if __name__ == "__main__":
