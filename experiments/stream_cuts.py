@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=_cli.positive_int, default=256, help="draws")
     p.add_argument("--seed", type=_cli.nonneg_int, default=0, help="PRNG seed")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw OUT/stream_cuts.png from its JSON")  # fmt: skip
     _cli.add_quick(p, QUICK)
     args = _cli.parse(p, argv, QUICK)
     args.ks = [int(k) for k in str(args.ks).split(",")]
@@ -97,6 +99,9 @@ def measure(grad, exact, draws):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote:\n  {replot(Path(args.out))}")
+        return None
     jax.config.update("jax_enable_x64", True)
     t0 = time.time()
     task = tasks.delayed_sum((2, 8, 24))
@@ -207,6 +212,17 @@ def plot(path, rows, args):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def replot(out: Path) -> Path:
+    """Redraw ``stream_cuts.png`` from ``stream_cuts.json`` (no gradients),
+    with the settings the run recorded."""
+    import argparse
+    import json
+
+    meta = json.loads((out / "stream_cuts.json").read_text())
+    return plot(out / "stream_cuts.png", meta["rows"],
+                argparse.Namespace(**meta["config"]))  # fmt: skip
 
 
 if __name__ == "__main__":
