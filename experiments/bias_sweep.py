@@ -179,6 +179,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bar")
     p.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw OUT/bias_sweep.png from OUT/bias_sweep.{csv,json}",
+    )
+    p.add_argument(
         "--devices",
         type=_cli.positive_int,
         default=None,
@@ -237,7 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # Arguments that do not change the numbers, left out of the config hash.
-NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch")
+NOT_CONFIG = ("out", "no_progress", "devices", "on_mismatch", "replot")
 
 
 def run_config(args) -> dict:
@@ -631,6 +636,9 @@ def plot(rows, path, cells, notes=None, title=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote:\n  {replot(args.out)}")
+        return None
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     if jax.process_index() == 0:  # the only process that writes
@@ -693,6 +701,28 @@ def main(argv=None) -> list[dict]:
         seed=args.seed,
     )
     return rows
+
+
+def replot(out: str) -> str:
+    """Redraw ``bias_sweep.png`` from ``bias_sweep.csv`` (every row, with the
+    expected depths the JSON leaves out) and the settings in
+    ``bias_sweep.json`` (no sweep)."""
+    import json
+
+    base = os.path.join(out, "bias_sweep")
+    with open(base + ".json") as f:
+        args = argparse.Namespace(**json.load(f)["config"])
+
+    def value(k, v):  # the CSV's text back to the row's types
+        if k in ("cell", "estimator", "family"):
+            return v
+        return int(v) if k == "train_step" else float(v)
+
+    with open(base + ".csv") as f:
+        rows = [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    names = list(dict.fromkeys(r["cell"] for r in rows))  # the run's cell order
+    plot(rows, base + ".png", names, title=figure_title(args))
+    return base + ".png"
 
 
 if __name__ == "__main__":
