@@ -33,7 +33,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--max-buckets", type=int, default=None)
-    ap.add_argument("--no-ahead", action="store_true", help="Buckets(ahead=False)")
+    ap.add_argument("--ahead", action="store_true", help="Buckets(ahead=True)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         if args.estimator == "tbptt"
         else estimators.artbp_matched(args.k, "poly_tail")
     )
-    policy = jbptt.train.Buckets(max_buckets=args.max_buckets, ahead=not args.no_ahead)
+    policy = jbptt.train.Buckets(max_buckets=args.max_buckets, ahead=args.ahead)
     tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.adam(1e-3), est,
                              buckets=policy)  # fmt: skip
     state, rows = tr.init(params, jax.random.key(3)), []

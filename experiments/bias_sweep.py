@@ -369,7 +369,7 @@ def closed_form_rows(model, problem, params, g, ks, meta) -> list[dict]:
     stationary form, for k < T: it assumes T ≫ k); ``meta``: (cell, step,
     loss)."""
     g_norm = float(jnp.linalg.norm(g))
-    lam, _ = model.cell.diagonal.gates(params["cell"], problem.xs[:1])  # λ: [H]
+    lam, _ = model.cell.diagonal.gates(params, problem.xs[:1])  # λ: [H]
     modulus = jnp.abs(lam)
     rows = []
     for k in ks:

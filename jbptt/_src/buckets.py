@@ -50,10 +50,12 @@ class Buckets(NamedTuple):
         count skips the probe (and its compilations).
       ahead: compile the buckets a call's plan needs in background threads
         (one per spare core, at most 4) while the first segments run (the
-        plan is known before the loop: the same buckets, only sooner). It
-        shortens the first call where cores are idle, not on a busy one.
-        Off while JAX's persistent compilation cache is on (its writes are
-        not safe beside a compilation in another thread).
+        plan is known before the loop: the same buckets, only sooner). Off
+        by default: on the 2-core CPU it measured no gain (both cores busy
+        compiling), and test processes that compiled in such threads beside
+        the main thread's compilations crashed now and then in XLA (jaxlib
+        0.10, CPU). Always off while JAX's persistent compilation cache is
+        on (its writes are not safe beside a compilation in another thread).
 
     Examples:
       >>> from jbptt import train
@@ -66,7 +68,7 @@ class Buckets(NamedTuple):
     top: int | str | None = "auto"
     cpu_temp_bytes: int = 32 << 20
     step_arrays: int = 32
-    ahead: bool = True
+    ahead: bool = False
 
 
 def check(policy) -> Buckets:

@@ -77,8 +77,9 @@ class Cell(NamedTuple):
         ``None`` when it cannot be read from ``params``.
       name: a short description used in error messages and reports.
       diagonal: for diagonal linear recurrences ``h_t = a_t ⊙ h_{t-1} + b_t``
-        (:func:`jbptt.cells.diagonal`), their
-        :class:`~jbptt.cells.DiagonalRules`; ``None`` otherwise.
+        (:func:`jbptt.cells.diagonal`), their ``DiagonalRules(gates,
+        readout)``: ``gates(params, x) -> (a, b)`` and ``readout(params, h,
+        x) -> out`` on any leading steps; ``None`` otherwise.
     """
 
     init: Callable[..., Params]

@@ -397,7 +397,7 @@ def parts(name: str, max_bytes: int, dense, state_cls):
 
 
 def cell_is_diagonal(cell) -> bool:
-    """Whether ``cell`` carries :class:`~jbptt.cells.DiagonalRules`."""
+    """Whether ``cell`` carries diagonal rules (``cell.diagonal``)."""
     return getattr(cell, "diagonal", None) is not None
 
 
