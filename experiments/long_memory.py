@@ -150,52 +150,15 @@ def make_model(cell: str, r_min: float = 0.0, r_max: float = 1.0):
 # ------------------------------------------------------------- estimators ---
 
 
-class EveryK(NamedTuple):
-    """A forward-mode estimator that updates every ``k`` steps (the sum of
-    its per-step gradients since the last update) instead of every step: its
-    online rule with segments of ``k`` steps, so the update count matches
-    TBPTT(k)'s. The influence is carried across updates as before."""
-
-    estimator: object
-    k: int
-
-    @property
-    def name(self):
-        return self.estimator.name
-
-    @property
-    def deterministic(self):
-        return self.estimator.deterministic
-
-    @property
-    def hparams(self):
-        return {**self.estimator.hparams, "update_every": self.k}
-
-    def samples(self, problem, key, n, *, chunk=64, mesh=None):
-        return self.estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
-
-    def cost(self, problem):
-        return self.estimator.cost(problem)
-
-    def online(self):
-        k = self.k
-
-        def plan(key, T):
-            n, r = divmod(T, k)
-            return np.array([k] * n + ([r] if r else []), int), None
-
-        return self.estimator.online()._replace(plan=plan)
-
-
 def online_estimator(name: str, k: int):
     if name == "tbptt":
         return estimators.tbptt(k)
     if name == "artbp":
         return estimators.artbp_matched(k, "poly_tail")
     if name == "rtrl":
-        return EveryK(forward_mode.rtrl(), k)
+        return forward_mode.rtrl().every(k)
     if name == "uoro":
-        return EveryK(forward_mode.uoro(), k)
+        return forward_mode.uoro().every(k)
     raise ValueError(name)
 
 

@@ -160,35 +160,14 @@ print(f"score at initialisation: {score(params0):.3f} (1 = the trivial predictor
 # %% [markdown]
 # Forward-mode estimators update at every step by default. To match
 # TBPTT(k)'s update count, RTRL here updates every k steps with the sum of
-# its per-step gradients: its online rule (the estimator protocol's
-# `online()`) with a plan of k-step segments. The influence is carried across
-# updates as before.
-
+# its per-step gradients (`forward_mode.rtrl().every(k)`); the influence is
+# carried across updates as before.
 
 # %%
-class EveryK:
-    def __init__(self, est, k):
-        self.est, self.k = est, k
-        self.name, self.deterministic = est.name, est.deterministic
-        self.hparams = {**est.hparams, "update_every": k}
-
-    def samples(self, problem, key, n, **kw):
-        return self.est.samples(problem, key, n, **kw)
-
-    def cost(self, problem):
-        return self.est.cost(problem)
-
-    def online(self):
-        k = self.k
-        return self.est.online()._replace(
-            plan=lambda key, T: (np.full(T // k, k), None)
-        )
-
-
 online = {
     f"TBPTT({K})": estimators.tbptt(K),
     f"ARTBP (poly-tail, mean {K})": estimators.artbp_matched(K, "poly_tail"),
-    f"exact diagonal RTRL (update every {K})": EveryK(forward_mode.rtrl(), K),
+    f"exact diagonal RTRL (update every {K})": forward_mode.rtrl().every(K),
 }
 if QUICK:  # seconds: ARTBP's random segment lengths compile several lengths
     del online[f"ARTBP (poly-tail, mean {K})"]

@@ -387,3 +387,15 @@ def test_bias_sweep_forward_mode_flag():
     plain = bias_sweep.parse_args(["--quick"])
     specs = bias_sweep.make_estimators(plain.ks, plain.T, plain.forward_mode)
     assert not any(fam in bias_sweep.FORWARD for fam, _, _ in specs)
+
+
+def test_every_n_steps_plans_n_step_segments_and_checks_n():
+    """est.every(n): segments of n steps (a shorter last one), the same
+    estimator otherwise; n is checked by name."""
+    est = forward_mode.rtrl().every(4)
+    lengths, _ = est.online().plan(None, 10)
+    assert lengths.tolist() == [4, 4, 2]
+    assert est.name == forward_mode.rtrl().name and est.hparams["update_every"] == 4
+    for bad in (0, -1, 2.5, float("nan")):
+        with pytest.raises((TypeError, ValueError), match="n must be"):
+            forward_mode.uoro().every(bad)

@@ -69,7 +69,7 @@ from jax.flatten_util import ravel_pytree
 
 from jbptt._src import diagonal_rtrl as diag
 from jbptt._src import influence as flat
-from jbptt._src import protocol, sequences, sharding, sparsity, validation
+from jbptt._src import protocol, sequences, sharding, sparsity, update_every, validation
 from jbptt._src.cell import Cell
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
@@ -174,6 +174,18 @@ class OnlineEstimator(NamedTuple):
             self._init_influence, _every_step, self.segment,
             takes_resets=True, takes_adjoint=False,
         )  # fmt: skip
+
+    def every(self, n: int) -> update_every.UpdateEvery:
+        """This estimator with one update per ``n`` steps in the trainer (the
+        sum of its per-step gradients since the last), not one per step, so
+        its update count can match TBPTT(n)'s; the influence carries on.
+
+        Examples:
+          >>> from jbptt import forward_mode
+          >>> forward_mode.rtrl().every(16).hparams["update_every"]
+          16
+        """
+        return update_every.every(self, n)
 
     def _init_influence(self, cell, params, h0, x0):
         return self.init(cell, params, h0, x0).influence

@@ -10,14 +10,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jbptt._src import update_every as update_every_lib
 from jbptt._src import validation
 from jbptt._src.buckets import Buckets
 from jbptt._src.cell import Cell
 from jbptt._src.forward_mode import OnlineEstimator, OnlineState
-from jbptt._src.protocol import OnlineRule
 from jbptt._src.train_compat import shared_trainer
 
 
@@ -141,7 +140,8 @@ def train(
         tx = optax.chain(optax.clip_by_global_norm(clip), optimizer)
     tr = shared_trainer(
         cell, loss_fn, (optimizer, tx, (clip, "global_norm")),
-        _EveryN(estimator, update_every), Buckets(min_bucket=update_every), {},
+        update_every_lib.every(estimator, update_every),
+        Buckets(min_bucket=update_every), {},
     )  # fmt: skip
     run = tr.init(params, key, h0)
     if opt_state is not None:
@@ -158,35 +158,3 @@ def train(
         jnp.asarray(hist.step_loss),
         jnp.asarray(hist.grad_norm),
     )
-
-
-class _EveryN(NamedTuple):
-    """A forward-mode estimator updating every ``n`` steps instead of every
-    step: the same online rule with another plan."""
-
-    estimator: OnlineEstimator
-    n: int
-
-    @property
-    def name(self):
-        return self.estimator.name
-
-    @property
-    def deterministic(self):
-        return self.estimator.deterministic
-
-    @property
-    def hparams(self):
-        return {**self.estimator.hparams, "update_every": self.n}
-
-    def samples(self, problem, key, n, *, chunk=64, mesh=None):
-        return self.estimator.samples(problem, key, n, chunk=chunk, mesh=mesh)
-
-    def cost(self, problem):
-        return self.estimator.cost(problem)
-
-    def online(self) -> OnlineRule:
-        return self.estimator.online()._replace(plan=self._plan)
-
-    def _plan(self, key, T: int):
-        return np.full(T // self.n, self.n), None
