@@ -73,8 +73,7 @@ def check_finite(**named) -> None:
                 a = a.astype(np.float32)  # exact for every narrower float
             bad = ~np.isfinite(a)
             if bad.any():
-                idx = tuple(int(i) for i in np.argwhere(bad)[0])
-                where = f"{label}[{', '.join(map(str, idx))}]" if idx else label
+                idx, where = _first(label, bad)
                 raise ValueError(
                     f"{name} contains non-finite values: {where} = {a[idx]} "
                     f"({int(bad.sum())} of {a.size} entries are NaN or inf). "
@@ -240,13 +239,18 @@ def _concrete(name: str, tree, fn: str):
     return out
 
 
+def _first(label: str, bad: np.ndarray) -> tuple[tuple[int, ...], str]:
+    """The first bad entry's index and its name, e.g. ``xs[1, 0]``."""
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    return idx, f"{label}[{', '.join(map(str, idx))}]" if idx else label
+
+
 def _check_id_range(label: str, a: np.ndarray, size: int, what: str) -> None:
     # Ids index a table of `size` rows: valid ids are 0 ≤ id < size, whole.
     bad = (a < 0) | (a >= size) | (a != np.floor(a))
     if not bad.any():
         return
-    idx = tuple(int(i) for i in np.argwhere(bad)[0])
-    where = f"{label}[{', '.join(map(str, idx))}]" if idx else label
+    idx, where = _first(label, bad)
     raise ValueError(
         f"{label} must hold {what} in [0, {size}), got {where} = {a[idx]} "
         f"({int(bad.sum())} of {a.size} entries are out of range). Under jit "
