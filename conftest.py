@@ -4,6 +4,7 @@ Also: JAX's persistent compilation cache for the suite, and the ``e2e`` marker
 that ``make test-fast`` deselects.
 """
 
+import gc
 import inspect
 import os
 
@@ -115,3 +116,15 @@ def _check_groups(config, items) -> None:
             "without its xdist group, so grouped tests would not share a worker; "
             "install the pytest versions pyproject.toml's dev extra allows."
         )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. XLA:CPU maps
+    memory for each executable it keeps, and a worker that kept the
+    programs of hundreds of modules passed Linux's default limit of 65 530
+    mappings per process (vm.max_map_count), where compiling the next one
+    segfaulted. Modules share few programs, so little is compiled again."""
+    yield
+    jax.clear_caches()
+    gc.collect()
