@@ -32,9 +32,7 @@ jax.config.update("jax_enable_x64", True)
 # other compiled). JAX does not write an entry atomically, so a worker may
 # read one the other is still writing; JAX then warns and compiles again, and
 # pyproject.toml's filterwarnings lets that warning pass. Off by default, so
-# in `make test` and CI: a cold run gains little from it, and jaxlib 0.10's
-# serialisation of an executable into the cache has crashed a worker now and
-# then (a segfault in put_executable_and_time, main thread or not).
+# in `make test` and CI, where a cold run gains little from it.
 _CACHE = os.environ.get("JBPTT_TEST_CACHE", "")
 if _CACHE:
     jax.config.update("jax_compilation_cache_dir", _CACHE)

@@ -18,7 +18,7 @@ from helpers import accumulate as _accumulate
 import jbptt
 from jbptt import cells, estimators
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import stream, train_compat, train_step
+from jbptt._src import stream, train_compat
 
 Buckets = jbptt.train.Buckets
 
@@ -503,8 +503,7 @@ def test_unknown_keywords_and_bad_buckets_are_refused():
         run(buckets={"top": 4})
 
 
-# Compiling ahead runs only without JAX's persistent cache (the suite's is
-# on), so it is checked in a fresh interpreter that has none.
+# Compiling ahead, in a fresh interpreter with XLA's default flags.
 AHEAD = """
 import jax
 jax.config.update("jax_enable_x64", True)
@@ -531,8 +530,8 @@ print("same")
 
 
 def test_compiling_ahead_trains_bitwise_as_compiling_in_turn():
-    """Buckets(ahead=True) compiles in background threads (where JAX's
-    persistent cache is off) and trains bitwise as the default, ahead=False."""
+    """Buckets(ahead=True) compiles in background threads and trains
+    bitwise as the default, ahead=False."""
     # XLA's own defaults (the suite's XLA_FLAGS tune compile time only)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     proc = subprocess.run(
@@ -541,14 +540,3 @@ def test_compiling_ahead_trains_bitwise_as_compiling_in_turn():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "same"
-
-
-def test_persistent_cache_turns_compiling_ahead_off(monkeypatch):
-    """With JAX's persistent cache on, no compile threads start."""
-    monkeypatch.setattr(train_step, "persistent_cache_on", lambda: True)
-    model, params, xs, ys = _setup(T=30)
-    tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.adam(1e-2),
-                             estimators.tbptt(4),
-                             buckets=Buckets(ahead=True))  # fmt: skip
-    tr.run(tr.init(params), xs, ys)
-    assert tr.steps._pool is None

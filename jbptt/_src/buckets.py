@@ -51,11 +51,8 @@ class Buckets(NamedTuple):
       ahead: compile the buckets a call's plan needs in background threads
         (one per spare core, at most 4) while the first segments run (the
         plan is known before the loop: the same buckets, only sooner). Off
-        by default: on the 2-core CPU it measured no gain (both cores busy
-        compiling), and test processes that compiled in such threads beside
-        the main thread's compilations crashed now and then in XLA (jaxlib
-        0.10, CPU). Always off while JAX's persistent compilation cache is
-        on (its writes are not safe beside a compilation in another thread).
+        by default: on the 2-core CPU it measured no gain, both cores being
+        busy compiling anyway (docs/performance.md); try it where cores idle.
 
     Examples:
       >>> from jbptt import train

@@ -204,13 +204,6 @@ def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
     return jax.lax.cond(mode == ADVANCE, run_advance, run_block, None)
 
 
-def persistent_cache_on() -> bool:
-    """Whether JAX writes compiled programs to its persistent cache."""
-    return bool(jax.config.jax_compilation_cache_dir) and bool(
-        jax.config.jax_enable_compilation_cache
-    )
-
-
 class Steps:
     """The compiled steps of one trainer: the jitted :func:`piece_step` (one
     executable per bucket and argument signature) and :func:`update_step`
@@ -262,11 +255,8 @@ class Steps:
 
     def ahead(self, key, args) -> None:
         """Start compiling the step for ``args`` in a background thread (XLA
-        compiles without the GIL), unless started before or JAX's persistent
-        compilation cache is on: the cache serialises every executable it
-        writes, and a serialisation beside a compilation in another thread
-        has crashed the process (jaxlib 0.10, CPU)."""
-        if key in self._pending or persistent_cache_on():
+        compiles without the GIL), unless started before."""
+        if key in self._pending:
             return
         if self._pool is None:  # no more compile threads than spare cores
             workers = max(1, min(4, (os.cpu_count() or 2) - 1))
