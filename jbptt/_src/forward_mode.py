@@ -185,7 +185,7 @@ class OnlineEstimator(NamedTuple):
           >>> forward_mode.rtrl().every(16).hparams["update_every"]
           16
         """
-        return update_every.every(self, n)
+        return update_every.UpdateEvery(self, validation.positive_int("n", n))
 
     def _init_influence(self, cell, params, h0, x0):
         return self.init(cell, params, h0, x0).influence

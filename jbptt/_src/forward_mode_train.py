@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jbptt._src import update_every as update_every_lib
 from jbptt._src import validation
 from jbptt._src.buckets import Buckets
 from jbptt._src.cell import Cell
@@ -140,7 +139,7 @@ def train(
         tx = optax.chain(optax.clip_by_global_norm(clip), optimizer)
     tr = shared_trainer(
         cell, loss_fn, (optimizer, tx, (clip, "global_norm")),
-        update_every_lib.every(estimator, update_every),
+        estimator.every(update_every),
         Buckets(min_bucket=update_every), {},
     )  # fmt: skip
     run = tr.init(params, key, h0)

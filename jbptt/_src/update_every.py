@@ -8,8 +8,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jbptt._src import validation
-
 
 class UpdateEvery(NamedTuple):
     """``estimator`` (an online estimator) with one update per ``n`` steps:
@@ -44,8 +42,3 @@ class UpdateEvery(NamedTuple):
     def _plan(self, key, T: int):
         full, rest = divmod(T, self.n)
         return np.array([self.n] * full + ([rest] if rest else []), int), None
-
-
-def every(estimator, n) -> UpdateEvery:
-    """``estimator`` updating every ``n`` steps (``n`` checked by name)."""
-    return UpdateEvery(estimator, validation.positive_int("n", n))
