@@ -74,6 +74,7 @@ def bias_variance(rows, axes=None, *, ls="-", style=None, title=None, legend=Tru
       4
       >>> import matplotlib.pyplot as plt; plt.close("all")
     """
+    _check_rows(rows)
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -126,6 +127,25 @@ def bias_variance(rows, axes=None, *, ls="-", style=None, title=None, legend=Tru
         ax_b.figure.legend(handles=handles, loc="outside lower center", ncol=2,
                            fontsize=8)  # fmt: skip
     return handles
+
+
+def _check_rows(rows) -> None:
+    """``rows`` a non-empty list of dicts with the keys every point reads."""
+    if isinstance(rows, dict) or not rows:
+        raise ValueError(
+            "rows must be a non-empty list of dicts as SweepResult.rows() gives, "
+            f"got {type(rows).__name__} {rows!r:.60}."
+        )
+    for i, row in enumerate(rows):
+        keys = ("expected_depth", "rel_bias")
+        missing = [k for k in keys if k not in row]
+        if "family" not in row and "estimator" not in row:
+            missing.append("estimator (or family)")
+        if missing:
+            raise ValueError(
+                f"rows[{i}] lacks {', '.join(missing)}: rows must be dicts as "
+                "SweepResult.rows() gives."
+            )
 
 
 def _depth(row) -> float:
