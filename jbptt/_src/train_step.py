@@ -142,7 +142,10 @@ def piece_step(inp: StepIn, *, cell, loss_fn, segment, advance, block) -> Piece:
 def update_step(params, opt_state, h, est_state, piece: Piece, h_restart=None, *,
                 tx, split) -> Update:  # fmt: skip
     """One guarded ``tx`` update with a piece's gradient, from the states
-    ``params, opt_state, h, est_state`` the piece started from.
+    ``params, opt_state, h, est_state`` the piece started from. ``piece``
+    comes with only the fields read here (``losses``, ``dh_start``,
+    ``total`` and ``norm`` are ``None``; the losses' length is the bucket's),
+    so one compilation serves every bucket.
 
     Value-level guard (no Python `if` on tracers): where the loss, gradients,
     new state or new params are not finite, ``params`` and ``opt_state``
