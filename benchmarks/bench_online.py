@@ -68,7 +68,7 @@ def _top_bucket(text: str) -> int | str | None:
 
 def time_jbptt(
     cell_name, est_name, k, T, B, H, I, O, lr=1e-3, max_buckets=None,
-    top_bucket="auto", mesh=None,
+    top_bucket="auto", mesh=None, warmup=0,
 ):  # fmt: skip
     model = jbptt.readout(CELLS[cell_name](), output_size=O)
     params = model.init(jax.random.key(0), I, H)
@@ -78,7 +78,9 @@ def time_jbptt(
     def run():
         return jbptt.train.train(
             model.cell, model.loss_fn, params, xs, ys, opt, est, key=key,
-            buckets=jbptt.train.Buckets(max_buckets=max_buckets, top=top_bucket),
+            buckets=jbptt.train.Buckets(
+                max_buckets=max_buckets, top=top_bucket, warmup=warmup
+            ),
             mesh=mesh,
         )  # fmt: skip
 
@@ -261,6 +263,14 @@ def main(argv=None) -> dict:
         "'auto', the default: on CPU, buckets whose step needs over 32 MiB of "
         "temporaries are dropped)",
     )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="train's Buckets.warmup: steps trained in two buckets before the "
+        "whole ladder (default 0: the steady state of a long run, which the "
+        "timed call measures; the library's default serves short runs)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -287,6 +297,7 @@ def main(argv=None) -> dict:
                 row[name] = time_jbptt(
                     cell_name, name, k, *shape, max_buckets=args.max_buckets,
                     top_bucket=None if name == "tbptt" else args.top_bucket,
+                    warmup=args.warmup,
                 )  # fmt: skip
             row["jax_detach"] = time_jax_detach(cell_name, k, *shape)
             if use_torch:

@@ -192,9 +192,9 @@ def test_more_buckets_pad_less_and_train_the_same_segments():
     fine = est.online().buckets(1, max_buckets=16)
     assert len(est.online().buckets(1)) == 6 < len(fine) <= 16
     assert max(fine) == max(est.online().buckets(1))  # the same top quantile
-    run, (six, many) = _ladders(
-        est, 240, {"buckets": Buckets(max_buckets=6)},
-        {"buckets": Buckets(max_buckets=16)},
+    run, (six, many) = _ladders(  # warmup=0: the whole ladders from the start
+        est, 240, {"buckets": Buckets(max_buckets=6, warmup=0)},
+        {"buckets": Buckets(max_buckets=16, warmup=0)},
     )  # fmt: skip
     np.testing.assert_array_equal(six.length, many.length)
     assert set(many.buckets) <= set(fine) and many.compiles <= len(fine)
@@ -202,6 +202,39 @@ def test_more_buckets_pad_less_and_train_the_same_segments():
     np.testing.assert_allclose(many.loss, six.loss, rtol=1e-9)
     with pytest.raises(ValueError, match="max_buckets"):
         run(buckets=Buckets(max_buckets=0))
+
+
+def test_warmup_trains_the_first_steps_in_two_buckets_and_chunks_as_one_call():
+    """Buckets.warmup: segments starting before it run in the ladder's middle
+    and top buckets only (a short run compiles two passes), later ones in
+    the whole ladder; the run is the warmup=0 one up to round-off, and
+    chunked calls across the boundary are bitwise one call."""
+    est = estimators.artbp_matched(6, "constant")
+    ladder = tuple(sorted(est.online().buckets(1)))
+    early = buckets_lib.warmup_ladder(ladder)
+    assert len(ladder) == 6 and early == (ladder[2], ladder[-1])
+    short, late, none = (Buckets(max_buckets=6, top=None, warmup=w) for w in (240, 100, 0))
+    run, (first, mixed, whole) = _ladders(
+        est, 240, {"buckets": short}, {"buckets": late}, {"buckets": none}
+    )
+    np.testing.assert_array_equal(first.length, whole.length)
+    assert set(first.buckets) <= set(early) and first.compiles <= 2
+    assert len(set(whole.buckets) - set(early)) > 0  # the ladder pads less
+    assert first.padded_steps > mixed.padded_steps > whole.padded_steps
+    for h in (first, mixed):
+        np.testing.assert_allclose(h.loss, whole.loss, rtol=1e-10)
+        leaves = map(jax.tree_util.tree_leaves, (h.params, whole.params))
+        for a, b in zip(*leaves, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    model, params, xs, ys = _setup(T=240)
+    parts = _chunked(
+        model, params, xs, ys, optax.sgd(1e-2), est, [0, 70, 130, 240],
+        key=jax.random.key(3), buckets=late,
+    )  # fmt: skip
+    _same(parts[-1].params, mixed.params)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="warmup"):
+            run(buckets=Buckets(warmup=bad))
 
 
 def test_top_bucket_caps_the_ladder_and_trains_the_same_segments():

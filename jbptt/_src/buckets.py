@@ -53,6 +53,15 @@ class Buckets(NamedTuple):
         plan is known before the loop: the same buckets, only sooner). Off
         by default: on the 2-core CPU it measured no gain, both cores being
         busy compiling anyway (docs/performance.md); try it where cores idle.
+      warmup: how many steps from the start of the stream train in two
+        buckets of the ladder only, its middle and its top (default 4096;
+        0: the whole ladder from the start). A short run then compiles two
+        gradient passes, not the ladder's six, and pays for it with some
+        padding; a long run compiles the rest once it is past these steps,
+        where the compilations pay for themselves. Which bucket a segment
+        runs in depends only on where it starts in the stream, so chunked
+        calls train as one call; the segments and their gradients are the
+        same in any bucket (up to round-off, the padding being zeros).
 
     Examples:
       >>> from jbptt import train
@@ -66,6 +75,7 @@ class Buckets(NamedTuple):
     cpu_temp_bytes: int = 32 << 20
     step_arrays: int = 32
     ahead: bool = False
+    warmup: int = 4096
 
 
 def check(policy) -> Buckets:
@@ -82,6 +92,9 @@ def check(policy) -> Buckets:
         raise ValueError(f"min_bucket must be a positive int, got {mb!r}.")
     if policy.max_buckets is not None:
         validation.positive_int("max_buckets", policy.max_buckets)
+    w = policy.warmup
+    if not isinstance(w, int | np.integer) or isinstance(w, bool) or w < 0:
+        raise ValueError(f"warmup must be a non-negative int of steps, got {w!r}.")
     if policy.top not in (None, "auto"):
         validation.positive_int(
             "top_bucket", policy.top, 'a positive int, "auto" or None'
@@ -118,6 +131,21 @@ def ladder(policy: Buckets, rule_buckets, name: str) -> tuple[int, ...] | None:
             f"max_buckets: estimator {name}'s OnlineRule.buckets takes no "
             f"max_buckets= ({err})."
         ) from None
+
+
+def warmup_ladder(ladder) -> tuple[int, ...] | None:
+    """The buckets of ``ladder`` a stream's first ``Buckets.warmup`` steps
+    train in: its middle and its top bucket (the ladder itself when it has
+    two buckets or fewer, ``None`` without one).
+
+    Examples:
+      >>> from jbptt._src import buckets
+      >>> buckets.warmup_ladder((10, 24, 44, 75, 127, 230))
+      (44, 230)
+    """
+    if ladder is None or len(ladder) <= 2:
+        return ladder
+    return (ladder[(len(ladder) - 1) // 2], ladder[-1])
 
 
 def capped(ladder, top: int, split: bool, name: str) -> tuple[int, ...]:

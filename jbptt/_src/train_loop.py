@@ -302,9 +302,16 @@ class _Loop:
         """Each trained segment's bucket (``None``: split)."""
         plan, cfg = self.plan, self.cfg
         n_max = int(plan.lengths.max())
+        # Buckets.warmup: the stream's first steps train in two buckets only
+        # (by where each segment starts, so chunked calls choose as one call)
+        early = buckets_lib.warmup_ladder(cfg.ladder)
+        starts = plan.base + plan.starts[: plan.n_train]
         return [
-            plan_lib.bucket_of(int(n), cfg.ladder, cfg.split, cfg.min_bucket, n_max)
-            for n in plan.lengths[: plan.n_train]
+            plan_lib.bucket_of(
+                int(n), early if s < cfg.policy.warmup else cfg.ladder, cfg.split,
+                cfg.min_bucket, n_max,
+            )  # fmt: skip
+            for n, s in zip(plan.lengths[: plan.n_train], starts, strict=True)
         ]
 
     def compile_ahead(self, buckets) -> None:
