@@ -366,3 +366,88 @@ def test_result_file_on_process_0_writes_and_sends_its_rows(tmp_path, monkeypatc
         sent[-1]["error"].startswith("ValueError: ")
         and "T: 8 -> 9" in sent[-1]["error"]
     )
+
+
+CHAR_LM = [sys.executable, "-m", "experiments.char_lm", "--quick", "--seeds", "1"]
+CHAR_LM += ["--steps", "160", "--eval-every", "80", "--max-chars", "20000"]
+
+
+def _char_lm_numbers(out) -> tuple[list[dict], dict]:
+    """The CSV rows and the JSON of a char LM run, less what the clock and
+    the command line set (wall-clock times, --out)."""
+    import csv
+
+    with open(out / "char_lm.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
+    meta = json.loads((out / "char_lm.json").read_text())
+    for field in ("utc_time", "seconds"):
+        meta.pop(field)
+    meta["config"].pop("out")
+    for s in meta["summary"]:
+        s.pop("train_seconds")
+    return rows, meta
+
+
+def test_char_lm_on_two_processes_equals_one_process_with_two_devices(tmp_path):
+    """The quick char LM, each run's streams split over 2 devices: on one
+    process holding both, and on two processes with an --out folder each
+    (no shared disk). The same CSV and JSON bit for bit (times aside),
+    written by process 0 alone."""
+    ref, outs = tmp_path / "ref", [tmp_path / "p0", tmp_path / "p1"]
+    run_processes([[*CHAR_LM, "--devices", "2", "--out", str(ref)]], _env(2))
+    flags = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    out0, out1 = run_processes(
+        [
+            [*CHAR_LM, *flags, "--process-id", str(i), "--out", str(outs[i])]
+            for i in (0, 1)
+        ],
+        _env(None),
+    )
+    for out, i in ((out0, 0), (out1, 1)):
+        assert f"process {i} of 2: 1 local device(s), 2 in all" in out
+        assert "LSTM TBPTT(k=8)            seed 0: valid bpc" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    assert not outs[1].exists()  # process 1 writes nothing, not even --out
+    assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
+    (rows, meta), (ref_rows, ref_meta) = map(_char_lm_numbers, (outs[0], ref))
+    assert rows == ref_rows and meta == ref_meta
+    assert meta["config"]["devices"] == 2 and len(meta["summary"]) == 2
+    tb = meta["summary"][0]
+    assert tb["final_valid_bpc"] < tb["initial_valid_bpc"]  # it trained
+
+
+def test_char_lm_processes_reading_other_text_stop_with_an_error(tmp_path):
+    """Processes that load different characters (here another --max-chars)
+    would train on different data and stall in a collective: every process
+    stops at once, saying which differ."""
+    flags = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [
+                *CHAR_LM[:-1],
+                str(chars),
+                *flags,
+                "--process-id",
+                str(i),
+                "--out",
+                str(tmp_path / str(i)),
+            ],
+            cwd=ROOT,
+            env=_env(None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, chars in ((0, 20000), (1, 21000))
+    ]
+    try:
+        errs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 1, err[-2000:]
+        assert "error: process(es) [1] read other characters than process 0" in err
+    assert not any((tmp_path / str(i)).exists() for i in (0, 1))
