@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -222,14 +224,41 @@ BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
 BIAS_SWEEP += ["--no-progress"]
 
 
-def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
+@pytest.fixture(scope="module")
+def bias_sweep_reference(tmp_path_factory):
+    """The folder of the quick bias sweep run whole on one process with two
+    host devices: what every two-process run below must reproduce."""
+    ref = tmp_path_factory.mktemp("bias_sweep_reference")
+    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    return ref
+
+
+def _same_outputs(out, ref) -> None:
+    """The CSV of ``out`` is ``ref``'s byte for byte, and its JSON too less
+    the wall-clock and ``--out``."""
+    assert (out / "bias_sweep.csv").read_bytes() == (
+        ref / "bias_sweep.csv"
+    ).read_bytes()
+    meta_ref, meta_out = (
+        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, out)
+    )  # fmt: skip
+    for meta in (meta_ref, meta_out):
+        for field in ("utc_time", "wall_time_s"):
+            meta.pop(field)
+        meta["config"].pop("out")
+    assert meta_out == meta_ref
+
+
+@pytest.mark.xdist_group("bias_sweep_reference")
+def test_bias_sweep_on_two_processes_resumes_and_writes_once(
+    tmp_path, bias_sweep_reference
+):
     """The quick bias sweep on one process with two host devices, then on
     two processes resuming from a result file that holds the first point's
     rows and a torn line: what a job killed on any process leaves, since
     only process 0 writes. Same CSV, same JSON (less times and --out),
     every row once, written by process 0 alone."""
-    ref, two = tmp_path / "ref", tmp_path / "two"
-    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    ref, two = bias_sweep_reference, tmp_path / "two"
     two.mkdir()
     lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
     first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
@@ -246,23 +275,133 @@ def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
         assert f"process {i} of 2: 1 local device(s), 2 in all" in out
         assert f"resuming: {len(first)} rows already in" in out
     assert "wrote:" in out0 and "wrote:" not in out1
-    assert (two / "bias_sweep.csv").read_bytes() == (
-        ref / "bias_sweep.csv"
-    ).read_bytes()
-    meta_ref, meta_two = (
-        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, two)
-    )  # fmt: skip
-    for meta in (meta_ref, meta_two):
-        for field in ("utc_time", "wall_time_s"):
-            meta.pop(field)
-        meta["config"].pop("out")
-    assert meta_two == meta_ref
+    _same_outputs(two, ref)
     rows = (two / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
     assert sorted(rows) == sorted(lines)  # each row once, the torn line moved
     assert "torn" in (two / "bias_sweep.jsonl.corrupt").read_text()
     assert sorted(os.listdir(two)) == sorted(
         os.listdir(ref) + ["bias_sweep.jsonl.corrupt"]
     )
+
+
+# The bias sweep's command line as run by ``python -m``, with one change that
+# only pins the moment of the kill: process 0 stops (sleeps) right after its
+# first point's rows are in the result file, so the test kills a job that is
+# certainly mid-run, every time.
+PAUSED = r"""
+import runpy, sys, time
+from jbptt._src import runs
+
+extend = runs.ResultFile.extend
+
+def extend_then_stop(self, rows):
+    n = extend(self, rows)
+    if self.writes:  # process 0, its rows confirmed: wait to be killed
+        time.sleep(TIMEOUT)
+    return n
+
+runs.ResultFile.extend = extend_then_stop
+sys.argv[0] = "bias_sweep"
+runpy.run_module("experiments.bias_sweep", run_name="__main__", alter_sys=True)
+""".replace("TIMEOUT", str(TIMEOUT))
+
+
+def _rows_in(path) -> int:
+    """Complete rows (lines after the header) in a result file, 0 if none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(0, data.count(b"\n") - 1)
+
+
+@pytest.mark.xdist_group("bias_sweep_reference")
+def test_bias_sweep_killed_on_two_processes_resumes_to_the_same_output(
+    tmp_path, bias_sweep_reference
+):
+    """A live two-process quick bias sweep, each process with its own
+    --out (no shared disk), is SIGKILLed mid-run once process 0 has
+    confirmed the first point's rows: process 1, then process 0.
+    Started again, both resume from what process 0 confirmed, process 1
+    from process 0's word and not from its own folder (which holds a
+    decoy: a whole run's rows), and the output is an uninterrupted run's."""
+    ref = bias_sweep_reference
+    lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
+    assert 0 < len(first) < len(lines) - 1
+    outs = [tmp_path / "p0", tmp_path / "p1"]
+    result = outs[0] / "bias_sweep.jsonl"
+
+    def command(i, port, *head):
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        flags += ["--process-id", str(i), "--out", str(outs[i])]
+        return [*head, *BIAS_SWEEP[3:], *flags]
+
+    port, logs = free_port(), []
+    procs = []
+    for i in (0, 1):
+        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                command(i, port, sys.executable, "-c", PAUSED),
+                cwd=ROOT,
+                env=_env(None),
+                stdout=logs[i],
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while _rows_in(result) < len(first):  # poll process 0's file
+            alive = all(p.poll() is None for p in procs)
+            if not alive or time.monotonic() > deadline:
+                logs[0].seek(0), logs[1].seek(0)
+                pytest.fail(
+                    "the job ended or hung before its first point: "
+                    f"{logs[0].read()[-2000:]}\n{logs[1].read()[-2000:]}"
+                )
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs)  # both mid-run
+        # Process 1 first, waiting in a collective for process 0; then
+        # process 0, asleep (so neither can end on its own in between).
+        for p in procs[::-1]:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=TIMEOUT)
+            assert p.returncode == -signal.SIGKILL
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    confirmed = result.read_text().splitlines(keepends=True)
+    assert sorted(confirmed[1:]) == sorted(first)  # the first point, no more
+    assert not (outs[0] / "bias_sweep.csv").exists()
+    assert not outs[1].exists()  # process 1 wrote nothing
+    # Process 1's own disk: a decoy it must not read (the whole run's rows:
+    # trusted, they would make it skip every point and leave process 0 alone
+    # in its collectives).
+    outs[1].mkdir()
+    decoy = outs[1] / "bias_sweep.jsonl"
+    decoy.write_text("".join(lines))
+    port = free_port()
+    out0, out1 = run_processes(
+        [
+            command(i, port, sys.executable, "-m", "experiments.bias_sweep")
+            for i in (0, 1)
+        ],
+        _env(None),
+    )
+    for out in (out0, out1):
+        assert f"resuming: {len(first)} rows already in {result}" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    _same_outputs(outs[0], ref)
+    rows = result.read_text().splitlines(keepends=True)
+    assert sorted(rows) == sorted(lines)  # each row once
+    assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
+    assert os.listdir(outs[1]) == ["bias_sweep.jsonl"]
+    assert decoy.read_text() == "".join(lines)  # untouched
 
 
 @pytest.mark.parametrize(
