@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +115,15 @@ with runs.Checkpointer(sys.argv[-1]) as ckpt:
     back = ckpt.restore(saved)
 _, e = tr.run(back, xs[11:], ys[11:])
 out["artbp_resumed"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
+# No shared disk: each process has a folder of its own, only process 0's
+# holds the checkpoint, and process 0 sends it to the others.
+own_dir = f"{sys.argv[-1]}-own-{jax.process_index()}"
+if jax.process_index() == 0:
+    with runs.Checkpointer(own_dir) as ckpt:
+        ckpt.save(11, saved)
+sent = runs.Checkpointer.restore_from_process_0(own_dir, saved)
+_, e = tr.run(sent, xs[11:], ys[11:])
+out["artbp_sent"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
 out["artbp_segments"] = c.length.tolist() + d.length.tolist()
 out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
 
@@ -212,12 +222,14 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
         assert p["train_devices"] == 2  # the final state stays split
         for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
             assert p[name] == ref[name], name  # bitwise
-        assert p["artbp_resumed"] == p["artbp"]
+        assert p["artbp_resumed"] == p["artbp_sent"] == p["artbp"]
         assert p["grads_for_weights_own"] == p["grads_for_weights"]
         assert p == ref | {"processes": 2, "local": 1}
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
     assert os.listdir(tmp_path / "multi")  # written by process 0
+    assert os.listdir(tmp_path / "multi-own-0")
+    assert not (tmp_path / "multi-own-1").exists()  # process 1: no disk
 
 
 BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
@@ -590,3 +602,91 @@ def test_char_lm_processes_reading_other_text_stop_with_an_error(tmp_path):
         assert p.returncode == 1, err[-2000:]
         assert "error: process(es) [1] read other characters than process 0" in err
     assert not any((tmp_path / str(i)).exists() for i in (0, 1))
+
+
+def test_broadcast_arrays_keeps_every_dtype_and_shape_bit_for_bit():
+    """The bytes of every leaf travel as they are: a float64 NaN payload,
+    bools, PRNG key words, 0-d, empty and non-contiguous arrays."""
+    from jbptt._src import processes
+
+    f = np.array([1.0 / 3.0, np.nan, -0.0], np.float64)
+    tree = {
+        "f": f,
+        "b": np.array([[True, False]]),
+        "k": np.array([7, 2**32 - 1], np.uint32),
+        "s": np.int64(-5),
+        "e": np.zeros((0, 3), np.float32),
+        "t": np.arange(6.0).reshape(2, 3).T,
+    }
+    back = processes.broadcast_arrays(tree, True)
+    assert set(back) == set(tree)
+    for name, a in tree.items():
+        assert back[name].dtype == np.asarray(a).dtype, name
+        assert back[name].shape == np.shape(a), name
+        assert back[name].tobytes() == np.ascontiguousarray(a).tobytes(), name
+
+
+def test_restore_from_process_0_on_another_process_reads_no_disk(tmp_path, monkeypatch):
+    """What process 1 does, with process 0's messages stood in for: it
+    takes the state process 0 sent, bit for bit, or raises process 0's
+    error, and never opens its own folder (not even to create it)."""
+    import jax
+
+    from jbptt import runs
+    from jbptt._src import processes
+
+    template = {"w": np.zeros(3), "key": jax.random.key(0), "step": 0}
+    sent_state = {"w": np.array([0.5, -1.0, 2.0]), "step": np.array(7)}
+    sent_state["key"] = np.asarray(jax.random.key_data(jax.random.key(4)))
+    messages = []
+    monkeypatch.setattr(processes, "group", lambda: (1, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: messages.pop(0)
+    )
+    monkeypatch.setattr(processes, "broadcast_arrays", lambda tree, src: sent_state)
+    mine = tmp_path / "p1"
+    messages.append({"error": None})
+    got = runs.Checkpointer.restore_from_process_0(mine, template)
+    assert got["step"] == 7 and isinstance(got["step"], int)
+    np.testing.assert_array_equal(got["w"], sent_state["w"])
+    assert jax.random.key_data(got["key"]).tolist() == sent_state["key"].tolist()
+    messages.append({"error": "FileNotFoundError", "why": "no checkpoint in /p0."})
+    with pytest.raises(FileNotFoundError, match="process 0 could not restore: no "):
+        runs.Checkpointer.restore_from_process_0(mine, template)
+    messages.append({"error": "ValueError", "why": "template does not match"})
+    with pytest.raises(ValueError, match="process 0 could not restore: template"):
+        runs.Checkpointer.restore_from_process_0(mine, template)
+    assert not mine.exists()
+
+
+def test_restore_from_process_0_on_process_0_sends_its_state_or_error(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from jbptt import runs
+    from jbptt._src import processes
+
+    state = {"w": np.array([0.5, -1.0]), "key": jax.random.key(4), "step": 3}
+    with runs.Checkpointer(tmp_path / "p0") as ckpt:
+        ckpt.save(3, state)
+    sent = []
+    monkeypatch.setattr(processes, "group", lambda: (0, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: sent.append(obj)
+    )
+    monkeypatch.setattr(
+        processes, "broadcast_arrays", lambda tree, src: sent.append(tree) or tree
+    )
+    got = runs.Checkpointer.restore_from_process_0(tmp_path / "p0", state)
+    assert got["step"] == 3 and sent[0] == {"error": None}
+    np.testing.assert_array_equal(sent[1]["w"], state["w"])
+    np.testing.assert_array_equal(got["w"], state["w"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        runs.Checkpointer.restore_from_process_0(tmp_path / "empty", state)
+    assert sent[-1]["error"] == "FileNotFoundError"
+    with pytest.raises(ValueError, match="template does not match"):
+        runs.Checkpointer.restore_from_process_0(
+            tmp_path / "p0", {**state, "w": np.zeros(5)}
+        )
+    assert sent[-1]["error"] == "ValueError"
