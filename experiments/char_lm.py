@@ -31,6 +31,15 @@ cheaper and noisier).
 The paper (Tallec & Ollivier 2017, PTB characters, LSTM): "ARTBP slightly
 outperforms truncated BPTT". Ours: see ``experiments/RESULTS.md``.
 
+``--devices N`` splits each run's streams over N devices (data parallel,
+the same numbers). In a ``jax.distributed`` job (``--coordinator``,
+``--num-processes``, ``--process-id`` or ``--distributed``, as
+``experiments.bias_sweep``) the same command runs on every process: each
+trains every run on its share of the streams, over every device of the job
+by default, and process 0 alone writes the CSV, JSON and figure. Every
+process must read the same corpus (checked: they stop with an error naming
+the processes that differ).
+
 Run ``python -m experiments.char_lm --help``.
 """
 
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -96,6 +106,10 @@ def make_eval(model, V, s, embed):
     forward = jax.jit(jbptt.loss(model.cell, model.loss_fn))
 
     def bpc(params):
+        # On the host: params replicated over a mesh (of several processes,
+        # too) are read whole, and every process evaluates the same program
+        # on its own default device.
+        params = jax.tree_util.tree_map(np.asarray, params)
         h0 = model.cell.initial_state(params, (batch,))
         L, _ = forward(params, h0, xs, ys)
         return float(L) / len(ys) / math.log(2)  # per-step loss: batch mean
@@ -231,6 +245,7 @@ def run_one(setup_, est, corpus, args, key, bar=None):
             flush=b == T,
             callbacks=[record],
             buckets=jbptt.train.Buckets(min_bucket=QUICK_SIZE if args.quick else None),
+            mesh=args.devices,
         )
         state = hist.state
         clock[0] = recs[-1].seconds if recs else 0.0
@@ -373,6 +388,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=3,
         help="seeds per run (seed, seed+1, ...)",
     )
+    ap.add_argument(
+        "--devices",
+        type=_cli.positive_int,
+        default=None,
+        help="split each run's --batch streams over this many devices, data "
+        "parallel (None: one; every device of every process with "
+        "--coordinator/--distributed; on CPU set XLA_FLAGS=--xla_force_host_"
+        "platform_device_count=N first)",
+    )
     _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
     ap.add_argument(
@@ -386,9 +410,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="only redraw OUT/NAME.png from OUT/NAME.{csv,json}",
     )
+    _cli.add_distributed(ap)
     args = _cli.parse(ap, argv, QUICK)
     if args.alpha <= 1:
         ap.error(f"--alpha must be > 1 (finite mean segment length), got {args.alpha}")
+    # Several processes: joined before any JAX call; each runs every job,
+    # its share of the streams on its devices, and process 0 writes.
+    processes = _cli.start_distributed(ap, args)[1]
+    if processes > 1 and args.devices is None:
+        args.devices = jax.device_count()
+    if processes > 1 and args.jobs > 1:
+        ap.error(
+            f"--jobs must be 1 in a jax.distributed job ({processes} processes "
+            f"share every run), got {args.jobs}"
+        )
+    if args.devices is not None:
+        if args.batch % args.devices:
+            ap.error(
+                f"--batch {args.batch} must divide evenly over --devices "
+                f"{args.devices} (each device trains batch / devices streams)"
+            )
+        if args.devices > jax.device_count():
+            ap.error(
+                f"--devices must be between 1 and the {jax.device_count()} "
+                f"available device(s), got {args.devices}"
+            )
     return args
 
 
@@ -438,9 +484,11 @@ def main(argv=None):
     if args.replot:
         print(f"wrote:\n  {replot(out, args.name)}")
         return None
-    out.mkdir(parents=True, exist_ok=True)
-
     corpus = data.load_corpus(args.corpus, max_chars=args.max_chars, split=args.split)
+    check_same_corpus(corpus)
+    writes = jax.process_index() == 0  # the only process that writes
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     V = len(corpus.vocab)
     _, y, epochs = training_stream(corpus.train, args.batch, args.steps)
     print(
@@ -459,7 +507,7 @@ def main(argv=None):
     ]
     rows, summary = [], []
     t0 = time.perf_counter()
-    bar = None if args.quick else _progress(len(jobs) * args.steps)
+    bar = None if args.quick or not writes else _progress(len(jobs) * args.steps)
     results = iter(_run_all(jobs, corpus, args, bar))
     for cfg in cfgs:
         for est_name in ("tbptt", "artbp"):
@@ -517,6 +565,8 @@ def main(argv=None):
         "summary": summary,
         "seconds": time.perf_counter() - t0,
     }
+    if not writes:  # process 0 writes the files
+        return meta
     run = _cli.Run()
     stem = out / args.name
     run.step("CSV", write_csv, f"{stem}.csv", rows)
@@ -548,6 +598,30 @@ def main(argv=None):
             }
         ],
     )
+
+
+def check_same_corpus(corpus) -> None:
+    """In a ``jax.distributed`` job, stops every process (exit 1) unless all
+    read the same characters as process 0: else they would train on
+    different data and stall in their collectives."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    h = hashlib.sha256("\0".join(corpus.vocab).encode())
+    for part in (corpus.train, corpus.valid, corpus.test):
+        h.update(np.ascontiguousarray(part, np.int32).tobytes())
+    digests = np.asarray(
+        multihost_utils.process_allgather(np.frombuffer(h.digest(), np.uint8))
+    )
+    other = [i for i, d in enumerate(digests) if not np.array_equal(d, digests[0])]
+    if other:
+        raise SystemExit(
+            f"error: process(es) {other} read other characters than process 0 "
+            f"({corpus.source}, {corpus.n_chars} chars): every process needs the "
+            "same --corpus file, --max-chars and --split (the default corpus is "
+            "the standard library of the Python running it)"
+        )
 
 
 # ------------------------------------------------- runs, here or in workers ---

@@ -127,6 +127,21 @@ def test_bad_flags_refused(bad, capsys):
     assert "--" + bad[0].lstrip("-") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--batch", "7", "--devices", "2"], "--batch 7 must divide evenly over"),
+        (["--batch", "4096", "--devices", "4096"], "--devices must be between 1 and"),
+        (["--devices", "0"], "argument --devices: expected an integer ≥ 1"),
+        (["--process-id", "1"], "missing --coordinator, --num-processes"),
+    ],
+)
+def test_bad_device_and_process_flags_refused(bad, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        char_lm.parse_args(bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_each_call_uses_its_own_flags(tmp_path):
     # runs of one configuration share a setup within a call; a second call
     # in the same process with another learning rate must not reuse it

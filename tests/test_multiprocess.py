@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +115,15 @@ with runs.Checkpointer(sys.argv[-1]) as ckpt:
     back = ckpt.restore(saved)
 _, e = tr.run(back, xs[11:], ys[11:])
 out["artbp_resumed"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
+# No shared disk: each process has a folder of its own, only process 0's
+# holds the checkpoint, and process 0 sends it to the others.
+own_dir = f"{sys.argv[-1]}-own-{jax.process_index()}"
+if jax.process_index() == 0:
+    with runs.Checkpointer(own_dir) as ckpt:
+        ckpt.save(11, saved)
+sent = runs.Checkpointer.restore_from_process_0(own_dir, saved)
+_, e = tr.run(sent, xs[11:], ys[11:])
+out["artbp_sent"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
 out["artbp_segments"] = c.length.tolist() + d.length.tolist()
 out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
 
@@ -210,26 +222,55 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
         assert p["train_devices"] == 2  # the final state stays split
         for name in ("sweep", "tbptt", "artbp", "grads_for_weights"):
             assert p[name] == ref[name], name  # bitwise
-        assert p["artbp_resumed"] == p["artbp"]
+        assert p["artbp_resumed"] == p["artbp_sent"] == p["artbp"]
         assert p["grads_for_weights_own"] == p["grads_for_weights"]
         assert p == ref | {"processes": 2, "local": 1}
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
     assert os.listdir(tmp_path / "multi")  # written by process 0
+    assert os.listdir(tmp_path / "multi-own-0")
+    assert not (tmp_path / "multi-own-1").exists()  # process 1: no disk
 
 
 BIAS_SWEEP = [sys.executable, "-m", "experiments.bias_sweep", "--quick"]
 BIAS_SWEEP += ["--no-progress"]
 
 
-def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
+@pytest.fixture(scope="module")
+def bias_sweep_reference(tmp_path_factory):
+    """The folder of the quick bias sweep run whole on one process with two
+    host devices: what every two-process run below must reproduce."""
+    ref = tmp_path_factory.mktemp("bias_sweep_reference")
+    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    return ref
+
+
+def _same_outputs(out, ref) -> None:
+    """The CSV of ``out`` is ``ref``'s byte for byte, and its JSON too less
+    the wall-clock and ``--out``."""
+    assert (out / "bias_sweep.csv").read_bytes() == (
+        ref / "bias_sweep.csv"
+    ).read_bytes()
+    meta_ref, meta_out = (
+        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, out)
+    )  # fmt: skip
+    for meta in (meta_ref, meta_out):
+        for field in ("utc_time", "wall_time_s"):
+            meta.pop(field)
+        meta["config"].pop("out")
+    assert meta_out == meta_ref
+
+
+@pytest.mark.xdist_group("bias_sweep_reference")
+def test_bias_sweep_on_two_processes_resumes_and_writes_once(
+    tmp_path, bias_sweep_reference
+):
     """The quick bias sweep on one process with two host devices, then on
     two processes resuming from a result file that holds the first point's
     rows and a torn line: what a job killed on any process leaves, since
     only process 0 writes. Same CSV, same JSON (less times and --out),
     every row once, written by process 0 alone."""
-    ref, two = tmp_path / "ref", tmp_path / "two"
-    run_processes([[*BIAS_SWEEP, "--devices", "2", "--out", str(ref)]], _env(2))
+    ref, two = bias_sweep_reference, tmp_path / "two"
     two.mkdir()
     lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
     first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
@@ -246,23 +287,133 @@ def test_bias_sweep_on_two_processes_resumes_and_writes_once(tmp_path):
         assert f"process {i} of 2: 1 local device(s), 2 in all" in out
         assert f"resuming: {len(first)} rows already in" in out
     assert "wrote:" in out0 and "wrote:" not in out1
-    assert (two / "bias_sweep.csv").read_bytes() == (
-        ref / "bias_sweep.csv"
-    ).read_bytes()
-    meta_ref, meta_two = (
-        json.loads((d / "bias_sweep.json").read_text()) for d in (ref, two)
-    )  # fmt: skip
-    for meta in (meta_ref, meta_two):
-        for field in ("utc_time", "wall_time_s"):
-            meta.pop(field)
-        meta["config"].pop("out")
-    assert meta_two == meta_ref
+    _same_outputs(two, ref)
     rows = (two / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
     assert sorted(rows) == sorted(lines)  # each row once, the torn line moved
     assert "torn" in (two / "bias_sweep.jsonl.corrupt").read_text()
     assert sorted(os.listdir(two)) == sorted(
         os.listdir(ref) + ["bias_sweep.jsonl.corrupt"]
     )
+
+
+# The bias sweep's command line as run by ``python -m``, with one change that
+# only pins the moment of the kill: process 0 stops (sleeps) right after its
+# first point's rows are in the result file, so the test kills a job that is
+# certainly mid-run, every time.
+PAUSED = r"""
+import runpy, sys, time
+from jbptt._src import runs
+
+extend = runs.ResultFile.extend
+
+def extend_then_stop(self, rows):
+    n = extend(self, rows)
+    if self.writes:  # process 0, its rows confirmed: wait to be killed
+        time.sleep(TIMEOUT)
+    return n
+
+runs.ResultFile.extend = extend_then_stop
+sys.argv[0] = "bias_sweep"
+runpy.run_module("experiments.bias_sweep", run_name="__main__", alter_sys=True)
+""".replace("TIMEOUT", str(TIMEOUT))
+
+
+def _rows_in(path) -> int:
+    """Complete rows (lines after the header) in a result file, 0 if none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(0, data.count(b"\n") - 1)
+
+
+@pytest.mark.xdist_group("bias_sweep_reference")
+def test_bias_sweep_killed_on_two_processes_resumes_to_the_same_output(
+    tmp_path, bias_sweep_reference
+):
+    """A live two-process quick bias sweep, each process with its own
+    --out (no shared disk), is SIGKILLed mid-run once process 0 has
+    confirmed the first point's rows: process 1, then process 0.
+    Started again, both resume from what process 0 confirmed, process 1
+    from process 0's word and not from its own folder (which holds a
+    decoy: a whole run's rows), and the output is an uninterrupted run's."""
+    ref = bias_sweep_reference
+    lines = (ref / "bias_sweep.jsonl").read_text().splitlines(keepends=True)
+    first = [ln for ln in lines[1:] if json.loads(ln)["train_step"] == 0]
+    assert 0 < len(first) < len(lines) - 1
+    outs = [tmp_path / "p0", tmp_path / "p1"]
+    result = outs[0] / "bias_sweep.jsonl"
+
+    def command(i, port, *head):
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        flags += ["--process-id", str(i), "--out", str(outs[i])]
+        return [*head, *BIAS_SWEEP[3:], *flags]
+
+    port, logs = free_port(), []
+    procs = []
+    for i in (0, 1):
+        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                command(i, port, sys.executable, "-c", PAUSED),
+                cwd=ROOT,
+                env=_env(None),
+                stdout=logs[i],
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while _rows_in(result) < len(first):  # poll process 0's file
+            alive = all(p.poll() is None for p in procs)
+            if not alive or time.monotonic() > deadline:
+                logs[0].seek(0), logs[1].seek(0)
+                pytest.fail(
+                    "the job ended or hung before its first point: "
+                    f"{logs[0].read()[-2000:]}\n{logs[1].read()[-2000:]}"
+                )
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs)  # both mid-run
+        # Process 1 first, waiting in a collective for process 0; then
+        # process 0, asleep (so neither can end on its own in between).
+        for p in procs[::-1]:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=TIMEOUT)
+            assert p.returncode == -signal.SIGKILL
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    confirmed = result.read_text().splitlines(keepends=True)
+    assert sorted(confirmed[1:]) == sorted(first)  # the first point, no more
+    assert not (outs[0] / "bias_sweep.csv").exists()
+    assert not outs[1].exists()  # process 1 wrote nothing
+    # Process 1's own disk: a decoy it must not read (the whole run's rows:
+    # trusted, they would make it skip every point and leave process 0 alone
+    # in its collectives).
+    outs[1].mkdir()
+    decoy = outs[1] / "bias_sweep.jsonl"
+    decoy.write_text("".join(lines))
+    port = free_port()
+    out0, out1 = run_processes(
+        [
+            command(i, port, sys.executable, "-m", "experiments.bias_sweep")
+            for i in (0, 1)
+        ],
+        _env(None),
+    )
+    for out in (out0, out1):
+        assert f"resuming: {len(first)} rows already in {result}" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    _same_outputs(outs[0], ref)
+    rows = result.read_text().splitlines(keepends=True)
+    assert sorted(rows) == sorted(lines)  # each row once
+    assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
+    assert os.listdir(outs[1]) == ["bias_sweep.jsonl"]
+    assert decoy.read_text() == "".join(lines)  # untouched
 
 
 @pytest.mark.parametrize(
@@ -366,3 +517,176 @@ def test_result_file_on_process_0_writes_and_sends_its_rows(tmp_path, monkeypatc
         sent[-1]["error"].startswith("ValueError: ")
         and "T: 8 -> 9" in sent[-1]["error"]
     )
+
+
+CHAR_LM = [sys.executable, "-m", "experiments.char_lm", "--quick", "--seeds", "1"]
+CHAR_LM += ["--steps", "160", "--eval-every", "80", "--max-chars", "20000"]
+
+
+def _char_lm_numbers(out) -> tuple[list[dict], dict]:
+    """The CSV rows and the JSON of a char LM run, less what the clock and
+    the command line set (wall-clock times, --out)."""
+    import csv
+
+    with open(out / "char_lm.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
+    meta = json.loads((out / "char_lm.json").read_text())
+    for field in ("utc_time", "seconds"):
+        meta.pop(field)
+    meta["config"].pop("out")
+    for s in meta["summary"]:
+        s.pop("train_seconds")
+    return rows, meta
+
+
+def test_char_lm_on_two_processes_equals_one_process_with_two_devices(tmp_path):
+    """The quick char LM, each run's streams split over 2 devices: on one
+    process holding both, and on two processes with an --out folder each
+    (no shared disk). The same CSV and JSON bit for bit (times aside),
+    written by process 0 alone."""
+    ref, outs = tmp_path / "ref", [tmp_path / "p0", tmp_path / "p1"]
+    run_processes([[*CHAR_LM, "--devices", "2", "--out", str(ref)]], _env(2))
+    flags = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    out0, out1 = run_processes(
+        [
+            [*CHAR_LM, *flags, "--process-id", str(i), "--out", str(outs[i])]
+            for i in (0, 1)
+        ],
+        _env(None),
+    )
+    for out, i in ((out0, 0), (out1, 1)):
+        assert f"process {i} of 2: 1 local device(s), 2 in all" in out
+        assert "LSTM TBPTT(k=8)            seed 0: valid bpc" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    assert not outs[1].exists()  # process 1 writes nothing, not even --out
+    assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
+    (rows, meta), (ref_rows, ref_meta) = map(_char_lm_numbers, (outs[0], ref))
+    assert rows == ref_rows and meta == ref_meta
+    assert meta["config"]["devices"] == 2 and len(meta["summary"]) == 2
+    tb = meta["summary"][0]
+    assert tb["final_valid_bpc"] < tb["initial_valid_bpc"]  # it trained
+
+
+def test_char_lm_processes_reading_other_text_stop_with_an_error(tmp_path):
+    """Processes that load different characters (here another --max-chars)
+    would train on different data and stall in a collective: every process
+    stops at once, saying which differ."""
+    flags = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [
+                *CHAR_LM[:-1],
+                str(chars),
+                *flags,
+                "--process-id",
+                str(i),
+                "--out",
+                str(tmp_path / str(i)),
+            ],
+            cwd=ROOT,
+            env=_env(None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, chars in ((0, 20000), (1, 21000))
+    ]
+    try:
+        errs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 1, err[-2000:]
+        assert "error: process(es) [1] read other characters than process 0" in err
+    assert not any((tmp_path / str(i)).exists() for i in (0, 1))
+
+
+def test_broadcast_arrays_keeps_every_dtype_and_shape_bit_for_bit():
+    """The bytes of every leaf travel as they are: a float64 NaN payload,
+    bools, PRNG key words, 0-d, empty and non-contiguous arrays."""
+    from jbptt._src import processes
+
+    f = np.array([1.0 / 3.0, np.nan, -0.0], np.float64)
+    tree = {
+        "f": f,
+        "b": np.array([[True, False]]),
+        "k": np.array([7, 2**32 - 1], np.uint32),
+        "s": np.int64(-5),
+        "e": np.zeros((0, 3), np.float32),
+        "t": np.arange(6.0).reshape(2, 3).T,
+    }
+    back = processes.broadcast_arrays(tree, True)
+    assert set(back) == set(tree)
+    for name, a in tree.items():
+        assert back[name].dtype == np.asarray(a).dtype, name
+        assert back[name].shape == np.shape(a), name
+        assert back[name].tobytes() == np.ascontiguousarray(a).tobytes(), name
+
+
+def test_restore_from_process_0_on_another_process_reads_no_disk(tmp_path, monkeypatch):
+    """What process 1 does, with process 0's messages stood in for: it
+    takes the state process 0 sent, bit for bit, or raises process 0's
+    error, and never opens its own folder (not even to create it)."""
+    import jax
+
+    from jbptt import runs
+    from jbptt._src import processes
+
+    template = {"w": np.zeros(3), "key": jax.random.key(0), "step": 0}
+    sent_state = {"w": np.array([0.5, -1.0, 2.0]), "step": np.array(7)}
+    sent_state["key"] = np.asarray(jax.random.key_data(jax.random.key(4)))
+    messages = []
+    monkeypatch.setattr(processes, "group", lambda: (1, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: messages.pop(0)
+    )
+    monkeypatch.setattr(processes, "broadcast_arrays", lambda tree, src: sent_state)
+    mine = tmp_path / "p1"
+    messages.append({"error": None})
+    got = runs.Checkpointer.restore_from_process_0(mine, template)
+    assert got["step"] == 7 and isinstance(got["step"], int)
+    np.testing.assert_array_equal(got["w"], sent_state["w"])
+    assert jax.random.key_data(got["key"]).tolist() == sent_state["key"].tolist()
+    messages.append({"error": "FileNotFoundError", "why": "no checkpoint in /p0."})
+    with pytest.raises(FileNotFoundError, match="process 0 could not restore: no "):
+        runs.Checkpointer.restore_from_process_0(mine, template)
+    messages.append({"error": "ValueError", "why": "template does not match"})
+    with pytest.raises(ValueError, match="process 0 could not restore: template"):
+        runs.Checkpointer.restore_from_process_0(mine, template)
+    assert not mine.exists()
+
+
+def test_restore_from_process_0_on_process_0_sends_its_state_or_error(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from jbptt import runs
+    from jbptt._src import processes
+
+    state = {"w": np.array([0.5, -1.0]), "key": jax.random.key(4), "step": 3}
+    with runs.Checkpointer(tmp_path / "p0") as ckpt:
+        ckpt.save(3, state)
+    sent = []
+    monkeypatch.setattr(processes, "group", lambda: (0, 2))
+    monkeypatch.setattr(
+        processes, "broadcast", lambda obj, src, default=None: sent.append(obj)
+    )
+    monkeypatch.setattr(
+        processes, "broadcast_arrays", lambda tree, src: sent.append(tree) or tree
+    )
+    got = runs.Checkpointer.restore_from_process_0(tmp_path / "p0", state)
+    assert got["step"] == 3 and sent[0] == {"error": None}
+    np.testing.assert_array_equal(sent[1]["w"], state["w"])
+    np.testing.assert_array_equal(got["w"], state["w"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        runs.Checkpointer.restore_from_process_0(tmp_path / "empty", state)
+    assert sent[-1]["error"] == "FileNotFoundError"
+    with pytest.raises(ValueError, match="template does not match"):
+        runs.Checkpointer.restore_from_process_0(
+            tmp_path / "p0", {**state, "w": np.zeros(5)}
+        )
+    assert sent[-1]["error"] == "ValueError"

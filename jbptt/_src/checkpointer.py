@@ -30,7 +30,9 @@ step number can be saved again.
 belongs to the process that makes it (orbax waits for no other process):
 let process 0 save, ``if jax.process_index() == 0: ckpt.save(...)``. It
 stores host arrays, so gather a state split over processes first, on every
-process (``jax.experimental.multihost_utils.process_allgather``).
+process (``jax.experimental.multihost_utils.process_allgather``). Without a
+shared disk, :meth:`Checkpointer.restore_from_process_0` restores on
+process 0 and sends the state to the others.
 """
 
 from __future__ import annotations
@@ -544,6 +546,44 @@ class Checkpointer:
                 "bytes do not match the SHA-256 stored when it was saved."
             )
         return raw, None
+
+    @staticmethod
+    def restore_from_process_0(directory, template, *, config=None, step=None):
+        """:meth:`Checkpointer.restore` on process 0, sent to every process of a
+        ``jax.distributed`` job: no shared disk is needed. Every process calls
+        it at the same point (a collective); only process 0 opens ``directory``
+        (its own disk), the others never touch theirs and get process 0's state
+        bit for bit, or the error it raised (``FileNotFoundError`` when it has
+        no checkpoint, ``ValueError`` otherwise, naming process 0). Outside a
+        job of several processes, :meth:`Checkpointer.restore` itself. Args as
+        :class:`Checkpointer` and :meth:`Checkpointer.restore` (a ``template``
+        split over processes: gathered first, as for saving)."""
+        index, count = processes.group()
+        if count == 1 or index == 0:
+            try:
+                with Checkpointer(directory, config=config) as ckpt:
+                    state = ckpt.restore(template, step)
+            except Exception as err:  # sent, so that no process waits for it
+                if count > 1:
+                    processes.broadcast(
+                        {"error": type(err).__name__, "why": str(err)}, True
+                    )
+                raise
+            if count == 1:
+                return state
+            processes.broadcast({"error": None}, True)
+            return _from_saveable(
+                template, processes.broadcast_arrays(_to_saveable(state), True)
+            )
+        got = processes.broadcast(None, False)
+        if got["error"]:
+            kind = (
+                FileNotFoundError if got["error"] == "FileNotFoundError" else ValueError
+            )
+            raise kind(f"process 0 could not restore: {got['why']}")
+        return _from_saveable(
+            template, processes.broadcast_arrays(_to_saveable(template), False)
+        )
 
     def close(self) -> None:
         """Release orbax's resources."""

@@ -44,3 +44,27 @@ def broadcast(obj, is_source: bool, default: Callable[[Any], Any] | None = None)
         buf[:] = np.frombuffer(data, np.uint8)
     got = multihost_utils.broadcast_one_to_all(buf, is_source=is_source)
     return json.loads(np.asarray(got, np.uint8).tobytes())
+
+
+def broadcast_arrays(tree, is_source: bool):
+    """Process 0's ``tree`` of arrays on every process, bit for bit, as NumPy
+    arrays: every process passes a tree of the same structure, shapes and
+    dtypes (the others' values are ignored). The bytes travel as one
+    ``uint8`` buffer, so no dtype is cast on the way (float64 with x64 off,
+    bools, PRNG key data). A collective, like :func:`broadcast`."""
+    from jax.experimental import multihost_utils
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [np.ascontiguousarray(a) for a in leaves]  # 0-d: shape (1,)
+    shapes = [np.shape(a) for a in jax.tree_util.tree_leaves(tree)]
+    parts = [a.reshape(-1).view(np.uint8) for a in leaves]
+    buf = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    if buf.size:
+        buf = np.asarray(multihost_utils.broadcast_one_to_all(buf, is_source))
+    out, at = [], 0
+    for a, shape in zip(leaves, shapes, strict=True):
+        out.append(
+            np.frombuffer(buf[at : at + a.nbytes].tobytes(), a.dtype).reshape(shape)
+        )
+        at += a.nbytes
+    return jax.tree_util.tree_unflatten(treedef, out)
