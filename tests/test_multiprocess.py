@@ -125,6 +125,14 @@ sent = runs.Checkpointer.restore_from_process_0(own_dir, saved)
 _, e = tr.run(sent, xs[11:], ys[11:])
 out["artbp_sent"] = digest((e.params, e.opt_state, e.h, c.loss, e.loss, e.step_loss))
 out["artbp_segments"] = c.length.tolist() + d.length.tolist()
+# Each segment is placed without device_put's all-gather of its data: the
+# trainer compares one digest per call instead, and names who differs.
+other = xs[:11] + (jax.process_index() == 1)
+try:
+    tr.run(tr.init(p, jax.random.key(3)), other, ys[:11])
+    out["other_data"] = None
+except ValueError as err:
+    out["other_data"] = str(err)
 out["train_devices"] = len(jax.tree_util.tree_leaves(d.h)[0].sharding.device_set)
 
 # 3. grads_for_weights on a batch split over the mesh: one forward, K reverse
@@ -224,7 +232,9 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
             assert p[name] == ref[name], name  # bitwise
         assert p["artbp_resumed"] == p["artbp_sent"] == p["artbp"]
         assert p["grads_for_weights_own"] == p["grads_for_weights"]
-        assert p == ref | {"processes": 2, "local": 1}
+        assert p["other_data"].startswith("xs, ys: processes [1] hold other")
+        assert p == ref | {"processes": 2, "local": 1, "other_data": p["other_data"]}
+    assert ref["other_data"] is None  # one process: nothing to compare
     assert ref["sweep_rel_bias"][0] < 1e-12 < 1e-3 < ref["sweep_rel_bias"][1]
     assert len(ref["artbp_segments"]) > 2 and ref["grads_for_weights_norm"] > 0
     assert os.listdir(tmp_path / "multi")  # written by process 0

@@ -175,7 +175,8 @@ def map_rows(
     return jax.tree_util.tree_map(lambda o: o[:S], out)
 
 
-def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
+def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0, *,
+                check_same: bool = True):  # fmt: skip
     """Place ``tree`` with its batch axis split over ``mesh`` (data parallel).
 
     Leaves with a batch axis ``axis`` are split into contiguous blocks, one
@@ -194,6 +195,12 @@ def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
       mesh: a device count, a list of devices or a 1-D mesh
         (:func:`make_mesh`).
       axis: the batch axis of the leaves that have one.
+      check_same: on a mesh spanning several processes, let
+        ``jax.device_put`` check that every process passed the same values
+        (it gathers each whole array to every process). ``False`` places
+        each process's own shards without the check, for a caller that
+        checked its data once already (the trainer does, per call, with a
+        digest). No effect within one process.
 
     Raises:
       ValueError: a batched leaf whose batch does not divide evenly over the
@@ -209,9 +216,16 @@ def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
     mesh = resolve_mesh(mesh)
     axis = validation.integer("axis", axis, minimum=0, what="an int ≥ 0")
 
+    def place(a, spec):
+        sharding = NamedSharding(mesh, spec)
+        if check_same or sharding.is_fully_addressable or isinstance(a, jax.Array):
+            return jax.device_put(a, sharding)
+        host = np.asarray(a)  # this process's shards only, unchecked
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
     def put(a):
         if np.ndim(a) <= axis:
-            return jax.device_put(a, NamedSharding(mesh, P()))
+            return place(a, P())
         size = np.shape(a)[axis]
         if size % mesh.size:
             raise ValueError(
@@ -219,7 +233,7 @@ def split_batch(tree, mesh: Mesh | int | Sequence, axis: int = 0):
                 f"shape {np.shape(a)}) must divide evenly over the mesh's "
                 f"{mesh.size} devices."
             )
-        return jax.device_put(a, NamedSharding(mesh, P(*([None] * axis), AXIS)))
+        return place(a, P(*([None] * axis), AXIS))
 
     return jax.tree_util.tree_map(put, tree)
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import buckets as buckets_lib
-from jbptt._src import checks, sharding
+from jbptt._src import checks, processes, sharding
 from jbptt._src import train_plan as plan_lib
 from jbptt._src.train_step import ACCUMULATE, ADVANCE, UPDATE, StepIn
 
@@ -230,6 +230,8 @@ class _Loop:
         if setting.mesh is not None and self.h_restart is not None:
             self.h_restart = sharding.split_batch(self.h_restart, setting.mesh)
         self.stop_state = None
+        if setting.mesh is not None:
+            _check_same_data(plan)
 
     def args(self, h, g_acc, dh, s, n, b, key, mode):
         """The step's arguments for ``n`` steps from ``s`` in bucket ``b``."""
@@ -241,7 +243,8 @@ class _Loop:
         )
         r = None if plan.resets is None else plan_lib.pad(plan.resets, s, n, b)
         if mesh is not None:  # [T, B, ...] split on B; shared w[T] replicated
-            data, r = sharding.split_batch((data, r), mesh, axis=1)
+            # checked once per call (_check_same_data), not per segment
+            data, r = sharding.split_batch((data, r), mesh, axis=1, check_same=False)
         params, _, _, est_state = self.carry
         return StepIn(params, h, est_state, g_acc, dh, *data, n, key, mode, r,
                       self.h_reset)  # fmt: skip
@@ -419,6 +422,19 @@ class _Loop:
         self.t_callbacks += time.perf_counter() - t0
         self.cb_compiled += _compiled_here() - c0  # left out with the callbacks
         return stop
+
+
+def _check_same_data(plan) -> None:
+    """On a mesh spanning several processes, every process must train on the
+    same stream: one digest comparison per call (each segment's arrays are
+    then placed without ``jax.device_put``'s per-array check)."""
+    bad = processes.differing((plan.xs, plan.ys, plan.w, plan.resets))
+    if bad:
+        raise ValueError(
+            f"xs, ys: processes {bad} hold other data than process 0 for this "
+            "call; on a mesh spanning processes every process passes the "
+            "whole stream (each trains its own devices' streams from it)."
+        )
 
 
 def run_plan(steps, plan, state, setting: Setting) -> History:
