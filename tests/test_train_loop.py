@@ -488,7 +488,10 @@ def test_fresh_optimizer_per_chunked_call_reuses_the_compiled_steps():
         state = h.state
     assert hists[0].compiles >= 1 and hists[0].seconds >= 0.0
     new = set(hists[1].buckets) - set(hists[0].buckets)
-    assert hists[1].compiles == len(new)  # no bucket compiled again
+    # no bucket compiled again: new buckets compile, and the blocks of the
+    # run's first split segment (one program, the top bucket's)
+    first_split = hists[1].advanced_steps > 0 == hists[0].advanced_steps
+    assert hists[1].compiles == len(new) + first_split
     one = jbptt.train.train(
         model.cell, loss_fn, params, xs, ys, optax.adam(1e-2), est, key=key
     )

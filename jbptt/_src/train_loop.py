@@ -249,10 +249,12 @@ class _Loop:
         return StepIn(params, h, est_state, g_acc, dh, *data, n, key, mode, r,
                       self.h_reset)  # fmt: skip
 
-    def call(self, h, g_acc, dh, s, n, b, key, mode):
-        """One gradient pass (after waiting for its compilation, when it was
-        started ahead)."""
+    def call(self, h, g_acc, dh, s, n, b, key, mode, whole=False):
+        """One gradient pass: a ``whole`` segment, or a block of a split one
+        (after waiting for its compilation, when it was started ahead)."""
         args = self.args(h, g_acc, dh, s, n, b, key, mode)
+        if not whole and self.steps.blocks is not None:
+            return self.steps.blocks(args)
         if b not in self.ready:
             self.waited += self.steps.wait((b, self.sig))
             self.ready.add(b)
@@ -334,7 +336,8 @@ class _Loop:
         if b is not None:
             self.used.add(b)
             self.padded += b
-            out = self.call(h, self.zeros_g, self.zeros_h, s, n, b, key, UPDATE)
+            out = self.call(h, self.zeros_g, self.zeros_h, s, n, b, key, UPDATE,
+                            whole=True)  # fmt: skip
             return out, [(out.losses, n)], [out.total], None
         # Split: forward through blocks of the top bucket, then backward from
         # the last block, the cotangent of each block's initial state handed

@@ -106,11 +106,10 @@ class Update(NamedTuple):
 def piece_step(inp: StepIn, *, cell, loss_fn, segment, advance, block) -> Piece:
     """The gradient pass of one segment (or block) with ``n`` real steps.
 
-    Without ``block``: the rule's ``segment``. With it, every segment runs
-    through ``block`` (``dh_end = 0``, ``g_acc = 0`` for a whole segment) and
-    the traced ``mode`` picks the forward-only ``advance`` or a block whose
-    gradient is accumulated into ``g_acc``: the pieces of a split segment
-    share the bucket's one compilation. ``resets [bucket, *batch]`` (or
+    Without ``block``: the rule's ``segment`` (every whole segment). With
+    it (the blocks of a split segment), the traced ``mode`` picks the
+    forward-only ``advance`` or a block whose gradient is accumulated into
+    ``g_acc``: the pieces of a split segment share one compilation. ``resets [bucket, *batch]`` (or
     ``None``) are handed on with ``reset_state=h_reset``; padded steps never
     reset. The optimizer is not in it (:func:`update_step`), so the pass
     compiles once per bucket whatever the optimizer.
@@ -207,10 +206,25 @@ def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
     return jax.lax.cond(mode == ADVANCE, run_advance, run_block, None)
 
 
+def _as_block(segment):
+    """A splitting rule's ``segment`` with its outputs cast as a block's are
+    (:func:`_split_piece`): the state in the carried dtypes, the losses in
+    the default float."""
+
+    def whole(cell, loss_fn, params, h, *args, **kw):
+        losses, g, h_new, est = segment(cell, loss_fn, params, h, *args, **kw)
+        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+        return losses.astype(jnp.result_type(float)), g, h_new, est
+
+    return whole
+
+
 class Steps:
-    """The compiled steps of one trainer: the jitted :func:`piece_step` (one
-    executable per bucket and argument signature) and :func:`update_step`
-    (one per argument signature, whatever the bucket), the ``top="auto"``
+    """The compiled steps of one trainer: the jitted :func:`piece_step` of
+    whole segments (one executable per bucket and argument signature), of
+    the blocks of split segments (the top bucket only, when the rule splits)
+    and :func:`update_step` (one per argument signature, whatever the
+    bucket), the ``top="auto"``
     choices made on them and the compilations started ahead
     (:meth:`ahead`). Dropping it releases its executables.
 
@@ -220,16 +234,22 @@ class Steps:
     """
 
     def __init__(self, cell, loss_fn, tx, rule):
-        self.pieces = jax.jit(
-            functools.partial(
-                piece_step,
-                cell=cell,
-                loss_fn=loss_fn,
-                segment=rule.segment,
-                advance=rule.advance,
-                block=rule.block,
-            )  # fmt: skip
-        )
+        def jitted(segment, advance=None, block=None):
+            return jax.jit(
+                functools.partial(
+                    piece_step, cell=cell, loss_fn=loss_fn, segment=segment,
+                    advance=advance, block=block,
+                )  # fmt: skip
+            )
+
+        # Whole segments run the rule's segment (``block`` splits it, so the
+        # gradient is the same); only the top bucket's split segments need
+        # the heavier program with the traced mode, compiled when one comes.
+        if rule.block is None:
+            self.pieces, self.blocks = jitted(rule.segment), None
+        else:
+            self.pieces = jitted(_as_block(rule.segment))
+            self.blocks = jitted(rule.segment, rule.advance, rule.block)
         self.update = jax.jit(
             functools.partial(update_step, tx=tx, split=rule.block is not None)
         )
@@ -248,8 +268,10 @@ class Steps:
 
     def compiled(self) -> int:
         """How many gradient passes are compiled (one per bucket and
-        signature)."""
-        return self.pieces._cache_size()
+        signature, and one more for the top bucket's split segments)."""
+        return self.pieces._cache_size() + (
+            0 if self.blocks is None else self.blocks._cache_size()
+        )
 
     def compile(self, inp: StepIn):
         """The gradient pass's executable for ``inp`` (compiled now, or
