@@ -40,6 +40,19 @@ by default, and process 0 alone writes the CSV, JSON and figure. Every
 process must read the same corpus (checked: they stop with an error naming
 the processes that differ).
 
+Runs resume. Each run (cell, estimator, seed) is checkpointed every
+``--checkpoint-every`` time steps (default 25000; 0: none) at a segment's
+end, and once done with its test bpc, in ``OUT/NAME.ckpt/`` by process 0
+alone (:class:`Checkpoints`). Rerunning a stopped or killed command resumes
+every run from process 0's latest checkpoint, on every process (the others
+need no shared disk), with the numbers of an uninterrupted run, bit for
+bit; finished runs are read back, not trained again. A checkpoint of
+another configuration (flags, corpus) is refused with an error naming what
+changed: start over with another ``--out`` or ``--name``. ``--devices``,
+``--jobs``, ``--seeds`` and ``--cells`` are not part of a run's
+configuration (a run resumed on other devices sums its data-parallel
+gradient in another order: the same up to rounding).
+
 Run ``python -m experiments.char_lm --help``.
 """
 
@@ -295,7 +308,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Character-level LM trained online with TBPTT(k) vs ARTBP at matched "
         "updates and backward steps, over several seeds; validation bits per "
         "character against updates and wall-clock, test bpc at the end. "
-        "Writes NAME.{csv,json,png}.",
+        "Writes NAME.{csv,json,png}; checkpoints in NAME.ckpt/ let the same "
+        "command resume a stopped run.",
     )
     ap.add_argument(
         "--corpus",
@@ -750,6 +764,8 @@ class Checkpoints:
     def restore(self, template):
         """``(state, progress)`` of process 0's latest checkpoint of the run,
         or ``(None, None)`` where it has none; every process calls it."""
+        if not self._on_process_0(self.folder.is_dir()):
+            return None, None  # nothing saved: no folder made
         tree = self._tree({f: getattr(template, f) for f in _KEPT}, Progress([]))
         try:
             got = jbptt.runs.Checkpointer.restore_from_process_0(
@@ -774,6 +790,15 @@ class Checkpoints:
         ]
         test = None if math.isnan(got["test_bpc"]) else got["test_bpc"]
         return state, Progress(curve, state.segment, got["seconds"], test)
+
+    @staticmethod
+    def _on_process_0(flag: bool) -> bool:
+        """``flag`` as process 0 has it (a collective: every process calls it)."""
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
 
     def save(self, state, run: Progress) -> None:
         """Checkpoint ``state`` (a segment's end) and ``run`` as step
