@@ -40,6 +40,19 @@ by default, and process 0 alone writes the CSV, JSON and figure. Every
 process must read the same corpus (checked: they stop with an error naming
 the processes that differ).
 
+Runs resume. Each run (cell, estimator, seed) is checkpointed every
+``--checkpoint-every`` time steps (default 25000; 0: none) at a segment's
+end, and once done with its test bpc, in ``OUT/NAME.ckpt/`` by process 0
+alone (:class:`Checkpoints`). Rerunning a stopped or killed command resumes
+every run from process 0's latest checkpoint, on every process (the others
+need no shared disk), with the numbers of an uninterrupted run, bit for
+bit; finished runs are read back, not trained again. A checkpoint of
+another configuration (flags, corpus) is refused with an error naming what
+changed: start over with another ``--out`` or ``--name``. ``--devices``,
+``--jobs``, ``--seeds`` and ``--cells`` are not part of a run's
+configuration (a run resumed on other devices sums its data-parallel
+gradient in another order: the same up to rounding).
+
 Run ``python -m experiments.char_lm --help``.
 """
 
@@ -179,11 +192,14 @@ def setup(cfg: Config, V: int, T: int, args):
 QUICK_SIZE = 64  # --quick pads segments to ≥ 64 steps: few compilations
 
 
-class Record(NamedTuple):
-    t_end: int  # steps trained after this segment
-    length: int  # segment length
-    loss: object  # mean per-step loss of the segment (device scalar)
-    seconds: float  # training wall-clock so far (no compilation, no callbacks)
+class Progress:
+    """Where one run stands: its validation curve so far, the updates made,
+    the training wall-clock (no compilation, no callbacks) and, once it is
+    done, its test bpc."""
+
+    def __init__(self, curve, updates=0, seconds=0.0, test_bpc=None):
+        self.curve, self.updates, self.seconds = curve, updates, seconds
+        self.test_bpc = test_bpc
 
 
 def training_stream(train_ids, batch: int, steps: int):
@@ -195,9 +211,11 @@ def training_stream(train_ids, batch: int, steps: int):
     return x[idx], y[idx], steps / len(y)
 
 
-def run_one(setup_, est, corpus, args, key, bar=None):
-    """One training run: returns the validation curve, the per-segment
-    records and the params at the end."""
+def run_one(setup_, est, corpus, args, key, bar=None, ckpts=None):
+    """One training run: its :class:`Progress` and its final
+    :class:`jbptt.train.TrainState`. With ``ckpts`` (:class:`Checkpoints`)
+    it goes on from process 0's latest checkpoint of the run, if any, and
+    saves one every ``--checkpoint-every`` steps."""
     model, loss_fn, opt = setup_
     V = len(corpus.vocab)
     k_init, k_w = jax.random.split(key)
@@ -206,32 +224,41 @@ def run_one(setup_, est, corpus, args, key, bar=None):
     T = len(y)
     valid = held_out(corpus.valid, args.valid_chars, args.eval_batch)
     bpc = make_eval(model, V, valid, args.embed)
-    curve = [{"t": 0, "point": 0, "seconds": 0.0, "updates": 0, "bpc": bpc(params)}]
-    recs: list[Record] = []
-    clock = [0.0]  # wall-clock of the calls before this one
+    state = None
+    if ckpts is not None:
+        template = fresh_state(model, opt, params, k_w, args.batch)
+        state, run = ckpts.restore(template)
+        if state is not None:
+            at = "done" if state.step == T else "resuming"
+            _log(bar, f"{ckpts.run}: {at} at step {state.step} of {T}, from "
+                 f"{ckpts.folder}")  # fmt: skip
+            if bar is not None:
+                bar.update(state.step)
+    if state is None:
+        run = Progress([{"t": 0, "point": 0, "seconds": 0.0, "updates": 0,
+                         "bpc": bpc(params)}])  # fmt: skip
+    clock = [run.seconds]  # wall-clock of the calls before this one
 
     def record(e):
         t = e.start + e.length
-        recs.append(Record(t, e.length, e.loss, clock[0] + e.seconds))
+        run.updates, run.seconds = e.index + 1, clock[0] + e.seconds
         if bar is not None:
             bar.update(e.length)
         if t // args.eval_every > e.start // args.eval_every or t == T:
             # evaluation point: the last multiple of --eval-every crossed (the
             # end of the stream: one past them), the same for every seed
             point = -(-t // args.eval_every) if t == T else t // args.eval_every
-            curve.append(
-                {
-                    "t": t,
-                    "point": point,
-                    "seconds": clock[0] + e.seconds,
-                    "updates": e.index + 1,
-                    "bpc": bpc(e.state.params),
-                }
-            )
+            row = {"t": t, "point": point, "seconds": run.seconds}
+            run.curve.append(row | {"updates": run.updates, "bpc": bpc(e.state.params)})
+        if ckpts is not None and t < T and ckpts.due(e.start, t):
+            ckpts.save(e.state, run)  # the end of the run: run_job saves it
 
-    state = None
-    for a in range(0, T, CHUNK):  # chunked calls: bitwise one long call
-        b = min(a + CHUNK, T)
+    t0 = 0 if state is None else state.step
+    # chunked calls on the grid of CHUNK steps: bitwise one long call, and a
+    # run resumed at a segment's end is bitwise the uninterrupted one
+    starts = [t0, *range((t0 // CHUNK + 1) * CHUNK, T, CHUNK)] if t0 < T else []
+    for a in starts:
+        b = min((a // CHUNK + 1) * CHUNK, T)
         hist = jbptt.train.train(
             model.cell,
             loss_fn,
@@ -248,8 +275,8 @@ def run_one(setup_, est, corpus, args, key, bar=None):
             mesh=args.devices,
         )
         state = hist.state
-        clock[0] = recs[-1].seconds if recs else 0.0
-    return curve, recs, state.params
+        clock[0] = run.seconds
+    return run, state
 
 
 def test_bpc(model, V, corpus, params, args) -> float:
@@ -281,7 +308,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Character-level LM trained online with TBPTT(k) vs ARTBP at matched "
         "updates and backward steps, over several seeds; validation bits per "
         "character against updates and wall-clock, test bpc at the end. "
-        "Writes NAME.{csv,json,png}.",
+        "Writes NAME.{csv,json,png}; checkpoints in NAME.ckpt/ let the same "
+        "command resume a stopped run.",
     )
     ap.add_argument(
         "--corpus",
@@ -397,6 +425,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--coordinator/--distributed; on CPU set XLA_FLAGS=--xla_force_host_"
         "platform_device_count=N first)",
     )
+    ap.add_argument(
+        "--checkpoint-every",
+        type=_cli.nonneg_int,
+        default=argparse.SUPPRESS,
+        help=f"time steps between checkpoints of a run (default {CHECKPOINT_EVERY}; "
+        "0: none), kept with its last one in OUT/NAME.ckpt/ by process 0: "
+        "rerunning the same command resumes every run from its latest "
+        "checkpoint, with the numbers of an uninterrupted run",
+    )
     _cli.add_quick(ap, QUICK)
     ap.add_argument("--out", default="results", help="output folder")
     ap.add_argument(
@@ -414,6 +451,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = _cli.parse(ap, argv, QUICK)
     if args.alpha <= 1:
         ap.error(f"--alpha must be > 1 (finite mean segment length), got {args.alpha}")
+    if checkpoint_every(args) and not args.replot:
+        import importlib.util
+
+        if importlib.util.find_spec("orbax") is None:
+            ap.error(
+                "--checkpoint-every: checkpoints are saved with orbax-checkpoint, "
+                'not installed: pip install "jbptt[runs]", or run without '
+                "checkpoints (--checkpoint-every 0)"
+            )
     # Several processes: joined before any JAX call; each runs every job,
     # its share of the streams on its devices, and process 0 writes.
     processes = _cli.start_distributed(ap, args)[1]
@@ -453,7 +499,7 @@ def summarize(name, cfg, est_name, runs) -> dict:
     """One table row: a configuration and estimator over its seeds."""
     final = mean_se([r["curve"][-1]["bpc"] for r in runs])
     test = mean_se([r["test_bpc"] for r in runs])
-    updates = [len(r["recs"]) for r in runs]
+    updates = [r["updates"] for r in runs]
     return {
         "run": name,
         "cell": cfg.cell,
@@ -464,7 +510,7 @@ def summarize(name, cfg, est_name, runs) -> dict:
         "updates_per_seed": updates,
         "backward_steps": runs[0]["backward_steps"],
         "mean_segment_length": float(
-            np.mean([np.mean([x.length for x in r["recs"]]) for r in runs])
+            np.mean([r["steps"] / r["updates"] for r in runs])
         ),
         "initial_valid_bpc": float(np.mean([r["curve"][0]["bpc"] for r in runs])),
         "final_valid_bpc": final[0],
@@ -474,7 +520,7 @@ def summarize(name, cfg, est_name, runs) -> dict:
         ),
         "test_bpc": test[0],
         "test_bpc_se": test[1],
-        "train_seconds": float(np.mean([r["recs"][-1].seconds for r in runs])),
+        "train_seconds": float(np.mean([r["seconds"] for r in runs])),
     }
 
 
@@ -514,11 +560,13 @@ def main(argv=None):
             name = label(cfg, est_name, args.alpha)
             runs = []
             for seed in seeds:
-                curve, recs, tb = next(results)
+                curve, updates, seconds, tb = next(results)
                 runs.append(
                     {
                         "curve": curve,
-                        "recs": recs,
+                        "updates": updates,
+                        "steps": args.steps,
+                        "seconds": seconds,
                         "test_bpc": tb,
                         "backward_steps": args.steps * args.batch,
                     }
@@ -600,6 +648,15 @@ def main(argv=None):
     )
 
 
+def corpus_digest(corpus) -> bytes:
+    """SHA-256 of the corpus as trained on: its vocabulary and the ids of
+    its train, validation and test splits."""
+    h = hashlib.sha256("\0".join(corpus.vocab).encode())
+    for part in (corpus.train, corpus.valid, corpus.test):
+        h.update(np.ascontiguousarray(part, np.int32).tobytes())
+    return h.digest()
+
+
 def check_same_corpus(corpus) -> None:
     """In a ``jax.distributed`` job, stops every process (exit 1) unless all
     read the same characters as process 0: else they would train on
@@ -608,12 +665,8 @@ def check_same_corpus(corpus) -> None:
         return
     from jax.experimental import multihost_utils
 
-    h = hashlib.sha256("\0".join(corpus.vocab).encode())
-    for part in (corpus.train, corpus.valid, corpus.test):
-        h.update(np.ascontiguousarray(part, np.int32).tobytes())
-    digests = np.asarray(
-        multihost_utils.process_allgather(np.frombuffer(h.digest(), np.uint8))
-    )
+    digest = np.frombuffer(corpus_digest(corpus), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))
     other = [i for i, d in enumerate(digests) if not np.array_equal(d, digests[0])]
     if other:
         raise SystemExit(
@@ -624,28 +677,189 @@ def check_same_corpus(corpus) -> None:
         )
 
 
+# ------------------------------------------------------------ checkpoints ---
+
+CHECKPOINT_EVERY = 25_000  # the default of --checkpoint-every
+# What a checkpoint keeps of the trainer's state at a segment's end (its
+# pending steps, per-stream cuts and reset target are None there, here).
+_KEPT = ("params", "opt_state", "h", "est_state", "key", "step", "segment", "cut")
+_CURVE = ("t", "point", "seconds", "updates", "bpc")  # a curve row, in order
+# Flags that do not change a run's numbers (where it runs, what it writes,
+# which other runs there are), left out of the configuration it must match.
+_NOT_RUN = ("out", "name", "replot", "jobs", "devices", "quick", "cells", "seeds")
+_NOT_RUN += ("checkpoint_every",)
+
+
+def checkpoint_every(args) -> int:
+    """``--checkpoint-every`` (absent from ``args`` unless given, so that the
+    configuration of runs from before the flag stays as it was)."""
+    return getattr(args, "checkpoint_every", CHECKPOINT_EVERY)
+
+
+def fresh_state(model, opt, params, key, batch: int):
+    """A run's starting :class:`jbptt.train.TrainState` with its cell state
+    filled in: what a checkpoint of the run is restored into (its
+    structure, shapes and dtypes)."""
+    dtype = jax.numpy.result_type(float)  # the inputs' dtype: the compute one
+    h = model.cell.initial_state(params, (batch,))
+    h = jax.tree_util.tree_map(lambda a: jax.numpy.asarray(a, dtype), h)
+    return jbptt.train.TrainState(
+        params, opt.init(params), h, est_state=(), key=key, step=0, segment=0, cut=0
+    )
+
+
+def _whole(tree):
+    """``tree`` with every array split over processes gathered whole on each
+    process (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    def one(a):
+        if isinstance(a, jax.Array) and not (
+            a.is_fully_addressable or a.is_fully_replicated
+        ):
+            return multihost_utils.process_allgather(a, tiled=True)
+        return a
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+class Checkpoints:
+    """The checkpoints of one run (cell, k, estimator, seed), in
+    ``OUT/NAME.ckpt/<cell>-k<k>-<estimator>-seed<seed>/`` on process 0's
+    disk (:class:`jbptt.runs.Checkpointer`, which stores the run's
+    configuration beside them and refuses another's). Each holds the
+    trainer's state at a segment's end, the validation curve so far and the
+    wall-clock, and the last one the test bpc. Process 0 alone writes; every
+    process restores what process 0 saved (no shared disk needed)."""
+
+    def __init__(self, args, corpus, cfg: Config, est_name: str, seed: int):
+        run = f"{cfg.cell}-k{cfg.k}-{est_name}-seed{seed}"
+        self.folder = Path(args.out) / f"{args.name}.ckpt" / run
+        self.run = f"{label(cfg, est_name, args.alpha)} seed {seed}"
+        self.every = checkpoint_every(args)
+        self.rows = args.steps // args.eval_every + 2  # curve rows, at most
+        self.config = {k: v for k, v in vars(args).items() if k not in _NOT_RUN}
+        self.config.update(cell=cfg.cell, k=cfg.k, estimator=est_name, seed=seed)
+        self.config["corpus_sha256"] = corpus_digest(corpus).hex()
+        self._saver = None
+
+    def due(self, start: int, t: int) -> bool:
+        """Whether a segment from ``start`` to ``t`` crossed a multiple of
+        ``--checkpoint-every``."""
+        return t // self.every > start // self.every
+
+    def _tree(self, kept, run: Progress) -> dict:
+        # fixed shapes: the curve in a table of its longest length, as the
+        # 32-bit words of its float64 values (kept bit for bit without x64)
+        curve = np.full((self.rows, len(_CURVE)), np.nan)
+        for i, row in enumerate(run.curve):
+            curve[i] = [row[f] for f in _CURVE]
+        test = math.nan if run.test_bpc is None else run.test_bpc
+        return {"train": kept, "curve": curve.view(np.uint32),
+                "points": len(run.curve), "seconds": float(run.seconds),
+                "test_bpc": float(test)}  # fmt: skip
+
+    def restore(self, template):
+        """``(state, progress)`` of process 0's latest checkpoint of the run,
+        or ``(None, None)`` where it has none; every process calls it."""
+        if not self._on_process_0(self.folder.is_dir()):
+            return None, None  # nothing saved: no folder made
+        tree = self._tree({f: getattr(template, f) for f in _KEPT}, Progress([]))
+        try:
+            got = jbptt.runs.Checkpointer.restore_from_process_0(
+                self.folder, tree, config=self.config
+            )
+        except FileNotFoundError:
+            return None, None
+        except ValueError as err:
+            raise SystemExit(
+                f"error: {self.run} cannot resume: {err}\nA run resumes only "
+                "with the flags (and corpus) it started with: give those, or "
+                f"start over with another --out or --name (or delete {self.folder})."
+            ) from err
+        state = jbptt.train.TrainState(**got["train"])
+        rows = np.asarray(got["curve"], np.uint32).view(np.float64)[: got["points"]]
+        curve = [
+            {
+                f: (float if f in ("seconds", "bpc") else int)(v)
+                for f, v in zip(_CURVE, row, strict=True)
+            }
+            for row in rows
+        ]
+        test = None if math.isnan(got["test_bpc"]) else got["test_bpc"]
+        return state, Progress(curve, state.segment, got["seconds"], test)
+
+    @staticmethod
+    def _on_process_0(flag: bool) -> bool:
+        """``flag`` as process 0 has it (a collective: every process calls it)."""
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
+
+    def save(self, state, run: Progress) -> None:
+        """Checkpoint ``state`` (a segment's end) and ``run`` as step
+        ``state.step``: every process gathers the state, process 0 writes."""
+        extra = [
+            f
+            for f in ("pending", "stream_cut", "h_reset")
+            if getattr(state, f) is not None
+        ]
+        if extra:  # not kept: a resumed run would silently differ
+            raise RuntimeError(f"char LM checkpoint: state.{extra[0]} is not None")
+        tree = self._tree(_whole({f: getattr(state, f) for f in _KEPT}), run)
+        if jax.process_index() != 0:  # process 0 writes
+            return
+        if self._saver is None:
+            self._saver = jbptt.runs.Checkpointer(self.folder, config=self.config)
+        self._saver.save(state.step, tree)
+
+    def close(self) -> None:
+        if self._saver is not None:
+            self._saver.close()
+            self._saver = None
+
+
 # ------------------------------------------------- runs, here or in workers ---
 
 
 def run_job(cfg: Config, est_name: str, seed: int, corpus, args, setups, bar=None):
     """One (configuration, estimator, seed) run: its validation curve, its
-    per-segment records (losses as floats) and its test bpc. Runs of one
+    number of updates, its training wall-clock and its test bpc. Runs of one
     configuration share its setup in ``setups`` (one dict per ``main`` call,
-    as the setup depends on ``args``), hence its compiled update."""
+    as the setup depends on ``args``), hence its compiled update. With
+    ``--checkpoint-every`` it resumes from, and saves, the run's checkpoints
+    (:class:`Checkpoints`), the last one with the test bpc once it is done."""
     V = len(corpus.vocab)
     if cfg not in setups:
         setups[cfg] = setup(cfg, V, args.steps, args)
     setup_ = setups[cfg]
     est = estimators_for(cfg.k, args.alpha)[est_name]
-    curve, recs, params = run_one(setup_, est, corpus, args, jax.random.key(seed), bar)
-    tb = test_bpc(setup_[0], V, corpus, params, args)
+    ckpts = None
+    if checkpoint_every(args):
+        ckpts = Checkpoints(args, corpus, cfg, est_name, seed)
+    try:
+        run, state = run_one(
+            setup_, est, corpus, args, jax.random.key(seed), bar, ckpts
+        )
+        if run.test_bpc is None:
+            run.test_bpc = test_bpc(setup_[0], V, corpus, state.params, args)
+            if ckpts is not None:
+                ckpts.save(state, run)  # the run's end: nothing left to train
+    finally:
+        if ckpts is not None:
+            ckpts.close()
+    curve = run.curve
     _log(
         bar,
         f"{label(cfg, est_name, args.alpha):26s} seed {seed}: valid bpc "
-        f"{curve[0]['bpc']:.3f} -> {curve[-1]['bpc']:.3f}, test {tb:.3f} "
-        f"({len(recs)} updates, {recs[-1].seconds:.1f} s)",
+        f"{curve[0]['bpc']:.3f} -> {curve[-1]['bpc']:.3f}, test "
+        f"{run.test_bpc:.3f} ({run.updates} updates, {run.seconds:.1f} s)",
     )
-    return curve, [r._replace(loss=float(r.loss)) for r in recs], tb
+    return curve, run.updates, run.seconds, run.test_bpc
 
 
 def _run_all(jobs, corpus, args, bar):

@@ -3,6 +3,7 @@ estimators beats the unigram model on held-out text."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -69,14 +70,19 @@ def test_quick_run():
 def test_chunked_training_is_one_run(tmp_path, monkeypatch):
     # the stream is fed to train.train in chunks carrying the state: the
     # curve (times aside) does not depend on the chunk size, nor on whether
-    # the runs train one after the other or in worker processes (--jobs)
+    # the runs train one after the other or in worker processes (--jobs),
+    # nor on checkpoints (each call its own --out: none resumes another's)
     argv = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "40"]
-    argv += ["--max-chars", "20000", "--out", str(tmp_path)]
-    whole = char_lm.main(argv)
+    argv += ["--max-chars", "20000"]
+    whole = char_lm.main([*argv, "--out", str(tmp_path / "whole")])
     # --jobs 2: the two runs in worker processes (default CHUNK there)
-    parallel = char_lm.main([*argv, "--jobs", "2"])
+    parallel = char_lm.main([*argv, "--jobs", "2", "--out", str(tmp_path / "jobs")])
     monkeypatch.setattr(char_lm, "CHUNK", 50)
-    chunked = char_lm.main(argv)
+    chunked = char_lm.main(
+        [*argv, "--checkpoint-every", "0", "--out", str(tmp_path / "chunked")]
+    )
+    assert (tmp_path / "jobs" / "char_lm.ckpt").is_dir()  # saved by the workers
+    assert not (tmp_path / "chunked" / "char_lm.ckpt").exists()  # 0: none
     for other in (chunked, parallel):
         for a, b in zip(whole["summary"], other["summary"], strict=True):
             assert a["updates_per_seed"] == b["updates_per_seed"]
@@ -119,7 +125,14 @@ def test_quick_honours_flags_and_prints_summary(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "bad", [["--clip", "-1"], ["--lr", "inf"], ["--alpha", "1"], ["--hidden", "1.5"]]
+    "bad",
+    [
+        ["--clip", "-1"],
+        ["--lr", "inf"],
+        ["--alpha", "1"],
+        ["--hidden", "1.5"],
+        ["--checkpoint-every", "-5"],
+    ],
 )
 def test_bad_flags_refused(bad, capsys):
     with pytest.raises(SystemExit):
@@ -146,9 +159,9 @@ def test_each_call_uses_its_own_flags(tmp_path):
     # runs of one configuration share a setup within a call; a second call
     # in the same process with another learning rate must not reuse it
     argv = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "80"]
-    argv += ["--max-chars", "20000", "--out", str(tmp_path)]
-    fast = char_lm.main(argv)
-    slow = char_lm.main([*argv, "--lr", "1e-4"])
+    argv += ["--max-chars", "20000", "--checkpoint-every", "0"]
+    fast = char_lm.main([*argv, "--out", str(tmp_path / "fast")])
+    slow = char_lm.main([*argv, "--lr", "1e-4", "--out", str(tmp_path / "slow")])
     for a, b in zip(fast["summary"], slow["summary"], strict=True):
         assert a["final_valid_bpc"] != b["final_valid_bpc"]
 
@@ -168,3 +181,83 @@ def test_forget_bias_moves_only_the_lstm_forget_gate():
     gru_fb = char_lm.make_model("gru", 10, 8, 1.0).init(key, 8, 4)
     for a, b in zip(*map(jax.tree_util.tree_leaves, (gru, gru_fb)), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------- resuming ---
+
+RESUMABLE = ["--quick", "--seeds", "1", "--steps", "160", "--eval-every", "40"]
+RESUMABLE += ["--max-chars", "20000", "--checkpoint-every", "40"]
+
+
+class Killed(Exception):
+    """Stands in for a kill right after a checkpoint is on disk."""
+
+
+def _numbers(out):
+    """The CSV rows and the JSON of a run, less the wall-clock and --out."""
+    with open(out / "char_lm.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
+    meta = json.loads((out / "char_lm.json").read_text())
+    for field in ("utc_time", "seconds"):
+        meta.pop(field)
+    meta["config"].pop("out")
+    for s in meta["summary"]:
+        s.pop("train_seconds")
+    return rows, meta
+
+
+def test_run_stopped_after_a_checkpoint_resumes_to_the_same_numbers(
+    tmp_path, monkeypatch, capsys
+):
+    """Stopped right after its sixth checkpoint (the TBPTT run done, the
+    ARTBP run part-way), the same command goes on from the checkpoints and
+    writes the CSV and JSON of an uninterrupted run, bit for bit (times
+    aside)."""
+    from jbptt import runs
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    char_lm.main([*RESUMABLE, "--out", str(whole)])
+    save, saved = runs.Checkpointer.save, []
+
+    def save_then_stop(self, step, state):
+        save(self, step, state)
+        saved.append((os.path.basename(self.directory), step))
+        if len(saved) == 6:
+            raise Killed
+
+    monkeypatch.setattr(runs.Checkpointer, "save", save_then_stop)
+    with pytest.raises(Killed):
+        char_lm.main([*RESUMABLE, "--out", str(cut)])
+    monkeypatch.undo()
+    assert saved[3] == ("lstm-k8-tbptt-seed0", 160)  # done, with its test bpc
+    run, step = saved[-1]
+    assert run == "lstm-k8-artbp-seed0" and 80 <= step < 160  # part-way
+    assert not (cut / "char_lm.csv").exists()
+    capsys.readouterr()
+    char_lm.main([*RESUMABLE, "--out", str(cut)])
+    stdout = capsys.readouterr().out
+    assert "LSTM TBPTT(k=8) seed 0: done at step 160 of 160" in stdout
+    assert f"LSTM ARTBP(L0=8, a=4) seed 0: resuming at step {step} of 160" in stdout
+    assert _numbers(cut) == _numbers(whole)
+
+
+def test_checkpoints_of_another_configuration_are_refused(tmp_path, capsys):
+    """A second seed reuses the first seed's finished runs (the number of
+    seeds is not part of a run's configuration); another learning rate is
+    refused, naming what changed and the folder, before any training."""
+    argv = ["--quick", "--seeds", "1", "--steps", "64", "--eval-every", "32"]
+    argv += ["--max-chars", "20000", "--out", str(tmp_path)]
+    one = char_lm.main(argv)
+    capsys.readouterr()
+    two = char_lm.main([*argv[:2], "2", *argv[3:]])
+    stdout = capsys.readouterr().out
+    assert stdout.count(": done at step 64 of 64") == 2  # seed 0, both runs
+    assert "seed 1: done" not in stdout and "seed 1: valid bpc" in stdout
+    for a, b in zip(one["summary"], two["summary"], strict=True):
+        assert b["updates_per_seed"][0] == a["updates_per_seed"][0]
+    with pytest.raises(SystemExit) as exc:
+        char_lm.main([*argv, "--lr", "0.02"])
+    message = str(exc.value)
+    assert "LSTM TBPTT(k=8) seed 0 cannot resume" in message
+    assert "lr: 0.01 -> 0.02" in message and "another --out or --name" in message
+    assert str(tmp_path / "char_lm.ckpt" / "lstm-k8-tbptt-seed0") in message

@@ -614,6 +614,122 @@ def test_char_lm_processes_reading_other_text_stop_with_an_error(tmp_path):
     assert not any((tmp_path / str(i)).exists() for i in (0, 1))
 
 
+# The char LM's command line as run by ``python -m``, with one change that
+# only pins the moment of the kill: process 0 (the one that saves) stops
+# (sleeps) right after its first checkpoint of the ARTBP run, part-way
+# through it, the TBPTT run being done; it says so on stdout.
+CHAR_LM_PAUSED = r"""
+import runpy, sys, time
+from jbptt import runs
+
+save = runs.Checkpointer.save
+
+def save_then_stop(self, step, state):
+    save(self, step, state)
+    if "-artbp-" in self.directory:
+        print(f"saved step {step}", flush=True)
+        time.sleep(TIMEOUT)
+
+runs.Checkpointer.save = save_then_stop
+sys.argv[0] = "char_lm"
+runpy.run_module("experiments.char_lm", run_name="__main__", alter_sys=True)
+""".replace("TIMEOUT", str(TIMEOUT))
+
+
+def test_char_lm_killed_on_two_processes_resumes_to_the_same_output(tmp_path):
+    """A live two-process quick char LM, each process with its own --out (no
+    shared disk), is SIGKILLed once process 0 has saved a checkpoint part-way
+    through its second run: process 1, then process 0. Started again, both
+    processes resume from process 0's checkpoints (the first run done, the
+    second from its step), and the CSV and JSON are those of an
+    uninterrupted run on one process with two devices, bit for bit (times
+    aside), written by process 0 alone."""
+    argv = [*CHAR_LM[3:], "--checkpoint-every", "40"]
+    ref, outs = tmp_path / "ref", [tmp_path / "p0", tmp_path / "p1"]
+    # the uninterrupted run, alongside the others (it shares nothing with them)
+    ref_log = open(tmp_path / "ref.log", "w+")  # noqa: SIM115
+    uninterrupted = subprocess.Popen(
+        [*CHAR_LM[:3], *argv, "--devices", "2", "--out", str(ref)],
+        cwd=ROOT,
+        env=_env(2),
+        stdout=ref_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _char_lm_kill_and_resume(tmp_path, argv, outs)
+        uninterrupted.wait(timeout=TIMEOUT)
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
+            uninterrupted.wait()
+        ref_log.seek(0)
+        ref_out = ref_log.read()
+        ref_log.close()
+    assert uninterrupted.returncode == 0, ref_out[-3000:]
+    assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
+    assert _char_lm_numbers(outs[0]) == _char_lm_numbers(ref)
+
+
+def _char_lm_kill_and_resume(tmp_path, argv, outs) -> None:
+    """The two-process char LM of ``argv``, killed after process 0's first
+    checkpoint of its ARTBP run and started again; checks what each run did
+    and wrote."""
+
+    def command(i, port, *head):
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        return [*head, *argv, *flags, "--process-id", str(i), "--out", str(outs[i])]
+
+    port, logs, procs = free_port(), [], []
+    for i in (0, 1):
+        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                command(i, port, sys.executable, "-c", CHAR_LM_PAUSED),
+                cwd=ROOT,
+                env=_env(None),
+                stdout=logs[i],
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "saved step" not in (tmp_path / "killed0.log").read_text():
+            if not all(p.poll() is None for p in procs) or time.monotonic() > deadline:
+                logs[0].seek(0), logs[1].seek(0)
+                pytest.fail(
+                    "the job ended or hung before its checkpoint: "
+                    f"{logs[0].read()[-2000:]}\n{logs[1].read()[-2000:]}"
+                )
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs)  # both mid-run
+        for p in procs[::-1]:  # process 1 (in a collective), then process 0
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=TIMEOUT)
+            assert p.returncode == -signal.SIGKILL
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+    killed = (tmp_path / "killed0.log").read_text()
+    step = int(killed.split("saved step ")[1].split()[0])
+    assert 40 <= step < 160  # part-way through the ARTBP run
+    assert not (outs[0] / "char_lm.csv").exists()
+    assert not outs[1].exists()  # process 1 wrote nothing
+    port = free_port()
+    out0, out1 = run_processes(
+        [command(i, port, sys.executable, "-m", "experiments.char_lm") for i in (0, 1)],
+        _env(None),
+    )
+    for out in (out0, out1):
+        assert "LSTM TBPTT(k=8) seed 0: done at step 160 of 160" in out
+        assert f"LSTM ARTBP(L0=8, a=4) seed 0: resuming at step {step} of 160" in out
+    assert "wrote:" in out0 and "wrote:" not in out1
+    assert not outs[1].exists()  # process 1 read process 0's checkpoints
+
+
 def test_broadcast_arrays_keeps_every_dtype_and_shape_bit_for_bit():
     """The bytes of every leaf travel as they are: a float64 NaN payload,
     bools, PRNG key words, 0-d, empty and non-contiguous arrays."""
