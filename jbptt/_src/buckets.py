@@ -41,7 +41,7 @@ class Buckets(NamedTuple):
         into blocks without changing their gradient. ``"auto"``, on the CPU
         backend only, drops the buckets whose step would need more than
         ``cpu_temp_bytes`` of temporaries (read from the compiled steps of
-        the first and the middle bucket, extrapolated linearly; never below
+        the middle and the top bucket, extrapolated linearly; never below
         the middle bucket), since XLA:CPU maps large temporaries afresh on
         every call (docs/performance.md).
       cpu_temp_bytes: the temporaries limit of ``top="auto"``.
@@ -186,9 +186,11 @@ def auto_top(ladder, compiled, limit: int) -> int:
     bytes of temporaries, never below the ladder's middle bucket (shorter
     blocks re-run more forward steps than the page faults cost). The
     temporaries grow linearly with the bucket, so the compiled steps of the
-    first and the middle bucket (``compiled(b)``) give the line."""
-    top = b1 = ladder[(len(ladder) - 1) // 2]
-    b0 = ladder[0]
+    middle and the top bucket (``compiled(b)``) give the line: the two
+    buckets a run trains in first (``Buckets.warmup``), so a short run
+    compiles nothing for the probe alone."""
+    top = b0 = ladder[(len(ladder) - 1) // 2]
+    b1 = ladder[-1]
     t0, t1 = (temp_bytes(compiled(b)) for b in (b0, b1))
     if t0 is not None and t1 is not None and b1 > b0:
         slope = max(t1 - t0, 0) / (b1 - b0)
