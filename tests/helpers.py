@@ -183,3 +183,20 @@ def accumulate():
         return zeros, tree_util.tree_map(jnp.add, state, grads)
 
     return optax.GradientTransformation(init, update)
+
+
+def char_lm_numbers(out) -> tuple[list[dict], dict]:
+    """The CSV rows and the JSON of a char LM run in folder ``out``, less
+    what the clock and the command line set (wall-clock times, --out)."""
+    import csv
+    import json
+
+    with open(Path(out) / "char_lm.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
+    meta = json.loads((Path(out) / "char_lm.json").read_text())
+    for field in ("utc_time", "seconds"):
+        meta.pop(field)
+    meta["config"].pop("out")
+    for s in meta["summary"]:
+        s.pop("train_seconds")
+    return rows, meta

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import char_lm
-from tests.helpers import quick_reproductions
+from tests.helpers import char_lm_numbers, quick_reproductions
 
 
 def test_unigram_bpc():
@@ -193,19 +193,6 @@ class Killed(Exception):
     """Stands in for a kill right after a checkpoint is on disk."""
 
 
-def _numbers(out):
-    """The CSV rows and the JSON of a run, less the wall-clock and --out."""
-    with open(out / "char_lm.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
-    meta = json.loads((out / "char_lm.json").read_text())
-    for field in ("utc_time", "seconds"):
-        meta.pop(field)
-    meta["config"].pop("out")
-    for s in meta["summary"]:
-        s.pop("train_seconds")
-    return rows, meta
-
-
 def test_run_stopped_after_a_checkpoint_resumes_to_the_same_numbers(
     tmp_path, monkeypatch, capsys
 ):
@@ -238,7 +225,7 @@ def test_run_stopped_after_a_checkpoint_resumes_to_the_same_numbers(
     stdout = capsys.readouterr().out
     assert "LSTM TBPTT(k=8) seed 0: done at step 160 of 160" in stdout
     assert f"LSTM ARTBP(L0=8, a=4) seed 0: resuming at step {step} of 160" in stdout
-    assert _numbers(cut) == _numbers(whole)
+    assert char_lm_numbers(cut) == char_lm_numbers(whole)
 
 
 def test_checkpoints_of_another_configuration_are_refused(tmp_path, capsys):

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import char_lm_numbers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(ROOT, ".pytest_cache", "jax-compilation")
@@ -184,6 +185,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_pair(tmp_path, command, script: str):
+    """Start processes 0 and 1 of a job, ``command(i, port, *head)`` run
+    through ``python -c script``, their output in ``killed{i}.log``; the
+    processes and the open logs."""
+    port, logs, procs = free_port(), [], []
+    for i in (0, 1):
+        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                command(i, port, sys.executable, "-c", script),
+                cwd=ROOT,
+                env=_env(None),
+                stdout=logs[i],
+                stderr=subprocess.STDOUT,
+            )
+        )
+    return procs, logs
+
+
+def kill_pair(procs) -> None:
+    """SIGKILL both processes, mid-run: process 1 first, waiting in a
+    collective for process 0; then process 0, asleep (so neither can end on
+    its own in between)."""
+    assert all(p.poll() is None for p in procs)  # both mid-run
+    for p in procs[::-1]:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=TIMEOUT)
+        assert p.returncode == -signal.SIGKILL
+
+
+def end_pair(procs, logs) -> None:
+    """Whatever happened: no process left running, every log closed."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for log in logs:
+        log.close()
 
 
 def run_processes(commands: list[list[str]], env: dict, cwd=ROOT) -> list[str]:
@@ -359,19 +400,7 @@ def test_bias_sweep_killed_on_two_processes_resumes_to_the_same_output(
         flags += ["--process-id", str(i), "--out", str(outs[i])]
         return [*head, *BIAS_SWEEP[3:], *flags]
 
-    port, logs = free_port(), []
-    procs = []
-    for i in (0, 1):
-        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                command(i, port, sys.executable, "-c", PAUSED),
-                cwd=ROOT,
-                env=_env(None),
-                stdout=logs[i],
-                stderr=subprocess.STDOUT,
-            )
-        )
+    procs, logs = start_pair(tmp_path, command, PAUSED)
     try:
         deadline = time.monotonic() + TIMEOUT
         while _rows_in(result) < len(first):  # poll process 0's file
@@ -383,20 +412,9 @@ def test_bias_sweep_killed_on_two_processes_resumes_to_the_same_output(
                     f"{logs[0].read()[-2000:]}\n{logs[1].read()[-2000:]}"
                 )
             time.sleep(0.05)
-        assert all(p.poll() is None for p in procs)  # both mid-run
-        # Process 1 first, waiting in a collective for process 0; then
-        # process 0, asleep (so neither can end on its own in between).
-        for p in procs[::-1]:
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=TIMEOUT)
-            assert p.returncode == -signal.SIGKILL
+        kill_pair(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+        end_pair(procs, logs)
     confirmed = result.read_text().splitlines(keepends=True)
     assert sorted(confirmed[1:]) == sorted(first)  # the first point, no more
     assert not (outs[0] / "bias_sweep.csv").exists()
@@ -533,22 +551,6 @@ CHAR_LM = [sys.executable, "-m", "experiments.char_lm", "--quick", "--seeds", "1
 CHAR_LM += ["--steps", "160", "--eval-every", "80", "--max-chars", "20000"]
 
 
-def _char_lm_numbers(out) -> tuple[list[dict], dict]:
-    """The CSV rows and the JSON of a char LM run, less what the clock and
-    the command line set (wall-clock times, --out)."""
-    import csv
-
-    with open(out / "char_lm.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.pop("seconds")]
-    meta = json.loads((out / "char_lm.json").read_text())
-    for field in ("utc_time", "seconds"):
-        meta.pop(field)
-    meta["config"].pop("out")
-    for s in meta["summary"]:
-        s.pop("train_seconds")
-    return rows, meta
-
-
 def test_char_lm_on_two_processes_equals_one_process_with_two_devices(tmp_path):
     """The quick char LM, each run's streams split over 2 devices: on one
     process holding both, and on two processes with an --out folder each
@@ -570,7 +572,7 @@ def test_char_lm_on_two_processes_equals_one_process_with_two_devices(tmp_path):
     assert "wrote:" in out0 and "wrote:" not in out1
     assert not outs[1].exists()  # process 1 writes nothing, not even --out
     assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
-    (rows, meta), (ref_rows, ref_meta) = map(_char_lm_numbers, (outs[0], ref))
+    (rows, meta), (ref_rows, ref_meta) = map(char_lm_numbers, (outs[0], ref))
     assert rows == ref_rows and meta == ref_meta
     assert meta["config"]["devices"] == 2 and len(meta["summary"]) == 2
     tb = meta["summary"][0]
@@ -667,7 +669,7 @@ def test_char_lm_killed_on_two_processes_resumes_to_the_same_output(tmp_path):
         ref_log.close()
     assert uninterrupted.returncode == 0, ref_out[-3000:]
     assert sorted(os.listdir(outs[0])) == sorted(os.listdir(ref))
-    assert _char_lm_numbers(outs[0]) == _char_lm_numbers(ref)
+    assert char_lm_numbers(outs[0]) == char_lm_numbers(ref)
 
 
 def _char_lm_kill_and_resume(tmp_path, argv, outs) -> None:
@@ -679,18 +681,7 @@ def _char_lm_kill_and_resume(tmp_path, argv, outs) -> None:
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
         return [*head, *argv, *flags, "--process-id", str(i), "--out", str(outs[i])]
 
-    port, logs, procs = free_port(), [], []
-    for i in (0, 1):
-        logs.append(open(tmp_path / f"killed{i}.log", "w+"))  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                command(i, port, sys.executable, "-c", CHAR_LM_PAUSED),
-                cwd=ROOT,
-                env=_env(None),
-                stdout=logs[i],
-                stderr=subprocess.STDOUT,
-            )
-        )
+    procs, logs = start_pair(tmp_path, command, CHAR_LM_PAUSED)
     try:
         deadline = time.monotonic() + TIMEOUT
         while "saved step" not in (tmp_path / "killed0.log").read_text():
@@ -701,18 +692,9 @@ def _char_lm_kill_and_resume(tmp_path, argv, outs) -> None:
                     f"{logs[0].read()[-2000:]}\n{logs[1].read()[-2000:]}"
                 )
             time.sleep(0.05)
-        assert all(p.poll() is None for p in procs)  # both mid-run
-        for p in procs[::-1]:  # process 1 (in a collective), then process 0
-            p.send_signal(signal.SIGKILL)
-            p.wait(timeout=TIMEOUT)
-            assert p.returncode == -signal.SIGKILL
+        kill_pair(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
+        end_pair(procs, logs)
     killed = (tmp_path / "killed0.log").read_text()
     step = int(killed.split("saved step ")[1].split()[0])
     assert 40 <= step < 160  # part-way through the ARTBP run

@@ -213,7 +213,9 @@ def test_warmup_trains_the_first_steps_in_two_buckets_and_chunks_as_one_call():
     ladder = tuple(sorted(est.online().buckets(1)))
     early = buckets_lib.warmup_ladder(ladder)
     assert len(ladder) == 6 and early == (ladder[2], ladder[-1])
-    short, late, none = (Buckets(max_buckets=6, top=None, warmup=w) for w in (240, 100, 0))
+    short, late, none = (
+        Buckets(max_buckets=6, top=None, warmup=w) for w in (240, 100, 0)
+    )
     run, (first, mixed, whole) = _ladders(
         est, 240, {"buckets": short}, {"buckets": late}, {"buckets": none}
     )

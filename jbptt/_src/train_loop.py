@@ -311,12 +311,10 @@ class _Loop:
         # (by where each segment starts, so chunked calls choose as one call)
         early = buckets_lib.warmup_ladder(cfg.ladder)
         starts = plan.base + plan.starts[: plan.n_train]
+        ladders = [early if s < cfg.policy.warmup else cfg.ladder for s in starts]
         return [
-            plan_lib.bucket_of(
-                int(n), early if s < cfg.policy.warmup else cfg.ladder, cfg.split,
-                cfg.min_bucket, n_max,
-            )  # fmt: skip
-            for n, s in zip(plan.lengths[: plan.n_train], starts, strict=True)
+            plan_lib.bucket_of(int(n), ladder, cfg.split, cfg.min_bucket, n_max)
+            for n, ladder in zip(plan.lengths[: plan.n_train], ladders, strict=True)
         ]
 
     def compile_ahead(self, buckets) -> None:

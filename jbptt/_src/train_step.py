@@ -109,10 +109,11 @@ def piece_step(inp: StepIn, *, cell, loss_fn, segment, advance, block) -> Piece:
     Without ``block``: the rule's ``segment`` (every whole segment). With
     it (the blocks of a split segment), the traced ``mode`` picks the
     forward-only ``advance`` or a block whose gradient is accumulated into
-    ``g_acc``: the pieces of a split segment share one compilation. ``resets [bucket, *batch]`` (or
-    ``None``) are handed on with ``reset_state=h_reset``; padded steps never
-    reset. The optimizer is not in it (:func:`update_step`), so the pass
-    compiles once per bucket whatever the optimizer.
+    ``g_acc``: the pieces of a split segment share one compilation.
+    ``resets [bucket, *batch]`` (or ``None``) are handed on with
+    ``reset_state=h_reset``; padded steps never reset. The optimizer is not
+    in it (:func:`update_step`), so the pass compiles once per bucket
+    whatever the optimizer.
     """
     params, h, est_state, g_acc, dh_end, xs, ys, w, n, key, mode = inp[:11]
     resets, h_reset = inp.resets, inp.h_reset
@@ -235,12 +236,8 @@ class Steps:
 
     def __init__(self, cell, loss_fn, tx, rule):
         def jitted(segment, advance=None, block=None):
-            return jax.jit(
-                functools.partial(
-                    piece_step, cell=cell, loss_fn=loss_fn, segment=segment,
-                    advance=advance, block=block,
-                )  # fmt: skip
-            )
+            kw = dict(cell=cell, loss_fn=loss_fn, advance=advance, block=block)
+            return jax.jit(functools.partial(piece_step, segment=segment, **kw))
 
         # Whole segments run the rule's segment (``block`` splits it, so the
         # gradient is the same); only the top bucket's split segments need
