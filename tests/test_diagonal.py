@@ -133,6 +133,43 @@ def test_gradients_equal_autodiff_of_the_sequential_definition(name, method):
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
+def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
+    """The sequential method runs in chunks and keeps only each chunk's
+    starting state: with chunks of 3 steps (3 ∤ T, a padded tail) its value,
+    h_T and gradients (params, h0 and xs) still equal autodiff, with link
+    weights, resets and lengths, and jbptt.forward's states are the scan's."""
+    cell = CELLS[name]()
+    p, h0, xs, ys, key = _setup(cell)
+    size = math.prod(h0.shape)
+    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * size)
+    assert diagonal_scan.chunk_steps(T, size) == 3
+    for (w, resets, lengths), plain in _variants(key).values():
+        ref = jax.value_and_grad(
+            lambda p, h0, plain=plain: _plain(cell, p, h0, xs, ys, *plain),
+            argnums=(0, 1),
+            has_aux=True,
+        )(p, h0)
+        vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1))
+        got = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
+        assert _rel(_leaves(got), _leaves(ref)) < 1e-10
+
+    def run(xs):
+        return jax.lax.scan(lambda h, x: cell.step(p, h, x), h0, xs)
+
+    def energy(xs, scan_fn):
+        h_T, outs = scan_fn(xs)
+        return jnp.sum(outs**2) + jnp.sum(jnp.abs(h_T) ** 2)
+
+    dxs = jax.grad(energy)(xs, lambda xs: jbptt.rnn_scan(cell, p, h0, xs))
+    assert _rel([dxs], [jax.grad(energy)(xs, run)]) < 1e-10
+    _, _, res = jbptt.forward(cell, p, h0, xs)
+    ref_hs = jax.lax.scan(lambda h, x: (cell.step(p, h, x)[0],) * 2, h0, xs)[1]
+    assert isinstance(res.res, diagonal_scan.Chunked)
+    assert res.res.starts.shape == (4, *h0.shape)
+    assert _rel([res.hs], [ref_hs]) < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
 def test_default_runs_the_diagonal_path_with_the_same_gradients(name):
     """ReverseScan() (adjoint=None) on a diagonal cell runs the elementwise
     path (scan.cell_path) and equals Autodiff; readout models keep it."""

@@ -250,6 +250,8 @@ def forward(
     gates, readout = cell.diagonal
     shape = (xs.shape[0], *h0.shape)
     mask = with_steps(mask, steps, shape)
+    if resolve_method(how[0]) == "sequential":
+        return _forward_chunked(cell, params, h0, xs, mask, resets, h_reset)
     # In one dtype the vjps of the gates and the readout are kept for the
     # reverse pass (no second evaluation of either); in mixed precision the
     # reverse pass differentiates them again in the params' dtype.
@@ -324,6 +326,10 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     Returns ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` does.
     """
+    if isinstance(r.res, Chunked) and r.res.steps == r.xs.shape[0]:
+        return _backward_chunked(cell, params, r, w, dh_T, douts)
+    if isinstance(r.res, Chunked):  # a window of a longer sequence: from hs
+        r = r._replace(res=None)
     xs, hs = r.xs, r.hs
     if r.mask is not None:
         douts = sequences.zero_padding(r.mask, douts)
@@ -344,6 +350,148 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     dparams = tree_map(jnp.add, dp_out, dp_in)
     dxs = (dx_out + dx_in).astype(xs.dtype)
     return dparams, c[0] * E[0], dxs, (dh_reset if r.resets is not None else None)
+
+
+# ------------------------------------------------ the chunked sequential ---
+#
+# The sequential method runs forward and reverse over chunks of C steps and
+# keeps for the reverse pass only the state entering each chunk: each chunk's
+# gates, states and readout are recomputed in the reverse pass from its inputs
+# and that state, so no [T, ...] array is kept but the outputs (and the
+# inputs' cotangent). A chunk holds about CHUNK_ELEMENTS state numbers
+# (C · |h0|): large enough that its gate GEMMs are efficient and the loop
+# over chunks costs little per step, small enough to stay in cache.
+
+CHUNK_ELEMENTS = 2**16
+
+
+@jax.tree_util.register_pytree_node_class
+class Chunked:
+    """The chunked path's residual: ``starts[k]``, the state entering chunk
+    k of ``length`` steps, for a sequence of ``steps`` steps (static)."""
+
+    def __init__(self, starts, length: int, steps: int):
+        self.starts, self.length, self.steps = starts, length, steps
+
+    def tree_flatten(self):
+        return (self.starts,), (self.length, self.steps)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+
+def chunk_steps(T: int, state_size: int) -> int:
+    """The chunk length C of the chunked path: about ``CHUNK_ELEMENTS``
+    state numbers per chunk, at most T."""
+    return max(1, min(T, -(-CHUNK_ELEMENTS // max(1, state_size))))
+
+
+def _chunks(v, C, fill=None):
+    """``[T, ...]`` → ``[n, C, ...]``, the tail padded with ``fill`` (``None``:
+    the last step repeated, so that the gates see a real input)."""
+    if v is None:
+        return None
+    T = v.shape[0]
+    n = -(-T // C)
+    pad = n * C - T
+    if pad:
+        tail = v[-1:] if fill is None else jnp.full((1, *v.shape[1:]), fill, v.dtype)
+        v = jnp.concatenate([v, jnp.broadcast_to(tail, (pad, *v.shape[1:]))])
+    return v.reshape(n, C, *v.shape[1:])
+
+
+def _unchunk(tree, T):
+    return tree_map(lambda v: v.reshape(-1, *v.shape[2:])[:T], tree)
+
+
+def _padded_mask(mask, T, C):
+    """The mask in chunks, false on the padding (``None`` when no step is)."""
+    if mask is None and T % C == 0:
+        return None
+    if mask is None:
+        mask = jnp.ones((T,), bool)
+    return _chunks(mask, C, False)
+
+
+def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset):
+    """:func:`forward` by the sequential method, chunk by chunk; the saved
+    ``res`` is a :class:`Chunked` (``mask`` has ``steps`` folded in)."""
+    gates, readout = cell.diagonal
+    T = xs.shape[0]
+    C = chunk_steps(T, math.prod(h0.shape))
+    p = dtypes.cast(params, xs.dtype)  # the compute copy (params in one dtype)
+
+    def body(h, inp):
+        x, m, r = inp
+        a, b = _full(gates(p, x), (C, *h0.shape))
+        hs = _sequential(*_fold(a, b, m, r, h_reset), h)
+        return hs[-1], (h, hs, readout(p, hs, x))
+
+    inputs = (_chunks(xs, C), _padded_mask(mask, T, C), _chunks(resets, C, False))
+    h_T, (starts, hs, outs) = jax.lax.scan(body, h0, inputs)
+    hs, outs = _unchunk(hs, T), _unchunk(outs, T)
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    saved = Saved(h0, xs, hs, Chunked(starts, C, T), mask, resets, h_reset)
+    return h_T, outs, saved
+
+
+def _chunk_vjps(cell, params, p, x, shape):
+    """``(a, b, a_p, b_p, gates_vjp)`` of one chunk: ``a, b`` in the
+    compute dtype (as the forward computed them), the vjp of the gates in
+    the params' dtype and ``a_p, b_p`` its outputs (for their dtypes)."""
+    gates = cell.diagonal.gates
+    full_gates = lambda p_, x_: _full(gates(p_, x_), shape)  # noqa: E731
+    pdt = dtypes.float_dtype(params) or x.dtype
+    if pdt == x.dtype:
+        (a, b), gates_vjp = jax.vjp(full_gates, params, x)
+        return a, b, a, b, gates_vjp
+    a, b = full_gates(p, x)
+    (a_p, b_p), gates_vjp = jax.vjp(full_gates, params, dtypes.cast(x, pdt))
+    return a, b, a_p, b_p, gates_vjp
+
+
+def _backward_chunked(cell, params, r: Saved, w, dh_T, douts):
+    """:func:`backward` of :func:`_forward_chunked`: chunk by chunk from the
+    last, each chunk's forward recomputed from its starting state, its
+    parameter gradient added to a running sum."""
+    readout = cell.diagonal.readout
+    T, C = r.xs.shape[0], r.res.length
+    shape = (C, *r.h0.shape)
+    p = dtypes.cast(params, r.xs.dtype)
+    pdt = dtypes.float_dtype(params) or r.xs.dtype
+    if r.mask is not None:
+        douts = sequences.zero_padding(r.mask, douts)
+
+    def body(carry, inp):
+        e, dp, dr = carry
+        x, dout, w_c, m, rs, h_start = inp
+        a, b, a_p, b_p, gates_vjp = _chunk_vjps(cell, params, p, x, shape)
+        hs = _sequential(*_fold(a, b, m, rs, r.h_reset), h_start)
+        states, x_p = dtypes.cast((hs, x), pdt)
+        _, readout_vjp = jax.vjp(readout, params, states, x_p)
+        dp_out, g, dx_out = readout_vjp(dtypes.cast(dout, a_p.real.dtype))
+        c, w_reset = _link_factors(a, w_c, Saved(None, x, None, mask=m, resets=rs))
+        c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
+        E = solve_reverse(c_next, g.astype(hs.dtype), e, ("sequential", None))
+        delta = E if m is None else sequences.zero_padding(m, E)
+        h_in = jnp.concatenate([h_start[None], hs[:-1]])
+        if rs is not None:
+            h_in = jnp.where(_bcast(rs, hs.shape), r.h_reset[None], h_in)
+            dr = dr + jnp.sum(w_reset * a * delta, axis=0)
+        dp_in, dx_in = gates_vjp((_like(delta * h_in, a_p), _like(delta, b_p)))
+        dp = tree_map(lambda s, u, v: s + u + v, dp, dp_out, dp_in)
+        return (c[0] * E[0], dp, dr), (dx_out + dx_in).astype(r.xs.dtype)
+
+    dr0 = None if r.resets is None else jnp.zeros_like(r.h0)
+    carry = (dh_T, tree_map(jnp.zeros_like, params), dr0)
+    inputs = (
+        _chunks(r.xs, C), tree_map(lambda d: _chunks(d, C, 0), douts), _chunks(jnp.asarray(w), C, 1),
+        _padded_mask(r.mask, T, C), _chunks(r.resets, C, False), r.res.starts,
+    )  # fmt: skip
+    (dh0, dparams, dh_reset), dxs = jax.lax.scan(body, carry, inputs, reverse=True)
+    return dparams, dh0, _unchunk(dxs, T), dh_reset
 
 
 # ------------------------------------------------------------- custom_vjp ---
