@@ -142,6 +142,7 @@ def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
     p, h0, xs, ys, key = _setup(cell)
     size = math.prod(h0.shape)
     monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * size)
+    monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
     assert diagonal_scan.chunk_steps(T, size) == 3
     for (w, resets, lengths), plain in _variants(key).values():
         ref = jax.value_and_grad(
@@ -167,6 +168,15 @@ def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
     assert isinstance(res.res, diagonal_scan.Chunked)
     assert res.res.starts.shape == (4, *h0.shape)
     assert _rel([res.hs], [ref_hs]) < 1e-12
+
+
+def test_chunk_steps_runs_a_short_sequence_whole():
+    """One chunk up to WHOLE_ELEMENTS state numbers, then chunks of about
+    CHUNK_ELEMENTS."""
+    whole, chunk = diagonal_scan.WHOLE_ELEMENTS, diagonal_scan.CHUNK_ELEMENTS
+    assert diagonal_scan.chunk_steps(whole // 16, 16) == whole // 16
+    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16) == chunk // 16
+    assert diagonal_scan.chunk_steps(4096, 3 * chunk) == 1
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -360,9 +360,15 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
 # and that state, so no [T, ...] array is kept but the outputs (and the
 # inputs' cotangent). A chunk holds about CHUNK_ELEMENTS state numbers
 # (C · |h0|): large enough that its gate GEMMs are efficient and the loop
-# over chunks costs little per step, small enough to stay in cache.
+# over chunks costs little per step, small enough to stay in cache. The
+# recomputation is one more sequential loop over T steps; where the state is
+# small its per-step cost is what the whole value+grad costs (T = 16 384,
+# |h0| = 16: about 1.7x the time of keeping the states), so a sequence of at
+# most WHOLE_ELEMENTS state numbers runs as one chunk, where XLA shares the
+# forward's states with the reverse pass instead of recomputing them.
 
 CHUNK_ELEMENTS = 2**16
+WHOLE_ELEMENTS = 2**18
 
 
 @jax.tree_util.register_pytree_node_class
@@ -382,8 +388,11 @@ class Chunked:
 
 
 def chunk_steps(T: int, state_size: int) -> int:
-    """The chunk length C of the chunked path: about ``CHUNK_ELEMENTS``
-    state numbers per chunk, at most T."""
+    """The chunk length C of the chunked path: T when the sequence holds at
+    most ``WHOLE_ELEMENTS`` state numbers, else about ``CHUNK_ELEMENTS``
+    state numbers per chunk."""
+    if T * state_size <= WHOLE_ELEMENTS:
+        return T
     return max(1, min(T, -(-CHUNK_ELEMENTS // max(1, state_size))))
 
 
