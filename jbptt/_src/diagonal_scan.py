@@ -495,8 +495,9 @@ def _backward_chunked(cell, params, r: Saved, w, dh_T, douts):
 
     dr0 = None if r.resets is None else jnp.zeros_like(r.h0)
     carry = (dh_T, tree_map(jnp.zeros_like, params), dr0)
+    douts = tree_map(lambda d: _chunks(d, C, 0), douts)
     inputs = (
-        _chunks(r.xs, C), tree_map(lambda d: _chunks(d, C, 0), douts), _chunks(jnp.asarray(w), C, 1),
+        _chunks(r.xs, C), douts, _chunks(jnp.asarray(w), C, 1),
         _padded_mask(r.mask, T, C), _chunks(r.resets, C, False), r.res.starts,
     )  # fmt: skip
     (dh0, dparams, dh_reset), dxs = jax.lax.scan(body, carry, inputs, reverse=True)
