@@ -170,6 +170,27 @@ def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
     assert _rel([res.hs], [ref_hs]) < 1e-12
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_backward_many_is_k_backward_passes(name, monkeypatch):
+    """backward_many (each chunk recomputed once for K weight vectors) gives
+    each row's gradient of backward, with resets and lengths, over chunks
+    of 3 steps."""
+    cell = CELLS[name]()
+    p, h0, xs, ys, key = _setup(cell)
+    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * math.prod(h0.shape))
+    monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
+    (w, resets, lengths), _ = _variants(key)["lengths"]
+    ws = jnp.stack([w, 0.5 * w, jnp.ones_like(w)])
+    _, outs, res = jbptt.forward(cell, p, h0, xs, lengths=lengths, resets=resets)
+    douts = jax.random.normal(jax.random.key(5), outs.shape)
+    dh_T = jnp.zeros_like(h0)
+    got = diagonal_scan.backward_many(cell, p, res, ws, dh_T, douts)
+    for k in range(ws.shape[0]):
+        ref = diagonal_scan.backward(cell, p, res, ws[k], dh_T, douts)[0]
+        row = jax.tree_util.tree_map(lambda g, k=k: g[k], got)
+        assert _rel(_leaves(row), _leaves(ref)) < 1e-12
+
+
 def test_chunk_steps_runs_a_short_sequence_whole():
     """One chunk up to WHOLE_ELEMENTS state numbers, then chunks of about
     CHUNK_ELEMENTS."""

@@ -461,10 +461,28 @@ def _chunk_vjps(cell, params, p, x, shape):
     return a, b, a_p, b_p, gates_vjp
 
 
-def _backward_chunked(cell, params, r: Saved, w, dh_T, douts):
+def _chunk_adjoint(a, hs, g, w_c, m, rs, h_start, h_reset, e):
+    """One chunk's reverse recurrence for one link-weight vector ``w_c``
+    from ``e`` (the cotangent its successor sends): ``(e_out, ∂L/∂a, ∂L/∂b,
+    dh_reset or None)``."""
+    c, w_reset = _link_factors(a, w_c, Saved(None, None, None, mask=m, resets=rs))
+    c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
+    E = solve_reverse(c_next, g.astype(hs.dtype), e, ("sequential", None))
+    delta = E if m is None else sequences.zero_padding(m, E)
+    h_in = jnp.concatenate([h_start[None], hs[:-1]])
+    dr = None
+    if rs is not None:
+        h_in = jnp.where(_bcast(rs, hs.shape), h_reset[None], h_in)
+        dr = jnp.sum(w_reset * a * delta, axis=0)
+    return c[0] * E[0], delta * h_in, delta, dr
+
+
+def _backward_chunked(cell, params, r: Saved, w, dh_T, douts, many=False):
     """:func:`backward` of :func:`_forward_chunked`: chunk by chunk from the
     last, each chunk's forward recomputed from its starting state, its
-    parameter gradient added to a running sum."""
+    parameter gradient added to a running sum. ``many``: ``w`` is ``[K, T,
+    …]`` and each chunk, recomputed once, runs the K reverse recurrences
+    (the gates' vjp batched over K); returns the K parameter gradients."""
     readout = cell.diagonal.readout
     T, C = r.xs.shape[0], r.res.length
     shape = (C, *r.h0.shape)
@@ -481,27 +499,60 @@ def _backward_chunked(cell, params, r: Saved, w, dh_T, douts):
         states, x_p = dtypes.cast((hs, x), pdt)
         _, readout_vjp = jax.vjp(readout, params, states, x_p)
         dp_out, g, dx_out = readout_vjp(dtypes.cast(dout, a_p.real.dtype))
-        c, w_reset = _link_factors(a, w_c, Saved(None, x, None, mask=m, resets=rs))
-        c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
-        E = solve_reverse(c_next, g.astype(hs.dtype), e, ("sequential", None))
-        delta = E if m is None else sequences.zero_padding(m, E)
-        h_in = jnp.concatenate([h_start[None], hs[:-1]])
-        if rs is not None:
-            h_in = jnp.where(_bcast(rs, hs.shape), r.h_reset[None], h_in)
-            dr = dr + jnp.sum(w_reset * a * delta, axis=0)
-        dp_in, dx_in = gates_vjp((_like(delta * h_in, a_p), _like(delta, b_p)))
-        dp = tree_map(lambda s, u, v: s + u + v, dp, dp_out, dp_in)
-        return (c[0] * E[0], dp, dr), (dx_out + dx_in).astype(r.xs.dtype)
 
-    dr0 = None if r.resets is None else jnp.zeros_like(r.h0)
-    carry = (dh_T, tree_map(jnp.zeros_like, params), dr0)
+        def adjoint(w_k, e_k):
+            return _chunk_adjoint(a, hs, g, w_k, m, rs, h_start, r.h_reset, e_k)
+
+        if many:  # over the K weight vectors: w_c [K, C, …], e [K, …]
+            adjoint, gates_vjp = jax.vmap(adjoint), jax.vmap(gates_vjp)
+        e, da, db, dr_c = adjoint(w_c, e)
+        dp_in, dx_in = gates_vjp((_like(da, a_p), _like(db, b_p)))
+        dp = tree_map(lambda s, u, v: s + u + v, dp, dp_out, dp_in)
+        dr = dr if dr_c is None else dr + dr_c
+        dx = None if many else (dx_out + dx_in).astype(r.xs.dtype)
+        return (e, dp, dr), dx
+
+    lead = (w.shape[0],) if many else ()
+    dr0 = None if r.resets is None else jnp.zeros(lead + r.h0.shape, r.h0.dtype)
+    dp0 = tree_map(lambda v: jnp.zeros(lead + v.shape, v.dtype), params)
+    e0 = jnp.broadcast_to(dh_T, lead + dh_T.shape)
+    w = jnp.asarray(w)
+    if many:  # [K, T, …] -> [n, K, C, …]
+        w_chunks = jnp.moveaxis(jax.vmap(lambda v: _chunks(v, C, 1))(w), 0, 1)
+    else:
+        w_chunks = _chunks(w, C, 1)
     douts = tree_map(lambda d: _chunks(d, C, 0), douts)
     inputs = (
-        _chunks(r.xs, C), douts, _chunks(jnp.asarray(w), C, 1),
+        _chunks(r.xs, C), douts, w_chunks,
         _padded_mask(r.mask, T, C), _chunks(r.resets, C, False), r.res.starts,
     )  # fmt: skip
-    (dh0, dparams, dh_reset), dxs = jax.lax.scan(body, carry, inputs, reverse=True)
+    (dh0, dparams, dh_reset), dxs = jax.lax.scan(
+        body, (e0, dp0, dr0), inputs, reverse=True
+    )
+    if many:
+        return dparams
     return dparams, dh0, _unchunk(dxs, T), dh_reset
+
+
+def backward_many(cell, params, r: Saved, ws, dh_T, douts, how=AUTO_HOW):
+    """The parameter gradients of :func:`backward` for each row of ``ws``
+    ``[K, T]`` (or ``[K, T, *batch]``), stacked over K.
+
+    Over several chunks each chunk's forward is recomputed once for all K
+    (then its K reverse recurrences, the gates' vjp batched over K), where K
+    calls of :func:`backward` would recompute it K times; otherwise (one
+    chunk, whose states XLA keeps from the forward, or another method) the
+    K reverse passes run one after another (``jax.lax.map``), which
+    measured faster there.
+    """
+    chunked = isinstance(r.res, Chunked) and r.res.steps == r.xs.shape[0]
+    if chunked and r.res.starts.shape[0] > 1:
+        return _backward_chunked(cell, params, r, ws, dh_T, douts, many=True)
+
+    def one(w):
+        return backward(cell, params, r, w, dh_T, douts, how)[0]
+
+    return jax.lax.map(one, ws)
 
 
 # ------------------------------------------------------------- custom_vjp ---
