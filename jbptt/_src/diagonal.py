@@ -223,8 +223,8 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
     def readout(params, h, x):
         # Re((C_re + i C_im) h) = C_re Re(h) − C_im Im(h). As einsums over
         # C's own axes: the vjp of ``h @ C.T`` transposed C inside every step
-        # of an online loop (exact RTRL's ∂ℓ/∂h: 58 µs a step against 6 µs
-        # at H = I = 256 on XLA:CPU).
+        # of an online loop (exact RTRL's ∂ℓ/∂h; measured in
+        # benchmarks/log/2026-12-07-diagonal-chunked.md).
         y = _times_c(jnp.real(h), params["C_re"]) - _times_c(
             jnp.imag(h), params["C_im"]
         )

@@ -275,8 +275,8 @@ def read(lay: Layout, params, infl, c):
 # A unit leaf's read-out Re Σ_b c[b, j] e[b, j, n] is written as B terms
 # added elementwise up to this many examples: XLA:CPU fuses them (with the
 # update that produced e) into one pass over e, where the einsum it
-# replaced ran as a batched product of [1, B] by [B, n] per unit, which for
-# a complex influence cost four times the update itself.
+# replaced ran as a batched product of [1, B] by [B, n] per unit, slower
+# than the update itself (benchmarks/log/2026-12-07-diagonal-chunked.md).
 UNROLLED_BATCH = 32
 
 

@@ -30,6 +30,13 @@ The recurrence, forward and adjoint, runs by one of :data:`METHODS`:
 ``"blocked"`` (sequential within chunks of C steps, all chunks at once, then
 the chunk carries, then one fix-up pass: 2C + T/C loop iterations), or
 ``"auto"``, the one measured fastest on the backend (:data:`AUTO`).
+
+The sequential method runs forward and reverse chunk by chunk
+(:func:`chunk_steps`) and keeps for the reverse pass only the state entering
+each chunk: the reverse pass recomputes a chunk's gates, states and readout
+from its inputs, so value+grad keeps no ``[T, ...]`` array but the outputs
+(``saved.res`` is a :class:`Chunked`; ``saved.hs`` still holds every state
+for :func:`jbptt.forward`'s callers, and XLA drops it when nothing reads it).
 """
 
 from __future__ import annotations
@@ -362,10 +369,10 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
 # (C · |h0|): large enough that its gate GEMMs are efficient and the loop
 # over chunks costs little per step, small enough to stay in cache. The
 # recomputation is one more sequential loop over T steps; where the state is
-# small its per-step cost is what the whole value+grad costs (T = 16 384,
-# |h0| = 16: about 1.7x the time of keeping the states), so a sequence of at
-# most WHOLE_ELEMENTS state numbers runs as one chunk, where XLA shares the
-# forward's states with the reverse pass instead of recomputing them.
+# small that loop is most of what value+grad costs, so a sequence of at most
+# WHOLE_ELEMENTS state numbers runs as one chunk, where XLA shares the
+# forward's states with the reverse pass instead of recomputing them
+# (measured: benchmarks/log/2026-12-07-diagonal-chunked.md).
 
 CHUNK_ELEMENTS = 2**16
 WHOLE_ELEMENTS = 2**18
