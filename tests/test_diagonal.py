@@ -133,6 +133,74 @@ def test_gradients_equal_autodiff_of_the_sequential_definition(name, method):
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
+def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
+    """The sequential method runs in chunks and keeps only each chunk's
+    starting state: with chunks of 3 steps (3 ∤ T, a padded tail) its value,
+    h_T and gradients (params, h0 and xs) still equal autodiff, with link
+    weights, resets and lengths, and jbptt.forward's states are the scan's."""
+    cell = CELLS[name]()
+    p, h0, xs, ys, key = _setup(cell)
+    size = math.prod(h0.shape)
+    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * size)
+    monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
+    assert diagonal_scan.chunk_steps(T, size) == 3
+    for (w, resets, lengths), plain in _variants(key).values():
+        ref = jax.value_and_grad(
+            lambda p, h0, plain=plain: _plain(cell, p, h0, xs, ys, *plain),
+            argnums=(0, 1),
+            has_aux=True,
+        )(p, h0)
+        vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1))
+        got = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
+        assert _rel(_leaves(got), _leaves(ref)) < 1e-10
+
+    def run(xs):
+        return jax.lax.scan(lambda h, x: cell.step(p, h, x), h0, xs)
+
+    def energy(xs, scan_fn):
+        h_T, outs = scan_fn(xs)
+        return jnp.sum(outs**2) + jnp.sum(jnp.abs(h_T) ** 2)
+
+    dxs = jax.grad(energy)(xs, lambda xs: jbptt.rnn_scan(cell, p, h0, xs))
+    assert _rel([dxs], [jax.grad(energy)(xs, run)]) < 1e-10
+    _, _, res = jbptt.forward(cell, p, h0, xs)
+    ref_hs = jax.lax.scan(lambda h, x: (cell.step(p, h, x)[0],) * 2, h0, xs)[1]
+    assert isinstance(res.res, diagonal_scan.Chunked)
+    assert res.res.starts.shape == (4, *h0.shape)
+    assert _rel([res.hs], [ref_hs]) < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_backward_many_is_k_backward_passes(name, monkeypatch):
+    """backward_many (each chunk recomputed once for K weight vectors) gives
+    each row's gradient of backward, with resets and lengths, over chunks
+    of 3 steps."""
+    cell = CELLS[name]()
+    p, h0, xs, ys, key = _setup(cell)
+    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * math.prod(h0.shape))
+    monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
+    (w, resets, lengths), _ = _variants(key)["lengths"]
+    ws = jnp.stack([w, 0.5 * w, jnp.ones_like(w)])
+    _, outs, res = jbptt.forward(cell, p, h0, xs, lengths=lengths, resets=resets)
+    douts = jax.random.normal(jax.random.key(5), outs.shape)
+    dh_T = jnp.zeros_like(h0)
+    got = diagonal_scan.backward_many(cell, p, res, ws, dh_T, douts)
+    for k in range(ws.shape[0]):
+        ref = diagonal_scan.backward(cell, p, res, ws[k], dh_T, douts)[0]
+        row = jax.tree_util.tree_map(lambda g, k=k: g[k], got)
+        assert _rel(_leaves(row), _leaves(ref)) < 1e-12
+
+
+def test_chunk_steps_runs_a_short_sequence_whole():
+    """One chunk up to WHOLE_ELEMENTS state numbers, then chunks of about
+    CHUNK_ELEMENTS."""
+    whole, chunk = diagonal_scan.WHOLE_ELEMENTS, diagonal_scan.CHUNK_ELEMENTS
+    assert diagonal_scan.chunk_steps(whole // 16, 16) == whole // 16
+    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16) == chunk // 16
+    assert diagonal_scan.chunk_steps(4096, 3 * chunk) == 1
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
 def test_default_runs_the_diagonal_path_with_the_same_gradients(name):
     """ReverseScan() (adjoint=None) on a diagonal cell runs the elementwise
     path (scan.cell_path) and equals Autodiff; readout models keep it."""

@@ -103,6 +103,19 @@ def test_diagonal_rtrl_equals_bptt(name, with_resets):
     assert _rel(g, g_core) <= 1e-12
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_diagonal_rtrl_read_out_by_einsum_past_the_unrolled_batch(name, monkeypatch):
+    """Above UNROLLED_BATCH examples a unit leaf's read-out is an einsum
+    instead of B added terms: the same gradient, BPTT's to 1e-12."""
+    monkeypatch.setattr(diagonal_rtrl, "UNROLLED_BATCH", 0)
+    cell, p, h0, xs, ys, resets = _problem(name)
+    (_, _), g = forward_mode.rtrl().estimate(
+        jax.random.key(0), cell, _mse, p, h0, xs, ys, resets=resets
+    )
+    (_, _), g_ref = _scan_reference(cell, p, h0, xs, ys, resets, h0)
+    assert _rel(g, g_ref) <= 1e-12
+
+
 def test_layout_probes_structure_not_shapes():
     """P [H, I] has a unit-sized leading axis but feeds every unit: shared.
     The LRU's readout-only C, D carry nothing."""

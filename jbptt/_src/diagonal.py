@@ -221,8 +221,13 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
         return lam, jnp.exp(params["gamma_log"]) * bx
 
     def readout(params, h, x):
-        # Re((C_re + i C_im) h) = C_re Re(h) − C_im Im(h)
-        y = jnp.real(h) @ params["C_re"].T - jnp.imag(h) @ params["C_im"].T
+        # Re((C_re + i C_im) h) = C_re Re(h) − C_im Im(h). As einsums over
+        # C's own axes: the vjp of ``h @ C.T`` transposed C inside every step
+        # of an online loop (exact RTRL's ∂ℓ/∂h; measured in
+        # benchmarks/log/2026-12-07-diagonal-chunked.md).
+        y = _times_c(jnp.real(h), params["C_re"]) - _times_c(
+            jnp.imag(h), params["C_im"]
+        )
         return y + params["D"] * x
 
     return diagonal(
@@ -232,6 +237,11 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
         readout=readout,
         name=name,
     )
+
+
+def _times_c(h, C):
+    """``h @ C.T`` for ``h [..., H]``, ``C [I, H]``."""
+    return jnp.einsum("...h,ih->...i", h, C)
 
 
 # ------------------------------------------------------ minGRU / minLSTM ---

@@ -262,13 +262,37 @@ def read(lay: Layout, params, infl, c):
         if kind == UNUSED:
             out.append(jnp.zeros_like(p))
             continue
-        # contractions over the examples (and the units, for a shared
-        # leaf) as dot_generals: XLA:CPU reduces a leading axis slowly
         e3 = e.reshape(e.shape[:2] + (-1,))  # [B, H, n]
-        spec = "bj,bjn->jn" if kind == UNIT else "bj,bjn->n"
-        g = jnp.einsum(spec, c.astype(e.dtype), e3).reshape(np.shape(p))
-        out.append(jnp.real(g).astype(p.dtype))
+        if kind == UNIT and e3.shape[0] <= UNROLLED_BATCH:
+            g = _sum_over_examples(c, e3)
+        else:  # a dot_general: XLA:CPU reduces a leading axis slowly
+            spec = "bj,bjn->jn" if kind == UNIT else "bj,bjn->n"
+            g = jnp.real(jnp.einsum(spec, c.astype(e.dtype), e3))
+        out.append(g.reshape(np.shape(p)).astype(p.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# A unit leaf's read-out Re Σ_b c[b, j] e[b, j, n] is written as B terms
+# added elementwise up to this many examples: XLA:CPU fuses them (with the
+# update that produced e) into one pass over e, where the einsum it
+# replaced ran as a batched product of [1, B] by [B, n] per unit, slower
+# than the update itself (benchmarks/log/2026-12-07-diagonal-chunked.md).
+UNROLLED_BATCH = 32
+
+
+def _sum_over_examples(c, e3):
+    """``Re Σ_b c[b, :, None] e3[b]`` (``c [B, H]``, ``e3 [B, H, n]``), the
+    real part taken term by term (``Re c Re e − Im c Im e``)."""
+    total = None
+    for b in range(e3.shape[0]):
+        c_b, e_b = c[b, :, None], e3[b]
+        if jnp.iscomplexobj(e_b):
+            c_b = c_b.astype(e_b.dtype)
+            term = jnp.real(c_b) * jnp.real(e_b) - jnp.imag(c_b) * jnp.imag(e_b)
+        else:
+            term = c_b.astype(e_b.dtype) * e_b
+        total = term if total is None else total + term
+    return total
 
 
 # --------------------------------------------------------------------------

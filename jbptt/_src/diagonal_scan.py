@@ -30,6 +30,13 @@ The recurrence, forward and adjoint, runs by one of :data:`METHODS`:
 ``"blocked"`` (sequential within chunks of C steps, all chunks at once, then
 the chunk carries, then one fix-up pass: 2C + T/C loop iterations), or
 ``"auto"``, the one measured fastest on the backend (:data:`AUTO`).
+
+The sequential method runs forward and reverse chunk by chunk
+(:func:`chunk_steps`) and keeps for the reverse pass only the state entering
+each chunk: the reverse pass recomputes a chunk's gates, states and readout
+from its inputs, so value+grad keeps no ``[T, ...]`` array but the outputs
+(``saved.res`` is a :class:`Chunked`; ``saved.hs`` still holds every state
+for :func:`jbptt.forward`'s callers, and XLA drops it when nothing reads it).
 """
 
 from __future__ import annotations
@@ -250,6 +257,8 @@ def forward(
     gates, readout = cell.diagonal
     shape = (xs.shape[0], *h0.shape)
     mask = with_steps(mask, steps, shape)
+    if resolve_method(how[0]) == "sequential":
+        return _forward_chunked(cell, params, h0, xs, mask, resets, h_reset)
     # In one dtype the vjps of the gates and the readout are kept for the
     # reverse pass (no second evaluation of either); in mixed precision the
     # reverse pass differentiates them again in the params' dtype.
@@ -324,6 +333,10 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     Returns ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` does.
     """
+    if isinstance(r.res, Chunked) and r.res.steps == r.xs.shape[0]:
+        return _backward_chunked(cell, params, r, w, dh_T, douts)
+    if isinstance(r.res, Chunked):  # a window of a longer sequence: from hs
+        r = r._replace(res=None)
     xs, hs = r.xs, r.hs
     if r.mask is not None:
         douts = sequences.zero_padding(r.mask, douts)
@@ -344,6 +357,209 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     dparams = tree_map(jnp.add, dp_out, dp_in)
     dxs = (dx_out + dx_in).astype(xs.dtype)
     return dparams, c[0] * E[0], dxs, (dh_reset if r.resets is not None else None)
+
+
+# ------------------------------------------------ the chunked sequential ---
+#
+# The sequential method runs forward and reverse over chunks of C steps and
+# keeps for the reverse pass only the state entering each chunk: each chunk's
+# gates, states and readout are recomputed in the reverse pass from its inputs
+# and that state, so no [T, ...] array is kept but the outputs (and the
+# inputs' cotangent). A chunk holds about CHUNK_ELEMENTS state numbers
+# (C · |h0|): large enough that its gate GEMMs are efficient and the loop
+# over chunks costs little per step, small enough to stay in cache. The
+# recomputation is one more sequential loop over T steps; where the state is
+# small that loop is most of what value+grad costs, so a sequence of at most
+# WHOLE_ELEMENTS state numbers runs as one chunk, where XLA shares the
+# forward's states with the reverse pass instead of recomputing them
+# (measured: benchmarks/log/2026-12-07-diagonal-chunked.md).
+
+CHUNK_ELEMENTS = 2**16
+WHOLE_ELEMENTS = 2**18
+
+
+@jax.tree_util.register_pytree_node_class
+class Chunked:
+    """The chunked path's residual: ``starts[k]``, the state entering chunk
+    k of ``length`` steps, for a sequence of ``steps`` steps (static)."""
+
+    def __init__(self, starts, length: int, steps: int):
+        self.starts, self.length, self.steps = starts, length, steps
+
+    def tree_flatten(self):
+        return (self.starts,), (self.length, self.steps)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+
+def chunk_steps(T: int, state_size: int) -> int:
+    """The chunk length C of the chunked path: T when the sequence holds at
+    most ``WHOLE_ELEMENTS`` state numbers, else about ``CHUNK_ELEMENTS``
+    state numbers per chunk."""
+    if T * state_size <= WHOLE_ELEMENTS:
+        return T
+    return max(1, min(T, -(-CHUNK_ELEMENTS // max(1, state_size))))
+
+
+def _chunks(v, C, fill=None):
+    """``[T, ...]`` → ``[n, C, ...]``, the tail padded with ``fill`` (``None``:
+    the last step repeated, so that the gates see a real input)."""
+    if v is None:
+        return None
+    T = v.shape[0]
+    n = -(-T // C)
+    pad = n * C - T
+    if pad:
+        tail = v[-1:] if fill is None else jnp.full((1, *v.shape[1:]), fill, v.dtype)
+        v = jnp.concatenate([v, jnp.broadcast_to(tail, (pad, *v.shape[1:]))])
+    return v.reshape(n, C, *v.shape[1:])
+
+
+def _unchunk(tree, T):
+    return tree_map(lambda v: v.reshape(-1, *v.shape[2:])[:T], tree)
+
+
+def _padded_mask(mask, T, C):
+    """The mask in chunks, false on the padding (``None`` when no step is)."""
+    if mask is None and T % C == 0:
+        return None
+    if mask is None:
+        mask = jnp.ones((T,), bool)
+    return _chunks(mask, C, False)
+
+
+def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset):
+    """:func:`forward` by the sequential method, chunk by chunk; the saved
+    ``res`` is a :class:`Chunked` (``mask`` has ``steps`` folded in)."""
+    gates, readout = cell.diagonal
+    T = xs.shape[0]
+    C = chunk_steps(T, math.prod(h0.shape))
+    p = dtypes.cast(params, xs.dtype)  # the compute copy (params in one dtype)
+
+    def body(h, inp):
+        x, m, r = inp
+        a, b = _full(gates(p, x), (C, *h0.shape))
+        hs = _sequential(*_fold(a, b, m, r, h_reset), h)
+        return hs[-1], (h, hs, readout(p, hs, x))
+
+    inputs = (_chunks(xs, C), _padded_mask(mask, T, C), _chunks(resets, C, False))
+    h_T, (starts, hs, outs) = jax.lax.scan(body, h0, inputs)
+    hs, outs = _unchunk(hs, T), _unchunk(outs, T)
+    if mask is not None:
+        outs = sequences.zero_padding(mask, outs)
+    saved = Saved(h0, xs, hs, Chunked(starts, C, T), mask, resets, h_reset)
+    return h_T, outs, saved
+
+
+def _chunk_vjps(cell, params, p, x, shape):
+    """``(a, b, a_p, b_p, gates_vjp)`` of one chunk: ``a, b`` in the
+    compute dtype (as the forward computed them), the vjp of the gates in
+    the params' dtype and ``a_p, b_p`` its outputs (for their dtypes)."""
+    gates = cell.diagonal.gates
+    full_gates = lambda p_, x_: _full(gates(p_, x_), shape)  # noqa: E731
+    pdt = dtypes.float_dtype(params) or x.dtype
+    if pdt == x.dtype:
+        (a, b), gates_vjp = jax.vjp(full_gates, params, x)
+        return a, b, a, b, gates_vjp
+    a, b = full_gates(p, x)
+    (a_p, b_p), gates_vjp = jax.vjp(full_gates, params, dtypes.cast(x, pdt))
+    return a, b, a_p, b_p, gates_vjp
+
+
+def _chunk_adjoint(a, hs, g, w_c, m, rs, h_start, h_reset, e):
+    """One chunk's reverse recurrence for one link-weight vector ``w_c``
+    from ``e`` (the cotangent its successor sends): ``(e_out, ∂L/∂a, ∂L/∂b,
+    dh_reset or None)``."""
+    c, w_reset = _link_factors(a, w_c, Saved(None, None, None, mask=m, resets=rs))
+    c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
+    E = solve_reverse(c_next, g.astype(hs.dtype), e, ("sequential", None))
+    delta = E if m is None else sequences.zero_padding(m, E)
+    h_in = jnp.concatenate([h_start[None], hs[:-1]])
+    dr = None
+    if rs is not None:
+        h_in = jnp.where(_bcast(rs, hs.shape), h_reset[None], h_in)
+        dr = jnp.sum(w_reset * a * delta, axis=0)
+    return c[0] * E[0], delta * h_in, delta, dr
+
+
+def _backward_chunked(cell, params, r: Saved, w, dh_T, douts, many=False):
+    """:func:`backward` of :func:`_forward_chunked`: chunk by chunk from the
+    last, each chunk's forward recomputed from its starting state, its
+    parameter gradient added to a running sum. ``many``: ``w`` is ``[K, T,
+    …]`` and each chunk, recomputed once, runs the K reverse recurrences
+    (the gates' vjp batched over K); returns the K parameter gradients."""
+    readout = cell.diagonal.readout
+    T, C = r.xs.shape[0], r.res.length
+    shape = (C, *r.h0.shape)
+    p = dtypes.cast(params, r.xs.dtype)
+    pdt = dtypes.float_dtype(params) or r.xs.dtype
+    if r.mask is not None:
+        douts = sequences.zero_padding(r.mask, douts)
+
+    def body(carry, inp):
+        e, dp, dr = carry
+        x, dout, w_c, m, rs, h_start = inp
+        a, b, a_p, b_p, gates_vjp = _chunk_vjps(cell, params, p, x, shape)
+        hs = _sequential(*_fold(a, b, m, rs, r.h_reset), h_start)
+        states, x_p = dtypes.cast((hs, x), pdt)
+        _, readout_vjp = jax.vjp(readout, params, states, x_p)
+        dp_out, g, dx_out = readout_vjp(dtypes.cast(dout, a_p.real.dtype))
+
+        def adjoint(w_k, e_k):
+            return _chunk_adjoint(a, hs, g, w_k, m, rs, h_start, r.h_reset, e_k)
+
+        if many:  # over the K weight vectors: w_c [K, C, …], e [K, …]
+            adjoint, gates_vjp = jax.vmap(adjoint), jax.vmap(gates_vjp)
+        e, da, db, dr_c = adjoint(w_c, e)
+        dp_in, dx_in = gates_vjp((_like(da, a_p), _like(db, b_p)))
+        dp = tree_map(lambda s, u, v: s + u + v, dp, dp_out, dp_in)
+        dr = dr if dr_c is None else dr + dr_c
+        dx = None if many else (dx_out + dx_in).astype(r.xs.dtype)
+        return (e, dp, dr), dx
+
+    lead = (w.shape[0],) if many else ()
+    dr0 = None if r.resets is None else jnp.zeros(lead + r.h0.shape, r.h0.dtype)
+    dp0 = tree_map(lambda v: jnp.zeros(lead + v.shape, v.dtype), params)
+    e0 = jnp.broadcast_to(dh_T, lead + dh_T.shape)
+    w = jnp.asarray(w)
+    if many:  # [K, T, …] -> [n, K, C, …]
+        w_chunks = jnp.moveaxis(jax.vmap(lambda v: _chunks(v, C, 1))(w), 0, 1)
+    else:
+        w_chunks = _chunks(w, C, 1)
+    douts = tree_map(lambda d: _chunks(d, C, 0), douts)
+    inputs = (
+        _chunks(r.xs, C), douts, w_chunks,
+        _padded_mask(r.mask, T, C), _chunks(r.resets, C, False), r.res.starts,
+    )  # fmt: skip
+    (dh0, dparams, dh_reset), dxs = jax.lax.scan(
+        body, (e0, dp0, dr0), inputs, reverse=True
+    )
+    if many:
+        return dparams
+    return dparams, dh0, _unchunk(dxs, T), dh_reset
+
+
+def backward_many(cell, params, r: Saved, ws, dh_T, douts, how=AUTO_HOW):
+    """The parameter gradients of :func:`backward` for each row of ``ws``
+    ``[K, T]`` (or ``[K, T, *batch]``), stacked over K.
+
+    Over several chunks each chunk's forward is recomputed once for all K
+    (then its K reverse recurrences, the gates' vjp batched over K), where K
+    calls of :func:`backward` would recompute it K times; otherwise (one
+    chunk, whose states XLA keeps from the forward, or another method) the
+    K reverse passes run one after another (``jax.lax.map``), which
+    measured faster there.
+    """
+    chunked = isinstance(r.res, Chunked) and r.res.steps == r.xs.shape[0]
+    if chunked and r.res.starts.shape[0] > 1:
+        return _backward_chunked(cell, params, r, ws, dh_T, douts, many=True)
+
+    def one(w):
+        return backward(cell, params, r, w, dh_T, douts, how)[0]
+
+    return jax.lax.map(one, ws)
 
 
 # ------------------------------------------------------------- custom_vjp ---
