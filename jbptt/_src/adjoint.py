@@ -205,17 +205,20 @@ class ReverseScan(_Segmented):
             )
         path = scan.cell_path(cell)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
-        over = diagonal_scan.over_weights(cell)
-        return shared_forward_grads(path.forward, scan.backward_unchecked, args, over)
+        if path.backward is diagonal_scan.backward:  # a diagonal cell
+            many = diagonal_scan.backward_many
+            return shared_forward_grads(path.forward, None, args, many=many)
+        return shared_forward_grads(path.forward, scan.backward_unchecked, args)
 
 
-def shared_forward_grads(forward, backward, args, over=None):
+def shared_forward_grads(forward, backward, args, many=None):
     """``((L, h_T), grads[K])`` for the rows of ``ws``: one ``forward``
     ``(cell, params, h0, xs, mask, resets, h_reset) -> (h_T, outs, saved)``,
     one loss vjp, then K reverse passes ``backward(cell, params, saved, w,
-    dh_T, douts)`` mapped by ``over(f, ws)`` (``None``: ``jax.vmap(f)(ws)``,
-    batched, what does not depend on ``w`` running once; ``jax.lax.map``:
-    one after another).
+    dh_T, douts)`` batched by ``jax.vmap`` (what does not depend on ``w``
+    running once), or all K by ``many(cell, params, saved, ws, dh_T,
+    douts)``, the params' gradients stacked over K (for a reverse pass with
+    its own way over K, e.g. :func:`jbptt._src.diagonal_scan.backward_many`).
 
     ``args`` is ``(cell, loss_fn, params, h0, xs, ys, ws, mask, resets,
     h_reset)``."""
@@ -227,11 +230,15 @@ def shared_forward_grads(forward, backward, args, over=None):
     dparams_loss, douts = loss_vjp(jnp.ones_like(L))
     dh_T = tree_map(jnp.zeros_like, h_T)
 
+    if many is not None:
+        dparams = many(cell, params, saved, ws, dh_T, douts)
+        return (L, h_T), tree_map(jnp.add, dparams, dparams_loss)
+
     def one(w):
         dparams, *_ = backward(cell, params, saved, w, dh_T, douts)
         return tree_map(jnp.add, dparams, dparams_loss)
 
-    return (L, h_T), (jax.vmap(one)(ws) if over is None else over(one, ws))
+    return (L, h_T), jax.vmap(one)(ws)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,11 +302,11 @@ class DiagonalScan(Adjoint):
         def forward(*args):
             return diagonal_scan.forward(*args, how=how)
 
-        def backward(*args):
-            return diagonal_scan.backward(*args, how=how)
+        def many(*args):
+            return diagonal_scan.backward_many(*args, how=how)
 
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
-        return shared_forward_grads(forward, backward, args, jax.lax.map)
+        return shared_forward_grads(forward, None, args, many=many)
 
 
 @dataclasses.dataclass(frozen=True)

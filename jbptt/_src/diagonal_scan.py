@@ -108,18 +108,6 @@ def resolve_method(method: str) -> str:
     return AUTO.get(jax.default_backend(), "associative")
 
 
-def over_weights(cell):
-    """How K link-weight vectors map over the reverse pass of ``cell``:
-    ``jax.lax.map`` for diagonal cells, ``None`` (a vmap) for the others.
-
-    XLA:CPU measured (min_gru, T = 1024, B = 8, H = 64, K = 8): the reverse
-    pass vmapped over K took about 100 times one pass (its batched GEMMs
-    and scans), one after another about 8.5 times.
-    """
-    diagonal = cell.rules is None and cell.diagonal is not None
-    return jax.lax.map if diagonal else None
-
-
 # ------------------------------------------------------------ the solvers ---
 
 
