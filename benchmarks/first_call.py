@@ -7,6 +7,7 @@ Run each configuration in a fresh process (compiled code is per process):
     python -m benchmarks.first_call --estimator tbptt
     python -m benchmarks.first_call --estimator artbp
     python -m benchmarks.first_call --estimator artbp --max-buckets 2
+    python -m benchmarks.first_call --estimator artbp --warmup 0
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--max-buckets", type=int, default=None)
     ap.add_argument("--ahead", action="store_true", help="Buckets(ahead=True)")
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="Buckets.warmup (default: its own)"
+    )
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
@@ -55,6 +59,8 @@ def main(argv=None) -> dict:
         else estimators.artbp_matched(args.k, "poly_tail")
     )
     policy = jbptt.train.Buckets(max_buckets=args.max_buckets, ahead=args.ahead)
+    if args.warmup is not None:
+        policy = policy._replace(warmup=args.warmup)
     tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.adam(1e-3), est,
                              buckets=policy)  # fmt: skip
     state, rows = tr.init(params, jax.random.key(3)), []
