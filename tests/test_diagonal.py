@@ -114,6 +114,14 @@ def _variants(key):
     }
 
 
+def _autodiff(cell, p, h0, xs, ys, plain):
+    """Value, h_T and gradients (params, h0) by jax.grad of the sequential
+    definition, with ``plain = (w, resets, mask)``."""
+    return jax.value_and_grad(
+        lambda p, h0: _plain(cell, p, h0, xs, ys, *plain), argnums=(0, 1), has_aux=True
+    )(p, h0)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_gradients_equal_autodiff_of_the_sequential_definition(name, method):
@@ -122,11 +130,7 @@ def test_gradients_equal_autodiff_of_the_sequential_definition(name, method):
     cell = CELLS[name]()
     p, h0, xs, ys, key = _setup(cell)
     for (w, resets, lengths), plain in _variants(key).values():
-        ref = jax.value_and_grad(
-            lambda p, h0, plain=plain: _plain(cell, p, h0, xs, ys, *plain),
-            argnums=(0, 1),
-            has_aux=True,
-        )(p, h0)
+        ref = _autodiff(cell, p, h0, xs, ys, plain)
         vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1), adjoint=METHODS[method])
         got = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
         assert _rel(_leaves(got), _leaves(ref)) < 1e-10
@@ -145,11 +149,7 @@ def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
     assert diagonal_scan.chunk_steps(T, size) == 3
     for (w, resets, lengths), plain in _variants(key).values():
-        ref = jax.value_and_grad(
-            lambda p, h0, plain=plain: _plain(cell, p, h0, xs, ys, *plain),
-            argnums=(0, 1),
-            has_aux=True,
-        )(p, h0)
+        ref = _autodiff(cell, p, h0, xs, ys, plain)
         vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1))
         got = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
         assert _rel(_leaves(got), _leaves(ref)) < 1e-10
