@@ -92,9 +92,9 @@ def check(policy) -> Buckets:
         raise ValueError(f"min_bucket must be a positive int, got {mb!r}.")
     if policy.max_buckets is not None:
         validation.positive_int("max_buckets", policy.max_buckets)
-    w = policy.warmup
-    if not isinstance(w, int | np.integer) or isinstance(w, bool) or w < 0:
-        raise ValueError(f"warmup must be a non-negative int of steps, got {w!r}.")
+    validation.integer(
+        "warmup", policy.warmup, minimum=0, what="a non-negative int of steps"
+    )
     if policy.top not in (None, "auto"):
         validation.positive_int(
             "top_bucket", policy.top, 'a positive int, "auto" or None'

@@ -4,6 +4,7 @@ write while every process reads the same rows."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -76,8 +77,6 @@ def differing(tree) -> list[int]:
     process: one all-gather of 32 bytes, where ``jax.device_put`` of each
     array onto a mesh spanning the processes gathers the whole array.
     ``[]`` outside a ``jax.distributed`` job. A collective."""
-    import hashlib
-
     from jax.experimental import multihost_utils
 
     if group()[1] == 1:

@@ -190,19 +190,17 @@ def _split_piece(cell, loss_fn, params, h, g_acc, dh_end, xs, ys, w, mask, mode,
                  advance, block, kw):  # fmt: skip
     """A block's losses, accumulated gradient, end state and ``dh_start``, or
     (mode ``ADVANCE``) the forward-only end state."""
-    bucket, ldt = xs.shape[0], jnp.result_type(float)
 
     def run_block(_):
         losses, g, h_new, dh = block(cell, loss_fn, params, h, xs, ys, w, mask,
                                      dh_end, **kw)  # fmt: skip
-        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
-        return losses.astype(ldt), tree_map(jnp.add, g, g_acc), h_new, dh
+        losses, h_new = _as_carried(losses, h_new, h)
+        return losses, tree_map(jnp.add, g, g_acc), h_new, dh
 
     def run_advance(_):
         h_new = advance(cell, params, h, xs, mask, **kw)
-        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
-        zeros = tree_map(jnp.zeros_like, dh_end)
-        return jnp.zeros((bucket,), ldt), g_acc, h_new, zeros
+        losses, h_new = _as_carried(jnp.zeros(xs.shape[:1]), h_new, h)
+        return losses, g_acc, h_new, tree_map(jnp.zeros_like, dh_end)
 
     return jax.lax.cond(mode == ADVANCE, run_advance, run_block, None)
 
@@ -214,10 +212,18 @@ def _as_block(segment):
 
     def whole(cell, loss_fn, params, h, *args, **kw):
         losses, g, h_new, est = segment(cell, loss_fn, params, h, *args, **kw)
-        h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
-        return losses.astype(jnp.result_type(float)), g, h_new, est
+        losses, h_new = _as_carried(losses, h_new, h)
+        return losses, g, h_new, est
 
     return whole
+
+
+def _as_carried(losses, h_new, h):
+    """A pass's losses in the default float and its end state in the
+    carried state's dtypes (a block's and a splitting rule's whole segment
+    alike)."""
+    h_new = tree_map(lambda a, b: a.astype(b.dtype), h_new, h)
+    return losses.astype(jnp.result_type(float)), h_new
 
 
 class Steps:
