@@ -35,7 +35,8 @@ jax.config.update("jax_enable_x64", True)
 # in `make test` and CI, where a cold run gains little from it.
 _CACHE = os.environ.get("JBPTT_TEST_CACHE", "")
 if _CACHE:
-    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    # absolute, so a test that changes directory still finds it
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
