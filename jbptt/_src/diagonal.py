@@ -217,15 +217,13 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
     def gates(params, x):
         params = checked(params)
         lam = lru_eigenvalues(params)
-        bx = x @ params["B_re"].T + 1j * (x @ params["B_im"].T)  # (B_re + i B_im) x
+        # (B_re + i B_im) x, each product over B's own axes (_times_w)
+        bx = _times_w(x, params["B_re"]) + 1j * _times_w(x, params["B_im"])
         return lam, jnp.exp(params["gamma_log"]) * bx
 
     def readout(params, h, x):
-        # Re((C_re + i C_im) h) = C_re Re(h) − C_im Im(h). As einsums over
-        # C's own axes: the vjp of ``h @ C.T`` transposed C inside every step
-        # of an online loop (exact RTRL's ∂ℓ/∂h; measured in
-        # benchmarks/log/2026-12-07-diagonal-chunked.md).
-        y = _times_c(jnp.real(h), params["C_re"]) - _times_c(
+        # Re((C_re + i C_im) h) = C_re Re(h) − C_im Im(h)
+        y = _times_w(jnp.real(h), params["C_re"]) - _times_w(
             jnp.imag(h), params["C_im"]
         )
         return y + params["D"] * x
@@ -239,9 +237,12 @@ def lru(r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi) 
     )
 
 
-def _times_c(h, C):
-    """``h @ C.T`` for ``h [..., H]``, ``C [I, H]``."""
-    return jnp.einsum("...h,ih->...i", h, C)
+def _times_w(v, W):
+    """``v @ W.T`` for ``v [..., n]``, ``W [m, n]``, as one contraction over
+    ``W``'s own axes: written with ``.T``, XLA:CPU copied the transposed
+    weight inside every step of an online loop (a forward step, exact RTRL's
+    gates and readout; benchmarks/log/2026-12-07-diagonal-rtrl-step.md)."""
+    return jnp.einsum("...n,mn->...m", v, W)
 
 
 # ------------------------------------------------------ minGRU / minLSTM ---
@@ -259,7 +260,7 @@ def _linear_init(key, names, input_size, hidden_size, dtype):
 
 
 def _affine(params, w, b, x):
-    return x @ params[w].T + params[b]
+    return _times_w(x, params[w]) + params[b]
 
 
 def min_gru() -> Cell:
