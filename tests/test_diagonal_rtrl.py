@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 import jbptt
 from jbptt import cells, estimators, forward_mode
-from jbptt._src import diagonal_rtrl
+from jbptt._src import diagonal_rtrl, diagonal_window
 
 T, B, I, H = 9, 3, 2, 4
 
@@ -168,6 +168,65 @@ def test_diagonal_and_dense_rtrl_agree_and_snap1_is_exact():
     assert _rel(g_snap, g_dense) <= 1e-12
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_windows_of_steps_are_the_step_by_step_sums(name, window):
+    """rtrl(window=w) runs T = 9 steps w at a time (BPTT inside a window, the
+    influence carried across, the last window padded): BPTT's gradient, loss
+    and end state to 1e-12 with resets, and the step-by-step rule's."""
+    cell, p, h0, xs, ys, resets = _problem(name)
+    h_reset = 0.5 * h0[::-1]
+    run = {"resets": resets, "reset_state": h_reset}
+    key = jax.random.key(0)
+    (L, h_T), g = forward_mode.rtrl(window=window).estimate(
+        key, cell, _mse, p, h0, xs, ys, **run
+    )
+    (L_ref, h_ref), g_ref = _scan_reference(cell, p, h0, xs, ys, resets, h_reset)
+    assert _rel(g, g_ref) <= 1e-12
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+    assert _rel(h_T, h_ref) <= 1e-12
+    step = forward_mode.rtrl(window=1)
+    state = step.init(cell, p, h0, xs[0])
+    for t in range(4):  # the carried influence after 4 steps, both ways
+        state, _ = step.step(
+            cell, _mse, key, p, state, xs[t], ys[t], resets[t], h_reset
+        )
+    keep = jnp.ones(4)
+    _, _, h_4, e_4 = diagonal_window.windows(
+        cell, _mse, p, h0, step.init(cell, p, h0, xs[0]).influence, xs[:4],
+        ys[:4], keep, resets[:4], h_reset, window,
+    )  # fmt: skip
+    assert _rel(h_4, state.h) <= 1e-12
+    assert (
+        _rel(
+            [e for e in e_4 if e is not None],
+            [e for e in state.influence if e is not None],
+        )
+        <= 1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["lru", "shared"])
+def test_trainer_updating_every_few_steps_runs_windows_like_the_dense_path(name):
+    """Through the trainer with one update per 5 steps (segments run as one
+    window, the last one padded) and resets: the run of the step-by-step
+    influence, and for a real state the full influence matrix's, to 1e-12."""
+    cell, p, h0, xs, ys, resets = _problem(name, T=12)
+    opt = optax.sgd(0.05)
+    runs = [
+        _train_chunked(cell, p, h0, xs, ys, resets, opt, est.every(5))
+        for est in (forward_mode.rtrl(), forward_mode.rtrl(window=1))
+    ]
+    assert _rel(runs[0].params, runs[1].params) <= 1e-12
+    assert _rel(runs[0].params, p) > 1e-3  # it trained
+    assert _rel(runs[0].h, runs[1].h) <= 1e-12
+    if name == "shared":
+        dense = _train_chunked(
+            cell, p, h0, xs, ys, resets, opt, forward_mode.rtrl(diagonal=False).every(5)
+        )
+        assert _rel(runs[0].params, dense.params) <= 1e-12
+
+
 def _accumulate():
     """An optax transformation that applies no update and sums every
     gradient it sees in its state."""
@@ -224,6 +283,8 @@ def test_trainer_lru_at_lr_zero_sums_to_bptt():
 def test_bad_inputs():
     with pytest.raises(TypeError, match="diagonal must be True or False"):
         forward_mode.rtrl(diagonal="yes")
+    with pytest.raises(ValueError, match="window"):
+        forward_mode.rtrl(window=0)
     cell, p, h0, xs, ys, _ = _problem("lru")
     with pytest.raises(TypeError, match="real state"):
         forward_mode.snap1().estimate(jax.random.key(0), cell, _mse, p, h0, xs, ys)

@@ -41,7 +41,7 @@ FACTORIES = [
     (truncation.enumerate_artbp, (), {"T": 3, "c": 0.5}, ()),
     (truncation.geometric, (), {"mean_length": 3.0}, ()),
     (truncation.poly_tail, (), {"mean_length": 3.0, "alpha": 4.0}, ()),
-    (forward_mode.rtrl, (), {"max_bytes": 3}, ()),
+    (forward_mode.rtrl, (), {"max_bytes": 3, "window": 3}, ()),
     (forward_mode.snap1, (), {"max_bytes": 3}, ()),
     (forward_mode.uoro, (), {"eps": 0.5, "max_bytes": 3}, ()),
     (forward_mode.layerwise_rtrl, ([cells.min_gru()],), {"max_bytes": 3}, ()),

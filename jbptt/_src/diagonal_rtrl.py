@@ -188,12 +188,18 @@ def _as_complex_or_real(fn, complex_out: bool):
 def _immediate_units(gates, params, h_b, x_b, cplx):
     """Σ_j ∂(a ⊙ h_{t-1} + b)[j]/∂θ for one example: one vjp with cotangent
     ones; row j of a per-unit leaf is unit j's derivative."""
+    return units_vjp(lambda p: affine_state(gates, p, h_b, x_b), params, cplx)
 
-    def f(p):
-        a, b = gates(p, x_b)
-        return a * h_b + b
 
-    g = _as_complex_or_real(f, cplx)
+def affine_state(gates, params, h_b, x_b):
+    a, b = gates(params, x_b)
+    return a * h_b + b
+
+
+def units_vjp(fn, params, cplx):
+    """Row j of ``∂fn(θ)[j]/∂θ`` for per-unit leaves (``fn(θ) [H]``): one vjp
+    with cotangent ones, two (real and imaginary parts) when complex."""
+    g = _as_complex_or_real(fn, cplx)
     out, pull = jax.vjp(g, params)
     if not cplx:
         return pull(jnp.ones_like(out))[0]
@@ -205,13 +211,17 @@ def _immediate_units(gates, params, h_b, x_b, cplx):
 def _immediate_shared(gates, params, k, h_b, x_b, cplx):
     """``∂(a ⊙ h_{t-1} + b)/∂θ_k``, ``[H, *leaf]``, for one example (forward
     mode over the leaf's entries; exact for any leaf)."""
+    return leaf_jac(lambda p: affine_state(gates, p, h_b, x_b), params, k, cplx)
+
+
+def leaf_jac(fn, params, k, cplx):
+    """``∂fn(θ)/∂θ_k``, ``[H, *leaf]`` (forward mode over the leaf)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
 
     def f(leaf):
         ls = list(leaves)
         ls[k] = leaf
-        a, b = gates(jax.tree_util.tree_unflatten(treedef, ls), x_b)
-        return a * h_b + b
+        return fn(jax.tree_util.tree_unflatten(treedef, ls))
 
     jac = jax.jacfwd(_as_complex_or_real(f, cplx))(leaves[k])
     return jac[0] + 1j * jac[1] if cplx else jac
@@ -299,7 +309,7 @@ def _sum_over_examples(c, e3):
 # One step of the estimator, and what it carries.
 
 
-def _per_example(x_t):
+def per_example(x_t):
     batch_shape = tuple(x_t.shape[:-1])
     B = int(np.prod(batch_shape))
     return batch_shape, B, x_t.reshape((B,) + x_t.shape[-1:])
@@ -308,7 +318,7 @@ def _per_example(x_t):
 def init_influence(cell, params, h0, x, max_bytes: int, name: str):
     """``e_{-1} = 0`` for a batch shaped like ``x [*batch, I]`` (checked
     against ``max_bytes`` at trace time)."""
-    batch_shape, B, X = _per_example(x)
+    batch_shape, B, X = per_example(x)
     check_params(params)
     validation.check_h0(cell, params, h0, batch_shape)
     lay = layout(cell, params, X[0])
@@ -330,7 +340,7 @@ def restart(reset, h_reset, h, infl):
 
 def step(cell, loss_fn, params, h, infl, x_t, y_t):
     """One step: ``(h_t, e_t, ℓ_t, g_t)`` from ``h_{t-1}``, ``e_{t-1}``."""
-    batch_shape, B, X = _per_example(x_t)
+    batch_shape, B, X = per_example(x_t)
     lay = layout(cell, params, X[0])
     gates, readout = cell.diagonal.gates, cell.diagonal.readout
     a, b = gates(params, x_t)
@@ -365,7 +375,7 @@ class DiagonalFootprint(NamedTuple):
 def footprint(cell, params, h0, x) -> DiagonalFootprint:
     """The :class:`DiagonalFootprint` of ``cell`` on a batch shaped like
     ``x [*batch, I]``."""
-    _, B, X = _per_example(x)
+    _, B, X = per_example(x)
     lay = layout(cell, params, X[0])
     n = lay.numbers(B)
     unit, shared = (

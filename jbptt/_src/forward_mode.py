@@ -68,21 +68,24 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jbptt._src import diagonal_rtrl as diag
+from jbptt._src import (
+    diagonal_window,
+    online_scan,
+    protocol,
+    sequences,
+    sharding,
+    sparsity,
+    update_every,
+    validation,
+)
 from jbptt._src import influence as flat
-from jbptt._src import protocol, sequences, sharding, sparsity, update_every, validation
 from jbptt._src.cell import Cell
+from jbptt._src.online_scan import OnlineState
 from jbptt._src.protocol import Cost, OnlineRule, Problem
 
 tree_map = jax.tree_util.tree_map
 
 DEFAULT_MAX_BYTES = 2**30  # 1 GiB for the influence state and one-step Jacobians
-
-
-class OnlineState(NamedTuple):
-    """Carry of an online estimator: the cell state and the influence."""
-
-    h: Any
-    influence: Any
 
 
 class OnlineEstimator(NamedTuple):
@@ -255,55 +258,14 @@ def _parts(name: str, rule: _Rule, max_bytes: int):
     return init, step, cost
 
 
-def assemble(name, init, step, cost, deterministic, hparams) -> OnlineEstimator:
+def assemble(
+    name, init, step, cost, deterministic, hparams, windowed=None
+) -> OnlineEstimator:
     """An :class:`OnlineEstimator` from its ``init`` and ``step``: the
-    sequence estimate and the training segment are scans of ``step``."""
-
-    def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
-                 reset_state=None):  # fmt: skip
-        validation.check_scan_args(cell, params, h0, xs, None)
-        validation.check_ys(ys, xs.shape[0])
-        batch_shape = tuple(xs.shape[1:-1])
-        resets = sequences.check_resets(resets, xs.shape[0], batch_shape)
-        h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
-        state = init(cell, params, h0, xs[0])
-        keys = jax.random.split(key, xs.shape[0])
-
-        def body(carry, inp):
-            state, acc = carry
-            k, x_t, y_t, r_t = inp
-            state, (loss, g) = step(
-                cell, loss_fn, k, params, state, x_t, y_t, r_t, h_reset
-            )
-            return (state, jax.tree_util.tree_map(jnp.add, acc, g)), loss
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (state, grads), losses = jax.lax.scan(
-            body, (state, zeros), (keys, xs, ys, resets)
-        )
-        return (jnp.sum(losses), state.h), grads
-
-    def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
-                resets=None, reset_state=None):  # fmt: skip
-        # Σ_t g_t over the segment's real steps, params fixed within it.
-        # resets [n, *batch] (false on padding) restart from reset_state.
-        def body(carry, inp):
-            state, acc = carry
-            k, x_t, y_t, m_t, r_t = inp
-            new, (loss, g) = step(
-                cell, loss_fn, k, params, state, x_t, y_t, r_t, reset_state
-            )
-            keep = m_t > 0  # padded steps leave state and gradient alone
-            state = tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
-            acc = tree_map(lambda a, b: a + jnp.where(keep, b, 0.0), acc, g)
-            return (state, acc), jnp.where(keep, loss, 0.0)
-
-        keys = jax.random.split(key, xs.shape[0])
-        zeros = tree_map(jnp.zeros_like, params)
-        carry = (OnlineState(h, influence), zeros)
-        (state, g), losses = jax.lax.scan(body, carry, (keys, xs, ys, mask, resets))
-        return losses, g, state.h, state.influence
-
+    sequence estimate and the training segment are scans of ``step``, or runs
+    of many steps at once where ``windowed(cell)`` gives one
+    (:func:`jbptt._src.online_scan.scans`)."""
+    estimate, segment = online_scan.scans(init, step, windowed)
     return OnlineEstimator(
         name, init, step, estimate, cost, deterministic, hparams, segment
     )
@@ -324,7 +286,7 @@ def _restart(fl: flat.Flat, state: OnlineState, reset, h_reset) -> OnlineState:
 
 
 def rtrl(
-    *, max_bytes: int = DEFAULT_MAX_BYTES, diagonal: bool = True
+    *, max_bytes: int = DEFAULT_MAX_BYTES, diagonal: bool = True, window: int = 64
 ) -> OnlineEstimator:
     """Real-time recurrent learning: the exact influence matrix.
 
@@ -339,12 +301,20 @@ def rtrl(
     :mod:`jbptt._src.diagonal_rtrl`): exact, complex states included, at
     ``O(|θ|)`` memory per sequence instead of ``O(H·|θ|)``
     (:meth:`OnlineEstimator.cost_report`). Stacks: :func:`layerwise_rtrl`.
+    Where the params stay fixed over many steps (``estimate``, and the
+    trainer's segments under :meth:`OnlineEstimator.every`), a diagonal
+    cell's steps run ``window`` at a time: BPTT inside the window and the
+    influence read and advanced once per window, the same sums of ``g_t``
+    (:func:`jbptt._src.diagonal_rtrl.window`).
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
       diagonal: take the diagonal influence on diagonal cells (default);
         ``False`` keeps the full influence matrix ``J`` everywhere (real
         states only), the reference the diagonal form is tested against.
+      window: on a diagonal cell, steps taken at once under fixed params
+        (keeps ``window·B·H`` states besides the influence); ``1`` steps
+        one at a time.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -365,6 +335,7 @@ def rtrl(
     max_bytes = _check_max_bytes(max_bytes)
     if not isinstance(diagonal, bool):
         raise TypeError(f"diagonal must be True or False, got {diagonal!r}.")
+    window = validation.positive_int("window", window)
 
     def init(fl, x_b):
         return jnp.zeros((fl.B, fl.S, fl.theta.size), fl.theta.dtype)
@@ -389,7 +360,9 @@ def rtrl(
         return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
     dense = _parts("rtrl", rule, max_bytes)
     parts = diag.parts("rtrl", max_bytes, dense, OnlineState)
-    return assemble("rtrl", *parts, True, hparams)
+    hparams = {**hparams, "window": window}
+    windowed = diagonal_window.windowed(window) if window > 1 else None
+    return assemble("rtrl", *parts, True, hparams, windowed)
 
 
 def uoro(*, eps: float = 1e-7, max_bytes: int = DEFAULT_MAX_BYTES) -> OnlineEstimator:
