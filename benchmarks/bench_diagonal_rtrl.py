@@ -6,12 +6,14 @@ jitted ``lax.scan`` loops over the same T steps are timed (best of
 
 * **forward**: the cell's step, its output and the squared loss (an
   inference pass that also reads the loss);
-* **rtrl**: :func:`jbptt.forward_mode.rtrl`'s online step on the same
-  inputs (state update, the diagonal influence update, the gradient read
-  out and summed), i.e. ``rtrl().estimate``.
+* **rtrl, window w**: ``rtrl(window=w).estimate`` on the same inputs.
+  ``w = 1`` is the online step proper (state update, the diagonal
+  influence update, the gradient read out and summed, every step); ``w > 1``
+  is what an update every ``w`` steps runs (BPTT inside the window, the
+  influence read and advanced once per window; the same sums).
 
 The ratio rtrl/forward per step is the figure of merit (target ≤ 3×): the
-two loops are timed in alternation, and the table gives the ratio of the
+loops are timed in alternation, and the table gives the ratio of the
 best times and the median of the per-round ratios. The
 carried memory printed by ``rtrl().cost(problem).state_bytes`` is checked
 against the formula ``B·Σ per-unit leaf sizes + B·H·Σ shared leaf sizes``
@@ -62,8 +64,8 @@ def _problem(name, T, B, H, I, dtype):
 
 def _paired(fns, args, repeats):
     """Best seconds of each function, timed in alternation (so a loaded
-    machine slows both alike), and the median of the per-round ratios
-    ``fns[1] / fns[0]``."""
+    machine slows all alike), and per function after the first the median
+    of the per-round ratios ``fns[i] / fns[0]``."""
     for fn in fns:
         jax.block_until_ready(fn(*args))  # compiles
     times = [[] for _ in fns]
@@ -72,8 +74,11 @@ def _paired(fns, args, repeats):
             t0 = time.perf_counter()
             jax.block_until_ready(fn(*args))
             ts.append(time.perf_counter() - t0)
-    ratios = [b / a for a, b in zip(*times, strict=True)]
-    return [min(ts) for ts in times], float(np.median(ratios))
+    medians = [
+        float(np.median([b / a for a, b in zip(times[0], ts, strict=True)]))
+        for ts in times[1:]
+    ]
+    return [min(ts) for ts in times], medians
 
 
 def _forward_fn(cell):
@@ -98,38 +103,47 @@ def formula_bytes(name, problem) -> int:
     return B * unit * np.dtype(jnp.result_type(problem.h0)).itemsize
 
 
-def measure(name, T, B, H, I, dtype, repeats) -> dict:
-    problem = _problem(name, T, B, H, I, dtype)
-    est = forward_mode.rtrl()
-    cell, params, h0, xs, ys = (problem[i] for i in (0, 2, 3, 4, 5))
-    rtrl = jax.jit(
+def _estimate_fn(est, cell):
+    return jax.jit(
         lambda p, h, x, y: est.estimate(jax.random.key(0), cell, _mse, p, h, x, y)
     )
-    (t_fwd, t_rtrl), median = _paired(
-        (_forward_fn(cell), rtrl), (params, h0, xs, ys), repeats
-    )
-    return {
-        "cell": name,
-        "T": T, "B": B, "H": H, "I": I, "dtype": str(np.dtype(dtype)),
-        "forward_us_per_step": 1e6 * t_fwd / T,
-        "rtrl_us_per_step": 1e6 * t_rtrl / T,
-        "ratio": t_rtrl / t_fwd,
-        "ratio_median": median,
-        "carried_bytes": int(est.cost(problem).state_bytes),
-        "formula_bytes": int(formula_bytes(name, problem)),
-        "report": est.cost_report(problem),
-    }  # fmt: skip
+
+
+def measure(name, T, B, H, I, dtype, repeats, windows=(1, 64)) -> list[dict]:
+    """One row per window size, all timed in one alternation with the
+    forward loop."""
+    problem = _problem(name, T, B, H, I, dtype)
+    ests = [forward_mode.rtrl(window=w) for w in windows]
+    cell, params, h0, xs, ys = (problem[i] for i in (0, 2, 3, 4, 5))
+    fns = [_forward_fn(cell)] + [_estimate_fn(est, cell) for est in ests]
+    (t_fwd, *t_rtrl), medians = _paired(fns, (params, h0, xs, ys), repeats)
+    return [
+        {
+            "cell": name, "window": w,
+            "T": T, "B": B, "H": H, "I": I, "dtype": str(np.dtype(dtype)),
+            "forward_us_per_step": 1e6 * t_fwd / T,
+            "rtrl_us_per_step": 1e6 * t / T,
+            "ratio": t / t_fwd,
+            "ratio_median": median,
+            "carried_bytes": int(est.cost(problem).state_bytes),
+            "formula_bytes": int(formula_bytes(name, problem)),
+            "report": est.cost_report(problem),
+        }
+        for w, est, t, median in zip(windows, ests, t_rtrl, medians, strict=True)
+    ]  # fmt: skip
 
 
 def table(rows) -> str:
     lines = [
-        "| cell | T | B | H | I | forward (µs/step) | exact RTRL (µs/step) | "
-        "ratio (best) | ratio (median) | carried bytes | formula |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | window | T | B | H | I | forward (µs/step) | "
+        "exact RTRL (µs/step) | ratio (best) | ratio (median) | carried bytes "
+        "| formula |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {r['I']} | "
+            f"| {r['cell']} | {r['window']} | {r['T']} | {r['B']} | {r['H']} | "
+            f"{r['I']} | "
             f"{r['forward_us_per_step']:.1f} | {r['rtrl_us_per_step']:.1f} | "
             f"{r['ratio']:.2f}× | {r['ratio_median']:.2f}× | "
             f"{r['carried_bytes']:,} | {r['formula_bytes']:,} |"
@@ -150,18 +164,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--inputs", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds")
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument(
+        "--windows", type=int, nargs="+", default=[1, 64],
+        help="rtrl(window=w) sizes: 1 is the step-by-step online step",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
     if args.quick:
         args.T, args.batch, args.hidden, args.inputs, args.repeats = 8, 2, 4, 3, 1
+        args.windows = [1, 3]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = (args.T, args.batch, args.hidden, args.inputs, jnp.float32)
     rows = []
     for name in args.cells:
-        rows.append(measure(name, *shape, args.repeats))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
+        new = measure(name, *shape, args.repeats, tuple(args.windows))
+        rows += new
+        print("\n".join(table(new).splitlines()[2:]), flush=True)
     md = table(rows)
     device = jax.devices()[0]
     result = {

@@ -386,13 +386,18 @@ def test_bench_diagonal_rtrl_quick_runs(tmp_path):
     result = bench_diagonal_rtrl.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench_diagonal_rtrl.json").read_text())
     assert saved["config"]["quick"] is True
-    assert [r["cell"] for r in result["rows"]] == ["lru", "min_gru"]
+    assert [(r["cell"], r["window"]) for r in result["rows"]] == [
+        ("lru", 1),
+        ("lru", 3),
+        ("min_gru", 1),
+        ("min_gru", 3),
+    ]
     for row in result["rows"]:
         assert row["carried_bytes"] == row["formula_bytes"] > 0
         assert row["ratio"] > 0 and "exact" in row["report"]
     text = (tmp_path / "bench_diagonal_rtrl.md").read_text()
-    assert "| lru | 8 | 2 | 4 | 3 |" in text
-    assert (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,T,")
+    assert "| lru | 3 | 8 | 2 | 4 | 3 |" in text
+    assert (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,window,T,")
 
 
 @pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])
