@@ -169,7 +169,7 @@ def test_diagonal_and_dense_rtrl_agree_and_snap1_is_exact():
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-@pytest.mark.parametrize("window", [1, 2, 4])
+@pytest.mark.parametrize("window", [2, 4])
 def test_windows_of_steps_are_the_step_by_step_sums(name, window):
     """rtrl(window=w) runs T = 9 steps w at a time (BPTT inside a window, the
     influence carried across, the last window padded): BPTT's gradient, loss

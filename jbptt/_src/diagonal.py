@@ -241,7 +241,7 @@ def _times_w(v, W):
     """``v @ W.T`` for ``v [..., n]``, ``W [m, n]``, as one contraction over
     ``W``'s own axes: written with ``.T``, XLA:CPU copied the transposed
     weight inside every step of an online loop (a forward step, exact RTRL's
-    gates and readout; benchmarks/log/2026-12-07-diagonal-rtrl-step.md)."""
+    gates and readout; benchmarks/log/2026-12-07-diagonal-rtrl-windows.md)."""
     return jnp.einsum("...n,mn->...m", v, W)
 
 
