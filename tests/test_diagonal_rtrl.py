@@ -285,6 +285,30 @@ def test_bad_inputs():
         forward_mode.rtrl(diagonal="yes")
     with pytest.raises(ValueError, match="window"):
         forward_mode.rtrl(window=0)
+
+
+def test_gates_without_forward_mode_get_a_clear_error():
+    """Gates built on a custom_vjp function (no jvp) are refused by rtrl()
+    with a message naming the cell, jax.jvp and the ways out."""
+
+    @jax.custom_vjp
+    def act(x):
+        return jnp.tanh(x)
+
+    act.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g / jnp.cosh(x) ** 2,))
+
+    def gates(p, x):
+        return jax.nn.sigmoid(x @ p["W"].T), act(x @ p["U"].T)
+
+    def init(key, i, h):
+        return {"W": jnp.ones((h, i)), "U": jnp.ones((h, i))}
+
+    cell = cells.diagonal(gates, init, input_size=lambda p: p["W"].shape[1])
+    p = cell.init(jax.random.key(0), I, H)
+    xs, ys = jnp.ones((T, B, I)), jnp.ones((T, B, H))
+    h0 = cell.initial_state(p, (B,))
+    with pytest.raises(TypeError, match=r"gates of 'diagonal'.*jax\.jvp.*custom_jvp"):
+        forward_mode.rtrl().estimate(jax.random.key(0), cell, _mse, p, h0, xs, ys)
     cell, p, h0, xs, ys, _ = _problem("lru")
     with pytest.raises(TypeError, match="real state"):
         forward_mode.snap1().estimate(jax.random.key(0), cell, _mse, p, h0, xs, ys)
@@ -397,7 +421,9 @@ def test_bench_diagonal_rtrl_quick_runs(tmp_path):
         assert row["ratio"] > 0 and "exact" in row["report"]
     text = (tmp_path / "bench_diagonal_rtrl.md").read_text()
     assert "| lru | 3 | 8 | 2 | 4 | 3 |" in text
-    assert (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,window,T,")
+    assert (
+        (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,window,T,")
+    )
 
 
 @pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])

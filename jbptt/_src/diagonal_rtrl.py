@@ -95,11 +95,26 @@ def layout(cell, params, x_b) -> Layout:
     if key not in _CACHE:
         # two random points, so an accidental zero (a saturated or
         # rectified gate) neither hides a leaf nor a unit it reaches
-        a, b = (_probe(cell.diagonal.gates, treedef, shapes, x_b, s) for s in (0, 1))
+        a, b = (_checked_probe(cell, treedef, shapes, x_b, s) for s in (0, 1))
         _CACHE[key] = a._replace(
             kinds=tuple(_merge(u, v) for u, v in zip(a.kinds, b.kinds, strict=True))
         )
     return _CACHE[key]
+
+
+def _checked_probe(cell, treedef, shapes, x_b, seed: int) -> Layout:
+    try:
+        return _probe(cell.diagonal.gates, treedef, shapes, x_b, seed)
+    except TypeError as e:
+        if "jvp" not in str(e):
+            raise
+        raise TypeError(
+            f"rtrl() differentiates the gates of {cell.name!r} in forward mode "
+            "(jax.jvp: which params feed one unit each, and the influence of "
+            f"shared ones), and they do not allow it: {e} "
+            "Define that function with jax.custom_jvp, or train this cell with a "
+            "reverse-mode estimator (TBPTT, ARTBP, BPTT)."
+        ) from e
 
 
 def _merge(u: str, v: str) -> str:
