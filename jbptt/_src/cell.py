@@ -80,6 +80,10 @@ class Cell(NamedTuple):
         (:func:`jbptt.cells.diagonal`), their ``DiagonalRules(gates,
         readout)``: ``gates(params, x) -> (a, b)`` and ``readout(params, h,
         x) -> out`` on any leading steps; ``None`` otherwise.
+      diagonal_layers: for :func:`jbptt.cells.stack` of diagonal cells, the
+        layers (params and state are the tuples of theirs), run layer by
+        layer over all steps; ``None`` otherwise. A wrapper that changes
+        ``step`` must drop it.
     """
 
     init: Callable[..., Params]
@@ -89,3 +93,4 @@ class Cell(NamedTuple):
     input_size: Callable[[Params], int] | None = None
     name: str = "cell"
     diagonal: Any = None
+    diagonal_layers: tuple | None = None

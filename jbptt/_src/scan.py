@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jbptt._src import diagonal_scan, dtypes, loops, sequences
+from jbptt._src import diagonal_scan, diagonal_stack, dtypes, loops, sequences
 from jbptt._src.cell import Cell
 
 tree_map = jax.tree_util.tree_map
@@ -312,11 +312,24 @@ _GENERIC = Path(_forward_generic, _backward_generic, _transpose_generic)
 _DIAGONAL = Path(_forward_diagonal, diagonal_scan.backward, _transpose_generic)
 
 
+def _forward_diagonal_stack(cell: Cell, params, h0, xs, *args):
+    h_T, outs, saved = diagonal_stack.forward(cell, params, h0, xs, *args)
+    return h_T, outs, Residuals(*saved)
+
+
+# A stack of diagonal cells: the layers' diagonal passes, layer by layer.
+_DIAGONAL_STACK = Path(
+    _forward_diagonal_stack, diagonal_stack.backward, _transpose_generic
+)
+
+
 def cell_path(cell: Cell) -> Path:
     """The one place where the hand-derived, diagonal and generic paths part."""
-    if cell.rules is None:
-        return _GENERIC if cell.diagonal is None else _DIAGONAL
-    return _RULES
+    if cell.rules is not None:
+        return _RULES
+    if cell.diagonal is not None:
+        return _DIAGONAL
+    return _GENERIC if cell.diagonal_layers is None else _DIAGONAL_STACK
 
 
 # ------------------------------------------------------------ public core ---

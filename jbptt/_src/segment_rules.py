@@ -56,7 +56,10 @@ def with_states(cell: Cell) -> Cell:
     if diagonal is not None:  # a diagonal cell's readout returns the state too
         read = diagonal.readout
         diagonal = diagonal._replace(readout=lambda p, h, x: (h, read(p, h, x)))
-    return cell._replace(step=step, rules=rules, diagonal=diagonal)
+    # a stack's layer-by-layer path would not emit the state: dropped
+    return cell._replace(
+        step=step, rules=rules, diagonal=diagonal, diagonal_layers=None
+    )
 
 
 def _scan_keywords(n, resets, reset_state, adjoint) -> dict:

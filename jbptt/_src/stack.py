@@ -108,7 +108,12 @@ def stack(layers: Sequence[Cell]) -> Cell:
     rules = None
     if _HAS_LINEAR_STATES and all(c.rules is not None for c in layers):
         rules = _stacked_rules([c.rules for c in layers])
-    return Cell(init, initial_state, step, rules, input_size, name=name)
+    # every layer diagonal: the stack runs layer by layer over all steps
+    diagonal = all(c.diagonal is not None and c.rules is None for c in layers)
+    return Cell(
+        init, initial_state, step, rules, input_size, name=name,
+        diagonal_layers=layers if diagonal else None,
+    )  # fmt: skip
 
 
 def _stacked_rules(rules: list[ReverseRules]) -> ReverseRules:

@@ -1,0 +1,61 @@
+r"""A stack of diagonal cells (:func:`jbptt.cells.stack`), layer by layer.
+
+Layer ``l`` reads layer ``l−1``'s output at the same step, and every layer
+is diagonal, so the stack runs as ``L`` diagonal passes over all steps
+(:mod:`jbptt._src.diagonal_scan`): layer 0 on the inputs, layer ``l`` on
+the outputs of layer ``l−1``. The reverse pass runs them from the top down,
+each layer's input cotangent (``dxs``) the output cotangent of the layer
+below.
+
+Link weights: a link weight ``w_t`` scales the stack's temporal Jacobian
+``∂S_t/∂S_{t-1}`` (``S`` the tuple of the layers' states). Every path from
+``S_{t-1}`` to ``S_t`` crosses one temporal link, in one layer (``h^l_{t-1}
+→ h^l_t``), and then only links within step ``t`` (``h^l_t → h^{l+1}_t``),
+so scaling each layer's own recurrence by ``w_t`` scales every such path by
+``w_t`` once: the same gradient. Padding and resets are per step and per
+sequence, the same for every layer.
+"""
+
+from __future__ import annotations
+
+from jbptt._src import diagonal_scan
+
+
+def forward(cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None):
+    """``(h_T, outs, saved)`` of a diagonal stack: the layers' end states
+    and states as tuples, ``saved.res`` the tuple of the layers' own saved
+    forwards (:class:`jbptt._src.diagonal_scan.Saved`)."""
+    x, ends, states, saved = xs, [], [], []
+    for l, layer in enumerate(cell.diagonal_layers):
+        reset_l = None if h_reset is None else h_reset[l]
+        h_T, x, s = diagonal_scan.forward(
+            layer, params[l], h0[l], x, mask, resets, reset_l, steps
+        )
+        ends.append(h_T)
+        states.append(s.hs)
+        saved.append(s)
+    mask = diagonal_scan.with_steps(mask, steps, (xs.shape[0],) + xs.shape[1:-1])
+    res = diagonal_scan.Saved(
+        h0, xs, tuple(states), tuple(saved), mask, resets, h_reset
+    )
+    return tuple(ends), x, res
+
+
+def backward(cell, params, r, w, dh_T, douts):
+    """The reverse pass of :func:`forward` with link weights ``w``, from the
+    top layer down: ``(dparams, dh0, dxs, dh_reset)`` as
+    :func:`jbptt._src.scan.backward_unchecked` returns them."""
+    layers = cell.diagonal_layers
+    dparams, dh0, dh_reset = [None] * len(layers), [None] * len(layers), []
+    d = douts
+    for l in reversed(range(len(layers))):
+        dparams[l], dh0[l], d, dr = diagonal_scan.backward(
+            layers[l], params[l], r.res[l], w, dh_T[l], d
+        )
+        dh_reset.insert(0, dr)
+    return (
+        tuple(dparams),
+        tuple(dh0),
+        d,
+        (None if r.resets is None else tuple(dh_reset)),
+    )
