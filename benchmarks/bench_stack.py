@@ -1,11 +1,15 @@
 """A stacked built-in cell against its layers run one by one.
 
-For a 2-layer stack of Elman, LSTM or GRU, times the jitted value+grad of
+For a 2-layer stack of Elman, LSTM, GRU, minGRU or minLSTM, times the jitted
+value+grad of
 ``Σ_t ½·mean((out_t − y_t)²)`` (with random link weights) through
 ``jbptt.rnn_scan`` of ``cells.stack([layer, layer])`` against two
 ``rnn_scan`` calls, layer 0 over ``xs`` and layer 1 over its outputs. Both
 run jbptt's hand-derived reverse scans; the ratio stacked / one-by-one is the
-cost of composing the layers' rules inside one step.
+cost of composing the layers' rules inside one step. A stack of diagonal
+cells (minGRU, minLSTM) runs layer by layer itself (``cell.diagonal_layers``);
+its ``generic_ms`` column times the same stack on the per-step vjp path it
+took before (``diagonal_layers=None``).
 
 Run ``python -m benchmarks.bench_stack --out benchmarks``; ``--quick`` uses
 tiny shapes and finishes in seconds.
@@ -28,7 +32,13 @@ from jbptt import cells, truncation
 
 SHAPES = [(200, 32, 64, 128)]  # (T, B, I, H)
 QUICK_SHAPES = [(12, 2, 3, 4)]
-CELLS = {"elman": cells.elman, "lstm": cells.lstm, "gru": cells.gru}
+CELLS = {
+    "elman": cells.elman,
+    "lstm": cells.lstm,
+    "gru": cells.gru,
+    "min_gru": cells.min_gru,
+    "min_lstm": cells.min_lstm,
+}
 
 
 def _loss(outs, ys):
@@ -79,6 +89,15 @@ def bench_case(kind: str, shape, repeats: int) -> dict:
     )
     ms_stack = _timed(f_stack, args, repeats)
     ms_layers = _timed(f_layers, args, repeats)
+    ms_generic = None
+    if cell.diagonal_layers is not None:  # the path a diagonal stack took before
+        generic = cell._replace(diagonal_layers=None)
+
+        def per_step(p, h0, w):
+            _, outs = jbptt.rnn_scan(generic, p, h0, xs, w)
+            return _loss(outs, ys)
+
+        ms_generic = _timed(jax.jit(jax.value_and_grad(per_step)), args, repeats)
     return {
         "cell": kind,
         "T": T,
@@ -88,8 +107,10 @@ def bench_case(kind: str, shape, repeats: int) -> dict:
         "stacked_ms": ms_stack,
         "one_by_one_ms": ms_layers,
         "ratio": ms_stack / ms_layers,
+        "generic_ms": ms_generic,
         "grad_rel_diff": diff,
         "rules": cell.rules is not None,
+        "layer_by_layer": cell.diagonal_layers is not None,
     }
 
 
@@ -108,6 +129,11 @@ def main(argv=None) -> list[dict]:
             f"{r['cell']:6s} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: stacked "
             f"{r['stacked_ms']:.2f} ms, one by one {r['one_by_one_ms']:.2f} ms, "
             f"ratio {r['ratio']:.2f} (rules: {r['rules']})"
+            + (
+                f"; per-step vjp path {r['generic_ms']:.2f} ms"
+                if r["generic_ms"] is not None
+                else ""
+            )
         )
     if args.out:
         out = Path(args.out)

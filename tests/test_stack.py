@@ -94,9 +94,13 @@ def test_stack_rejects_wrong_number_of_hidden_sizes():
 def test_bench_stack_quick_runs(tmp_path):
     from benchmarks import bench_stack
 
-    rows = bench_stack.main(["--quick", "--cells", "gru", "--out", str(tmp_path)])
-    (row,) = rows
-    assert row["stacked_ms"] > 0 and row["one_by_one_ms"] > 0
-    assert row["grad_rel_diff"] <= 1e-10  # same model, same link weights
+    rows = bench_stack.main(
+        ["--quick", "--cells", "gru", "min_gru", "--out", str(tmp_path)]
+    )
+    assert [r["layer_by_layer"] for r in rows] == [False, True]
+    for row in rows:
+        assert row["stacked_ms"] > 0 and row["one_by_one_ms"] > 0
+        assert row["grad_rel_diff"] <= 1e-10  # same model, same link weights
+    assert rows[0]["generic_ms"] is None and rows[1]["generic_ms"] > 0
     assert (tmp_path / "results_stack.csv").exists()
     assert (tmp_path / "results_stack.json").exists()
