@@ -294,6 +294,10 @@ def test_diagonal_stack_runs_layer_by_layer_and_is_exact(variant):
     vg = jbptt.value_and_grad(generic, _mse, argnums=(0, 1))
     again = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
     assert _rel(_leaves(got), _leaves(again)) < 1e-10
+    for method in ("associative", "blocked"):  # the strategy picks every layer's scan
+        vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1), adjoint=METHODS[method])
+        again = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
+        assert _rel(_leaves(again), _leaves(ref)) < 1e-10
 
 
 def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
@@ -305,10 +309,16 @@ def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
     ws = jnp.stack([w[:, 0], 0.5 * w[:, 1], jnp.ones(T)])  # one weight per step
     kw = dict(resets=resets, lengths=lengths)
     (L, h_T), gs = jbptt.grads_for_weights(cell, _mse, p, h0, xs, ys, ws, **kw)
+    assoc = METHODS["associative"]
+    (_, _), gs_assoc = jbptt.grads_for_weights(
+        cell, _mse, p, h0, xs, ys, ws, adjoint=assoc, **kw
+    )
     for k in range(ws.shape[0]):
         (L1, h1), g = jbptt.value_and_grad(cell, _mse)(p, h0, xs, ys, ws[k], **kw)
         gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs)
         assert _rel(_leaves(((L, h_T), gk)), _leaves(((L1, h1), g))) < 1e-10
+        gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs_assoc)
+        assert _rel(_leaves(gk), _leaves(g)) < 1e-10
     monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * B * H)
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
     ref = _autodiff(cell, p, h0, xs, ys, plain)

@@ -27,13 +27,14 @@ The deprecated keywords ``checkpoint=`` and ``mode=`` are translated here, in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src import checkpointing, diagonal_scan, revolve, scan
+from jbptt._src import checkpointing, diagonal_scan, diagonal_stack, revolve, scan
 from jbptt._src.losses import total_loss
 
 tree_map = jax.tree_util.tree_map
@@ -246,7 +247,8 @@ class DiagonalScan(Adjoint):
     """The reverse pass of a diagonal cell, elementwise, by a chosen scan.
 
     For cells with ``cell.diagonal`` (:func:`jbptt.cells.diagonal`,
-    ``lru``, ``min_gru``, ``min_lstm``): the gates on all steps, the
+    ``lru``, ``min_gru``, ``min_lstm``), and a :func:`jbptt.cells.stack` of
+    them (layer by layer, each layer this way): the gates on all steps, the
     recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` as one scan, and in reverse the
     same elementwise recurrence on the cotangents (scaled by the link
     weights), then one vjp of the gates over all steps (docs/design.md,
@@ -289,23 +291,28 @@ class DiagonalScan(Adjoint):
     def scan(self, cell, params, h0, xs, w, mask, resets, h_reset, steps=None):
         diagonal_scan.check_cell(cell)
         how = (self.method, self.chunk)
-        return diagonal_scan.scan(
-            cell, how, params, h0, xs, w, mask, resets, h_reset, steps
-        )
+        run = diagonal_scan if cell.diagonal is not None else diagonal_stack
+        return run.scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps)
 
     def grads_for_weights(
         self, cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset
     ):
         diagonal_scan.check_cell(cell)
         how = (self.method, self.chunk)
-
-        def forward(*args):
-            return diagonal_scan.forward(*args, how=how)
-
-        def many(*args):
-            return diagonal_scan.backward_many(*args, how=how)
-
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
+        if cell.diagonal is None:  # a stack: its K reverse passes vmapped
+            return shared_forward_grads(
+                functools.partial(diagonal_stack.forward, how=how),
+                functools.partial(diagonal_stack.backward, how=how),
+                args,
+            )
+
+        def forward(*a):
+            return diagonal_scan.forward(*a, how=how)
+
+        def many(*a):
+            return diagonal_scan.backward_many(*a, how=how)
+
         return shared_forward_grads(forward, None, args, many=many)
 
 

@@ -91,13 +91,16 @@ def check_method(method, chunk) -> None:
 
 
 def check_cell(cell, strategy: str = "DiagonalScan") -> None:
-    """A ``TypeError`` naming ``cell`` unless it is diagonal."""
-    if getattr(cell, "diagonal", None) is None:
+    """A ``TypeError`` naming ``cell`` unless it is diagonal or a stack of
+    diagonal cells."""
+    stacked = getattr(cell, "diagonal_layers", None) is not None
+    if getattr(cell, "diagonal", None) is None and not stacked:
         name = getattr(cell, "name", type(cell).__name__)
         raise TypeError(
             f"{strategy} runs diagonal cells only (cell.diagonal is not None: "
-            "cells.diagonal, cells.lru, cells.min_gru, cells.min_lstm), got "
-            f"{name}, whose cell.diagonal is None; use jbptt.ReverseScan() for it."
+            "cells.diagonal, cells.lru, cells.min_gru, cells.min_lstm, or a "
+            f"cells.stack of them), got {name}, whose cell.diagonal is None; "
+            "use jbptt.ReverseScan() for it."
         )
 
 

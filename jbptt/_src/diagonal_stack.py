@@ -21,15 +21,19 @@ from __future__ import annotations
 from jbptt._src import diagonal_scan
 
 
-def forward(cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None):
+def forward(
+    cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None,
+    how=diagonal_scan.AUTO_HOW,
+):  # fmt: skip
     """``(h_T, outs, saved)`` of a diagonal stack: the layers' end states
     and states as tuples, ``saved.res`` the tuple of the layers' own saved
-    forwards (:class:`jbptt._src.diagonal_scan.Saved`)."""
+    forwards (:class:`jbptt._src.diagonal_scan.Saved`); every layer's scan
+    by ``how = (method, chunk)``."""
     x, ends, states, saved = xs, [], [], []
     for l, layer in enumerate(cell.diagonal_layers):
         reset_l = None if h_reset is None else h_reset[l]
         h_T, x, s = diagonal_scan.forward(
-            layer, params[l], h0[l], x, mask, resets, reset_l, steps
+            layer, params[l], h0[l], x, mask, resets, reset_l, steps, how
         )
         ends.append(h_T)
         states.append(s.hs)
@@ -41,7 +45,7 @@ def forward(cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=No
     return tuple(ends), x, res
 
 
-def backward(cell, params, r, w, dh_T, douts):
+def backward(cell, params, r, w, dh_T, douts, how=diagonal_scan.AUTO_HOW):
     """The reverse pass of :func:`forward` with link weights ``w``, from the
     top layer down: ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` returns them."""
@@ -50,7 +54,7 @@ def backward(cell, params, r, w, dh_T, douts):
     d = douts
     for l in reversed(range(len(layers))):
         dparams[l], dh0[l], d, dr = diagonal_scan.backward(
-            layers[l], params[l], r.res[l], w, dh_T[l], d
+            layers[l], params[l], r.res[l], w, dh_T[l], d, how
         )
         dh_reset.insert(0, dr)
     return (
@@ -59,3 +63,17 @@ def backward(cell, params, r, w, dh_T, douts):
         d,
         (None if r.resets is None else tuple(dh_reset)),
     )
+
+
+def scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps):
+    """``(h_T, outs)`` of a diagonal stack, each layer's
+    :func:`jbptt._src.diagonal_scan.scan` by ``how`` (autodiff chains their
+    reverse passes from the top down)."""
+    x, ends = xs, []
+    for l, layer in enumerate(cell.diagonal_layers):
+        reset_l = None if h_reset is None else h_reset[l]
+        h_T, x = diagonal_scan.scan(
+            layer, how, params[l], h0[l], x, w, mask, resets, reset_l, steps
+        )
+        ends.append(h_T)
+    return tuple(ends), x
