@@ -327,6 +327,27 @@ def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
     assert _rel(_leaves(got), _leaves(ref)) < 1e-10
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["cell", "stack"])
+def test_forward_mode_through_diagonal_scan_names_the_remedy(stacked):
+    """jax.jvp through DiagonalScan (a custom_vjp, one cell or a stack) gets
+    the TypeError that names adjoint=jbptt.Autodiff(), and Autodiff's jvp
+    works on the same cell."""
+    if stacked:
+        cell, p, h0, xs, _, _ = _diagonal_stack()
+    else:
+        cell = cells.min_gru()
+        p, h0, xs, _, _ = _setup(cell)
+    tangent = jax.tree_util.tree_map(jnp.ones_like, p)
+
+    def run(adjoint):
+        return lambda p: jbptt.rnn_scan(cell, p, h0, xs, adjoint=adjoint)[1]
+
+    with pytest.raises(TypeError, match=r"adjoint=jbptt\.Autodiff\(\)"):
+        jax.jvp(run(METHODS["associative"]), (p,), (tangent,))
+    _, tan = jax.jvp(run(jbptt.Autodiff()), (p,), (tangent,))
+    assert bool(jnp.all(jnp.isfinite(tan))) and float(jnp.max(jnp.abs(tan))) > 0
+
+
 def _glu_layer():
     """A minGRU-style diagonal layer whose readout is a GLU, the block
     researchers put between diagonal layers: out = (W_o h) ⊙ σ(W_g h)."""

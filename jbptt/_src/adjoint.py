@@ -292,7 +292,8 @@ class DiagonalScan(Adjoint):
         diagonal_scan.check_cell(cell)
         how = (self.method, self.chunk)
         run = diagonal_scan if cell.diagonal is not None else diagonal_stack
-        return run.scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps)
+        args = (cell, how, params, h0, xs, w, mask, resets, h_reset, steps)
+        return scan.explained(run.scan, *args)
 
     def grads_for_weights(
         self, cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset

@@ -526,8 +526,14 @@ def scan_or_explain(*args, steps=None):
     -> (h_T, outs)`` over the first ``steps`` steps (``None``: all), whose
     ``jax.grad`` runs :func:`backward_unchecked`; a forward-mode attempt gets
     a ``TypeError`` that names the remedy (``adjoint=jbptt.Autodiff()``)."""
+    return explained(_rnn_scan, *args, steps)
+
+
+def explained(run, *args):
+    """``run(*args)``, a custom-vjp scan; a forward-mode attempt through it
+    gets a ``TypeError`` that names the remedy (``adjoint=jbptt.Autodiff()``)."""
     try:
-        return _rnn_scan(*args, steps)
+        return run(*args)
     except TypeError as err:
         if "forward-mode" in str(err) or "jvp" in str(err):
             raise TypeError(f"{_JVP_REMEDY} ({err})") from err
