@@ -23,7 +23,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 LONG = ("c. T = 100 000, checkpointed: LSTM", "c. T = 100 000, checkpointed: Elman")
 DIAGONAL = ("a. diagonal cells'", "b. diagonal recurrences")
 STEPS = ("install", "device", "a. gradients", "b. value+grad", *DIAGONAL, *LONG,
-         "d. online")  # fmt: skip
+         "d. online", "e. exact diagonal RTRL")  # fmt: skip
 
 
 def _perturbed(eps):
@@ -178,11 +178,13 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     assert "| lstm | jbptt checkpoint='sqrt' |" in text
     assert "| elman | jax + checkpoint √T segments |" in text
     assert "| elman | 4 |" in text  # bench_online's row
+    assert "| lru | 3 | 8 | 2 | 4 | 3 |" in text  # bench_diagonal_rtrl's window-3 row
     for name in ("check/gpu_check.json", "grad/results.json",
                  "long_lstm/results.json", "long_elman/results.json",
                  "online/bench_online.json", "check_diagonal/gpu_check.json",
                  "diagonal/bench_diagonal.json",
-                 "diagonal/bench_diagonal_grad.csv"):  # fmt: skip
+                 "diagonal/bench_diagonal_grad.csv",
+                 "rtrl/bench_diagonal_rtrl.json"):  # fmt: skip
         assert (tmp_path / name).exists(), name
 
 
@@ -217,6 +219,7 @@ def test_gpu_sh_goes_on_after_a_failed_and_a_timed_out_step(tmp_path):
     assert _status_of(statuses, "b. value+grad") == "ok"
     assert _status_of(statuses, DIAGONAL[1]) == "ok"
     assert _status_of(statuses, "d. online") == "ok"
+    assert _status_of(statuses, "e. exact diagonal RTRL") == "ok"
     assert "boom: the check broke" in text and "exit status 3" in text
     assert "Not known: the device step" in text  # the fake wrote no device.md
 
