@@ -394,7 +394,7 @@ def chunk_steps(T: int, state_size: int) -> int:
     return max(1, min(T, -(-CHUNK_ELEMENTS // max(1, state_size))))
 
 
-def _chunks(v, C, fill=None):
+def chunks(v, C, fill=None):
     """``[T, ...]`` → ``[n, C, ...]``, the tail padded with ``fill`` (``None``:
     the last step repeated, so that the gates see a real input)."""
     if v is None:
@@ -408,7 +408,8 @@ def _chunks(v, C, fill=None):
     return v.reshape(n, C, *v.shape[1:])
 
 
-def _unchunk(tree, T):
+def unchunk(tree, T):
+    """``[n, C, ...]`` → ``[T, ...]``: :func:`chunks` undone, the padding dropped."""
     return tree_map(lambda v: v.reshape(-1, *v.shape[2:])[:T], tree)
 
 
@@ -418,7 +419,7 @@ def _padded_mask(mask, T, C):
         return None
     if mask is None:
         mask = jnp.ones((T,), bool)
-    return _chunks(mask, C, False)
+    return chunks(mask, C, False)
 
 
 def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset):
@@ -435,9 +436,9 @@ def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset):
         hs = _sequential(*_fold(a, b, m, r, h_reset), h)
         return hs[-1], (h, hs, readout(p, hs, x))
 
-    inputs = (_chunks(xs, C), _padded_mask(mask, T, C), _chunks(resets, C, False))
+    inputs = (chunks(xs, C), _padded_mask(mask, T, C), chunks(resets, C, False))
     h_T, (starts, hs, outs) = jax.lax.scan(body, h0, inputs)
-    hs, outs = _unchunk(hs, T), _unchunk(outs, T)
+    hs, outs = unchunk(hs, T), unchunk(outs, T)
     if mask is not None:
         outs = sequences.zero_padding(mask, outs)
     saved = Saved(h0, xs, hs, Chunked(starts, C, T), mask, resets, h_reset)
@@ -516,20 +517,20 @@ def _backward_chunked(cell, params, r: Saved, w, dh_T, douts, many=False):
     e0 = jnp.broadcast_to(dh_T, lead + dh_T.shape)
     w = jnp.asarray(w)
     if many:  # [K, T, …] -> [n, K, C, …]
-        w_chunks = jnp.moveaxis(jax.vmap(lambda v: _chunks(v, C, 1))(w), 0, 1)
+        w_chunks = jnp.moveaxis(jax.vmap(lambda v: chunks(v, C, 1))(w), 0, 1)
     else:
-        w_chunks = _chunks(w, C, 1)
-    douts = tree_map(lambda d: _chunks(d, C, 0), douts)
+        w_chunks = chunks(w, C, 1)
+    douts = tree_map(lambda d: chunks(d, C, 0), douts)
     inputs = (
-        _chunks(r.xs, C), douts, w_chunks,
-        _padded_mask(r.mask, T, C), _chunks(r.resets, C, False), r.res.starts,
+        chunks(r.xs, C), douts, w_chunks,
+        _padded_mask(r.mask, T, C), chunks(r.resets, C, False), r.res.starts,
     )  # fmt: skip
     (dh0, dparams, dh_reset), dxs = jax.lax.scan(
         body, (e0, dp0, dr0), inputs, reverse=True
     )
     if many:
         return dparams
-    return dparams, dh0, _unchunk(dxs, T), dh_reset
+    return dparams, dh0, unchunk(dxs, T), dh_reset
 
 
 def backward_many(cell, params, r: Saved, ws, dh_T, douts, how=AUTO_HOW):

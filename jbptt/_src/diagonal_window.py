@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jbptt._src import diagonal_rtrl as diag
-from jbptt._src import sequences
+from jbptt._src import diagonal_scan, sequences
 
 tree_map = jax.tree_util.tree_map
 
@@ -131,11 +131,6 @@ def windows(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, size)
     n = xs.shape[0]
     if n <= size:
         return window(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset)
-    count = -(-n // size)
-
-    def split(a):  # [n, …] -> [count, size, …], zero-padded
-        a = jnp.concatenate([a, jnp.zeros((count * size - n,) + a.shape[1:], a.dtype)])
-        return a.reshape((count, size) + a.shape[1:])
 
     def body(carry, inp):
         h, infl, acc = carry
@@ -144,9 +139,12 @@ def windows(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, size)
         return (h, infl, tree_map(jnp.add, acc, g)), losses
 
     carry = (h, infl, tree_map(jnp.zeros_like, params))
-    inputs = tree_map(split, (xs, ys, keep, resets))
+    # [n, …] -> [windows, size, …], the last window zero-padded
+    inputs = tree_map(
+        lambda a: diagonal_scan.chunks(a, size, 0), (xs, ys, keep, resets)
+    )
     (h, infl, g), losses = jax.lax.scan(body, carry, inputs)
-    return losses.reshape(-1)[:n], g, h, infl
+    return diagonal_scan.unchunk(losses, n), g, h, infl
 
 
 def windowed(size: int):

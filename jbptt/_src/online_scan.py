@@ -28,9 +28,6 @@ def scans(init, step, windowed=None):
     fixed params (``(cell, loss_fn, params, h, influence, xs, ys, keep,
     resets, h_reset) -> (losses, Σ_t g_t, h, influence)``, the same sums)."""
 
-    def many(cell):
-        return None if windowed is None else windowed(cell)
-
     def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
                  reset_state=None):  # fmt: skip
         validation.check_scan_args(cell, params, h0, xs, None)
@@ -39,34 +36,19 @@ def scans(init, step, windowed=None):
         resets = sequences.check_resets(resets, xs.shape[0], batch_shape)
         h_reset = sequences.reset_target(cell, params, h0, xs, resets, reset_state)
         state = init(cell, params, h0, xs[0])
-        if (run := many(cell)) is not None:
-            keep = jnp.ones(xs.shape[:1], xs.dtype)
-            losses, g, h, _ = run(
-                cell, loss_fn, params, state.h, state.influence, xs, ys, keep,
-                resets, h_reset,
-            )  # fmt: skip
-            return (jnp.sum(losses), h), g
-        keys = jax.random.split(key, xs.shape[0])
-
-        def body(carry, inp):
-            state, acc = carry
-            k, x_t, y_t, r_t = inp
-            state, (loss, g) = step(
-                cell, loss_fn, k, params, state, x_t, y_t, r_t, h_reset
-            )
-            return (state, jax.tree_util.tree_map(jnp.add, acc, g)), loss
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (state, grads), losses = jax.lax.scan(
-            body, (state, zeros), (keys, xs, ys, resets)
-        )
-        return (jnp.sum(losses), state.h), grads
+        keep = jnp.ones(xs.shape[:1], xs.dtype)  # Σ_t g_t: a segment of real steps
+        losses, g, h, _ = segment(
+            cell, loss_fn, params, state.h, state.influence, xs, ys, None, keep,
+            key, resets, h_reset,
+        )  # fmt: skip
+        return (jnp.sum(losses), h), g
 
     def segment(cell, loss_fn, params, h, influence, xs, ys, w, mask, key,
                 resets=None, reset_state=None):  # fmt: skip
         # Σ_t g_t over the segment's real steps, params fixed within it.
         # resets [n, *batch] (false on padding) restart from reset_state.
-        if (run := many(cell)) is not None:
+        run = None if windowed is None else windowed(cell)
+        if run is not None:
             losses, g, h, influence = run(
                 cell, loss_fn, params, h, influence, xs, ys, mask, resets,
                 reset_state,
