@@ -302,18 +302,12 @@ class DiagonalScan(Adjoint):
         how = (self.method, self.chunk)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
         if cell.diagonal is None:  # a stack: its K reverse passes vmapped
-            return shared_forward_grads(
-                functools.partial(diagonal_stack.forward, how=how),
-                functools.partial(diagonal_stack.backward, how=how),
-                args,
-            )
-
-        def forward(*a):
-            return diagonal_scan.forward(*a, how=how)
-
-        def many(*a):
-            return diagonal_scan.backward_many(*a, how=how)
-
+            forward = functools.partial(diagonal_stack.forward, how=how)
+            backward = functools.partial(diagonal_stack.backward, how=how)
+            return shared_forward_grads(forward, backward, args)
+        # one cell: each chunk recomputed once for all K
+        forward = functools.partial(diagonal_scan.forward, how=how)
+        many = functools.partial(diagonal_scan.backward_many, how=how)
         return shared_forward_grads(forward, None, args, many=many)
 
 

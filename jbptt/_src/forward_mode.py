@@ -305,7 +305,7 @@ def rtrl(
     trainer's segments under :meth:`OnlineEstimator.every`), a diagonal
     cell's steps run ``window`` at a time: BPTT inside the window and the
     influence read and advanced once per window, the same sums of ``g_t``
-    (:func:`jbptt._src.diagonal_rtrl.window`).
+    (:func:`jbptt._src.diagonal_window.window`).
 
     Args:
       max_bytes: largest influence state plus per-step work, in bytes.
