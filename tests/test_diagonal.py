@@ -327,6 +327,41 @@ def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
     assert _rel(_leaves(got), _leaves(ref)) < 1e-10
 
 
+def test_trainer_truncation_keeps_the_diagonal_stack_path(monkeypatch):
+    """A diagonal stack trained online by TBPTT and ARTBP (segments split
+    into blocks past the top bucket, resets) keeps the layer-by-layer path
+    and trains as the per-step path and Autodiff do."""
+    cell, p, h0, xs, _, _ = _diagonal_stack(seed=7)
+    Ts = 24
+    xs = jax.random.normal(jax.random.key(8), (Ts, B, I))
+    ys = jnp.cumsum(xs[..., :1], axis=0) * jnp.ones(H)
+    resets = jnp.zeros((Ts, B), bool).at[9, 1].set(True)
+    paths, cell_path = [], scan.cell_path
+
+    def spy(c):  # records every path the scans take
+        paths.append(cell_path(c))
+        return paths[-1]
+
+    monkeypatch.setattr(scan, "cell_path", spy)
+    generic = cell._replace(diagonal_layers=None)
+    for est in (estimators.tbptt(9), estimators.artbp(0.2)):
+        runs = []
+        for c, adj in ((cell, None), (generic, None), (cell, jbptt.Autodiff())):
+            paths.clear()
+            top = jbptt.train.Buckets(top=4)
+            tr = jbptt.train.Trainer(
+                c, _mse, optax.sgd(0.002), est, buckets=top, adjoint=adj
+            )
+            state = tr.init(p, jax.random.key(5), h0)
+            state, hist = tr.run(state, xs, ys, resets=resets)
+            runs.append((_leaves(state.params), np.asarray(hist.loss), list(paths)))
+        (p0, l0, used), (p1, l1, _), (p2, l2, _) = runs
+        assert scan.cell_path(cell) in used  # the layer-by-layer path ran
+        assert _rel(p0, p1) < 1e-10 and _rel(p0, p2) < 1e-10
+        np.testing.assert_allclose(l0, l1, rtol=1e-10)
+        np.testing.assert_allclose(l0, l2, rtol=1e-10)
+
+
 @pytest.mark.parametrize("stacked", [False, True], ids=["cell", "stack"])
 def test_forward_mode_through_diagonal_scan_names_the_remedy(stacked):
     """jax.jvp through DiagonalScan (a custom_vjp, one cell or a stack) gets

@@ -72,6 +72,21 @@ def _scan_keywords(n, resets, reset_state, adjoint) -> dict:
     return kw
 
 
+def _outputs_and_last(cell, params, h, xs, w, n, kw):
+    """The segment's outputs and its state after the ``n`` real steps.
+
+    Where the loops stop at ``n`` (``steps=`` taken), ``rnn_scan``'s ``h_T``
+    is that state, with its cotangent carried by the reverse pass, and the
+    cell runs as it is (a diagonal stack keeps its layer-by-layer path).
+    Otherwise the padded steps move the state on, and it is read from the
+    states emitted at every step."""
+    if "steps" in kw:
+        h_last, outs = rnn_scan(cell, params, h, xs, w, **kw)
+        return outs, h_last
+    _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
+    return outs, tree_map(lambda a: a[n - 1], hs)
+
+
 def truncation_segment(
     cell, loss_fn, params, h, est_state, xs, ys, w, mask, key, resets=None,
     reset_state=None, adjoint=None,
@@ -86,9 +101,8 @@ def truncation_segment(
     kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def seg_loss(params):
-        _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
+        outs, h_last = _outputs_and_last(cell, params, h, xs, w, n, kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
-        h_last = tree_map(lambda a: a[n - 1], hs)  # state after the last real step
         return jnp.sum(losses), (losses, h_last)
 
     (_, (losses, h_last)), g = jax.value_and_grad(seg_loss, has_aux=True)(params)
@@ -123,9 +137,8 @@ def truncation_block(
     kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def block_loss(params, h):
-        _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
+        outs, h_last = _outputs_and_last(cell, params, h, xs, w, n, kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
-        h_last = tree_map(lambda a: a[n - 1], hs)
         carried = sum(  # ⟨dh_end, h_last⟩ whose gradient in h_last is dh_end
             jnp.sum(jnp.real(a * b))  # (complex states too: JAX's convention)
             for a, b in zip(
