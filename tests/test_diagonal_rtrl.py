@@ -149,6 +149,13 @@ def test_carried_memory_is_the_formula(name):
     assert sum(e.nbytes for e in jax.tree_util.tree_leaves(carried)) == n * size
     report = est.cost_report(problem)
     assert "exact" in report and f"carries {n * size:,} bytes" in report
+    # the work: one step's term, and a window's [w, B, H] arrays besides it
+    window = 8 * 64 * B * H * size
+    assert est.footprint(cell, p, h0, xs[0]).work_bytes == n * size + window
+    assert f"{window:,} bytes more" in report
+    one = forward_mode.rtrl(window=1)
+    assert one.footprint(cell, p, h0, xs[0]).work_bytes == n * size
+    assert "windows" not in one.cost_report(problem)
     dense = forward_mode.rtrl(diagonal=False)
     if name != "lru":  # the flat influence matrix is real-only
         P = ravel_pytree(p)[0].size

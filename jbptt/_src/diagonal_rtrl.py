@@ -376,7 +376,11 @@ class DiagonalFootprint(NamedTuple):
 
     Attributes:
       state_bytes: carried bytes, :meth:`Layout.nbytes`.
-      work_bytes: one step's immediate term (as many numbers again).
+      work_bytes: one step's immediate term (as many numbers again); with
+        windows of ``w`` steps (:func:`jbptt.forward_mode.rtrl`'s
+        ``window``), about ``8·w·B·H`` numbers of the state's dtype more: a
+        window's gates ``a, b``, states ``h_{s-1}, h_s``, products ``P_s``
+        and their cotangents.
       flops_per_step: about 4 per carried number (multiply, add, read-out).
       what: a sentence: exact, and the memory formula with its numbers.
     """
@@ -387,9 +391,12 @@ class DiagonalFootprint(NamedTuple):
     what: str
 
 
-def footprint(cell, params, h0, x) -> DiagonalFootprint:
+WINDOW_ARRAYS = 8  # a window's [w, B, H] arrays, about (DiagonalFootprint)
+
+
+def footprint(cell, params, h0, x, window: int = 1) -> DiagonalFootprint:
     """The :class:`DiagonalFootprint` of ``cell`` on a batch shaped like
-    ``x [*batch, I]``."""
+    ``x [*batch, I]``, stepping ``window`` steps at once."""
     _, B, X = per_example(x)
     lay = layout(cell, params, X[0])
     n = lay.numbers(B)
@@ -403,7 +410,15 @@ def footprint(cell, params, h0, x) -> DiagonalFootprint:
         f"{B}·{lay.H}·{shared} = {n:,} numbers × {size} bytes "
         f"({np.dtype(lay.dtype).name}) = {lay.nbytes(B):,} bytes"
     )
-    return DiagonalFootprint(lay.nbytes(B), lay.nbytes(B), float(4 * n), what)
+    work = lay.nbytes(B)
+    if window > 1:  # the window's arrays, besides the step's term
+        extra = WINDOW_ARRAYS * window * B * lay.H * size
+        what += (
+            f"; windows of {window} steps work in about "
+            f"{WINDOW_ARRAYS}·{window}·{B}·{lay.H} numbers = {extra:,} bytes more"
+        )
+        work += extra
+    return DiagonalFootprint(lay.nbytes(B), work, float(4 * n), what)
 
 
 def check_params(params) -> None:
@@ -415,10 +430,11 @@ def check_params(params) -> None:
         raise TypeError("params must be a non-empty pytree of floating arrays.")
 
 
-def parts(name: str, max_bytes: int, dense, state_cls):
+def parts(name: str, max_bytes: int, dense, state_cls, window: int = 1):
     """``init``, ``step`` and ``footprint`` that take the diagonal influence
     on a diagonal cell (``cell.diagonal`` set) and ``dense``'s otherwise;
-    ``state_cls(h, influence)`` builds the carry."""
+    ``state_cls(h, influence)`` builds the carry; ``window``: the steps
+    taken at once where params stay fixed (in ``footprint``'s work)."""
     dense_init, dense_step, dense_cost = dense
 
     def init(cell, params, h0, x):
@@ -439,7 +455,7 @@ def parts(name: str, max_bytes: int, dense, state_cls):
 
     def cost(cell, params, h0, x):
         if cell_is_diagonal(cell):
-            return footprint(cell, params, h0, x)
+            return footprint(cell, params, h0, x, window)
         return dense_cost(cell, params, h0, x)
 
     return init, step_, cost

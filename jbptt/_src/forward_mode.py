@@ -313,8 +313,8 @@ def rtrl(
         ``False`` keeps the full influence matrix ``J`` everywhere (real
         states only), the reference the diagonal form is tested against.
       window: on a diagonal cell, steps taken at once under fixed params
-        (keeps ``window·B·H`` states besides the influence); ``1`` steps
-        one at a time.
+        (working in about ``8·window·B·H`` numbers besides the influence,
+        :meth:`OnlineEstimator.cost_report`); ``1`` steps one at a time.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -359,7 +359,7 @@ def rtrl(
     if not diagonal:
         return _make("rtrl", rule, max_bytes, True, {**hparams, "diagonal": False})
     dense = _parts("rtrl", rule, max_bytes)
-    parts = diag.parts("rtrl", max_bytes, dense, OnlineState)
+    parts = diag.parts("rtrl", max_bytes, dense, OnlineState, window)
     hparams = {**hparams, "window": window}
     windowed = diagonal_window.windowed(window) if window > 1 else None
     return assemble("rtrl", *parts, True, hparams, windowed)
