@@ -377,6 +377,51 @@ def test_layerwise_rtrl_exact_on_top_layer_biased_below(layers):
     assert _rel(g1, g1_ref) <= 1e-12
 
 
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [cells.min_gru(), cells.min_lstm()],
+        lambda: [cells.lru(r_min=0.5, r_max=0.9), cells.lru(r_min=0.5, r_max=0.9)],
+    ],
+    ids=["min_gru+min_lstm", "lru+lru"],
+)
+@pytest.mark.parametrize("window", [2, 4])
+def test_layerwise_windows_are_the_step_by_step_sums(layers, window):
+    """layerwise_rtrl(window=w) runs T = 9 steps w at a time (one vjp of the
+    stack over the window, then each layer's window rule; the last window
+    padded): the step-by-step rule's loss, gradient, end state and carried
+    influences to 1e-12, with resets to a reset state of their own, and
+    through the trainer under every(5)."""
+    layers = layers()
+    cell, p, h0, xs, ys, resets = _stack_problem(layers)
+    h_reset = jax.tree_util.tree_map(lambda a: 0.5 * a[::-1], h0)
+    run = {"resets": resets, "reset_state": h_reset}
+    key = jax.random.key(0)
+    windowed = forward_mode.layerwise_rtrl(layers, window=window)
+    step = forward_mode.layerwise_rtrl(layers, window=1)
+    (L, h_T), g = windowed.estimate(key, cell, _mse, p, h0, xs, ys, **run)
+    (L1, h1), g1 = step.estimate(key, cell, _mse, p, h0, xs, ys, **run)
+    assert _rel(g, g1) <= 1e-12 and _rel(h_T, h1) <= 1e-12
+    assert abs(float(L - L1)) <= 1e-12 * abs(float(L1))
+    state = step.init(cell, p, h0, xs[0])
+    _, _, h_n, e_n = windowed.segment(
+        cell, _mse, p, h0, state.influence, xs, ys, None, jnp.ones(T), key,
+        resets, h_reset,
+    )  # fmt: skip
+    for x, y, r in zip(xs, ys, resets, strict=True):
+        state, _ = step.step(cell, _mse, key, p, state, x, y, r, h_reset)
+    assert _rel(h_n, state.h) <= 1e-12
+    leaves = jax.tree_util.tree_leaves  # (None for unused leaves drops out)
+    assert _rel(leaves(e_n), leaves(state.influence)) <= 1e-12
+    opt = optax.sgd(0.05)
+    runs = [
+        _train_chunked(cell, p, h0, xs, ys, resets, opt, est.every(5))
+        for est in (windowed, step)
+    ]
+    assert _rel(runs[0].params, runs[1].params) <= 1e-12
+    assert _rel(runs[0].params, p) > 1e-3  # it trained
+
+
 def test_layerwise_rtrl_spatial_backprop_is_exact_under_a_memoryless_layer():
     """With a memoryless top layer (a = 0) no path through an upper
     recurrence exists, so the bottom layer's layer-wise gradient, which
@@ -401,6 +446,9 @@ def test_layerwise_rtrl_trains_and_checks_its_cell():
     n = sum(B * sum(a.size for a in jax.tree_util.tree_leaves(q)) for q in p)
     assert est.cost(problem).state_bytes == n * 8
     assert "biased across layers" in est.cost_report(problem)
+    window = 8 * 64 * B * sum(h.shape[-1] for h in h0) * 8  # each layer's
+    assert est.footprint(cell, p, h0, xs[0]).work_bytes == n * 8 + window
+    assert f"{window:,} bytes more" in est.cost_report(problem)
     with pytest.raises(ValueError, match="cells.stack of the layers"):
         est.estimate(jax.random.key(0), layers[0], _mse, p[0], h0[0], xs, ys)
     with pytest.raises(TypeError, match="must be a diagonal cell"):

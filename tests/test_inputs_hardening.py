@@ -44,7 +44,12 @@ FACTORIES = [
     (forward_mode.rtrl, (), {"max_bytes": 3, "window": 3}, ()),
     (forward_mode.snap1, (), {"max_bytes": 3}, ()),
     (forward_mode.uoro, (), {"eps": 0.5, "max_bytes": 3}, ()),
-    (forward_mode.layerwise_rtrl, ([cells.min_gru()],), {"max_bytes": 3}, ()),
+    (
+        forward_mode.layerwise_rtrl,
+        ([cells.min_gru()],),
+        {"max_bytes": 3, "window": 3},
+        (),
+    ),
     (adaptive.choose_k, (NORMS,), {"delta": 0.5, "tau0": 3, "k_max": 5}, ()),
     (adaptive.fit_decay, (NORMS,), {"tau0": 3}, ()),
     (adaptive.choose_tbptt_k, (LAGS,), {"delta": 0.5, "tau0": 3}, ()),

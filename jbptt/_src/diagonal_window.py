@@ -125,17 +125,19 @@ def _window_terms(lay, gates, params, X, P, H_prev):
     return tuple(out)
 
 
-def windows(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, size):
-    """:func:`window` over ``n`` steps in windows of at most ``size`` (the
-    last one padded): ``(losses [n], Σ_t g_t, h_n, e_n)``."""
+def windows(
+    cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, size, one=window
+):  # fmt: skip
+    """``one`` (default :func:`window`) over ``n`` steps in windows of at
+    most ``size`` (the last one padded): ``(losses [n], Σ_t g_t, h_n, e_n)``."""
     n = xs.shape[0]
     if n <= size:
-        return window(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset)
+        return one(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset)
 
     def body(carry, inp):
         h, infl, acc = carry
         x, y, k, r = inp
-        losses, g, h, infl = window(cell, loss_fn, params, h, infl, x, y, k, r, h_reset)
+        losses, g, h, infl = one(cell, loss_fn, params, h, infl, x, y, k, r, h_reset)
         return (h, infl, tree_map(jnp.add, acc, g)), losses
 
     carry = (h, infl, tree_map(jnp.zeros_like, params))

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import diagonal_rtrl as diag
-from jbptt._src import forward_mode, validation
+from jbptt._src import diagonal_window, forward_mode, sequences, validation
 from jbptt._src import influence as flat
 from jbptt._src.cell import Cell
 from jbptt._src.stack import stack
@@ -91,8 +91,78 @@ def _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t):
     return new, tuple(new_infl), loss, tuple(g)
 
 
+def _layers_forward(layers, params, hs, xs, real, resets, h_reset):
+    """The stack over a window, layer by layer (each layer's gates on all
+    steps at once): ``(h_K, h_{t-1} [K, …], x^l_t [K, …])`` per layer, the
+    entering states after resets, padded steps the identity."""
+    h_K, h_prev, inputs, x = [], [], [], xs
+    for l, (c, p, h) in enumerate(zip(layers, params, hs, strict=True)):
+        a, b = c.diagonal.gates(p, x)
+        shape = jnp.broadcast_shapes(a.shape, b.shape)
+
+        def body(h, inp, l=l):
+            a_t, b_t, m_t, r_t = inp
+            if r_t is not None:
+                h = sequences.select(r_t, h_reset[l], h)
+            return jnp.where(m_t, a_t * h + b_t, h), (h, a_t * h + b_t)
+
+        ab = (jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape))
+        h_last, (h_in, h_new) = jax.lax.scan(body, h, (*ab, real, resets))
+        h_K.append(h_last)
+        h_prev.append(h_in)
+        inputs.append(x)
+        x = c.diagonal.readout(p, h_new, x)
+    return tuple(h_K), tuple(h_prev), tuple(inputs)
+
+
+def _pairing(params, h, c):
+    """``Re Σ c ⊙ h``, whose gradient in ``h`` is ``c`` (JAX's convention,
+    complex states too): a layer's loss in :func:`_window`."""
+    return jnp.sum(jnp.real(h * c))
+
+
+def _window(layers, loss_fn, params, hs, infl, xs, ys, keep, resets, h_reset):
+    r"""``K`` steps of :func:`_step` under fixed params at once: ``(losses
+    [K], Σ_t g_t, h_K, e_K)``, the same sums.
+
+    The direct terms ``Σ_t ∂ℓ_t/∂θ|_{h^{0..L-1}_t}`` and the spatial
+    cotangents ``c^l_t`` come from one vjp over all steps, each step's
+    entering states held fixed. Then ``Re Σ_t c^l_t · e^l_t`` is, per layer,
+    :func:`jbptt._src.diagonal_window.window` on the layer alone: its inputs
+    ``x^l_t`` fixed, its readout the state and its loss ``Re⟨c^l_t, h^l_t⟩``
+    (BPTT inside the layer, the carried influence read once at the start).
+    """
+    real = keep > 0
+    h_K, h_prev, inputs = _layers_forward(layers, params, hs, xs, real, resets, h_reset)
+
+    def spatial(params, us):  # Σ_t ℓ_t, every h^l_{t-1} fixed
+        def one(h, x, u, y, m):
+            out = _forward(layers, params, h, x, u)[2]
+            return jnp.where(m, loss_fn(params, out, y), 0)
+
+        losses = jax.vmap(one)(h_prev, xs, us, ys, real)
+        return jnp.sum(losses), losses
+
+    us = tree_map(jnp.zeros_like, h_prev)
+    (_, losses), (g, cs) = jax.value_and_grad(spatial, (0, 1), has_aux=True)(params, us)
+    g, new_infl = list(g), []
+    for l, c in enumerate(layers):
+        alone = c._replace(diagonal=c.diagonal._replace(readout=lambda p, h, x: h))
+        _, g_l, _, e = diagonal_window.window(
+            alone, _pairing, params[l], hs[l], infl[l],
+            jax.lax.stop_gradient(inputs[l]), cs[l], keep, resets,
+            None if h_reset is None else h_reset[l],
+        )  # fmt: skip
+        g[l] = tree_map(jnp.add, g[l], g_l)
+        new_infl.append(e)
+    return losses, tuple(g), h_K, tuple(new_infl)
+
+
 def layerwise_rtrl(
-    layers: Sequence[Cell], *, max_bytes: int = forward_mode.DEFAULT_MAX_BYTES
+    layers: Sequence[Cell],
+    *,
+    max_bytes: int = forward_mode.DEFAULT_MAX_BYTES,
+    window: int = 64,
 ) -> forward_mode.OnlineEstimator:
     """Per-layer exact diagonal RTRL for ``cells.stack(layers)``, with
     spatial backprop between layers (module docstring).
@@ -106,10 +176,19 @@ def layerwise_rtrl(
     estimator ignores. :func:`rtrl` on the stack is the exact (dense,
     ``O(S·|θ|)``) alternative for small real-state models.
 
+    Where the params stay fixed over many steps (``estimate``, and the
+    trainer's segments under :meth:`OnlineEstimator.every`), the steps run
+    ``window`` at a time with the same sums: the direct terms and the
+    spatial cotangents from one vjp over the window's steps, then per layer
+    BPTT inside the layer and its influence read and advanced once
+    (:func:`jbptt._src.diagonal_window.window`).
+
     Args:
       layers: the diagonal cells given to :func:`jbptt.cells.stack`; the
         estimator takes that stack (checked by name) as its cell.
       max_bytes: largest carried influence plus per-step work, in bytes.
+      window: steps taken at once under fixed params; ``1`` steps one at a
+        time.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -127,6 +206,7 @@ def layerwise_rtrl(
     """
     layers = _check_layers(layers)
     max_bytes = validation.positive_int("max_bytes", max_bytes)
+    window = validation.positive_int("window", window)
     name = stack(list(layers)).name
 
     def layouts(cell, params, x):
@@ -156,7 +236,15 @@ def layerwise_rtrl(
             f"exact per layer, biased across layers (layer-wise diagonal "
             f"influence): {n:,} numbers = {nbytes:,} bytes"
         )
-        return diag.DiagonalFootprint(nbytes, nbytes, float(4 * n), what)
+        work = nbytes
+        if window > 1:  # each layer's window arrays (diagonal_rtrl.footprint)
+            extra = sum(
+                diag.WINDOW_ARRAYS * window * B * lay.H * np.dtype(lay.dtype).itemsize
+                for lay in lays
+            )
+            what += f"; windows of {window} steps work in about {extra:,} bytes more"
+            work += extra
+        return diag.DiagonalFootprint(nbytes, work, float(4 * n), what)
 
     def init(cell, params, h0, x):
         lays = layouts(cell, params, x)
@@ -175,6 +263,17 @@ def layerwise_rtrl(
         hs, infl, loss, g = _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t)
         return forward_mode.OnlineState(hs, infl), (loss, g)
 
+    def run(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset):
+        def one(cell, *args):
+            return _window(layers, *args)
+
+        return diagonal_window.windows(
+            cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, window,
+            one=one,
+        )  # fmt: skip
+
+    hparams = {"max_bytes": max_bytes, "window": window}
+    windowed = (lambda cell: run) if window > 1 else None
     return forward_mode.assemble(
-        "layerwise_rtrl", init, step, cost, True, {"max_bytes": max_bytes}
+        "layerwise_rtrl", init, step, cost, True, hparams, windowed
     )
