@@ -4,8 +4,9 @@ The cells of ``jbptt.cells`` whose update is ``h_t = a_t ⊙ h_{t−1} + b_t``
 with ``(a_t, b_t) = gates(θ, x_t)`` (LRU, minGRU, minLSTM), float32, a
 per-step MSE on the cell's output, ``L = Σ_t ½·mean((out_t − y_t)²)``. One
 process times every column of a row round-robin (one warm-up call each,
-median of the repeats, every result blocked on), so the ratios are
-measured in one run:
+median of the repeats, every result blocked on; each timed call follows an
+untimed call of the same program, so none pays for its predecessor's
+temporaries), so the ratios are measured in one run:
 
 - ``scan``: ``jax.value_and_grad`` of a ``lax.scan`` of ``cell.step``;
 - ``assoc``: autodiff through ``jax.lax.associative_scan`` of the pairs
@@ -221,7 +222,7 @@ def grad_case(name, T, B, I, H, repeats: int) -> dict:
     cell, args = problem(name, T, B, I, H)
     notes: list[str] = []
     compiled = _compile_all(variants(cell), args, notes)
-    t = interleaved({k: c[1] for k, c in compiled.items()}, repeats)
+    t = interleaved({k: c[1] for k, c in compiled.items()}, repeats, warm_each=True)
     row = dict(cell=name, T=T, B=B, I=I, H=H, repeats=repeats)
     floor, scan = t["floor"]["median"], t["scan"]["median"]
     floor_cpu, scan_cpu = t["floor"]["cpu"], t["scan"]["cpu"]
@@ -261,7 +262,7 @@ def sweep_case(name, T, B, I, H, repeats: int) -> dict:
 
     c_one = compile_call(one, (params, h0, xs, ys, ws[0]))
     c_multi = compile_call(multi, (params, h0, xs, ys, ws))
-    t = interleaved({"one": c_one[1], "multi": c_multi[1]}, repeats)
+    t = interleaved({"one": c_one[1], "multi": c_multi[1]}, repeats, warm_each=True)
     return dict(
         cell=name, T=T, B=B, I=I, H=H, K=K,
         one_ms=1e3 * t["one"]["median"], multi_ms=1e3 * t["multi"]["median"],
@@ -294,7 +295,8 @@ def _header(env, config) -> list[str]:
         f"`{env['backend']}`, device {env['device_name']}; {env['machine']}; "
         f"jax {env['jax']}, jbptt {env['jbptt']}. float32, seed {SEED}; median "
         f"of {config['repeats']} runs after one warm-up call, the columns of a "
-        "row timed round-robin in one process. `jbptt.DiagonalScan`: "
+        "row timed round-robin in one process, each timed call right after an "
+        "untimed call of the same program. `jbptt.DiagonalScan`: "
         f"{have}.",
         "",
     ]

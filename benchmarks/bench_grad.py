@@ -256,7 +256,9 @@ def compile_call(fn: Callable, args) -> tuple[float, Callable[[], object], objec
     return compile_s, lambda: _block(compiled(*args)), compiled
 
 
-def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
+def interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warm_each: bool = False
+) -> dict:
     """Wall-clock median/min and CPU-time min of each call, timed round-robin.
 
     One warm-up call each, then ``repeats`` rounds that run every call once:
@@ -264,6 +266,11 @@ def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
     the ratios between them are steadier than separately timed medians. The
     CPU time (``time.process_time``, all threads of this process) is hardly
     affected by other processes; it counts threads that spin while waiting.
+    ``warm_each``: an untimed call of the same program before each timed one,
+    so that no call pays for the memory its predecessor in the round left
+    (on XLA:CPU a call after one with large temporaries measured up to 30 %
+    slower than after itself: benchmarks/log/2026-12-07-diagonal-rtrl-windows.md,
+    section 8); a training loop runs one program over and over.
     """
     for call in calls.values():
         call()
@@ -271,6 +278,8 @@ def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict:
     cpu = {k: [] for k in calls}
     for _ in range(repeats):
         for k, call in calls.items():
+            if warm_each:
+                call()
             c0, t0 = time.process_time(), time.perf_counter()
             call()
             wall[k].append(time.perf_counter() - t0)
