@@ -329,8 +329,9 @@ def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
 
 def test_trainer_truncation_keeps_the_diagonal_stack_path(monkeypatch):
     """A diagonal stack trained online by TBPTT and ARTBP (segments split
-    into blocks past the top bucket, resets) keeps the layer-by-layer path
-    and trains as the per-step path and Autodiff do."""
+    into blocks past the top bucket, resets) keeps the layer-by-layer path,
+    under a checkpointed strategy too (whose loops run the padding), and
+    trains as the per-step path and Autodiff do."""
     cell, p, h0, xs, _, _ = _diagonal_stack(seed=7)
     Ts = 24
     xs = jax.random.normal(jax.random.key(8), (Ts, B, I))
@@ -346,7 +347,9 @@ def test_trainer_truncation_keeps_the_diagonal_stack_path(monkeypatch):
     generic = cell._replace(diagonal_layers=None)
     for est in (estimators.tbptt(9), estimators.artbp(0.2)):
         runs = []
-        for c, adj in ((cell, None), (generic, None), (cell, jbptt.Autodiff())):
+        sqrt = jbptt.ReverseScan(checkpoint="sqrt")  # no steps=: a padding mask
+        for c, adj in ((cell, None), (generic, None), (cell, jbptt.Autodiff()),
+                       (cell, sqrt)):  # fmt: skip
             paths.clear()
             top = jbptt.train.Buckets(top=4)
             tr = jbptt.train.Trainer(
@@ -355,11 +358,12 @@ def test_trainer_truncation_keeps_the_diagonal_stack_path(monkeypatch):
             state = tr.init(p, jax.random.key(5), h0)
             state, hist = tr.run(state, xs, ys, resets=resets)
             runs.append((_leaves(state.params), np.asarray(hist.loss), list(paths)))
-        (p0, l0, used), (p1, l1, _), (p2, l2, _) = runs
+        (p0, l0, used), *others = runs
         assert scan.cell_path(cell) in used  # the layer-by-layer path ran
-        assert _rel(p0, p1) < 1e-10 and _rel(p0, p2) < 1e-10
-        np.testing.assert_allclose(l0, l1, rtol=1e-10)
-        np.testing.assert_allclose(l0, l2, rtol=1e-10)
+        assert scan.cell_path(cell) in others[-1][2]  # under a checkpoint too
+        for p1, l1, _ in others:
+            assert _rel(p0, p1) < 1e-10
+            np.testing.assert_allclose(l0, l1, rtol=1e-10)
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["cell", "stack"])

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from jbptt._src import sequences
 from jbptt._src.api import rnn_scan
-from jbptt._src.cell import Cell
 from jbptt._src.losses import per_step_losses
 
 tree_map = jax.tree_util.tree_map
@@ -31,35 +30,6 @@ tree_map = jax.tree_util.tree_map
 def no_state(cell, params, h0, x0):
     """``OnlineRule.init`` of a stateless estimator: carries ``()``."""
     return ()
-
-
-def with_states(cell: Cell) -> Cell:
-    """The same cell whose output is ``(h_t, out_t)``, to read any state."""
-
-    def step(params, h, x):
-        h, out = cell.step(params, h, x)
-        return h, (h, out)
-
-    rules = cell.rules
-    if rules is not None:
-        base = rules
-
-        def backward(params, h_prev, h, res, dh, dout):
-            dh_state, dout = dout
-            dh = tree_map(jnp.add, dh, dh_state)
-            return base.backward(params, h_prev, h, res, dh, dout)
-
-        rules = base._replace(
-            backward=backward, output=lambda hs: (hs, base.output(hs))
-        )
-    diagonal = cell.diagonal
-    if diagonal is not None:  # a diagonal cell's readout returns the state too
-        read = diagonal.readout
-        diagonal = diagonal._replace(readout=lambda p, h, x: (h, read(p, h, x)))
-    # a stack's layer-by-layer path would not emit the state: dropped
-    return cell._replace(
-        step=step, rules=rules, diagonal=diagonal, diagonal_layers=None
-    )
 
 
 def _scan_keywords(n, resets, reset_state, adjoint) -> dict:
@@ -72,19 +42,19 @@ def _scan_keywords(n, resets, reset_state, adjoint) -> dict:
     return kw
 
 
-def _outputs_and_last(cell, params, h, xs, w, n, kw):
-    """The segment's outputs and its state after the ``n`` real steps.
+def _outputs_and_last(cell, params, h, xs, w, mask, kw):
+    """The segment's outputs and its state after its real steps:
+    ``rnn_scan``'s ``h_T``, its cotangent carried by the reverse pass, with
+    the cell as it is (a diagonal stack keeps its layer-by-layer path).
 
-    Where the loops stop at ``n`` (``steps=`` taken), ``rnn_scan``'s ``h_T``
-    is that state, with its cotangent carried by the reverse pass, and the
-    cell runs as it is (a diagonal stack keeps its layer-by-layer path).
-    Otherwise the padded steps move the state on, and it is read from the
-    states emitted at every step."""
-    if "steps" in kw:
-        h_last, outs = rnn_scan(cell, params, h, xs, w, **kw)
-        return outs, h_last
-    _, (hs, outs) = rnn_scan(with_states(cell), params, h, xs, w, **kw)
-    return outs, tree_map(lambda a: a[n - 1], hs)
+    Where the loops stop at the real steps (``steps=`` taken) ``h_T`` is that
+    state; otherwise the padding is a ``lengths`` mask, on which the state
+    stays and the outputs are zero (the losses there are masked anyway)."""
+    if "steps" not in kw:
+        real = (mask > 0).reshape((-1,) + (1,) * (xs.ndim - 2))
+        kw = dict(kw, lengths=jnp.broadcast_to(real, xs.shape[:-1]))
+    h_last, outs = rnn_scan(cell, params, h, xs, w, **kw)
+    return outs, h_last
 
 
 def truncation_segment(
@@ -101,7 +71,7 @@ def truncation_segment(
     kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def seg_loss(params):
-        outs, h_last = _outputs_and_last(cell, params, h, xs, w, n, kw)
+        outs, h_last = _outputs_and_last(cell, params, h, xs, w, mask, kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
         return jnp.sum(losses), (losses, h_last)
 
@@ -137,7 +107,7 @@ def truncation_block(
     kw = _scan_keywords(n, resets, reset_state, adjoint)
 
     def block_loss(params, h):
-        outs, h_last = _outputs_and_last(cell, params, h, xs, w, n, kw)
+        outs, h_last = _outputs_and_last(cell, params, h, xs, w, mask, kw)
         losses = jnp.where(mask > 0, per_step_losses(loss_fn, params, outs, ys), 0.0)
         carried = sum(  # ⟨dh_end, h_last⟩ whose gradient in h_last is dh_end
             jnp.sum(jnp.real(a * b))  # (complex states too: JAX's convention)
