@@ -73,6 +73,28 @@ def window(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset):
     return losses, g, h_K, new
 
 
+def recurrence(a, b, h0, real, resets, h_reset):
+    """``h_s = a_s ⊙ h_{s-1} + b_s`` over a window's ``K`` steps from
+    ``h0``, padded steps (``real [K]`` false) the identity, resets
+    (``[K, *batch]`` or ``None``) restarting from ``h_reset``: ``(h_K,
+    h_{s-1} [K, …] after the resets, h_s [K, …], a [K, …] with the padding's
+    1)``."""
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    m = real.reshape((-1,) + (1,) * (len(shape) - 1))
+    a = jnp.where(m, jnp.broadcast_to(a, shape), 1)
+    b = jnp.where(m, jnp.broadcast_to(b, shape), 0)
+
+    def body(h_prev, inp):
+        a_s, b_s, r_s = inp
+        if r_s is not None:
+            h_prev = sequences.select(r_s, h_reset, h_prev)
+        h_s = a_s * h_prev + b_s  # h_s = a_s ⊙ h_{s-1} + b_s
+        return h_s, (h_prev, h_s)
+
+    h_K, (h_prev, hs) = jax.lax.scan(body, h0, (a, b, resets))
+    return h_K, h_prev, hs, a
+
+
 def _window_forward(cell, loss_fn, xs, ys, real, resets, h_reset):
     """``(params, h_0) -> (Σ ℓ_s, (ℓ [K], h_K, h_{s-1} [K, …], a [K, …]))``
     over one window, padded steps the identity."""
@@ -80,19 +102,7 @@ def _window_forward(cell, loss_fn, xs, ys, real, resets, h_reset):
 
     def run(params, h0):
         a, b = gates(params, xs)  # every step at once
-        shape = jnp.broadcast_shapes(a.shape, b.shape)
-        m = real.reshape((-1,) + (1,) * (len(shape) - 1))
-        a = jnp.where(m, jnp.broadcast_to(a, shape), 1)
-        b = jnp.where(m, jnp.broadcast_to(b, shape), 0)
-
-        def body(h_prev, inp):
-            a_s, b_s, r_s = inp
-            if r_s is not None:
-                h_prev = sequences.select(r_s, h_reset, h_prev)
-            h_s = a_s * h_prev + b_s  # h_s = a_s ⊙ h_{s-1} + b_s
-            return h_s, (h_prev, h_s)
-
-        h_K, (h_prev, hs) = jax.lax.scan(body, h0, (a, b, resets))
+        h_K, h_prev, hs, a = recurrence(a, b, h0, real, resets, h_reset)
         per_step = jax.vmap(loss_fn, in_axes=(None, 0, 0))
         losses = jnp.where(real, per_step(params, readout(params, hs, xs), ys), 0)
         return jnp.sum(losses), (losses, h_K, h_prev, a)

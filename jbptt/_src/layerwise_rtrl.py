@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import diagonal_rtrl as diag
-from jbptt._src import diagonal_window, forward_mode, sequences, validation
+from jbptt._src import diagonal_window, forward_mode, validation
 from jbptt._src import influence as flat
 from jbptt._src.cell import Cell
 from jbptt._src.stack import stack
@@ -98,16 +98,10 @@ def _layers_forward(layers, params, hs, xs, real, resets, h_reset):
     h_K, h_prev, inputs, x = [], [], [], xs
     for l, (c, p, h) in enumerate(zip(layers, params, hs, strict=True)):
         a, b = c.diagonal.gates(p, x)
-        shape = jnp.broadcast_shapes(a.shape, b.shape)
-
-        def body(h, inp, l=l):
-            a_t, b_t, m_t, r_t = inp
-            if r_t is not None:
-                h = sequences.select(r_t, h_reset[l], h)
-            return jnp.where(m_t, a_t * h + b_t, h), (h, a_t * h + b_t)
-
-        ab = (jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape))
-        h_last, (h_in, h_new) = jax.lax.scan(body, h, (*ab, real, resets))
+        reset_l = None if h_reset is None else h_reset[l]
+        h_last, h_in, h_new, _ = diagonal_window.recurrence(
+            a, b, h, real, resets, reset_l
+        )
         h_K.append(h_last)
         h_prev.append(h_in)
         inputs.append(x)
