@@ -394,6 +394,15 @@ class DiagonalFootprint(NamedTuple):
 WINDOW_ARRAYS = 8  # a window's [w, B, H] arrays, about (DiagonalFootprint)
 
 
+def window_bytes(lay: Layout, B: int, window: int) -> int:
+    """What windows of ``window`` steps work in besides the step's term:
+    about ``WINDOW_ARRAYS·window·B·H`` numbers of the state's dtype (0 for
+    step by step)."""
+    if window <= 1:
+        return 0
+    return WINDOW_ARRAYS * window * B * lay.H * np.dtype(lay.dtype).itemsize
+
+
 def footprint(cell, params, h0, x, window: int = 1) -> DiagonalFootprint:
     """The :class:`DiagonalFootprint` of ``cell`` on a batch shaped like
     ``x [*batch, I]``, stepping ``window`` steps at once."""
@@ -410,15 +419,13 @@ def footprint(cell, params, h0, x, window: int = 1) -> DiagonalFootprint:
         f"{B}·{lay.H}·{shared} = {n:,} numbers × {size} bytes "
         f"({np.dtype(lay.dtype).name}) = {lay.nbytes(B):,} bytes"
     )
-    work = lay.nbytes(B)
-    if window > 1:  # the window's arrays, besides the step's term
-        extra = WINDOW_ARRAYS * window * B * lay.H * size
+    extra = window_bytes(lay, B, window)
+    if extra:
         what += (
             f"; windows of {window} steps work in about "
             f"{WINDOW_ARRAYS}·{window}·{B}·{lay.H} numbers = {extra:,} bytes more"
         )
-        work += extra
-    return DiagonalFootprint(lay.nbytes(B), work, float(4 * n), what)
+    return DiagonalFootprint(lay.nbytes(B), lay.nbytes(B) + extra, float(4 * n), what)
 
 
 def check_params(params) -> None:

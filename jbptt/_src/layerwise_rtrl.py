@@ -230,15 +230,10 @@ def layerwise_rtrl(
             f"exact per layer, biased across layers (layer-wise diagonal "
             f"influence): {n:,} numbers = {nbytes:,} bytes"
         )
-        work = nbytes
-        if window > 1:  # each layer's window arrays (diagonal_rtrl.footprint)
-            extra = sum(
-                diag.WINDOW_ARRAYS * window * B * lay.H * np.dtype(lay.dtype).itemsize
-                for lay in lays
-            )
+        extra = sum(diag.window_bytes(lay, B, window) for lay in lays)
+        if extra:
             what += f"; windows of {window} steps work in about {extra:,} bytes more"
-            work += extra
-        return diag.DiagonalFootprint(nbytes, work, float(4 * n), what)
+        return diag.DiagonalFootprint(nbytes, nbytes + extra, float(4 * n), what)
 
     def init(cell, params, h0, x):
         lays = layouts(cell, params, x)
