@@ -20,6 +20,11 @@ against the formula ``B·Σ per-unit leaf sizes + B·H·Σ shared leaf sizes``
 (times the influence's item size: complex64 for the LRU), written out here
 from the cells' params, not from jbptt's layout.
 
+``--layers 2`` times a stack of two such cells (``cells.stack``) and
+``forward_mode.layerwise_rtrl``, each layer's exact influence with spatial
+backprop between the layers, against the stack's forward step; its formula
+is the layers' sum.
+
 Run ``python -m benchmarks.bench_diagonal_rtrl --out benchmarks``;
 ``--quick`` uses tiny shapes and finishes in seconds. Writes
 ``bench_diagonal_rtrl.{json,csv,md}``.
@@ -52,8 +57,14 @@ def _mse(params, out, y):
     return jnp.mean((out - y) ** 2)
 
 
-def _problem(name, T, B, H, I, dtype):
-    cell = CELLS[name]()
+def _layers(name, layers: int):
+    """The cells of a ``layers``-deep stack (one cell: ``[cell]``)."""
+    return [CELLS[name]() for _ in range(layers)]
+
+
+def _problem(name, T, B, H, I, dtype, layers=1):
+    parts = _layers(name, layers)
+    cell = parts[0] if layers == 1 else cells.stack(parts)
     params = cell.init(jax.random.key(0), I, H, dtype=dtype)
     h0 = cell.initial_state(params, (B,))
     xs = jax.random.normal(jax.random.key(1), (T, B, I), dtype)
@@ -97,10 +108,16 @@ def _forward_fn(cell):
 
 def formula_bytes(name, problem) -> int:
     """``B·Σ per-unit leaf sizes`` (no shared leaves in these cells) times
-    the influence's item size (the state's dtype)."""
+    the influence's item size (the state's dtype), summed over a stack's
+    layers."""
     B = int(np.prod(problem.xs.shape[1:-1]))
-    unit = sum(problem.params[k].size for k in UNIT_PARAMS[name])
-    return B * unit * np.dtype(jnp.result_type(problem.h0)).itemsize
+    stacked = isinstance(problem.params, (tuple, list))
+    layers = problem.params if stacked else [problem.params]
+    states = problem.h0 if stacked else [problem.h0]
+    return sum(
+        B * sum(p[k].size for k in UNIT_PARAMS[name]) * np.dtype(h.dtype).itemsize
+        for p, h in zip(layers, states, strict=True)
+    )
 
 
 def _estimate_fn(est, cell):
@@ -109,17 +126,24 @@ def _estimate_fn(est, cell):
     )
 
 
-def measure(name, T, B, H, I, dtype, repeats, windows=(1, 64)) -> list[dict]:
+def _estimator(name, layers: int, window: int):
+    """``rtrl`` on one cell, ``layerwise_rtrl`` on a stack."""
+    if layers == 1:
+        return forward_mode.rtrl(window=window)
+    return forward_mode.layerwise_rtrl(_layers(name, layers), window=window)
+
+
+def measure(name, T, B, H, I, dtype, repeats, windows=(1, 64), layers=1) -> list[dict]:
     """One row per window size, all timed in one alternation with the
     forward loop."""
-    problem = _problem(name, T, B, H, I, dtype)
-    ests = [forward_mode.rtrl(window=w) for w in windows]
+    problem = _problem(name, T, B, H, I, dtype, layers)
+    ests = [_estimator(name, layers, w) for w in windows]
     cell, params, h0, xs, ys = (problem[i] for i in (0, 2, 3, 4, 5))
     fns = [_forward_fn(cell)] + [_estimate_fn(est, cell) for est in ests]
     (t_fwd, *t_rtrl), medians = _paired(fns, (params, h0, xs, ys), repeats)
     return [
         {
-            "cell": name, "window": w,
+            "cell": name if layers == 1 else f"{layers}×{name}", "window": w,
             "T": T, "B": B, "H": H, "I": I, "dtype": str(np.dtype(dtype)),
             "forward_us_per_step": 1e6 * t_fwd / T,
             "rtrl_us_per_step": 1e6 * t / T,
@@ -155,8 +179,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_diagonal_rtrl",
         description="Exact diagonal RTRL's online step against a forward step "
-        "of the same cell (LRU, minGRU), and its carried memory against the "
-        "formula. Writes bench_diagonal_rtrl.{json,csv,md}.",
+        "of the same cell (LRU, minGRU), or layer-wise RTRL's on a stack of "
+        "them, and the carried memory against the formula. Writes "
+        "bench_diagonal_rtrl.{json,csv,md}.",
     )
     ap.add_argument("--T", type=int, default=256, help="steps per timed loop")
     ap.add_argument("--batch", type=int, default=8)
@@ -168,18 +193,31 @@ def main(argv=None) -> dict:
         "--windows", type=int, nargs="+", default=[1, 64],
         help="rtrl(window=w) sizes: 1 is the step-by-step online step",
     )  # fmt: skip
+    ap.add_argument("--layers", type=int, default=1,
+                    help="1: rtrl on one cell; L > 1: layerwise_rtrl on a "
+                    "cells.stack of L of them")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny shapes (seconds)")
     ap.add_argument("--out", default="results", help="output directory")
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        ap.error(f"--layers must be an int ≥ 1, got {args.layers}")
     if args.quick:
         args.T, args.batch, args.hidden, args.inputs, args.repeats = 8, 2, 4, 3, 1
         args.windows = [1, 3]
+        if args.layers > 1:  # each layer reads the one below, H wide
+            args.inputs = args.hidden
+    if args.layers > 1 and args.inputs != args.hidden:
+        ap.error(
+            f"--layers {args.layers} needs --inputs equal to --hidden (each "
+            f"layer of the stack reads the one below), got {args.inputs} and "
+            f"{args.hidden}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shape = (args.T, args.batch, args.hidden, args.inputs, jnp.float32)
     rows = []
     for name in args.cells:
-        new = measure(name, *shape, args.repeats, tuple(args.windows))
+        new = measure(name, *shape, args.repeats, tuple(args.windows), args.layers)
         rows += new
         print("\n".join(table(new).splitlines()[2:]), flush=True)
     md = table(rows)

@@ -27,7 +27,9 @@
 #   e rtrl   python -m benchmarks.bench_diagonal_rtrl --batch 8: exact diagonal
 #            RTRL step by step and in 64-step windows against a forward step
 #            (target <= 3x), LRU and minGRU at H = 256
-# Steps device..rtrl share one budget (JBPTT_GPU_BUDGET_S, default 480 s =
+#   f stack  python -m benchmarks.bench_diagonal_rtrl --layers 2: layer-wise
+#            RTRL on two-layer stacks, step by step and in 64-step windows
+# Steps device..stack share one budget (JBPTT_GPU_BUDGET_S, default 480 s =
 # 8 minutes); a step left with under 5 s is skipped. With --quick (the CPU
 # test, often on a loaded machine) the budget and every time box are doubled.
 #
@@ -95,7 +97,7 @@ fi
 START=$(date -u '+%Y-%m-%d %H:%M')
 
 # ---------------------------------------------------------------- steps ---
-STEPS=(install device check check_diagonal grad diagonal long_lstm long_elman online rtrl)
+STEPS=(install device check check_diagonal grad diagonal long_lstm long_elman online rtrl stack)
 declare -A TITLE=(
     [install]="install jax[$EXTRA]"
     [device]="device and versions"
@@ -107,12 +109,13 @@ declare -A TITLE=(
     [long_elman]="c. T = 100 000, checkpointed: Elman (bench_grad --parts long)"
     [online]="d. online training (benchmarks.bench_online)"
     [rtrl]="e. exact diagonal RTRL against a forward step (benchmarks.bench_diagonal_rtrl)"
+    [stack]="f. layer-wise RTRL on two-layer diagonal stacks (bench_diagonal_rtrl --layers 2)"
 )
 # Each step's share of the budget (seconds); what is left caps it further.
 # The diagonal steps took their shares from the grad, long and online steps,
 # so that the total stays the budget.
-declare -A CAP=([device]=45 [check]=50 [check_diagonal]=30 [grad]=85
-    [diagonal]=70 [long_lstm]=60 [long_elman]=50 [online]=65 [rtrl]=25)
+declare -A CAP=([device]=45 [check]=50 [check_diagonal]=30 [grad]=70
+    [diagonal]=70 [long_lstm]=50 [long_elman]=50 [online]=65 [rtrl]=25 [stack]=25)
 if [ "$QUICK" = 1 ]; then
     for step in "${!CAP[@]}"; do CAP[$step]=$((2 * CAP[$step])); done
 fi
@@ -127,6 +130,7 @@ declare -A TABLE=(
     [long_elman]=$OUT/long_elman/RESULTS.md
     [online]=$OUT/online/bench_online.md
     [rtrl]=$OUT/rtrl/bench_diagonal_rtrl.md
+    [stack]=$OUT/stack/bench_diagonal_rtrl.md
 )
 declare -A CMD
 
@@ -141,7 +145,7 @@ render() {
         echo "# jbptt on GPU: benchmarks/gpu.sh"
         echo
         echo "\`bash benchmarks/gpu.sh $ARGS\`, started $START UTC, written $(date -u '+%Y-%m-%d %H:%M:%S') UTC$1."
-        echo "Interpreter \`$PY\`; quick: $([ "$QUICK" = 1 ] && echo yes || echo no); budget ${BUDGET} s for steps a–e and the device step."
+        echo "Interpreter \`$PY\`; quick: $([ "$QUICK" = 1 ] && echo yes || echo no); budget ${BUDGET} s for steps a–f and the device step."
         echo
         echo "## Device and versions"
         echo
@@ -282,7 +286,7 @@ print("\n".join(lines))
 CMD[device]="$PY -c <print jax.devices() and the versions>"
 run_step device "${CAP[device]}" "$PY" -c "$device_script" "$OUT/device.md"
 
-# ---------------------------------------------------------- a-e: checks ---
+# ---------------------------------------------------------- a-f: checks ---
 if [ "$QUICK" = 1 ]; then
     check=(--quick --cases elman)
     check_diagonal=(--quick --cases lru,min_gru)
@@ -293,6 +297,7 @@ if [ "$QUICK" = 1 ]; then
     long=(--quick --repeats 1)
     online=(--quick --cells elman)
     rtrl=(--quick)
+    stack=(--quick --layers 2)
 else
     check=(--cases elman,lstm,gru,stack,masked)
     check_diagonal=(--cases lru,min_gru)
@@ -303,6 +308,7 @@ else
     long=(--repeats 1)
     read -r -a online <<<"${JBPTT_GPU_ONLINE_ARGS:---T 2048 --batch 256 --hidden 512 --inputs 128 --outputs 16 --ks 32}"
     rtrl=(--batch 8 --repeats 7)
+    stack=(--batch 8 --repeats 7 --layers 2)
 fi
 long+=(--long-variants "${JBPTT_GPU_LONG_VARIANTS:-jbptt-sqrt,jax-sqrt}")
 
@@ -321,6 +327,8 @@ run_step online "${CAP[online]}" "$PY" -m benchmarks.bench_online --torch-device
     "${online[@]}" --out "$OUT/online"
 run_step rtrl "${CAP[rtrl]}" "$PY" -m benchmarks.bench_diagonal_rtrl "${rtrl[@]}" \
     --out "$OUT/rtrl"
+run_step stack "${CAP[stack]}" "$PY" -m benchmarks.bench_diagonal_rtrl "${stack[@]}" \
+    --out "$OUT/stack"
 
 render ""
 echo "wrote $OUT/gpu_results.md"

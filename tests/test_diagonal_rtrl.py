@@ -479,6 +479,19 @@ def test_bench_diagonal_rtrl_quick_runs(tmp_path):
     assert (
         (tmp_path / "bench_diagonal_rtrl.csv").read_text().startswith("cell,window,T,")
     )
+    stacked = bench_diagonal_rtrl.main(
+        ["--quick", "--layers", "2", "--out", str(tmp_path)]
+    )
+    assert [(r["cell"], r["window"]) for r in stacked["rows"]] == [
+        ("2×lru", 1),
+        ("2×lru", 3),
+        ("2×min_gru", 1),
+        ("2×min_gru", 3),
+    ]
+    for row, one in zip(stacked["rows"], result["rows"], strict=True):
+        # two layers carry more than one, each layer its own influence
+        assert row["carried_bytes"] == row["formula_bytes"] > one["formula_bytes"]
+        assert "biased across layers" in row["report"]
 
 
 @pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "2d-batch"])

@@ -23,7 +23,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 LONG = ("c. T = 100 000, checkpointed: LSTM", "c. T = 100 000, checkpointed: Elman")
 DIAGONAL = ("a. diagonal cells'", "b. diagonal recurrences")
 STEPS = ("install", "device", "a. gradients", "b. value+grad", *DIAGONAL, *LONG,
-         "d. online", "e. exact diagonal RTRL")  # fmt: skip
+         "d. online", "e. exact diagonal RTRL", "f. layer-wise RTRL")  # fmt: skip
 
 
 def _perturbed(eps):
@@ -179,12 +179,14 @@ def test_gpu_sh_quick_on_cpu_writes_one_summary_with_every_step(tmp_path):
     assert "| elman | jax + checkpoint √T segments |" in text
     assert "| elman | 4 |" in text  # bench_online's row
     assert "| lru | 3 | 8 | 2 | 4 | 3 |" in text  # bench_diagonal_rtrl's window-3 row
+    assert "| 2×min_gru | 3 | 8 | 2 | 4 | 4 |" in text  # and its two-layer stack's
     for name in ("check/gpu_check.json", "grad/results.json",
                  "long_lstm/results.json", "long_elman/results.json",
                  "online/bench_online.json", "check_diagonal/gpu_check.json",
                  "diagonal/bench_diagonal.json",
                  "diagonal/bench_diagonal_grad.csv",
-                 "rtrl/bench_diagonal_rtrl.json"):  # fmt: skip
+                 "rtrl/bench_diagonal_rtrl.json",
+                 "stack/bench_diagonal_rtrl.json"):  # fmt: skip
         assert (tmp_path / name).exists(), name
 
 
