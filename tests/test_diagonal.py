@@ -147,10 +147,10 @@ def test_chunked_sequential_path_over_many_chunks(name, monkeypatch):
     weights, resets and lengths, and jbptt.forward's states are the scan's."""
     cell = CELLS[name]()
     p, h0, xs, ys, key = _setup(cell)
-    size = math.prod(h0.shape)
-    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * size)
+    size, itemsize = math.prod(h0.shape), h0.dtype.itemsize
+    monkeypatch.setattr(diagonal_scan, "CHUNK_BYTES", 3 * size * itemsize)
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
-    assert diagonal_scan.chunk_steps(T, size) == 3
+    assert diagonal_scan.chunk_steps(T, size, itemsize) == 3
     for (w, resets, lengths), plain in _variants(key).values():
         ref = _autodiff(cell, p, h0, xs, ys, plain)
         vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1))
@@ -180,7 +180,8 @@ def test_backward_many_is_k_backward_passes(name, monkeypatch):
     of 3 steps."""
     cell = CELLS[name]()
     p, h0, xs, ys, key = _setup(cell)
-    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * math.prod(h0.shape))
+    chunk = 3 * math.prod(h0.shape) * h0.dtype.itemsize
+    monkeypatch.setattr(diagonal_scan, "CHUNK_BYTES", chunk)
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
     (w, resets, lengths), _ = _variants(key)["lengths"]
     ws = jnp.stack([w, 0.5 * w, jnp.ones_like(w)])
@@ -196,11 +197,14 @@ def test_backward_many_is_k_backward_passes(name, monkeypatch):
 
 def test_chunk_steps_runs_a_short_sequence_whole():
     """One chunk up to WHOLE_ELEMENTS state numbers, then chunks of about
-    CHUNK_ELEMENTS."""
-    whole, chunk = diagonal_scan.WHOLE_ELEMENTS, diagonal_scan.CHUNK_ELEMENTS
+    CHUNK_BYTES of states (half as many steps for states twice as wide), or
+    of the bytes asked for."""
+    whole, chunk = diagonal_scan.WHOLE_ELEMENTS, diagonal_scan.CHUNK_BYTES
     assert diagonal_scan.chunk_steps(whole // 16, 16) == whole // 16
-    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16) == chunk // 16
-    assert diagonal_scan.chunk_steps(4096, 3 * chunk) == 1
+    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16, 4) == chunk // 64
+    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16, 8) == chunk // 128
+    assert diagonal_scan.chunk_steps(whole // 16 + 1, 16, 4, chunk // 2) == chunk // 128
+    assert diagonal_scan.chunk_steps(4096, 3 * chunk, 4) == 1
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
@@ -319,7 +323,7 @@ def test_diagonal_stack_sweeps_weight_vectors_and_runs_chunked(monkeypatch):
         assert _rel(_leaves(((L, h_T), gk)), _leaves(((L1, h1), g))) < 1e-10
         gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs_assoc)
         assert _rel(_leaves(gk), _leaves(g)) < 1e-10
-    monkeypatch.setattr(diagonal_scan, "CHUNK_ELEMENTS", 3 * B * H)
+    monkeypatch.setattr(diagonal_scan, "CHUNK_BYTES", 3 * B * H * h0[0].dtype.itemsize)
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
     ref = _autodiff(cell, p, h0, xs, ys, plain)
     vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1))
@@ -446,6 +450,33 @@ def test_grads_for_weights_equal_separate_calls(adjoint):
         (L1, h1), g = jbptt.value_and_grad(cell, _mse, adjoint=adjoint)(
             p, h0, xs, ys, ws[k], **kw
         )
+        gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs)
+        assert _rel(_leaves(((L, h_T), gk)), _leaves(((L1, h1), g))) < 1e-10
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_sequential_chunk_sets_the_recomputed_chunks(name, monkeypatch):
+    """DiagonalScan("sequential", chunk=3) keeps the state entering each of
+    ⌈T/3⌉ chunks and its gradients equal autodiff; K weight vectors by the
+    default strategy take chunks of SWEEP_CHUNK_ELEMENTS and equal K calls."""
+    cell = CELLS[name]()
+    p, h0, xs, ys, key = _setup(cell)
+    strategy = jbptt.DiagonalScan("sequential", chunk=3)
+    _, _, res = diagonal_scan.forward(cell, p, h0, xs, how=("sequential", 3))
+    assert res.res.starts.shape == (4, *h0.shape)
+    for (w, resets, lengths), plain in _variants(key).values():
+        ref = _autodiff(cell, p, h0, xs, ys, plain)
+        vg = jbptt.value_and_grad(cell, _mse, argnums=(0, 1), adjoint=strategy)
+        got = vg(p, h0, xs, ys, w, resets=resets, lengths=lengths)
+        assert _rel(_leaves(got), _leaves(ref)) < 1e-10
+    monkeypatch.setattr(diagonal_scan, "SWEEP_CHUNK_ELEMENTS", 3 * math.prod(h0.shape))
+    monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
+    forward, _ = diagonal_scan.sweep_passes(diagonal_scan.AUTO_HOW)
+    assert forward(cell, p, h0, xs)[2].res.starts.shape == (4, *h0.shape)
+    ws = jax.random.uniform(key, (3, T)).at[1, 3].set(0.0)
+    (L, h_T), gs = jbptt.grads_for_weights(cell, _mse, p, h0, xs, ys, ws)
+    for k in range(ws.shape[0]):
+        (L1, h1), g = jbptt.value_and_grad(cell, _mse)(p, h0, xs, ys, ws[k])
         gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs)
         assert _rel(_leaves(((L, h_T), gk)), _leaves(((L1, h1), g))) < 1e-10
 

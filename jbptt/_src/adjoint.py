@@ -207,8 +207,8 @@ class ReverseScan(_Segmented):
         path = scan.cell_path(cell)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
         if path.backward is diagonal_scan.backward:  # a diagonal cell
-            many = diagonal_scan.backward_many
-            return shared_forward_grads(path.forward, None, args, many=many)
+            forward, many = diagonal_scan.sweep_passes(diagonal_scan.AUTO_HOW)
+            return shared_forward_grads(forward, None, args, many=many)
         return shared_forward_grads(path.forward, scan.backward_unchecked, args)
 
 
@@ -263,7 +263,12 @@ class DiagonalScan(Adjoint):
         ``"associative"`` (``jax.lax.associative_scan``, depth O(log T)) or
         ``"blocked"`` (sequential in chunks run side by side, then the
         chunks' carries: about 2C + T/C sequential steps).
-      chunk: the blocked scan's chunk length C (``None``: ⌈√(T/2)⌉).
+      chunk: the chunk length C in steps. For ``"blocked"``, the chunks run
+        side by side (``None``: ⌈√(T/2)⌉); for ``"sequential"``, the chunks
+        whose gates and states the reverse pass recomputes, keeping only the
+        state entering each (``None``: about 512 KiB of states per chunk, and
+        one chunk for a sequence of at most 2^18 state numbers): a smaller C
+        keeps less, a larger one recomputes in fewer, larger pieces.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -306,8 +311,7 @@ class DiagonalScan(Adjoint):
             backward = functools.partial(diagonal_stack.backward, how=how)
             return shared_forward_grads(forward, backward, args)
         # one cell: each chunk recomputed once for all K
-        forward = functools.partial(diagonal_scan.forward, how=how)
-        many = functools.partial(diagonal_scan.backward_many, how=how)
+        forward, many = diagonal_scan.sweep_passes(how)
         return shared_forward_grads(forward, None, args, many=many)
 
 

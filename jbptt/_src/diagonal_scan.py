@@ -238,18 +238,24 @@ def _fold(a, b, mask, resets, h_reset):
 
 
 def forward(
-    cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None, how=AUTO_HOW
-):
+    cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None,
+    how=AUTO_HOW, chunk_bytes=None,
+):  # fmt: skip
     """``(h_T, outs, saved)`` of a diagonal cell over all steps.
 
     ``steps`` (``rnn_scan(steps=)``) pads the steps from ``steps`` on: they
     keep the state and output zeros, as the per-step loop's early stop does.
+    The sequential method runs in chunks of ``how[1]`` steps, or where that
+    is ``None`` of about ``chunk_bytes`` of states (:func:`chunk_steps`).
     """
     gates, readout = cell.diagonal
     shape = (xs.shape[0], *h0.shape)
     mask = with_steps(mask, steps, shape)
     if resolve_method(how[0]) == "sequential":
-        return _forward_chunked(cell, params, h0, xs, mask, resets, h_reset)
+        itemsize = jnp.dtype(h0.dtype).itemsize
+        C = how[1] or chunk_steps(shape[0], math.prod(h0.shape), itemsize, chunk_bytes)
+        C = min(C, shape[0])
+        return _forward_chunked(cell, params, h0, xs, mask, resets, h_reset, C)
     # In one dtype the vjps of the gates and the readout are kept for the
     # reverse pass (no second evaluation of either); in mixed precision the
     # reverse pass differentiates them again in the params' dtype.
@@ -356,16 +362,22 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
 # keeps for the reverse pass only the state entering each chunk: each chunk's
 # gates, states and readout are recomputed in the reverse pass from its inputs
 # and that state, so no [T, ...] array is kept but the outputs (and the
-# inputs' cotangent). A chunk holds about CHUNK_ELEMENTS state numbers
-# (C · |h0|): large enough that its gate GEMMs are efficient and the loop
-# over chunks costs little per step, small enough to stay in cache. The
-# recomputation is one more sequential loop over T steps; where the state is
-# small that loop is most of what value+grad costs, so a sequence of at most
-# WHOLE_ELEMENTS state numbers runs as one chunk, where XLA shares the
-# forward's states with the reverse pass instead of recomputing them
-# (measured: benchmarks/log/2026-12-07-diagonal-chunked.md).
+# inputs' cotangent). A chunk holds about CHUNK_BYTES of states (C · |h0| ·
+# itemsize): large enough that its gate GEMMs are efficient and the loop over
+# chunks costs little per step, small enough to stay in cache. K link-weight
+# vectors (backward_many) run their K adjoints on each chunk side by side, a
+# K times larger working set, so their forward takes chunks of
+# SWEEP_CHUNK_ELEMENTS state numbers (half of CHUNK_BYTES in float32, all of
+# it in complex64: the fastest measured for both). The recomputation is one
+# more sequential loop over T steps; where the state is small that loop is
+# most of what value+grad costs, so a sequence of at most WHOLE_ELEMENTS
+# state numbers runs as one chunk, where XLA shares the forward's states with
+# the reverse pass instead of recomputing them (measured:
+# benchmarks/log/2026-12-07-diagonal-chunked.md and
+# 2026-12-07-diagonal-chunk-bytes.md).
 
-CHUNK_ELEMENTS = 2**16
+CHUNK_BYTES = 2**19
+SWEEP_CHUNK_ELEMENTS = 2**16
 WHOLE_ELEMENTS = 2**18
 
 
@@ -385,13 +397,15 @@ class Chunked:
         return cls(children[0], *aux)
 
 
-def chunk_steps(T: int, state_size: int) -> int:
+def chunk_steps(T: int, state_size: int, itemsize: int = 4, chunk_bytes=None) -> int:
     """The chunk length C of the chunked path: T when the sequence holds at
-    most ``WHOLE_ELEMENTS`` state numbers, else about ``CHUNK_ELEMENTS``
-    state numbers per chunk."""
+    most ``WHOLE_ELEMENTS`` state numbers, else about ``chunk_bytes``
+    (``None``: ``CHUNK_BYTES``) of states of ``state_size`` numbers of
+    ``itemsize`` bytes per chunk."""
     if T * state_size <= WHOLE_ELEMENTS:
         return T
-    return max(1, min(T, -(-CHUNK_ELEMENTS // max(1, state_size))))
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    return max(1, min(T, -(-chunk_bytes // max(1, state_size * itemsize))))
 
 
 def chunks(v, C, fill=None):
@@ -422,12 +436,12 @@ def _padded_mask(mask, T, C):
     return chunks(mask, C, False)
 
 
-def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset):
-    """:func:`forward` by the sequential method, chunk by chunk; the saved
-    ``res`` is a :class:`Chunked` (``mask`` has ``steps`` folded in)."""
+def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset, C):
+    """:func:`forward` by the sequential method in chunks of ``C`` steps;
+    the saved ``res`` is a :class:`Chunked` (``mask`` has ``steps`` folded
+    in)."""
     gates, readout = cell.diagonal
     T = xs.shape[0]
-    C = chunk_steps(T, math.prod(h0.shape))
     p = dtypes.cast(params, xs.dtype)  # the compute copy (params in one dtype)
 
     def body(h, inp):
@@ -552,6 +566,18 @@ def backward_many(cell, params, r: Saved, ws, dh_T, douts, how=AUTO_HOW):
         return backward(cell, params, r, w, dh_T, douts, how)[0]
 
     return jax.lax.map(one, ws)
+
+
+def sweep_passes(how):
+    """``(forward, backward_many)`` for K link-weight vectors at once: the
+    forward's chunks hold ``SWEEP_CHUNK_ELEMENTS`` state numbers, the K
+    adjoints on each running side by side."""
+
+    def forward_k(cell, params, h0, xs, *args):
+        chunk_bytes = SWEEP_CHUNK_ELEMENTS * jnp.dtype(h0.dtype).itemsize
+        return forward(cell, params, h0, xs, *args, how=how, chunk_bytes=chunk_bytes)
+
+    return forward_k, functools.partial(backward_many, how=how)
 
 
 # ------------------------------------------------------------- custom_vjp ---
