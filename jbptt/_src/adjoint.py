@@ -207,9 +207,24 @@ class ReverseScan(_Segmented):
         path = scan.cell_path(cell)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
         if path.backward is diagonal_scan.backward:  # a diagonal cell
-            forward, many = diagonal_scan.sweep_passes(diagonal_scan.AUTO_HOW)
+            forward, many = diagonal_sweep(diagonal_scan.AUTO_HOW)
             return shared_forward_grads(forward, None, args, many=many)
         return shared_forward_grads(path.forward, scan.backward_unchecked, args)
+
+
+def diagonal_sweep(how):
+    """``(forward, backward_many)`` of a diagonal cell for K link-weight
+    vectors at once: the forward's chunks hold
+    ``diagonal_scan.SWEEP_CHUNK_ELEMENTS`` state numbers, as the K adjoints
+    of a chunk run side by side."""
+
+    def forward(cell, params, h0, xs, *args):
+        chunk_bytes = diagonal_scan.SWEEP_CHUNK_ELEMENTS * jnp.dtype(h0.dtype).itemsize
+        return diagonal_scan.forward(
+            cell, params, h0, xs, *args, how=how, chunk_bytes=chunk_bytes
+        )
+
+    return forward, functools.partial(diagonal_scan.backward_many, how=how)
 
 
 def shared_forward_grads(forward, backward, args, many=None):
@@ -311,7 +326,7 @@ class DiagonalScan(Adjoint):
             backward = functools.partial(diagonal_stack.backward, how=how)
             return shared_forward_grads(forward, backward, args)
         # one cell: each chunk recomputed once for all K
-        forward, many = diagonal_scan.sweep_passes(how)
+        forward, many = diagonal_sweep(how)
         return shared_forward_grads(forward, None, args, many=many)
 
 

@@ -568,18 +568,6 @@ def backward_many(cell, params, r: Saved, ws, dh_T, douts, how=AUTO_HOW):
     return jax.lax.map(one, ws)
 
 
-def sweep_passes(how):
-    """``(forward, backward_many)`` for K link-weight vectors at once: the
-    forward's chunks hold ``SWEEP_CHUNK_ELEMENTS`` state numbers, the K
-    adjoints on each running side by side."""
-
-    def forward_k(cell, params, h0, xs, *args):
-        chunk_bytes = SWEEP_CHUNK_ELEMENTS * jnp.dtype(h0.dtype).itemsize
-        return forward(cell, params, h0, xs, *args, how=how, chunk_bytes=chunk_bytes)
-
-    return forward_k, functools.partial(backward_many, how=how)
-
-
 # ------------------------------------------------------------- custom_vjp ---
 
 
