@@ -417,6 +417,43 @@ def _glu_layer():
     )
 
 
+@pytest.mark.parametrize("variant", ["weights", "resets", "lengths"])
+def test_readout_model_of_a_diagonal_stack_keeps_its_path(variant):
+    """jbptt.readout around a diagonal stack (params {"cell", "readout"})
+    runs the stack layer by layer, and its gradients, the head's included,
+    equal jax.grad of the plain forward, by the default strategy, by
+    DiagonalScan and for K weight vectors at once."""
+    stack, p, h0, xs, ys, key = _diagonal_stack(seed=8)
+    model = jbptt.readout(stack, output_size=2)
+    assert scan.cell_path(model.cell).backward is diagonal_stack.backward
+    params = model.init(jax.random.key(9), I, (I, H, H))
+    params["cell"] = p
+    ys = jax.random.normal(jax.random.key(10), (T, B, 2))
+    (w, resets, lengths), _ = _variants(key)[variant]
+    kw = dict(resets=resets, lengths=lengths)
+    ref = jax.value_and_grad(
+        lambda q: jbptt.loss(model.cell, model.loss_fn)(q, h0, xs, ys, w, **kw),
+        has_aux=True,
+    )(params)
+    generic = model.cell._replace(diagonal_layers=None, layer_params=None)
+    assert scan.cell_path(generic).backward is not diagonal_stack.backward
+    for cell, adjoint in [(model.cell, None), (model.cell, METHODS["sequential"]),
+                          (generic, None)]:  # fmt: skip
+        vg = jbptt.value_and_grad(cell, model.loss_fn, adjoint=adjoint)
+        got = vg(params, h0, xs, ys, w, **kw)
+        assert _rel(_leaves(got), _leaves(ref)) < 1e-10
+    ws = jnp.stack([jnp.linspace(0.0, 1.5, T), jnp.ones(T)])  # one weight a step
+    _, gs = jbptt.grads_for_weights(
+        model.cell, model.loss_fn, params, h0, xs, ys, ws, **kw
+    )
+    for k in range(2):
+        _, g = jbptt.value_and_grad(generic, model.loss_fn)(
+            params, h0, xs, ys, ws[k], **kw
+        )
+        gk = jax.tree_util.tree_map(lambda a, k=k: a[k], gs)
+        assert _rel(_leaves(gk), _leaves(g)) < 1e-10
+
+
 def test_stack_with_glu_between_diagonal_layers_is_exact():
     """Two diagonal layers with a GLU between them (each layer's readout),
     lengths and link weights: gradients equal autodiff of the definition."""

@@ -72,17 +72,17 @@ def test_value_and_grad_of_token_ids(cell_name, truncated):
 @pytest.mark.parametrize("cell_name", ["lru", "min_gru", "min_lstm", "stack"])
 def test_token_ids_on_diagonal_cells(cell_name):
     """A token model around a diagonal cell runs the elementwise diagonal
-    reverse pass, and its gradients (the embedding's included) equal
-    jax.grad of the plain scan's under truncation; so do a diagonal stack's."""
-    from jbptt._src import diagonal_scan, scan
+    reverse pass (a diagonal stack, layer by layer), and its gradients (the
+    embedding's included) equal jax.grad of the plain scan's under
+    truncation, by the default strategy and by DiagonalScan."""
+    from jbptt._src import diagonal_scan, diagonal_stack, scan
 
     if cell_name == "stack":
-        cell = cells.stack([cells.min_gru(), cells.min_gru()])
+        cell, path = cells.stack([cells.min_gru(), cells.lru()]), diagonal_stack
     else:
-        cell = getattr(cells, cell_name)()
+        cell, path = getattr(cells, cell_name)(), diagonal_scan
     model = jbptt.readout(cell, V, "xent", vocab_size=V)
-    if cell_name != "stack":
-        assert scan.cell_path(model.cell).backward is diagonal_scan.backward
+    assert scan.cell_path(model.cell).backward is path.backward
     params = model.init(jax.random.key(1), 4, 4)
     h0 = model.cell.initial_state(params, (B,))
     tokens, ys = _tokens(seed=2)
@@ -96,6 +96,17 @@ def test_token_ids_on_diagonal_cells(cell_name):
     assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
     assert _rel(g["embed"], g_ref["embed"]) <= 1e-10
     assert _rel(ravel_pytree(g)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    strategy = jbptt.DiagonalScan("sequential", chunk=3)
+    (_, _), g_diag = jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=strategy)(
+        params, h0, tokens, ys, w
+    )
+    assert _rel(ravel_pytree(g_diag)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    ws = jnp.stack([w, jnp.ones(T)])
+    (_, _), gs = jbptt.grads_for_weights(
+        model.cell, model.loss_fn, params, h0, tokens, ys, ws
+    )
+    g0 = jax.tree_util.tree_map(lambda a: a[0], gs)
+    assert _rel(ravel_pytree(g0)[0], ravel_pytree(g_ref)[0]) <= 1e-10
 
 
 def test_token_ids_with_lengths_and_resets():

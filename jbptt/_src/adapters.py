@@ -194,6 +194,9 @@ def scoped(cell: Cell, key: str) -> Cell:
         diagonal = diagonal._replace(
             gates=sub(diagonal.gates), readout=sub(diagonal.readout)
         )
+    layer_params = None  # a diagonal stack keeps its layer-by-layer path
+    if cell.diagonal_layers is not None:
+        layer_params = sub(cell.layer_params or (lambda p: p))
     return Cell(
         init=cell.init,
         initial_state=sub(cell.initial_state),
@@ -202,6 +205,8 @@ def scoped(cell: Cell, key: str) -> Cell:
         input_size=None if cell.input_size is None else sub(cell.input_size),
         name=cell.name,
         diagonal=diagonal,
+        diagonal_layers=cell.diagonal_layers,
+        layer_params=layer_params,
     )
 
 

@@ -83,7 +83,11 @@ class Cell(NamedTuple):
       diagonal_layers: for :func:`jbptt.cells.stack` of diagonal cells, the
         layers (params and state are the tuples of theirs), run layer by
         layer over all steps; ``None`` otherwise. A wrapper that changes
-        ``step`` must drop it.
+        ``step`` must drop it, or wrap the layers and give ``layer_params``.
+      layer_params: with ``diagonal_layers``, ``params -> the layers'
+        params`` (a tuple, one per layer) for a wrapped stack whose params
+        are not that tuple (a token model's: ``{"embed", "cell"}``); the
+        gradients go back through its vjp. ``None``: params is the tuple.
     """
 
     init: Callable[..., Params]
@@ -94,3 +98,4 @@ class Cell(NamedTuple):
     name: str = "cell"
     diagonal: Any = None
     diagonal_layers: tuple | None = None
+    layer_params: Callable[[Params], tuple] | None = None

@@ -18,7 +18,14 @@ sequence, the same for every layer.
 
 from __future__ import annotations
 
+import jax
+
 from jbptt._src import diagonal_scan
+
+
+def _layer_params(cell, params):
+    """The layers' params (``cell.layer_params`` of a wrapped stack)."""
+    return params if cell.layer_params is None else cell.layer_params(params)
 
 
 def forward(
@@ -30,10 +37,11 @@ def forward(
     forwards (:class:`jbptt._src.diagonal_scan.Saved`); every layer's scan
     by ``how = (method, chunk)``."""
     x, ends, states, saved = xs, [], [], []
+    layer_params = _layer_params(cell, params)
     for l, layer in enumerate(cell.diagonal_layers):
         reset_l = None if h_reset is None else h_reset[l]
         h_T, x, s = diagonal_scan.forward(
-            layer, params[l], h0[l], x, mask, resets, reset_l, steps, how
+            layer, layer_params[l], h0[l], x, mask, resets, reset_l, steps, how
         )
         ends.append(h_T)
         states.append(s.hs)
@@ -50,15 +58,17 @@ def backward(cell, params, r, w, dh_T, douts, how=diagonal_scan.AUTO_HOW):
     top layer down: ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` returns them."""
     layers = cell.diagonal_layers
+    layer_params, to_params = jax.vjp(lambda p: _layer_params(cell, p), params)
     dparams, dh0, dh_reset = [None] * len(layers), [None] * len(layers), []
     d = douts
     for l in reversed(range(len(layers))):
         dparams[l], dh0[l], d, dr = diagonal_scan.backward(
-            layers[l], params[l], r.res[l], w, dh_T[l], d, how
+            layers[l], layer_params[l], r.res[l], w, dh_T[l], d, how
         )
         dh_reset.insert(0, dr)
+    dparams = tuple(dparams)
     return (
-        tuple(dparams),
+        dparams if cell.layer_params is None else to_params(dparams)[0],
         tuple(dh0),
         d,
         (None if r.resets is None else tuple(dh_reset)),
@@ -70,10 +80,11 @@ def scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps):
     :func:`jbptt._src.diagonal_scan.scan` by ``how`` (autodiff chains their
     reverse passes from the top down)."""
     x, ends = xs, []
+    layer_params = _layer_params(cell, params)
     for l, layer in enumerate(cell.diagonal_layers):
         reset_l = None if h_reset is None else h_reset[l]
         h_T, x = diagonal_scan.scan(
-            layer, how, params[l], h0[l], x, w, mask, resets, reset_l, steps
+            layer, how, layer_params[l], h0[l], x, w, mask, resets, reset_l, steps
         )
         ends.append(h_T)
     return tuple(ends), x

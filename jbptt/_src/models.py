@@ -301,6 +301,7 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
             ),
         )
 
+    layers, layer_params = _embedded_layers(cell, vocab_size)
     # Marks the cell as reading token ids: loss, value_and_grad, rnn_scan and
     # train then take integer xs [T, *batch] (jbptt._src.sequences.as_inputs).
     step.vocab_size = vocab_size
@@ -312,4 +313,23 @@ def embedded(cell: Cell, vocab_size: int) -> Cell:
         input_size=lambda params: 1,
         name=f"embed({vocab_size}) -> {cell.name}",
         diagonal=diagonal,
+        diagonal_layers=layers,
+        layer_params=layer_params,
     )
+
+
+def _embedded_layers(cell: Cell, vocab_size: int):
+    """``(diagonal_layers, layer_params)`` of a diagonal stack behind the
+    lookup: its first layer reads the ids through the lookup (params
+    ``{"embed", "cell": its own}``), the others their own params, so the
+    stack keeps its layer-by-layer path; ``(None, None)`` for other cells."""
+    if cell.diagonal_layers is None:
+        return None, None
+    first, *rest = cell.diagonal_layers
+    inner = cell.layer_params or (lambda p: p)
+
+    def layer_params(params):
+        own = inner(params["cell"])
+        return ({**params, "cell": own[0]}, *own[1:])
+
+    return (embedded(first, vocab_size), *rest), layer_params
