@@ -43,6 +43,21 @@ def _tokens(seed=0):
     )
 
 
+def _equals_plain(cell, model, params, h0, tokens, ys, w):
+    """value_and_grad of the token model equals jax.grad of the plain scan
+    (the embedding's gradient too); returns the plain gradient."""
+    (L, _), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, tokens, ys, w
+    )
+    L_ref, g_ref = jax.value_and_grad(_plain_loss, argnums=2)(
+        cell, model.loss_fn, params, h0, tokens, ys, w
+    )
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+    assert _rel(g["embed"], g_ref["embed"]) <= 1e-10
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    return g_ref
+
+
 @pytest.mark.parametrize(
     "cell_name, truncated", [("elman", True), ("lstm", False), ("gru", True)]
 )
@@ -53,15 +68,7 @@ def test_value_and_grad_of_token_ids(cell_name, truncated):
     h0 = model.cell.initial_state(params, (B,))
     tokens, ys = _tokens()
     w = truncation.tbptt(T, 3) if truncated else jnp.ones(T)
-    (L, _), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
-        params, h0, tokens, ys, w
-    )
-    L_ref, g_ref = jax.value_and_grad(_plain_loss, argnums=2)(
-        cell, model.loss_fn, params, h0, tokens, ys, w
-    )
-    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
-    assert _rel(g["embed"], g_ref["embed"]) <= 1e-10
-    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    _equals_plain(cell, model, params, h0, tokens, ys, w)
     L_loss, _ = jbptt.loss(model.cell, model.loss_fn)(params, h0, tokens, ys)
     L_enc, _ = jbptt.loss(model.cell, model.loss_fn)(
         params, h0, model.encode(tokens), ys
@@ -87,15 +94,7 @@ def test_token_ids_on_diagonal_cells(cell_name):
     h0 = model.cell.initial_state(params, (B,))
     tokens, ys = _tokens(seed=2)
     w = truncation.tbptt(T, 3)
-    (L, _), g = jbptt.value_and_grad(model.cell, model.loss_fn)(
-        params, h0, tokens, ys, w
-    )
-    L_ref, g_ref = jax.value_and_grad(_plain_loss, argnums=2)(
-        cell, model.loss_fn, params, h0, tokens, ys, w
-    )
-    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
-    assert _rel(g["embed"], g_ref["embed"]) <= 1e-10
-    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_ref)[0]) <= 1e-10
+    g_ref = _equals_plain(cell, model, params, h0, tokens, ys, w)
     strategy = jbptt.DiagonalScan("sequential", chunk=3)
     (_, _), g_diag = jbptt.value_and_grad(model.cell, model.loss_fn, adjoint=strategy)(
         params, h0, tokens, ys, w
