@@ -435,6 +435,39 @@ def test_layerwise_rtrl_spatial_backprop_is_exact_under_a_memoryless_layer():
     assert _rel(g, g_ref) <= 1e-12
 
 
+@pytest.mark.parametrize("window", [1, 4])
+def test_layerwise_rtrl_on_a_readout_model_of_the_stack(window):
+    """layerwise_rtrl on jbptt.readout(cells.stack(layers)) (params
+    {"cell", "readout"}): the head's and the layers' gradients equal those
+    on the bare stack with the same head in the loss, so the head's and the
+    top layer's are BPTT's; resets included, step by step and in windows."""
+    layers = [cells.min_gru(), cells.lru(r_min=0.5, r_max=0.9)]
+    model = jbptt.readout(cells.stack(layers), output_size=2)
+    _, p, h0, xs, _, resets = _stack_problem(layers)
+    params = model.init(jax.random.key(7), I, H)
+    params["cell"] = p
+    ys = jax.random.normal(jax.random.key(8), (T, B, 2))
+    est = forward_mode.layerwise_rtrl(layers, window=window)
+    key = jax.random.key(0)
+    (L, h_T), g = est.estimate(
+        key, model.cell, model.loss_fn, params, h0, xs, ys, resets=resets
+    )
+
+    def bare(params):  # the stack alone, the head read from `params` in the loss
+        return lambda p, out, y: model.loss_fn({**params, "cell": p}, out, y)
+
+    stack = cells.stack(layers)
+    (L1, h1), g1 = est.estimate(key, stack, bare(params), p, h0, xs, ys, resets=resets)
+    assert _rel(g["cell"], g1) <= 1e-12 and _rel(h_T, h1) <= 1e-12
+    assert abs(float(L - L1)) <= 1e-12 * abs(float(L1))
+    _, g_ref = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, xs, ys, resets=resets
+    )
+    assert _rel(g["readout"], g_ref["readout"]) <= 1e-12
+    assert _rel(g["cell"][1], g_ref["cell"][1]) <= 1e-12
+    assert _rel(g["cell"][0], g_ref["cell"][0]) > 1e-3  # biased across layers
+
+
 def test_layerwise_rtrl_trains_and_checks_its_cell():
     layers = [cells.min_gru(), cells.min_gru()]
     cell, p, h0, xs, ys, resets = _stack_problem(layers)

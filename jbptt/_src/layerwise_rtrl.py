@@ -70,25 +70,37 @@ def _forward(layers, params, hs, x_t, us=None):
     return tuple(new), tuple(inputs), x
 
 
-def _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t):
+def _split(cell):
+    """``params -> the layers' params`` (``cell.layer_params`` of a wrapped
+    stack, e.g. a ``jbptt.readout`` model)."""
+    return (lambda p: p) if cell.layer_params is None else cell.layer_params
+
+
+def _with_layers(split, params, g, per_layer):
+    """``g`` (a gradient in ``params``) plus the layers' gradients
+    ``per_layer``, taken back to ``params`` through ``split``'s vjp."""
+    _, back = jax.vjp(split, params)
+    return tree_map(jnp.add, g, back(tuple(per_layer))[0])
+
+
+def _step(layers, split, lays, loss_fn, params, hs, infl, x_t, y_t):
     def spatial(params, us):
-        new, inputs, out = _forward(layers, params, hs, x_t, us)
+        new, inputs, out = _forward(layers, split(params), hs, x_t, us)
         return loss_fn(params, out, y_t), (new, inputs)
 
-    shapes = jax.eval_shape(lambda: _forward(layers, params, hs, x_t)[0])
+    shapes = jax.eval_shape(lambda: _forward(layers, split(params), hs, x_t)[0])
     us = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
     (loss, (new, inputs)), (g, cs) = jax.value_and_grad(
         spatial, argnums=(0, 1), has_aux=True
     )(params, us)
-    g, new_infl = list(g), []
+    own, reads, new_infl = split(params), [], []
     for l, c in enumerate(layers):
         X = inputs[l].reshape((-1, inputs[l].shape[-1]))
         H_prev = jnp.broadcast_to(hs[l], new[l].shape).reshape(X.shape[0], -1)
-        e = diag.update(lays[l], c.diagonal.gates, params[l], infl[l], H_prev, X)
-        read = diag.read(lays[l], params[l], e, cs[l].reshape(X.shape[0], -1))
-        g[l] = tree_map(jnp.add, g[l], read)
+        e = diag.update(lays[l], c.diagonal.gates, own[l], infl[l], H_prev, X)
+        reads.append(diag.read(lays[l], own[l], e, cs[l].reshape(X.shape[0], -1)))
         new_infl.append(e)
-    return new, tuple(new_infl), loss, tuple(g)
+    return new, tuple(new_infl), loss, _with_layers(split, params, g, reads)
 
 
 def _layers_forward(layers, params, hs, xs, real, resets, h_reset):
@@ -115,7 +127,7 @@ def _pairing(params, h, c):
     return jnp.sum(jnp.real(h * c))
 
 
-def _window(layers, loss_fn, params, hs, infl, xs, ys, keep, resets, h_reset):
+def _window(layers, split, loss_fn, params, hs, infl, xs, ys, keep, resets, h_reset):
     r"""``K`` steps of :func:`_step` under fixed params at once: ``(losses
     [K], Σ_t g_t, h_K, e_K)``, the same sums.
 
@@ -127,11 +139,12 @@ def _window(layers, loss_fn, params, hs, infl, xs, ys, keep, resets, h_reset):
     (BPTT inside the layer, the carried influence read once at the start).
     """
     real = keep > 0
-    h_K, h_prev, inputs = _layers_forward(layers, params, hs, xs, real, resets, h_reset)
+    own = split(params)
+    h_K, h_prev, inputs = _layers_forward(layers, own, hs, xs, real, resets, h_reset)
 
     def spatial(params, us):  # Σ_t ℓ_t, every h^l_{t-1} fixed
         def one(h, x, u, y, m):
-            out = _forward(layers, params, h, x, u)[2]
+            out = _forward(layers, split(params), h, x, u)[2]
             return jnp.where(m, loss_fn(params, out, y), 0)
 
         losses = jax.vmap(one)(h_prev, xs, us, ys, real)
@@ -139,17 +152,17 @@ def _window(layers, loss_fn, params, hs, infl, xs, ys, keep, resets, h_reset):
 
     us = tree_map(jnp.zeros_like, h_prev)
     (_, losses), (g, cs) = jax.value_and_grad(spatial, (0, 1), has_aux=True)(params, us)
-    g, new_infl = list(g), []
+    reads, new_infl = [], []
     for l, c in enumerate(layers):
         alone = c._replace(diagonal=c.diagonal._replace(readout=lambda p, h, x: h))
         _, g_l, _, e = diagonal_window.window(
-            alone, _pairing, params[l], hs[l], infl[l],
+            alone, _pairing, own[l], hs[l], infl[l],
             jax.lax.stop_gradient(inputs[l]), cs[l], keep, resets,
             None if h_reset is None else h_reset[l],
         )  # fmt: skip
-        g[l] = tree_map(jnp.add, g[l], g_l)
+        reads.append(g_l)
         new_infl.append(e)
-    return losses, tuple(g), h_K, tuple(new_infl)
+    return losses, _with_layers(split, params, g, reads), h_K, tuple(new_infl)
 
 
 def layerwise_rtrl(
@@ -179,7 +192,8 @@ def layerwise_rtrl(
 
     Args:
       layers: the diagonal cells given to :func:`jbptt.cells.stack`; the
-        estimator takes that stack (checked by name) as its cell.
+        estimator takes that stack (checked by name) as its cell, or a
+        ``jbptt.readout`` model of it (its params ``{"cell", "readout"}``).
       max_bytes: largest carried influence plus per-step work, in bytes.
       window: steps taken at once under fixed params; ``1`` steps one at a
         time.
@@ -207,12 +221,13 @@ def layerwise_rtrl(
         if not isinstance(cell, Cell) or cell.name != name:
             raise ValueError(
                 f"layerwise_rtrl: cell must be {name} (cells.stack of the "
-                f"layers given), got {getattr(cell, 'name', type(cell).__name__)}."
+                "layers given, or jbptt.readout of it), got "
+                f"{getattr(cell, 'name', type(cell).__name__)}."
             )
         diag.check_params(params)
         x_b = x.reshape((-1, x.shape[-1]))[0]
         lays = []
-        for c, p in zip(layers, params, strict=True):
+        for c, p in zip(layers, _split(cell)(params), strict=True):
             lay = diag.layout(c, p, x_b)
             lays.append(lay)
             x_b = jax.eval_shape(
@@ -241,7 +256,8 @@ def layerwise_rtrl(
         fp = cost(cell, params, h0, x)
         flat.check_bytes("layerwise_rtrl", fp, max_bytes, "the influences")
         B = int(np.prod(x.shape[:-1]))
-        infl = tuple(diag.zeros(lay, p, B) for lay, p in zip(lays, params, strict=True))
+        own = _split(cell)(params)
+        infl = tuple(diag.zeros(lay, p, B) for lay, p in zip(lays, own, strict=True))
         return forward_mode.OnlineState(h0, infl)
 
     def step(cell, loss_fn, key, params, state, x_t, y_t, reset=None, h_reset=None):
@@ -249,12 +265,14 @@ def layerwise_rtrl(
         hs, infl = state
         if reset is not None:  # episode start: h := h_reset, every e := 0
             hs, infl = diag.restart(reset, h_reset, hs, infl)
-        hs, infl, loss, g = _step(layers, lays, loss_fn, params, hs, infl, x_t, y_t)
+        hs, infl, loss, g = _step(
+            layers, _split(cell), lays, loss_fn, params, hs, infl, x_t, y_t
+        )
         return forward_mode.OnlineState(hs, infl), (loss, g)
 
     def run(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset):
         def one(cell, *args):
-            return _window(layers, *args)
+            return _window(layers, _split(cell), *args)
 
         return diagonal_window.windows(
             cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, window,
