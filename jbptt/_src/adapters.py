@@ -11,13 +11,14 @@ other key.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
 import jax
 
 from jbptt._src import _init, validation
-from jbptt._src.cell import Cell
+from jbptt._src.cell import Cell, layer_params_of
 
 
 def checked_step(step: Callable, name: str) -> Callable:
@@ -196,7 +197,7 @@ def scoped(cell: Cell, key: str) -> Cell:
         )
     layer_params = None  # a diagonal stack keeps its layer-by-layer path
     if cell.diagonal_layers is not None:
-        layer_params = sub(cell.layer_params or (lambda p: p))
+        layer_params = sub(functools.partial(layer_params_of, cell))
     return Cell(
         init=cell.init,
         initial_state=sub(cell.initial_state),

@@ -99,3 +99,10 @@ class Cell(NamedTuple):
     diagonal: Any = None
     diagonal_layers: tuple | None = None
     layer_params: Callable[[Params], tuple] | None = None
+
+
+def layer_params_of(cell: Cell, params) -> tuple:
+    """The params of a diagonal stack's layers, one per layer:
+    ``cell.layer_params(params)`` for a wrapped stack, ``params`` itself
+    for ``cells.stack``'s own."""
+    return params if cell.layer_params is None else cell.layer_params(params)

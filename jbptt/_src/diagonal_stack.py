@@ -18,14 +18,12 @@ sequence, the same for every layer.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from jbptt._src import diagonal_scan
-
-
-def _layer_params(cell, params):
-    """The layers' params (``cell.layer_params`` of a wrapped stack)."""
-    return params if cell.layer_params is None else cell.layer_params(params)
+from jbptt._src.cell import layer_params_of
 
 
 def forward(
@@ -37,7 +35,7 @@ def forward(
     forwards (:class:`jbptt._src.diagonal_scan.Saved`); every layer's scan
     by ``how = (method, chunk)``."""
     x, ends, states, saved = xs, [], [], []
-    layer_params = _layer_params(cell, params)
+    layer_params = layer_params_of(cell, params)
     for l, layer in enumerate(cell.diagonal_layers):
         reset_l = None if h_reset is None else h_reset[l]
         h_T, x, s = diagonal_scan.forward(
@@ -58,7 +56,7 @@ def backward(cell, params, r, w, dh_T, douts, how=diagonal_scan.AUTO_HOW):
     top layer down: ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` returns them."""
     layers = cell.diagonal_layers
-    layer_params, to_params = jax.vjp(lambda p: _layer_params(cell, p), params)
+    layer_params, to_params = jax.vjp(functools.partial(layer_params_of, cell), params)
     dparams, dh0, dh_reset = [None] * len(layers), [None] * len(layers), []
     d = douts
     for l in reversed(range(len(layers))):
@@ -80,7 +78,7 @@ def scan(cell, how, params, h0, xs, w, mask, resets, h_reset, steps):
     :func:`jbptt._src.diagonal_scan.scan` by ``how`` (autodiff chains their
     reverse passes from the top down)."""
     x, ends = xs, []
-    layer_params = _layer_params(cell, params)
+    layer_params = layer_params_of(cell, params)
     for l, layer in enumerate(cell.diagonal_layers):
         reset_l = None if h_reset is None else h_reset[l]
         h_T, x = diagonal_scan.scan(

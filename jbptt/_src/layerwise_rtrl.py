@@ -25,6 +25,7 @@ steps through those layers' recurrences (``h^{l+1}_{t'}`` depends on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -34,7 +35,7 @@ import numpy as np
 from jbptt._src import diagonal_rtrl as diag
 from jbptt._src import diagonal_window, forward_mode, validation
 from jbptt._src import influence as flat
-from jbptt._src.cell import Cell
+from jbptt._src.cell import Cell, layer_params_of
 from jbptt._src.stack import stack
 
 tree_map = jax.tree_util.tree_map
@@ -71,15 +72,13 @@ def _forward(layers, params, hs, x_t, us=None):
 
 
 def _split(cell):
-    """``params -> the layers' params`` (``cell.layer_params`` of a wrapped
-    stack, e.g. a ``jbptt.readout`` model)."""
-    return (lambda p: p) if cell.layer_params is None else cell.layer_params
+    """``params -> the layers' params`` (a ``jbptt.readout`` model's too)."""
+    return functools.partial(layer_params_of, cell)
 
 
-def _with_layers(split, params, g, per_layer):
-    """``g`` (a gradient in ``params``) plus the layers' gradients
-    ``per_layer``, taken back to ``params`` through ``split``'s vjp."""
-    _, back = jax.vjp(split, params)
+def _plus(g, back, per_layer):
+    """``g`` (a gradient in params) plus the layers' gradients
+    ``per_layer``, taken back to params by ``back`` (the split's vjp)."""
     return tree_map(jnp.add, g, back(tuple(per_layer))[0])
 
 
@@ -93,14 +92,14 @@ def _step(layers, split, lays, loss_fn, params, hs, infl, x_t, y_t):
     (loss, (new, inputs)), (g, cs) = jax.value_and_grad(
         spatial, argnums=(0, 1), has_aux=True
     )(params, us)
-    own, reads, new_infl = split(params), [], []
+    (own, back), reads, new_infl = jax.vjp(split, params), [], []
     for l, c in enumerate(layers):
         X = inputs[l].reshape((-1, inputs[l].shape[-1]))
         H_prev = jnp.broadcast_to(hs[l], new[l].shape).reshape(X.shape[0], -1)
         e = diag.update(lays[l], c.diagonal.gates, own[l], infl[l], H_prev, X)
         reads.append(diag.read(lays[l], own[l], e, cs[l].reshape(X.shape[0], -1)))
         new_infl.append(e)
-    return new, tuple(new_infl), loss, _with_layers(split, params, g, reads)
+    return new, tuple(new_infl), loss, _plus(g, back, reads)
 
 
 def _layers_forward(layers, params, hs, xs, real, resets, h_reset):
@@ -139,7 +138,7 @@ def _window(layers, split, loss_fn, params, hs, infl, xs, ys, keep, resets, h_re
     (BPTT inside the layer, the carried influence read once at the start).
     """
     real = keep > 0
-    own = split(params)
+    own, back = jax.vjp(split, params)
     h_K, h_prev, inputs = _layers_forward(layers, own, hs, xs, real, resets, h_reset)
 
     def spatial(params, us):  # Σ_t ℓ_t, every h^l_{t-1} fixed
@@ -162,7 +161,7 @@ def _window(layers, split, loss_fn, params, hs, infl, xs, ys, keep, resets, h_re
         )  # fmt: skip
         reads.append(g_l)
         new_infl.append(e)
-    return losses, _with_layers(split, params, g, reads), h_K, tuple(new_infl)
+    return losses, _plus(g, back, reads), h_K, tuple(new_infl)
 
 
 def layerwise_rtrl(

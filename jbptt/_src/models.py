@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jbptt._src import _init, checks, validation
 from jbptt._src.adapters import scoped
-from jbptt._src.cell import Cell
+from jbptt._src.cell import Cell, layer_params_of
 
 
 class Model(NamedTuple):
@@ -326,10 +326,9 @@ def _embedded_layers(cell: Cell, vocab_size: int):
     if cell.diagonal_layers is None:
         return None, None
     first, *rest = cell.diagonal_layers
-    inner = cell.layer_params or (lambda p: p)
 
     def layer_params(params):
-        own = inner(params["cell"])
+        own = layer_params_of(cell, params["cell"])
         return ({**params, "cell": own[0]}, *own[1:])
 
     return (embedded(first, vocab_size), *rest), layer_params
