@@ -13,7 +13,7 @@ import pytest
 
 import jbptt
 from jbptt import cells, estimators, sweep
-from jbptt._src import diagonal_scan, diagonal_stack, scan
+from jbptt._src import diagonal_scan, diagonal_solve, diagonal_stack, scan
 from jbptt._src.adjoint import diagonal_sweep
 
 T, B, I, H = 10, 3, 2, 4
@@ -510,7 +510,7 @@ def test_sequential_chunk_sets_the_recomputed_chunks(name, monkeypatch):
         assert _rel(_leaves(got), _leaves(ref)) < 1e-10
     monkeypatch.setattr(diagonal_scan, "SWEEP_CHUNK_ELEMENTS", 3 * math.prod(h0.shape))
     monkeypatch.setattr(diagonal_scan, "WHOLE_ELEMENTS", 0)
-    forward, _ = diagonal_sweep(diagonal_scan.AUTO_HOW)
+    forward, _ = diagonal_sweep(diagonal_solve.AUTO_HOW)
     assert forward(cell, p, h0, xs)[2].res.starts.shape == (4, *h0.shape)
     ws = jax.random.uniform(key, (3, T)).at[1, 3].set(0.0)
     (L, h_T), gs = jbptt.grads_for_weights(cell, _mse, p, h0, xs, ys, ws)

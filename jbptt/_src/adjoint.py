@@ -34,7 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src import checkpointing, diagonal_scan, diagonal_stack, revolve, scan
+from jbptt._src import (
+    checkpointing,
+    diagonal_scan,
+    diagonal_solve,
+    diagonal_stack,
+    revolve,
+    scan,
+)
 from jbptt._src.losses import total_loss
 
 tree_map = jax.tree_util.tree_map
@@ -207,7 +214,7 @@ class ReverseScan(_Segmented):
         path = scan.cell_path(cell)
         args = (cell, loss_fn, params, h0, xs, ys, ws, mask, resets, h_reset)
         if path.backward is diagonal_scan.backward:  # a diagonal cell
-            forward, many = diagonal_sweep(diagonal_scan.AUTO_HOW)
+            forward, many = diagonal_sweep(diagonal_solve.AUTO_HOW)
             return shared_forward_grads(forward, None, args, many=many)
         return shared_forward_grads(path.forward, scan.backward_unchecked, args)
 
@@ -305,7 +312,7 @@ class DiagonalScan(Adjoint):
     takes_steps = True
 
     def check(self):
-        diagonal_scan.check_method(self.method, self.chunk)
+        diagonal_solve.check_method(self.method, self.chunk)
         return self
 
     def scan(self, cell, params, h0, xs, w, mask, resets, h_reset, steps=None):

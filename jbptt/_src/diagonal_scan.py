@@ -24,12 +24,9 @@ b_t)``; in the adjoint a padded step passes the cotangent through unweighted
 and a reset step sends ``w_t a_t ⊙ E_t`` to ``h_reset`` instead of
 ``h_{t-1}``, exactly as the generic reverse scan (:mod:`jbptt._src.scan`).
 
-The recurrence, forward and adjoint, runs by one of :data:`METHODS`:
-``"sequential"`` (a fused ``lax.scan`` whose carry is one array),
-``"associative"`` (``jax.lax.associative_scan``, depth O(log T)),
-``"blocked"`` (sequential within chunks of C steps, all chunks at once, then
-the chunk carries, then one fix-up pass: 2C + T/C loop iterations), or
-``"auto"``, the one measured fastest on the backend (:data:`AUTO`).
+The recurrence, forward and adjoint, runs by one of the methods of
+:mod:`jbptt._src.diagonal_solve` (``"auto"``: the one measured fastest on the
+backend).
 
 The sequential method runs forward and reverse chunk by chunk
 (:func:`chunk_steps`) and keeps for the reverse pass only the state entering
@@ -49,19 +46,15 @@ import jax
 import jax.numpy as jnp
 
 from jbptt._src import dtypes, sequences
+from jbptt._src.diagonal_solve import (
+    AUTO_HOW,
+    resolve_method,
+    sequential,
+    solve,
+    solve_reverse,
+)
 
 tree_map = jax.tree_util.tree_map
-
-METHODS = ("auto", "sequential", "associative", "blocked")
-
-# "auto" by backend. XLA:CPU: the fused sequential loop (measured on 2 cores,
-# float32 minGRU value+grad, T = 4096, B = 8, H = 64: lax.scan 47.5 ms,
-# associative_scan 71.0 ms, blocked 54.2 ms; the parallel forms lose at every
-# shape measured, docs/design.md "Diagonal recurrences"). GPU/TPU: the
-# associative scan, whose O(log T) depth replaces T sequential steps (each a
-# kernel launch on a GPU); not measured here, no accelerator being at hand.
-AUTO = {"cpu": "sequential", "gpu": "associative", "tpu": "associative"}
-AUTO_HOW = ("auto", None)  # (method, chunk)
 
 
 class Saved(NamedTuple):
@@ -79,17 +72,6 @@ class Saved(NamedTuple):
     steps: Any = None
 
 
-def check_method(method, chunk) -> None:
-    """``method`` one of :data:`METHODS`, ``chunk`` ``None`` or an int ≥ 1."""
-    if method not in METHODS:
-        raise ValueError(
-            f"method: unknown method {method!r}. It needs to be one of {list(METHODS)}."
-        )
-    bad_int = not isinstance(chunk, int) or isinstance(chunk, bool)
-    if chunk is not None and (bad_int or chunk < 1):
-        raise ValueError(f"chunk must be None or an int ≥ 1, got {chunk!r}.")
-
-
 def check_cell(cell, strategy: str = "DiagonalScan") -> None:
     """A ``TypeError`` naming ``cell`` unless it is diagonal or a stack of
     diagonal cells."""
@@ -102,105 +84,6 @@ def check_cell(cell, strategy: str = "DiagonalScan") -> None:
             f"cells.stack of them), got {name}, whose cell.diagonal is None; "
             "use jbptt.ReverseScan() for it."
         )
-
-
-def resolve_method(method: str) -> str:
-    """``"auto"`` → the method of :data:`AUTO` for ``jax.default_backend()``."""
-    if method != "auto":
-        return method
-    return AUTO.get(jax.default_backend(), "associative")
-
-
-# ------------------------------------------------------------ the solvers ---
-
-
-def _sequential(a, b, h0):
-    def body(h, ab):
-        h = ab[0] * h + ab[1]  # h_t = a_t ⊙ h_{t-1} + b_t
-        return h, h
-
-    return jax.lax.scan(body, h0, (a, b))[1]
-
-
-def _combine(left, right):
-    # (a1, b1) then (a2, b2): h ↦ a2 (a1 h + b1) + b2
-    a1, b1 = left
-    a2, b2 = right
-    return a2 * a1, a2 * b1 + b2
-
-
-def _associative(a, b, h0):
-    b = b.at[0].add(a[0] * h0)  # h_0 = a_0 h0 + b_0: the prefix of b is h
-    return jax.lax.associative_scan(_combine, (a, b))[1]
-
-
-def chunk_length(T: int, chunk: int | None) -> int:
-    """The blocked scan's chunk: ``chunk`` or ⌈√(T/2)⌉ (fewest 2C + T/C)."""
-    return chunk if chunk is not None else max(1, math.ceil(math.sqrt(T / 2)))
-
-
-def _blocked(a, b, h0, chunk):
-    T = a.shape[0]
-    C = min(chunk_length(T, chunk), T)
-    n = -(-T // C)
-    pad = n * C - T  # trailing steps (1, 0) keep the state
-
-    def chunks(v, fill):  # [T, ...] -> [C, n, ...]: step j of every chunk
-        v = jnp.concatenate([v, jnp.full((pad, *v.shape[1:]), fill, v.dtype)])
-        return jnp.moveaxis(v.reshape(n, C, *v.shape[1:]), 1, 0)
-
-    a, b = chunks(a, 1), chunks(b, 0)
-
-    def compose(carry, ab):  # every chunk's map h ↦ A h + B, all chunks at once
-        A, B = carry
-        return _combine((A, B), ab), None
-
-    (A, B), _ = jax.lax.scan(
-        compose, (jnp.ones_like(a[0]), jnp.zeros_like(b[0])), (a, b)
-    )
-    h_ends = _sequential(A, B, h0)  # [n, ...]: the state after each chunk
-    h_starts = jnp.concatenate([h0[None], h_ends[:-1]])
-    hs = _sequential(a, b, h_starts)  # [C, n, ...]: the fix-up within chunks
-    return jnp.moveaxis(hs, 0, 1).reshape(n * C, *hs.shape[2:])[:T]
-
-
-def solve(a, b, h0, how) -> jax.Array:
-    """``h_t = a_t ⊙ h_{t-1} + b_t`` for t = 0..T-1 from ``h_{-1} = h0``.
-
-    Args:
-      a, b: ``[T, *batch, H]`` (the same shape).
-      h0: ``[*batch, H]``.
-      how: ``(method, chunk)``, method one of :data:`METHODS`.
-
-    Returns:
-      The states ``[T, *batch, H]``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jbptt._src.diagonal_scan import solve
-      >>> a, b = jnp.full((5, 1), 0.5), jnp.ones((5, 1))
-      >>> solve(a, b, jnp.zeros(1), ("blocked", 2))[:, 0].tolist()
-      [1.0, 1.5, 1.75, 1.875, 1.9375]
-    """
-    method, chunk = how
-    method = resolve_method(method)
-    if method == "sequential":
-        return _sequential(a, b, h0)
-    if method == "associative":
-        return _associative(a, b, h0)
-    return _blocked(a, b, h0, chunk)
-
-
-def solve_reverse(c, g, e_last, how) -> jax.Array:
-    """``E_t = g_t + c_t ⊙ E_{t+1}`` for t = T-1..0 from ``E_T = e_last``."""
-    if resolve_method(how[0]) == "sequential":  # no flips: a reverse scan
-
-        def body(e, cg):
-            e = cg[0] * e + cg[1]
-            return e, e
-
-        return jax.lax.scan(body, e_last, (c, g), reverse=True)[1]
-    return solve(c[::-1], g[::-1], e_last, how)[::-1]
 
 
 # ------------------------------------------------------- forward, reverse ---
@@ -345,9 +228,8 @@ def backward(cell, params, r: Saved, w, dh_T, douts, how=AUTO_HOW):
     c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
     E = solve_reverse(c_next, g.astype(hs.dtype), dh_T, how)
     delta = E if r.mask is None else sequences.zero_padding(r.mask, E)
-    h_in = jnp.concatenate([r.h0[None], hs[:-1]])  # the state entering step t
+    h_in = _entering(hs, r.h0, r.resets, r.h_reset)
     if r.resets is not None:
-        h_in = jnp.where(_bcast(r.resets, hs.shape), r.h_reset[None], h_in)
         dh_reset = jnp.sum(w_reset * a * delta, axis=0)
     # One vjp of the gates over all steps: ∂L/∂a_t = E_t h_{t-1}, ∂L/∂b_t = E_t.
     dp_in, dx_in = gates_vjp((_like(delta * h_in, a_p), _like(delta, b_p)))
@@ -447,7 +329,7 @@ def _forward_chunked(cell, params, h0, xs, mask, resets, h_reset, C):
     def body(h, inp):
         x, m, r = inp
         a, b = _full(gates(p, x), (C, *h0.shape))
-        hs = _sequential(*_fold(a, b, m, r, h_reset), h)
+        hs = sequential(*_fold(a, b, m, r, h_reset), h)
         return hs[-1], (h, hs, readout(p, hs, x))
 
     inputs = (chunks(xs, C), _padded_mask(mask, T, C), chunks(resets, C, False))
@@ -474,6 +356,14 @@ def _chunk_vjps(cell, params, p, x, shape):
     return a, b, a_p, b_p, gates_vjp
 
 
+def _entering(hs, h_start, rs, h_reset):
+    """Each step's entering state ``h_{t−1}`` (``h_reset`` at resets)."""
+    h_in = jnp.concatenate([h_start[None], hs[:-1]])
+    if rs is None:
+        return h_in
+    return jnp.where(_bcast(rs, hs.shape), h_reset[None], h_in)
+
+
 def _chunk_adjoint(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     """One chunk's reverse recurrence for one link-weight vector ``w_c``
     from ``e`` (the cotangent its successor sends): ``(e_out, ∂L/∂a, ∂L/∂b,
@@ -482,12 +372,40 @@ def _chunk_adjoint(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     c_next = jnp.concatenate([c[1:], jnp.ones_like(c[:1])])
     E = solve_reverse(c_next, g.astype(hs.dtype), e, ("sequential", None))
     delta = E if m is None else sequences.zero_padding(m, E)
-    h_in = jnp.concatenate([h_start[None], hs[:-1]])
+    dr = None if rs is None else jnp.sum(w_reset * a * delta, axis=0)
+    return c[0] * E[0], delta * _entering(hs, h_start, rs, h_reset), delta, dr
+
+
+def _chunk_adjoint_many(a, hs, g, w_c, m, rs, h_start, h_reset, e):
+    """:func:`_chunk_adjoint` for K link-weight vectors ``w_c [K, C, …]``
+    from ``e [K, …]``, in one loop over the chunk's steps whose carry is
+    ``s_t = c_t ⊙ E_t`` (so ``E_t = g_t + s_{t+1}``). Each step forms its K
+    factors ``c_t`` from the shared ``a_t`` and reads the shared ``g_t``:
+    no ``[K, C, …]`` array of factors is written, one pass fewer over the
+    K adjoints. ``∂L/∂a, ∂L/∂b`` come out ``[C, K, …]``."""
+    K = w_c.shape[0]
+    w_t = jnp.moveaxis(w_c, 0, 1)  # [C, K, …]
+
+    def body(s, inp):
+        a_t, g_t, w, reset, m_t = inp
+        E = g_t[None] + s
+        c = _bcast(w, (K, *a_t.shape)).astype(jnp.real(a_t).dtype) * a_t[None]
+        if reset is not None:  # the state restarts: nothing flows to h_{t−1}
+            c = jnp.where(_bcast(reset, a_t.shape)[None], jnp.zeros((), c.dtype), c)
+        if m_t is not None:  # padded steps pass E through
+            c = jnp.where(_bcast(m_t, a_t.shape)[None], c, jnp.ones((), c.dtype))
+        return c * E, E
+
+    g = g.astype(hs.dtype)
+    e_out, E = jax.lax.scan(body, e, (a, g, w_t, rs, m), reverse=True)
+    delta = E if m is None else jnp.where(_bcast(m, a.shape)[:, None], E, 0)
+    h_in = _entering(hs, h_start, rs, h_reset)
     dr = None
-    if rs is not None:
-        h_in = jnp.where(_bcast(rs, hs.shape), h_reset[None], h_in)
-        dr = jnp.sum(w_reset * a * delta, axis=0)
-    return c[0] * E[0], delta * h_in, delta, dr
+    if rs is not None:  # ∂L/∂h_reset = Σ_t w_t [reset_t] a_t δ_t
+        at_reset = _bcast(rs, a.shape)[:, None]
+        w_reset = jnp.where(at_reset, _bcast(w_t, (a.shape[0], *e.shape)), 0)
+        dr = jnp.sum(w_reset * a[:, None] * delta, axis=0)
+    return e_out, delta * h_in[:, None], delta, dr
 
 
 def _backward_chunked(cell, params, r: Saved, w, dh_T, douts, many=False):
@@ -508,17 +426,20 @@ def _backward_chunked(cell, params, r: Saved, w, dh_T, douts, many=False):
         e, dp, dr = carry
         x, dout, w_c, m, rs, h_start = inp
         a, b, a_p, b_p, gates_vjp = _chunk_vjps(cell, params, p, x, shape)
-        hs = _sequential(*_fold(a, b, m, rs, r.h_reset), h_start)
+        hs = sequential(*_fold(a, b, m, rs, r.h_reset), h_start)
         states, x_p = dtypes.cast((hs, x), pdt)
         _, readout_vjp = jax.vjp(readout, params, states, x_p)
         dp_out, g, dx_out = readout_vjp(dtypes.cast(dout, a_p.real.dtype))
 
-        def adjoint(w_k, e_k):
-            return _chunk_adjoint(a, hs, g, w_k, m, rs, h_start, r.h_reset, e_k)
-
         if many:  # over the K weight vectors: w_c [K, C, …], e [K, …]
-            adjoint, gates_vjp = jax.vmap(adjoint), jax.vmap(gates_vjp)
-        e, da, db, dr_c = adjoint(w_c, e)
+            e, da, db, dr_c = _chunk_adjoint_many(
+                a, hs, g, w_c, m, rs, h_start, r.h_reset, e
+            )
+            gates_vjp = jax.vmap(gates_vjp, in_axes=((1, 1),))
+        else:
+            e, da, db, dr_c = _chunk_adjoint(
+                a, hs, g, w_c, m, rs, h_start, r.h_reset, e
+            )
         dp_in, dx_in = gates_vjp((_like(da, a_p), _like(db, b_p)))
         dp = tree_map(lambda s, u, v: s + u + v, dp, dp_out, dp_in)
         dr = dr if dr_c is None else dr + dr_c

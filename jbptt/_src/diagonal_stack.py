@@ -22,13 +22,13 @@ import functools
 
 import jax
 
-from jbptt._src import diagonal_scan
+from jbptt._src import diagonal_scan, diagonal_solve
 from jbptt._src.cell import layer_params_of
 
 
 def forward(
     cell, params, h0, xs, mask=None, resets=None, h_reset=None, steps=None,
-    how=diagonal_scan.AUTO_HOW,
+    how=diagonal_solve.AUTO_HOW,
 ):  # fmt: skip
     """``(h_T, outs, saved)`` of a diagonal stack: the layers' end states
     and states as tuples, ``saved.res`` the tuple of the layers' own saved
@@ -51,7 +51,7 @@ def forward(
     return tuple(ends), x, res
 
 
-def backward(cell, params, r, w, dh_T, douts, how=diagonal_scan.AUTO_HOW):
+def backward(cell, params, r, w, dh_T, douts, how=diagonal_solve.AUTO_HOW):
     """The reverse pass of :func:`forward` with link weights ``w``, from the
     top layer down: ``(dparams, dh0, dxs, dh_reset)`` as
     :func:`jbptt._src.scan.backward_unchecked` returns them."""
