@@ -468,6 +468,78 @@ def test_layerwise_rtrl_on_a_readout_model_of_the_stack(window):
     assert _rel(g["cell"][0], g_ref["cell"][0]) > 1e-3  # biased across layers
 
 
+def _token_problem(cell, V=5):
+    """A token model of ``cell`` (ids in, "xent" out), its params, h0, the
+    ids [T, B] and their float form [T, B, 1] (model.encode), labels."""
+    model = jbptt.readout(cell, V, "xent", vocab_size=V)
+    params = model.init(jax.random.key(4), I, H)
+    h0 = model.cell.initial_state(params, (B,))
+    ids = jax.random.randint(jax.random.key(5), (T, B), 0, V)
+    ys = jax.random.randint(jax.random.key(6), (T, B), 0, V)
+    return model, params, h0, ids, model.encode(ids, jnp.float64), ys
+
+
+@pytest.mark.parametrize("name", ["lru", "min_gru"])
+def test_diagonal_rtrl_on_a_token_model_stays_o_theta(name):
+    """rtrl() on jbptt.readout(cell, vocab_size=V): the gates' own params
+    per unit and the embedding shared (B·|θ_cell| + B·H·|E| numbers, the
+    readout's params carried nowhere), and the estimate is BPTT's, the
+    embedding's gradient included. (The layout probe once fed the lookup a
+    random real, read a NaN row and called every leaf shared: H times the
+    memory.)"""
+    model, params, h0, ids, xs, ys = _token_problem(CELLS[name]())
+    est = forward_mode.rtrl()
+    (L, h_T), g = est.estimate(
+        jax.random.key(0), model.cell, model.loss_fn, params, h0, xs, ys
+    )
+    (L_ref, _), g_ref = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, ids, ys
+    )
+    assert _rel(g, g_ref) <= 1e-12
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+    unused = {"C_re", "C_im", "D"} if name == "lru" else set()
+    unit = sum(v.size for k, v in params["cell"].items() if k not in unused)
+    n = B * unit + B * H * params["embed"].size
+    size = 16 if name == "lru" else 8  # complex128 or float64
+    problem = estimators.Problem(model.cell, model.loss_fn, params, h0, xs, ys)
+    assert est.cost(problem).state_bytes == n * size
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_layerwise_rtrl_on_a_token_model_of_the_stack(window):
+    """layerwise_rtrl on jbptt.readout(cells.stack(layers), vocab_size=V):
+    the first layer reads the ids through the lookup and carries the
+    embedding's influence with its own. A one-layer stack's estimate is
+    BPTT's, the embedding's gradient included; on two layers the head's and
+    the top layer's are BPTT's and the embedding's is not (it sits below);
+    step by step and in windows. The trainer takes the ids as they are."""
+    one = [cells.min_gru()]
+    model, params, h0, ids, xs, ys = _token_problem(cells.stack(one))
+    key = jax.random.key(0)
+    vg = jbptt.value_and_grad(model.cell, model.loss_fn)
+    est = forward_mode.layerwise_rtrl(one, window=window)
+    (L, _), g = est.estimate(key, model.cell, model.loss_fn, params, h0, xs, ys)
+    (L_ref, _), g_ref = vg(params, h0, ids, ys)
+    assert _rel(g, g_ref) <= 1e-12
+    assert abs(float(L - L_ref)) <= 1e-12 * abs(float(L_ref))
+
+    two = [cells.min_gru(), cells.lru(r_min=0.5, r_max=0.9)]
+    model, params, h0, ids, xs, ys = _token_problem(cells.stack(two))
+    est = forward_mode.layerwise_rtrl(two, window=window)
+    (_, h_T), g = est.estimate(key, model.cell, model.loss_fn, params, h0, xs, ys)
+    (_, h_ref), g_ref = jbptt.value_and_grad(model.cell, model.loss_fn)(
+        params, h0, ids, ys
+    )
+    assert _rel(h_T, h_ref) <= 1e-12
+    assert _rel(g["readout"], g_ref["readout"]) <= 1e-12
+    assert _rel(g["cell"][1], g_ref["cell"][1]) <= 1e-12
+    assert _rel(g["embed"], g_ref["embed"]) > 1e-3  # biased across layers
+    if window == 1:
+        tr = jbptt.train.Trainer(model.cell, model.loss_fn, optax.sgd(0.1), est)
+        state, hist = tr.run(tr.init(params, h0=h0), ids, ys)
+        assert _rel(state.params, params) > 1e-3 and np.all(np.isfinite(hist.step_loss))
+
+
 def test_layerwise_rtrl_trains_and_checks_its_cell():
     layers = [cells.min_gru(), cells.min_gru()]
     cell, p, h0, xs, ys, resets = _stack_problem(layers)

@@ -95,16 +95,17 @@ def layout(cell, params, x_b) -> Layout:
     if key not in _CACHE:
         # two random points, so an accidental zero (a saturated or
         # rectified gate) neither hides a leaf nor a unit it reaches
-        a, b = (_checked_probe(cell, treedef, shapes, x_b, s) for s in (0, 1))
+        vocab = sequences.token_vocab(cell)
+        a, b = (_checked_probe(cell, treedef, shapes, x_b, s, vocab) for s in (0, 1))
         _CACHE[key] = a._replace(
             kinds=tuple(_merge(u, v) for u, v in zip(a.kinds, b.kinds, strict=True))
         )
     return _CACHE[key]
 
 
-def _checked_probe(cell, treedef, shapes, x_b, seed: int) -> Layout:
+def _checked_probe(cell, treedef, shapes, x_b, seed: int, vocab) -> Layout:
     try:
-        return _probe(cell.diagonal.gates, treedef, shapes, x_b, seed)
+        return _probe(cell.diagonal.gates, treedef, shapes, x_b, seed, vocab)
     except TypeError as e:
         if "jvp" not in str(e):
             raise
@@ -123,10 +124,13 @@ def _merge(u: str, v: str) -> str:
     return UNIT if UNIT in (u, v) else UNUSED
 
 
-def _probe(gates, treedef, shapes, x_b, seed: int) -> Layout:
+def _probe(gates, treedef, shapes, x_b, seed: int, vocab=None) -> Layout:
     rng = np.random.default_rng(seed)
     probe = [0.5 * rng.normal(size=s).astype(d) for s, d in shapes]
-    x = rng.normal(size=x_b.shape).astype(x_b.dtype)
+    if vocab is None:
+        x = rng.normal(size=x_b.shape).astype(x_b.dtype)
+    else:  # a token cell reads ids: a random real would look up a NaN row
+        x = rng.integers(0, vocab, size=x_b.shape).astype(x_b.dtype)
 
     def ab(*ls):
         a, b = gates(jax.tree_util.tree_unflatten(treedef, ls), x)

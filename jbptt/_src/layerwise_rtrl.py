@@ -192,7 +192,10 @@ def layerwise_rtrl(
     Args:
       layers: the diagonal cells given to :func:`jbptt.cells.stack`; the
         estimator takes that stack (checked by name) as its cell, or a
-        ``jbptt.readout`` model of it (its params ``{"cell", "readout"}``).
+        ``jbptt.readout`` model of it (its params ``{"cell", "readout"}``),
+        with or without ``vocab_size=`` (a token model's first layer reads
+        the ids through the lookup and carries the embedding's influence:
+        ``B·H·|E|`` numbers).
       max_bytes: largest carried influence plus per-step work, in bytes.
       window: steps taken at once under fixed params; ``1`` steps one at a
         time.
@@ -216,17 +219,24 @@ def layerwise_rtrl(
     window = validation.positive_int("window", window)
     name = stack(list(layers)).name
 
-    def layouts(cell, params, x):
-        if not isinstance(cell, Cell) or cell.name != name:
+    def own_layers(cell):  # the layers the cell runs (a token model's first
+        # layer reads its ids through the lookup: params {"embed", "cell"})
+        names = (name, f"-> {name}")
+        if not isinstance(cell, Cell) or not cell.name.endswith(names):
             raise ValueError(
                 f"layerwise_rtrl: cell must be {name} (cells.stack of the "
-                "layers given, or jbptt.readout of it), got "
+                "layers given, or jbptt.readout of it, with or without "
+                "vocab_size=), got "
                 f"{getattr(cell, 'name', type(cell).__name__)}."
             )
+        return cell.diagonal_layers
+
+    def layouts(cell, params, x):
+        run = own_layers(cell)
         diag.check_params(params)
         x_b = x.reshape((-1, x.shape[-1]))[0]
         lays = []
-        for c, p in zip(layers, _split(cell)(params), strict=True):
+        for c, p in zip(run, _split(cell)(params), strict=True):
             lay = diag.layout(c, p, x_b)
             lays.append(lay)
             x_b = jax.eval_shape(
@@ -265,13 +275,13 @@ def layerwise_rtrl(
         if reset is not None:  # episode start: h := h_reset, every e := 0
             hs, infl = diag.restart(reset, h_reset, hs, infl)
         hs, infl, loss, g = _step(
-            layers, _split(cell), lays, loss_fn, params, hs, infl, x_t, y_t
+            own_layers(cell), _split(cell), lays, loss_fn, params, hs, infl, x_t, y_t
         )
         return forward_mode.OnlineState(hs, infl), (loss, g)
 
     def run(cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset):
         def one(cell, *args):
-            return _window(layers, _split(cell), *args)
+            return _window(own_layers(cell), _split(cell), *args)
 
         return diagonal_window.windows(
             cell, loss_fn, params, h, infl, xs, ys, keep, resets, h_reset, window,
