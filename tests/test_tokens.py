@@ -144,6 +144,33 @@ def test_rnn_scan_and_forward_take_token_ids():
     assert outs.shape == (T, B, 5) and res.xs.shape == (T, B, 1)
 
 
+def test_estimate_takes_token_ids_and_estimators_name_model_encode():
+    """estimators.estimate takes the ids as value_and_grad does (its windows
+    equal the same estimate on model.encode's float ids, and full() equals
+    value_and_grad); the Problem and online entry points, which take float
+    ids, refuse integer ids naming model.encode."""
+    from jbptt import estimators, forward_mode
+
+    model = jbptt.readout(cells.min_gru(), V, "xent", vocab_size=V)
+    params = model.init(jax.random.key(0), 4, 5)
+    h0 = model.cell.initial_state(params, (B,))
+    tokens, ys = _tokens()
+    args = (model.cell, model.loss_fn)
+    key = jax.random.key(1)
+    g = estimators.estimate(*args, estimators.tbptt(3), params, h0, tokens, ys, key)
+    xs = model.encode(tokens)
+    g_enc = estimators.estimate(*args, estimators.tbptt(3), params, h0, xs, ys, key)
+    assert _rel(ravel_pytree(g)[0], ravel_pytree(g_enc)[0]) == 0
+    g_full = estimators.estimate(*args, estimators.full(), params, h0, tokens, ys)
+    _, g_ref = jbptt.value_and_grad(*args)(params, h0, tokens, ys)
+    assert _rel(ravel_pytree(g_full)[0], ravel_pytree(g_ref)[0]) <= 1e-12
+    problem = estimators.Problem(*args, params, h0, tokens, ys)
+    with pytest.raises(TypeError, match=r"integer token ids.*model\.encode\(xs\)"):
+        estimators.tbptt(3).samples(problem, key, 2)
+    with pytest.raises(TypeError, match=r"integer token ids.*model\.encode\(xs\)"):
+        forward_mode.rtrl().estimate(key, *args, params, h0, tokens, ys)
+
+
 def test_integer_xs_refused_by_cells_without_embedding():
     cell = cells.elman()
     params = cell.init(jax.random.key(0), 1, 4)

@@ -108,9 +108,11 @@ def readout(
         ``[0, vocab_size)`` through an embedding ``E[vocab_size, input_size]``
         (``params["embed"]``): the cell sees ``E[token_t]``. Pass the integer
         ids ``[T, *batch]`` as ``xs`` to :func:`jbptt.loss`,
-        :func:`jbptt.value_and_grad`, :func:`jbptt.rnn_scan` or
-        :func:`jbptt.train.train` (``model.encode`` gives the equivalent
-        float ids ``[T, ..., 1]``, the form the scan runs on); the
+        :func:`jbptt.value_and_grad`, :func:`jbptt.rnn_scan`,
+        :func:`jbptt.estimators.estimate` or the trainer
+        (``model.encode`` gives the equivalent float ids ``[T, ..., 1]``,
+        the form the scan runs on and the one a ``Problem``,
+        :func:`jbptt.sweep.sweep` and the online estimators take); the
         embedding's gradient is the scatter-add of the cell's input
         cotangents, and it stays on the cell's fast path (the lookup is part
         of the cell's input projection).

@@ -361,6 +361,7 @@ def check_scan_args(cell: Cell, params, h0, xs, w):
     """All checks for ``rnn_scan``; returns ``w`` (ones when ``None``)."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jbptt Cell, got {type(cell).__name__}.")
+    _check_token_ids(cell, xs)
     T, batch_shape = check_xs(xs)
     dtypes = _float_dtypes(params)
     if len(dtypes) > 1:
@@ -378,6 +379,21 @@ def check_scan_args(cell: Cell, params, h0, xs, w):
     if cell.input_size is None:
         _check_step_runs(cell, params, h0, xs)
     return check_w(w, T, xs.dtype)
+
+
+def _check_token_ids(cell: Cell, xs) -> None:
+    """Integer ids given to a token model where the float ids are taken."""
+    vocab = getattr(cell.step, "vocab_size", None)  # sequences.token_vocab
+    if vocab is None or not hasattr(xs, "dtype"):
+        return
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        raise TypeError(
+            f"xs holds integer token ids (dtype {xs.dtype}) for {cell.name}; "
+            "here xs are the float ids [T, *batch, 1]: pass "
+            "model.encode(xs). (jbptt.loss, value_and_grad, rnn_scan, the "
+            "truncation estimators' estimate and the trainer take the integer "
+            "ids as they are.)"
+        )
 
 
 def _check_step_runs(cell: Cell, params, h0, xs) -> None:

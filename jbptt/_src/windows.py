@@ -10,6 +10,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jbptt._src import sequences
 from jbptt._src.api import rnn_scan
 from jbptt._src.cell import Cell
 from jbptt._src.estimators import Estimator
@@ -56,6 +57,7 @@ def estimate(
       >>> g["cell"]["W"].shape
       (3, 3)
     """
+    xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
     T = xs.shape[0]
     if isinstance(estimator, Estimator):
         if key is None:
