@@ -12,7 +12,8 @@ new/base ratio shows the run's noise.
     python -m benchmarks.compare_revisions --base ../old-checkout --new . \
         --out benchmarks/log
 
-``--quick`` runs tiny shapes (seconds), for the test suite.
+``--quick`` runs tiny shapes (seconds), and only the Elman cell online, for
+the test suite.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def main(argv=None) -> str:
     base, new = pathlib.Path(args.base).resolve(), pathlib.Path(args.new).resolve()
     if args.quick:
         grad_args = ["--quick", "--parts", "grad", "--no-torch"]
-        online_args = ["--quick", "--no-torch"]
+        online_args = ["--quick", "--no-torch", "--cells", "elman"]
     else:
         grad_args = [
             "--parts",
