@@ -109,10 +109,10 @@ def readout(
         (``params["embed"]``): the cell sees ``E[token_t]``. Pass the integer
         ids ``[T, *batch]`` as ``xs`` to :func:`jbptt.loss`,
         :func:`jbptt.value_and_grad`, :func:`jbptt.rnn_scan`,
-        :func:`jbptt.estimators.estimate` or the trainer
-        (``model.encode`` gives the equivalent float ids ``[T, ..., 1]``,
-        the form the scan runs on and the one a ``Problem``,
-        :func:`jbptt.sweep.sweep` and the online estimators take); the
+        :func:`jbptt.estimators.estimate`, an online estimator's
+        ``estimate`` or the trainer (``model.encode`` gives the equivalent
+        float ids ``[T, ..., 1]``, the form the scan runs on and the one a
+        ``Problem`` and :func:`jbptt.sweep.sweep` take); the
         embedding's gradient is the scatter-add of the cell's input
         cotangents, and it stays on the cell's fast path (the lookup is part
         of the cell's input projection).

@@ -30,6 +30,7 @@ def scans(init, step, windowed=None):
 
     def estimate(key, cell, loss_fn, params, h0, xs, ys, *, resets=None,
                  reset_state=None):  # fmt: skip
+        xs = sequences.as_inputs(cell, params, xs)  # integer token ids -> float ids
         validation.check_scan_args(cell, params, h0, xs, None)
         validation.check_ys(ys, xs.shape[0])
         batch_shape = tuple(xs.shape[1:-1])

@@ -390,9 +390,9 @@ def _check_token_ids(cell: Cell, xs) -> None:
         raise TypeError(
             f"xs holds integer token ids (dtype {xs.dtype}) for {cell.name}; "
             "here xs are the float ids [T, *batch, 1]: pass "
-            "model.encode(xs). (jbptt.loss, value_and_grad, rnn_scan, the "
-            "truncation estimators' estimate and the trainer take the integer "
-            "ids as they are.)"
+            "model.encode(xs). (jbptt.loss, value_and_grad, rnn_scan, "
+            "estimators.estimate, an online estimator's estimate and the "
+            "trainer take the integer ids as they are.)"
         )
 
 
