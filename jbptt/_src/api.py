@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jbptt._src import adjoint as adjoints
 from jbptt._src import dtypes, sequences, validation
-from jbptt._src.cell import Cell
+from jbptt._src.cell import Cell, token_vocab
 from jbptt._src.losses import LossFn, total_loss
 from jbptt._src.scan import reference_scan
 
@@ -54,7 +54,7 @@ def _scan_args(cell, params, h0, xs, w, lengths, resets, reset_state, compute_dt
 def _check_token_ids_fit(cell, compute_dtype):
     """A token model's ids travel as floats of the compute dtype: refuse a
     vocabulary that dtype cannot hold exactly (bfloat16: ids below 2^8)."""
-    V = sequences.token_vocab(cell)
+    V = token_vocab(cell)
     exact = 2 ** (jnp.finfo(compute_dtype).nmant + 1)
     if V is not None and V > exact:
         raise ValueError(

@@ -106,3 +106,10 @@ def layer_params_of(cell: Cell, params) -> tuple:
     ``cell.layer_params(params)`` for a wrapped stack, ``params`` itself
     for ``cells.stack``'s own."""
     return params if cell.layer_params is None else cell.layer_params(params)
+
+
+def token_vocab(cell) -> int | None:
+    """The vocabulary size of a cell that reads integer token ids (an
+    embedding in front of it, :func:`jbptt.readout` with ``vocab_size=``),
+    else ``None``."""
+    return getattr(getattr(cell, "step", None), "vocab_size", None)

@@ -326,12 +326,13 @@ def check_data(cell, loss_fn, *, xs, ys, prefix: str = "") -> None:
       ...     print(str(err)[:54])
       ys must hold class labels in [0, 3), got ys[1, 0] = -1
     """
-    from jbptt._src import sequences, validation
+    from jbptt._src import validation
+    from jbptt._src.cell import token_vocab
 
     if validation.is_traced((xs, ys)):
         return
     check_finite(**{prefix + "xs": xs, prefix + "ys": ys})
-    vocab = sequences.token_vocab(cell)
+    vocab = token_vocab(cell)
     if vocab is not None and hasattr(xs, "dtype"):
         a = np.asarray(xs)
         if jnp.issubdtype(a.dtype, jnp.integer) or jnp.issubdtype(

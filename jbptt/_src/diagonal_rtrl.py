@@ -48,6 +48,7 @@ import numpy as np
 
 from jbptt._src import influence as flat
 from jbptt._src import sequences, validation
+from jbptt._src.cell import token_vocab
 
 UNIT, SHARED, UNUSED = "unit", "shared", "unused"
 tree_map = jax.tree_util.tree_map
@@ -95,7 +96,7 @@ def layout(cell, params, x_b) -> Layout:
     if key not in _CACHE:
         # two random points, so an accidental zero (a saturated or
         # rectified gate) neither hides a leaf nor a unit it reaches
-        vocab = sequences.token_vocab(cell)
+        vocab = token_vocab(cell)
         a, b = (_checked_probe(cell, treedef, shapes, x_b, s, vocab) for s in (0, 1))
         _CACHE[key] = a._replace(
             kinds=tuple(_merge(u, v) for u, v in zip(a.kinds, b.kinds, strict=True))

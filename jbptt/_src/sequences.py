@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbptt._src import validation
+from jbptt._src.cell import token_vocab
 
 tree_map = jax.tree_util.tree_map
 
@@ -124,22 +125,16 @@ def check_resets(resets, T: int, batch_shape: tuple[int, ...]):
     return jnp.asarray(resets)
 
 
-def token_vocab(cell) -> int | None:
-    """The vocabulary size of a cell that reads integer token ids (an
-    embedding in front of it, :func:`jbptt.readout` with ``vocab_size=``),
-    else ``None``."""
-    return getattr(getattr(cell, "step", None), "vocab_size", None)
-
-
 def as_inputs(cell, params, xs):
     """``xs`` as the floating inputs the scan takes.
 
     Integer token ids ``[T, *batch]`` given to a token cell (see
-    :func:`token_vocab`) become float ids ``[T, *batch, 1]`` in the params'
-    floating dtype (exact below 2^24 in float32): the cell's embedding looks
-    them up again, so its fast path is unchanged. The conversion is part of
-    the traced function, so the cotangent of integer ``xs`` is JAX's
-    ``float0``. Anything else is returned as it is (and checked later).
+    :func:`jbptt._src.cell.token_vocab`) become float ids ``[T, *batch, 1]``
+    in the params' floating dtype (exact below 2^24 in float32): the cell's
+    embedding looks them up again, so its fast path is unchanged. The
+    conversion is part of the traced function, so the cotangent of integer
+    ``xs`` is JAX's ``float0``. Anything else is returned as it is (and
+    checked later).
 
     Examples:
       >>> import jax, jax.numpy as jnp

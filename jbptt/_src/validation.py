@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbptt._src.cell import Cell
+from jbptt._src.cell import Cell, token_vocab
 
 tree_util = jax.tree_util
 
@@ -383,7 +383,7 @@ def check_scan_args(cell: Cell, params, h0, xs, w):
 
 def _check_token_ids(cell: Cell, xs) -> None:
     """Integer ids given to a token model where the float ids are taken."""
-    vocab = getattr(cell.step, "vocab_size", None)  # sequences.token_vocab
+    vocab = token_vocab(cell)
     if vocab is None or not hasattr(xs, "dtype"):
         return
     if jnp.issubdtype(xs.dtype, jnp.integer):
