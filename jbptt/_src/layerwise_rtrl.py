@@ -221,8 +221,10 @@ def layerwise_rtrl(
 
     def own_layers(cell):  # the layers the cell runs (a token model's first
         # layer reads its ids through the lookup: params {"embed", "cell"})
-        names = (name, f"-> {name}")
-        if not isinstance(cell, Cell) or not cell.name.endswith(names):
+        ok = isinstance(cell, Cell) and (
+            cell.name == name or cell.name.endswith(f") -> {name}")
+        )
+        if not ok:
             raise ValueError(
                 f"layerwise_rtrl: cell must be {name} (cells.stack of the "
                 "layers given, or jbptt.readout of it, with or without "
