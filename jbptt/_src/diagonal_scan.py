@@ -376,6 +376,11 @@ def _chunk_adjoint(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     return c[0] * E[0], delta * _entering(hs, h_start, rs, h_reset), delta, dr
 
 
+def _lead(v):
+    """``v`` with a leading axis of 1 (the K axis), ``None`` kept."""
+    return None if v is None else jnp.asarray(v)[None]
+
+
 def _chunk_adjoint_many(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     """:func:`_chunk_adjoint` for K link-weight vectors ``w_c [K, C, …]``
     from ``e [K, …]``, in one loop over the chunk's steps whose carry is
@@ -386,14 +391,11 @@ def _chunk_adjoint_many(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     K = w_c.shape[0]
     w_t = jnp.moveaxis(w_c, 0, 1)  # [C, K, …]
 
-    def body(s, inp):
+    def body(s, inp):  # the K factors of one step: K leads, as T does
         a_t, g_t, w, reset, m_t = inp
         E = g_t[None] + s
-        c = _bcast(w, (K, *a_t.shape)).astype(jnp.real(a_t).dtype) * a_t[None]
-        if reset is not None:  # the state restarts: nothing flows to h_{t−1}
-            c = jnp.where(_bcast(reset, a_t.shape)[None], jnp.zeros((), c.dtype), c)
-        if m_t is not None:  # padded steps pass E through
-            c = jnp.where(_bcast(m_t, a_t.shape)[None], c, jnp.ones((), c.dtype))
+        step = Saved(None, None, None, mask=_lead(m_t), resets=_lead(reset))
+        c, _ = _link_factors(jnp.broadcast_to(a_t, (K, *a_t.shape)), w, step)
         return c * E, E
 
     g = g.astype(hs.dtype)
@@ -402,9 +404,10 @@ def _chunk_adjoint_many(a, hs, g, w_c, m, rs, h_start, h_reset, e):
     h_in = _entering(hs, h_start, rs, h_reset)
     dr = None
     if rs is not None:  # ∂L/∂h_reset = Σ_t w_t [reset_t] a_t δ_t
-        at_reset = _bcast(rs, a.shape)[:, None]
-        w_reset = jnp.where(at_reset, _bcast(w_t, (a.shape[0], *e.shape)), 0)
-        dr = jnp.sum(w_reset * a[:, None] * delta, axis=0)
+        a_k = jnp.broadcast_to(a[:, None], (a.shape[0], *e.shape))
+        at_resets = Saved(None, None, None, resets=rs[:, None])
+        _, w_reset = _link_factors(a_k, w_t, at_resets)
+        dr = jnp.sum(w_reset * a_k * delta, axis=0)
     return e_out, delta * h_in[:, None], delta, dr
 
 
